@@ -1,0 +1,1 @@
+"""Hardware and model profiles shipped as package data (YAML)."""

@@ -1,0 +1,3 @@
+"""Seesaw: throughput-oriented offline LLM inference with dynamic re-sharding."""
+
+__version__ = "0.1.0"
