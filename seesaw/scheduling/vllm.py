@@ -1,0 +1,298 @@
+"""vLLM-style continuous batching for one data-parallel replica.
+
+Policy (after vLLM v0's default scheduler and Sarathi-Serve's chunked prefill):
+
+* Without chunked prefill, prefill has priority: whenever waiting requests can be admitted (blocks
+  free above a small watermark, fewer than ``max_num_seqs`` in the micro-batch, whole prompts up to
+  ``max_num_batched_tokens``) the step is a ``Prefill``; otherwise it is a ``Decode`` of the running
+  sequences.
+* With chunked prefill, every step is built decodes-first: all runnable decodes, then chunks of
+  partially prefilled sequences, then new admissions, until the token budget is spent (``Mixed``).
+* When a decode needs a block and none is free, the most recently admitted running sequence that is
+  not in flight is preempted by recompute (its KV is dropped; it re-enters the waiting queue at the
+  front and later re-prefills its prompt plus what it had generated).
+* Pipeline parallelism keeps up to ``pipeline_depth`` micro-batches in flight; a sequence is in at
+  most one, and a decode micro-batch takes at most its fair share (running / depth) of sequences,
+  so the micro-batches hold disjoint, similar-sized groups (the paper: "each decoding step
+  processes 1/PP of the sequences").
+
+The executor calls ``schedule()`` until it returns ``None`` or the pipeline is full, runs the steps,
+and reports each back through ``on_step_done``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable
+
+from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
+from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill
+
+__all__ = ["VllmScheduler", "split_across_replicas"]
+
+
+class VllmScheduler:
+    """Continuous batching over one replica's device KV blocks."""
+
+    def __init__(
+        self,
+        num_device_blocks: int,
+        *,
+        block_size: int = 16,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        enable_chunked_prefill: bool = False,
+        pipeline_depth: int = 1,
+        replica: int = 0,
+        watermark: float = 0.01,
+    ):
+        if pipeline_depth < 1:
+            raise SchedulerError(f"pipeline_depth must be >= 1, got {pipeline_depth}")
+        self.blocks = BlockPool(num_device_blocks, block_size)
+        self.block_size = block_size
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.chunked = enable_chunked_prefill
+        self.pipeline_depth = pipeline_depth
+        self.replica = replica
+        self.watermark_blocks = int(watermark * num_device_blocks)
+        self.waiting: deque[Sequence] = deque()
+        self.running: dict[str, Sequence] = {}     # admission order
+        self.num_in_flight = 0
+        self.num_preemptions = 0
+        self.num_finished = 0
+        self._admit_counter = 0
+
+    @classmethod
+    def from_policy(cls, policy, num_device_blocks: int, replica: int = 0) -> "VllmScheduler":
+        return cls(
+            num_device_blocks,
+            block_size=policy.block_size,
+            max_num_seqs=policy.max_num_seqs,
+            max_num_batched_tokens=policy.max_num_batched_tokens,
+            enable_chunked_prefill=policy.enable_chunked_prefill,
+            pipeline_depth=policy.layout.pp,
+            replica=replica,
+        )
+
+    # ------------------------------------------------------------------ requests
+    def add_request(self, req) -> Sequence:
+        """Queue a request (anything with ``id``, ``prompt_len``, ``output_len``)."""
+        seq = Sequence(
+            req_id=str(req.id),
+            prompt_len=int(req.prompt_len),
+            max_output_len=int(req.output_len),
+            arrival_time_s=float(getattr(req, "arrival_time_s", 0.0)),
+            replica=self.replica,
+        )
+        self.check_servable(seq)
+        self.waiting.append(seq)
+        return seq
+
+    def check_servable(self, seq: Sequence) -> None:
+        total = seq.prompt_len + seq.max_output_len
+        need = blocks_for(total, self.block_size)
+        if need > self.blocks.num_blocks:
+            raise SchedulerError(
+                f"request {seq.req_id}: {total} tokens need {need} KV blocks, "
+                f"the device pool has {self.blocks.num_blocks}"
+            )
+        if not self.chunked and total > self.max_num_batched_tokens:
+            # a preempted sequence re-prefills prompt + output, so both must fit the budget
+            raise SchedulerError(
+                f"request {seq.req_id}: prompt + output ({total} tokens) exceeds "
+                f"max_num_batched_tokens={self.max_num_batched_tokens}; enable chunked prefill "
+                "or raise the budget"
+            )
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    # ------------------------------------------------------------------ scheduling
+    def schedule(self) -> Forward | None:
+        """Next micro-batch, or None when the pipeline is full or nothing can run now."""
+        if self.num_in_flight >= self.pipeline_depth:
+            return None
+        if self.chunked:
+            step = self._schedule_chunked()
+        else:
+            step = self._schedule_prefill() or self._schedule_decode()
+        if step is None:
+            return None
+        for s in step.seqs:
+            s.in_flight = True
+        self.num_in_flight += 1
+        return step
+
+    def _admit(self, seq: Sequence, num_tokens: int) -> None:
+        self.blocks.allocate(blocks_for(num_tokens, self.block_size))
+        seq.num_blocks = blocks_for(num_tokens, self.block_size)
+        seq.status = SeqStatus.RUNNING
+        self._admit_counter += 1
+        seq.admit_order = self._admit_counter
+        self.running[seq.req_id] = seq
+
+    def _seq_cap(self) -> int:
+        # sequences that may hold device KV at once: one full micro-batch per pipeline slot
+        return self.max_num_seqs * self.pipeline_depth
+
+    def _schedule_prefill(self) -> Prefill | None:
+        seqs: list[Sequence] = []
+        counts: list[int] = []
+        budget = self.max_num_batched_tokens
+        while self.waiting and len(seqs) < self.max_num_seqs and len(self.running) < self._seq_cap():
+            seq = self.waiting[0]
+            n = seq.num_new_tokens
+            if n > budget:
+                break
+            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self.watermark_blocks):
+                break
+            self.waiting.popleft()
+            self._admit(seq, n)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts) if seqs else None
+
+    def _decode_candidates(self) -> list[Sequence]:
+        return [s for s in self.running.values() if not s.in_flight and s.num_new_tokens == 1]
+
+    def _take_decodes(self, limit: int) -> list[Sequence]:
+        """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out."""
+        cands = deque(self._decode_candidates())
+        batch: list[Sequence] = []
+        while cands and len(batch) < limit:
+            seq = cands.popleft()
+            need = blocks_for(seq.num_computed_tokens + 1, self.block_size) - seq.num_blocks
+            while need > self.blocks.num_free:
+                victim = self._pick_victim(cands)
+                if victim is None:
+                    self._preempt(seq)
+                    seq = None
+                    break
+                self._preempt(victim)
+            if seq is None:
+                break
+            if need:
+                self.blocks.allocate(need)
+                seq.num_blocks += need
+            batch.append(seq)
+        return batch
+
+    def _pick_victim(self, cands: deque) -> Sequence | None:
+        """Newest running sequence that is neither in flight nor already picked."""
+        for seq in reversed(self.running.values()):
+            if not seq.in_flight and (seq in cands or seq.num_new_tokens > 1):
+                if seq in cands:
+                    cands.remove(seq)
+                return seq
+        return None
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.free(seq.num_blocks)
+        seq.num_blocks = 0
+        seq.num_computed_tokens = 0
+        seq.status = SeqStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        del self.running[seq.req_id]
+        self.waiting.appendleft(seq)
+
+    def _decode_limit(self) -> int:
+        share = -(-len(self.running) // self.pipeline_depth)
+        return min(self.max_num_seqs, max(1, share))
+
+    def _schedule_decode(self) -> Decode | None:
+        seqs = self._take_decodes(self._decode_limit())
+        return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs)) if seqs else None
+
+    def _schedule_chunked(self) -> Forward | None:
+        budget = self.max_num_batched_tokens
+        decodes = self._take_decodes(min(self._decode_limit(), budget))
+        budget -= len(decodes)
+        seqs = list(decodes)
+        counts = [1] * len(decodes)
+        n_prefill = 0
+        # chunks of sequences already admitted but not fully prefilled
+        for seq in list(self.running.values()):
+            if budget <= 0 or len(seqs) >= self.max_num_seqs:
+                break
+            if seq.in_flight or seq.num_new_tokens <= 1 or seq in decodes:
+                continue
+            n = min(seq.num_new_tokens, budget)
+            need = blocks_for(seq.num_computed_tokens + n, self.block_size) - seq.num_blocks
+            if not self.blocks.can_allocate(need):
+                continue
+            self.blocks.allocate(need)
+            seq.num_blocks += need
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+            n_prefill += 1
+        # new admissions
+        while (
+            self.waiting and budget > 0 and len(seqs) < self.max_num_seqs
+            and len(self.running) < self._seq_cap()
+        ):
+            seq = self.waiting[0]
+            n = min(seq.num_new_tokens, budget)
+            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self.watermark_blocks):
+                break
+            self.waiting.popleft()
+            self._admit(seq, n)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+            n_prefill += 1
+        if not seqs:
+            return None
+        cls = Mixed if decodes and n_prefill else (Decode if decodes else Prefill)
+        return cls(replica=self.replica, seqs=seqs, num_new_tokens=counts)
+
+    # ------------------------------------------------------------------ completion
+    def on_step_done(self, step: Forward, stopped: Iterable[str] = ()) -> list[Sequence]:
+        """Account a completed micro-batch. ``stopped``: ids that hit EOS/stop (engine only).
+
+        Returns the sequences that finished with this step.
+        """
+        stopped = set(stopped)
+        finished: list[Sequence] = []
+        for seq, n in zip(step.seqs, step.num_new_tokens):
+            seq.in_flight = False
+            seq.num_computed_tokens += n
+            if seq.num_computed_tokens < seq.num_tokens:
+                continue  # a prefill chunk: no token sampled yet
+            seq.num_output_tokens += 1
+            if seq.num_output_tokens >= seq.max_output_len or seq.req_id in stopped:
+                seq.finish_reason = "stop" if seq.req_id in stopped else "length"
+                self._finish(seq)
+                finished.append(seq)
+        self.num_in_flight -= 1
+        return finished
+
+    def _finish(self, seq: Sequence) -> None:
+        self.blocks.free(seq.num_blocks)
+        seq.num_blocks = 0
+        seq.status = SeqStatus.FINISHED
+        del self.running[seq.req_id]
+        self.num_finished += 1
+
+
+def split_across_replicas(requests: list, dp: int) -> list[list]:
+    """Assign requests to ``dp`` replicas, each to the one with the fewest tokens so far.
+
+    Deterministic: ties go to the lowest replica index; order within a replica is kept.
+    """
+    if dp < 1:
+        raise SchedulerError(f"dp must be >= 1, got {dp}")
+    buckets: list[list] = [[] for _ in range(dp)]
+    load = [0] * dp
+    for req in requests:
+        i = min(range(dp), key=load.__getitem__)
+        buckets[i].append(req)
+        load[i] += int(req.prompt_len) + int(req.output_len)
+    return buckets
