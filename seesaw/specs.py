@@ -250,15 +250,15 @@ class ParallelConfig(Spec):
 
     def check_model(self, model: ModelSpec) -> None:
         """Raise SpecError if this layout cannot shard ``model`` evenly."""
-        if model.num_key_value_heads % self.tp and self.tp % model.num_key_value_heads:
-            raise SpecError(
-                f"layout {self}: tp={self.tp} must divide or be a multiple of the "
-                f"{model.num_key_value_heads} KV heads of {model.name}"
-            )
         if model.num_attention_heads % self.tp:
             raise SpecError(
                 f"layout {self}: tp={self.tp} does not divide the {model.num_attention_heads} "
                 f"attention heads of {model.name}"
+            )
+        if model.num_key_value_heads % self.tp and self.tp % model.num_key_value_heads:
+            raise SpecError(
+                f"layout {self}: tp={self.tp} must divide or be a multiple of the "
+                f"{model.num_key_value_heads} KV heads of {model.name}"
             )
         if self.pp > model.num_hidden_layers:
             raise SpecError(
