@@ -178,6 +178,15 @@ class GpuSpec(Spec):
     memory_efficiency: float = Field(
         default=0.8, gt=0, le=1, description="achievable fraction of HBM bandwidth on streaming reads"
     )
+    compute_saturation_tokens: float = Field(
+        default=96.0, ge=0,
+        description="n0 of the GEMM efficiency curve compute_efficiency * n / (n + n0): rows (tokens) "
+        "at which a GEMM reaches half of compute_efficiency (96 fits Vidur's A100 GEMM profiles)",
+    )
+    kernel_overhead_s: float = Field(
+        default=5e-6, ge=0,
+        description="fixed GPU time per GEMM/attention kernel (launch, ramp-up, tail), added to its roofline time",
+    )
     price_per_hour_usd: float | None = Field(
         default=None, gt=0, description="on-demand price per GPU-hour, for cost objectives"
     )
