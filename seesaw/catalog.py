@@ -1,0 +1,253 @@
+"""Hardware and model profiles by name: ``load_gpu("l4")``, ``load_node("8xa10")``, ``load_model("tiny")``.
+
+Profiles are YAML files shipped as package data (``profiles/`` in the repository, the package
+``seesaw.profiles`` once installed): ``gpus/``, ``nodes/``, ``models/`` and ``measured/``. A profile's
+name is its file stem; look-ups are case-insensitive. A node profile names its GPU (``gpu: l4``) and
+the loader resolves it to the GPU profile. ``load_model`` also takes a path to a HF model directory
+(its ``config.json``) or to a YAML file. Every failure is a one-line :class:`CatalogError` naming the
+file and the field. Catalog loads are cached; specs are frozen, so sharing them is safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import re
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from seesaw.specs import GiB, GpuSpec, ModelSpec, NodeSpec, SpecError
+
+__all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "make_node", "list_catalog",
+           "catalog_table", "profile_path", "clear_cache"]
+
+KINDS = ("gpus", "nodes", "models", "measured")
+_LABEL = {"gpus": "GPU", "nodes": "node", "models": "model", "measured": "measured profile"}
+_SPEC: dict[str, type[BaseModel]] = {"gpus": GpuSpec, "nodes": NodeSpec, "models": ModelSpec}
+_HF_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+_LLAMA_LIKE = {"llama"}  # LLaMA 2/3, CodeLlama and SmolLM2 all say model_type "llama"
+_HINT = {"models": " (or a path to a HF model directory or a YAML file)"}
+
+
+class CatalogError(SpecError):
+    """Unknown profile name, or a profile file that does not parse or validate. One line."""
+
+
+def _root():
+    return files("seesaw.profiles")
+
+
+def _index(kind: str) -> dict[str, Any]:
+    """Lower-cased stem -> file (a Traversable) for one profile folder; empty if the folder is absent."""
+    folder = _root() / kind
+    if not folder.is_dir():
+        return {}
+    entries = [f for f in folder.iterdir() if f.name.endswith((".yaml", ".yml"))]
+    return {f.name.rsplit(".", 1)[0].lower(): f for f in sorted(entries, key=lambda f: f.name)}
+
+
+def list_catalog() -> dict[str, list[str]]:
+    """Profile names by kind: ``{"gpus": [...], "nodes": [...], "models": [...], "measured": [...]}``."""
+    return {kind: sorted(_index(kind)) for kind in KINDS}
+
+
+def profile_path(kind: str, name: str):
+    """The file behind a catalog name (a Traversable), for readers of other schemas (``measured``)."""
+    if kind not in KINDS:
+        raise CatalogError(f"unknown profile kind {kind!r}; known: {', '.join(KINDS)}")
+    index = _index(kind)
+    key = str(name).strip().lower()
+    if key not in index:
+        known = ", ".join(sorted(index)) or "(none)"
+        raise CatalogError(f"unknown {_LABEL[kind]} {name!r}; known: {known}{_HINT.get(kind, '')}")
+    return index[key]
+
+
+def _read_yaml(file) -> dict:
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CatalogError(f"{file}: cannot read ({e.strerror or e})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CatalogError(f"{file}: invalid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{file}: expected a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def _one_line(e: ValidationError, file) -> CatalogError:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    shown = "" if err["type"] == "missing" or isinstance(err["input"], dict) else repr(err["input"])[:40]
+    got = f" (got {shown})" if shown else ""
+    return CatalogError(f"{file}: field '{field}': {err['msg']}{got}{more}")
+
+
+def _validate(spec: type[BaseModel], data: dict, file) -> Any:
+    try:
+        return spec.model_validate(data)
+    except ValidationError as e:
+        raise _one_line(e, file) from None
+
+
+def _build(kind: str, data: dict, file) -> Any:
+    data = dict(data)
+    data.setdefault("name", Path(str(file)).stem.lower())
+    if kind == "nodes" and isinstance(data.get("gpu"), str):
+        try:
+            data["gpu"] = load_gpu(data["gpu"])
+        except CatalogError as e:
+            raise CatalogError(f"{file}: field 'gpu': {e}") from None
+    return _validate(_SPEC[kind], data, file)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_named(kind: str, key: str) -> Any:
+    file = profile_path(kind, key)
+    return _build(kind, _read_yaml(file), file)
+
+
+def _load(kind: str, name: str | Path) -> Any:
+    text = str(name)
+    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CatalogError(f"{_LABEL[kind]} file {text!r} not found")
+        return _build(kind, _read_yaml(path), path)
+    profile_path(kind, text)  # unknown names fail here, quoting the name as given
+    return _load_named(kind, text.strip().lower())
+
+
+def load_gpu(name: str | Path) -> GpuSpec:
+    """A GPU profile by catalog name (``a10``, ``l4``, ``a100-40g``, ...) or YAML path."""
+    return _load("gpus", name)
+
+
+def load_node(name: str | Path) -> NodeSpec:
+    """A node profile by catalog name (``8xl4``, ``8xa100-40g-nvlink``, ...) or YAML path."""
+    return _load("nodes", name)
+
+
+def load_model(name: str | Path) -> ModelSpec:
+    """A model by catalog name, by path to a YAML profile, or by path to a HF model directory.
+
+    A catalog name wins over a same-named folder in the working directory.
+    """
+    text = str(name)
+    if text.strip().lower() not in _index("models"):
+        path = Path(text).expanduser()
+        if path.is_dir():
+            return _from_hf_dir(path)
+        if path.name == "config.json" and path.is_file():
+            return _from_hf_dir(path.parent)
+    return _load("models", text)
+
+
+def _from_hf_dir(folder: Path) -> ModelSpec:
+    file = folder / "config.json"
+    if not file.is_file():
+        raise CatalogError(f"{folder}: not a HF model directory (no config.json)")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CatalogError(f"{file}: cannot read JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CatalogError(f"{file}: expected a JSON object")
+    model_type = config.get("model_type", "llama")
+    if model_type not in _LLAMA_LIKE:
+        raise CatalogError(f"{file}: field 'model_type': {model_type!r} is not a LLaMA-family model "
+                           f"(supported: {', '.join(sorted(_LLAMA_LIKE))})")
+    config = dict(config)
+    rope = config.pop("rope_parameters", None)  # transformers >= 5 nests RoPE settings here
+    if isinstance(rope, dict):
+        config.setdefault("rope_theta", rope.get("rope_theta"))
+        if rope.get("rope_type", "default") != "default":
+            config.setdefault("rope_scaling", {k: v for k, v in rope.items() if k != "rope_theta"})
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16").removeprefix("torch.")
+    try:
+        spec = ModelSpec.from_hf_config(config, folder.name.lower(), _HF_DTYPE_BYTES.get(dtype, 2))
+    except ValidationError as e:
+        raise _one_line(e, file) from None
+    return spec.model_copy(update={"source": str(file)})
+
+
+_NODE_COUNT = re.compile(r"^\d+x")
+
+
+def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeSpec:
+    """A node of ``num_gpus`` GPUs built from the catalog node template of that GPU and interconnect.
+
+    Per-GPU figures (links, host memory, latencies) are the template's. ``interconnect`` defaults to
+    the GPU's usual one: ``nvlink`` when an NVLink template exists for it, else ``pcie``.
+    ``make_node("a10", 4)`` is the paper's 4xA10.
+    """
+    gpu_spec = load_gpu(gpu)
+    try:
+        count = operator.index(num_gpus)
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(num_gpus, bool):
+        raise CatalogError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+    if interconnect is not None and str(interconnect).lower() not in ("pcie", "nvlink"):
+        raise CatalogError(f"unknown interconnect {interconnect!r}; known: nvlink, pcie")
+    nodes = [load_node(n) for n in list_catalog()["nodes"]]
+    templates: dict[str, NodeSpec] = {}
+    for node in nodes:  # sorted by name: the first template per interconnect wins
+        if node.gpu.name == gpu_spec.name:
+            templates.setdefault(node.interconnect, node)
+    link = str(interconnect).lower() if interconnect else ("nvlink" if "nvlink" in templates else "pcie")
+    if link not in templates:
+        wanted = f" with {link}" if interconnect else ""
+        have = ", ".join(sorted(f"{n.gpu.name} ({n.interconnect})" for n in nodes))
+        raise CatalogError(f"no node template for GPU '{gpu_spec.name}'{wanted}; templates: {have}")
+    template = templates[link]
+    data = template.model_dump()
+    data.update(
+        name=_NODE_COUNT.sub(f"{count}x", template.name),
+        num_gpus=count,
+        source=f"{template.source}; scaled from {template.name} to {count} GPUs",
+    )
+    return NodeSpec.model_validate(data)
+
+
+def clear_cache() -> None:
+    """Forget cached loads (after editing or adding profile files in a running process)."""
+    _load_named.cache_clear()
+
+
+def catalog_table() -> list[dict[str, str]]:
+    """Rows ``{"kind", "name", "figures", "source"}`` for a CLI listing of every profile."""
+    rows = []
+    for kind in ("gpus", "nodes", "models"):
+        for name in list_catalog()[kind]:
+            spec = _load_named(kind, name)
+            rows.append({"kind": kind, "name": name, "figures": _figures(spec), "source": spec.source})
+    rows.extend({"kind": "measured", "name": n, "figures": "", "source": str(profile_path("measured", n))}
+                for n in list_catalog()["measured"])
+    return rows
+
+
+def _figures(spec: Any) -> str:
+    if isinstance(spec, GpuSpec):
+        price = f", ${spec.price_per_hour_usd:.2f}/h" if spec.price_per_hour_usd else ""
+        return (f"{spec.memory_bytes / GiB:.1f} GiB, {spec.hbm_bandwidth_bytes_per_s / 1e9:.0f} GB/s, "
+                f"{spec.peak_flops / 1e12:.0f} TFLOP/s{price}")
+    if isinstance(spec, NodeSpec):
+        return (f"{spec.num_gpus}x {spec.gpu.name}, {spec.interconnect} "
+                f"{spec.gpu_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host link "
+                f"{spec.host_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host "
+                f"{spec.host_memory_bytes / GiB:.0f} GiB")
+    n = spec.num_parameters
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+    return (f"{size} params, L={spec.num_hidden_layers} h={spec.hidden_size} "
+            f"heads={spec.num_attention_heads}/{spec.num_key_value_heads}, "
+            f"KV {spec.kv_bytes_per_token / 1024:g} KiB/token")
