@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seesaw.catalog import load_model, load_node
 from seesaw.specs import GiB, GpuSpec, ModelSpec, NodeSpec, SpecError, parse_parallel
 from simulator.cost import BatchShape, CostModel, attn_pairs
 
-# Hand-checkable specs with round numbers (the catalog's profiles are tested below separately).
+# Hand-checkable specs with round numbers, so every expected value below can be worked out on
+# paper; the catalog's real profiles are used for the paper's observations at the end.
 L4 = GpuSpec(
     name="l4", memory_bytes=24 * GiB, hbm_bandwidth_bytes_per_s=300e9, peak_flops=121e12,
     compute_efficiency=0.5, memory_efficiency=0.8, compute_saturation_tokens=100, kernel_overhead_s=5e-6,
@@ -243,3 +245,53 @@ def test_stage_time_is_fast(cm):
         cm.stage_time_s(T4P2, 1, shape)
     per_call_s = (time.perf_counter() - start) / n
     assert per_call_s < 20e-6  # ~1-2 us on a laptop; generous for slow CI
+
+
+# ------------------------------------------------------------------------------------------
+# The paper's observations on the catalog's profiles.
+#
+# Per-batch time = CostModel.pipeline_time_s with m = pp micro-batches of 16/pp sequences: the
+# first micro-batch crosses every stage, each later one leaves the slowest stage one stage-time
+# after the previous one, i.e. (pp + m - 1) stage times for equal stages.
+
+FIG1_LAYOUTS = ["T1P8", "T2P4", "T4P2", "T8P1"]
+
+
+def _batch_times(model: str, node: str, prompt_tokens: int = 1000, context_tokens: int = 1000):
+    cm = CostModel(load_model(model), load_node(node))
+    prefill, decode = {}, {}
+    for text in FIG1_LAYOUTS:
+        layout = parse_parallel(text)
+        per_mb = 16 // layout.pp
+        prefill[text] = cm.pipeline_time_s(layout, BatchShape.prefill([prompt_tokens] * per_mb))
+        decode[text] = cm.pipeline_time_s(layout, BatchShape.decode([context_tokens] * per_mb))
+    return prefill, decode
+
+
+def test_figure1_prefill_prefers_pp_decode_prefers_tp():
+    # LLaMA2-13B on 8xL4 (PCIe), global batch 16: prefill grows with TP, decode grows with PP
+    prefill, decode = _batch_times("llama2-13b", "8xl4")
+    assert min(prefill, key=prefill.get) == "T1P8" and max(prefill, key=prefill.get) == "T8P1"
+    assert min(decode, key=decode.get) == "T8P1" and max(decode, key=decode.get) == "T1P8"
+    # and monotonically so along the sweep, as in the paper's figure
+    p, d = [prefill[t] for t in FIG1_LAYOUTS], [decode[t] for t in FIG1_LAYOUTS]
+    assert p == sorted(p) and d == sorted(d, reverse=True)
+
+
+@pytest.mark.parametrize("model", ["llama2-13b", "llama2-70b"])
+def test_nvlink_makes_tp_prefill_competitive(model):
+    nvlink, _ = _batch_times(model, "8xa100-40g-nvlink")
+    pcie, _ = _batch_times(model, "8xa100-40g-pcie")
+    assert nvlink["T8P1"] <= 1.3 * nvlink["T1P8"]
+    assert pcie["T8P1"] >= 3 * pcie["T1P8"]
+    # PP prefill hardly uses the GPU-GPU link, so the interconnect barely changes it
+    assert pcie["T1P8"] == pytest.approx(nvlink["T1P8"], rel=0.05)
+
+
+def test_check_fits_on_catalog_l4():
+    cm = CostModel(load_model("llama2-70b"), load_node("8xl4"))
+    expected = "layout P2: weights need 64.2 GiB per GPU, 20.2 GiB available on l4 (22.5 GiB x 0.90)"
+    with pytest.raises(SpecError, match=f"^{re.escape(expected)}$"):
+        cm.check_fits(parse_parallel("T1P2"))
+    for text in ("T4P2", "T8", "P8", "T2P4"):
+        cm.check_fits(parse_parallel(text))
