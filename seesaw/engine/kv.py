@@ -1,0 +1,148 @@
+"""Paged KV cache of one rank: fixed-size blocks, block tables per sequence, allocate/free.
+
+Device layout, per local layer: K and V tensors ``[num_blocks, block_size, kv_heads, head_dim]``
+(the rank's KV heads only). A token's *slot* is ``block * block_size + offset``; viewing a layer's
+tensor as ``[num_slots, kv_heads, head_dim]`` makes reads and writes one index op. The later host
+pool is laid out ``[layer, k/v, kv_head, token, dim]``; ``read``/``write`` copy a (layer, head
+range, token range) box, which is all the layout conversion needs.
+
+``BlockManager`` is pure bookkeeping (no torch tensors beyond the slot indices it hands out). All
+ranks of a replica see the same steps in the same order, so their managers stay identical without
+exchanging block tables.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seesaw.engine.model import AttnMetadata
+
+__all__ = ["KVCacheFull", "BlockManager", "KVCache", "build_metadata"]
+
+
+class KVCacheFull(RuntimeError):
+    """Not enough free blocks for the requested tokens; the caller should preempt or wait."""
+
+
+class BlockManager:
+    """Free list of block ids and one block table per sequence."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError(f"num_blocks={num_blocks} and block_size={block_size} must be positive")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self._free = list(range(num_blocks - 1, -1, -1))  # pop() hands out 0, 1, 2, ...
+        self.block_tables: dict[object, list[int]] = {}
+        self.num_tokens: dict[object, int] = {}  # tokens whose KV has a slot
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self._free)
+
+    def blocks_needed(self, seq_id, num_new_tokens: int) -> int:
+        have = len(self.block_tables.get(seq_id, ()))
+        total = self.num_tokens.get(seq_id, 0) + num_new_tokens
+        return max(0, -(-total // self.block_size) - have)
+
+    def can_allocate(self, seq_id, num_new_tokens: int) -> bool:
+        return self.blocks_needed(seq_id, num_new_tokens) <= len(self._free)
+
+    def allocate(self, seq_id, num_new_tokens: int) -> torch.Tensor:
+        """Reserve slots for the next ``num_new_tokens`` tokens of ``seq_id``; returns them [n]."""
+        need = self.blocks_needed(seq_id, num_new_tokens)
+        if need > len(self._free):
+            raise KVCacheFull(
+                f"sequence {seq_id!r} needs {need} more KV blocks, {len(self._free)} free"
+            )
+        table = self.block_tables.setdefault(seq_id, [])
+        table.extend(self._free.pop() for _ in range(need))
+        start = self.num_tokens.get(seq_id, 0)
+        self.num_tokens[seq_id] = start + num_new_tokens
+        return self.slots(seq_id, start, start + num_new_tokens)
+
+    def slots(self, seq_id, start: int, end: int) -> torch.Tensor:
+        """Slot indices [end - start] of token positions ``start..end-1`` of ``seq_id``."""
+        table = torch.tensor(self.block_tables[seq_id], dtype=torch.long)
+        pos = torch.arange(start, end, dtype=torch.long)
+        return table[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def free(self, seq_id) -> None:
+        """Return a sequence's blocks to the free list (no-op for an unknown sequence)."""
+        self._free.extend(reversed(self.block_tables.pop(seq_id, [])))
+        self.num_tokens.pop(seq_id, None)
+
+
+class KVCache:
+    """K and V tensors for the layers ``layers`` of one rank."""
+
+    def __init__(
+        self, layers: range, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    ):
+        self.layers = layers
+        self.block_size = block_size
+        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in layers]
+
+    @classmethod
+    def for_model(cls, model, num_blocks: int, block_size: int) -> "KVCache":
+        """A cache shaped for ``model`` (a ``LlamaShard``): its layers and its KV heads."""
+        spec, shard = model.spec, model.shard
+        return cls(shard.layers, num_blocks, block_size, len(shard.kv_heads(spec)), spec.d_head,
+                   dtype=model.dtype, device=model.device)
+
+    @staticmethod
+    def bytes_per_block(block_size: int, num_layers: int, num_kv_heads: int, head_dim: int,
+                        dtype_bytes: int) -> int:
+        return 2 * num_layers * block_size * num_kv_heads * head_dim * dtype_bytes  # K and V
+
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(K, V) of global layer index ``layer``, each [num_blocks, block_size, Hkv, d]."""
+        i = layer - self.layers.start
+        return self.k[i], self.v[i]
+
+    def read(self, layer: int, slots: torch.Tensor, heads: slice = slice(None)):
+        """Copy out K and V of ``slots`` [n] for ``heads``: two [n, h, d] tensors."""
+        k, v = self.layer(layer)
+        d = k.shape[-1]
+        slots = slots.to(k.device)
+        return k.view(-1, k.shape[2], d)[slots, heads].clone(), v.view(-1, v.shape[2], d)[slots, heads].clone()
+
+    def write(self, layer: int, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+              heads: slice = slice(None)) -> None:
+        """Copy K and V [n, h, d] into ``slots`` [n] for ``heads``."""
+        k, v = self.layer(layer)
+        d = k.shape[-1]
+        slots = slots.to(k.device)
+        k.view(-1, k.shape[2], d)[slots, heads] = k_new.to(k)
+        v.view(-1, v.shape[2], d)[slots, heads] = v_new.to(v)
+
+
+def build_metadata(
+    blocks: BlockManager, seq_ids: list, query_lens: list[int], slot_mapping: torch.Tensor,
+    device: str | torch.device = "cpu",
+) -> AttnMetadata:
+    """Attention metadata for sequences ``seq_ids`` whose last ``query_lens`` tokens are this
+    step's (already allocated in ``blocks``; ``slot_mapping`` [T] are their slots)."""
+    context_lens = [blocks.num_tokens[s] for s in seq_ids]
+    context_slots = [None] * len(seq_ids)
+    decode = [i for i, n in enumerate(query_lens) if n == 1]
+    is_decode = set(decode)
+    for i, s in enumerate(seq_ids):
+        if i not in is_decode:
+            context_slots[i] = blocks.slots(s, 0, context_lens[i]).to(device)
+    meta = AttnMetadata(list(query_lens), context_lens, slot_mapping.to(device), context_slots)
+    if decode:
+        l_max = max(context_lens[i] for i in decode)
+        slots = torch.zeros(len(decode), l_max, dtype=torch.long)
+        mask = torch.zeros(len(decode), 1, 1, l_max, dtype=torch.bool)
+        for row, i in enumerate(decode):
+            n = context_lens[i]
+            slots[row, :n] = blocks.slots(seq_ids[i], 0, n)
+            mask[row, ..., :n] = True
+        meta.decode_seqs = decode
+        meta.decode_slots = slots.to(device)
+        meta.decode_mask = mask.to(device)
+    return meta

@@ -1,0 +1,488 @@
+"""A LLaMA-family decoder (LLaMA 2/3, CodeLLaMA, SmolLM2) in plain PyTorch, one shard per rank.
+
+One ``LlamaShard`` holds whatever part of the model a rank owns under a ``ParallelConfig``:
+- a contiguous range of decoder layers (a pipeline stage); the token embedding lives only on the
+  first stage, the final norm and the LM head only on the last;
+- a tensor-parallel slice (Megatron style): QKV and gate/up are column-parallel, O and down are
+  row-parallel with one all-reduce after each; the embedding and the LM head are vocab-parallel
+  (embedding: masked lookup + all-reduce; LM head: local logits + all-gather). When ``tp`` exceeds
+  the number of KV heads, each rank holds one (replicated) KV head.
+The collectives go through a ``Comm``; ``LocalComm`` is the single-process no-op, so the same
+module runs alone and under torch.distributed (``seesaw.engine.dist``).
+
+Parameter names are HF-like but fused per rank (``layers.{i}.attn.qkv_proj.weight`` holds the rank's
+Q, K and V rows; ``layers.{i}.mlp.gate_up_proj.weight`` its gate and up rows), with ``i`` the
+global layer index. ``seesaw.engine.weights.materialize`` produces exactly these names.
+
+Forward takes a flat, varlen batch: the new tokens of several sequences back to back (a prefill
+chunk or a single decode token each), their absolute positions, and an ``AttnMetadata`` saying
+where each sequence's KV lives in the paged cache (``seesaw.engine.kv``). RoPE uses the HF
+"rotate_half" layout (the layout of HF checkpoints; GGUF files are un-permuted by the converter).
+Numerics follow HF: RMSNorm in fp32, cos/sin computed in fp32 and cast to the model dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seesaw.specs import ModelSpec, ParallelConfig, SpecError
+
+__all__ = [
+    "Comm",
+    "LocalComm",
+    "Shard",
+    "stage_layers",
+    "AttnMetadata",
+    "LlamaShard",
+    "rope_inv_freq",
+]
+
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# Communication
+
+
+class Comm:
+    """Tensor- and pipeline-parallel collectives of one rank. This base class is the
+    single-process case: one TP rank, one stage, every collective a no-op."""
+
+    tp_rank: int = 0
+    tp_size: int = 1
+    pp_rank: int = 0
+    pp_size: int = 1
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over the TP group (in place where possible); returns the result."""
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Concatenate the TP group's tensors along the last dim, in TP-rank order."""
+        return x
+
+    def send_next(self, x: torch.Tensor) -> object | None:
+        """Send activations to the next pipeline stage; returns a handle to ``wait()`` on."""
+        raise RuntimeError("send_next on a single-stage model")
+
+    def recv_prev(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Receive activations of ``shape`` from the previous pipeline stage."""
+        raise RuntimeError("recv_prev on a single-stage model")
+
+    def broadcast_from_last_stage(self, x: torch.Tensor) -> torch.Tensor:
+        """Give every rank of this replica the last stage's ``x`` (same shape/dtype everywhere)."""
+        return x
+
+
+LocalComm = Comm
+
+
+# --------------------------------------------------------------------------------------------
+# Which part of the model a rank holds
+
+
+def stage_layers(num_layers: int, pp: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, end)`` layer ranges of the ``pp`` stages, as even as possible; when
+    ``pp`` does not divide ``num_layers`` the first stages get one layer more."""
+    if pp > num_layers:
+        raise SpecError(f"pp={pp} exceeds the {num_layers} layers of the model")
+    base, extra = divmod(num_layers, pp)
+    bounds, start = [], 0
+    for p in range(pp):
+        end = start + base + (1 if p < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The slice of a model that one rank holds."""
+
+    num_layers: int
+    layer_start: int
+    layer_end: int
+    tp_rank: int = 0
+    tp_size: int = 1
+    pp_rank: int = 0
+    pp_size: int = 1
+
+    @classmethod
+    def full(cls, spec: ModelSpec) -> "Shard":
+        return cls(spec.num_hidden_layers, 0, spec.num_hidden_layers)
+
+    @classmethod
+    def of(cls, spec: ModelSpec, layout: ParallelConfig, rank: int) -> "Shard":
+        """The shard of global ``rank`` under ``layout``; SpecError if the layout cannot shard it."""
+        check_shardable(spec, layout)
+        _, t, p = layout.coords(rank)
+        start, end = stage_layers(spec.num_hidden_layers, layout.pp)[p]
+        return cls(spec.num_hidden_layers, start, end, t, layout.tp, p, layout.pp)
+
+    @property
+    def is_first(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def layers(self) -> range:
+        return range(self.layer_start, self.layer_end)
+
+    # -- head and column ranges of this TP rank -------------------------------------------
+    def q_heads(self, spec: ModelSpec) -> range:
+        n = spec.num_attention_heads // self.tp_size
+        return range(self.tp_rank * n, (self.tp_rank + 1) * n)
+
+    def kv_heads(self, spec: ModelSpec) -> range:
+        """KV heads of this rank; a single replicated head when tp > num_key_value_heads."""
+        h_kv = spec.num_key_value_heads
+        if self.tp_size <= h_kv:
+            n = h_kv // self.tp_size
+            return range(self.tp_rank * n, (self.tp_rank + 1) * n)
+        head = self.tp_rank // (self.tp_size // h_kv)
+        return range(head, head + 1)
+
+    def mlp_cols(self, spec: ModelSpec) -> range:
+        n = spec.intermediate_size // self.tp_size
+        return range(self.tp_rank * n, (self.tp_rank + 1) * n)
+
+    def vocab_rows(self, spec: ModelSpec) -> range:
+        """Vocab rows of this rank; the vocab is padded up to a multiple of tp, so the last
+        rank's range may run past ``vocab_size`` (those rows are zero)."""
+        n = math.ceil(spec.vocab_size / self.tp_size)
+        return range(self.tp_rank * n, (self.tp_rank + 1) * n)
+
+
+def check_shardable(spec: ModelSpec, layout: ParallelConfig) -> None:
+    """SpecError (one line) if ``layout`` cannot shard ``spec`` evenly."""
+    layout.check_model(spec)
+    if spec.intermediate_size % layout.tp:
+        raise SpecError(
+            f"layout {layout}: tp={layout.tp} does not divide intermediate_size="
+            f"{spec.intermediate_size} of {spec.name}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# RoPE
+
+
+def rope_inv_freq(spec: ModelSpec, device=None) -> torch.Tensor:
+    """Inverse frequencies [d/2] in fp32, with ``rope_scaling`` of type linear or llama3 applied."""
+    d = spec.d_head
+    inv_freq = 1.0 / (spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+    scaling = spec.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        # Llama 3.1 frequency-dependent scaling: long wavelengths are slowed by `factor`, short
+        # ones kept, and the band in between interpolated (Meta's Llama 3.1 reference code).
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_ctx / low, inv_freq / factor, inv_freq)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        return torch.where(medium, smoothed, scaled)
+    raise SpecError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x [T, heads, d], cos/sin [T, 1, d]
+    return x * cos + _rotate_half(x) * sin
+
+
+# --------------------------------------------------------------------------------------------
+# Attention metadata
+
+
+@dataclass
+class AttnMetadata:
+    """Where the tokens of one step come from and where their KV goes; shared by all layers.
+
+    The batch holds ``len(query_lens)`` sequences back to back; sequence ``s`` contributes
+    ``query_lens[s]`` new tokens whose KV, with everything before it, spans ``context_lens[s]``
+    positions. With a paged cache, ``slot_mapping[T]`` says where each new token's K/V is written
+    (``block * block_size + offset``) and ``context_slots[s]`` where sequence ``s`` reads its whole
+    context from. Without a cache (``slot_mapping is None``) every sequence attends only to its
+    tokens in this batch, which must then start at position 0.
+    """
+
+    query_lens: list[int]
+    context_lens: list[int]
+    slot_mapping: torch.Tensor | None = None  # [T] long
+    context_slots: list[torch.Tensor] | None = None  # per sequence [context_len] long
+    # decode fast path: sequences with one new token, attended as one padded batch
+    decode_seqs: list[int] | None = None
+    decode_slots: torch.Tensor | None = None  # [S_d, L_max] long, padded with 0
+    decode_mask: torch.Tensor | None = None  # [S_d, 1, 1, L_max] bool
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.query_lens)
+
+    @classmethod
+    def no_cache(cls, query_lens: list[int]) -> "AttnMetadata":
+        return cls(list(query_lens), list(query_lens))
+
+
+def _sdpa(q, k, v, mask=None, causal=False):
+    # q [B, Hq, Tq, d], k/v [B, Hkv, Tk, d]
+    if k.shape[1] != q.shape[1]:
+        if _SDPA_HAS_GQA:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+
+
+def paged_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttnMetadata,
+    k_cache: torch.Tensor | None, v_cache: torch.Tensor | None,
+) -> torch.Tensor:
+    """Causal attention of a varlen batch over each sequence's context; writes the new K/V into
+    the cache first. q [T, Hq, d], k/v [T, Hkv, d], caches [blocks, block_size, Hkv, d]."""
+    T, h_q, d = q.shape
+    out = torch.empty_like(q)  # [T, Hq, d]
+    if k_cache is None:
+        start = 0
+        for n in meta.query_lens:
+            qs, ks, vs = (x[start:start + n].transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+            out[start:start + n] = _sdpa(qs, ks, vs, causal=True)[0].transpose(0, 1)
+            start += n
+        return out
+
+    h_kv = k.shape[1]
+    k_flat = k_cache.view(-1, h_kv, d)  # [slots, Hkv, d]
+    v_flat = v_cache.view(-1, h_kv, d)
+    k_flat[meta.slot_mapping] = k
+    v_flat[meta.slot_mapping] = v
+
+    starts = [0]
+    for n in meta.query_lens:
+        starts.append(starts[-1] + n)
+    decode = set(meta.decode_seqs or ())
+    if decode:
+        rows = torch.tensor([starts[s] for s in meta.decode_seqs], device=q.device)
+        qd = q[rows].unsqueeze(2)  # [S_d, Hq, 1, d]
+        kd = k_flat[meta.decode_slots].transpose(1, 2)  # [S_d, Hkv, L_max, d]
+        vd = v_flat[meta.decode_slots].transpose(1, 2)
+        out[rows] = _sdpa(qd, kd, vd, mask=meta.decode_mask)[:, :, 0]
+    for s, n in enumerate(meta.query_lens):
+        if s in decode:
+            continue
+        ctx = meta.context_lens[s]
+        slots = meta.context_slots[s]
+        qs = q[starts[s]:starts[s + 1]].transpose(0, 1).unsqueeze(0)  # [1, Hq, n, d]
+        ks = k_flat[slots].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
+        vs = v_flat[slots].transpose(0, 1).unsqueeze(0)
+        if ctx == n:
+            o = _sdpa(qs, ks, vs, causal=True)
+        else:  # a later chunk: query i sits at position ctx - n + i and sees keys 0..that
+            qpos = torch.arange(ctx - n, ctx, device=q.device)[:, None]
+            mask = torch.arange(ctx, device=q.device)[None, :] <= qpos  # [n, ctx]
+            o = _sdpa(qs, ks, vs, mask=mask)
+        out[starts[s]:starts[s + 1]] = o[0].transpose(0, 1)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+
+
+def _weight(*shape: int, **kw) -> nn.Parameter:
+    # uninitialized: weights always come from a checkpoint (nn.Linear's init would cost time)
+    return nn.Parameter(torch.empty(*shape, **kw), requires_grad=False)
+
+
+class Linear(nn.Module):
+    """``x @ W.T`` without bias."""
+
+    def __init__(self, in_features: int, out_features: int, **kw):
+        super().__init__()
+        self.weight = _weight(out_features, in_features, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+
+class Embedding(nn.Module):
+    def __init__(self, num: int, dim: int, **kw):
+        super().__init__()
+        self.weight = _weight(num, dim, **kw)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float, **kw):
+        super().__init__()
+        self.eps = eps
+        self.weight = _weight(dim, **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
+        super().__init__()
+        self.comm = comm
+        self.d = spec.d_head
+        self.h_q = len(shard.q_heads(spec))
+        self.h_kv = len(shard.kv_heads(spec))
+        self.qkv_proj = Linear(spec.hidden_size, (self.h_q + 2 * self.h_kv) * self.d, **kw)
+        self.o_proj = Linear(self.h_q * self.d, spec.hidden_size, **kw)
+
+    def forward(self, x, cos, sin, meta, k_cache, v_cache):
+        T = x.shape[0]
+        qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) d]
+        q, k, v = qkv.split([self.h_q * self.d, self.h_kv * self.d, self.h_kv * self.d], dim=-1)
+        q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
+        k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
+        v = v.view(T, self.h_kv, self.d)
+        o = paged_attention(q, k, v, meta, k_cache, v_cache)  # [T, Hq, d]
+        return self.comm.all_reduce(self.o_proj(o.reshape(T, self.h_q * self.d)))  # [T, H]
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
+        super().__init__()
+        self.comm = comm
+        self.inter = len(shard.mlp_cols(spec))
+        self.gate_up_proj = Linear(spec.hidden_size, 2 * self.inter, **kw)
+        self.down_proj = Linear(self.inter, spec.hidden_size, **kw)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)  # [T, I/tp] each
+        return self.comm.all_reduce(self.down_proj(F.silu(gate) * up))  # [T, H]
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
+        super().__init__()
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
+        self.attn = Attention(spec, shard, comm, **kw)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
+        self.mlp = MLP(spec, shard, comm, **kw)
+
+    def forward(self, x, cos, sin, meta, k_cache, v_cache):
+        x = x + self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaShard(nn.Module):
+    """The part of a LLaMA model held by one rank; see the module docstring.
+
+    Build it empty (``device="meta"`` is cheapest) and fill it with ``load(state_dict)`` from
+    ``weights.materialize``; or pass ``state_dict`` directly.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, shard: Shard | None = None, comm: Comm | None = None,
+        dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+        state_dict: dict[str, torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        self.spec = spec
+        self.shard = shard or Shard.full(spec)
+        self.comm = comm or LocalComm()
+        self.dtype = dtype
+        build = "meta" if state_dict is not None else device
+        kw = dict(dtype=dtype, device=build)
+        sh = self.shard
+        self.vocab_rows = sh.vocab_rows(spec)
+        if sh.is_first:
+            self.embed_tokens = Embedding(len(self.vocab_rows), spec.hidden_size, **kw)
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(spec, sh, self.comm, **kw) for i in sh.layers})
+        if sh.is_last:
+            self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
+            self.lm_head = Linear(spec.hidden_size, len(self.vocab_rows), **kw)
+        self.inv_freq = rope_inv_freq(spec, device=device)  # [d/2] fp32, not a parameter
+        if state_dict is not None:
+            self.load(state_dict)
+
+    def load(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Adopt ``state_dict`` tensors as parameters (no copy when dtype and device match)."""
+        memo: dict[int, torch.Tensor] = {}  # tied embedding + LM head: cast once, share
+        cast = {k: memo.setdefault(id(v), v.to(self.dtype)) for k, v in state_dict.items()}
+        self.load_state_dict(cast, strict=True, assign=True)
+        self.inv_freq = self.inv_freq.to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.spec.hidden_size
+
+    # -- pieces ---------------------------------------------------------------------------
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [T] -> hidden [T, H] (vocab-parallel: masked local lookup + all-reduce)."""
+        if self.shard.tp_size == 1:
+            return self.embed_tokens(token_ids)
+        lo, hi = self.vocab_rows.start, self.vocab_rows.stop
+        local = token_ids - lo
+        outside = (token_ids < lo) | (token_ids >= hi)
+        x = self.embed_tokens(local.masked_fill(outside, 0))  # [T, H]
+        x = x.masked_fill(outside[:, None], 0)
+        return self.comm.all_reduce(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head: hidden [N, H] -> fp32 logits [N, V] (all-gathered over TP)."""
+        local = self.lm_head(self.norm(hidden))  # [N, V_pad / tp]
+        full = self.comm.all_gather(local.contiguous())  # [N, V_pad]
+        return full[:, : self.spec.vocab_size].float()
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, d]
+        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata,
+        kv_cache=None, logits_indices: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run this rank's layers on one step.
+
+        x: token ids [T] on the first stage, hidden states [T, H] otherwise. positions [T].
+        kv_cache: a ``seesaw.engine.kv.KVCache`` for this rank's layers, or None (no cache).
+        Returns hidden [T, H] on a non-last stage; on the last stage fp32 logits [N, V] of the
+        rows ``logits_indices`` (all T rows when None).
+        """
+        if self.shard.is_first:
+            x = self.embed(x)  # [T, H]
+        cos, sin = self.rope(positions)
+        for i, layer in self.layers.items():
+            kc = vc = None
+            if kv_cache is not None:
+                kc, vc = kv_cache.layer(int(i))
+            x = layer(x, cos, sin, meta, kc, vc)
+        if not self.shard.is_last:
+            return x
+        if logits_indices is not None:
+            x = x[logits_indices]  # [N, H]
+        return self.logits(x)

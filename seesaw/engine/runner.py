@@ -1,0 +1,193 @@
+"""Step-shaped execution of one rank's model shard over a paged KV cache, and reference generation.
+
+A step is what a vLLM-style scheduler hands out: ``{seq_id: [new token ids]}`` -- a whole prompt,
+a prefill chunk or a single decode token per sequence, mixed freely. ``ModelRunner.execute`` runs
+it and returns ``{seq_id: next_token}``. The KV positions of a sequence are implicit: its new tokens
+follow whatever it already has in the cache, so a chunked prefill is just several steps.
+
+Under pipeline parallelism the step's sequences are split into micro-batches that flow through
+the stages (receive from the previous stage, run local layers, send to the next); the last stage
+samples and broadcasts the next tokens to every rank of the replica. With a ``LocalComm`` (single
+process) the same code runs the whole model. ``generate`` is the single-process reference path.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull, build_metadata
+from seesaw.engine.model import LlamaShard
+
+__all__ = ["ModelRunner", "split_micro_batches", "run_generation", "generate"]
+
+
+def split_micro_batches(query_lens: list[int], num_micro_batches: int) -> list[list[int]]:
+    """Split sequence indices into at most ``num_micro_batches`` contiguous groups with about
+    equal token counts (every group non-empty)."""
+    n = len(query_lens)
+    m = max(1, min(num_micro_batches, n))
+    total = sum(query_lens)
+    groups, current, done = [], [], 0
+    for i, q in enumerate(query_lens):
+        current.append(i)
+        done += q
+        left_groups = m - len(groups) - 1
+        left_seqs = n - i - 1
+        target = total * (len(groups) + 1) / m
+        if left_groups and (done >= target or left_seqs == left_groups):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+class ModelRunner:
+    """One rank's shard + KV cache + block tables; executes steps."""
+
+    def __init__(self, model: LlamaShard, num_blocks: int, block_size: int = 16,
+                 num_micro_batches: int = 1, seed: int = 0):
+        self.model = model
+        self.comm = model.comm
+        self.shard = model.shard
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.kv = KVCache.for_model(model, num_blocks, block_size)
+        self.num_micro_batches = num_micro_batches
+        self.generator = torch.Generator(device=model.device).manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def free(self, seq_id) -> None:
+        """Forget a finished (or preempted) sequence and release its KV blocks."""
+        self.blocks.free(seq_id)
+
+    def num_cached_tokens(self, seq_id) -> int:
+        return self.blocks.num_tokens.get(seq_id, 0)
+
+    def _allocate(self, step_tokens: dict) -> dict:
+        need = sum(self.blocks.blocks_needed(s, len(t)) for s, t in step_tokens.items())
+        if need > self.blocks.num_free_blocks:
+            raise KVCacheFull(f"step needs {need} KV blocks, {self.blocks.num_free_blocks} free")
+        return {s: self.blocks.allocate(s, len(t)) for s, t in step_tokens.items()}
+
+    @torch.inference_mode()
+    def step_logits(self, step_tokens: dict[object, list[int]], all_tokens: bool = False,
+                    num_micro_batches: int | None = None) -> dict[object, torch.Tensor]:
+        """Run one step; on the last stage return fp32 logits per sequence: [V] for its last new
+        token, or [n, V] for every new token when ``all_tokens``. Other stages return {}."""
+        seq_ids = list(step_tokens)
+        if not seq_ids:
+            return {}
+        if any(len(t) == 0 for t in step_tokens.values()):
+            raise ValueError("every sequence in a step needs at least one new token")
+        slots = self._allocate(step_tokens)
+        query_lens = [len(step_tokens[s]) for s in seq_ids]
+        groups = split_micro_batches(query_lens, num_micro_batches or self.num_micro_batches)
+        dev = self.device
+        out: dict[object, torch.Tensor] = {}
+        pending = []
+        for group in groups:
+            ids = [seq_ids[i] for i in group]
+            lens = [query_lens[i] for i in group]
+            meta = build_metadata(self.blocks, ids, lens, torch.cat([slots[s] for s in ids]), dev)
+            positions = torch.cat([torch.arange(c - n, c) for c, n in zip(meta.context_lens, lens)]).to(dev)
+            if self.shard.is_first:
+                x = torch.tensor([t for s in ids for t in step_tokens[s]], dtype=torch.long, device=dev)
+            else:
+                x = self.comm.recv_prev((meta.num_tokens, self.model.hidden_size), self.model.dtype)
+            rows = None
+            if not all_tokens:
+                rows = torch.tensor(lens, device=dev).cumsum(0) - 1  # last new token of each
+            y = self.model(x, positions, meta, self.kv, rows)  # [T, H] or logits [N, V]
+            if not self.shard.is_last:
+                pending.append(self.comm.send_next(y.contiguous()))
+                continue
+            if all_tokens:
+                out.update(zip(ids, y.split(lens)))
+            else:
+                out.update(zip(ids, y))
+        for handle in pending:
+            if handle is not None:
+                handle.wait()
+        return out
+
+    def sample(self, logits: dict[object, torch.Tensor], temperature: float | dict = 0.0) -> dict:
+        """Next token per sequence from last-token logits [V]: greedy when temperature is 0."""
+        out = {}
+        for s, row in logits.items():
+            temp = temperature.get(s, 0.0) if isinstance(temperature, dict) else temperature
+            if temp <= 0:
+                out[s] = int(row.argmax())
+            else:
+                probs = torch.softmax(row / temp, dim=-1)
+                out[s] = int(torch.multinomial(probs, 1, generator=self.generator))
+        return out
+
+    def execute(self, step_tokens: dict[object, list[int]], temperature: float | dict = 0.0,
+                num_micro_batches: int | None = None) -> dict[object, int]:
+        """Run one step and return ``{seq_id: next_token}`` on every rank of the replica."""
+        logits = self.step_logits(step_tokens, num_micro_batches=num_micro_batches)
+        seq_ids = list(step_tokens)
+        if self.shard.is_last:
+            chosen = self.sample(logits, temperature)
+            ids = torch.tensor([chosen[s] for s in seq_ids], dtype=torch.long)
+        else:
+            ids = torch.zeros(len(seq_ids), dtype=torch.long)
+        if self.shard.pp_size > 1:
+            ids = self.comm.broadcast_from_last_stage(ids.to(self.device)).cpu()
+        return dict(zip(seq_ids, ids.tolist()))
+
+
+def run_generation(
+    runner: ModelRunner, prompts: dict[object, list[int]], max_new_tokens: int,
+    eos_token_id: int | list[int] | None = None, temperature: float = 0.0,
+    prefill_chunk: int | None = None,
+) -> dict[object, list[int]]:
+    """Prefill every prompt (in chunks of ``prefill_chunk`` tokens if given), then decode all
+    unfinished sequences together, one token per step, until ``max_new_tokens`` or an EOS.
+    Returns the new tokens per sequence. Every rank of a replica calls it with the same prompts."""
+    eos = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
+    outputs: dict[object, list[int]] = {s: [] for s in prompts}
+    if max_new_tokens <= 0 or not prompts:
+        return outputs
+    longest = max(len(p) for p in prompts.values())
+    chunk = prefill_chunk or longest
+    for start in range(0, longest, chunk):
+        step = {s: p[start:start + chunk] for s, p in prompts.items() if p[start:start + chunk]}
+        nxt = runner.execute(step, temperature)
+        for s, tok in nxt.items():
+            if start + chunk >= len(prompts[s]):  # this chunk held the prompt's last token
+                outputs[s].append(tok)
+    running = [s for s in prompts if outputs[s][-1] not in eos and max_new_tokens > 1]
+    for s in prompts:
+        if s not in running:
+            runner.free(s)
+    while running:
+        nxt = runner.execute({s: [outputs[s][-1]] for s in running}, temperature)
+        still = []
+        for s in running:
+            outputs[s].append(nxt[s])
+            if nxt[s] not in eos and len(outputs[s]) < max_new_tokens:
+                still.append(s)
+            else:
+                runner.free(s)
+        running = still
+    return outputs
+
+
+def generate(
+    model: LlamaShard, prompts: list[list[int]], max_new_tokens: int, greedy: bool = True,
+    eos_token_id: int | list[int] | None = None, block_size: int = 16, temperature: float = 1.0,
+    prefill_chunk: int | None = None, seed: int = 0,
+) -> list[list[int]]:
+    """Single-process reference generation of ``prompts`` (token id lists) with a paged KV cache
+    sized to fit them all; greedy unless ``greedy=False`` (then sampled at ``temperature``).
+    Returns the new tokens of each prompt."""
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    num_blocks = len(prompts) * -(-longest // block_size)
+    runner = ModelRunner(model, num_blocks, block_size, seed=seed)
+    out = run_generation(runner, dict(enumerate(prompts)), max_new_tokens, eos_token_id,
+                         0.0 if greedy else temperature, prefill_chunk)
+    return [out[i] for i in range(len(prompts))]

@@ -1,0 +1,88 @@
+"""Shared helpers for the engine tests: the one multi-rank launcher, and small factories.
+
+``run_ranks`` is the only way tests start ranks: a forkserver context, a file:// rendezvous in a
+fresh temp dir, a deadline, every rank killed as soon as one fails, and that rank's traceback
+re-raised (``seesaw.engine.dist.spawn`` does the work). Rank functions must be importable, so they
+live in ``seesaw.engine.dist`` or in this module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seesaw.engine.dist import spawn
+from seesaw.engine.model import AttnMetadata, LlamaShard
+from seesaw.engine.tiny import tiny_config, write_random_checkpoint
+
+RANK_TIMEOUT_S = float(os.environ.get("SEESAW_TEST_RANK_TIMEOUT_S", "60"))
+
+
+def run_ranks(fn, world_size: int, *args, timeout_s: float = RANK_TIMEOUT_S) -> list:
+    """Run ``fn(rank, world_size, device, *args)`` on ``world_size`` gloo CPU ranks; results in
+    rank order. A failing rank's error is re-raised here (``RankError``), a hang becomes
+    ``TimeoutError``; no rank outlives the call."""
+    return spawn(fn, world_size, args, timeout_s=timeout_s, collective_timeout_s=timeout_s)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
+    barriers waiting on a descheduled thread make every op ~100x slower. Import into a test module
+    to apply it there."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------------------------
+# factories
+
+
+def make_checkpoint(path: Path, seed: int = 0, **overrides) -> Path:
+    """A tiny random LLaMA written as a real safetensors checkpoint (HF names, config.json)."""
+    return write_random_checkpoint(path, tiny_config(**overrides), seed=seed)
+
+
+def random_prompts(lengths, vocab_size: int = 256, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+@torch.inference_mode()
+def full_logits(model: LlamaShard, tokens: list[int]) -> torch.Tensor:
+    """Logits [T, V] of one whole sequence, no KV cache: the reference for cached paths."""
+    return model(torch.tensor(tokens), torch.arange(len(tokens)), AttnMetadata.no_cache([len(tokens)]))
+
+
+# --------------------------------------------------------------------------------------------
+# rank functions for the launcher's own tests
+
+
+def rank_sum(rank: int, world_size: int, device) -> float:
+    """All-reduce of the ranks' ids over the default group."""
+    import torch.distributed as dist
+
+    x = torch.tensor([float(rank)])
+    dist.all_reduce(x)
+    return float(x)
+
+
+def rank_fails(rank: int, world_size: int, device, bad_rank: int) -> int:
+    """``bad_rank`` raises; the others block in a barrier it never joins."""
+    import torch.distributed as dist
+
+    if rank == bad_rank:
+        raise ValueError(f"boom on rank {rank}")
+    dist.barrier()
+    return rank
+
+
+def rank_sleeps(rank: int, world_size: int, device, seconds: float) -> int:
+    time.sleep(seconds)
+    return rank
