@@ -5,7 +5,6 @@ every layout here; the tolerance is 1e-4.
 """
 
 import pytest
-import torch
 
 from seesaw.engine.dist import RankError, run_layout
 from seesaw.engine.runner import generate

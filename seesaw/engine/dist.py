@@ -126,6 +126,7 @@ class TorchComm(Comm):
 
 def _rank_entry(fn, rank, world_size, init_method, backend, coll_timeout_s, threads, args, results):
     try:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a local launch talks over loopback
         torch.set_num_threads(threads)
         device = init_process(rank, world_size, init_method, backend, coll_timeout_s)
         out = fn(rank, world_size, device, *args)
@@ -152,7 +153,6 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeo
     ctx = get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(list(preload))
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # local launch: loopback only
     results = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="seesaw-rdzv-") as tmp:
         init_method = "file://" + os.path.join(tmp, "rendezvous")
@@ -187,7 +187,7 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeo
                     continue
                 if not success:
                     raise RankError(f"rank {rank} of {world_size} failed:\n{payload}")
-                done[rank] = torch.load(io.BytesIO(payload), weights_only=False)
+                done[rank] = torch.load(io.BytesIO(payload), weights_only=False, map_location="cpu")
             ok = True
         finally:
             for p in procs:

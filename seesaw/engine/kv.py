@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from seesaw.engine.model import AttnMetadata
+from seesaw.engine.attention import AttnMetadata
 
 __all__ = ["KVCacheFull", "BlockManager", "KVCache", "build_metadata"]
 
@@ -142,7 +142,9 @@ def build_metadata(
             n = context_lens[i]
             slots[row, :n] = blocks.slots(seq_ids[i], 0, n)
             mask[row, ..., :n] = True
+        starts = torch.tensor([0] + list(query_lens)).cumsum(0)
         meta.decode_seqs = decode
+        meta.decode_rows = starts[decode].to(device)
         meta.decode_slots = slots.to(device)
         meta.decode_mask = mask.to(device)
     return meta
