@@ -176,3 +176,18 @@ def test_byte_tokenizer_roundtrip():
     assert ids[0] == tok.bos_token_id and max(ids[1:]) < 256
     assert tok.decode(ids + [tok.eos_token_id]) == "héllo"
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}]).endswith("assistant: ")
+
+
+def test_store_pickles_as_shared_buffers(tmp_path):
+    """Spawned ranks receive the buffers (one shared fd each), not a copy per tensor."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    store = load_checkpoint(make_checkpoint(tmp_path / "m"))
+    state = store.__getstate__()
+    assert not state["loose"] and len(state["buffers"]) == 1
+    clone = pickle.loads(ForkingPickler.dumps(store))
+    for name, t in store.tensors.items():
+        assert torch.equal(clone[name], t)
+    clone["model.norm.weight"][0] = 42.0  # same pages
+    assert store["model.norm.weight"][0] == 42.0

@@ -141,6 +141,28 @@ class WeightStore:
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.tensors[name]
 
+    # Pickled (to spawned ranks) as its few buffers plus a table of views, so torch shares one
+    # file descriptor per buffer rather than one per tensor.
+    def __getstate__(self) -> dict:
+        ptrs = {b.untyped_storage().data_ptr(): i for i, b in enumerate(self.buffers)}
+        views, loose = {}, {}
+        for name, t in self.tensors.items():
+            i = ptrs.get(t.untyped_storage().data_ptr())
+            if i is None:
+                loose[name] = t
+            else:
+                views[name] = (i, t.storage_offset(), tuple(t.shape))
+        return {"spec": self.spec, "config": self.config, "path": self.path, "buffers": self.buffers,
+                "views": views, "loose": loose}
+
+    def __setstate__(self, state: dict) -> None:
+        self.spec, self.config, self.path = state["spec"], state["config"], state["path"]
+        self.buffers = state["buffers"]
+        self.tensors = {}
+        for name, (i, offset, shape) in state["views"].items():
+            self.tensors[name] = self.buffers[i][offset:offset + _numel(shape)].view(shape)
+        self.tensors.update(state["loose"])
+
 
 def _safetensors_files(model_dir: Path) -> dict[str, Path]:
     """Tensor name -> file holding it."""
