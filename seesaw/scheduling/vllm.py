@@ -58,6 +58,7 @@ class VllmScheduler:
         self.watermark_blocks = int(watermark * num_device_blocks)
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}     # admission order
+        self.seqs: list[Sequence] = []              # every sequence ever added, in order
         self.num_in_flight = 0
         self.num_preemptions = 0
         self.num_finished = 0
@@ -87,6 +88,7 @@ class VllmScheduler:
         )
         self.check_servable(seq)
         self.waiting.append(seq)
+        self.seqs.append(seq)
         return seq
 
     def check_servable(self, seq: Sequence) -> None:

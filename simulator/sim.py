@@ -1,0 +1,385 @@
+"""Discrete-event simulation of one GPU node serving an offline batch under a policy.
+
+simpy only advances time; the pure policy from ``seesaw.scheduling`` decides what runs. Each DP
+replica is a driver process that keeps up to ``pp`` micro-batches in flight; a micro-batch is a
+process that walks the pipeline stages, each stage a simpy resource of capacity one, so pipeline
+bubbles and stage imbalance emerge from the schedule instead of being assumed. Per-stage times come
+from ``simulator.cost.CostModel``. Host<->device copies (Seesaw) use one host-link resource per
+replica (the replica's GPUs copy in parallel, each over its own link).
+
+Assumptions: offline batch (every request arrives at t=0 unless it carries an arrival time), no
+speculative decoding, prefix caching off, sampling cost inside the per-step overhead.
+
+Metrics follow ``vllm bench throughput``: requests/s = N / makespan; total tokens/s counts prompt
+plus output tokens; output tokens/s counts generated tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+import simpy
+
+from seesaw.scheduling.seesaw import SeesawScheduler
+from seesaw.scheduling import (
+    Forward, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
+    VllmScheduler, split_across_replicas,
+)
+from seesaw.specs import ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
+from simulator.cost import BatchShape, CostModel
+
+__all__ = ["SimResult", "simulate", "batch_shape", "PHASES"]
+
+PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")
+
+
+@dataclass
+class SimResult:
+    """Outcome of one simulated run. ``steps`` and ``requests`` are per-row DataFrames."""
+
+    elapsed_time: float
+    num_requests: int
+    total_prompt_tokens: int
+    total_output_tokens: int
+    layout: str
+    policy: str
+    time_by_phase: dict[str, float]
+    peak_kv_usage: float
+    num_preemptions: int
+    num_steps: int
+    steps: pd.DataFrame
+    requests: pd.DataFrame
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_num_tokens(self) -> int:
+        return self.total_prompt_tokens + self.total_output_tokens
+
+    @property
+    def requests_per_second(self) -> float:
+        return self.num_requests / self.elapsed_time if self.elapsed_time else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.total_num_tokens / self.elapsed_time if self.elapsed_time else 0.0
+
+    @property
+    def output_tokens_per_second(self) -> float:
+        return self.total_output_tokens / self.elapsed_time if self.elapsed_time else 0.0
+
+    def to_run_result(self) -> RunResult:
+        return RunResult(
+            elapsed_time=self.elapsed_time,
+            num_requests=self.num_requests,
+            total_num_tokens=self.total_num_tokens,
+            total_output_tokens=self.total_output_tokens,
+            requests_per_second=self.requests_per_second,
+            tokens_per_second=self.tokens_per_second,
+            output_tokens_per_second=self.output_tokens_per_second,
+            layout=self.layout,
+            policy=self.policy,
+            time_by_phase=self.time_by_phase,
+            peak_kv_usage=self.peak_kv_usage,
+            num_preemptions=self.num_preemptions,
+            num_steps=self.num_steps,
+            **self.extra,
+        )
+
+    def summary(self) -> dict:
+        return self.to_run_result().model_dump()
+
+
+def batch_shape(step: Forward) -> BatchShape:
+    """Aggregate what the cost model needs from a forward step (before it is accounted)."""
+    shape = BatchShape()
+    for seq, n in zip(step.seqs, step.num_new_tokens):
+        past = seq.num_computed_tokens
+        if n == 1 and seq.num_output_tokens > 0 and past == seq.num_tokens - 1:
+            shape.decode_seqs += 1
+            shape.decode_context_tokens += past + 1
+            shape.sampled_seqs += 1
+        else:
+            shape.prefill_tokens += n
+            shape.prefill_attn_pairs += n * (past + (n + 1) / 2)
+            if past + n == seq.num_tokens:
+                shape.sampled_seqs += 1
+    return shape
+
+
+def _phase_of(kinds: dict[str, int]) -> str:
+    """Phase of an interval from what is in flight; copies under compute are overlapped."""
+    live = [k for k in ("prefill", "decode", "mixed") if kinds[k]]
+    if live:
+        return live[0] if len(live) == 1 else "mixed"
+    if kinds["reshard"]:
+        return "reshard"
+    if kinds["swap_stall"]:
+        return "swap_stall"
+    return "idle"
+
+
+class _Replica:
+    """One DP replica: its scheduler, pipeline stages and bookkeeping."""
+
+    def __init__(self, sim: "_Simulation", index: int, scheduler, layout: ParallelConfig, max_pp: int):
+        self.sim = sim
+        self.index = index
+        self.sched = scheduler
+        self.layout = layout
+        env = sim.env
+        self.stages = [simpy.Resource(env, capacity=1) for _ in range(max_pp)]
+        self.host_link = simpy.Resource(env, capacity=1)
+        self.done = simpy.Store(env)
+        self.kinds = {"prefill": 0, "decode": 0, "mixed": 0, "reshard": 0, "swap_stall": 0}
+        self.phase_s = dict.fromkeys(PHASES, 0.0)
+        self.last_t = 0.0
+
+    # phase bookkeeping: time between events goes to the phase of what is in flight
+    def _tick(self) -> None:
+        now = self.sim.env.now
+        self.phase_s[_phase_of(self.kinds)] += now - self.last_t
+        self.last_t = now
+
+    def run(self):
+        env = self.sim.env
+        pending = 0
+        while self.sched.has_unfinished() or pending:
+            while True:
+                step = self.sched.schedule()
+                if step is None:
+                    break
+                self._tick()
+                self.kinds[self._kind(step)] += 1
+                pending += 1
+                env.process(self._execute(step))
+            if not pending:
+                raise SchedulerError(
+                    f"replica {self.index}: scheduler stalled with {self.sched.num_unfinished} "
+                    "unfinished requests"
+                )
+            step = yield self.done.get()
+            pending -= 1
+            self._tick()
+            self.kinds[self._kind(step)] -= 1
+            self._complete(step)
+        self._tick()
+
+    @staticmethod
+    def _kind(step) -> str:
+        if isinstance(step, Forward):
+            return step.kind
+        if isinstance(step, Reshard):
+            return "reshard"
+        return "swap_stall"
+
+    def _execute(self, step):
+        env = self.sim.env
+        start = env.now
+        if isinstance(step, Forward):
+            yield from self._forward(step)
+        elif isinstance(step, Reshard):
+            yield env.timeout(self.sim.cost.reshard_s(step.src, step.dst))
+            self.layout = step.dst
+        elif isinstance(step, (SwapIn, SwapOut)):
+            # every GPU of the replica copies its own shard over its own host link, in parallel
+            tokens = sum(s.num_computed_tokens for s in step.seqs)
+            per_gpu = tokens * self.sim.cost.swap_bytes_per_token(self.layout)
+            with self.host_link.request() as req:
+                yield req
+                yield env.timeout(self.sim.cost.host_copy_s(per_gpu))
+            self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
+        self.sim.record_step(self, step, start, env.now)
+        yield self.done.put(step)
+
+    def _forward(self, step: Forward):
+        env = self.sim.env
+        cost = self.sim.cost
+        layout = self.layout
+        shape = batch_shape(step)
+        last = layout.pp - 1
+        ntok = shape.prefill_tokens + shape.decode_seqs
+        for stage, res in enumerate(self.stages[: layout.pp]):
+            with res.request() as req:
+                yield req
+                yield env.timeout(cost.stage_time_s(layout, stage, shape))
+            if stage < last:
+                yield env.timeout(cost.pp_send_s(layout, ntok))
+        self.sim.shapes[id(step)] = shape
+
+    def _complete(self, step) -> None:
+        if isinstance(step, Forward):
+            now = self.sim.env.now
+            finished = self.sched.on_step_done(step)
+            for seq in step.seqs:
+                if seq.first_token_time_s is None and seq.num_output_tokens > 0:
+                    seq.first_token_time_s = now
+            for seq in finished:
+                seq.finish_time_s = now
+        else:
+            self.sched.on_step_done(step)
+
+
+class _Simulation:
+    def __init__(self, model: ModelSpec, node: NodeSpec, cost: CostModel, progress: Callable | None):
+        self.model = model
+        self.node = node
+        self.cost = cost
+        self.env = simpy.Environment()
+        self.progress = progress
+        self.rows: list[tuple] = []
+        self.shapes: dict[int, BatchShape] = {}
+        self.swap_bytes: dict[int, float] = {}
+        self.total_requests = 0
+        self.replicas: list[_Replica] = []
+
+    def record_step(self, rep: _Replica, step, start: float, end: float) -> None:
+        shape = self.shapes.pop(id(step), None) or _EMPTY
+        host = getattr(rep.sched, "host", None)
+        self.rows.append((
+            rep.index, step.kind, start, end, len(getattr(step, "seqs", ())),
+            shape.prefill_tokens, shape.decode_seqs, shape.decode_context_tokens,
+            self.swap_bytes.pop(id(step), 0), rep.sched.blocks.usage, host.usage if host else 0.0,
+        ))
+        if self.progress is not None and len(self.rows) % 256 == 0:
+            done = sum(r.sched.num_finished for r in self.replicas)
+            self.progress(done, self.total_requests)
+
+
+_EMPTY = BatchShape()
+
+
+def _check_layout(model: ModelSpec, node: NodeSpec, layout: ParallelConfig) -> None:
+    if layout.world_size != node.num_gpus:
+        raise SpecError(
+            f"layout {layout} uses {layout.world_size} GPUs but the node {node.name} has {node.num_gpus}"
+        )
+    layout.check_model(model)
+
+
+def simulate(
+    model: ModelSpec,
+    node: NodeSpec,
+    policy,
+    requests: list,
+    *,
+    cost: CostModel | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimResult:
+    """Simulate ``requests`` (objects with ``id``, ``prompt_len``, ``output_len``) under ``policy``.
+
+    Raises ``SpecError`` for a layout that does not fit the node or the model, and
+    ``SchedulerError`` for a request that cannot be served.
+    """
+    if not requests:
+        raise SpecError("the workload has no requests")
+    cost = cost or CostModel(model, node)
+    util = policy.gpu_memory_utilization
+    if isinstance(policy, VllmPolicy):
+        layouts = [policy.layout]
+    else:
+        layouts = [policy.prefill_layout, policy.decode_layout]
+    for layout in layouts:
+        _check_layout(model, node, layout)
+        cost.check_fits(layout, util)
+    sim = _Simulation(model, node, cost, progress)
+    sim.total_requests = len(requests)
+    parts = split_across_replicas(list(requests), layouts[0].dp)
+    for index, part in enumerate(parts):
+        sched = _make_scheduler(policy, cost, index)
+        for req in part:
+            sched.add_request(req)
+        rep = _Replica(sim, index, sched, layouts[0], max(c.pp for c in layouts))
+        sim.replicas.append(rep)
+        sim.env.process(rep.run())
+    sim.env.run()
+    return _collect(sim, policy, requests)
+
+
+def default_host_kv_bytes(model: ModelSpec, node: NodeSpec, fraction: float = 0.8) -> float:
+    """Host KV pool for the whole node: a fraction of host memory minus the host weight store."""
+    return max(0.0, fraction * node.host_memory_bytes - model.weight_bytes)
+
+
+def _make_scheduler(policy, cost: CostModel, replica: int):
+    util = policy.gpu_memory_utilization
+    if isinstance(policy, VllmPolicy):
+        tokens = cost.kv_capacity_tokens(policy.layout, util)
+        return VllmScheduler.from_policy(policy, tokens // policy.block_size, replica=replica)
+    model, node = cost.model, cost.node
+    dp = policy.prefill_layout.dp
+    # retained decodes must fit under either layout, so the device pool is the smaller one
+    device_tokens = min(cost.kv_capacity_tokens(policy.prefill_layout, util),
+                        cost.kv_capacity_tokens(policy.decode_layout, util))
+    available = node.host_memory_bytes - model.weight_bytes
+    host_bytes = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
+    if host_bytes > available:
+        raise SpecError(
+            f"host KV pool {host_bytes / 2**30:.1f} GiB exceeds the host memory left after weights "
+            f"({node.host_memory_bytes / 2**30:.0f} GiB - {model.weight_bytes / 2**30:.1f} GiB)"
+        )
+    host_blocks = int(host_bytes / dp // (model.kv_bytes_per_token * policy.block_size))
+    return SeesawScheduler(
+        device_tokens // policy.block_size, host_blocks, policy.prefill_layout, policy.decode_layout,
+        block_size=policy.block_size, max_num_seqs=policy.max_num_seqs,
+        max_num_batched_tokens=policy.max_num_batched_tokens,
+        host_full_watermark=policy.host_full_watermark, replica=replica,
+    )
+
+
+def _collect(sim: _Simulation, policy, requests) -> SimResult:
+    makespan = sim.env.now
+    steps = pd.DataFrame(sim.rows, columns=[
+        "replica", "kind", "start_s", "end_s", "num_seqs", "prefill_tokens", "decode_seqs",
+        "decode_context_tokens", "swap_bytes", "kv_usage", "host_kv_usage",
+    ])
+    seqs: list[Sequence] = []
+    phase = dict.fromkeys(PHASES, 0.0)
+    for rep in sim.replicas:
+        rep.phase_s["idle"] += makespan - rep.last_t   # replicas that finished early wait
+        for k, v in rep.phase_s.items():
+            phase[k] += v / len(sim.replicas)
+        seqs.extend(_sequences(rep.sched))
+    for s in seqs:
+        assert s.status is SeqStatus.FINISHED, s.req_id
+    req_df = pd.DataFrame({
+        "id": [s.req_id for s in seqs],
+        "replica": [s.replica for s in seqs],
+        "prompt_len": [s.prompt_len for s in seqs],
+        "output_len": [s.num_output_tokens for s in seqs],
+        "first_token_time_s": [s.first_token_time_s for s in seqs],
+        "finish_time_s": [s.finish_time_s for s in seqs],
+        "num_preemptions": [s.num_preemptions for s in seqs],
+    })
+    layout = str(policy.layout) if isinstance(policy, VllmPolicy) else (
+        f"{policy.prefill_layout}->{policy.decode_layout}")
+    extra = {}
+    if isinstance(sim.replicas[0].sched, SeesawScheduler):
+        stats = [r.sched.stats() for r in sim.replicas]
+        extra = {
+            "num_transitions": max(st["num_transitions"] for st in stats),
+            "reshard_time": phase["reshard"],
+            "swap_stall_time": phase["swap_stall"],
+            "swapped_bytes": float(steps["swap_bytes"].sum()),
+            "host_kv_peak_usage": max(st["host_kv_peak_usage"] for st in stats),
+        }
+    return SimResult(
+        elapsed_time=makespan,
+        num_requests=len(seqs),
+        total_prompt_tokens=int(req_df["prompt_len"].sum()),
+        total_output_tokens=int(req_df["output_len"].sum()),
+        layout=layout,
+        policy=policy.kind,
+        time_by_phase={k: round(v, 9) for k, v in phase.items()},
+        peak_kv_usage=max(r.sched.blocks.peak_used / max(1, r.sched.blocks.num_blocks) for r in sim.replicas),
+        num_preemptions=sum(r.sched.num_preemptions for r in sim.replicas),
+        num_steps=len(steps),
+        steps=steps,
+        requests=req_df,
+        extra=extra,
+    )
+
+
+def _sequences(sched) -> list[Sequence]:
+    return list(sched.seqs)
