@@ -59,8 +59,8 @@ def test_gemm_errors_per_regime(calib, gemm):
 def test_allreduce_against_dgx_a100(calib):
     ar = calib.allreduce_errors(DATA)
     assert set(ar.tp) == {2, 4, 8}
-    # the shipped 8xa100-40g-nvlink profile is within 2x of NCCL's measured medians ...
-    assert ar.abs_err.median() <= 0.6
+    # the shipped 8xa100-40g-nvlink profile (fitted to this data) is within 25% of the medians ...
+    assert ar.abs_err.median() <= 0.25
     # ... and the ring model itself fits the data well with its best bandwidth and latency
     bw, lat = calib.fit_ring(ar)
     t, s = ar.tp.to_numpy(float), ar.size_bytes.to_numpy(float)
