@@ -44,6 +44,12 @@ def test_converted_config(smol_dir):
     spec = store.spec
     assert (spec.num_hidden_layers, spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads) == (30, 576, 9, 3)
     assert spec.tie_word_embeddings and spec.vocab_size == 49152 and spec.rope_theta == 100000.0
+    catalog = pytest.importorskip("seesaw.catalog")
+    listed = catalog.load_model("smollm2-135m")
+    for f in ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "d_head",
+              "intermediate_size", "vocab_size", "tie_word_embeddings", "rope_theta", "rms_norm_eps",
+              "max_position_embeddings"):
+        assert getattr(spec, f) == getattr(listed, f), f
 
 
 def test_weights_match_transformers_gguf_loader(smol_dir):

@@ -191,3 +191,16 @@ def test_store_pickles_as_shared_buffers(tmp_path):
         assert torch.equal(clone[name], t)
     clone["model.norm.weight"][0] = 42.0  # same pages
     assert store["model.norm.weight"][0] == 42.0
+
+
+_SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "d_head",
+                 "intermediate_size", "vocab_size", "tie_word_embeddings", "rope_theta", "rms_norm_eps")
+
+
+def test_tiny_checkpoint_matches_catalog():
+    catalog = pytest.importorskip("seesaw.catalog")
+    from seesaw.engine.weights import spec_from_config
+
+    ours, theirs = spec_from_config(tiny_config()), catalog.load_model("tiny")
+    for f in _SHAPE_FIELDS:
+        assert getattr(ours, f) == getattr(theirs, f), f

@@ -112,8 +112,8 @@ def gguf_config(meta: dict, tensor_names: set[str]) -> dict:
         "num_attention_heads": heads,
         "num_key_value_heads": int(get("attention.head_count_kv", heads)),
         "vocab_size": int(vocab),
-        "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": float(get("rope.freq_base", 10000.0)),
+        "rms_norm_eps": _f32(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": _f32(get("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(get("context_length", 4096)),
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "torch_dtype": "float32",
@@ -130,6 +130,11 @@ def gguf_config(meta: dict, tensor_names: set[str]) -> dict:
         if tid is not None:
             config["pad_token_id" if key == "padding" else f"{key}_token_id"] = int(tid)
     return config
+
+
+def _f32(x) -> float:
+    """A GGUF float32 as the shortest decimal that reads back the same (1e-05, not 9.99999975e-06)."""
+    return float(str(np.float32(x)))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
