@@ -2,8 +2,9 @@
 
 simpy only advances time; the pure policy from ``seesaw.scheduling`` decides what runs. Each DP
 replica is a driver process that keeps up to ``pp`` micro-batches in flight; a micro-batch is a
-process that walks the pipeline stages, each stage a simpy resource of capacity one, so pipeline
-bubbles and stage imbalance emerge from the schedule instead of being assumed. Per-stage times come
+process that walks the pipeline stages, each stage serving micro-batches in order (its free-at time
+plays the role of a capacity-one resource), so pipeline bubbles and stage imbalance emerge from the
+schedule instead of being assumed. Per-stage times come
 from ``simulator.cost.CostModel``. Host<->device copies (Seesaw) use one host-link resource per
 replica (the replica's GPUs copy in parallel, each over its own link).
 
@@ -24,7 +25,7 @@ import simpy
 
 from seesaw.scheduling.seesaw import SeesawScheduler
 from seesaw.scheduling import (
-    Forward, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
+    Decode, Forward, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
     VllmScheduler, split_across_replicas,
 )
 from seesaw.specs import ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
@@ -94,6 +95,11 @@ class SimResult:
 def batch_shape(step: Forward) -> BatchShape:
     """Aggregate what the cost model needs from a forward step (before it is accounted)."""
     shape = BatchShape()
+    if isinstance(step, Decode):
+        n = len(step.seqs)
+        shape.decode_seqs = shape.sampled_seqs = n
+        shape.decode_context_tokens = sum([s.num_computed_tokens for s in step.seqs]) + n
+        return shape
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens
         if n == 1 and seq.num_output_tokens > 0 and past == seq.num_tokens - 1:
@@ -129,7 +135,7 @@ class _Replica:
         self.sched = scheduler
         self.layout = layout
         env = sim.env
-        self.stages = [simpy.Resource(env, capacity=1) for _ in range(max_pp)]
+        self.stage_free_s = [0.0] * max_pp
         self.host_link = simpy.Resource(env, capacity=1)
         self.done = simpy.Store(env)
         self.kinds = {"prefill": 0, "decode": 0, "mixed": 0, "reshard": 0, "swap_stall": 0}
@@ -194,19 +200,28 @@ class _Replica:
         yield self.done.put(step)
 
     def _forward(self, step: Forward):
+        """Walk the micro-batch through the stages; each stage serves micro-batches in order.
+
+        ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
+        starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
+        resource per stage would give, computed at launch with one timeout instead of three
+        events per stage. Bubbles and stage imbalance emerge from this recurrence.
+        """
         env = self.sim.env
         cost = self.sim.cost
         layout = self.layout
         shape = batch_shape(step)
-        last = layout.pp - 1
-        ntok = shape.prefill_tokens + shape.decode_seqs
-        for stage, res in enumerate(self.stages[: layout.pp]):
-            with res.request() as req:
-                yield req
-                yield env.timeout(cost.stage_time_s(layout, stage, shape))
-            if stage < last:
-                yield env.timeout(cost.pp_send_s(layout, ntok))
         self.sim.shapes[id(step)] = shape
+        free = self.stage_free_s
+        last = layout.pp - 1
+        send = cost.pp_send_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else 0.0
+        t = env.now
+        for stage in range(layout.pp):
+            start = t if t > free[stage] else free[stage]
+            t = free[stage] = start + cost.stage_time_s(layout, stage, shape)
+            if stage < last:
+                t += send
+        yield env.timeout(t - env.now)
 
     def _complete(self, step) -> None:
         if isinstance(step, Forward):

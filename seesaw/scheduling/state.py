@@ -43,6 +43,7 @@ class Sequence:
     status: SeqStatus = SeqStatus.WAITING
     num_computed_tokens: int = 0
     num_output_tokens: int = 0
+    num_tokens: int = 0            # prompt + generated so far (kept in step with num_output_tokens)
     num_blocks: int = 0            # device KV blocks held
     num_host_blocks: int = 0       # host-pool KV blocks held (Seesaw)
     num_preemptions: int = 0
@@ -54,9 +55,12 @@ class Sequence:
     finish_time_s: float | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
-    def num_tokens(self) -> int:
-        return self.prompt_len + self.num_output_tokens
+    def __post_init__(self) -> None:
+        self.num_tokens = self.prompt_len + self.num_output_tokens
+
+    def append_token(self) -> None:
+        self.num_output_tokens += 1
+        self.num_tokens += 1
 
     @property
     def num_new_tokens(self) -> int:

@@ -160,37 +160,35 @@ class VllmScheduler:
             budget -= n
         return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts) if seqs else None
 
-    def _decode_candidates(self) -> list[Sequence]:
-        return [s for s in self.running.values() if not s.in_flight and s.num_new_tokens == 1]
-
     def _take_decodes(self, limit: int) -> list[Sequence]:
         """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out."""
-        cands = deque(self._decode_candidates())
+        cands = [s for s in self.running.values()
+                 if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
         batch: list[Sequence] = []
-        while cands and len(batch) < limit:
-            seq = cands.popleft()
-            need = blocks_for(seq.num_computed_tokens + 1, self.block_size) - seq.num_blocks
-            while need > self.blocks.num_free:
-                victim = self._pick_victim(cands)
-                if victim is None:
-                    self._preempt(seq)
-                    seq = None
-                    break
-                self._preempt(victim)
-            if seq is None:
-                break
-            if need:
-                self.blocks.allocate(need)
+        pool = self.blocks
+        bs = self.block_size
+        i = 0
+        while i < len(cands) and len(batch) < limit:
+            seq = cands[i]
+            i += 1
+            # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
+            if seq.num_computed_tokens >= seq.num_blocks * bs:
+                need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
+                while need > pool.num_free:
+                    victim = cands.pop() if len(cands) > i else self._partial_prefill_victim()
+                    if victim is None:
+                        self._preempt(seq)
+                        return batch
+                    self._preempt(victim)
+                pool.allocate(need)
                 seq.num_blocks += need
             batch.append(seq)
         return batch
 
-    def _pick_victim(self, cands: deque) -> Sequence | None:
-        """Newest running sequence that is neither in flight nor already picked."""
+    def _partial_prefill_victim(self) -> Sequence | None:
+        """Newest running sequence mid-prefill (chunked) that is not in flight."""
         for seq in reversed(self.running.values()):
-            if not seq.in_flight and (seq in cands or seq.num_new_tokens > 1):
-                if seq in cands:
-                    cands.remove(seq)
+            if not seq.in_flight and seq.num_tokens - seq.num_computed_tokens > 1:
                 return seq
         return None
 
@@ -269,7 +267,8 @@ class VllmScheduler:
             if seq.num_computed_tokens < seq.num_tokens:
                 continue  # a prefill chunk: no token sampled yet
             seq.num_output_tokens += 1
-            if seq.num_output_tokens >= seq.max_output_len or seq.req_id in stopped:
+            seq.num_tokens += 1
+            if seq.num_output_tokens >= seq.max_output_len or (stopped and seq.req_id in stopped):
                 seq.finish_reason = "stop" if seq.req_id in stopped else "length"
                 self._finish(seq)
                 finished.append(seq)
