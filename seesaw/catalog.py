@@ -3,7 +3,8 @@
 Profiles are YAML files shipped as package data (``profiles/`` in the repository, the package
 ``seesaw.profiles`` once installed): ``gpus/``, ``nodes/``, ``models/`` and ``measured/``. A profile's
 name is its file stem; look-ups are case-insensitive. A node profile names its GPU (``gpu: l4``) and
-the loader resolves it to the GPU profile. ``load_model`` also takes a path to a HF model directory
+the loader resolves it to the GPU profile. ``load_measured("cpu-2core")`` reads a measured profile
+(``MeasuredProfile``) and ``measured_node(profile)`` builds the node it was measured on. ``load_model`` also takes a path to a HF model directory
 (its ``config.json``) or to a YAML file. Every failure is a one-line :class:`CatalogError` naming the
 file and the field. Catalog loads are cached; specs are frozen, so sharing them is safe.
 """
@@ -21,14 +22,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from seesaw.specs import GiB, GpuSpec, ModelSpec, NodeSpec, SpecError
+from seesaw.specs import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
 
-__all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "make_node", "list_catalog",
-           "catalog_table", "profile_path", "clear_cache"]
+__all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
+           "measured_node", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
 
 KINDS = ("gpus", "nodes", "models", "measured")
 _LABEL = {"gpus": "GPU", "nodes": "node", "models": "model", "measured": "measured profile"}
-_SPEC: dict[str, type[BaseModel]] = {"gpus": GpuSpec, "nodes": NodeSpec, "models": ModelSpec}
+_SPEC: dict[str, type[BaseModel]] = {"gpus": GpuSpec, "nodes": NodeSpec, "models": ModelSpec,
+                                     "measured": MeasuredProfile}
 _HF_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 _LLAMA_LIKE = {"llama"}  # LLaMA 2/3, CodeLlama and SmolLM2 all say model_type "llama"
 _HINT = {"models": " (or a path to a HF model directory or a YAML file)"}
@@ -137,6 +139,11 @@ def load_node(name: str | Path) -> NodeSpec:
     return _load("nodes", name)
 
 
+def load_measured(name: str | Path) -> MeasuredProfile:
+    """A measured profile (written by ``seesaw profile``) by catalog name or YAML path."""
+    return _load("measured", name)
+
+
 def load_model(name: str | Path) -> ModelSpec:
     """A model by catalog name, by path to a YAML profile, or by path to a HF model directory.
 
@@ -231,12 +238,21 @@ def catalog_table() -> list[dict[str, str]]:
         for name in list_catalog()[kind]:
             spec = _load_named(kind, name)
             rows.append({"kind": kind, "name": name, "figures": _figures(spec), "source": spec.source})
-    rows.extend({"kind": "measured", "name": n, "figures": "", "source": str(profile_path("measured", n))}
-                for n in list_catalog()["measured"])
+    for name in list_catalog()["measured"]:
+        try:
+            spec = _load_named("measured", name)
+        except CatalogError as e:  # one bad measured file should not hide the catalog
+            rows.append({"kind": "measured", "name": name, "figures": "", "source": str(e)})
+            continue
+        rows.append({"kind": "measured", "name": name, "figures": _figures(spec),
+                     "source": str(profile_path("measured", name))})
     return rows
 
 
 def _figures(spec: Any) -> str:
+    if isinstance(spec, MeasuredProfile):
+        return (f"{spec.device_name}, {spec.dtype}, {spec.num_ranks} ranks x {spec.threads_per_rank} "
+                f"threads, {spec.date[:10]}")
     if isinstance(spec, GpuSpec):
         price = f", ${spec.price_per_hour_usd:.2f}/h" if spec.price_per_hour_usd else ""
         return (f"{spec.memory_bytes / GiB:.1f} GiB, {spec.hbm_bandwidth_bytes_per_s / 1e9:.0f} GB/s, "
@@ -251,3 +267,74 @@ def _figures(spec: Any) -> str:
     return (f"{size} params, L={spec.num_hidden_layers} h={spec.hidden_size} "
             f"heads={spec.num_attention_heads}/{spec.num_key_value_heads}, "
             f"KV {spec.kv_bytes_per_token / 1024:g} KiB/token")
+
+
+# --------------------------------------------------------------------------------------------
+# The node a measured profile was taken on
+
+
+def measured_node(
+    profile: MeasuredProfile | str | Path, num_ranks: int | None = None, *,
+    device_memory_fraction: float = 0.5, interconnect: str | None = None,
+) -> NodeSpec:
+    """A ``NodeSpec`` of the machine behind ``profile``, one "GPU" per rank (default: the profile's
+    ``num_ranks``), for ``CostModel(model, node, measured=profile)`` and ``simulate``.
+
+    Memory: on CPU a rank's device memory is ``device_memory_fraction`` of the RAM over the ranks
+    and its host memory the rest (both live in the same RAM); on CUDA device memory is the
+    measured device's and host memory ``1 - device_memory_fraction`` of the RAM over the ranks.
+    Interconnect: ``loopback`` on CPU (gloo through the OS), ``pcie`` on CUDA unless given.
+    The roofline figures, used only where no table applies, are read off the tables: peak FLOP/s
+    = the fastest measured GEMM; memory bandwidth = the fastest weight stream of a one-row GEMM;
+    efficiencies 1 (achieved figures); kernel overhead = the fastest GEMM call; GPU link = bus
+    bandwidth of the largest all-reduce of the most ranks; latencies and the step overhead = the
+    smallest measured sizes; host link = the largest host<->device (CPU: host->host) copy.
+    """
+    if not isinstance(profile, MeasuredProfile):
+        profile = load_measured(profile)
+    ranks = profile.num_ranks if num_ranks is None else num_ranks
+    if not isinstance(ranks, int) or isinstance(ranks, bool) or ranks < 1:
+        raise CatalogError(f"num_ranks must be a positive integer, got {num_ranks!r}")
+    if not 0 < device_memory_fraction < 1:
+        raise CatalogError(f"device_memory_fraction must be in (0, 1), got {device_memory_fraction}")
+    p, B = profile, profile.dtype_bytes
+    name = p.name or "measured"
+    linear = [t for t in p.ops if t.op == "linear"]
+    peak = max((2.0 * t.dims[0] * t.dims[1] * n / s for t in linear for n, s in zip(t.tokens, t.time_s)),
+               default=1e9)
+    stream = max((t.dims[0] * t.dims[1] * B / t.time_s[0] for t in linear if t.tokens[0] == 1), default=0.0)
+    copies = {c.kind: c for c in p.copies}
+    host = copies.get("h2d") or copies.get("d2h") or copies.get("h2h")
+    host_bw = host.size_bytes[-1] / host.time_s[-1] if host else 1e9
+    if not stream:  # no one-row GEMM: a host copy reads and writes each byte
+        stream = 2 * copies["h2h"].size_bytes[-1] / copies["h2h"].time_s[-1] if "h2h" in copies else 1e10
+    kernel_s = min((t.time_s[0] for t in linear), default=0.0)
+    comm = {(c.op, c.ranks): c for c in p.collectives}
+    ars = sorted((c for c in p.collectives if c.op == "all_reduce" and c.ranks > 1), key=lambda c: c.ranks)
+    p2p = comm.get(("send_recv", 2))
+    if ars:
+        ar = ars[-1]
+        t = ar.ranks
+        link_bw = 2 * (t - 1) / t * ar.size_bytes[-1] / ar.time_s[-1]
+        ar_latency = ars[0].time_s[0] / (2 * (ars[0].ranks - 1))
+    else:
+        link_bw = p2p.size_bytes[-1] / p2p.time_s[-1] if p2p else 1e9
+        ar_latency = p2p.time_s[0] if p2p else 10e-6
+    steps = min((s.time_s[0] for s in p.step_overhead), default=0.0)
+    if p.device == "cpu":
+        device_mem = p.memory_bytes * device_memory_fraction / ranks
+    else:
+        device_mem = p.device_memory_bytes or p.memory_bytes * device_memory_fraction / ranks
+    gpu = GpuSpec(
+        name=name, memory_bytes=device_mem, hbm_bandwidth_bytes_per_s=stream, peak_flops=peak,
+        compute_efficiency=1.0, memory_efficiency=1.0, compute_saturation_tokens=0.0,
+        kernel_overhead_s=kernel_s, source=f"measured profile {name}: {p.device_name}, {p.date}",
+    )
+    return NodeSpec(
+        name=f"{ranks}x{name}", gpu=gpu, num_gpus=ranks,
+        interconnect=interconnect or ("loopback" if p.device == "cpu" else "pcie"),
+        gpu_link_bandwidth_bytes_per_s=link_bw, host_link_bandwidth_bytes_per_s=host_bw,
+        host_memory_bytes_per_gpu=p.memory_bytes * (1 - device_memory_fraction) / ranks,
+        allreduce_latency_s=ar_latency, p2p_latency_s=p2p.time_s[0] if p2p else ar_latency,
+        step_overhead_s=steps, source=gpu.source,
+    )

@@ -32,6 +32,12 @@ __all__ = [
     "PolicySpec",
     "Plan",
     "RunResult",
+    "OpTable",
+    "AttentionTable",
+    "CommTable",
+    "CopyTable",
+    "StepTable",
+    "MeasuredProfile",
 ]
 
 GiB = 1024**3
@@ -199,7 +205,9 @@ class NodeSpec(Spec):
     name: str
     gpu: GpuSpec
     num_gpus: int = Field(gt=0)
-    interconnect: Literal["pcie", "nvlink"]
+    interconnect: Literal["pcie", "nvlink", "loopback"] = Field(
+        description="how collectives travel; loopback: ranks of one host talking through the OS "
+        "(gloo over TCP on a CPU 'node' built from a measured profile)")
     gpu_link_bandwidth_bytes_per_s: float = Field(
         gt=0, description="per-GPU unidirectional GPU-GPU bandwidth used by collectives"
     )
@@ -426,3 +434,151 @@ class Plan(Spec):
     search_space_size: int = Field(default=0, ge=0)
     explanation: str = ""
     provenance: dict[str, str] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Measured profiles (``profiles/measured/*.yaml``, written by ``seesaw profile``)
+#
+# Tables of median times of the engine's own pieces on one machine. A grid axis is a strictly
+# increasing tuple of positive sizes; ``simulator.cost`` interpolates log-log between grid points.
+
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _check_axis(name: str, axis: tuple) -> None:
+    if not axis:
+        raise ValueError(f"{name} is empty")
+    if any(b <= a for a, b in zip(axis, axis[1:])):
+        raise ValueError(f"{name} must be strictly increasing, got {list(axis)}")
+
+
+class OpTable(Spec):
+    """Seconds of one operator of one rank by the number of token rows it processes."""
+
+    op: Literal["linear", "layer_misc", "embed_rope"] = Field(
+        description="linear: one GEMM (x @ W.T); layer_misc: a decoder layer minus its GEMMs and "
+        "attention (RMSNorms, RoPE, SiLU x up, residual adds); embed_rope: the embedding lookup "
+        "(vocab-parallel under TP, before its all-reduce) plus the step's RoPE cos/sin")
+    dims: tuple[int, ...] = Field(
+        description="linear: (in_features, out_features); layer_misc: (hidden_size, q_size, kv_size, "
+        "intermediate_size) per rank; embed_rope: (hidden_size, head_dim, vocab rows per rank)")
+    ranks: int = Field(default=1, gt=0, description="ranks running it at once while measured (TP degree)")
+    tokens: tuple[Annotated[int, Field(gt=0)], ...] = Field(description="rows (tokens) grid")
+    time_s: tuple[Annotated[float, Field(gt=0)], ...] = Field(description="median seconds per call")
+
+    @model_validator(mode="after")
+    def _check(self) -> "OpTable":
+        _check_axis("tokens", self.tokens)
+        if len(self.time_s) != len(self.tokens):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.tokens)} tokens")
+        if self.op == "linear" and len(self.dims) != 2:
+            raise ValueError("a linear table's dims are (in_features, out_features)")
+        return self
+
+
+class AttentionTable(Spec):
+    """Seconds of one layer's paged attention on one rank (``seesaw.engine.attention``)."""
+
+    kind: Literal["prefill", "decode"]
+    num_heads: int = Field(gt=0, description="query heads of this rank")
+    num_kv_heads: int = Field(gt=0, description="KV heads of this rank")
+    head_dim: int = Field(gt=0)
+    ranks: int = Field(default=1, gt=0, description="ranks running it at once while measured")
+    sizes: tuple[Annotated[int, Field(gt=0)], ...] = Field(
+        description="prefill: new (query) tokens of one sequence; decode: sequences in the batch")
+    context_tokens: tuple[Annotated[int, Field(gt=0)], ...] = Field(
+        description="prefill: the sequence's context after the step (a value below the query tokens "
+        "stands for the whole-prompt case, context = query tokens); decode: context summed over the "
+        "batch (a value below the batch stands for one token each)")
+    time_s: tuple[tuple[Annotated[float, Field(gt=0)], ...], ...] = Field(
+        description="[sizes][context_tokens] median seconds per call")
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttentionTable":
+        _check_axis("sizes", self.sizes)
+        _check_axis("context_tokens", self.context_tokens)
+        if len(self.time_s) != len(self.sizes) or any(len(r) != len(self.context_tokens) for r in self.time_s):
+            raise ValueError(f"time_s must be {len(self.sizes)} rows of {len(self.context_tokens)} values")
+        return self
+
+
+class CommTable(Spec):
+    """Seconds of one collective (torch.distributed, as ``TorchComm`` calls it) by message size."""
+
+    op: Literal["all_reduce", "all_gather", "send_recv", "broadcast"] = Field(
+        description="size_bytes is the buffer (all_reduce, broadcast), each rank's input "
+        "(all_gather) or the message (send_recv: one way, half a ping-pong)")
+    ranks: int = Field(gt=0, description="ranks taking part")
+    size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
+    time_s: tuple[Annotated[float, Field(gt=0)], ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "CommTable":
+        _check_axis("size_bytes", self.size_bytes)
+        if len(self.time_s) != len(self.size_bytes):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.size_bytes)} sizes")
+        return self
+
+
+class CopyTable(Spec):
+    """Seconds of one copy by size: host->device, device->host (pinned, on CUDA) or host->host."""
+
+    kind: Literal["h2d", "d2h", "h2h"]
+    size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
+    time_s: tuple[Annotated[float, Field(gt=0)], ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "CopyTable":
+        _check_axis("size_bytes", self.size_bytes)
+        if len(self.time_s) != len(self.size_bytes):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.size_bytes)} sizes")
+        return self
+
+
+class StepTable(Spec):
+    """Seconds of one engine step outside the model (KV slot allocation, attention metadata,
+    sampling one token per sequence from logits [seqs, vocab_size]) by the sequences in the step."""
+
+    vocab_size: int = Field(gt=0)
+    seqs: tuple[Annotated[int, Field(gt=0)], ...]
+    time_s: tuple[Annotated[float, Field(gt=0)], ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "StepTable":
+        _check_axis("seqs", self.seqs)
+        if len(self.time_s) != len(self.seqs):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.seqs)} seqs")
+        return self
+
+
+class MeasuredProfile(Spec):
+    """Median times of the engine's pieces measured on one machine (``seesaw profile``).
+
+    ``simulator.cost.CostModel(model, node, measured=profile)`` uses a table wherever one matches
+    and the roofline of ``node`` elsewhere; ``seesaw.catalog.measured_node(profile)`` builds that
+    node (one "GPU" per rank)."""
+
+    name: str = Field(default="", description="catalog name = file stem")
+    device: Literal["cpu", "cuda"]
+    device_name: str = Field(description="CPU model or CUDA device name")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(description="dtype of every measured tensor")
+    torch_version: str
+    threads_per_rank: int = Field(gt=0, description="torch intra-op threads of each rank")
+    num_ranks: int = Field(gt=0, description="most ranks (processes / devices) used at once")
+    cpu_count: int = Field(gt=0, description="CPUs usable by the measuring process")
+    memory_bytes: float = Field(gt=0, description="host RAM (MemTotal)")
+    device_memory_bytes: float | None = Field(default=None, gt=0, description="per device (CUDA)")
+    date: str = Field(description="ISO date and time of the measurement")
+    command: str = ""
+    wall_time_s: float = Field(default=0.0, ge=0, description="how long the measurement took")
+    repeats: int = Field(default=1, gt=0, description="timed repeats per grid point (median kept)")
+    ops: tuple[OpTable, ...] = ()
+    attention: tuple[AttentionTable, ...] = ()
+    collectives: tuple[CommTable, ...] = ()
+    copies: tuple[CopyTable, ...] = ()
+    step_overhead: tuple[StepTable, ...] = ()
+    source: str = ""
+
+    @property
+    def dtype_bytes(self) -> int:
+        return _DTYPE_BYTES[self.dtype]
