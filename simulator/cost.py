@@ -10,7 +10,7 @@ Interface
 ``BatchShape(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_context_tokens, sampled_seqs)``
     one micro-batch as the scheduler hands it to a stage (``BatchShape.prefill``/``.decode`` build
     one from lengths; ``a + b`` merges a prefill part and a decode part into a mixed step).
-``CostModel(model, node)``
+``CostModel(model, node, measured=None)``
     ``stage_time_s(layout, stage, shape)``      one stage's time for this micro-batch: its linear
                                                 layers, attention, TP all-reduces, LM head (last
                                                 stage) and its share of the per-step overhead;
@@ -52,6 +52,15 @@ Model and assumptions
 - Per-step overhead ``NodeSpec.step_overhead_s`` (CPU scheduling, kernel launches) is shared
   among stages in proportion to their layers, so one micro-batch's pass over all stages pays it
   once.
+- Measured profiles (``CostModel(model, node, measured=profile)``, ``seesaw profile``): each term
+  uses a table of the engine's own pieces where one matches the shape per rank -- the layer's
+  GEMMs and its other ops by tokens, prefill attention per sequence by (query tokens, context),
+  decode attention by (sequences, summed context), all-reduce / all-gather / send / broadcast by
+  bytes and ranks, copies by bytes, the engine's per-step work outside the model by sequences --
+  and the roofline of ``node`` otherwise (``seesaw.catalog.measured_node`` derives one from the
+  same profile). ``Curve``/``Surface`` interpolate log time over log size, monotone, clamped below
+  the grid and proportional above it. Prefill attention needs the step's prefill sequences
+  (``BatchShape.prefill_seqs``); without them whole prompts of equal length are assumed.
 - Memory: weights per GPU of its stage, an activation reserve of ``max_num_batched_tokens`` rows
   (the peak live tensors in the MLP, as vLLM's profiling run measures it), the rest is KV.
 """
@@ -59,12 +68,13 @@ Model and assumptions
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
-from seesaw.specs import GiB, ModelSpec, NodeSpec, ParallelConfig, SpecError
+from seesaw.specs import GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, SpecError
 
-__all__ = ["BatchShape", "CostModel", "attn_pairs"]
+__all__ = ["BatchShape", "CostModel", "Curve", "Surface", "attn_pairs"]
 
 
 def attn_pairs(new_tokens: int, past_tokens: int = 0) -> float:
@@ -82,6 +92,9 @@ class BatchShape:
     decode_seqs: int = 0  # sequences decoding one token
     decode_context_tokens: int = 0  # sum of their context lengths (KV tokens read)
     sampled_seqs: int = 0  # rows that go through the LM head (decodes + finishing prefills)
+    # prefill sequences (chunks) in the step; 0 = unknown (estimated from tokens and pairs). Only
+    # measured profiles use it (per-sequence attention calls), so it stays out of equality.
+    prefill_seqs: int = field(default=0, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -100,6 +113,7 @@ class BatchShape:
             prefill_tokens=sum(new),
             prefill_attn_pairs=sum(attn_pairs(n, p) for n, p in zip(new, past)),
             sampled_seqs=len(new) if num_finishing is None else num_finishing,
+            prefill_seqs=len(new),
         )
 
     @classmethod
@@ -115,7 +129,170 @@ class BatchShape:
             self.decode_seqs + other.decode_seqs,
             self.decode_context_tokens + other.decode_context_tokens,
             self.sampled_seqs + other.sampled_seqs,
+            self.prefill_seqs + other.prefill_seqs,
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Measured tables: monotone log-log interpolation
+
+
+def _running_max(values: Sequence[float]) -> list[float]:
+    out, top = [], 1e-15
+    for v in values:
+        top = v if v > top else top
+        out.append(top)
+    return out
+
+
+def _isotonic(values: Sequence[float]) -> list[float]:
+    """Closest non-decreasing sequence in least squares (pool adjacent violators): noisy medians
+    become monotone without one outlier lifting everything after it; monotone input is kept."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1])
+        while len(blocks) > 1 and blocks[-2][0] * blocks[-1][1] > blocks[-1][0] * blocks[-2][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return _running_max([total / count for total, count in blocks for _ in range(int(count))])
+
+
+def _locate(log_axis: list[float], lx: float) -> tuple[int, float]:
+    """Cell index i and fraction f in [0, 1] of ``lx`` on a log grid (clamped to the grid)."""
+    n = len(log_axis)
+    if n == 1 or lx <= log_axis[0]:
+        return 0, 0.0
+    if lx >= log_axis[-1]:
+        return n - 2, 1.0
+    i = bisect_right(log_axis, lx) - 1
+    return i, (lx - log_axis[i]) / (log_axis[i + 1] - log_axis[i])
+
+
+class Curve:
+    """Time by size from a measured table: linear interpolation of log time over log size.
+
+    Noisy medians are made non-decreasing first (isotonic regression), so the curve is monotone.
+    Below the smallest size the time is the smallest one (a latency floor); above the largest
+    it grows in proportion to the size (every table here becomes throughput bound: GEMM rows,
+    bytes, context tokens), which keeps it monotone and continuous.
+    """
+
+    __slots__ = ("xs", "ys", "_lx", "_ly")
+
+    def __init__(self, sizes: Sequence[float], times: Sequence[float]):
+        self.xs = [float(x) for x in sizes]
+        self.ys = _isotonic(times)
+        self._lx = [math.log(x) for x in self.xs]
+        self._ly = [math.log(y) for y in self.ys]
+
+    def __call__(self, x: float) -> float:
+        xs = self.xs
+        if x <= xs[0]:
+            return self.ys[0]
+        if x >= xs[-1]:
+            return self.ys[-1] * x / xs[-1]
+        i, f = _locate(self._lx, math.log(x))
+        return math.exp(self._ly[i] + f * (self._ly[i + 1] - self._ly[i]))
+
+
+class Surface:
+    """Time by two sizes from a measured grid ``z[i][j]`` at ``(xs[i], ys[j])``: bilinear in log
+    space, made non-decreasing along both axes first (isotonic, then running maxima); clamped below, proportional above (on each
+    axis separately), like ``Curve``."""
+
+    __slots__ = ("xs", "ys", "z", "_lx", "_ly", "_lz")
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], z: Sequence[Sequence[float]]):
+        self.xs = [float(x) for x in xs]
+        self.ys = [float(y) for y in ys]
+        rows = [_isotonic(r) for r in z]  # along y
+        cols = [_isotonic(c) for c in zip(*rows)]  # then along x
+        # pooling along x may break rows where columns pooled differently; running maxima along
+        # both axes restore monotonicity (a running max along x keeps rows non-decreasing)
+        rows = [_running_max(r) for r in zip(*cols)]
+        cols = [_running_max(c) for c in zip(*rows)]
+        self.z = [list(r) for r in zip(*cols)]
+        self._lx = [math.log(x) for x in self.xs]
+        self._ly = [math.log(y) for y in self.ys]
+        self._lz = [[math.log(v) for v in r] for r in self.z]
+
+    def __call__(self, x: float, y: float) -> float:
+        scale = 1.0
+        if x > self.xs[-1]:
+            scale, x = x / self.xs[-1], self.xs[-1]
+        if y > self.ys[-1]:
+            scale, y = scale * y / self.ys[-1], self.ys[-1]
+        i, fx = _locate(self._lx, math.log(max(x, self.xs[0])))
+        j, fy = _locate(self._ly, math.log(max(y, self.ys[0])))
+        z = self._lz
+        i1, j1 = min(i + 1, len(z) - 1), min(j + 1, len(z[0]) - 1)
+        lo = z[i][j] + fy * (z[i][j1] - z[i][j])
+        hi = z[i1][j] + fy * (z[i1][j1] - z[i1][j])
+        return scale * math.exp(lo + fx * (hi - lo))
+
+
+class _Tables:
+    """A measured profile indexed for look-ups; tables measured under the wanted number of ranks
+    win, else the nearest."""
+
+    def __init__(self, profile: MeasuredProfile):
+        self.profile = profile
+        self._ops: dict[tuple, list[tuple[int, Curve]]] = {}
+        for t in profile.ops:
+            self._ops.setdefault((t.op, tuple(t.dims)), []).append((t.ranks, Curve(t.tokens, t.time_s)))
+        self._attn: dict[tuple, list[tuple[int, Surface]]] = {}
+        for a in profile.attention:
+            key = (a.kind, a.num_heads, a.num_kv_heads, a.head_dim)
+            self._attn.setdefault(key, []).append((a.ranks, Surface(a.sizes, a.context_tokens, a.time_s)))
+        self._comm = {(c.op, c.ranks): Curve(c.size_bytes, c.time_s) for c in profile.collectives}
+        self._copy = {c.kind: Curve(c.size_bytes, c.time_s) for c in profile.copies}
+        self._steps = [(s.vocab_size, Curve(s.seqs, s.time_s)) for s in profile.step_overhead]
+
+    @staticmethod
+    def _nearest(found: list | None, ranks: int):
+        if not found:
+            return None
+        return min(found, key=lambda rc: (abs(rc[0] - ranks), rc[0]))[1]
+
+    def op(self, op: str, dims: tuple[float, ...], ranks: int = 1) -> Curve | None:
+        return self._nearest(self._ops.get((op, tuple(int(round(d)) for d in dims))), ranks)
+
+    def attention(self, kind: str, heads: float, kv_heads: int, head_dim: int, ranks: int) -> Surface | None:
+        return self._nearest(self._attn.get((kind, int(round(heads)), kv_heads, head_dim)), ranks)
+
+    def comm(self, op: str, ranks: int) -> Curve | None:
+        return self._comm.get((op, ranks))
+
+    def copy(self) -> Curve | None:
+        """Host<->device copies: the slower of h2d and d2h where measured, else host->host."""
+        both = [self._copy[k] for k in ("h2d", "d2h") if k in self._copy]
+        if len(both) == 2:
+            return both[0] if both[0].ys[-1] / both[0].xs[-1] >= both[1].ys[-1] / both[1].xs[-1] else both[1]
+        return both[0] if both else self._copy.get("h2h")
+
+    def step(self, vocab_size: int) -> Curve | None:
+        if not self._steps:
+            return None
+        return min(self._steps, key=lambda vc: (abs(math.log(vc[0] / vocab_size)), vc[0]))[1]
+
+
+@dataclass(slots=True)
+class _MeasuredStage:
+    """Measured curves of one (layout, stage), per GPU; ``None`` falls back to the roofline."""
+
+    layers_curve: Curve | None  # all decoder layers of the stage: GEMMs + misc, by tokens
+    missing_gemms: list[tuple[float, float]]  # (in, out) of GEMMs with no table: roofline
+    embed: Curve | None  # embedding + RoPE tables (first stage), by tokens
+    prefill: Surface | None  # one layer, one sequence: (query tokens, context)
+    decode: Surface | None  # one layer: (sequences, context summed over them)
+    allreduce: Curve | None  # TP all-reduce by bytes
+    num_allreduce: int  # per step: two per layer, one after the embedding
+    head: Curve | None  # LM head GEMM by rows (last stage)
+    gather: Curve | None  # logits all-gather by per-rank bytes (last stage, tp > 1)
+    bcast: Curve | None  # sampled ids from the last stage to the replica (pp > 1)
+    step: Curve | None  # engine step outside the model, by sequences
+    head_cols: int  # LM head rows per rank (vocab padded to a multiple of tp)
 
 
 @dataclass(slots=True)
@@ -138,14 +315,24 @@ class _Stage:
     head_gather_s_per_row: float  # gathering one row of logits to one rank
     head_gather_fixed_s: float
     overhead_s: float  # share of the per-step overhead
+    overhead_frac: float = 1.0  # this stage's share of one step's overhead (layers / L)
+    measured: _MeasuredStage | None = None  # tables of a measured profile, if any
 
 
 class CostModel:
     """Roofline x efficiency cost of one pipeline stage of ``model`` on ``node``."""
 
-    def __init__(self, model: ModelSpec, node: NodeSpec):
+    def __init__(self, model: ModelSpec, node: NodeSpec, measured: MeasuredProfile | None = None):
         self.model = model
         self.node = node
+        self.measured = measured
+        self._tables = _Tables(measured) if measured is not None else None
+        if measured is not None and model.dtype_bytes != measured.dtype_bytes:
+            raise SpecError(
+                f"model {model.name} has dtype_bytes={model.dtype_bytes} but profile {measured.name!r} "
+                f"was measured in {measured.dtype} ({measured.dtype_bytes} bytes); use "
+                f"model.model_copy(update={{'dtype_bytes': {measured.dtype_bytes}}}) for an engine run in that dtype"
+            )
         gpu = node.gpu
         # large-GEMM throughput and streaming bandwidth actually reached (profile efficiencies)
         self._flops_per_s = gpu.peak_flops * gpu.compute_efficiency
@@ -248,8 +435,45 @@ class CostModel:
                                        if last and tp > 1 else 0.0),
                 head_gather_fixed_s=node.p2p_latency_s if last and tp > 1 else 0.0,
                 overhead_s=node.step_overhead_s * layers / L,
+                overhead_frac=layers / L,
             ))
+        if self._tables is not None:
+            for s, c in enumerate(out):
+                c.measured = self._measured_stage(layout, s, c)
         return out
+
+    def _measured_stage(self, layout: ParallelConfig, stage: int, c: _Stage) -> _MeasuredStage:
+        """The tables that apply to one stage of ``layout``: shapes per rank as the engine runs
+        them (``seesaw.engine.model``), tables measured under ``tp`` concurrent ranks preferred."""
+        m, tb, tp = self.model, self._tables, layout.tp
+        h, d = m.hidden_size, m.d_head
+        first, last = stage == 0, stage == layout.pp - 1
+        shapes = self.gemm_shapes(tp)
+        found = {k: tb.op("linear", v, tp) for k, v in shapes.items()}
+        misc = tb.op("layer_misc", (h, m.num_attention_heads // tp * d, self._kv_heads_per_gpu(tp) * d,
+                                    m.intermediate_size // tp), tp)
+        parts = [f for f in found.values() if f is not None] + ([misc] if misc else [])
+        layers_curve = None
+        if parts:
+            grid = sorted({x for f in parts for x in f.xs})
+            layers_curve = Curve(grid, [c.layers * sum(f(x) for f in parts) for x in grid])
+        cols = -(-m.vocab_size // tp)  # the engine pads the vocab to a multiple of tp
+        heads = m.num_attention_heads / tp
+        kv = self._kv_heads_per_gpu(tp)
+        return _MeasuredStage(
+            layers_curve=layers_curve,
+            missing_gemms=[shapes[k] for k, f in found.items() if f is None],
+            embed=tb.op("embed_rope", (h, d, cols), tp) if first else None,
+            prefill=tb.attention("prefill", heads, kv, d, tp),
+            decode=tb.attention("decode", heads, kv, d, tp),
+            allreduce=tb.comm("all_reduce", tp) if tp > 1 else None,
+            num_allreduce=(2 * c.layers + (1 if first else 0)) if tp > 1 else 0,
+            head=tb.op("linear", (h, cols), tp) if last else None,
+            gather=tb.comm("all_gather", tp) if last and tp > 1 else None,
+            bcast=tb.comm("broadcast", tp * layout.pp) if last and layout.pp > 1 else None,
+            step=tb.step(m.vocab_size),
+            head_cols=cols,
+        )
 
     # ---------------------------------------------------------------------------------------
     # per-step time (hot path)
@@ -257,6 +481,8 @@ class CostModel:
     def stage_time_s(self, layout: ParallelConfig, stage: int, shape: BatchShape) -> float:
         """Seconds for PP stage ``stage`` of ``layout`` to run micro-batch ``shape``."""
         c = self._layout(layout)[stage]
+        if c.measured is not None:
+            return sum(self._measured_parts(c, shape))
         n = shape.prefill_tokens + shape.decode_seqs
         rows = shape.sampled_seqs if c.head_flops_per_row else 0
         if not n and not rows:
@@ -290,6 +516,10 @@ class CostModel:
         all-reduces and the logits gather; ``overhead_s``: this stage's share of the step overhead.
         """
         c = self._layout(layout)[stage]
+        if c.measured is not None:
+            lin, attn, comm, over = self._measured_parts(c, shape)
+            return dict(compute_s=lin, weight_read_s=0.0, attention_s=attn, comm_s=comm,
+                        overhead_s=over, total_s=lin + attn + comm + over)
         n = shape.num_tokens
         rows = shape.sampled_seqs if c.head_flops_per_row else 0
         parts = dict(compute_s=0.0, weight_read_s=0.0, attention_s=0.0, comm_s=0.0, overhead_s=0.0)
@@ -316,6 +546,68 @@ class CostModel:
         parts["total_s"] = sum(parts.values())
         return parts
 
+    def _measured_parts(self, c: _Stage, shape: BatchShape) -> tuple[float, float, float, float]:
+        """(linear and other per-token ops, attention, communication, step overhead) of one stage
+        from the measured tables, as the engine runs a step: the LM head and the logits gather
+        cover every sequence of the step (the runner samples each one), prefill attention is one
+        call per sequence, decode attention one call for the batch."""
+        m = c.measured
+        n = shape.prefill_tokens + shape.decode_seqs
+        np_ = shape.prefill_tokens
+        # prefill sequences and their mean chunk and context (whole prompts when not given:
+        # k prompts of n tokens have k n (n + 1) / 2 pairs)
+        if np_:
+            if shape.prefill_seqs:
+                k = shape.prefill_seqs
+                q = np_ / k
+                ctx = max(q, shape.prefill_attn_pairs / np_ + (q - 1) / 2)
+            else:
+                q = max(1.0, 2 * shape.prefill_attn_pairs / np_ - 1)
+                k, ctx = np_ / q, q
+        else:
+            k = 0
+        seqs = shape.decode_seqs + k
+        rows = max(shape.sampled_seqs, seqs) if c.head_flops_per_row else 0
+        if not n and not rows:
+            return 0.0, 0.0, 0.0, 0.0
+        lin = attn = comm = 0.0
+        B = self.model.dtype_bytes
+        if n:
+            if m.layers_curve is not None:
+                lin += m.layers_curve(n)
+            for k_in, k_out in m.missing_gemms:
+                lin += c.layers * self.gemm_time_s(n, k_in, k_out, measured=False)
+            if m.embed is not None:
+                lin += m.embed(n)
+            if m.allreduce is not None:
+                comm += m.num_allreduce * m.allreduce(n * self.model.hidden_size * B)
+            else:
+                comm += c.ar_s_per_token * n + c.ar_fixed_s
+        if np_:
+            if m.prefill is not None:
+                attn += c.layers * k * m.prefill(q, ctx)
+            else:
+                comp = c.attn_flops_per_pair * shape.prefill_attn_pairs / self._flops_per_s
+                mem = c.attn_bytes_per_prefill_token * np_ / self._hbm_bytes_per_s
+                attn += max(comp, mem) + c.attn_kernel_s
+        if shape.decode_seqs:
+            if m.decode is not None:
+                attn += c.layers * m.decode(shape.decode_seqs, shape.decode_context_tokens)
+            else:
+                attn += (c.kv_bytes_per_token * shape.decode_context_tokens / self._hbm_bytes_per_s
+                         + c.attn_kernel_s)
+        if rows:
+            h = self.model.hidden_size
+            lin += m.head(rows) if m.head is not None else self.gemm_time_s(rows, h, m.head_cols, measured=False)
+            if m.gather is not None:
+                comm += m.gather(rows * m.head_cols * B)
+            else:
+                comm += c.head_gather_s_per_row * rows + c.head_gather_fixed_s
+            if m.bcast is not None:
+                comm += m.bcast(8 * seqs)  # int64 token ids
+        over = m.step(seqs) * c.overhead_frac if m.step is not None and seqs else c.overhead_s
+        return lin, attn, comm, over
+
     def pipeline_time_s(
         self, layout: ParallelConfig, shape: BatchShape, num_microbatches: int | None = None
     ) -> float:
@@ -330,8 +622,14 @@ class CostModel:
         send = self.pp_send_s(layout, shape.num_tokens) if layout.pp > 1 else 0.0
         return sum(times) + (layout.pp - 1) * send + (m - 1) * max(times)
 
-    def gemm_time_s(self, tokens: int, in_features: float, out_features: float) -> float:
-        """One GEMM kernel of ``tokens`` rows against an ``[in_features, out_features]`` weight."""
+    def gemm_time_s(self, tokens: int, in_features: float, out_features: float,
+                    measured: bool = True) -> float:
+        """One GEMM kernel of ``tokens`` rows against an ``[in_features, out_features]`` weight
+        (the measured table of that shape, measured alone, when there is one)."""
+        if measured and self._tables is not None:
+            curve = self._tables.op("linear", (in_features, out_features), 1)
+            if curve is not None:
+                return curve(tokens)
         comp = 2.0 * in_features * out_features * (tokens + self._n0) / self._flops_per_s
         read = in_features * out_features * self.model.dtype_bytes / self._hbm_bytes_per_s
         return max(comp, read) + self._kernel_s
@@ -343,6 +641,9 @@ class CostModel:
         """Ring all-reduce of ``nbytes`` over ``tp`` GPUs (0 when tp == 1)."""
         if tp <= 1:
             return 0.0
+        curve = self._tables.comm("all_reduce", tp) if self._tables is not None else None
+        if curve is not None:
+            return curve(nbytes)
         # NCCL ring: bus bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md), 2(t-1) steps
         return (2 * (tp - 1) / tp * nbytes / self._link_bytes_per_s
                 + 2 * (tp - 1) * self.node.allreduce_latency_s)
@@ -351,10 +652,16 @@ class CostModel:
         """Activations ``[tokens, hidden]`` across one stage boundary (each TP rank sends its copy
         to its peer in parallel, as vLLM does, so the time does not depend on tp)."""
         nbytes = num_tokens * self.model.hidden_size * self.model.dtype_bytes
+        curve = self._tables.comm("send_recv", 2) if self._tables is not None else None
+        if curve is not None:
+            return curve(max(nbytes, 1))
         return nbytes / self._link_bytes_per_s + self.node.p2p_latency_s
 
     def host_copy_s(self, nbytes: float) -> float:
         """Copy ``nbytes`` between one GPU and host memory over that GPU's host link."""
+        curve = self._tables.copy() if self._tables is not None else None
+        if curve is not None and nbytes > 0:
+            return curve(nbytes)
         return nbytes / self._host_bytes_per_s
 
     def reshard_s(self, src: ParallelConfig, dst: ParallelConfig) -> float:
