@@ -232,5 +232,8 @@ class _progress:
         return False
 
 
+from seesaw import cli_profile; cli_profile.register(app)  # noqa: E402,E702  profile
+
+
 if __name__ == "__main__":
     main()

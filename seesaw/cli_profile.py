@@ -1,0 +1,119 @@
+"""``seesaw profile``: time the engine's pieces on this machine into a measured profile.
+
+Registered on the main app by ``seesaw.cli`` (``cli_profile.register(app)``). The profiler imports
+torch, so it is imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from seesaw.specs import SpecError
+
+__all__ = ["register"]
+
+err = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    """The CLI's convention for bad input: one line on stderr, exit code 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code=2)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile_command)
+
+
+def profile_command(
+    output: Path = typer.Option(..., "--output", "-o", help="profile YAML to write, e.g. profiles/measured/NAME.yaml"),
+    device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
+    ranks: Optional[int] = typer.Option(None, "--ranks", "-r", min=1,
+                                        help="ranks at once (TP degrees and collectives up to it); default 3 on CPU, every GPU on CUDA"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m",
+                                              help="catalog model whose shapes to time (repeatable); default tiny and smollm2-135m"),
+    tp: Optional[List[int]] = typer.Option(None, "--tp", min=1, help="TP degrees to time (repeatable); default 1 2 3"),
+    quick: bool = typer.Option(False, "--quick", help="a small grid that takes seconds (CI)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads per rank (the engine's ranks use 1)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (the engine's CPU default: float32)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point (median kept)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+) -> None:
+    """Time the engine's linear layers, attention, collectives, copies and step overhead over a grid
+    of shapes; write a measured profile for the cost model (CostModel(..., measured=...))."""
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device {device!r}: use cpu or cuda")
+    if output.exists() and output.is_dir():
+        _fail(f"--output {output} is a directory; give a .yaml file")
+    from seesaw import profiler
+    from seesaw.catalog import load_model
+
+    if device == "cuda" and not profiler.cuda_available():
+        _fail("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    kw = {}
+    if tp:
+        kw["tp"] = tuple(tp)
+    if repeats:
+        kw["repeats"] = repeats
+    grid = profiler.Grid.quick(**kw) if quick else profiler.Grid.default(**kw)
+    if ranks is None and device == "cpu":
+        ranks = 2 if quick else max([3, *(tp or [])])
+    try:
+        specs = [load_model(m) for m in (model or grid.models)]
+        command = "seesaw " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "seesaw profile"
+        name = output.name.rsplit(".", 1)[0].lower()
+        with _Bar("profiling") as bar:
+            prof = profiler.profile(grid, device=device, ranks=ranks, models=specs, threads=threads,
+                                    dtype=dtype, name=name, command=command, progress=bar)
+    except SpecError as e:
+        _fail(str(e).splitlines()[0])
+    header = (
+        f"Measured by `seesaw profile` on {prof.device_name} ({prof.cpu_count} CPUs, "
+        f"{prof.memory_bytes / 2**30:.1f} GiB RAM), {prof.date}.\n"
+        f"command: {command}\n"
+        f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
+        f"{prof.dtype}, torch {prof.torch_version}\n"
+        f"Every time is the median of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py).\n"
+        "Schema: seesaw.specs.MeasuredProfile; used by simulator.cost.CostModel(model, node, measured=...)."
+    )
+    path = profiler.write_profile(prof, output, header)
+    figures = profiler.summary(prof)
+    err.print(f"wrote {path} in {prof.wall_time_s:.1f} s")
+    for key, value in figures.items():
+        print(f"{key}: {value:.4g}")
+    if as_json:
+        print(json.dumps({"path": str(path), "wall_time_s": prof.wall_time_s, **figures}))
+
+
+class _Bar:
+    """A Rich progress bar on stderr (silent when stderr is not a terminal); ``bar(done, total)``."""
+
+    def __init__(self, what: str):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.what = what
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), console=err, transient=True,
+                                 disable=not err.is_terminal)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.what, total=total)
+        self.progress.update(self.task, completed=done)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False

@@ -1,0 +1,163 @@
+"""``seesaw profile``: the plan covers what the cost model looks up, the pieces run in-process,
+the YAML round-trips, the quick CLI run works end to end, and CUDA is refused cleanly without it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from seesaw import profiler
+from seesaw.catalog import load_measured, load_model, measured_node
+from seesaw.specs import (
+    AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, StepTable, VllmPolicy,
+    parse_parallel,
+)
+from seesaw.workload import load_workload
+from simulator.cost import CostModel
+from simulator.sim import simulate
+from tests.engine_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY, SMOL = load_model("tiny"), load_model("smollm2-135m")
+
+
+def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
+    """A profile with a table for every planned task and made-up times (t = 1 us x size, with 4
+    significant digits, as ``write_profile`` keeps)."""
+    tables: dict[str, list] = {"ops": [], "attention": [], "collectives": [], "copies": [], "step_overhead": []}
+    for t in tasks:
+        a = t.args
+        if t.kind in ("linear", "layer_misc", "embed_rope"):
+            rows = a.get("tokens", profiler.Grid.quick().tokens)
+            tables["ops"].append(OpTable(op=t.kind, dims=a["dims"], ranks=t.ranks, tokens=rows,
+                                         time_s=[1e-6 * n for n in rows]))
+        elif t.kind in ("prefill", "decode"):
+            tables["attention"].append(AttentionTable(
+                kind=t.kind, num_heads=a["heads"][0], num_kv_heads=a["heads"][1], head_dim=a["heads"][2],
+                ranks=t.ranks, sizes=a["sizes"], context_tokens=a["context"],
+                time_s=[[1e-6 * s * c for c in a["context"]] for s in a["sizes"]]))
+        elif t.kind == "comm":
+            tables["collectives"].append(CommTable(op=a["op"], ranks=t.ranks, size_bytes=a["sizes"],
+                                                   time_s=[1e-6 * b for b in a["sizes"]]))
+        elif t.kind == "copy":
+            tables["copies"].append(CopyTable(kind=a["kind"], size_bytes=a["sizes"],
+                                              time_s=[1e-9 * b for b in a["sizes"]]))
+        elif t.kind == "step":
+            seqs = profiler.Grid().step_seqs
+            tables["step_overhead"].append(StepTable(vocab_size=a["model"].vocab_size, seqs=seqs,
+                                                     time_s=[1e-4 * s for s in seqs]))
+    return MeasuredProfile.model_validate(profiler._round(dict(device="cpu", device_name="dry", dtype="float32", torch_version="0",
+                           threads_per_rank=1, num_ranks=3, cpu_count=2, memory_bytes=8e9,
+                           date="2026-01-01", **{k: [t.model_dump() for t in v] for k, v in tables.items()})))
+
+
+@pytest.mark.parametrize("model, layouts", [(TINY, ["T1", "T2"]), (SMOL, ["T1", "T3", "P2", "T3P1"])])
+def test_default_plan_has_every_table_the_cost_model_looks_up(model, layouts):
+    tasks = profiler.plan_tasks(profiler.Grid.default(), 3, [TINY, SMOL])
+    prof = dry_profile(tasks)
+    fp32 = model.model_copy(update={"dtype_bytes": 4})
+    for layout in layouts:
+        lay = parse_parallel(layout)
+        cm = CostModel(fp32, measured_node(prof, lay.world_size), measured=prof)
+        for m in (c.measured for c in cm._layout(lay)):
+            assert m.missing_gemms == [] and m.layers_curve is not None
+            assert m.prefill is not None and m.decode is not None and m.step is not None
+        first, last = cm._layout(lay)[0].measured, cm._layout(lay)[-1].measured
+        assert first.embed is not None and last.head is not None
+        if lay.tp > 1:
+            assert first.allreduce is not None and last.gather is not None
+        if lay.pp > 1:
+            assert last.bcast is not None
+    assert cm.pp_send_s(parse_parallel("P2"), 8) > 0 and cm.host_copy_s(1e6) > 0
+
+
+def test_plan_skips_tp_degrees_a_model_cannot_use():
+    tasks = profiler.plan_tasks(profiler.Grid.default(), 3, [TINY, SMOL])
+    tps = {(t.args["dims"][0], t.ranks) for t in tasks if t.kind == "layer_misc"}
+    assert tps == {(64, 1), (64, 2), (576, 1), (576, 3)}  # tiny: 4 heads; SmolLM2: 9 heads
+    assert {t.ranks for t in tasks if t.kind == "comm"} == {2, 3}
+    assert [t.args["kind"] for t in tasks if t.kind == "copy"] == ["h2h"]
+    assert {t.args["kind"] for t in profiler.plan_tasks(profiler.Grid.quick(), 1, [TINY], "cuda")
+            if t.kind == "copy"} == {"h2d", "d2h", "h2h"}
+
+
+def test_pieces_run_in_process_on_one_rank():
+    grid = profiler.Grid.quick(repeats=1, warmup=0, min_repeat_s=0.0)
+    tasks = [t for t in profiler.plan_tasks(grid, 1, [TINY]) if t.kind != "copy"]
+    tasks.append(profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))))
+    out = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    kinds = [k for k, _ in out]
+    assert kinds.count("ops") == 7 and kinds.count("attention") == 2
+    assert kinds.count("step_overhead") == 1 and kinds.count("copies") == 1
+    for key, table in out:
+        flat = table["time_s"]
+        flat = [v for row in flat for v in row] if key == "attention" else flat
+        assert all(v > 0 for v in flat), (key, table)
+    prof = MeasuredProfile(device="cpu", device_name="x", dtype="float32", torch_version="0",
+                           threads_per_rank=1, num_ranks=1, cpu_count=1, memory_bytes=1e9, date="d",
+                           **{k: tuple(t for kk, t in out if kk == k) for k in set(kinds)})
+    assert {t.dims for t in prof.ops if t.op == "linear"} == {(64, 128), (64, 64), (64, 256), (128, 64), (64, 260)}
+
+
+def test_write_profile_round_trips_through_the_catalog(tmp_path):
+    prof = dry_profile(profiler.plan_tasks(profiler.Grid.quick(), 2, [TINY]))
+    path = profiler.write_profile(prof, tmp_path / "x.yaml", "measured by hand\nline two")
+    text = path.read_text()
+    assert text.startswith("# measured by hand\n# line two\n")
+    assert load_measured(path) == prof.model_copy(update={"name": ""})
+
+
+def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seesaw.cli", "profile", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_quick_profile_end_to_end_drives_simulate(tmp_path):
+    out = tmp_path / "cpu-quick.yaml"
+    run = _cli("--quick", "-o", str(out), "--json")
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["path"] == str(out) and summary["wall_time_s"] < 60
+    assert summary["gemm_gflops_best"] > 0 and summary["all_reduce_2_latency_us"] > 0
+    text = out.read_text()
+    assert text.startswith("# Measured by `seesaw profile`") and "# command: seesaw profile --quick" in text
+    prof = load_measured(out)
+    assert prof.name == "cpu-quick" and prof.device == "cpu" and prof.num_ranks == 2
+    assert {c.op for c in prof.collectives} == {"all_reduce", "all_gather", "broadcast", "send_recv"}
+    node = measured_node(prof, 2)
+    reqs = load_workload("constant", num_requests=24, input_len=40, output_len=12)
+    for layout in ("T2", "P2", "D2"):
+        lay = parse_parallel(layout)
+        r = simulate(TINY, node, VllmPolicy(layout=lay, max_num_seqs=8), reqs,
+                     cost=CostModel(TINY, node, measured=prof))
+        assert r.total_output_tokens == 24 * 12 and r.elapsed_time > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_without_cuda_is_one_line_exit_2(tmp_path):
+    run = _cli("--device", "cuda", "--quick", "-o", str(tmp_path / "gpu.yaml"), timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: --device cuda: no CUDA device") and run.stderr.count("\n") == 1
+    assert not (tmp_path / "gpu.yaml").exists()
+
+
+def test_bad_device_and_output_are_one_line_exit_2(tmp_path):
+    run = _cli("--device", "tpu", "-o", str(tmp_path / "x.yaml"), timeout=60)
+    assert run.returncode == 2 and run.stderr.startswith("error: --device 'tpu'")
+    run = _cli("--quick", "-o", str(tmp_path), timeout=60)
+    assert run.returncode == 2 and "is a directory" in run.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_quick_profile_on_cuda(tmp_path):
+    out = tmp_path / "gpu.yaml"
+    run = _cli("--device", "cuda", "--quick", "--ranks", "1", "-o", str(out))
+    assert run.returncode == 0, run.stderr
+    prof = load_measured(out)
+    assert prof.device == "cuda" and {c.kind for c in prof.copies} == {"h2d", "d2h", "h2h"}
