@@ -105,6 +105,13 @@ def test_peak_memory_is_the_larger_shard_not_both(tiny, src, dst, rank):
     assert stats.peak_extra_bytes == 0
 
 
+def test_same_layout_moves_nothing(tiny):
+    model = build_shard(tiny, parse_parallel("T2"), 1)
+    weight = model.layers["0"].attn.qkv_proj.weight
+    stats = reshard(model, tiny, parse_parallel("T2"), parse_parallel("T2"), 1)
+    assert stats.bytes_loaded == stats.bytes_freed == 0 and model.layers["0"].attn.qkv_proj.weight is weight
+
+
 def test_bad_layouts_are_refused_before_anything_is_freed(tiny):
     model = build_shard(tiny, parse_parallel("P2"), 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -26,8 +26,9 @@ Assumptions: host and device block sizes may differ (a token ``j`` of a sequence
 block ``table[j // block_size]`` at offset ``j % block_size``); each sequence owns its host
 blocks, so the tail of its last block may hold padding written by ``swap_out``. When ``tp`` exceeds
 the KV heads, the ranks sharing a head hold identical K/V; ``kv_writer`` picks the lowest of them
-to write it (safe only when a barrier, e.g. a re-shard, separates the write from reads by other
-ranks; under one layout each rank reads back what it wrote itself, so let every rank write).
+to write it. The others then read what a peer wrote, which is safe when every read follows the
+replica's agreement that the swap-out finished (``prefetch.ReplicaCompletions``) or a barrier (a
+re-shard); a driver that cannot promise that lets every rank write.
 """
 
 from __future__ import annotations

@@ -194,6 +194,10 @@ def reshard(model: LlamaShard, store: WeightStore, src: ParallelConfig, dst: Par
     differ in DP or world size, or a model that is not ``rank``'s shard of ``src``."""
     new_shard = _check_layouts(store, model, src, dst, rank)
     comm = comm or model.comm
+    if new_shard == model.shard:  # same layout: nothing moves (every rank of the replica agrees)
+        model.comm = comm
+        size = shard_bytes(model)
+        return ReshardStats(rank, str(src), str(dst), 0.0, 0.0, 0.0, 0.0, size, size, 0, 0, size, 0)
     device, dtype, spec = model.device, model.dtype, store.spec
     elem = torch.empty((), dtype=dtype).element_size()
     cuda = device.type == "cuda"
