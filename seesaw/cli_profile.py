@@ -81,6 +81,8 @@ def profile_command(
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
         f"Every time is the median of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py).\n"
+        f"Mean 1-minute load average while measuring: {prof.load_average} on {prof.cpu_count} CPUs "
+        "(shared machine; this run's ranks included).\n"
         "Schema: seesaw.specs.MeasuredProfile; used by simulator.cost.CostModel(model, node, measured=...)."
     )
     path = profiler.write_profile(prof, output, header)

@@ -20,8 +20,10 @@ Method: ``dist.spawn`` starts ``ranks`` processes once (gloo on CPU, NCCL on CUD
 ``threads`` torch threads, as the engine's ranks run). A (model, TP) group's tables are measured on
 TP ranks at once, as the engine runs them -- on a CPU they share the cores -- each rank timing its
 own shard, and the slowest rank's median is kept. Every grid point gets warm-up calls, then
-``repeats`` timed repeats, each of enough back-to-back calls to last ``min_repeat_s``; the median
-repeat is the figure. The files keep these raw medians; ``simulator.cost`` makes them monotone.
+``repeats`` timed samples, each of enough back-to-back calls to last ``min_repeat_s``; the median
+sample is the figure. The samples of a table's points are taken in sweeps over all its points, so
+load from other processes on a shared machine spreads over the table instead of spoiling a few
+points. The files keep these raw medians; ``simulator.cost`` makes them monotone.
 
 This module drives the engine, so it imports torch; ``seesaw.cli_profile`` imports it lazily.
 """
@@ -29,9 +31,11 @@ This module drives the engine, so it imports torch; ``seesaw.cli_profile`` impor
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import platform
+import random
 import statistics
 import threading
 import time
@@ -86,7 +90,7 @@ class Grid:
     bcast_bytes: tuple[int, ...] = _pow(8, 8 * 4096, 8)  # int64 sampled ids
     copy_bytes: tuple[int, ...] = _pow(4096, 4096 * 4**8, 4)  # 4 KiB .. 256 MiB
     step_seqs: tuple[int, ...] = _pow(1, 256, 4)
-    repeats: int = 9
+    repeats: int = 15
     warmup: int = 2
     min_repeat_s: float = 2e-3
     max_calls: int = 1000  # per repeat
@@ -209,33 +213,48 @@ class _Rank:
         if self.rank == 0 and self.progress is not None:
             self.progress.put(n)
 
-    def measure(self, fn: Callable[[], object], ranks: int = 1, max_calls: int | None = None) -> float:
-        """Median seconds per call of ``fn`` on this rank; ``ranks`` > 1: all ranks 0..ranks-1
-        call it together (same number of calls, a barrier before each repeat)."""
+    def measure(self, fns: list[Callable[[], object]], ranks: int = 1, max_calls: int | None = None) -> list[float]:
+        """Median seconds per call of each of ``fns`` (the grid points of one table) on this rank.
+
+        Warm-up and a timed call size each point's sample (enough calls to last ``min_repeat_s``);
+        then ``repeats`` sweeps over all the points in shuffled order, so every point's samples
+        spread over the whole measurement and a burst of load from other processes hits all
+        points alike instead of a few. ``ranks`` > 1: ranks 0..ranks-1 run the same points together (same call counts,
+        a barrier before each sample).
+        """
         g = self.grid
-        for _ in range(g.warmup):
-            fn()
-        self.sync()
-        start = time.perf_counter()
-        fn()
-        self.sync()
-        once = time.perf_counter() - start
-        calls = max(1, min(max_calls or g.max_calls, math.ceil(g.min_repeat_s / max(once, 1e-7))))
-        ctrl = self.ctrl.get(ranks) if ranks > 1 else None
-        if ctrl is not None:
-            agreed = torch.tensor([calls], dtype=torch.int64)
-            dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=ctrl)
-            calls = int(agreed)
-        samples = []
-        for _ in range(g.repeats):
-            if ctrl is not None:
-                dist.barrier(group=ctrl)
-            start = time.perf_counter()
-            for _ in range(calls):
+        calls = []
+        for fn in fns:
+            for _ in range(g.warmup):
                 fn()
             self.sync()
-            samples.append((time.perf_counter() - start) / calls)
-        return statistics.median(samples)
+            start = time.perf_counter()
+            fn()
+            self.sync()
+            once = time.perf_counter() - start
+            calls.append(max(1, min(max_calls or g.max_calls, math.ceil(g.min_repeat_s / max(once, 1e-7)))))
+        ctrl = self.ctrl.get(ranks) if ranks > 1 else None
+        if ctrl is not None:
+            agreed = torch.tensor(calls, dtype=torch.int64)
+            dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=ctrl)
+            calls = agreed.tolist()
+        samples: list[list[float]] = [[] for _ in fns]
+        for sweep in range(g.repeats):
+            # a fresh order each sweep (the same on every rank), so whatever the previous point
+            # leaves behind (cold caches after a large one) does not always hit the same point
+            order = list(range(len(fns)))
+            random.Random(sweep).shuffle(order)
+            for i in order:
+                fn, n = fns[i], calls[i]
+                if ctrl is not None:
+                    dist.barrier(group=ctrl)
+                start = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                self.sync()
+                samples[i].append((time.perf_counter() - start) / n)
+            self.tick(len(fns))
+        return [statistics.median(x) for x in samples]
 
     def slowest(self, times: list[float], ranks: int) -> list[float]:
         """Element-wise maximum of ``times`` over ranks 0..ranks-1."""
@@ -270,12 +289,8 @@ def _linear(r: _Rank, task: Task) -> dict:
     rows = task.args["tokens"]
     lin = _init_(Linear(k_in, k_out, dtype=r.dtype, device=r.device))
     x = _randn(rows[-1], k_in, r=r)
-    times = []
     with torch.inference_mode():
-        for n in rows:
-            xn = x[:n]
-            times.append(r.measure(lambda: lin(xn), task.ranks))
-            r.tick()
+        times = r.measure([functools.partial(lin, x[:n]) for n in rows], task.ranks)
     return dict(op="linear", dims=[k_in, k_out], ranks=task.ranks, tokens=list(rows),
                 time_s=r.slowest(times, task.ranks))
 
@@ -315,12 +330,9 @@ def _layer_misc(r: _Rank, task: Task, tokens) -> dict:
     rope = LlamaShard(spec, Shard(spec.num_hidden_layers, 0, 0), LocalComm(), dtype=r.dtype,
                       device=r.device).rope(torch.arange(n_max, device=r.device))
     x = _randn(n_max, spec.hidden_size, r=r)
-    times = []
     with torch.inference_mode(), _attention_stubbed():
-        for n in tokens:
-            xn, cos, sin = x[:n], rope[0][:n], rope[1][:n]
-            times.append(r.measure(lambda: layer(xn, cos, sin, None, None, None), task.ranks))
-            r.tick()
+        fns = [functools.partial(layer, x[:n], rope[0][:n], rope[1][:n], None, None, None) for n in tokens]
+        times = r.measure(fns, task.ranks)
     return dict(op="layer_misc", dims=list(task.args["dims"]), ranks=task.ranks, tokens=list(tokens),
                 time_s=r.slowest(times, task.ranks))
 
@@ -333,12 +345,11 @@ def _embed_rope(r: _Rank, task: Task, tokens) -> dict:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, spec.vocab_size, (tokens[-1],), generator=g).to(r.device)
     pos = torch.arange(tokens[-1], device=r.device)
-    times = []
+    def call(idn, pn):
+        return model.embed(idn), model.rope(pn)
+
     with torch.inference_mode():
-        for n in tokens:
-            idn, pn = ids[:n], pos[:n]
-            times.append(r.measure(lambda: (model.embed(idn), model.rope(pn)), task.ranks))
-            r.tick()
+        times = r.measure([functools.partial(call, ids[:n], pos[:n]) for n in tokens], task.ranks)
     return dict(op="embed_rope", dims=list(task.args["dims"]), ranks=task.ranks, tokens=list(tokens),
                 time_s=r.slowest(times, task.ranks))
 
@@ -369,13 +380,8 @@ def _attention(r: _Rank, task: Task) -> dict:
     kind, heads = task.kind, task.args["heads"]
     sizes, context = task.args["sizes"], task.args["context"]
     points = _attention_points(kind, sizes, context)
-    times = []
     with torch.inference_mode():
-        for size, ctx in points:
-            fn = _attention_call(r, heads, kind, size, ctx)
-            times.append(r.measure(fn, task.ranks))
-            del fn
-            r.tick()
+        times = r.measure([_attention_call(r, heads, kind, size, ctx) for size, ctx in points], task.ranks)
     by_point = dict(zip(points, r.slowest(times, task.ranks)))
     grid = [[by_point[(s, max(s, c))] for c in context] for s in sizes]
     return dict(kind=kind, num_heads=heads[0], num_kv_heads=heads[1], head_dim=heads[2],
@@ -408,67 +414,68 @@ def _step(r: _Rank, task: Task) -> dict:
     g = r.grid
     max_calls = 50
     steps = g.warmup + 1 + g.repeats * max_calls
-    times = []
+    fns = []
     for b in seqs:
         stub = _LogitsStub(spec, b, r)
         runner = ModelRunner(stub, b * -(-(_STEP_PROMPT + steps + 1) // _BLOCK_SIZE), _BLOCK_SIZE)
         runner.execute({s: [1] * _STEP_PROMPT for s in range(b)})
-        decode = {s: [1] for s in range(b)}
-        times.append(r.measure(lambda: runner.execute(decode), 1, max_calls=max_calls))
-        r.tick()
+        fns.append(functools.partial(runner.execute, {s: [1] for s in range(b)}))
+    times = r.measure(fns, 1, max_calls=max_calls)
     return dict(vocab_size=spec.vocab_size, seqs=list(seqs), time_s=times)
 
 
 def _comm(r: _Rank, task: Task) -> dict:
     op, k, sizes = task.args["op"], task.ranks, task.args["sizes"]
-    times = []
+    if op == "broadcast":  # the engine broadcasts sampled ids over a gloo group, CPU tensors
+        ids = torch.zeros(max(sizes) // 8 + 1, dtype=torch.int64)
+        fns = [functools.partial(dist.broadcast, ids[:max(1, n // 8)], src=k - 1, group=r.ctrl[k])
+               for n in sizes]
+        return dict(op=op, ranks=k, size_bytes=list(sizes), time_s=r.slowest(r.measure(fns, k), k))
+    group = r.groups[k]
+    data = torch.ones(max(sizes) // 4 + 1, dtype=torch.float32, device=r.device)
+    fns = []
     for nbytes in sizes:
-        if op == "broadcast":  # the engine broadcasts sampled ids over a gloo group, CPU tensors
-            buf = torch.zeros(max(1, nbytes // 8), dtype=torch.int64)
-            fn = lambda: dist.broadcast(buf, src=k - 1, group=r.ctrl[k])  # noqa: E731
+        x = data[:max(1, nbytes // 4)]
+        if op == "all_reduce":
+            fns.append(functools.partial(dist.all_reduce, x, group=group))
+        elif op == "all_gather":
+            fns.append(functools.partial(_all_gather, x, [torch.empty_like(x) for _ in range(k)], group))
         else:
-            x = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=r.device)
-            group = r.groups[k]
-            if op == "all_reduce":
-                fn = lambda: dist.all_reduce(x, group=group)  # noqa: E731
-            elif op == "all_gather":
-                parts = [torch.empty_like(x) for _ in range(k)]
-
-                def fn():
-                    dist.all_gather(parts, x, group=group)
-                    return torch.cat(parts, dim=-1)
-            else:  # send_recv: half of a ping-pong between ranks 0 and 1
-                y = torch.empty_like(x)
-                peer = 1 - r.rank
-
-                def fn():
-                    if r.rank == 0:
-                        dist.isend(x, dst=peer).wait()
-                        dist.recv(y, src=peer)
-                    else:
-                        dist.recv(y, src=peer)
-                        dist.isend(x, dst=peer).wait()
-        t = r.measure(fn, k)
-        times.append(t / 2 if op == "send_recv" else t)
-        r.tick()
+            fns.append(functools.partial(_ping_pong, x, torch.empty_like(x), r.rank))
+    times = r.measure(fns, k)
+    if op == "send_recv":
+        times = [t / 2 for t in times]  # one way = half a round trip
     return dict(op=op, ranks=k, size_bytes=list(sizes), time_s=r.slowest(times, k))
+
+
+def _all_gather(x: torch.Tensor, parts: list[torch.Tensor], group) -> torch.Tensor:
+    dist.all_gather(parts, x, group=group)  # as TorchComm.all_gather: gather, then concatenate
+    return torch.cat(parts, dim=-1)
+
+
+def _ping_pong(x: torch.Tensor, y: torch.Tensor, rank: int) -> None:
+    """Rank 0 sends ``x`` to rank 1 and receives it back (TorchComm: isend / recv)."""
+    peer = 1 - rank
+    if rank == 0:
+        dist.isend(x, dst=peer).wait()
+        dist.recv(y, src=peer)
+    else:
+        dist.recv(y, src=peer)
+        dist.isend(x, dst=peer).wait()
 
 
 def _copy(r: _Rank, task: Task) -> dict:
     kind, sizes = task.args["kind"], task.args["sizes"]
     cuda = r.device.type == "cuda"
-    times = []
-    for nbytes in sizes:
-        if kind == "h2h":
-            src, dst = torch.ones(nbytes, dtype=torch.uint8), torch.empty(nbytes, dtype=torch.uint8)
-        else:
-            host = torch.ones(nbytes, dtype=torch.uint8, pin_memory=cuda)
-            dev = torch.empty(nbytes, dtype=torch.uint8, device=r.device)
-            src, dst = (host, dev) if kind == "h2d" else (dev, host)
-        times.append(r.measure(lambda: dst.copy_(src, non_blocking=cuda), 1))
-        del src, dst
-        r.tick()
-    return dict(kind=kind, size_bytes=list(sizes), time_s=times)
+    top = max(sizes)
+    if kind == "h2h":
+        src, dst = torch.ones(top, dtype=torch.uint8), torch.empty(top, dtype=torch.uint8)
+    else:
+        host = torch.ones(top, dtype=torch.uint8, pin_memory=cuda)
+        dev = torch.empty(top, dtype=torch.uint8, device=r.device)
+        src, dst = (host, dev) if kind == "h2d" else (dev, host)
+    fns = [functools.partial(dst[:n].copy_, src[:n], non_blocking=cuda) for n in sizes]
+    return dict(kind=kind, size_bytes=list(sizes), time_s=r.measure(fns, 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,15 +564,20 @@ def profile(
         raise SpecError(f"ranks and threads must be positive (got {ranks}, {threads})")
     specs = models if models is not None else [load_model(m) for m in grid.models]
     tasks = plan_tasks(grid, ranks, specs, device)
-    total = sum(t.points for t in tasks)
+    total = sum(t.points for t in tasks) * grid.repeats  # progress counts timed samples
     world = max([t.ranks for t in tasks] + [1])
     ctx = get_context("forkserver")
     queue = ctx.Queue()
     stop = threading.Event()
 
+    loads: list[float] = []
+
     def pump():
-        done = 0
+        done, last = 0, 0.0
         while not stop.is_set() or not queue.empty():
+            if hasattr(os, "getloadavg") and time.monotonic() - last >= 5.0:
+                last = time.monotonic()
+                loads.append(os.getloadavg()[0])
             try:
                 done += queue.get(timeout=0.1)
             except Exception:  # noqa: BLE001 - queue.Empty, or closed at shutdown
@@ -596,6 +608,7 @@ def profile(
         device_memory_bytes=float(torch.cuda.get_device_properties(0).total_memory) if device == "cuda" else None,
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command,
         wall_time_s=round(wall_s, 1), repeats=grid.repeats,
+        load_average=round(statistics.mean(loads), 2) if loads else None,
         source=f"seesaw profile on {platform.node() or 'this machine'}; medians of {grid.repeats} repeats",
         **{k: tuple(v) for k, v in tables.items()},
     )

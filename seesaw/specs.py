@@ -373,6 +373,11 @@ class SeesawPolicy(_PolicyBase):
         default=1.0, gt=0, le=1,
         description="switch to decode when the host pool is this full (1.0 = the paper: when full)",
     )
+    decode_low_watermark: float = Field(
+        default=0.5, gt=0, le=1,
+        description="with the host pool empty and requests waiting, switch back to prefill once "
+        "device KV use falls below this fraction (1.0 = as soon as the host pool is empty)",
+    )
 
     @model_validator(mode="after")
     def _same_dp(self) -> "SeesawPolicy":
@@ -572,6 +577,9 @@ class MeasuredProfile(Spec):
     command: str = ""
     wall_time_s: float = Field(default=0.0, ge=0, description="how long the measurement took")
     repeats: int = Field(default=1, gt=0, description="timed repeats per grid point (median kept)")
+    load_average: float | None = Field(
+        default=None, ge=0, description="mean 1-minute load average of the host while measuring "
+        "(the measuring ranks included): how busy a shared machine was")
     ops: tuple[OpTable, ...] = ()
     attention: tuple[AttentionTable, ...] = ()
     collectives: tuple[CommTable, ...] = ()
