@@ -233,6 +233,7 @@ class _progress:
 
 
 from seesaw import cli_profile; cli_profile.register(app)  # noqa: E402,E702  profile
+from seesaw import cli_run; cli_run.register(app)  # noqa: E402,E702  run
 
 
 if __name__ == "__main__":

@@ -45,7 +45,23 @@ __all__ = [
 
 
 class RankError(RuntimeError):
-    """A rank of a spawned job raised; the message carries its traceback."""
+    """A rank of a spawned job raised; the message carries its traceback.
+
+    ``rank``: the rank reported; ``detail``: its traceback (or why it has none); ``exited``:
+    ``{rank: exit code}`` of ranks that had died without a result when this was raised;
+    ``others``: ``{rank: last line}`` of other ranks' failures reported before it."""
+
+    def __init__(self, message: str, rank: int | None = None, detail: str = "",
+                 exited: dict[int, int | None] | None = None):
+        super().__init__(message)
+        self.rank, self.detail, self.exited = rank, detail, dict(exited or {})
+        self.others: dict[int, str] = {}
+
+    @property
+    def last_line(self) -> str:
+        """The last line of the rank's traceback: ``SomeError: what went wrong``."""
+        lines = [ln.strip() for ln in (self.detail or str(self)).splitlines() if ln.strip()]
+        return lines[-1] if lines else "unknown error"
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,11 +161,14 @@ def _rank_entry(fn, rank, world_size, init_method, backend, coll_timeout_s, thre
 
 def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeout_s: float = 120.0,
           collective_timeout_s: float = 60.0, start_method: str = "forkserver",
-          threads_per_rank: int = 1, preload: tuple[str, ...] = ("torch", "seesaw.engine.dist")) -> list:
+          threads_per_rank: int = 1, preload: tuple[str, ...] = ("torch", "seesaw.engine.dist"),
+          prefer_rank: int | None = None, grace_s: float = 3.0) -> list:
     """Run ``fn(rank, world_size, device, *args)`` on ``world_size`` new processes and return their
     results in rank order. ``fn`` must be importable (a module-level function). Raises
     ``RankError`` with the first failing rank's traceback, or ``TimeoutError`` past ``timeout_s``;
-    either way every rank still running is killed."""
+    either way every rank still running is killed. With ``prefer_rank`` (a driver that explains
+    failures), another rank's failure waits up to ``grace_s`` for that rank's own report, which
+    is raised instead when it comes."""
     ctx = get_context(start_method)
     if start_method == "forkserver":
         ctx.set_forkserver_preload(list(preload))
@@ -169,8 +188,17 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeo
                 p.start()
             deadline = time.monotonic() + timeout_s
             dead_since: dict[int, float] = {}
+            failure: tuple[float, RankError] | None = None  # first problem, held for prefer_rank
+            reported: dict[int, str] = {}
+
+            def exited() -> dict[int, int | None]:
+                return {r: p.exitcode for r, p in enumerate(procs) if r not in done and not p.is_alive()}
+
             while len(done) < world_size:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                if failure is not None and now - failure[0] > grace_s:
+                    raise failure[1]
+                left = deadline - now
                 if left <= 0:
                     missing = [r for r in range(world_size) if r not in done]
                     raise TimeoutError(f"ranks {missing} did not finish within {timeout_s:.0f} s")
@@ -183,10 +211,20 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeo
                             continue
                         # a dead rank's report may still be in the pipe; give it a moment
                         if now - dead_since.setdefault(r, now) > 2.0:
-                            raise RankError(f"rank {r} exited with code {p.exitcode} without a result")
+                            e = RankError(f"rank {r} exited with code {p.exitcode} without a result", r,
+                                          exited=exited())
+                            if prefer_rank is None or r == prefer_rank:
+                                raise e
+                            failure = failure or (now, e)
                     continue
                 if not success:
-                    raise RankError(f"rank {rank} of {world_size} failed:\n{payload}")
+                    e = RankError(f"rank {rank} of {world_size} failed:\n{payload}", rank, payload, exited())
+                    e.others = dict(reported)
+                    if prefer_rank is None or rank == prefer_rank:
+                        raise e
+                    reported[rank] = e.last_line
+                    failure = failure or (time.monotonic(), e)
+                    continue
                 done[rank] = torch.load(io.BytesIO(payload), weights_only=False, map_location="cpu")
             ok = True
         finally:

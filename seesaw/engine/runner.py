@@ -9,6 +9,10 @@ Under pipeline parallelism the step's sequences are split into micro-batches tha
 the stages (receive from the previous stage, run local layers, send to the next); the last stage
 samples and broadcasts the next tokens to every rank of the replica. With a ``LocalComm`` (single
 process) the same code runs the whole model. ``generate`` is the single-process reference path.
+
+``run_tables`` is the driver's entry point (``seesaw.engine.driver``): one micro-batch whose block
+tables the driver allocated and sent, so the runner keeps no bookkeeping of its own and the
+scheduler's block counts are the engine's.
 """
 
 from __future__ import annotations
@@ -85,33 +89,71 @@ class ModelRunner:
         slots = self._allocate(step_tokens)
         query_lens = [len(step_tokens[s]) for s in seq_ids]
         groups = split_micro_batches(query_lens, num_micro_batches or self.num_micro_batches)
-        dev = self.device
         out: dict[object, torch.Tensor] = {}
         pending = []
         for group in groups:
             ids = [seq_ids[i] for i in group]
             lens = [query_lens[i] for i in group]
-            meta = build_metadata(self.blocks, ids, lens, torch.cat([slots[s] for s in ids]), dev)
-            positions = torch.cat([torch.arange(c - n, c) for c, n in zip(meta.context_lens, lens)]).to(dev)
-            if self.shard.is_first:
-                x = torch.tensor([t for s in ids for t in step_tokens[s]], dtype=torch.long, device=dev)
-            else:
-                x = self.comm.recv_prev((meta.num_tokens, self.model.hidden_size), self.model.dtype)
-            rows = None
-            if not all_tokens:
-                rows = torch.tensor(lens, device=dev).cumsum(0) - 1  # last new token of each
-            y = self.model(x, positions, meta, self.kv, rows)  # [T, H] or logits [N, V]
-            if not self.shard.is_last:
-                pending.append(self.comm.send_next(y.contiguous()))
+            y, handle = self._forward_group(self.blocks, ids, lens, torch.cat([slots[s] for s in ids]),
+                                            step_tokens, None if all_tokens else ids)
+            pending.append(handle)
+            if y is None:
                 continue
-            if all_tokens:
-                out.update(zip(ids, y.split(lens)))
-            else:
-                out.update(zip(ids, y))
+            out.update(zip(ids, y.split(lens)) if all_tokens else zip(ids, y))
         for handle in pending:
             if handle is not None:
                 handle.wait()
         return out
+
+    def _forward_group(self, blocks, ids: list, lens: list[int], slot_mapping: torch.Tensor,
+                       step_tokens: dict, logits_for: list | None):
+        """One micro-batch through this rank's layers. ``blocks`` gives each sequence's context
+        (``num_tokens`` after the step, ``slots``). Returns (logits, None) on the last stage --
+        last-token logits [N, V] of ``logits_for`` (in ``ids`` order), or every token's [T, V]
+        when None -- and (None, send handle) on the other stages."""
+        dev = self.device
+        meta = build_metadata(blocks, ids, lens, slot_mapping, dev)
+        positions = torch.cat([torch.arange(c - n, c) for c, n in zip(meta.context_lens, lens)]).to(dev)
+        if self.shard.is_first:
+            x = torch.tensor([t for s in ids for t in step_tokens[s]], dtype=torch.long, device=dev)
+        else:
+            x = self.comm.recv_prev((meta.num_tokens, self.model.hidden_size), self.model.dtype)
+        rows = None
+        if logits_for is not None and self.shard.is_last:
+            wanted = set(logits_for)
+            last = torch.tensor(lens).cumsum(0) - 1  # last new token of each sequence
+            rows = last[[i for i, s in enumerate(ids) if s in wanted]].to(dev)
+        y = self.model(x, positions, meta, self.kv, rows)  # [T, H] or logits [N, V]
+        if not self.shard.is_last:
+            return None, self.comm.send_next(y.contiguous())
+        return y, None
+
+    @torch.inference_mode()
+    def run_tables(self, seqs: list[tuple], block_tables: dict[object, list[int]],
+                   logits_for: list | None = None) -> dict[object, torch.Tensor]:
+        """One micro-batch whose KV placement the caller decides (a driver that owns the block
+        allocation). ``seqs``: ``(seq_id, start, new_tokens)`` -- the sequence already has
+        ``start`` tokens in the cache and its new tokens take positions ``start..``;
+        ``block_tables[seq_id]`` must cover them. The runner's own ``blocks`` are not used.
+        On the last stage returns last-token fp32 logits [V] of the sequences in ``logits_for``
+        (default: all); {} on other stages (after the activations are sent on)."""
+        if not seqs:
+            return {}
+        view = _TableView(self.blocks.block_size, block_tables,
+                          {s: start + len(toks) for s, start, toks in seqs})
+        ids = [s for s, _, _ in seqs]
+        lens = [len(toks) for _, _, toks in seqs]
+        if min(lens) == 0:
+            raise ValueError("every sequence in a step needs at least one new token")
+        slot_mapping = torch.cat([view.slots(s, start, start + len(toks)) for s, start, toks in seqs])
+        y, handle = self._forward_group(view, ids, lens, slot_mapping, {s: t for s, _, t in seqs},
+                                        ids if logits_for is None else list(logits_for))
+        if handle is not None:
+            handle.wait()
+        if y is None:
+            return {}
+        wanted = set(ids if logits_for is None else logits_for)
+        return dict(zip([s for s in ids if s in wanted], y))
 
     def sample(self, logits: dict[object, torch.Tensor], temperature: float | dict = 0.0) -> dict:
         """Next token per sequence from last-token logits [V]: greedy when temperature is 0."""
@@ -138,6 +180,17 @@ class ModelRunner:
         if self.shard.pp_size > 1:
             ids = self.comm.broadcast_from_last_stage(ids.to(self.device)).cpu()
         return dict(zip(seq_ids, ids.tolist()))
+
+
+class _TableView:
+    """Read side of ``BlockManager`` (``num_tokens``, ``slots``) over tables held by a caller."""
+
+    def __init__(self, block_size: int, block_tables: dict, num_tokens: dict):
+        self.block_size = block_size
+        self.block_tables = block_tables
+        self.num_tokens = num_tokens
+
+    slots = BlockManager.slots
 
 
 def run_generation(

@@ -1,0 +1,277 @@
+"""The driver loop and ``seesaw run`` on CPU ranks (gloo): greedy outputs under T2, P2 and D2
+equal the single-process engine's token for token (with preemption and chunked prefill too),
+the output file is batch-output JSONL, ``--resume`` completes a partial file, malformed lines go
+to the errors file, and bad input is one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from seesaw.engine.batch_io import BatchItem, done_ids, errors_path
+from seesaw.engine.driver import EngineConfig, run_batch
+from seesaw.engine.runner import generate
+from seesaw.engine.tiny import EOS_ID
+from seesaw.engine.weights import build_shard, load_checkpoint
+from seesaw.specs import parse_parallel
+from tests.engine_helpers import RANK_TIMEOUT_S, make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
+
+LENGTHS = [13, 5, 20, 9, 17, 3, 11, 26]
+MAX_TOKENS = 10
+# the tiny model's own EOS is rare in 10 tokens; two frequent tokens also stop, so some requests
+# end early (one right after its prefill) and others run to the length limit
+EOS = (EOS_ID, 22, 254)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def store(ckpt):
+    return load_checkpoint(ckpt)
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    """Single-process greedy outputs (EOS stops a sequence), the yardstick for every layout."""
+    import torch
+
+    torch.set_num_threads(1)
+    prompts = random_prompts(LENGTHS, seed=7)
+    outs = generate(build_shard(store), prompts, MAX_TOKENS, eos_token_id=list(EOS))
+    assert 1 in map(len, outs) and MAX_TOKENS in map(len, outs)
+    return prompts, {f"r{i}": o for i, o in enumerate(outs)}
+
+
+def _items(prompts) -> list[BatchItem]:
+    return [BatchItem(f"r{i}", list(p), MAX_TOKENS, line=i + 1) for i, p in enumerate(prompts)]
+
+
+def _run(store, ckpt, prompts, layout, tmp_path=None, **kw):
+    cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(ckpt), eos_token_ids=EOS,
+                       timeout_s=RANK_TIMEOUT_S, return_token_ids=True,
+                       output=str(tmp_path / "out.jsonl") if tmp_path else "", **kw)
+    return run_batch(store, _items(prompts), cfg, launch_timeout_s=2 * RANK_TIMEOUT_S)
+
+
+@pytest.mark.parametrize("layout,kw", [
+    ("T2", {}),
+    ("P2", {}),
+    ("P2", {"max_num_seqs": 2}),        # 2 in flight of 2 sequences each, the rest wait
+    ("D2", {}),
+])
+def test_driver_greedy_matches_single_process(store, ckpt, reference, layout, kw):
+    prompts, ref = reference
+    res = _run(store, ckpt, prompts, layout, **kw)
+    assert res["output_token_ids"] == ref
+    assert res["num_requests"] == len(prompts)
+    assert res["total_output_tokens"] == sum(map(len, ref.values()))
+    assert res["total_num_tokens"] == res["total_output_tokens"] + sum(LENGTHS)
+    assert res["layout"] == layout and res["policy"] == "vllm"
+    assert res["time_by_phase"]["prefill"] > 0 and res["time_by_phase"]["decode"] > 0
+
+
+@pytest.mark.parametrize("layout", ["T1", "P2"])
+def test_preemption_recomputes_and_matches(store, ckpt, reference, layout):
+    """12 blocks of 4 tokens cannot hold 8 sequences of up to 36 tokens: sequences are preempted
+    and later re-prefill prompt + generated tokens; the engine's blocks follow the scheduler's."""
+    prompts, ref = reference
+    res = _run(store, ckpt, prompts, layout, num_blocks=12, block_size=4)
+    assert res["num_preemptions"] > 0
+    assert res["output_token_ids"] == ref
+
+
+@pytest.mark.parametrize("layout", ["T2", "P2"])
+def test_chunked_prefill_matches(store, ckpt, reference, layout):
+    prompts, ref = reference
+    res = _run(store, ckpt, prompts, layout, enable_chunked_prefill=True, max_num_batched_tokens=8,
+               block_size=4)
+    assert res["output_token_ids"] == ref
+    assert res["time_by_phase"]["mixed"] > 0
+
+
+def test_output_file_is_batch_output_jsonl(store, ckpt, reference, tmp_path):
+    prompts, ref = reference
+    _run(store, ckpt, prompts, "P2", tmp_path)
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert len(lines) == len(prompts)
+    recs = [json.loads(x) for x in lines]
+    assert sorted(r["custom_id"] for r in recs) == sorted(ref)
+    for r in recs:
+        assert r["error"] is None and r["id"].startswith("batch_req_")
+        assert r["response"]["status_code"] == 200
+        body = r["response"]["body"]
+        assert body["object"] == "text_completion"
+        choice = body["choices"][0]
+        assert "text" in choice and choice["finish_reason"] in ("stop", "length")
+        n = len(ref[r["custom_id"]])
+        assert choice["finish_reason"] == ("stop" if ref[r["custom_id"]][-1] in EOS else "length")
+        assert body["usage"] == {"prompt_tokens": LENGTHS[int(r["custom_id"][1:])], "completion_tokens": n,
+                                 "total_tokens": LENGTHS[int(r["custom_id"][1:])] + n}
+        assert 0 <= r["timing"]["first_token_s"] <= r["timing"]["finished_s"]
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+
+
+def cli(capsys, *args):
+    """Run ``seesaw`` in this process: (exit code, stdout, stderr)."""
+    from seesaw import cli as cli_mod
+
+    argv = sys.argv
+    sys.argv = ["seesaw", *map(str, args)]
+    try:
+        cli_mod.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _write_prompts(path, n=6, bad=()):
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({"id": f"q{i}", "prompt": f"question {i}: " + "abc" * (i + 1), "max_tokens": 6}))
+    for at, text in bad:
+        lines.insert(at, text)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _stable(path):
+    """Output lines without the fields that differ between runs (timing, creation time)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        r.pop("timing")
+        r["response"]["body"].pop("created")
+        out[r["custom_id"]] = r
+    return out
+
+
+def test_cli_run_json_and_throughput_line(ckpt, tmp_path, capsys):
+    inp = _write_prompts(tmp_path / "in.jsonl")
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl",
+                         "--layout", "T2", "--num-ranks", 2, "--json")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("Throughput: ") and "requests/s" in lines[0] and "output tokens/s" in lines[0]
+    summary = json.loads(lines[-1])
+    for key in ("elapsed_time", "num_requests", "total_num_tokens", "total_output_tokens", "requests_per_second",
+                "tokens_per_second", "output_tokens_per_second", "layout", "policy", "time_by_phase"):
+        assert key in summary
+    assert summary["num_requests"] == 6 and summary["total_output_tokens"] == 36
+    assert set(summary["time_by_phase"]) >= {"prefill", "decode", "mixed", "idle"}
+    assert len(_stable(tmp_path / "o.jsonl")) == 6
+
+
+def test_cli_resume_completes_a_partial_file(ckpt, tmp_path, capsys):
+    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
+    full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
+    assert cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", full, "--layout", "P2")[0] == 0
+    lines = full.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:3]) + lines[3][:25])  # three done, one torn by a "crash"
+    assert done_ids(part) == {json.loads(x)["custom_id"] for x in lines[:3]}
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
+                         "--resume", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["num_requests"] == 5
+    assert _stable(part) == _stable(full)
+    assert len(part.read_text().splitlines()) == 8
+    # nothing left: a resumed run with everything done runs nothing
+    code, out, _ = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
+                       "--resume", "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["num_requests"] == 0
+
+
+def test_cli_malformed_lines_go_to_the_errors_file(ckpt, tmp_path, capsys):
+    inp = _write_prompts(tmp_path / "in.jsonl", n=4, bad=[(1, "{not json"), (3, json.dumps({"id": "x", "max_tokens": 5}))])
+    out_path = tmp_path / "o.jsonl"
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", out_path, "--layout", "T1")
+    assert code == 0, err
+    assert "2 bad input line(s)" in err
+    errs = [json.loads(x) for x in errors_path(out_path).read_text().splitlines()]
+    assert [e["line"] for e in errs] == [2, 4]
+    assert "malformed JSON" in errs[0]["error"] and "prompt" in errs[1]["error"]
+    assert sorted(_stable(out_path)) == ["q0", "q1", "q2", "q3"]
+
+
+def test_cli_chat_batch_lines_use_the_chat_template(ckpt, tmp_path, capsys):
+    inp = tmp_path / "batch.jsonl"
+    inp.write_text("\n".join(json.dumps(x) for x in [
+        {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",
+         "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}},
+        {"custom_id": "c2", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hello", "max_tokens": 4}},
+    ]) + "\n")
+    code, _, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl")
+    assert code == 0, err
+    recs = _stable(tmp_path / "o.jsonl")
+    assert recs["c1"]["response"]["body"]["object"] == "chat.completion"
+    assert "content" in recs["c1"]["response"]["body"]["choices"][0]["message"]
+    assert recs["c1"]["response"]["body"]["usage"]["prompt_tokens"] == len(b"user: hi\nassistant: ") + 1  # + BOS
+    assert recs["c2"]["response"]["body"]["object"] == "text_completion"
+
+
+def test_cli_length_workload_runs_synthetic_prompts(ckpt, tmp_path, capsys):
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", "constant", "--num-requests", 4,
+                         "--input-len", 12, "--output-len", 5, "--output", tmp_path / "o.jsonl", "--json")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["total_output_tokens"] == 20 and summary["total_num_tokens"] == 4 * 17  # EOS ignored
+
+
+def _bad(tmp_path, **kw):
+    return make_checkpoint(tmp_path / "bad", **kw)
+
+
+@pytest.mark.parametrize("case,args,message", [
+    ("unknown model", ["--model", "/nonexistent/model"], "unknown model"),
+    ("T3 on 4 heads", ["--layout", "T3"], "does not divide the 4 attention heads"),
+    ("ranks disagree", ["--layout", "T2", "--num-ranks", "4"], "--num-ranks 4 does not match layout T2"),
+    ("seesaw layout", ["--layout", "P2->T2"], "one static layout"),
+    ("no cuda", ["--device", "cuda"], "--device cuda"),
+    ("missing input", ["--input", "/nonexistent.jsonl"], "workload file not found"),
+])
+def test_cli_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys, case, args, message):
+    import torch
+
+    if case == "no cuda" and torch.cuda.device_count() >= 1:
+        args = ["--device", "cuda", "--layout", f"D{torch.cuda.device_count() + 1}"]
+        message = "CUDA device"
+    inp = _write_prompts(tmp_path / "in.jsonl")
+    base = {"--model": ckpt, "--input": inp, "--output": tmp_path / "o.jsonl"}
+    for k, v in zip(args[::2], args[1::2]):
+        base[k] = v
+    code, out, err = cli(capsys, "run", *[x for kv in base.items() for x in kv])
+    assert code == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("corrupt,message", [
+    ({"drop": ("model.layers.1.mlp.up_proj.weight",)}, "missing 1 tensor(s): model.layers.1.mlp.up_proj.weight"),
+    ({"reshape": {"model.layers.0.self_attn.k_proj.weight": (8, 64)}}, "has shape [8, 64], expected [32, 64]"),
+])
+def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys, corrupt, message):
+    from seesaw.engine.tiny import tiny_config, write_random_checkpoint
+
+    bad = write_random_checkpoint(tmp_path / "bad", tiny_config(), **corrupt)
+    inp = _write_prompts(tmp_path / "in.jsonl")
+    code, _, err = cli(capsys, "run", "--model", bad, "--input", inp, "--output", tmp_path / "o.jsonl")
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+
+
+def test_cli_no_valid_lines_is_exit_2(ckpt, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("{oops\n[1, 2]\n")
+    code, _, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl")
+    assert code == 2 and "no valid requests" in err and err.count("\n") == 2  # a warning, then the error
+    assert len(errors_path(tmp_path / "o.jsonl").read_text().splitlines()) == 2
