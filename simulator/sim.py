@@ -324,9 +324,8 @@ def _make_scheduler(policy, cost: CostModel, replica: int):
         return VllmScheduler.from_policy(policy, tokens // policy.block_size, replica=replica)
     model, node = cost.model, cost.node
     dp = policy.prefill_layout.dp
-    # retained decodes must fit under either layout, so the device pool is the smaller one
-    device_tokens = min(cost.kv_capacity_tokens(policy.prefill_layout, util),
-                        cost.kv_capacity_tokens(policy.decode_layout, util))
+    prefill_tokens = cost.kv_capacity_tokens(policy.prefill_layout, util)
+    decode_tokens = cost.kv_capacity_tokens(policy.decode_layout, util)
     available = node.host_memory_bytes - model.weight_bytes
     host_bytes = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
     if host_bytes > available:
@@ -336,10 +335,12 @@ def _make_scheduler(policy, cost: CostModel, replica: int):
         )
     host_blocks = int(host_bytes / dp // (model.kv_bytes_per_token * policy.block_size))
     return SeesawScheduler(
-        device_tokens // policy.block_size, host_blocks, policy.prefill_layout, policy.decode_layout,
+        prefill_tokens // policy.block_size, host_blocks, policy.prefill_layout, policy.decode_layout,
+        num_decode_blocks=decode_tokens // policy.block_size,
         block_size=policy.block_size, max_num_seqs=policy.max_num_seqs,
         max_num_batched_tokens=policy.max_num_batched_tokens,
-        host_full_watermark=policy.host_full_watermark, replica=replica,
+        host_full_watermark=policy.host_full_watermark,
+        decode_low_watermark=policy.decode_low_watermark, replica=replica,
     )
 
 
@@ -387,7 +388,7 @@ def _collect(sim: _Simulation, policy, requests) -> SimResult:
         layout=layout,
         policy=policy.kind,
         time_by_phase={k: round(v, 9) for k, v in phase.items()},
-        peak_kv_usage=max(r.sched.blocks.peak_used / max(1, r.sched.blocks.num_blocks) for r in sim.replicas),
+        peak_kv_usage=max(r.sched.peak_kv_usage() for r in sim.replicas),
         num_preemptions=sum(r.sched.num_preemptions for r in sim.replicas),
         num_steps=len(steps),
         steps=steps,

@@ -15,8 +15,18 @@ Transitions (the paper's rule, "switch only when the CPU store is full or empty"
 * PREFILL -> DECODE when the host pool cannot take the next waiting request (its occupancy would
   pass ``host_full_watermark``), or nothing is left to prefill. In-flight prefills and swap-outs
   drain first, then ``Reshard(prefill_layout, decode_layout)``.
-* DECODE -> PREFILL when the host pool is empty and requests are waiting. Decodes in flight drain
-  first, the sequences left on the device are swapped out, then ``Reshard`` back.
+* DECODE -> PREFILL when the host pool is empty, requests are waiting, at least one decode step
+  ran in this phase, and the device has drained below ``decode_low_watermark`` of both its own
+  KV pool and the host pool it will be evicted into, leaving host room for the next prompt (the
+  paper switches as soon as the host pool is empty, a watermark of 1.0; right after the last
+  swap-in the device is full of fresh sequences and evicting them at once wastes two copies, and
+  with a small host pool the evicted sequences would fill it and leave nothing to prefill). Once
+  decided the switch is final: decodes in flight drain, the sequences left on the device are
+  swapped out, then ``Reshard`` back. Every cycle therefore decodes at least once and prefills at
+  least one new request. Each decision is logged in ``transition_log`` with its reason.
+* With ``prefill_layout == decode_layout`` nothing needs re-laying out, so prefilled KV stays on
+  the device (no swap), prefill stops when the device is full, and the policy degenerates to a
+  phase-separated continuous batching of that layout.
 
 Choices the paper leaves open, made here:
 
@@ -27,7 +37,10 @@ Choices the paper leaves open, made here:
   P8->T4P2 prefill took 303 s with retained decodes.)
 * Preemption during decode swaps the victim out to the host pool when it has room (recompute
   otherwise), so running out of device blocks does not send work back to prefill.
-* The device pool is the ``min`` of the KV capacity under the two layouts.
+* The device is empty at every switch (prefill KV has been offloaded; decodes are evicted), so
+  each layout uses its own device KV capacity: ``num_device_blocks`` under the prefill layout and
+  ``num_decode_blocks`` under the decode layout. Sizing both by the smaller would shrink the decode
+  batch (PP stages hold unsplit activation reserves and embedding/LM head).
 * Host blocks of a sequence are freed when its swap-in completes (the device copy is then the only
   one).
 """
@@ -54,10 +67,12 @@ class SeesawScheduler(VllmScheduler):
         prefill_layout: ParallelConfig,
         decode_layout: ParallelConfig,
         *,
+        num_decode_blocks: int | None = None,
         block_size: int = 16,
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 8192,
         host_full_watermark: float = 1.0,
+        decode_low_watermark: float = 0.5,
         replica: int = 0,
         watermark: float = 0.01,
     ):
@@ -69,7 +84,17 @@ class SeesawScheduler(VllmScheduler):
         if num_host_blocks <= 0:
             raise SchedulerError("the host KV pool holds no block; give a larger --host-kv-gib")
         self.host = BlockPool(num_host_blocks, block_size)
+        self.pools = {PREFILL: self.blocks,
+                      DECODE: BlockPool(num_decode_blocks or num_device_blocks, block_size)}
         self.host_limit = int(host_full_watermark * num_host_blocks)
+        self.decode_low_watermark = decode_low_watermark
+        self.leaving_decode = False
+        self.same_layout = prefill_layout == decode_layout
+        if self.same_layout:
+            self.pools[DECODE] = self.blocks
+        self.decode_steps_in_phase = 0
+        self.transition_log: list[dict] = []
+        self._leave_reason = ""
         self.prefill_layout = prefill_layout
         self.decode_layout = decode_layout
         self.layout = prefill_layout
@@ -86,7 +111,13 @@ class SeesawScheduler(VllmScheduler):
     def check_servable(self, seq: Sequence) -> None:
         super().check_servable(seq)
         need = blocks_for(seq.prompt_len + seq.max_output_len, self.block_size)
-        if need > self.host_limit:
+        if need > self.pools[DECODE].num_blocks:
+            raise SchedulerError(
+                f"request {seq.req_id}: {seq.prompt_len + seq.max_output_len} tokens need {need} KV "
+                f"blocks, the device pool under {self.decode_layout} has {self.pools[DECODE].num_blocks}"
+            )
+        need = blocks_for(seq.prompt_len + seq.max_output_len, self.block_size)
+        if not self.same_layout and need > self.host_limit:
             raise SchedulerError(
                 f"request {seq.req_id}: {seq.prompt_len + seq.max_output_len} tokens need {need} "
                 f"host KV blocks, the host pool holds {self.host_limit}; give a larger --host-kv-gib"
@@ -106,20 +137,24 @@ class SeesawScheduler(VllmScheduler):
         if self.to_offload:
             return self._launch(SwapOut(replica=self.replica, seqs=self._pop_offload()))
         if self.mode == PREFILL:
-            if self._should_leave_prefill():
-                return self._maybe_reshard(DECODE)
+            reason = self._leave_prefill_reason()
+            if reason:
+                return self._maybe_reshard(DECODE, reason)
             return self._forward(self._schedule_prefill())
-        swap = self._schedule_swap_in()
-        if swap is not None:
-            return self._launch(swap)
-        if self._should_leave_decode():
-            if self.num_in_flight:
+        if not self.leaving_decode:
+            swap = self._schedule_swap_in()
+            if swap is not None:
+                return self._launch(swap)
+            self._leave_reason = self._leave_decode_reason()
+            self.leaving_decode = bool(self._leave_reason)
+        if self.leaving_decode:
+            if self.num_in_flight or self.num_swaps_in_flight:
                 return None                      # drain the decodes in flight
-            if self.running:
+            if self.running and not self.same_layout:
                 for seq in list(self.running.values()):
                     self._swap_out_now(seq)
                 return self._launch(SwapOut(replica=self.replica, seqs=self._pop_offload()))
-            return self._maybe_reshard(PREFILL)
+            return self._maybe_reshard(PREFILL, self._leave_reason)
         return self._forward(self._schedule_decode())
 
     def _launch(self, step: Step) -> Step:
@@ -144,13 +179,17 @@ class SeesawScheduler(VllmScheduler):
     def _host_has_room_for(self, seq: Sequence) -> bool:
         return self.host.num_used + blocks_for(seq.num_tokens, self.block_size) <= self.host_limit
 
-    def _should_leave_prefill(self) -> bool:
-        if not self.waiting or not self._host_has_room_for(self.waiting[0]):
-            return True
-        # device blocks held by retained decodes leave no room for the next prompt: decode first
+    def _leave_prefill_reason(self) -> str:
+        if not self.waiting:
+            return "nothing_waiting"
+        head = self.waiting[0]
+        if not self.same_layout and not self._host_has_room_for(head):
+            return "host_full"
         idle = not self.num_in_flight and not self.num_swaps_in_flight
-        need = blocks_for(self.waiting[0].num_new_tokens, self.block_size)
-        return idle and not self.blocks.can_allocate(need, self.watermark_blocks)
+        need = blocks_for(head.num_new_tokens, self.block_size)
+        if idle and not self.blocks.can_allocate(need, self.watermark_blocks):
+            return "device_full"                 # only with same_layout: prefilled KV stays on device
+        return ""
 
     def _schedule_prefill(self) -> Prefill | None:
         if self.num_in_flight >= self.layout.pp:
@@ -161,20 +200,22 @@ class SeesawScheduler(VllmScheduler):
             seq = self.waiting[0]
             n = seq.num_new_tokens
             host_need = blocks_for(seq.num_tokens, self.block_size)
-            if n > budget or not self._host_has_room_for(seq):
+            if n > budget or (not self.same_layout and not self._host_has_room_for(seq)):
                 break
             if not self.blocks.can_allocate(blocks_for(n, self.block_size), self.watermark_blocks):
                 break
             self.waiting.popleft()
             self._admit(seq, n)
-            self.host.allocate(host_need)
-            seq.num_host_blocks = host_need
+            if not self.same_layout:
+                self.host.allocate(host_need)
+                seq.num_host_blocks = host_need
             seqs.append(seq)
             counts.append(n)
             budget -= n
         if not seqs:
             return None
-        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts, offload_to_host=True)
+        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts,
+                       offload_to_host=not self.same_layout)
 
     # decode mode -------------------------------------------------------
     def _schedule_swap_in(self) -> SwapIn | None:
@@ -197,8 +238,19 @@ class SeesawScheduler(VllmScheduler):
             seqs.append(seq)
         return SwapIn(replica=self.replica, seqs=seqs) if seqs else None
 
-    def _should_leave_decode(self) -> bool:
-        return bool(self.waiting) and not self.on_host and not self.num_swaps_in_flight
+    def _leave_decode_reason(self) -> str:
+        if (not self.waiting or self.on_host or self.num_swaps_in_flight
+                or not self.decode_steps_in_phase or self.blocks.usage >= self.decode_low_watermark):
+            return ""
+        head = blocks_for(self.waiting[0].num_tokens, self.block_size)
+        if self.same_layout:
+            return "device_drained" if self.blocks.can_allocate(head, self.watermark_blocks) else ""
+        evict = sum(blocks_for(q.num_tokens, self.block_size) for q in self.running.values())
+        if evict > self.decode_low_watermark * self.host_limit:
+            return ""
+        if self.host.num_used + evict + head > self.host_limit:
+            return ""
+        return "host_empty"
 
     def _swap_out_now(self, seq: Sequence) -> None:
         """Give up ``seq``'s device blocks now; its KV travels to the host in the next SwapOut."""
@@ -226,9 +278,14 @@ class SeesawScheduler(VllmScheduler):
         return super()._schedule_decode()
 
     # transitions -------------------------------------------------------
-    def _maybe_reshard(self, target: str) -> Reshard | None:
+    def _maybe_reshard(self, target: str, reason: str) -> Reshard | None:
         if self.num_in_flight or self.num_swaps_in_flight:
             return None   # drain first
+        self.transition_log.append({
+            "to": target, "reason": reason, "host_used_blocks": self.host.num_used,
+            "host_limit_blocks": self.host_limit, "device_used_blocks": self.blocks.num_used,
+            "num_waiting": len(self.waiting), "num_on_host": len(self.on_host),
+        })
         src, dst = (self.prefill_layout, self.decode_layout) if target == DECODE else (
             self.decode_layout, self.prefill_layout)
         self.reshard_in_flight = True
@@ -239,7 +296,12 @@ class SeesawScheduler(VllmScheduler):
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
         if isinstance(step, Reshard):
             self.reshard_in_flight = False
+            self.leaving_decode = False
             self.mode = self._target
+            self.decode_steps_in_phase = 0
+            if not self.same_layout:
+                assert self.blocks.num_used == 0, "the device KV must be empty at a re-shard"
+                self.blocks = self.pools[self.mode]
             self.layout = step.dst
             self.pipeline_depth = step.dst.pp
             self.num_transitions += 1
@@ -264,6 +326,8 @@ class SeesawScheduler(VllmScheduler):
                 seq.num_host_blocks = 0
                 self.swapped_in_tokens += seq.num_computed_tokens
             return []
+        if self.mode == DECODE:
+            self.decode_steps_in_phase += 1
         finished = super().on_step_done(step, stopped)   # also counts the forward as done
         for seq in finished:
             if seq.num_host_blocks:
@@ -272,6 +336,9 @@ class SeesawScheduler(VllmScheduler):
         if isinstance(step, Prefill) and step.offload_to_host:
             self.to_offload.extend(s for s in step.seqs if not s.is_finished)
         return finished
+
+    def peak_kv_usage(self) -> float:
+        return max(p.peak_used / p.num_blocks for p in self.pools.values() if p.num_blocks)
 
     def stats(self) -> dict:
         return {

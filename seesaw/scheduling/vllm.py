@@ -110,6 +110,10 @@ class VllmScheduler:
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def peak_kv_usage(self) -> float:
+        """Highest fraction of device KV blocks in use so far."""
+        return self.blocks.peak_used / self.blocks.num_blocks if self.blocks.num_blocks else 0.0
+
     @property
     def num_unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
