@@ -1,0 +1,51 @@
+"""Simulator speed: wall and CPU time to simulate ShareGPT-like batches of LLaMA2-70B on 8xL4.
+
+Targets (issue: simulator): 2000 requests well under 1 s and 10,000 under 3 s on one core, for the
+static T4P2 layout and for Seesaw P8->T4P2. Prints one line per case; the last line is one JSON
+object. Usage: python benchmarks/simulator_speed.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from seesaw.catalog import load_model, load_node
+from seesaw.specs import SeesawPolicy, VllmPolicy
+from seesaw.workload import load_workload
+from simulator.sim import simulate
+
+CASES = [
+    ("vllm T4P2", lambda: VllmPolicy(layout="T4P2"), 2000),
+    ("vllm T4P2", lambda: VllmPolicy(layout="T4P2"), 10_000),
+    ("seesaw P8->T4P2", lambda: SeesawPolicy(prefill_layout="P8", decode_layout="T4P2"), 2000),
+    ("seesaw P8->T4P2", lambda: SeesawPolicy(prefill_layout="P8", decode_layout="T4P2"), 10_000),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="runs per case; the best is reported")
+    args = ap.parse_args()
+    model, node = load_model("llama2-70b"), load_node("8xl4")
+    rows = []
+    for name, make_policy, n in CASES:
+        reqs = load_workload("sharegpt", num_requests=n, seed=0)
+        best_wall = best_cpu = float("inf")
+        for _ in range(args.repeats):
+            w0, c0 = time.perf_counter(), time.process_time()
+            res = simulate(model, node, make_policy(), reqs)
+            best_wall = min(best_wall, time.perf_counter() - w0)
+            best_cpu = min(best_cpu, time.process_time() - c0)
+        row = {"case": name, "num_requests": n, "wall_s": round(best_wall, 3), "cpu_s": round(best_cpu, 3),
+               "num_steps": res.num_steps, "steps_per_s": round(res.num_steps / best_cpu),
+               "simulated_s": round(res.elapsed_time, 1), "output_tokens_per_s": round(res.output_tokens_per_second, 1)}
+        rows.append(row)
+        print(f"{name:18s} {n:6d} requests: {best_wall:6.3f} s wall, {best_cpu:6.3f} s CPU, "
+              f"{res.num_steps} steps ({row['steps_per_s']} steps/s CPU); simulated makespan {res.elapsed_time:.0f} s")
+    print(json.dumps({"benchmark": "simulator_speed", "model": "llama2-70b", "node": "8xl4", "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
