@@ -23,7 +23,11 @@ own shard, and the slowest rank's median is kept. Every grid point gets warm-up 
 ``repeats`` timed samples, each of enough back-to-back calls to last ``min_repeat_s``; the median
 sample is the figure. The samples of a table's points are taken in sweeps over all its points, so
 load from other processes on a shared machine spreads over the table instead of spoiling a few
-points. The files keep these raw medians; ``simulator.cost`` makes them monotone.
+points. GEMM weights and KV caches cycle through one copy per layer of the model (fewer once the
+copies exceed the last-level cache four times over), as the engine's forward pass walks its
+layers, so calls that stream their weights or KV from memory in the engine do so here too instead
+of hitting a cache warmed by the previous call. The files keep these raw medians;
+``simulator.cost`` makes them monotone.
 
 This module drives the engine, so it imports torch; ``seesaw.cli_profile`` imports it lazily.
 """
@@ -63,6 +67,29 @@ __all__ = ["Grid", "profile", "write_profile", "plan_tasks", "cuda_available"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _BLOCK_SIZE = 16  # the engine's default KV block (ModelRunner, run_layout)
 _STEP_PROMPT = 127  # decode steps for the step-overhead table start from this context
+_COLD_FACTOR = 4  # cycle through at least this many last-level caches' worth of weights / KV
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _cache_bytes(device: torch.device) -> float:
+    """Last-level cache: the GPU's L2, or the CPU's highest cache level from sysfs (32 MiB if
+    unknown)."""
+    if device.type == "cuda":
+        return float(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50e6)
+    best = (0, 32 * 2**20)
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+            scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+            value = int(size.rstrip("KMG")) * scale
+        except (OSError, ValueError):
+            continue
+        best = max(best, (level, value))
+    return float(best[1])
 
 
 def _pow(lo: int, hi: int, factor: int = 2) -> tuple[int, ...]:
@@ -149,10 +176,11 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
             hq, hkv = len(shard.q_heads(spec)), len(shard.kv_heads(spec))
             inter, cols = len(shard.mlp_cols(spec)), len(shard.vocab_rows(spec))
             gemms = [(h, (hq + 2 * hkv) * d), (hq * d, h), (h, 2 * inter), (inter, h)]
-            for dims, rows in [(g, grid.tokens) for g in gemms] + [((h, cols), grid.head_rows)]:
+            L = spec.num_hidden_layers  # weights cycle through the layers' copies, as in the engine
+            for dims, rows, layers in [(g, grid.tokens, L) for g in gemms] + [((h, cols), grid.head_rows, 1)]:
                 if ("linear", dims, tp) not in seen:
                     seen.add(("linear", dims, tp))
-                    tasks.append(Task("linear", tp, len(rows), dict(dims=dims, tokens=rows)))
+                    tasks.append(Task("linear", tp, len(rows), dict(dims=dims, tokens=rows, layers=layers)))
             misc = (h, hq * d, hkv * d, inter)
             if ("layer_misc", misc, tp) not in seen:
                 seen.add(("layer_misc", misc, tp))
@@ -167,7 +195,7 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
                 if (kind, heads, tp) not in seen:
                     seen.add((kind, heads, tp))
                     pts = len(_attention_points(kind, sizes, ctx))
-                    tasks.append(Task(kind, tp, pts, dict(heads=heads, sizes=sizes, context=ctx)))
+                    tasks.append(Task(kind, tp, pts, dict(heads=heads, sizes=sizes, context=ctx, layers=L)))
         if ("step", spec.vocab_size) not in seen:
             seen.add(("step", spec.vocab_size))
             tasks.append(Task("step", 1, len(grid.step_seqs), dict(model=spec)))
@@ -204,6 +232,14 @@ class _Rank:
     groups: dict  # ranks -> process group of ranks 0..k-1 (device backend)
     ctrl: dict  # ranks -> gloo group of ranks 0..k-1 (control, broadcast)
     progress: object = None  # a multiprocessing queue (rank 0 reports grid points done)
+
+    cache_bytes: float = 32 * 2**20  # last-level cache (CPU L3 / GPU L2)
+
+    def copies(self, nbytes: float, layers: int) -> int:
+        """How many copies of ``nbytes`` (one layer's weights or KV) to cycle through: the
+        engine's ``layers`` copies, or fewer once they exceed the last-level cache several times
+        over (from there on every call streams from memory anyway)."""
+        return max(1, min(layers, math.ceil(_COLD_FACTOR * self.cache_bytes / max(nbytes, 1))))
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -284,13 +320,29 @@ def _init_(module: nn.Module) -> nn.Module:
 # The pieces
 
 
+class _Cycle:
+    """Calls the next of ``fns`` each time: the same op on the next layer's weights or KV, as the
+    engine's forward pass walks its layers, so data that the engine streams from memory is not
+    served from a cache warmed by the previous call."""
+
+    def __init__(self, fns: list[Callable[[], object]]):
+        self.fns, self.i = fns, 0
+
+    def __call__(self):
+        fn = self.fns[self.i]
+        self.i = (self.i + 1) % len(self.fns)
+        return fn()
+
+
 def _linear(r: _Rank, task: Task) -> dict:
     k_in, k_out = task.args["dims"]
     rows = task.args["tokens"]
-    lin = _init_(Linear(k_in, k_out, dtype=r.dtype, device=r.device))
+    copies = r.copies(k_in * k_out * _itemsize(r.dtype), task.args.get("layers", 1))
+    lins = [_init_(Linear(k_in, k_out, dtype=r.dtype, device=r.device)) for _ in range(copies)]
     x = _randn(rows[-1], k_in, r=r)
     with torch.inference_mode():
-        times = r.measure([functools.partial(lin, x[:n]) for n in rows], task.ranks)
+        fns = [_Cycle([functools.partial(lin, x[:n]) for lin in lins]) for n in rows]
+        times = r.measure(fns, task.ranks)
     return dict(op="linear", dims=[k_in, k_out], ranks=task.ranks, tokens=list(rows),
                 time_s=r.slowest(times, task.ranks))
 
@@ -327,8 +379,10 @@ def _layer_misc(r: _Rank, task: Task, tokens) -> dict:
     a.o_proj = _Fixed(_randn(n_max, spec.hidden_size, r=r))
     m.gate_up_proj = _Fixed(_randn(n_max, 2 * m.inter, r=r))
     m.down_proj = _Fixed(_randn(n_max, spec.hidden_size, r=r))
-    rope = LlamaShard(spec, Shard(spec.num_hidden_layers, 0, 0), LocalComm(), dtype=r.dtype,
-                      device=r.device).rope(torch.arange(n_max, device=r.device))
+    # a middle stage with no layers holds nothing but the RoPE frequencies
+    middle = Shard(spec.num_hidden_layers, 0, 0, pp_rank=1, pp_size=3)
+    rope = LlamaShard(spec, middle, LocalComm(), dtype=r.dtype, device=r.device).rope(
+        torch.arange(n_max, device=r.device))
     x = _randn(n_max, spec.hidden_size, r=r)
     with torch.inference_mode(), _attention_stubbed():
         fns = [functools.partial(layer, x[:n], rope[0][:n], rope[1][:n], None, None, None) for n in tokens]
@@ -354,37 +408,50 @@ def _embed_rope(r: _Rank, task: Task, tokens) -> dict:
                 time_s=r.slowest(times, task.ranks))
 
 
-def _attention_call(r: _Rank, heads, kind: str, size: int, context: int) -> Callable[[], object]:
-    """paged_attention of one layer: a prefill chunk of ``size`` tokens of one sequence whose
-    context becomes ``context``, or ``size`` decoding sequences of ``context // size`` tokens."""
-    hq, hkv, d = heads
+def _attention_layout(kind: str, size: int, context: int) -> list[tuple[int, int]]:
+    """(context, new tokens) per sequence: a prefill chunk of ``size`` tokens of one sequence
+    whose context becomes ``context``, or ``size`` decoding sequences of ``context // size``."""
     if kind == "prefill":
-        lens = [(context, size)]
-    else:
-        lens = [(max(1, context // size), 1)] * size
-    blocks = BlockManager(sum(-(-c // _BLOCK_SIZE) for c, _ in lens), _BLOCK_SIZE)
-    slots = []
-    for s, (ctx, n) in enumerate(lens):
-        if ctx > n:
-            blocks.allocate(s, ctx - n)
-        slots.append(blocks.allocate(s, n))
-    cache = KVCache(range(1), blocks.num_blocks, _BLOCK_SIZE, hkv, d, dtype=r.dtype, device=r.device)
-    meta = build_metadata(blocks, list(range(len(lens))), [n for _, n in lens], torch.cat(slots), r.device)
-    T = sum(n for _, n in lens)
-    q, k, v = _randn(T, hq, d, r=r), _randn(T, hkv, d, r=r), _randn(T, hkv, d, r=r)
-    kc, vc = cache.layer(0)
-    return lambda: paged_attention(q, k, v, meta, kc, vc)
+        return [(context, size)]
+    return [(max(1, context // size), 1)] * size
 
 
 def _attention(r: _Rank, task: Task) -> dict:
+    """paged_attention of one layer per call, on the next of several layers' KV caches (views of
+    one shared buffer, so all grid points can stay alive for the interleaved sweeps)."""
     kind, heads = task.kind, task.args["heads"]
+    hq, hkv, d = heads
     sizes, context = task.args["sizes"], task.args["context"]
     points = _attention_points(kind, sizes, context)
+    block_bytes = _BLOCK_SIZE * hkv * d * _itemsize(r.dtype)
+    plans = []
+    for size, ctx in points:
+        lens = _attention_layout(kind, size, ctx)
+        num_blocks = sum(-(-c // _BLOCK_SIZE) for c, _ in lens)
+        plans.append((lens, num_blocks, r.copies(2 * num_blocks * block_bytes, task.args.get("layers", 1))))
+    elems = max(n * c for _, n, c in plans) * _BLOCK_SIZE * hkv * d
+    k_pool = torch.zeros(elems, dtype=r.dtype, device=r.device)
+    v_pool = torch.zeros(elems, dtype=r.dtype, device=r.device)
+    fns = []
+    for lens, num_blocks, copies in plans:
+        blocks = BlockManager(num_blocks, _BLOCK_SIZE)
+        slots = []
+        for s, (ctx, n) in enumerate(lens):
+            if ctx > n:
+                blocks.allocate(s, ctx - n)
+            slots.append(blocks.allocate(s, n))
+        meta = build_metadata(blocks, list(range(len(lens))), [n for _, n in lens], torch.cat(slots), r.device)
+        T = sum(n for _, n in lens)
+        q, k, v = _randn(T, hq, d, r=r), _randn(T, hkv, d, r=r), _randn(T, hkv, d, r=r)
+        per = num_blocks * _BLOCK_SIZE * hkv * d
+        layers = [(k_pool[i * per:(i + 1) * per].view(num_blocks, _BLOCK_SIZE, hkv, d),
+                   v_pool[i * per:(i + 1) * per].view(num_blocks, _BLOCK_SIZE, hkv, d)) for i in range(copies)]
+        fns.append(_Cycle([functools.partial(paged_attention, q, k, v, meta, kc, vc) for kc, vc in layers]))
     with torch.inference_mode():
-        times = r.measure([_attention_call(r, heads, kind, size, ctx) for size, ctx in points], task.ranks)
+        times = r.measure(fns, task.ranks)
     by_point = dict(zip(points, r.slowest(times, task.ranks)))
     grid = [[by_point[(s, max(s, c))] for c in context] for s in sizes]
-    return dict(kind=kind, num_heads=heads[0], num_kv_heads=heads[1], head_dim=heads[2],
+    return dict(kind=kind, num_heads=hq, num_kv_heads=hkv, head_dim=d,
                 ranks=task.ranks, sizes=list(sizes), context_tokens=list(context), time_s=grid)
 
 
@@ -489,7 +556,8 @@ def _rank_main(rank: int, world_size: int, device: torch.device, tasks: list[Tas
         groups[k] = dist.new_group(list(range(k)))
         ctrl[k] = dist.new_group(list(range(k)), backend="gloo")
     torch.manual_seed(rank)
-    r = _Rank(rank, torch.device(device), _DTYPES[dtype], grid, groups, ctrl, progress)
+    r = _Rank(rank, torch.device(device), _DTYPES[dtype], grid, groups, ctrl, progress,
+              cache_bytes=_cache_bytes(torch.device(device)))
     out = []
     for task in tasks:
         if rank >= task.ranks:
