@@ -89,6 +89,8 @@ def run(
     if dtype not in ("float32", "bfloat16", "float16"):
         raise RunInputError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
     _check_device(device, par.world_size, torchrun)
+    if kv_cache_gib is not None and kv_cache_gib <= 0:
+        raise RunInputError("--kv-cache-gib must be positive")
 
     model_dir = resolve_model(model)
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=_model_name(model, model_dir))
@@ -140,6 +142,9 @@ def run(
     except TimeoutError as e:
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(1)
+    if result.get("num_rejected"):
+        print(f"warning: {result['num_rejected']} request(s) can never fit the KV cache or the token budget; "
+              f"listed in {err_file}", file=sys.stderr)
     _print_result(result, output, as_json)
 
 

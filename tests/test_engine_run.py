@@ -222,6 +222,21 @@ def test_cli_malformed_lines_go_to_the_errors_file(ckpt, tmp_path, capsys):
     assert sorted(_stable(out_path)) == ["q0", "q1", "q2", "q3"]
 
 
+def test_cli_request_that_never_fits_goes_to_the_errors_file(ckpt, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "short", "prompt": "hi", "max_tokens": 4}) + "\n"
+                   + json.dumps({"id": "long", "prompt": "x" * 40, "max_tokens": 4}) + "\n")
+    out_path = tmp_path / "o.jsonl"
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", out_path,
+                         "--kv-blocks", 4, "--block-size", 4, "--json")
+    assert code == 0, err
+    assert "1 request(s) can never fit" in err
+    assert json.loads(out.strip().splitlines()[-1])["num_rejected"] == 1
+    (e,) = [json.loads(x) for x in errors_path(out_path).read_text().splitlines()]
+    assert e["custom_id"] == "long" and e["line"] == 2 and "the device pool has 4" in e["error"]
+    assert list(_stable(out_path)) == ["short"]
+
+
 def test_cli_chat_batch_lines_use_the_chat_template(ckpt, tmp_path, capsys):
     inp = tmp_path / "batch.jsonl"
     inp.write_text("\n".join(json.dumps(x) for x in [
