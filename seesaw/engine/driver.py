@@ -17,11 +17,12 @@ Step message (pickled, broadcast by rank 0 in a gloo group of rank 0 and the rep
 ``start`` is how many tokens of the sequence are already cached (its new tokens take positions
 ``start..``), ``new_block_ids`` extend its block table (a ``start`` of 0 starts a new table: a
 first prefill, or a re-prefill after preemption), ``sample`` says whether its last new token is the
-end of its known tokens (otherwise it is a prefill chunk and nothing is sampled). The reply, broadcast
-by the sampling rank in a group with rank 0, is an int64 tensor with one token per sequence (-1
-where not sampled); a replica with nothing left to do gets ``{"op": "stop"}`` at once. Other operations plug in as
-handlers on ``StepWorker.handlers`` (``{"op": name, ...}`` -> ``handler(msg)``): the Seesaw steps
-(re-shard, swap in/out) are meant to be added that way.
+end of its known tokens (otherwise it is a prefill chunk and nothing is sampled). The reply,
+broadcast by the sampling rank in a group with rank 0, is an int64 tensor with one token per
+sequence (-1 where not sampled). A replica with nothing left to do gets ``{"op": "stop"}`` at once.
+Other operations plug in as handlers on ``StepWorker.handlers`` (``{"op": name, ...}`` ->
+``handler(msg)``): the Seesaw steps (re-shard, swap in/out) are meant to be added that way, with a
+``Driver`` method that turns the scheduler's step into that message.
 
 Pipeline parallelism: a scheduled ``Forward`` is one micro-batch; the scheduler keeps up to ``pp``
 of them in flight per replica (its ``pipeline_depth``). The driver sends each as soon as it is
