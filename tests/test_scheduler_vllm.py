@@ -117,3 +117,11 @@ def test_prompt_over_budget_without_chunking_is_an_error():
     sched = create_scheduler(max_num_batched_tokens=64)
     with pytest.raises(SchedulerError, match="max_num_batched_tokens"):
         sched.add_request(create_requests(1, prompt_len=60, output_len=10)[0])
+
+
+def test_request_needing_every_block_is_admitted_when_alone():
+    sched = create_scheduler(num_blocks=100, watermark=0.05, max_num_batched_tokens=2048)
+    # 1599 + 1 tokens = exactly the 100 blocks of 16
+    (seq,) = [sched.add_request(r) for r in create_requests(1, prompt_len=1599, output_len=1)]
+    drive(sched)
+    assert seq.num_output_tokens == 1

@@ -187,7 +187,7 @@ class SeesawScheduler(VllmScheduler):
             return "host_full"
         idle = not self.num_in_flight and not self.num_swaps_in_flight
         need = blocks_for(head.num_new_tokens, self.block_size)
-        if idle and not self.blocks.can_allocate(need, self.watermark_blocks):
+        if idle and not self.blocks.can_allocate(need, self._reserve()):
             return "device_full"                 # only with same_layout: prefilled KV stays on device
         return ""
 
@@ -202,7 +202,7 @@ class SeesawScheduler(VllmScheduler):
             host_need = blocks_for(seq.num_tokens, self.block_size)
             if n > budget or (not self.same_layout and not self._host_has_room_for(seq)):
                 break
-            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self.watermark_blocks):
+            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self._reserve()):
                 break
             self.waiting.popleft()
             self._admit(seq, n)
@@ -226,7 +226,7 @@ class SeesawScheduler(VllmScheduler):
         while self.on_host and len(seqs) < limit and len(self.running) < self._seq_cap():
             seq = self.on_host[0]
             need = blocks_for(seq.num_computed_tokens + 1, self.block_size)
-            if not self.blocks.can_allocate(need, self.watermark_blocks):
+            if not self.blocks.can_allocate(need, self._reserve()):
                 break
             self.on_host.pop(0)
             self.blocks.allocate(need)
@@ -244,7 +244,7 @@ class SeesawScheduler(VllmScheduler):
             return ""
         head = blocks_for(self.waiting[0].num_tokens, self.block_size)
         if self.same_layout:
-            return "device_drained" if self.blocks.can_allocate(head, self.watermark_blocks) else ""
+            return "device_drained" if self.blocks.can_allocate(head, self._reserve()) else ""
         evict = sum(blocks_for(q.num_tokens, self.block_size) for q in self.running.values())
         if evict > self.decode_low_watermark * self.host_limit:
             return ""

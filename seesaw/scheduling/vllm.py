@@ -142,6 +142,14 @@ class VllmScheduler:
         seq.admit_order = self._admit_counter
         self.running[seq.req_id] = seq
 
+    def _reserve(self) -> int:
+        """Blocks kept free at admission for running sequences to grow into (vLLM's watermark).
+
+        With nothing running there is nothing to protect, so a request that needs every block can
+        still be admitted.
+        """
+        return self.watermark_blocks if self.running else 0
+
     def _seq_cap(self) -> int:
         # sequences that may hold device KV at once: one full micro-batch per pipeline slot
         return self.max_num_seqs * self.pipeline_depth
@@ -155,7 +163,7 @@ class VllmScheduler:
             n = seq.num_new_tokens
             if n > budget:
                 break
-            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self.watermark_blocks):
+            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self._reserve()):
                 break
             self.waiting.popleft()
             self._admit(seq, n)
@@ -244,7 +252,7 @@ class VllmScheduler:
         ):
             seq = self.waiting[0]
             n = min(seq.num_new_tokens, budget)
-            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self.watermark_blocks):
+            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self._reserve()):
                 break
             self.waiting.popleft()
             self._admit(seq, n)
