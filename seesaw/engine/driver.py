@@ -1,4 +1,5 @@
-"""The driver loop of the real executor: the shared ``vllm`` policy run over engine ranks.
+"""The driver loop of the real executor: the shared ``vllm`` policy run over engine ranks (and,
+through ``seesaw_driver``, the Seesaw policy).
 
 One process per device (``layout.world_size`` of them). Rank 0 is the driver *and* a worker of
 replica 0: it runs one ``VllmScheduler`` per DP replica (requests split by
@@ -21,8 +22,10 @@ end of its known tokens (otherwise it is a prefill chunk and nothing is sampled)
 broadcast by the sampling rank in a group with rank 0, is an int64 tensor with one token per
 sequence (-1 where not sampled). A replica with nothing left to do gets ``{"op": "stop"}`` at once.
 Other operations plug in as handlers on ``StepWorker.handlers`` (``{"op": name, ...}`` ->
-``handler(msg)``): the Seesaw steps (re-shard, swap in/out) are meant to be added that way, with a
-``Driver`` method that turns the scheduler's step into that message.
+``handler(msg)``): the Seesaw steps (re-shard, swap in/out) are added that way by
+``seesaw_driver.SeesawWorker``, and ``seesaw_driver.SeesawDriver`` turns the ``SeesawScheduler``'s
+steps into those messages through this class's hooks. ``EngineConfig``, ``ControlPlane`` and
+``StepWorker`` live in ``seesaw.engine.worker`` (re-exported here).
 
 Pipeline parallelism: a scheduled ``Forward`` is one micro-batch; the scheduler keeps up to ``pp``
 of them in flight per replica (its ``pipeline_depth``). The driver sends each as soon as it is
@@ -53,7 +56,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 import tempfile
 import time
 import zlib
@@ -63,212 +65,18 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, response_record
-from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull
+from seesaw.engine.kv import BlockManager, KVCacheFull
 from seesaw.engine.runner import ModelRunner
+from seesaw.engine.worker import PHASES, ControlPlane, EngineConfig, EngineError, StepWorker
+from seesaw.engine.worker import agree_num_blocks, kv_blocks_for_budget, workload_blocks  # noqa: F401
+from seesaw.engine.worker import reason as _reason
 from seesaw.scheduling import Forward, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
-from seesaw.specs import ParallelConfig, RunResult
+from seesaw.specs import RunResult
 
 __all__ = ["EngineConfig", "EngineError", "ControlPlane", "StepWorker", "Driver", "rank_main", "run_batch",
-           "PHASES", "kv_blocks_for_budget"]
-
-PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")  # as the simulator's
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class EngineError(RuntimeError):
-    """The run cannot go on (a rank died or timed out, the scheduler stalled). One line."""
-
-
-@dataclass
-class EngineConfig:
-    """Everything every rank needs to know about a run (pickled to the ranks)."""
-
-    layout: ParallelConfig
-    model_dir: str = ""
-    model_name: str = "model"
-    block_size: int = 16
-    num_blocks: int | None = None          # KV blocks per replica; None: from kv_cache_bytes/memory
-    kv_cache_bytes: float | None = None    # per-rank KV budget on CPU (default 1 GiB)
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    enable_chunked_prefill: bool = False
-    dtype: str = "float32"
-    device: str = "cpu"
-    seed: int = 0
-    timeout_s: float = 120.0
-    eos_token_ids: tuple[int, ...] = ()
-    output: str = ""
-    errors_output: str = ""
-    append: bool = False                   # resume: append to an existing output file
-    progress: bool = False
-    fault: dict | None = None              # test hook: {"rank", "after_steps", "action": exit|hang}
-    return_token_ids: bool = False         # add {custom_id: output token ids} to the result
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
-
-
-# --------------------------------------------------------------------------------------------
-# Control messages
-
-
-class ControlPlane:
-    """Gloo groups that carry the driver's step messages and the sampled tokens.
-
-    Per replica ``d``: a message group (rank 0 plus the replica's ranks) in which rank 0
-    broadcasts each message, and, unless rank 0 samples for it, a result group (rank 0 and the
-    replica's sampling rank) in which the sampling rank broadcasts the tokens. Broadcasts rather
-    than send/recv: on a busy CPU box a gloo point-to-point hop costs ~1.5-2.5 ms and a small
-    broadcast ~0.3-0.5 ms (measured with 2 ranks at load average ~9). Every rank must build it,
-    in the same order (it creates groups). A message is pickled into a fixed ``capacity``-byte
-    buffer (8-byte length, then the bytes), with a second broadcast for what does not fit."""
-
-    def __init__(self, layout: ParallelConfig, rank: int, timeout_s: float, capacity: int = 1 << 15):
-        self.layout, self.rank, self.capacity = layout, rank, capacity
-        self.timeout = timedelta(seconds=timeout_s)
-        self.replica_ranks = [[layout.rank(d, t, p) for p in range(layout.pp) for t in range(layout.tp)]
-                              for d in range(layout.dp)]
-        self.sampler = [layout.rank(d, 0, layout.pp - 1) for d in range(layout.dp)]
-        self.msg_groups: list = []
-        self.result_groups: list = []
-        for d in range(layout.dp):
-            members = sorted({0, *self.replica_ranks[d]})
-            g = dist.new_group(members, timeout=self.timeout, backend="gloo") if len(members) > 1 else None
-            self.msg_groups.append(g if rank in members else None)
-            pair = [0, self.sampler[d]]
-            g = dist.new_group(pair, timeout=self.timeout, backend="gloo") if self.sampler[d] != 0 else None
-            self.result_groups.append(g if rank in pair else None)
-        self._recv_buf = torch.empty(capacity, dtype=torch.uint8)
-        self.pending: list[tuple] = []   # (work, buffers) of async broadcasts still in progress
-
-    def remote(self, d: int) -> bool:
-        """Does replica ``d`` have ranks other than rank 0?"""
-        return self.msg_groups[d] is not None
-
-    def _keep(self, work, *bufs) -> None:
-        self.pending.append((work, bufs))
-        if len(self.pending) > 64:
-            self.pending = [p for p in self.pending if not p[0].is_completed()]
-
-    def send(self, d: int, msg: dict) -> None:
-        """Rank 0: broadcast ``msg`` to replica ``d`` (asynchronously)."""
-        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        room = self.capacity - 8
-        buf = torch.zeros(self.capacity, dtype=torch.uint8)
-        head = len(data).to_bytes(8, "little") + data[:room]
-        buf[:len(head)] = torch.frombuffer(bytearray(head), dtype=torch.uint8)
-        group = self.msg_groups[d]
-        self._keep(dist.broadcast(buf, 0, group=group, async_op=True), buf)
-        if len(data) > room:
-            rest = torch.frombuffer(bytearray(data[room:]), dtype=torch.uint8)
-            self._keep(dist.broadcast(rest, 0, group=group, async_op=True), rest)
-
-    def recv(self, d: int) -> dict:
-        """A rank of replica ``d``: the next message from rank 0 (blocking, with the timeout)."""
-        group, buf, room = self.msg_groups[d], self._recv_buf, self.capacity - 8
-        dist.broadcast(buf, 0, group=group)
-        n = int.from_bytes(buf[:8].numpy().tobytes(), "little")
-        data = buf[8:8 + min(n, room)].numpy().tobytes()
-        if n > room:
-            rest = torch.empty(n - room, dtype=torch.uint8)
-            dist.broadcast(rest, 0, group=group)
-            data += rest.numpy().tobytes()
-        return pickle.loads(data)
-
-    def send_tokens(self, d: int, tokens: torch.Tensor) -> None:
-        """The sampling rank of replica ``d``: broadcast a step's tokens to rank 0 (async)."""
-        tokens = tokens.contiguous()
-        self._keep(dist.broadcast(tokens, self.sampler[d], group=self.result_groups[d], async_op=True), tokens)
-
-    def recv_tokens(self, d: int, n: int):
-        """Rank 0: post the receive of a step's ``n`` tokens; returns (buffer, work)."""
-        buf = torch.empty(n, dtype=torch.long)
-        return buf, dist.broadcast(buf, self.sampler[d], group=self.result_groups[d], async_op=True)
-
-    def flush(self) -> None:
-        for work, _ in self.pending:
-            work.wait(timeout=self.timeout)
-        self.pending = []
-
-
-# --------------------------------------------------------------------------------------------
-# Worker side (every rank, rank 0 included)
-
-
-class StepWorker:
-    """One rank's executor: block tables as the driver sends them, the model runner, sampling.
-
-    ``handlers`` maps a message's ``op`` to a method; ``serve`` runs until ``stop``."""
-
-    def __init__(self, runner: ModelRunner, comm, plane: ControlPlane, config: EngineConfig, rank: int):
-        self.runner, self.comm, self.plane, self.config, self.rank = runner, comm, plane, config, rank
-        self.replica = comm.dp_rank
-        self.tables: dict[int, list[int]] = {}
-        self.generators: dict[int, torch.Generator] = {}
-        self.is_sampler = runner.shard.is_last and comm.tp_rank == 0
-        self.num_forward = 0
-        self.handlers = {"forward": self.forward}
-
-    def serve(self) -> None:
-        while True:
-            msg = self.plane.recv(self.replica)
-            if msg["op"] == "stop":
-                break
-            self.handle(msg)
-        self.plane.flush()
-
-    def handle(self, msg: dict):
-        handler = self.handlers.get(msg["op"])
-        if handler is None:
-            raise EngineError(f"rank {self.rank}: unknown step operation {msg['op']!r}")
-        return handler(msg)
-
-    def forward(self, msg: dict) -> torch.Tensor | None:
-        """Run one micro-batch; the sampling rank returns (rank 0) or sends its tokens."""
-        self._maybe_fault()
-        for sid in msg["free"]:
-            self.tables.pop(sid, None)
-            self.generators.pop(sid, None)
-        seqs = []
-        for sid, start, toks, new_blocks, *_ in msg["seqs"]:
-            if start == 0:
-                self.tables[sid] = []
-            self.tables[sid].extend(new_blocks)
-            seqs.append((sid, start, toks))
-        wanted = [e[0] for e in msg["seqs"] if e[4]]
-        logits = self.runner.run_tables(seqs, self.tables, wanted)
-        if not self.is_sampler:
-            return None
-        out = torch.full((len(seqs),), -1, dtype=torch.long)
-        for i, (sid, _, _, _, sample, temp, seed) in enumerate(msg["seqs"]):
-            if sample:
-                out[i] = self._sample(sid, logits[sid], temp, seed)
-        if self.rank != 0:
-            self.plane.send_tokens(self.replica, out)
-        return out
-
-    def _sample(self, sid: int, row: torch.Tensor, temperature: float, seed: int) -> int:
-        if temperature <= 0:
-            return int(row.argmax())
-        gen = self.generators.get(sid)
-        if gen is None:  # one stream per request: samples do not depend on batching or layout
-            gen = self.generators[sid] = torch.Generator(device=row.device).manual_seed(seed)
-        probs = torch.softmax(row.float() / temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=gen))
-
-    def _maybe_fault(self) -> None:
-        self.num_forward += 1
-        f = self.config.fault
-        if f and f.get("rank") == self.rank and self.num_forward > f.get("after_steps", 0):
-            if f.get("action", "exit") == "hang":
-                time.sleep(10 * self.config.timeout_s + 60)
-            os._exit(int(f.get("exit_code", 17)))
-
+           "PHASES", "kv_blocks_for_budget", "workload_blocks"]
 
 # --------------------------------------------------------------------------------------------
 # Driver side (rank 0)
@@ -286,6 +94,16 @@ class _ReplicaBlocks(BlockManager):
         self.block_tables.setdefault(seq_id, []).extend(new)
         self.num_tokens[seq_id] = self.num_tokens.get(seq_id, 0) + num_new_tokens
         return new
+
+    def reserve(self, seq_id, num_tokens: int, num_blocks: int) -> list[int]:
+        """A new table of ``num_blocks`` blocks for a sequence that arrives with ``num_tokens``
+        tokens of KV (a swap-in; the scheduler also counts the block its next token needs)."""
+        assert seq_id not in self.block_tables and num_blocks * self.block_size >= num_tokens
+        if num_blocks > len(self._free):
+            raise KVCacheFull(f"sequence {seq_id!r} needs {num_blocks} KV blocks, {len(self._free)} free")
+        self.block_tables[seq_id] = [self._free.pop() for _ in range(num_blocks)]
+        self.num_tokens[seq_id] = num_tokens
+        return list(self.block_tables[seq_id])
 
 
 @dataclass
@@ -308,16 +126,23 @@ class _Flight:
 
 
 class _PhaseClock:
-    """Wall time of one replica by what it has in flight (the simulator's phase rule)."""
+    """Wall time of one replica by what it has in flight (the simulator's phase rule,
+    ``simulator.sim._phase_of``): a forward in flight wins (two kinds at once: mixed), else a
+    re-shard, else a KV copy nothing overlaps (swap stall), else idle."""
+
+    FORWARD = ("prefill", "decode", "mixed")
 
     def __init__(self, t0: float):
         self.last = t0
-        self.live = dict.fromkeys(("prefill", "decode", "mixed"), 0)
+        self.live = dict.fromkeys((*self.FORWARD, "reshard", "swap_stall"), 0)
         self.seconds = dict.fromkeys(PHASES, 0.0)
 
     def _advance(self, now: float) -> None:
-        kinds = [k for k, n in self.live.items() if n]
-        phase = "idle" if not kinds else kinds[0] if len(kinds) == 1 else "mixed"
+        kinds = [k for k in self.FORWARD if self.live[k]]
+        if kinds:
+            phase = kinds[0] if len(kinds) == 1 else "mixed"
+        else:
+            phase = "reshard" if self.live["reshard"] else "swap_stall" if self.live["swap_stall"] else "idle"
         self.seconds[phase] += now - self.last
         self.last = now
 
@@ -330,19 +155,13 @@ class _PhaseClock:
         self.live[kind] -= 1
 
 
-def _reason(e: BaseException) -> str:
-    """Last meaningful line of a backend error, without gloo's source-file prefix and advice."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[-1])
-    if "Connection closed by peer" in text or "Connection reset by peer" in text:
-        return "a peer closed its connection (the rank crashed or was killed)"
-    if "timed out" in text.lower():
-        return f"a rank did not respond within the timeout ({text[:120]})"
-    return text[:300]
-
-
 class Driver:
-    """Rank 0's loop: schedule, send, execute its own part, collect tokens, write outputs."""
+    """Rank 0's loop: schedule, send, execute its own part, collect tokens, write outputs.
+
+    Subclasses (``seesaw_driver.SeesawDriver``) plug in through ``_make_scheduler``,
+    ``_dispatch`` (non-forward steps), ``_after_send``, ``_wait_for_copies`` and ``_extra``."""
+
+    policy = "vllm"
 
     def __init__(self, worker: StepWorker, items: list[BatchItem], config: EngineConfig,
                  num_blocks: int, tokenizer=None):
@@ -352,12 +171,7 @@ class Driver:
         self.replica_ranks, self.sampler = self.plane.replica_ranks, self.plane.sampler
         self.stopped = [False] * L.dp                # replicas told to stop (no work left)
         self.num_blocks = num_blocks
-        self.scheds = [
-            VllmScheduler(num_blocks, block_size=config.block_size, max_num_seqs=config.max_num_seqs,
-                          max_num_batched_tokens=config.max_num_batched_tokens,
-                          enable_chunked_prefill=config.enable_chunked_prefill, pipeline_depth=L.pp, replica=d)
-            for d in range(L.dp)
-        ]
+        self.scheds = [self._make_scheduler(d) for d in range(L.dp)]
         self.kv = [_ReplicaBlocks(num_blocks, config.block_size) for _ in range(L.dp)]
         self.seqs: dict[int, object] = {}         # sid -> scheduler Sequence
         self.tokens: dict[int, list[int]] = {}    # sid -> prompt + generated token ids
@@ -365,6 +179,7 @@ class Driver:
         self.pending_free: list[list[int]] = [[] for _ in range(L.dp)]
         self.num_sent = [0] * L.dp                # steps sent to each replica
         self.inflight: deque[_Flight] = deque()
+        self.num_inflight = [0] * L.dp            # forwards in flight per replica
         self.eos = set(config.eos_token_ids)
         self.rejected: list[tuple] = []
         self.finished: list[tuple[int, int]] = []  # (sid, num output tokens)
@@ -385,6 +200,13 @@ class Driver:
                     continue
                 self.tokens[sid] = list(item.prompt_ids)
 
+    def _make_scheduler(self, d: int) -> VllmScheduler:
+        cfg = self.config
+        return VllmScheduler(self.num_blocks, block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs,
+                             max_num_batched_tokens=cfg.max_num_batched_tokens,
+                             enable_chunked_prefill=cfg.enable_chunked_prefill, pipeline_depth=self.layout.pp,
+                             replica=d)
+
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:
         """Run every request to completion; returns the ``RunResult`` as a dict."""
@@ -392,7 +214,7 @@ class Driver:
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
         self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
-        bar = _Progress(len(self.seqs), f"seesaw run {self.layout}", cfg.progress)
+        bar = _Progress(len(self.seqs), f"seesaw run {cfg.layout_name}", cfg.progress)
         self._bar = bar
         self._t0 = time.perf_counter()
         self.clocks = [_PhaseClock(self._t0) for _ in range(self.layout.dp)]
@@ -416,12 +238,18 @@ class Driver:
     def _loop(self) -> None:
         while True:
             self._issue()
+            if self._wait_for_copies():
+                continue
             if not self.inflight:
                 if any(s.has_unfinished() for s in self.scheds):
                     raise EngineError("the scheduler cannot make progress (KV cache too small?)")
                 break
             self._complete(self.inflight.popleft())
         self._t_end = time.perf_counter()
+
+    def _wait_for_copies(self) -> bool:
+        """Block on KV copies a stalled replica waits for; True if it did (Seesaw only)."""
+        return False
 
     def _issue(self) -> None:
         # remote replicas first, so their steps overlap rank 0's own compute
@@ -430,17 +258,33 @@ class Driver:
             while True:
                 preempted = sched.num_preemptions
                 step = sched.schedule()
+                self._after_schedule(d, step)
                 if sched.num_preemptions != preempted:
                     self._free_preempted(d)
                 if step is None:
                     break
-                self._launch(d, step)
+                if isinstance(step, Forward):
+                    self._launch(d, step)
+                else:
+                    self._dispatch(d, step)
+
+    def _after_schedule(self, d: int, step) -> None:
+        """Called after every ``schedule()`` (Seesaw: copy out sequences it evicted)."""
+
+    def _dispatch(self, d: int, step) -> None:
+        raise EngineError(f"the vllm driver cannot execute a {step.kind} step")
 
     def _free_preempted(self, d: int) -> None:
         kv = self.kv[d]
         for sid in list(kv.block_tables):
             if self.seqs[sid].status is SeqStatus.WAITING:
                 kv.free(sid)  # its KV is recomputed from the prompt + generated tokens later
+
+    def _message(self, d: int, op: str, **body) -> dict:
+        """A message for replica ``d``: carries the sequences freed since the last one."""
+        msg = {"op": op, "free": self.pending_free[d], **body}
+        self.pending_free[d] = []
+        return msg
 
     def _launch(self, d: int, step: Forward) -> None:
         kv, cfg = self.kv[d], self.config
@@ -457,12 +301,13 @@ class Driver:
                             item.temperature, seed))
         assert kv.num_blocks - kv.num_free_blocks == self.scheds[d].blocks.num_used
         k = self.num_sent[d]
-        msg = {"op": "forward", "step": k, "free": self.pending_free[d], "seqs": entries}
-        self.pending_free[d] = []
+        msg = self._message(d, "forward", step=k, seqs=entries)
+        self._before_send(d, msg)
         flight = _Flight(d, step, k, entries)
         self.clocks[d].start(step.kind, time.perf_counter())
         self.num_sent[d] += 1
         self.num_steps += 1
+        self.num_inflight[d] += 1
         try:
             if self.plane.remote(d):
                 self.plane.send(d, msg)
@@ -472,10 +317,19 @@ class Driver:
                 out = self.worker.handle(msg)
                 if out is not None:
                     flight.result = out
+            self._after_send(d, msg)
         except (RuntimeError, TimeoutError) as e:
+            if isinstance(e, EngineError):
+                raise
             ranks = ", ".join(map(str, self.replica_ranks[d]))
             raise EngineError(f"step {k} of replica {d} (ranks {ranks}) failed: {_reason(e)}") from None
         self.inflight.append(flight)
+
+    def _before_send(self, d: int, msg: dict) -> None:
+        """Last look at a forward message before it goes out (Seesaw: ask for a copy poll)."""
+
+    def _after_send(self, d: int, msg: dict) -> None:
+        """After rank 0 sent a message and ran its own part (Seesaw: read the copy agreement)."""
 
     def _complete(self, flight: _Flight) -> None:
         d, cfg = flight.replica, self.config
@@ -489,6 +343,7 @@ class Driver:
                 raise EngineError(f"{who} failed before returning step {flight.k}: {_reason(e)}") from None
         now = time.perf_counter()
         self.clocks[d].end(flight.step.kind, now)
+        self.num_inflight[d] -= 1
         tokens = flight.result.tolist()
         stopped = []
         for (sid, _, _, _, sample, _, _), tok in zip(flight.entries, tokens):
@@ -500,12 +355,18 @@ class Driver:
             if tok in self.eos and not self.items[sid].ignore_eos:
                 stopped.append(str(sid))
         for seq in self.scheds[d].on_step_done(flight.step, stopped=stopped):
-            sid = int(seq.req_id)
-            self.kv[d].free(sid)
-            self.pending_free[d].append(sid)
-            self._write(sid, seq, now)
-        if not self.scheds[d].has_unfinished() and self.scheds[d].num_in_flight == 0:
+            self._finish(d, seq, now)
+        if self._replica_done(d):
             self._stop_replica(d)  # idle ranks would otherwise wait on rank 0 up to the timeout
+
+    def _replica_done(self, d: int) -> bool:
+        return not self.scheds[d].has_unfinished() and self.scheds[d].num_in_flight == 0
+
+    def _finish(self, d: int, seq, now: float) -> None:
+        sid = int(seq.req_id)
+        self.kv[d].free(sid)
+        self.pending_free[d].append(sid)
+        self._write(sid, seq, now)
 
     def _write(self, sid: int, seq, now: float) -> None:
         item = self.items[sid]
@@ -552,17 +413,22 @@ class Driver:
         result = RunResult(
             elapsed_time=elapsed, num_requests=n, total_num_tokens=total, total_output_tokens=out_tokens,
             requests_per_second=n / elapsed, tokens_per_second=total / elapsed,
-            output_tokens_per_second=out_tokens / elapsed, layout=str(self.layout), policy="vllm",
+            output_tokens_per_second=out_tokens / elapsed, layout=self.config.layout_name, policy=self.policy,
             time_by_phase=phases,
-            peak_kv_usage=max(s.blocks.peak_used / max(1, s.blocks.num_blocks) for s in self.scheds),
+            peak_kv_usage=max(s.peak_kv_usage() for s in self.scheds),
             num_preemptions=sum(s.num_preemptions for s in self.scheds),
             num_steps=self.num_steps, num_rejected=len(self.rejected), kv_blocks_per_replica=self.num_blocks,
             block_size=self.config.block_size, device=self.config.device, dtype=self.config.dtype,
+            **self._extra(phases),
         )
         out = result.model_dump()
         if self.config.return_token_ids:
             out["output_token_ids"] = self.output_ids
         return out
+
+    def _extra(self, phases: dict) -> dict:
+        """More summary fields (Seesaw: transitions, re-shard and swap figures)."""
+        return {}
 
 
 class _Progress:
@@ -597,55 +463,25 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------------------------
-# KV sizing
-
-
-def kv_blocks_for_budget(model, budget_bytes: float, block_size: int) -> int:
-    """How many KV blocks of ``block_size`` tokens fit ``budget_bytes`` on this rank."""
-    spec, shard = model.spec, model.shard
-    per_block = KVCache.bytes_per_block(block_size, len(shard.layers), len(shard.kv_heads(spec)),
-                                        spec.d_head, torch.tensor([], dtype=model.dtype).element_size())
-    return int(budget_bytes // per_block)
-
-
-def _rank_kv_budget(config: EngineConfig, device: torch.device) -> float:
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        # leave (1 - utilization) of the device, plus room for activations and logits
-        act = config.max_num_batched_tokens * 64 * 1024
-        return max(0.0, free - (1 - config.gpu_memory_utilization) * total - act)
-    return config.kv_cache_bytes if config.kv_cache_bytes is not None else 1024**3
-
-
-def _agree_num_blocks(config: EngineConfig, model, device, group, items: list[BatchItem] | None) -> int:
-    """Every rank's KV block count: ``config.num_blocks``, or the smallest that fits any rank's
-    budget, capped by what the workload could ever hold at once (rank 0 knows the workload)."""
-    if config.num_blocks is not None:
-        return config.num_blocks
-    n = kv_blocks_for_budget(model, _rank_kv_budget(config, device), config.block_size)
-    if items is not None:
-        bs, dp = config.block_size, config.layout.dp
-        need = [0] * dp
-        reqs = [_Req(str(i), it.prompt_len, it.max_tokens) for i, it in enumerate(items)]
-        for d, bucket in enumerate(split_across_replicas(reqs, dp)):
-            need[d] = sum(-(-(r.prompt_len + r.output_len) // bs) for r in bucket)
-        n = min(n, max(need) + max(need) // 100 + 1)  # + the scheduler's 1% admission watermark
-    x = torch.tensor([n], dtype=torch.long)
-    dist.all_reduce(x, op=dist.ReduceOp.MIN, group=group)
-    if int(x) < 1:
-        raise EngineError("no memory left for the KV cache on some rank; lower the model size or raise the budget")
-    return int(x)
-
-
-# --------------------------------------------------------------------------------------------
 # Ranks and launch
 
 
+def _load_items(rank: int, requests) -> list[BatchItem] | None:
+    if rank != 0:
+        return None
+    if isinstance(requests, (str, os.PathLike)):
+        with open(requests, "rb") as f:
+            return pickle.load(f)
+    return list(requests)
+
+
 def rank_main(rank: int, world_size: int, device, store, config: EngineConfig,
-              requests=None) -> dict | None:
+              requests=None, host_pools=None) -> dict | None:
     """Everything one rank does in a run (process group already initialised). Rank 0 drives and
     returns the ``RunResult`` dict; the other ranks serve steps and return None. ``requests``
-    (rank 0 only): the ``BatchItem`` list, or the path of a pickle of it."""
+    (rank 0 only): the ``BatchItem`` list, or the path of a pickle of it. A Seesaw run
+    (``config.decode_layout``) goes to ``seesaw_driver.seesaw_rank_main`` with ``host_pools``
+    (one shared-memory ``HostKVPool`` per replica; None under torchrun: named pools)."""
     from seesaw.engine.dist import TorchComm
     from seesaw.engine.weights import build_shard, load_checkpoint
 
@@ -655,46 +491,55 @@ def rank_main(rank: int, world_size: int, device, store, config: EngineConfig,
     device = torch.device(device)
     if store is None:
         store = load_checkpoint(config.model_dir, share_memory=False, name=config.model_name)
+    items = _load_items(rank, requests)
+    if config.seesaw:
+        from seesaw.engine.seesaw_driver import seesaw_rank_main
+
+        return seesaw_rank_main(rank, device, store, config, items, host_pools, _load_tokenizer)
     comm = TorchComm(layout, rank, device, timeout_s=config.timeout_s)
     plane = ControlPlane(layout, rank, config.timeout_s)
     model = build_shard(store, layout, rank, comm, dtype=config.torch_dtype, device=device)
-    items = None
-    if rank == 0 and isinstance(requests, (str, os.PathLike)):
-        with open(requests, "rb") as f:
-            items = pickle.load(f)
-    elif rank == 0:
-        items = list(requests)
-    num_blocks = _agree_num_blocks(config, model, device, comm.control_group, items)
+    num_blocks = agree_num_blocks(config, model, device, comm.control_group, items)
     runner = ModelRunner(model, num_blocks, config.block_size, seed=config.seed)
     worker = StepWorker(runner, comm, plane, config, rank)
     if rank != 0:
         worker.serve()
         return None
-    tokenizer = None
-    if config.output:
-        from seesaw.engine.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(config.model_dir)
-    return Driver(worker, items, config, num_blocks, tokenizer).run()
+    return Driver(worker, items, config, num_blocks, _load_tokenizer(config)).run()
 
 
-def _spawned_rank(rank, world_size, device, store, config, requests_path):
-    return rank_main(rank, world_size, device, store, config, requests_path)
+def _load_tokenizer(config: EngineConfig):
+    if not config.output:
+        return None
+    from seesaw.engine.tokenizer import load_tokenizer
+
+    return load_tokenizer(config.model_dir)
+
+
+def _spawned_rank(rank, world_size, device, store, config, requests_path, host_pools=None):
+    return rank_main(rank, world_size, device, store, config, requests_path, host_pools)
 
 
 def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeout_s: float | None = None) -> dict:
-    """Run ``items`` under ``config.layout`` on local ranks (spawned; gloo on CPU, NCCL on CUDA)
-    and return rank 0's ``RunResult`` dict. ``store``: a ``WeightStore`` loaded in this process
-    (shared with the ranks) or None (each rank loads ``config.model_dir``). Raises
-    ``dist.RankError`` when a rank fails (rank 0's ``EngineError`` line is its ``last_line``)."""
+    """Run ``items`` under ``config.layout`` (Seesaw: ``layout`` -> ``decode_layout``) on local
+    ranks (spawned; gloo on CPU, NCCL on CUDA) and return rank 0's ``RunResult`` dict. ``store``:
+    a ``WeightStore`` loaded in this process (shared with the ranks) or None (each rank loads
+    ``config.model_dir``). Raises ``SpecError`` before starting anything when a Seesaw host pool
+    cannot hold a request, and ``dist.RankError`` when a rank fails (rank 0's ``EngineError``
+    line is its ``last_line``)."""
     from seesaw.engine.dist import spawn
 
     backend = "nccl" if config.device == "cuda" else "gloo"
+    pools = None
+    if config.seesaw:
+        from seesaw.engine.seesaw_driver import make_host_pools
+
+        pools = make_host_pools(config, store.spec if store is not None else None, items)
     with tempfile.TemporaryDirectory(prefix="seesaw-run-") as tmp:
         path = Path(tmp) / "requests.pkl"
         with path.open("wb") as f:
             pickle.dump(items, f, protocol=pickle.HIGHEST_PROTOCOL)
-        results = spawn(_spawned_rank, config.layout.world_size, (store, config, str(path)), backend=backend,
-                        timeout_s=launch_timeout_s or 10 * 24 * 3600.0, collective_timeout_s=config.timeout_s,
-                        prefer_rank=0)
+        results = spawn(_spawned_rank, config.layout.world_size, (store, config, str(path), pools),
+                        backend=backend, timeout_s=launch_timeout_s or 10 * 24 * 3600.0,
+                        collective_timeout_s=config.timeout_s, prefer_rank=0)
     return results[0]

@@ -218,19 +218,25 @@ class ReplicaCompletions:
         self.group = group
         self._local: list = []
 
-    def update(self, local_new: list) -> list:
+    def update(self, local_new: list, observer: bool = False) -> list:
         """Add this rank's new completions; return the ids now finished on every rank, in the
-        order rank 0 of the group finished them (identical on every rank)."""
+        order rank 0 of the group finished them (identical on every rank). ``observer``: this
+        member copies nothing (a driver in the group of a replica it is not part of); it learns
+        the agreement without voting, and the order is the first voting member's."""
         import torch.distributed as dist
 
-        self._local.extend(local_new)
+        if not observer:
+            self._local.extend(local_new)
         if not dist.is_initialized() or dist.get_world_size(self.group) == 1:
             agreed, self._local = self._local, []
             return agreed
         gathered: list = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(gathered, self._local, group=self.group)
-        others = [set(g) for g in gathered[1:]]
-        agreed = [s for s in gathered[0] if all(s in o for o in others)]
+        dist.all_gather_object(gathered, None if observer else self._local, group=self.group)
+        votes = [g for g in gathered if g is not None]
+        if not votes:
+            return []
+        others = [set(g) for g in votes[1:]]
+        agreed = [s for s in votes[0] if all(s in o for o in others)]
         done = set(agreed)
         self._local = [s for s in self._local if s not in done]
         return agreed

@@ -1,0 +1,496 @@
+"""Seesaw mode of the engine: the shared ``SeesawScheduler`` (the simulator's policy object)
+driving engine ranks that re-shard between a prefill layout ``c_p`` and a decode layout ``c_d``
+and buffer KV in a host pool in shared memory.
+
+How each scheduler step maps onto engine operations (rank 0 drives; a message goes to every rank
+of the step's replica, in one order, so every rank sees the same stream):
+
+* ``Prefill`` (``offload_to_host``): a forward micro-batch under ``c_p``, as in the vllm driver.
+* ``SwapOut`` after a prefill: the driver allocates the sequences' host blocks
+  (``HostBlockAllocator``) and sends ``swap_out``; every rank queues the copy of its own box
+  (a PP stage its layers, a TP rank its heads) on its ``Prefetcher`` thread, which overlaps the
+  next prefills. The device blocks stay allocated until the replica agrees the copies are done.
+* ``SwapIn``: the driver takes device blocks for the sequence (as many as the scheduler counted,
+  including the block its next token needs) and sends ``swap_in``; every rank queues the copy of
+  its box into them on its prefetcher. The sequence is not schedulable yet.
+* Agreement (``prefetch.ReplicaCompletions``): a message may carry ``"sync": "poll"`` (each rank
+  adds the copies its prefetcher finished, without waiting) or ``"wait"`` (each rank first waits
+  for all its queued copies). Both are one all-gather over the replica's message group, so rank
+  0 learns the sequences copied on *every* rank; only then does it report the ``SwapIn`` /
+  ``SwapOut`` done to the scheduler (swap-ins become schedulable, swap-out device blocks and
+  swap-in host blocks are freed). A poll rides on a forward message when the replica has no
+  forward in flight (the ranks are idle then, so the all-gather costs no pipeline overlap); a
+  wait is sent when the replica cannot run anything until its copies land (time counted as
+  ``swap_stall``).
+* Eviction (the scheduler evicts decodes when device KV runs out, and every decode at the switch
+  back to prefill): the scheduler frees the device blocks at once and may hand them to another
+  sequence in the same step, so the copy cannot wait for a background thread: the driver sends
+  ``evict`` before anything else, each rank copies synchronously in its message stream, and the
+  following ``SwapOut`` step is complete as soon as it is scheduled.
+* ``Reshard(src, dst)``: the scheduler issues it with nothing in flight and the device KV empty;
+  every rank drops its KV cache and runner, re-shards its weights in place from the host
+  ``WeightStore`` (``reshard.reshard``, layer by layer, barrier), builds the ``ModelRunner`` and
+  KV cache of ``dst`` and re-points its prefetcher; the ranks' ``ReshardStats`` are gathered by
+  rank 0, which times the whole step.
+* ``Decode``: a forward under ``c_d``. Finished requests free their device and host blocks.
+
+Every rank writes its KV heads on swap-out, also a TP rank whose heads replicate a peer's
+(``host_kv.kv_writer`` would skip it): an evicted sequence may be swapped back in before a peer
+has processed its ``evict`` message, so a rank must never depend on another rank's write.
+
+Assumptions: ``c_p`` and ``c_d`` have the same DP degree and world size (a replica's ranks are the
+same under both); one host pool per replica, created by the launching process and shared with
+the spawned ranks (under ``torchrun``: named pools in ``/dev/shm``, one node).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from seesaw.engine.batch_io import BatchItem
+from seesaw.engine.driver import Driver, _ReplicaBlocks
+from seesaw.engine.host_kv import HostBlockAllocator, HostKVPool, kv_box, swap_out
+from seesaw.engine.kv import KVCache
+from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
+from seesaw.engine.runner import ModelRunner
+from seesaw.engine.worker import (
+    ControlPlane, EngineConfig, EngineError, StepWorker, agree_num_blocks, reason, workload_blocks,
+)
+from seesaw.scheduling import Reshard, SwapIn, SwapOut
+from seesaw.scheduling.seesaw import SeesawScheduler
+from seesaw.specs import SpecError
+
+__all__ = ["SeesawWorker", "SeesawDriver", "seesaw_rank_main", "host_blocks_for", "make_host_pools"]
+
+GiB = 1024**3
+
+
+# --------------------------------------------------------------------------------------------
+# Host pool sizing
+
+
+def _host_bytes_per_block(spec, config: EngineConfig) -> int:
+    elem = torch.empty((), dtype=config.torch_dtype).element_size()
+    return KVCache.bytes_per_block(config.block_size, spec.num_hidden_layers, spec.num_key_value_heads,
+                                   spec.d_head, elem)
+
+
+def host_blocks_for(config: EngineConfig, spec, items: list[BatchItem]) -> int:
+    """Host KV blocks per replica: ``config.host_kv_blocks``, or ``host_kv_bytes`` (default 1 GiB)
+    over the DP replicas, capped at what the workload can fill. Raises ``SpecError`` (one line)
+    when the pool cannot hold the largest request (prompt + max_tokens) below the switch
+    watermark, before anything starts."""
+    bs, dp = config.block_size, config.layout.dp
+    per_block = _host_bytes_per_block(spec, config)
+    if config.host_kv_blocks is not None:
+        n = int(config.host_kv_blocks)
+    else:
+        total = GiB if config.host_kv_bytes is None else float(config.host_kv_bytes)
+        n = int(total / dp // per_block)
+        if items:
+            n = min(n, max(workload_blocks(items, dp, bs)) + 1)
+    if not items or config.layout == config.decode_layout:
+        return max(n, 1)
+    big = max(items, key=lambda it: it.prompt_len + it.max_tokens)
+    tokens = big.prompt_len + big.max_tokens
+    need = -(-tokens // bs)
+    limit = int(config.host_full_watermark * n)
+    if need > limit:
+        blocks = -(-need // config.host_full_watermark) if config.host_full_watermark < 1 else need
+        gib = blocks * per_block * dp / GiB
+        raise SpecError(
+            f"host KV pool too small: {n} block(s) of {bs} tokens per replica ({n * per_block / GiB:.3g} GiB "
+            f"in all) cannot hold request {big.custom_id!r} ({tokens} tokens, prompt + max_tokens); "
+            f"give --host-kv-gib {_round_up(gib)} or more")
+    return n
+
+
+def _round_up(x: float) -> str:
+    """``x`` rounded up to 2 significant digits, as text."""
+    import math
+
+    if x <= 0:
+        return "0"
+    e = math.floor(math.log10(x)) - 1
+    return f"{math.ceil(x / 10**e) * 10**e:.{max(0, -e)}f}"
+
+
+def make_host_pools(config: EngineConfig, spec, items: list[BatchItem]) -> list[HostKVPool]:
+    """One anonymous shared-memory pool per replica (handed to spawned ranks by pickling)."""
+    if spec is None:
+        from seesaw.engine.weights import read_config, spec_from_config
+
+        spec = spec_from_config(read_config(config.model_dir), config.model_name)
+    n = host_blocks_for(config, spec, items)
+    return [HostKVPool.for_model(spec, n, config.block_size, dtype=config.torch_dtype)
+            for _ in range(config.layout.dp)]
+
+
+def _named_pools(config: EngineConfig, spec, items, rank: int, group) -> list[HostKVPool]:
+    """torchrun (one node): rank 0 creates the pools in /dev/shm, the others attach by name."""
+    info = [None]
+    pools = []
+    if rank == 0:
+        n = host_blocks_for(config, spec, items)
+        base = f"seesaw-kv-{uuid.uuid4().hex[:12]}"
+        pools = [HostKVPool.for_model(spec, n, config.block_size, config.torch_dtype, name=f"{base}-{d}")
+                 for d in range(config.layout.dp)]
+        info = [(base, n)]
+    dist.broadcast_object_list(info, src=0, group=group)
+    base, n = info[0]
+    if rank != 0:
+        pools = [HostKVPool.attach(f"{base}-{d}", n, spec.num_hidden_layers, spec.num_key_value_heads,
+                                   config.block_size, spec.d_head, config.torch_dtype)
+                 for d in range(config.layout.dp)]
+    dist.barrier(group=group)
+    for p in pools:
+        p.unlink()  # mappings stay valid; nothing is left in /dev/shm if a rank dies
+    return pools
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side
+
+
+class SeesawWorker(StepWorker):
+    """A ``StepWorker`` that also swaps KV through the host pool and re-shards its model."""
+
+    def __init__(self, runner: ModelRunner, comms: dict, plane: ControlPlane, config: EngineConfig,
+                 rank: int, store, pool: HostKVPool, num_blocks: dict[str, int]):
+        super().__init__(runner, comms[str(config.layout)], plane, config, rank)
+        self.store, self.pool, self.comms, self.num_blocks = store, pool, comms, num_blocks
+        self.model = runner.model
+        self.pf = Prefetcher(pool, runner.kv, *kv_box(store.spec, self.model.shard), write_out=True,
+                             name=f"seesaw-prefetch-{rank}")
+        self.agree = ReplicaCompletions(plane.msg_groups[self.replica])
+        self.agreed: list = []                    # rank 0: agreed copies not yet read by the driver
+        self.evict_bytes = 0
+        self.reshards: list[dict] = []
+        self.handlers.update(swap_out=self.swap_out, swap_in=self.swap_in, evict=self.evict,
+                             reshard=self.reshard, sync=lambda msg: None)
+
+    def serve(self) -> None:
+        try:
+            super().serve()
+            self.plane.gather(self.replica, self.stats())  # rank 0 collects every rank's figures
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.pf.close()
+
+    def stats(self) -> dict:
+        return {"rank": self.rank, "swap_in_bytes": self.pf.bytes_in,
+                "swap_out_bytes": self.pf.bytes_out + self.evict_bytes,
+                "prefetch_busy_s": round(self.pf.busy_s, 6), "reshards": self.reshards}
+
+    def sync(self, mode: str) -> None:
+        local = self.pf.wait(self.config.timeout_s) if mode == "wait" else self.pf.poll_completed()
+        self.agreed.extend(self.agree.update(local))
+
+    def _slots(self, sid: int, n: int) -> torch.Tensor:
+        """Device slots [n] of token positions 0..n-1 of ``sid``."""
+        bs = self.config.block_size
+        table = torch.tensor(self.tables[sid], dtype=torch.long)
+        pos = torch.arange(n, dtype=torch.long)
+        return table[pos // bs] * bs + pos % bs
+
+    def swap_out(self, msg: dict) -> None:
+        for sid, host_blocks, n in msg["seqs"]:
+            self.pf.swap_out(sid, host_blocks, self._slots(sid, n))
+
+    def evict(self, msg: dict) -> None:
+        layers, heads = kv_box(self.store.spec, self.model.shard)
+        for sid, host_blocks, n in msg["seqs"]:
+            self.evict_bytes += swap_out(self.runner.kv, self._slots(sid, n), self.pool, host_blocks, layers, heads)
+            self.tables.pop(sid, None)
+
+    def swap_in(self, msg: dict) -> None:
+        for sid, host_blocks, blocks, n in msg["seqs"]:
+            self.tables[sid] = list(blocks)
+            self.pf.swap_in(sid, host_blocks, self._slots(sid, n))
+
+    def reshard(self, msg: dict) -> list:
+        from seesaw.engine.reshard import reshard
+
+        src, dst = msg["src"], msg["dst"]
+        left = self.pf.wait(self.config.timeout_s)
+        if left or self.tables:
+            raise EngineError(f"rank {self.rank}: re-shard with KV still in use ({len(self.tables)} sequences, "
+                              f"{len(left)} unagreed copies)")
+        self.pf.release()
+        self.runner = None  # the device KV cache goes with it
+        stats = reshard(self.model, self.store, src, dst, self.rank, self.comms[str(dst)])
+        self.runner = ModelRunner(self.model, self.num_blocks[str(dst)], self.config.block_size, seed=self.config.seed)
+        self.pf.rebind(self.runner.kv, *kv_box(self.store.spec, self.model.shard), write_out=True)
+        self.comm = self.comms[str(dst)]
+        self.is_sampler = self.model.shard.is_last and self.comm.tp_rank == 0
+        self.plane.use(self.replica, dst)
+        rec = {k: stats.as_dict()[k] for k in ("rank", "src", "dst", "reshard_s", "free_s", "load_s",
+                                                 "barrier_s", "bytes_loaded", "peak_bytes")}
+        self.reshards.append(rec)
+        return self.plane.gather(self.replica, rec)
+
+
+# --------------------------------------------------------------------------------------------
+# Driver side (rank 0)
+
+
+@dataclass
+class _Swap:
+    """A SwapIn/SwapOut step whose copies are in flight on the replica's prefetchers."""
+
+    step: object
+    left: set = field(default_factory=set)   # sequence ids not yet agreed
+    sids: list = field(default_factory=list)
+
+
+class SeesawDriver(Driver):
+    """The driver loop over ``SeesawScheduler``s (one per DP replica); see the module docstring."""
+
+    policy = "seesaw"
+
+    def __init__(self, worker: SeesawWorker, items: list[BatchItem], config: EngineConfig,
+                 num_blocks: dict[str, int], host_blocks: int, tokenizer=None):
+        self.blocks_by_layout, self.host_blocks = dict(num_blocks), host_blocks
+        super().__init__(worker, items, config, num_blocks[str(config.layout)], tokenizer)
+        dp = self.layout.dp
+        self.host = [HostBlockAllocator(host_blocks, config.block_size) for _ in range(dp)]
+        self.swaps: list[list[_Swap]] = [[] for _ in range(dp)]
+        self.evicted: list[set[int]] = [set() for _ in range(dp)]   # copied by "evict", SwapOut not seen yet
+        self.observers = {d: ReplicaCompletions(self.plane.msg_groups[d]) for d in range(1, dp)}
+        self.reshard_log: list[dict] = []
+        self.rank_stats: list[dict] = []
+        self.num_waits = 0
+
+    def _make_scheduler(self, d: int) -> SeesawScheduler:
+        cfg = self.config
+        return SeesawScheduler(
+            self.blocks_by_layout[str(cfg.layout)], self.host_blocks, cfg.layout, cfg.decode_layout,
+            num_decode_blocks=self.blocks_by_layout[str(cfg.decode_layout)], block_size=cfg.block_size,
+            max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
+            host_full_watermark=cfg.host_full_watermark, decode_low_watermark=cfg.decode_low_watermark,
+            replica=d)
+
+    def run(self) -> dict:
+        try:
+            return super().run()
+        finally:
+            self.worker.close()
+
+    # -- messages other than forwards --------------------------------------------------------
+    def _send(self, d: int, msg: dict):
+        """Send ``msg`` to replica ``d``, run rank 0's part; returns rank 0's result."""
+        try:
+            if self.plane.remote(d):
+                self.plane.send(d, msg)
+            out = self.worker.handle(msg) if d == 0 else None
+            if msg["op"] == "reshard" and d != 0:
+                out = self.plane.gather(d, None)
+            self._after_send(d, msg)
+            return out
+        except (RuntimeError, TimeoutError) as e:
+            if isinstance(e, EngineError):
+                raise
+            ranks = ", ".join(map(str, self.replica_ranks[d]))
+            raise EngineError(f"{msg['op']} on replica {d} (ranks {ranks}) failed: {reason(e)}") from None
+
+    def _before_send(self, d: int, msg: dict) -> None:
+        if self.swaps[d] and self.num_inflight[d] == 0:
+            msg["sync"] = "poll"  # the replica's ranks are idle: agreeing costs no overlap
+
+    def _after_send(self, d: int, msg: dict) -> None:
+        if not msg.get("sync"):
+            return
+        if d == 0:
+            agreed, self.worker.agreed = self.worker.agreed, []
+        else:
+            agreed = self.observers[d].update([], observer=True)
+        self._agreed(d, agreed)
+
+    def _agreed(self, d: int, sids: list) -> None:
+        done = set(sids)
+        now = time.perf_counter()
+        for sw in list(self.swaps[d]):
+            sw.left -= done
+            if sw.left:
+                continue
+            self.swaps[d].remove(sw)
+            if isinstance(sw.step, SwapOut):
+                for sid in sw.sids:               # the host copy is complete on every rank
+                    self.kv[d].free(sid)
+                    self.pending_free[d].append(sid)
+            else:
+                for sid in sw.sids:               # the device copy is now the only one
+                    self.host[d].free(sid)
+            self.scheds[d].on_step_done(sw.step)
+            self.clocks[d].end("swap_stall", now)
+
+    def _wait_for_copies(self) -> bool:
+        waited = False
+        for d in range(self.layout.dp):
+            if self.swaps[d] and self.num_inflight[d] == 0:
+                self._send(d, self._message(d, "sync", sync="wait"))
+                self.num_waits += 1
+                if self.swaps[d]:
+                    raise EngineError(f"replica {d}: KV copies of {len(self.swaps[d])} swap steps were not "
+                                      "agreed after every rank finished its copies")
+                waited = True
+        return waited
+
+    def _track(self, d: int, step, sids: list) -> None:
+        self.swaps[d].append(_Swap(step, set(sids), list(sids)))
+        self.clocks[d].start("swap_stall", time.perf_counter())
+
+    # -- the scheduler's steps -----------------------------------------------------------------
+    def _after_schedule(self, d: int, step) -> None:
+        """Copy out, synchronously on every rank, the sequences the scheduler just evicted: their
+        device blocks are already free in its accounting and may be reused by the next step."""
+        sched, kv = self.scheds[d], self.kv[d]
+        cands = list(sched.to_offload) + (list(step.seqs) if isinstance(step, SwapOut) else [])
+        out = []
+        for seq in cands:
+            sid = int(seq.req_id)
+            if seq.num_blocks or sid not in kv.block_tables or sid in self.evicted[d]:
+                continue
+            n = seq.num_computed_tokens
+            assert kv.num_tokens[sid] == n, (sid, kv.num_tokens[sid], n)
+            out.append((sid, self.host[d].allocate(sid, n), n))
+            kv.free(sid)
+            self.evicted[d].add(sid)
+        if out:
+            now = time.perf_counter()
+            self.clocks[d].start("swap_stall", now)
+            self._send(d, self._message(d, "evict", seqs=out))
+            self.clocks[d].end("swap_stall", time.perf_counter())
+
+    def _dispatch(self, d: int, step) -> None:
+        if isinstance(step, SwapOut):
+            self._swap_out(d, step)
+        elif isinstance(step, SwapIn):
+            self._swap_in(d, step)
+        elif isinstance(step, Reshard):
+            self._reshard(d, step)
+        else:
+            raise EngineError(f"the Seesaw driver cannot execute a {step.kind} step")
+
+    def _swap_out(self, d: int, step: SwapOut) -> None:
+        seqs = []
+        for seq in step.seqs:
+            sid = int(seq.req_id)
+            if sid in self.evicted[d]:
+                self.evicted[d].discard(sid)      # copied already
+                continue
+            n = seq.num_computed_tokens
+            assert self.kv[d].num_tokens[sid] == n, (sid, self.kv[d].num_tokens[sid], n)
+            seqs.append((sid, self.host[d].allocate(sid, n), n))
+        if not seqs:
+            self.scheds[d].on_step_done(step)
+            return
+        self._track(d, step, [s for s, _, _ in seqs])
+        self._send(d, self._message(d, "swap_out", seqs=seqs))
+
+    def _swap_in(self, d: int, step: SwapIn) -> None:
+        seqs = []
+        for seq in step.seqs:
+            sid = int(seq.req_id)
+            n = seq.num_computed_tokens
+            blocks = self.kv[d].reserve(sid, n, seq.num_blocks)
+            seqs.append((sid, self.host[d].block_tables[sid], blocks, n))
+        self._track(d, step, [s for s, _, _, _ in seqs])
+        self._send(d, self._message(d, "swap_in", seqs=seqs))
+
+    def _reshard(self, d: int, step: Reshard) -> None:
+        if step.src == step.dst:  # a phase switch only: weights and KV stay where they are
+            self.scheds[d].on_step_done(step)
+            return
+        assert not self.swaps[d] and not self.kv[d].block_tables, "re-shard with KV in use"
+        t0 = time.perf_counter()
+        self.clocks[d].start("reshard", t0)
+        ranks = self._send(d, self._message(d, "reshard", src=step.src, dst=step.dst))
+        t1 = time.perf_counter()
+        self.clocks[d].end("reshard", t1)
+        ranks = [r for r in ranks or () if r is not None]
+        self.reshard_log.append({
+            "replica": d, "src": str(step.src), "dst": str(step.dst), "wall_s": round(t1 - t0, 6),
+            "rank_s": [round(r["reshard_s"], 6) for r in ranks],
+            "bytes_loaded_per_rank": [r["bytes_loaded"] for r in ranks],
+        })
+        self.kv[d] = _ReplicaBlocks(self.blocks_by_layout[str(step.dst)], self.config.block_size)
+        self.plane.use(d, step.dst)
+        self.scheds[d].on_step_done(step)
+
+    # -- completion -------------------------------------------------------------------------
+    def _finish(self, d: int, seq, now: float) -> None:
+        super()._finish(d, seq, now)
+        self.host[d].free(int(seq.req_id))
+
+    def _replica_done(self, d: int) -> bool:
+        return super()._replica_done(d) and not self.swaps[d]
+
+    def _stop_replica(self, d: int) -> None:
+        if self.stopped[d]:
+            return
+        super()._stop_replica(d)
+        mine = self.worker.stats() if d == 0 else None
+        try:
+            got = self.plane.gather(d, mine) if self.plane.remote(d) else [mine]
+        except (RuntimeError, TimeoutError) as e:
+            raise EngineError(f"collecting replica {d}'s figures failed: {reason(e)}") from None
+        self.rank_stats += [r for r in got if r is not None]
+
+    def _extra(self, phases: dict) -> dict:
+        stats = [s.stats() for s in self.scheds]
+        ranks = sorted(self.rank_stats, key=lambda r: r["rank"])
+        swapped = sum(r["swap_in_bytes"] + r["swap_out_bytes"] for r in ranks)
+        return {
+            "num_transitions": max(st["num_transitions"] for st in stats),
+            "reshard_time": phases["reshard"],
+            "swap_stall_time": phases["swap_stall"],
+            "swapped_bytes": float(swapped),
+            "host_kv_peak_usage": max(st["host_kv_peak_usage"] for st in stats),
+            "host_kv_blocks_per_replica": self.host_blocks,
+            "kv_blocks_by_layout": self.blocks_by_layout,
+            "swap_bytes_per_rank": {r["rank"]: {"in": r["swap_in_bytes"], "out": r["swap_out_bytes"]} for r in ranks},
+            "num_swap_waits": self.num_waits,
+            "reshards": self.reshard_log,
+            "transitions": [dict(t, replica=d) for d, s in enumerate(self.scheds) for t in s.transition_log],
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# A rank of a Seesaw run
+
+
+def seesaw_rank_main(rank: int, device, store, config: EngineConfig, items, host_pools, load_tokenizer):
+    """One rank of a Seesaw run (called by ``driver.rank_main``): comms of both layouts (groups
+    are built once, collectively), the model under ``c_p``, KV block counts per layout, the host
+    pool of the rank's replica; rank 0 drives, the others serve."""
+    from seesaw.engine.dist import TorchComm
+    from seesaw.engine.model import Shard
+    from seesaw.engine.weights import build_shard
+
+    c_p, c_d = config.layout, config.decode_layout
+    if c_p.dp != c_d.dp or c_p.world_size != c_d.world_size:
+        raise EngineError(f"cannot run {c_p}->{c_d}: both layouts need the same DP degree and world size")
+    comm_p = TorchComm(c_p, rank, device, timeout_s=config.timeout_s)
+    comm_d = TorchComm(c_d, rank, device, timeout_s=config.timeout_s) if c_d != c_p else comm_p
+    plane = ControlPlane([c_p, c_d], rank, config.timeout_s)
+    model = build_shard(store, c_p, rank, comm_p, dtype=config.torch_dtype, device=device)
+    group = comm_p.control_group
+    blocks = {str(c_p): agree_num_blocks(config, model, device, group, items)}
+    blocks[str(c_d)] = agree_num_blocks(config, model, device, group, items, shard=Shard.of(store.spec, c_d, rank))
+    if host_pools is None:
+        host_pools = _named_pools(config, store.spec, items, rank, group)
+    pool = host_pools[comm_p.dp_rank]
+    runner = ModelRunner(model, blocks[str(c_p)], config.block_size, seed=config.seed)
+    worker = SeesawWorker(runner, {str(c_p): comm_p, str(c_d): comm_d}, plane, config, rank, store, pool, blocks)
+    if rank != 0:
+        worker.serve()
+        return None
+    return SeesawDriver(worker, items, config, blocks, pool.num_blocks, load_tokenizer(config)).run()
