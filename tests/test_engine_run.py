@@ -269,7 +269,9 @@ def _bad(tmp_path, **kw):
     ("unknown model", ["--model", "/nonexistent/model"], "unknown model"),
     ("T3 on 4 heads", ["--layout", "T3"], "does not divide the 4 attention heads"),
     ("ranks disagree", ["--layout", "T2", "--num-ranks", "4"], "--num-ranks 4 does not match layout T2"),
-    ("seesaw layout", ["--layout", "P2->T2"], "one static layout"),
+    ("three layouts", ["--layout", "P2->T2->P2"], "at most one '->'"),
+    ("seesaw ranks differ", ["--layout", "P2->T2P2"], "prefill uses 2 GPUs, decode 4"),
+    ("seesaw dp differs", ["--layout", "P2->D2"], "same DP degree"),
     ("no cuda", ["--device", "cuda"], "--device cuda"),
     ("missing input", ["--input", "/nonexistent.jsonl"], "workload file not found"),
 ])
