@@ -232,6 +232,7 @@ class _progress:
         return False
 
 
+from seesaw import cli_plan; cli_plan.register(app)  # noqa: E402,E702  compare, plan, whatif
 from seesaw import cli_profile; cli_profile.register(app)  # noqa: E402,E702  profile
 from seesaw import cli_run; cli_run.register(app)  # noqa: E402,E702  run
 

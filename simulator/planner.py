@@ -95,8 +95,9 @@ class PlanResult:
     rejected: list[tuple[str, str]]            # (layout or candidate, one-line reason)
     num_requests: int
     extrapolated_from: int | None              # sample size when the workload was sampled
-    num_simulated: int
-    num_estimated: int
+    num_simulated: int                         # simulations run
+    num_estimated: int                         # candidates left with their estimate (pruned)
+    num_shared: int = 0                        # candidates that share an equivalent one's simulation
     wall_s: float = 0.0
     best_vllm: dict | None = None
     winner: dict | None = None
@@ -108,7 +109,7 @@ class PlanResult:
             "winner": self.winner, "best_vllm": self.best_vllm,
             "num_requests": self.num_requests, "extrapolated_from": self.extrapolated_from,
             "num_candidates": len(self.table), "num_simulated": self.num_simulated,
-            "num_estimated": self.num_estimated, "wall_s": round(self.wall_s, 3),
+            "num_estimated": self.num_estimated, "num_shared": self.num_shared, "wall_s": round(self.wall_s, 3),
             "rejected": [{"what": w, "reason": r} for w, r in self.rejected], "notes": self.notes,
         }
 
@@ -596,7 +597,7 @@ def plan(
     table = _table(rows, full_tokens, node.num_gpus, price, objective)
     result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=len(requests),
                         extrapolated_from=len(sample) if len(sample) < len(requests) else None,
-                        num_simulated=runner.done,
+                        num_simulated=runner.done, num_shared=len(runner.same_as),
                         num_estimated=int((table["source"] == "estimated").sum()) if len(table) else 0)
     same = len(runner.same_as)
     if same:
@@ -695,33 +696,48 @@ def _predicted(row, best_vllm: dict | None) -> dict[str, float]:
     return out
 
 
-def _phases_text(row) -> str:
-    names = {"prefill": "prefill only", "decode": "decode only", "mixed": "prefill+decode together",
-             "reshard": "re-shard", "swap_stall": "swap stall", "idle": "idle"}
-    parts = [f"{names[k]} {row[f'{k}_s']:,.0f} s" for k in PHASES if row[f"{k}_s"] >= 0.5]
-    return ", ".join(parts) or "no time"
+def _dur(seconds: float) -> str:
+    """A duration in the unit a reader wants: seconds, minutes or hours."""
+    if seconds < 600:
+        return f"{seconds:,.0f} s"
+    return f"{seconds / 60:,.0f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+
+
+def _vllm_text(r) -> str:
+    pf = r["prefill_s"] + r["mixed_s"]
+    return f"{r['candidate']}: prefill in flight {_dur(pf)}, decode only {_dur(r['decode_s'])}"
+
+
+def _seesaw_text(r) -> str:
+    n = int(r["num_transitions"] or 0)
+    extra = r["reshard_s"] + r["swap_stall_s"] + r["mixed_s"] + r["idle_s"]
+    return (f"{r['candidate']}: prefill {_dur(r['prefill_s'])} under {r['prefill_layout']}, decode "
+            f"{_dur(r['decode_s'])} under {r['decode_layout']}, re-shard and swap stalls {_dur(extra)} "
+            f"({n} transition{'s' if n != 1 else ''})")
 
 
 def _explain(win, vllm, sim: pd.DataFrame) -> str:
-    tput = f"{win['throughput_tok_s']:,.0f} tok/s"
-    head = f"{win['candidate']} wins with {tput} (makespan {win['makespan_s']:,.0f} s)"
+    """Why the winner wins, from simulated time by phase against the best static vLLM layout."""
+    head = f"{win['candidate']} wins: {win['throughput_tok_s']:,.0f} tok/s over {_dur(win['makespan_s'])}"
     if vllm is None:
-        return head + "; no static vLLM layout was simulated to compare with."
+        return head + "; no static vLLM layout could be simulated to compare with."
     if win["kind"] == "vllm":
         see = sim[sim["kind"] == "seesaw"]
         if not len(see):
-            return head + f": {_phases_text(win)}. No Seesaw pair was feasible or simulated."
+            return head + f". {_vllm_text(win)}. No Seesaw pair was feasible."
         s = see.iloc[0]
+        v_pf = win["prefill_s"] + win["mixed_s"]
         return (head + f"; the best Seesaw pair, {s['candidate']}, is "
-                f"{100 * (1 - s['throughput_tok_s'] / win['throughput_tok_s']):.1f}% slower. "
-                f"{win['candidate']}: {_phases_text(win)}. {s['candidate']}: {_phases_text(s)}: "
-                "re-sharding and swapping do not pay for themselves here.")
-    pf, dl = win["prefill_layout"], win["decode_layout"]
-    v_work = vllm["prefill_s"] + vllm["mixed_s"]
-    return (head + f", {win['speedup_vs_best_vllm']:.2f}x the best static vLLM layout "
-            f"({vllm['candidate']}, {vllm['throughput_tok_s']:,.0f} tok/s). "
-            f"Seesaw: {_phases_text(win)} ({win['num_transitions']:.0f} transitions). "
-            f"{vllm['candidate']}: {_phases_text(vllm)}. "
-            f"Prefill runs under {pf} ({win['prefill_s']:,.0f} s for all prompts, vs {v_work:,.0f} s with "
-            f"prefill in flight under {vllm['layout']}) and decode under {dl} "
-            f"({win['decode_s']:,.0f} s vs {vllm['decode_s']:,.0f} s of decode-only steps).")
+                f"{100 * (1 - s['throughput_tok_s'] / win['throughput_tok_s']):.1f}% slower. Time by phase "
+                f"(simulated): {_vllm_text(win)}; {_seesaw_text(s)}. Seesaw's separate prefill phase takes "
+                f"{_dur(s['prefill_s'])} against {_dur(v_pf)} with prefill in flight, and its decode "
+                f"phase {_dur(s['decode_s'])} against {_dur(win['decode_s'])}: re-sharding does not pay here.")
+    v_pf = vllm["prefill_s"] + vllm["mixed_s"]
+    saved, more = v_pf - win["prefill_s"], win["decode_s"] - vllm["decode_s"]
+    return (head + f", {win['speedup_vs_best_vllm']:.2f}x the best static vLLM layout, {vllm['candidate']} "
+            f"({vllm['throughput_tok_s']:,.0f} tok/s over {_dur(vllm['makespan_s'])}). Time by phase "
+            f"(simulated): {_seesaw_text(win)}; {_vllm_text(vllm)}. Prefilling under {win['prefill_layout']} "
+            f"{'saves' if saved >= 0 else 'costs'} {_dur(abs(saved))} against the time {vllm['layout']} has "
+            f"prefill in flight, and decoding under {win['decode_layout']} takes {_dur(abs(more))} "
+            f"{'more' if more >= 0 else 'less'} than its decode-only time (the decode phase also does the "
+            "decodes vLLM overlaps with prefill).")

@@ -1,0 +1,90 @@
+"""Planner speed and regret: LLaMA2-70B on 8xL4 with 2000 ShareGPT requests (issue 5).
+
+Times the full plan (closed-form estimate of every candidate, then simulation of the best-estimated
+layouts and knob tuning of the best simulated ones on 2 worker processes), counts candidates
+simulated versus estimate-only, then runs the exhaustive search over the same space and reports the
+regret of the planner's winner and of its best static vLLM layout (0% = the same makespan as the
+exhaustive best). Target: under 30 s on 2 cores with zero regret.
+
+CPU seconds (this process plus its workers) are printed beside wall time: on a shared machine the
+wall time depends on the load, which is printed too. Last line: one JSON object.
+
+    .venv/bin/python benchmarks/planner_speed.py [--no-exhaustive] [-n 2000] [--gpu l4] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+
+from seesaw import catalog as cat
+from seesaw.workload import load_workload
+from simulator.planner import plan
+
+
+def _cpu_s() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(**kw):
+    wall, cpu = time.perf_counter(), _cpu_s()
+    result = plan(**kw)
+    return result, time.perf_counter() - wall, _cpu_s() - cpu
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama2-70b")
+    ap.add_argument("--gpu", default="l4")
+    ap.add_argument("--num-gpus", type=int, default=8)
+    ap.add_argument("--workload", default="sharegpt")
+    ap.add_argument("-n", "--num-requests", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive regret check")
+    args = ap.parse_args()
+
+    model = cat.load_model(args.model)
+    node = cat.make_node(args.gpu, args.num_gpus)
+    reqs = load_workload(args.workload, num_requests=args.num_requests, seed=args.seed)
+    load = os.getloadavg()[0]
+    common = dict(model=model, node=node, requests=reqs, workers=args.workers, seed=args.seed,
+                  workload_name=args.workload)
+    fast, wall, cpu = _timed(**common)
+    n_cand = len(fast.table)
+    print(f"{model.name} on {node.name}, {len(reqs)} {args.workload} requests "
+          f"(load average {load:.1f} on {os.cpu_count()} cores)")
+    print(f"plan: {wall:.1f} s wall, {cpu:.1f} s CPU; {n_cand} candidates: {fast.num_simulated} simulated "
+          f"(+{fast.num_shared} sharing an equivalent's simulation), {fast.num_estimated} estimate-only "
+          f"(pruned); {len(fast.rejected)} layouts rejected")
+    w, v = fast.winner, fast.best_vllm
+    print(f"winner: {w['candidate']} {w['throughput_tok_s']:,.1f} tok/s ({w['makespan_s']:,.1f} s); "
+          f"runner-up (other layout): {fast.plan.runner_up['candidate']} "
+          f"({fast.plan.runner_up['worse_by_pct']:.2f}% lower)")
+    print(f"best vLLM: {v['candidate']} {v['throughput_tok_s']:,.1f} tok/s; speedup {w['speedup_vs_best_vllm']:.3f}x")
+    out = {"model": model.name, "node": node.name, "num_requests": len(reqs), "load_average": round(load, 2),
+           "plan_wall_s": round(wall, 2), "plan_cpu_s": round(cpu, 2), "num_candidates": n_cand,
+           "num_simulated": fast.num_simulated, "num_shared": fast.num_shared, "num_pruned": fast.num_estimated,
+           "winner": w["candidate"], "winner_tok_s": round(w["throughput_tok_s"], 2),
+           "best_vllm": v["candidate"], "best_vllm_tok_s": round(v["throughput_tok_s"], 2),
+           "speedup": round(w["speedup_vs_best_vllm"], 4)}
+    if not args.no_exhaustive:
+        full, ewall, ecpu = _timed(exhaustive=True, **common)
+        regret = 100 * (w["makespan_s"] / full.winner["makespan_s"] - 1)
+        vregret = 100 * (v["makespan_s"] / full.best_vllm["makespan_s"] - 1)
+        print(f"exhaustive: {ewall:.1f} s wall, {ecpu:.1f} s CPU, {full.num_simulated} simulations; best "
+              f"{full.winner['candidate']} ({full.winner['makespan_s']:,.1f} s), best vLLM "
+              f"{full.best_vllm['candidate']}")
+        print(f"regret: winner {regret:.4f}%, best vLLM {vregret:.4f}%")
+        out.update(exhaustive_wall_s=round(ewall, 2), exhaustive_cpu_s=round(ecpu, 2),
+                   exhaustive_simulations=full.num_simulated, exhaustive_winner=full.winner["candidate"],
+                   regret_pct=round(regret, 6), best_vllm_regret_pct=round(vregret, 6))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

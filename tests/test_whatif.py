@@ -1,0 +1,162 @@
+"""What-if reports and the planner's commands: files, embedded plots, cost ranking, CLI errors, --json."""
+
+import json
+import re
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from seesaw import cli
+from seesaw.catalog import load_model, make_node
+from seesaw.whatif import PLOTS, WhatIfOption, WhatIfResult, parse_prices, run_whatif, write_report
+from seesaw.workload import describe, load_workload
+from simulator.planner import SearchSpace, plan
+
+TINY = SearchSpace(chunk_sizes=(2048,), max_num_seqs=(256,), seesaw_max_num_seqs=(256,),
+                   host_pool_fractions=(1.0,), host_full_watermarks=(1.0,))
+
+
+@pytest.fixture
+def seesaw(capsys, monkeypatch):
+    """Run the console entry point in-process, as the installed script does."""
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["seesaw", *args])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """CodeLLaMA-34B on 2 and 4 A10s / L4s: two feasible options, two that do not fit."""
+    out = tmp_path_factory.mktemp("whatif")
+    model = load_model("codellama-34b")
+    reqs = load_workload("sharegpt", num_requests=400, seed=0)
+    res = run_whatif(model, ["a10", "l4"], [2, 4], reqs, workload_name="sharegpt", sample_size=60,
+                     space=TINY, screen={"vllm": 2, "seesaw": 2}, refine={"vllm": 1, "seesaw": 1}, workers=2)
+    paths = write_report(res, out, {"test": True})
+    return res, out, paths
+
+
+def test_report_files_exist_and_html_embeds_every_plot(report):
+    res, out, paths = report
+    for name in ("report.md", "report.html", "options.csv", "summary.json", *PLOTS):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    html = (out / "report.html").read_text()
+    embedded = re.findall(r"<img alt='([^']+)' src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert sorted(a for a, _ in embedded) == sorted(PLOTS)
+    assert all(len(data) > 1000 for _, data in embedded)
+    assert "src='" + "http" not in html and "<script" not in html          # self-contained
+    md = (out / "report.md").read_text()
+    assert all(f"]({p})" in md for p in PLOTS)
+    assert "extrapolated" in md and "sample of 60" in md and "extrapolated" in html
+
+
+def test_report_lists_infeasible_options_with_reasons(report):
+    res, out, _ = report
+    df = res.table()
+    bad = df[~df["feasible"]]
+    assert set(bad["option"]) == {"2xa10", "2xl4"}
+    assert all("does not fit" in r and "GiB" in r for r in bad["reason"])
+    ok = df[df["feasible"]]
+    assert set(ok["option"]) == {"4xa10", "4xl4"}
+    assert (ok["throughput_tok_s"] > 0).all() and (ok["vllm_throughput_tok_s"] > 0).all()
+    assert ok["throughput_tok_s"].is_monotonic_decreasing                   # ranked by throughput
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["option"] == ok.iloc[0]["option"]
+    assert "2xa10" in (out / "report.md").read_text()
+
+
+def _option(name: str, result, price: float) -> WhatIfOption:
+    node = result.plan.node.model_copy(update={"name": name})
+    return WhatIfOption(node.gpu.name, node.num_gpus, node, result=result, price_per_gpu_hour=price)
+
+
+@pytest.fixture(scope="module")
+def tie():
+    """The same node planned twice at two prices: equal throughput, cost 2:1."""
+    model, node = load_model("llama2-13b"), make_node("a10", 2)
+    reqs = load_workload("sharegpt", num_requests=40, seed=0)
+    dear = plan(model, node, reqs, space=TINY, objective="cost", price_per_gpu_hour=3.0, workers=1)
+    cheap = plan(model, node, reqs, space=TINY, objective="cost", price_per_gpu_hour=1.5, workers=1)
+    return model, reqs, dear, cheap
+
+
+@pytest.mark.parametrize("objective", ["cost", "throughput"])
+def test_cost_objective_prefers_cheaper_hardware_on_a_throughput_tie(tie, objective):
+    model, reqs, dear, cheap = tie
+    assert dear.winner["throughput_tok_s"] == cheap.winner["throughput_tok_s"]        # the tie
+    res = WhatIfResult(model, "sharegpt", describe(reqs), len(reqs), objective,
+                       [_option("2xa10-dear", dear, 3.0), _option("2xa10-cheap", cheap, 1.5)])
+    assert res.best()["option"] == "2xa10-cheap"
+    assert res.best()["cost_per_mtok_usd"] == pytest.approx(dear.winner["cost_per_mtok_usd"] / 2)
+
+
+def test_parse_prices():
+    assert parse_prices("1.5", ["l4", "a10"]) == {"l4": 1.5, "a10": 1.5}
+    assert parse_prices("L4=1.2, a10=2", ["l4"]) == {"l4": 1.2, "a10": 2.0}
+    with pytest.raises(ValueError, match="price"):
+        parse_prices("l4=cheap", ["l4"])
+    with pytest.raises(ValueError, match="> 0"):
+        parse_prices("0", ["l4"])
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["plan", "--gpu", "v100", "-n", "5"], "v100"),
+    (["plan", "--workload", "nosuchgen", "-n", "5"], "sharegpt"),
+    (["plan", "--objective", "speed", "-n", "5"], "objective"),
+    (["compare", "--gpu", "h200", "-n", "5"], "h200"),
+    (["compare", "--workload", "missing.jsonl"], "missing.jsonl"),
+    (["whatif", "--gpu", "l4,v100", "-n", "5"], "v100"),
+    (["whatif", "--num-gpus", "4,x", "-n", "5"], "num-gpus"),
+    (["whatif", "--workload", "nosuchgen", "-n", "5"], "sharegpt"),
+    (["whatif", "--price-per-gpu-hour", "l4=free", "-n", "5"], "price"),
+    (["plan", "--model", "llama2-70b", "--gpu", "l4", "-N", "4", "-n", "5"], "no feasible plan"),
+])
+def test_bad_input_is_one_line_and_exit_2(seesaw, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    r = seesaw(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error:") and fragment.lower() in lines[-1].lower(), r.stderr
+
+
+def test_plan_json_last_line_and_files(seesaw, tmp_path):
+    r = seesaw("plan", "--model", "llama2-13b", "--gpu", "a10", "-N", "4", "-n", "40", "--json",
+               "-o", str(tmp_path / "p"))
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["plan"]["policy"]["kind"] in ("vllm", "seesaw") and obj["winner"]["throughput_tok_s"] > 0
+    assert "wins" in r.stdout
+    plan_json = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan_json["model"]["name"] == "llama2-13b" and plan_json["explanation"]
+    assert (tmp_path / "p" / "candidates.csv").read_text().startswith("rank,")
+
+
+def test_compare_json_last_line(seesaw):
+    r = seesaw("compare", "--model", "llama2-13b", "--gpu", "a10", "-N", "2", "-n", "30", "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["num_estimated"] == 0 and obj["num_simulated"] + obj["num_shared"] == obj["num_candidates"]
+    assert obj["best_vllm"]["speedup_vs_best_vllm"] == pytest.approx(1.0)
+    assert "Best:" in r.stdout and "best vLLM:" in r.stdout
+
+
+def test_whatif_cli_writes_the_report(seesaw, tmp_path):
+    out = tmp_path / "rep"
+    r = seesaw("whatif", "--model", "llama2-13b", "--gpu", "a10", "--num-gpus", "1,2", "-n", "2000",
+               "--sample-size", "40", "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    obj = json.loads(r.stdout.strip().splitlines()[-1])
+    assert obj["report"] == str(out) and {o["option"] for o in obj["options"]} == {"1xa10", "2xa10"}
+    assert (out / "report.html").is_file() and (out / "options.csv").is_file()
+    assert "1xa10" in r.stdout or "1xa10" in (out / "report.md").read_text()
