@@ -95,8 +95,9 @@ def test_chunked_prefill_matches(store, ckpt, reference, layout):
 
 
 def test_sampling_follows_the_request_not_the_layout(store, ckpt, reference):
-    """Each request samples from its own generator (seeded by run seed and custom_id), so a
-    temperature run gives the same tokens under any layout and batching, and another seed differs."""
+    """Each sample is drawn with a generator seeded by the run seed, the request's custom_id and the
+    token's position, so a temperature run gives the same tokens under any layout and batching,
+    and another seed differs."""
     from dataclasses import replace
 
     prompts, _ = reference

@@ -90,6 +90,23 @@ def test_evictions_under_a_small_device_pool_keep_outputs(store, ckpt, reference
     assert res["num_preemptions"] > 0
 
 
+def test_sampling_does_not_depend_on_layout_switches(store, ckpt, reference):
+    """Temperature 1: the sampling rank moves at every re-shard (P2: rank 1, T2: rank 0), yet the
+    tokens equal a static single-rank run's (a draw is seeded by request and position)."""
+    from dataclasses import replace
+
+    prompts, _ = reference
+    items = [BatchItem(f"r{i}", list(p), MAX_TOKENS, line=i + 1, temperature=1.0) for i, p in enumerate(prompts)]
+    common = dict(model_dir=str(ckpt), eos_token_ids=EOS, timeout_s=RANK_TIMEOUT_S, return_token_ids=True,
+                  seed=1, block_size=BLOCK)
+    static = EngineConfig(layout=parse_parallel("T1"), **common)
+    seesaw = replace(static, layout=parse_parallel("P2"), decode_layout=parse_parallel("T2"), host_kv_blocks=HOST_BLOCKS)
+    a = run_batch(store, items, static, launch_timeout_s=2 * RANK_TIMEOUT_S)
+    b = run_batch(store, items, seesaw, launch_timeout_s=2 * RANK_TIMEOUT_S)
+    assert b["num_transitions"] >= 3
+    assert b["output_token_ids"] == a["output_token_ids"]
+
+
 def test_same_layout_keeps_kv_on_the_device(store, ckpt, reference):
     prompts, ref = reference
     res = _run(store, ckpt, prompts, "T2->T2")

@@ -228,7 +228,6 @@ class StepWorker:
         self.runner, self.comm, self.plane, self.config, self.rank = runner, comm, plane, config, rank
         self.replica = comm.dp_rank
         self.tables: dict[int, list[int]] = {}
-        self.generators: dict[int, torch.Generator] = {}
         self.is_sampler = runner.shard.is_last and comm.tp_rank == 0
         self.num_forward = 0
         self.handlers = {"forward": self.forward}
@@ -247,7 +246,6 @@ class StepWorker:
             raise EngineError(f"rank {self.rank}: unknown step operation {msg['op']!r}")
         for sid in msg.get("free", ()):
             self.tables.pop(sid, None)
-            self.generators.pop(sid, None)
         if msg.get("sync"):
             self.sync(msg["sync"])
         return handler(msg)
@@ -270,19 +268,21 @@ class StepWorker:
         if not self.is_sampler:
             return None
         out = torch.full((len(seqs),), -1, dtype=torch.long)
-        for i, (sid, _, _, _, sample, temp, seed) in enumerate(msg["seqs"]):
+        for i, (sid, start, toks, _, sample, temp, seed) in enumerate(msg["seqs"]):
             if sample:
-                out[i] = self._sample(sid, logits[sid], temp, seed)
+                out[i] = self._sample(logits[sid], temp, seed, start + len(toks))
         if self.rank != 0:
             self.plane.send_tokens(self.replica, out)
         return out
 
-    def _sample(self, sid: int, row: torch.Tensor, temperature: float, seed: int) -> int:
+    @staticmethod
+    def _sample(row: torch.Tensor, temperature: float, seed: int, position: int) -> int:
+        """Greedy at temperature 0; otherwise a draw seeded by the request's seed and the sampled
+        token's position, so samples depend on neither batching, nor layout, nor which rank
+        samples (Seesaw moves the sampling rank at every re-shard), nor preemption."""
         if temperature <= 0:
             return int(row.argmax())
-        gen = self.generators.get(sid)
-        if gen is None:  # one stream per request: samples do not depend on batching or layout
-            gen = self.generators[sid] = torch.Generator(device=row.device).manual_seed(seed)
+        gen = torch.Generator(device=row.device).manual_seed((seed << 24) + position)
         probs = torch.softmax(row.float() / temperature, dim=-1)
         return int(torch.multinomial(probs, 1, generator=gen))
 
