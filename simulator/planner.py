@@ -341,10 +341,9 @@ def _works(requests: list, dp: int) -> list[_Work]:
 # Simulation (in worker processes)
 
 
-def _simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measured=None) -> dict:
+def _simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list) -> dict:
     try:
-        cost = CostModel(model, node, measured) if measured is not None else None
-        r = simulate(model, node, policy, requests, cost=cost)
+        r = simulate(model, node, policy, requests)
     except (SpecError, SchedulerError) as e:
         return {"error": str(e).splitlines()[0]}
     return {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
@@ -355,9 +354,8 @@ class _Runner:
     """Runs simulations in a process pool (started on the first batch of two or more) or in-process,
     and remembers every result. Candidates with the same ``equiv`` key run once."""
 
-    def __init__(self, model, node, requests, workers: int, progress: Callable | None, equiv: dict[int, tuple],
-                 measured=None):
-        self.model, self.node, self.requests, self.measured = model, node, requests, measured
+    def __init__(self, model, node, requests, workers: int, progress: Callable | None, equiv: dict[int, tuple]):
+        self.model, self.node, self.requests = model, node, requests
         self.workers, self.progress, self.equiv = workers, progress, equiv
         self.results: dict[int, dict] = {}
         self.same_as: dict[int, int] = {}
@@ -383,10 +381,10 @@ class _Runner:
             self.pool = ProcessPoolExecutor(max_workers=self.workers)
         if self.pool is None:
             for i, pol in todo:
-                self._done(i, pol, _simulate_one(self.model, self.node, pol, self.requests, self.measured))
+                self._done(i, pol, _simulate_one(self.model, self.node, pol, self.requests))
         else:
-            futures = {self.pool.submit(_simulate_one, self.model, self.node, pol, self.requests, self.measured):
-                       (i, pol) for i, pol in todo}
+            futures = {self.pool.submit(_simulate_one, self.model, self.node, pol, self.requests): (i, pol)
+                       for i, pol in todo}
             for fut in as_completed(futures):
                 self._done(*futures[fut], fut.result())
         for i, j in self.same_as.items():
@@ -533,7 +531,6 @@ def plan(
     workers: int = 2,
     workload_name: str = "",
     progress: Callable[[int, int, str], None] | None = None,
-    measured=None,
 ) -> PlanResult:
     """Search ``space`` for ``model`` on ``node`` serving ``requests``; see the module docstring.
 
@@ -541,8 +538,7 @@ def plan(
     of those to tune knob by knob (defaults in ``DEFAULT_SCREEN``/``DEFAULT_REFINE``; see
     ``_search``); ignored when ``exhaustive``. keep_within: also screen layouts whose estimate is
     within this fraction of the kind's best. progress(done, total_so_far, what) is called after
-    each simulation. workers: simulation processes (1 = in this process). measured: a
-    ``MeasuredProfile`` for the cost model (estimate and simulations) instead of the datasheet roofline.
+    each simulation. workers: simulation processes (1 = in this process).
     """
     import time
 
@@ -559,7 +555,7 @@ def plan(
     sample = sample_requests(requests, sample_size, seed)
     full_tokens = sum(r.prompt_len + r.output_len for r in requests)
     scale = full_tokens / sum(r.prompt_len + r.output_len for r in sample)
-    cost = CostModel(model, node, measured)
+    cost = CostModel(model, node)
     layouts, rejected = enumerate_layouts(model, node, cost, space)
     candidates, more = enumerate_candidates(model, node, layouts, space)
     rejected += more
@@ -577,7 +573,7 @@ def plan(
         equiv[i] = _equiv_key(cand, w, cost)
     screen = dict(DEFAULT_SCREEN if screen is None else screen)
     refine = dict(DEFAULT_REFINE if refine is None else refine)
-    runner = _Runner(model, node, sample, workers, progress, {i: k for i, k in equiv.items() if k}, measured)
+    runner = _Runner(model, node, sample, workers, progress, {i: k for i, k in equiv.items() if k})
     try:
         if exhaustive:
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
@@ -631,7 +627,6 @@ def plan(
             provenance={
                 "model_profile": model.name, "node_profile": node.name, "gpu_profile": node.gpu.name,
                 "seesaw_version": __version__, "simulated_requests": str(len(sample)),
-                "cost_model": f"measured profile {measured.name}" if measured is not None else "datasheet roofline",
                 "workload_requests": str(len(requests)), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
                 "search": f"exhaustive: {runner.done} simulations" if exhaustive else
