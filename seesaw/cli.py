@@ -235,6 +235,7 @@ class _progress:
 from seesaw import cli_plan; cli_plan.register(app)  # noqa: E402,E702  compare, plan, whatif
 from seesaw import cli_profile; cli_profile.register(app)  # noqa: E402,E702  profile
 from seesaw import cli_run; cli_run.register(app)  # noqa: E402,E702  run
+from seesaw import cli_calibrate; cli_calibrate.register(app)  # noqa: E402,E702  calibrate
 
 
 if __name__ == "__main__":

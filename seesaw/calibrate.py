@@ -1,0 +1,307 @@
+"""``seesaw calibrate``: the simulator's prediction versus the real engine, layout by layout.
+
+For every (layout, workload) pair the workload runs through the real engine (the same code path
+as ``seesaw run``: ``seesaw.engine.driver.run_batch`` on CPU ranks, one per rank of the layout)
+and through ``simulator.sim.simulate`` with the measured profile's cost model and node
+(``catalog.measured_node``), with the same policy knobs and the same requests: each request's
+prompt length and the output length the engine actually produced (length workloads such as
+``constant`` ignore EOS, so these equal ``max_tokens``).
+
+Errors are relative: ``(predicted - measured) / measured``. Planner regret for a workload, among
+the layouts measured for it: ``measured(truly fastest) / measured(predicted fastest) - 1`` (0: the
+simulator would have picked the truly fastest layout).
+
+Workloads: any ``seesaw run --input`` source (``constant``, ``uniform``, ``sharegpt``, ``arxiv``,
+a JSONL/CSV file), optionally with lengths ``NAME:IN/OUT`` (``constant:256/8``: 256-token prompts,
+8 output tokens), which override ``--input-len``/``--output-len``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seesaw.specs import SpecError
+
+__all__ = ["CalibrationError", "WorkloadArg", "parse_workloads", "calibrate", "regret", "write_outputs",
+           "DEFAULT_LAYOUTS"]
+
+DEFAULT_LAYOUTS = "T2,P2,P2->T2"
+
+
+class CalibrationError(SpecError):
+    """Bad ``seesaw calibrate`` input (one line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class WorkloadArg:
+    source: str
+    input_len: int | None = None
+    output_len: int | None = None
+
+    @property
+    def label(self) -> str:
+        if self.input_len is None and self.output_len is None:
+            return self.source
+        return f"{self.source}:{self.input_len or ''}/{self.output_len or ''}"
+
+
+def parse_workloads(text: str, input_len: int | None = None, output_len: int | None = None) -> list[WorkloadArg]:
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        src, il, ol = part, input_len, output_len
+        if ":" in part and "/" in part.rsplit(":", 1)[1]:
+            src, lens = part.rsplit(":", 1)
+            a, b = lens.split("/", 1)
+            try:
+                il = int(a) if a else il
+                ol = int(b) if b else ol
+            except ValueError:
+                raise CalibrationError(f"workload {part!r}: expected NAME:IN/OUT with integer lengths") from None
+            if (il is not None and il < 1) or (ol is not None and ol < 1):
+                raise CalibrationError(f"workload {part!r}: lengths must be positive")
+        out.append(WorkloadArg(src, il, ol))
+    if not out:
+        raise CalibrationError("--workload: give at least one workload")
+    return out
+
+
+@dataclass
+class Row:
+    layout: str
+    workload: str
+    num_requests: int
+    measured_tok_s: float
+    predicted_tok_s: float
+    measured_elapsed_s: float
+    predicted_elapsed_s: float
+    measured_phases: dict = field(default_factory=dict)
+    predicted_phases: dict = field(default_factory=dict)
+
+    @property
+    def rel_error(self) -> float:
+        return _rel(self.predicted_tok_s, self.measured_tok_s)
+
+    def phase_error(self, phase: str) -> float | None:
+        m, p = self.measured_phases.get(phase, 0.0), self.predicted_phases.get(phase, 0.0)
+        return _rel(p, m) if m > 0 else None
+
+    def record(self) -> dict:
+        d = {"layout": self.layout, "workload": self.workload, "num_requests": self.num_requests,
+             "measured_tok_s": self.measured_tok_s, "predicted_tok_s": self.predicted_tok_s,
+             "rel_error": self.rel_error, "measured_elapsed_s": self.measured_elapsed_s,
+             "predicted_elapsed_s": self.predicted_elapsed_s}
+        for ph in sorted(set(self.measured_phases) | set(self.predicted_phases)):
+            m, p = self.measured_phases.get(ph, 0.0), self.predicted_phases.get(ph, 0.0)
+            if m or p:
+                d[f"measured_{ph}_s"] = m
+                d[f"predicted_{ph}_s"] = p
+        return d
+
+
+def _rel(pred: float, meas: float) -> float:
+    return (pred - meas) / meas if meas > 0 else math.inf
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, profile: str = "cpu-2core",
+              num_requests: int | None = None, max_tokens: int | None = None, seed: int = 0,
+              output_dir: Path | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
+              block_size: int = 16, timeout_s: float = 120.0, progress=_say) -> list[Row]:
+    """Run every (layout, workload) pair through the engine and the simulator; rows in that order."""
+    from seesaw import catalog
+    from seesaw.cli_run import _engine_config, _model_name, _parse_layout, _resolve
+    from seesaw.engine.batch_io import prepare_requests
+    from seesaw.engine.driver import run_batch
+    from seesaw.engine.model import check_shardable
+    from seesaw.engine.tokenizer import load_tokenizer
+    from seesaw.engine.weights import load_checkpoint
+    from seesaw.specs import SeesawPolicy, VllmPolicy
+    from seesaw.workload import Request
+    from simulator.cost import CostModel
+    from simulator.sim import simulate
+
+    progress = progress or (lambda _m: None)
+    parsed = [(text.strip(), *_parse_layout(text.strip())) for text in layouts if text.strip()]
+    if not parsed:
+        raise CalibrationError("--layouts: give at least one layout")
+    prof = catalog.load_measured(profile)
+    model_dir = _resolve(model, None)
+    name = _model_name(model, model_dir)
+    store = load_checkpoint(model_dir, share_memory=True, name=name)
+    for _, c_p, c_d in parsed:
+        for c in (c_p, c_d):
+            if c is not None:
+                check_shardable(store.spec, c)
+    tok = load_tokenizer(model_dir)
+    model_spec = store.spec.model_copy(update={"name": name, "dtype_bytes": 4})  # fp32 on CPU
+    out_dir = Path(output_dir) if output_dir is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    knobs = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                 enable_chunked_prefill=False, block_size=block_size, host_full_watermark=1.0,
+                 decode_low_watermark=0.5, host_kv_bytes=None)
+    rows: list[Row] = []
+    total = len(parsed) * len(workloads)
+    for wl in workloads:
+        items, errors = prepare_requests(wl.source, tok, max_position=store.spec.max_position_embeddings,
+                                         seed=seed, num_requests=num_requests, input_len=wl.input_len,
+                                         output_len=wl.output_len, max_tokens=max_tokens)
+        if not items:
+            raise CalibrationError(f"workload {wl.label}: no valid requests"
+                                   + (f" ({errors[0][1]})" if errors else ""))
+        for text, c_p, c_d in parsed:
+            i = len(rows) + 1
+            tag = f"{text.replace('->', '-to-')}_{wl.label.replace('/', '-').replace(':', '_')}"
+            tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tag)
+            out_file = (out_dir / f"outputs-{tag}.jsonl") if out_dir is not None else Path("/dev/null")
+            progress(f"[{i}/{total}] engine {text} on {wl.label} ({len(items)} requests, "
+                     f"{c_p.world_size} rank(s))...")
+            config = _engine_config(
+                c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=None, kv_cache_bytes=None,
+                host_kv_blocks=None, dtype="float32", device="cpu", seed=seed, timeout_s=timeout_s,
+                eos_token_ids=tuple(sorted(tok.eos_token_ids)), output=str(out_file),
+                errors_output=str(out_file) + ".errors" if out_dir is not None else "/dev/null",
+                append=False, progress=False, fault=None, return_token_ids=True)
+            t0 = time.perf_counter()
+            res = run_batch(store, items, config)
+            wall = time.perf_counter() - t0
+            ids = res.get("output_token_ids") or {}
+            reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len,
+                            output_len=max(1, len(ids.get(it.custom_id, ())) or it.max_tokens))
+                    for it in items if it.custom_id in ids or not ids]
+            node = catalog.measured_node(prof, c_p.world_size)
+            common = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                          block_size=block_size)
+            if c_d is None:
+                pol = VllmPolicy(layout=c_p, enable_chunked_prefill=False, **common)
+            else:
+                host = res.get("host_kv_bytes") or 1024**3
+                pol = SeesawPolicy(prefill_layout=c_p, decode_layout=c_d, host_kv_bytes=float(host),
+                                   host_full_watermark=1.0, decode_low_watermark=0.5, **common)
+            sim = simulate(model_spec, node, pol, reqs, cost=CostModel(model_spec, node, measured=prof))
+            row = Row(layout=text, workload=wl.label, num_requests=len(reqs),
+                      measured_tok_s=float(res["tokens_per_second"]), predicted_tok_s=float(sim.tokens_per_second),
+                      measured_elapsed_s=float(res["elapsed_time"]), predicted_elapsed_s=float(sim.elapsed_time),
+                      measured_phases={k: float(v) for k, v in res["time_by_phase"].items()},
+                      predicted_phases={k: float(v) for k, v in sim.time_by_phase.items()})
+            rows.append(row)
+            progress(f"[{i}/{total}]   measured {row.measured_tok_s:,.1f} tok/s, predicted "
+                     f"{row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%), wall {wall:.1f}s")
+    return rows
+
+
+def regret(rows: list[Row]) -> dict:
+    """Planner regret per workload and overall (see the module docstring)."""
+    per = {}
+    for wl in dict.fromkeys(r.workload for r in rows):
+        rs = [r for r in rows if r.workload == wl]
+        pick = max(rs, key=lambda r: r.predicted_tok_s)
+        best = max(rs, key=lambda r: r.measured_tok_s)
+        per[wl] = {"predicted_best": pick.layout, "measured_best": best.layout,
+                   "regret": best.measured_tok_s / pick.measured_tok_s - 1 if pick.measured_tok_s > 0 else math.inf,
+                   "num_layouts": len(rs)}
+    vals = [v["regret"] for v in per.values()]
+    return {"per_workload": per, "mean": statistics.fmean(vals) if vals else 0.0, "max": max(vals, default=0.0)}
+
+
+def summary(rows: list[Row]) -> dict:
+    errs = [abs(r.rel_error) for r in rows]
+    worst = max(rows, key=lambda r: abs(r.rel_error)) if rows else None
+    return {"num_pairs": len(rows),
+            "median_abs_rel_error": statistics.median(errs) if errs else None,
+            "worst_abs_rel_error": max(errs) if errs else None,
+            "worst_pair": f"{worst.layout} / {worst.workload}" if worst else None,
+            "regret": regret(rows), "rows": [r.record() for r in rows]}
+
+
+def write_outputs(rows: list[Row], out_dir: Path, meta: dict | None = None) -> dict:
+    """``calibration.csv``, ``calibration.png``, ``summary.json`` in ``out_dir``; returns the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [r.record() for r in rows]
+    keys = list(dict.fromkeys(k for rec in records for k in rec))
+    with open(out_dir / "calibration.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for rec in records:
+            w.writerow(rec)
+    _plot(rows, out_dir / "calibration.png")
+    summ = {**(meta or {}), **summary(rows)}
+    (out_dir / "summary.json").write_text(json.dumps(summ, indent=2, default=str) + "\n")
+    return summ
+
+
+def _plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    wls = list(dict.fromkeys(r.workload for r in rows))
+    markers = "osD^v<>p*"
+    for j, wl in enumerate(wls):
+        rs = [r for r in rows if r.workload == wl]
+        ax.scatter([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs], marker=markers[j % len(markers)],
+                   label=wl, s=40)
+        for r in rs:
+            ax.annotate(r.layout, (r.measured_tok_s, r.predicted_tok_s), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    vals = [v for r in rows for v in (r.measured_tok_s, r.predicted_tok_s) if v > 0] or [1.0]
+    lo, hi = min(vals) * 0.8, max(vals) * 1.25
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured throughput (tokens/s, engine)")
+    ax.set_ylabel("predicted throughput (tokens/s, simulator)")
+    ax.set_title("seesaw calibrate: predicted vs measured")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def table(rows: list[Row], title: str = "Calibration: simulator vs engine"):
+    """A Rich table: throughput and prefill/decode seconds, measured vs predicted."""
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("layout", "workload", "meas tok/s", "pred tok/s", "err", "prefill meas s", "prefill pred s",
+                "prefill err", "decode meas s", "decode pred s", "decode err"):
+        t.add_column(col, justify="left" if col in ("layout", "workload") else "right")
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:+.1f}%"
+
+    for r in rows:
+        cells = [r.layout, r.workload, f"{r.measured_tok_s:,.1f}", f"{r.predicted_tok_s:,.1f}", pct(r.rel_error)]
+        for ph in ("prefill", "decode"):
+            cells += [f"{r.measured_phases.get(ph, 0.0):.3f}", f"{r.predicted_phases.get(ph, 0.0):.3f}",
+                      pct(r.phase_error(ph))]
+        t.add_row(*cells)
+    return t
+
+
+def regret_lines(summ: dict) -> list[str]:
+    reg = summ["regret"]
+    lines = []
+    for wl, v in reg["per_workload"].items():
+        lines.append(f"regret {wl}: simulator picks {v['predicted_best']}, fastest measured {v['measured_best']}: "
+                     f"{100 * v['regret']:.1f}%")
+    lines.append(f"regret overall: mean {100 * reg['mean']:.1f}%, max {100 * reg['max']:.1f}%")
+    return lines

@@ -1,0 +1,63 @@
+"""``seesaw calibrate``: run workloads through the engine and the simulator (with a measured
+profile) for several layouts; print the prediction error per layout and the planner's regret.
+See ``seesaw.calibrate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["register", "calibrate_cmd"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate_cmd)
+
+
+def calibrate_cmd(
+    model: str = typer.Option("tiny", "--model", "-m", help="tiny | smollm2-135m | a checkpoint dir"),
+    profile: str = typer.Option("cpu-2core", "--profile", "-p", help="measured profile (name or YAML path)"),
+    layouts: str = typer.Option("T2,P2,P2->T2", "--layouts", "-l", help="comma-separated layouts / Seesaw pairs"),
+    workload: str = typer.Option("constant", "--workload", "-w",
+                                 help="comma-separated seesaw-run sources; NAME:IN/OUT sets lengths (constant:256/8)"),
+    num_requests: Optional[int] = typer.Option(8, "--num-requests", "-n", min=1),
+    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="default prompt length (constant/uniform)"),
+    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="default output length"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every request's max_tokens"),
+    seed: int = typer.Option(0, "--seed"),
+    output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o",
+                                    help="folder for calibration.csv, calibration.png, summary.json"),
+    timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+) -> None:
+    """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
+    from rich.console import Console
+
+    from seesaw import calibrate as cal
+    from seesaw.engine.dist import RankError
+    from seesaw.engine.driver import EngineError
+
+    wls = cal.parse_workloads(workload, input_len, output_len)
+    lay = [x for x in layouts.split(",") if x.strip()]
+    try:
+        rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
+                             seed=seed, output_dir=output_dir, timeout_s=timeout_s)
+    except (RankError, EngineError, TimeoutError) as e:
+        print(f"error: engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        raise typer.Exit(1)
+    meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
+            "num_requests": num_requests}
+    summ = cal.write_outputs(rows, output_dir, meta)
+    con = Console(width=max(Console().width, 160))
+    con.print(cal.table(rows))
+    print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}%, worst {100 * summ['worst_abs_rel_error']:.1f}% "
+          f"({summ['worst_pair']})")
+    for line in cal.regret_lines(summ):
+        print(line)
+    print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)
+    if as_json:
+        print(json.dumps(summ, default=str))
