@@ -7,7 +7,7 @@ Prints the table, the median and worst absolute relative error of total tokens/s
 object. The machine's load average is printed too: the profile was measured at one load, and
 timing on a shared box moves with it.
 
-    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 16] [-o bench-calibrate]
+    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 16] [-r 3] [-o bench-calibrate]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--layouts", default="T2,P2,P2->T2")
     ap.add_argument("--workloads", default="constant:256/8,constant:16/128")
     ap.add_argument("-n", "--num-requests", type=int, default=16)
+    ap.add_argument("-r", "--repeat", type=int, default=3, help="engine runs per pair, fastest kept")
     ap.add_argument("-o", "--output-dir", default="bench-calibrate")
     args = ap.parse_args()
 
@@ -41,11 +42,11 @@ def main() -> None:
     t0 = time.perf_counter()
     wls = cal.parse_workloads(args.workloads)
     rows = cal.calibrate(args.model, args.layouts.split(","), wls, profile=args.profile,
-                         num_requests=args.num_requests, output_dir=Path(args.output_dir))
+                         num_requests=args.num_requests, repeat=args.repeat, output_dir=Path(args.output_dir))
     prof = load_measured(args.profile)
     meta = {"benchmark": "calibrate_cpu", "model": args.model, "profile": args.profile,
             "profile_load_average": prof.load_average, "load_average_start": load0,
-            "load_average_end": os.getloadavg()[0], "num_requests": args.num_requests,
+            "load_average_end": os.getloadavg()[0], "num_requests": args.num_requests, "repeat": args.repeat,
             "wall_s": time.perf_counter() - t0}
     summ = cal.write_outputs(rows, Path(args.output_dir), meta)
     Console(width=170).print(cal.table(rows))

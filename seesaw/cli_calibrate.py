@@ -32,6 +32,7 @@ def calibrate_cmd(
     output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o",
                                     help="folder for calibration.csv, calibration.png, summary.json"),
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),
+    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair; the fastest is kept (noisy machines)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
@@ -45,12 +46,12 @@ def calibrate_cmd(
     lay = [x for x in layouts.split(",") if x.strip()]
     try:
         rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
-                             seed=seed, output_dir=output_dir, timeout_s=timeout_s)
+                             seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat)
     except (RankError, EngineError, TimeoutError) as e:
         print(f"error: engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         raise typer.Exit(1)
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
-            "num_requests": num_requests}
+            "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
     con = Console(width=max(Console().width, 160))
     con.print(cal.table(rows))
