@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -80,7 +81,9 @@ def profile_command(
         f"command: {command}\n"
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
-        f"Every time is the median of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py).\n"
+        f"Every time is the median of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py);\n"
+        f"Layer tables: timed inside {max(3, prof.repeats // 5)} forward passes per point, one sample per layer; "
+        f"step_overhead: the difference of two whole driver runs, median of {max(3, prof.repeats // 5)} each.\n"
         f"Mean 1-minute load average while measuring: {prof.load_average} on {prof.cpu_count} CPUs "
         "(shared machine; this run's ranks included).\n"
         "Schema: seesaw.specs.MeasuredProfile; used by simulator.cost.CostModel(model, node, measured=...)."
@@ -95,12 +98,14 @@ def profile_command(
 
 
 class _Bar:
-    """A Rich progress bar on stderr (silent when stderr is not a terminal); ``bar(done, total)``."""
+    """A Rich progress bar on stderr; when stderr is not a terminal (a log file), a plain line
+    every ``every_s`` seconds instead. Call as ``bar(done, total)``."""
 
-    def __init__(self, what: str):
+    def __init__(self, what: str, every_s: float = 30.0):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.what = what
+        self.what, self.every_s = what, every_s
+        self.start = self.last = time.monotonic()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
                                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                                  TimeRemainingColumn(), console=err, transient=True,
@@ -112,6 +117,12 @@ class _Bar:
         return self
 
     def __call__(self, done: int, total: int) -> None:
+        if not err.is_terminal:
+            now = time.monotonic()
+            if now - self.last >= self.every_s:
+                self.last = now
+                print(f"{self.what}: {done}/{total} samples, {now - self.start:.0f} s", file=sys.stderr, flush=True)
+            return
         if self.task is None:
             self.task = self.progress.add_task(self.what, total=total)
         self.progress.update(self.task, completed=done)

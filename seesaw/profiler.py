@@ -1,40 +1,39 @@
 """Time the engine's own pieces on this machine: ``seesaw profile`` -> ``profiles/measured/*.yaml``.
 
-What is timed, always through the engine's code and with the shapes one rank holds under TP
+What is timed, always the engine's own code with the shapes one rank holds under TP
 (``seesaw.engine.model.Shard``):
 
-- ``linear``: ``model.Linear`` for the fused QKV, O, fused gate/up, down and LM head;
-- ``layer_misc``: ``model.DecoderLayer.forward`` with its four GEMMs and its attention replaced by
-  stubs returning ready tensors: what is left is the RMSNorms, RoPE, SiLU x up, residual adds;
-- ``embed_rope``: ``LlamaShard.embed`` (vocab-parallel lookup under TP) + ``LlamaShard.rope``;
-- attention: ``attention.paged_attention`` over a ``kv.KVCache`` with metadata from
-  ``kv.build_metadata``: prefill of one sequence by (new tokens, context), decode by (sequences,
-  context summed over them);
-- collectives as ``dist.TorchComm`` calls them: all_reduce, all_gather (+ concat), send/recv
-  (half a ping-pong), broadcast of sampled ids over a gloo group, by bytes and ranks;
+- the model's pieces, timed where they run: real steps through a ``LlamaShard`` (random weights,
+  a paged KV cache, ``ModelRunner.run_tables`` as the driver calls it) with timers around every
+  GEMM module (fused QKV, O, fused gate/up, down, LM head), ``attention.paged_attention``, each
+  decoder layer, the embedding and RoPE. ``layer_misc`` is a layer minus its GEMMs and attention
+  (RMSNorms, RoPE, SiLU x up, residual adds, module calls). Grid points are steps: prompts by
+  tokens (GEMM rows), one sequence's prefill chunk by context, decoding batches by summed context;
+- collectives as ``dist.TorchComm`` and the driver's control plane call them: all_reduce,
+  all_gather (+ concat), send/recv (half a ping-pong), gloo broadcast, by bytes and ranks;
 - copies: host->host memcpy (``Tensor.copy_``); on CUDA also pinned host->device and back;
-- step overhead: ``runner.ModelRunner.execute`` of decode steps, its model replaced by a stub that
-  returns logits, so what is timed is KV slot allocation, metadata and sampling.
+- step overhead: the engine's driver loop (``driver.Driver`` over a ``StepWorker``: scheduler,
+  block tables, step messages, attention metadata, sampling) for decoding sequences, its model
+  replaced by a stub that returns logits: an engine step minus the model's forward pass.
+
+Why in place: the same GEMM timed back to back runs 1.5-4x faster on this CPU than inside a
+forward pass (warm caches, allocator and branch state), and an engine step is not a loop of one
+op. The shard keeps as many layers as the engine streams through the last-level cache (all, or
+enough to exceed it twice), so weights and KV come from memory as they do in the engine.
 
 Method: ``dist.spawn`` starts ``ranks`` processes once (gloo on CPU, NCCL on CUDA, each with
-``threads`` torch threads, as the engine's ranks run). A (model, TP) group's tables are measured on
-TP ranks at once, as the engine runs them -- on a CPU they share the cores -- each rank timing its
-own shard, and the slowest rank's median is kept. Every grid point gets warm-up calls, then
-``repeats`` timed samples, each of enough back-to-back calls to last ``min_repeat_s``; the median
-sample is the figure. The samples of a table's points are taken in sweeps over all its points, so
-load from other processes on a shared machine spreads over the table instead of spoiling a few
-points. GEMM weights and KV caches cycle through one copy per layer of the model (fewer once the
-copies exceed the last-level cache four times over), as the engine's forward pass walks its
-layers, so calls that stream their weights or KV from memory in the engine do so here too instead
-of hitting a cache warmed by the previous call. The files keep these raw medians;
-``simulator.cost`` makes them monotone.
-
-This module drives the engine, so it imports torch; ``seesaw.cli_profile`` imports it lazily.
+``threads`` torch threads, as the engine's ranks run). A (model, TP) group is measured on TP ranks
+at once, as the engine runs them -- on a CPU they share the cores -- each rank timing its own
+shard, and the slowest rank's median kept. Samples are taken in sweeps over a table's grid
+points in shuffled order, so load from other processes on a shared machine spreads over the table
+instead of spoiling a few points; ``repeats`` samples per point (a fifth as many forward passes
+and driver runs, each forward pass giving one sample per layer). The files keep the raw medians;
+``simulator.cost`` makes them monotone. This module drives the engine, so it imports torch;
+``seesaw.cli_profile`` imports it lazily.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -43,6 +42,7 @@ import random
 import statistics
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -57,8 +57,7 @@ from torch import nn
 import seesaw.engine.model as engine_model
 from seesaw.engine.attention import paged_attention
 from seesaw.engine.dist import spawn
-from seesaw.engine.kv import BlockManager, KVCache, build_metadata
-from seesaw.engine.model import DecoderLayer, LlamaShard, Linear, LocalComm, Shard
+from seesaw.engine.model import LlamaShard, LocalComm, Shard
 from seesaw.engine.runner import ModelRunner
 from seesaw.specs import MeasuredProfile, ModelSpec, ParallelConfig, SpecError
 
@@ -66,8 +65,9 @@ __all__ = ["Grid", "profile", "write_profile", "plan_tasks", "cuda_available"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _BLOCK_SIZE = 16  # the engine's default KV block (ModelRunner, run_layout)
-_STEP_PROMPT = 127  # decode steps for the step-overhead table start from this context
-_COLD_FACTOR = 4  # cycle through at least this many last-level caches' worth of weights / KV
+_STEP_PROMPT = 127  # prompt tokens of the requests that time the engine's step overhead
+_STEP_FEW = 2  # output tokens of the shorter of its two runs
+_COLD_FACTOR = 2  # cycle through at least this many last-level caches' worth of weights / KV
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -107,20 +107,19 @@ class Grid:
 
     models: tuple[str, ...] = ("tiny", "smollm2-135m")
     tp: tuple[int, ...] = (1, 2, 3)  # kept where the model shards evenly and ranks suffice
-    tokens: tuple[int, ...] = _pow(1, 4096)  # GEMM and per-token op rows
-    head_rows: tuple[int, ...] = _pow(1, 512)  # LM head rows (one per sequence in a step)
+    tokens: tuple[int, ...] = _pow(1, 2048)  # step tokens for GEMMs and per-token ops
     prefill_tokens: tuple[int, ...] = _pow(2, 2048, 4)  # new tokens of one sequence (1 = decode)
     prefill_context: tuple[int, ...] = (*_pow(2, 2048, 4), 4096)
-    decode_batch: tuple[int, ...] = _pow(1, 256, 2)
-    decode_context: tuple[int, ...] = _pow(16, 65536, 4)  # summed over the batch
+    decode_batch: tuple[int, ...] = _pow(1, 256, 2)  # also the LM head's rows
+    decode_context: tuple[int, ...] = _pow(16, 16384, 4)  # summed over the batch
     comm_bytes: tuple[int, ...] = _pow(4, 64 * 4**10, 4)  # 4 B .. 64 MiB
-    bcast_bytes: tuple[int, ...] = _pow(8, 8 * 4096, 8)  # int64 sampled ids
+    bcast_bytes: tuple[int, ...] = _pow(8, 8 * 4096, 8)  # int64 sampled ids .. the driver's message
     copy_bytes: tuple[int, ...] = _pow(4096, 4096 * 4**8, 4)  # 4 KiB .. 256 MiB
     step_seqs: tuple[int, ...] = _pow(1, 256, 4)
-    repeats: int = 15
+    repeats: int = 15  # timed samples per point (forward passes and driver runs: a fifth)
     warmup: int = 2
     min_repeat_s: float = 2e-3
-    max_calls: int = 1000  # per repeat
+    max_calls: int = 1000  # per sample
 
     @classmethod
     def default(cls, **kw) -> "Grid":
@@ -129,19 +128,23 @@ class Grid:
     @classmethod
     def quick(cls, **kw) -> "Grid":
         return replace(cls(
-            models=("tiny",), tp=(1, 2), tokens=(1, 4, 16, 64), head_rows=(1, 4, 16),
+            models=("tiny",), tp=(1, 2), tokens=(1, 4, 16, 64),
             prefill_tokens=(2, 16, 64), prefill_context=(2, 16, 64, 256), decode_batch=(1, 4, 16),
             decode_context=(16, 64, 256), comm_bytes=(4, 256, 16384, 1 << 20), bcast_bytes=(8, 512),
             copy_bytes=(4096, 1 << 16, 1 << 20, 1 << 24), step_seqs=(1, 4, 16),
             repeats=3, warmup=1, min_repeat_s=3e-4, max_calls=200,
         ), **kw)
 
+    @property
+    def forward_repeats(self) -> int:
+        return max(3, self.repeats // 5)
+
 
 @dataclass(frozen=True)
 class Task:
-    """One table to measure on ranks ``0 .. ranks-1`` (the others skip it)."""
+    """One group of tables to measure on ranks ``0 .. ranks-1`` (the others skip it)."""
 
-    kind: str  # linear | layer_misc | embed_rope | prefill | decode | step | comm | copy
+    kind: str  # forward | step | comm | copy
     ranks: int
     points: int  # grid points, for progress
     args: dict = field(default_factory=dict)
@@ -163,42 +166,35 @@ def _valid_tp(spec: ModelSpec, tp: int) -> bool:
     return True
 
 
+def shard_keys(spec: ModelSpec, tp: int) -> dict:
+    """What one TP rank of ``spec`` runs, as the tables key it: GEMM ``(in, out)`` per op, the
+    layer_misc and embed_rope dims, and the attention heads ``(q heads, KV heads, head_dim)``."""
+    shard = Shard.of(spec, ParallelConfig(tp=tp), 0)
+    h, d = spec.hidden_size, spec.d_head
+    hq, hkv = len(shard.q_heads(spec)), len(shard.kv_heads(spec))
+    inter, cols = len(shard.mlp_cols(spec)), len(shard.vocab_rows(spec))
+    return dict(
+        gemms={"qkv": (h, (hq + 2 * hkv) * d), "o": (hq * d, h), "gate_up": (h, 2 * inter),
+               "down": (inter, h), "head": (h, cols)},
+        misc=(h, hq * d, hkv * d, inter), embed=(h, d, cols), heads=(hq, hkv, d),
+    )
+
+
 def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cpu") -> list[Task]:
     """Every table of ``grid`` for these models on at most ``ranks`` ranks, in measuring order."""
     tasks: list[Task] = []
     seen: set = set()
     for spec in specs:
-        h, d = spec.hidden_size, spec.d_head
         for tp in grid.tp:
-            if tp > ranks or not _valid_tp(spec, tp):
+            if tp > ranks or not _valid_tp(spec, tp) or (spec.name, tp) in seen:
                 continue
-            shard = Shard.of(spec, ParallelConfig(tp=tp), 0)
-            hq, hkv = len(shard.q_heads(spec)), len(shard.kv_heads(spec))
-            inter, cols = len(shard.mlp_cols(spec)), len(shard.vocab_rows(spec))
-            gemms = [(h, (hq + 2 * hkv) * d), (hq * d, h), (h, 2 * inter), (inter, h)]
-            L = spec.num_hidden_layers  # weights cycle through the layers' copies, as in the engine
-            for dims, rows, layers in [(g, grid.tokens, L) for g in gemms] + [((h, cols), grid.head_rows, 1)]:
-                if ("linear", dims, tp) not in seen:
-                    seen.add(("linear", dims, tp))
-                    tasks.append(Task("linear", tp, len(rows), dict(dims=dims, tokens=rows, layers=layers)))
-            misc = (h, hq * d, hkv * d, inter)
-            if ("layer_misc", misc, tp) not in seen:
-                seen.add(("layer_misc", misc, tp))
-                tasks.append(Task("layer_misc", tp, len(grid.tokens), dict(model=spec, tp=tp, dims=misc)))
-            embed = (h, d, cols)
-            if ("embed_rope", embed, tp) not in seen:
-                seen.add(("embed_rope", embed, tp))
-                tasks.append(Task("embed_rope", tp, len(grid.tokens), dict(model=spec, tp=tp, dims=embed)))
-            heads = (hq, hkv, d)
-            for kind, sizes, ctx in (("prefill", grid.prefill_tokens, grid.prefill_context),
-                                     ("decode", grid.decode_batch, grid.decode_context)):
-                if (kind, heads, tp) not in seen:
-                    seen.add((kind, heads, tp))
-                    pts = len(_attention_points(kind, sizes, ctx))
-                    tasks.append(Task(kind, tp, pts, dict(heads=heads, sizes=sizes, context=ctx, layers=L)))
+            seen.add((spec.name, tp))
+            points = (len(grid.tokens) + len(_attention_points(grid.prefill_tokens, grid.prefill_context))
+                      + len(_attention_points(grid.decode_batch, grid.decode_context)))
+            tasks.append(Task("forward", tp, points, dict(model=spec, tp=tp, **shard_keys(spec, tp))))
         if ("step", spec.vocab_size) not in seen:
             seen.add(("step", spec.vocab_size))
-            tasks.append(Task("step", 1, len(grid.step_seqs), dict(model=spec)))
+            tasks.append(Task("step", 1, 2 * len(grid.step_seqs), dict(model=spec)))
     if device == "cuda" or ranks > 1:
         for k in range(2, ranks + 1):
             for op in ("all_reduce", "all_gather"):
@@ -211,7 +207,7 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
     return tasks
 
 
-def _attention_points(kind: str, sizes, context) -> list[tuple[int, int]]:
+def _attention_points(sizes, context) -> list[tuple[int, int]]:
     """Distinct (size, context) pairs to run: a context below the size is measured at the size
     (whole prompt / one token per sequence)."""
     return sorted({(s, max(s, c)) for s in sizes for c in context})
@@ -237,8 +233,8 @@ class _Rank:
 
     def copies(self, nbytes: float, layers: int) -> int:
         """How many copies of ``nbytes`` (one layer's weights or KV) to cycle through: the
-        engine's ``layers`` copies, or fewer once they exceed the last-level cache several times
-        over (from there on every call streams from memory anyway)."""
+        engine's ``layers`` copies, or fewer once they exceed the last-level cache twice over
+        (cycling through more than the cache holds, every call streams from memory anyway)."""
         return max(1, min(layers, math.ceil(_COLD_FACTOR * self.cache_bytes / max(nbytes, 1))))
 
     def sync(self) -> None:
@@ -249,19 +245,20 @@ class _Rank:
         if self.rank == 0 and self.progress is not None:
             self.progress.put(n)
 
-    def measure(self, fns: list[Callable[[], object]], ranks: int = 1, max_calls: int | None = None) -> list[float]:
+    def measure(self, fns: list[Callable[[], object]], ranks: int = 1, max_calls: int | None = None,
+                repeats: int | None = None, warmup: int | None = None) -> list[float]:
         """Median seconds per call of each of ``fns`` (the grid points of one table) on this rank.
 
         Warm-up and a timed call size each point's sample (enough calls to last ``min_repeat_s``);
         then ``repeats`` sweeps over all the points in shuffled order, so every point's samples
         spread over the whole measurement and a burst of load from other processes hits all
-        points alike instead of a few. ``ranks`` > 1: ranks 0..ranks-1 run the same points together (same call counts,
-        a barrier before each sample).
+        points alike instead of a few. ``ranks`` > 1: ranks 0..ranks-1 run the same points
+        together (same call counts, a barrier before each sample).
         """
         g = self.grid
         calls = []
         for fn in fns:
-            for _ in range(g.warmup):
+            for _ in range(g.warmup if warmup is None else warmup):
                 fn()
             self.sync()
             start = time.perf_counter()
@@ -275,7 +272,7 @@ class _Rank:
             dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=ctrl)
             calls = agreed.tolist()
         samples: list[list[float]] = [[] for _ in fns]
-        for sweep in range(g.repeats):
+        for sweep in range(repeats or g.repeats):
             # a fresh order each sweep (the same on every rank), so whatever the previous point
             # leaves behind (cold caches after a large one) does not always hit the same point
             order = list(range(len(fns)))
@@ -301,10 +298,6 @@ class _Rank:
         return t.tolist()
 
 
-def _randn(*shape, r: _Rank, scale: float = 1.0) -> torch.Tensor:
-    return (torch.randn(*shape) * scale).to(device=r.device, dtype=r.dtype)
-
-
 def _init_(module: nn.Module) -> nn.Module:
     """Finite, denormal-free values: matrices ~ N(0, 0.02), vectors (norms) ones."""
     with torch.no_grad():
@@ -320,139 +313,169 @@ def _init_(module: nn.Module) -> nn.Module:
 # The pieces
 
 
-class _Cycle:
-    """Calls the next of ``fns`` each time: the same op on the next layer's weights or KV, as the
-    engine's forward pass walks its layers, so data that the engine streams from memory is not
-    served from a cache warmed by the previous call."""
+class _Probe:
+    """Timers around the engine's own calls inside its forward pass: each GEMM module, the paged
+    attention, each decoder layer, the embedding and RoPE. ``records[(point, key)]`` collects
+    seconds per call while ``on``; CUDA calls are timed with events, read after the step."""
 
-    def __init__(self, fns: list[Callable[[], object]]):
-        self.fns, self.i = fns, 0
+    def __init__(self, cuda: bool):
+        self.on, self.point, self.cuda = False, 0, cuda
+        self.records: dict[tuple, list[float]] = defaultdict(list)
+        self.pending: list[tuple] = []
 
-    def __call__(self):
-        fn = self.fns[self.i]
-        self.i = (self.i + 1) % len(self.fns)
-        return fn()
+    def wrap(self, key: str, fn: Callable) -> Callable:
+        def timed(*args, **kw):
+            if not self.on:
+                return fn(*args, **kw)
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = fn(*args, **kw)
+                end.record()
+                self.pending.append(((self.point, key), start, end))
+                return out
+            start = time.perf_counter()
+            out = fn(*args, **kw)
+            self.records[(self.point, key)].append(time.perf_counter() - start)
+            return out
+        return timed
+
+    def collect(self) -> None:
+        """CUDA: turn the step's events into seconds (after a synchronize)."""
+        for key, start, end in self.pending:
+            self.records[key].append(start.elapsed_time(end) * 1e-3)
+        self.pending = []
+
+    def overhead_s(self, calls: int = 20000) -> float:
+        """Seconds a wrapped call costs its caller beyond what its timer records (CPU)."""
+        if self.cuda:
+            return 0.0
+        def noop():
+            return None
+        wrapped = self.wrap("_noop", noop)
+        self.on, point, self.point = True, self.point, -1
+        start = time.perf_counter()
+        for _ in range(calls):
+            wrapped()
+        total = time.perf_counter() - start
+        self.on, self.point = False, point
+        return max(0.0, (total - sum(self.records.pop((-1, "_noop")))) / calls)
 
 
-def _linear(r: _Rank, task: Task) -> dict:
-    k_in, k_out = task.args["dims"]
-    rows = task.args["tokens"]
-    copies = r.copies(k_in * k_out * _itemsize(r.dtype), task.args.get("layers", 1))
-    lins = [_init_(Linear(k_in, k_out, dtype=r.dtype, device=r.device)) for _ in range(copies)]
-    x = _randn(rows[-1], k_in, r=r)
-    with torch.inference_mode():
-        fns = [_Cycle([functools.partial(lin, x[:n]) for lin in lins]) for n in rows]
-        times = r.measure(fns, task.ranks)
-    return dict(op="linear", dims=[k_in, k_out], ranks=task.ranks, tokens=list(rows),
-                time_s=r.slowest(times, task.ranks))
+def _steps_for(kind: str, size: int, context: int) -> list[tuple[int, int]]:
+    """(context after the step, new tokens) per sequence of one grid point's step."""
+    if kind == "tokens":  # GEMM rows: prompts of up to 64 tokens, so attention stays small
+        return [(size, size)] if size <= 64 else [(64, 64)] * (size // 64)
+    if kind == "prefill":  # one sequence's chunk of ``size`` tokens, its context then ``context``
+        return [(context, size)]
+    return [(max(1, context // size), 1)] * size  # ``size`` sequences decoding, ``context`` in all
 
 
-class _Fixed(nn.Module):
-    """Stands in for a GEMM: returns the first rows of a ready output."""
+def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
+    """The layer tables of one (model, TP): real steps through the engine's ``LlamaShard`` (this
+    rank's TP slice, random weights, ``ModelRunner.run_tables`` over a paged KV cache, as the
+    driver runs them), every GEMM, attention, layer, embedding and RoPE call timed where it runs.
 
-    def __init__(self, out: torch.Tensor):
-        super().__init__()
-        self.out = out
+    A step is a grid point: ``tokens`` (prompts of up to 64 tokens: GEMM rows, per-token ops),
+    ``prefill`` (one sequence's chunk by context) or ``decode`` (sequences by summed context; its
+    logits rows time the LM head). The shard keeps as many layers as the engine would stream
+    through the last-level cache (all of them, or enough to exceed it twice over) so calls
+    see the cache as the engine's do. ``layer_misc`` = layer - its GEMMs and attention - the
+    timers' own cost. Each call is a sample (layers x forward passes); the median is kept.
+    """
+    a, g = task.args, r.grid
+    spec, tp = a["model"], task.ranks
+    t_rank = r.rank % tp
+    (k_in, k_out), (_, k2) = a["gemms"]["qkv"], a["gemms"]["gate_up"]
+    layer_bytes = (k_in * k_out + a["gemms"]["o"][0] * k_in + k_in * k2 + k2 // 2 * k_in) * _itemsize(r.dtype)
+    layers = r.copies(layer_bytes, spec.num_hidden_layers)
+    shard = Shard(spec.num_hidden_layers, 0, layers, t_rank, tp, 0, 1)  # first and last stage
+    model = _init_(LlamaShard(spec, shard, LocalComm(), dtype=r.dtype, device=r.device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out[: x.shape[0]]
+    points = ([("tokens", n, n) for n in g.tokens]
+              + [("prefill", q, c) for q, c in _attention_points(g.prefill_tokens, g.prefill_context)]
+              + [("decode", b, c) for b, c in _attention_points(g.decode_batch, g.decode_context)])
+    plans, blocks_needed = [], 0
+    for kind, size, ctx in points:
+        seqs, tables, next_block = [], {}, 0
+        for sid, (c, n) in enumerate(_steps_for(kind, size, ctx)):
+            nb = -(-c // _BLOCK_SIZE)
+            tables[sid] = list(range(next_block, next_block + nb))  # distinct blocks, as in the engine
+            next_block += nb
+            seqs.append((sid, c - n, [sid % spec.vocab_size] * n))
+        blocks_needed = max(blocks_needed, next_block)
+        plans.append((seqs, tables, [sid for sid, _, _ in seqs] if kind == "decode" else []))
+    runner = ModelRunner(model, blocks_needed, _BLOCK_SIZE)
 
+    probe = _Probe(r.device.type == "cuda")
+    for layer in model.layers.values():
+        layer.forward = probe.wrap("layer", layer.forward)
+        for key, mod in (("qkv", layer.attn.qkv_proj), ("o", layer.attn.o_proj),
+                         ("gate_up", layer.mlp.gate_up_proj), ("down", layer.mlp.down_proj)):
+            mod.forward = probe.wrap(key, mod.forward)
+    model.lm_head.forward = probe.wrap("head", model.lm_head.forward)
+    model.embed = probe.wrap("embed", model.embed)
+    model.rope = probe.wrap("rope", model.rope)
 
-@contextlib.contextmanager
-def _attention_stubbed():
-    """``model.Attention`` looks up ``paged_attention`` in its module at call time."""
+    def step(i: int) -> None:
+        probe.point = i
+        runner.run_tables(*plans[i])
+        if probe.cuda:
+            torch.cuda.synchronize(r.device)
+            probe.collect()
+
+    overhead = probe.overhead_s()
+    fns = [functools.partial(step, i) for i in range(len(points))]
     saved = engine_model.paged_attention
-    engine_model.paged_attention = lambda q, k, v, meta, kc, vc: torch.empty_like(q)
+    engine_model.paged_attention = probe.wrap("attn", paged_attention)  # Attention looks it up per call
     try:
-        yield
+        with torch.inference_mode():
+            for fn in fns:  # a first pass unrecorded (allocations, lazy initialisation)
+                fn()
+            probe.on = True
+            r.measure(fns, task.ranks, repeats=g.forward_repeats, warmup=0)
+            probe.on = False
     finally:
         engine_model.paged_attention = saved
+    rec = probe.records
 
+    def med(i: int, key: str) -> float:
+        return statistics.median(rec[(i, key)])
 
-def _layer_misc(r: _Rank, task: Task, tokens) -> dict:
-    spec, tp = task.args["model"], task.args["tp"]
-    shard = Shard.of(spec, ParallelConfig(tp=tp), r.rank % tp)
-    layer = _init_(DecoderLayer(spec, shard, LocalComm(), dtype=r.dtype, device=r.device))
-    n_max = tokens[-1]
-    a, m = layer.attn, layer.mlp
-    a.qkv_proj = _Fixed(_randn(n_max, (a.h_q + 2 * a.h_kv) * a.d, r=r))
-    a.o_proj = _Fixed(_randn(n_max, spec.hidden_size, r=r))
-    m.gate_up_proj = _Fixed(_randn(n_max, 2 * m.inter, r=r))
-    m.down_proj = _Fixed(_randn(n_max, spec.hidden_size, r=r))
-    # a middle stage with no layers holds nothing but the RoPE frequencies
-    middle = Shard(spec.num_hidden_layers, 0, 0, pp_rank=1, pp_size=3)
-    rope = LlamaShard(spec, middle, LocalComm(), dtype=r.dtype, device=r.device).rope(
-        torch.arange(n_max, device=r.device))
-    x = _randn(n_max, spec.hidden_size, r=r)
-    with torch.inference_mode(), _attention_stubbed():
-        fns = [functools.partial(layer, x[:n], rope[0][:n], rope[1][:n], None, None, None) for n in tokens]
-        times = r.measure(fns, task.ranks)
-    return dict(op="layer_misc", dims=list(task.args["dims"]), ranks=task.ranks, tokens=list(tokens),
-                time_s=r.slowest(times, task.ranks))
+    tok = [i for i, p in enumerate(points) if p[0] == "tokens"]
+    values: list[float] = []  # every figure, then one element-wise max over the TP ranks
+    for key in ("qkv", "o", "gate_up", "down"):
+        values += [med(i, key) for i in tok]
+    for i in tok:
+        parts = zip(rec[(i, "layer")], *(rec[(i, k)] for k in ("qkv", "o", "gate_up", "down", "attn")))
+        values.append(statistics.median([max(1e-9, lay - sum(ops) - 5 * overhead) for lay, *ops in parts]))
+    values += [statistics.median([e + q for e, q in zip(rec[(i, "embed")], rec[(i, "rope")])]) for i in tok]
+    attn = {p[:3]: med(i, "attn") for i, p in enumerate(points) if p[0] != "tokens"}
+    values += list(attn.values())
+    head = [statistics.median([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
+                               for v in rec[(i, "head")]]) for b in g.decode_batch]
+    values += head
+    values = iter(r.slowest(values, task.ranks))
 
-
-def _embed_rope(r: _Rank, task: Task, tokens) -> dict:
-    spec, tp = task.args["model"], task.args["tp"]
-    # a first, not last, stage with no layers: just the vocab-parallel embedding
-    shard = Shard(spec.num_hidden_layers, 0, 0, r.rank % tp, tp, 0, 2)
-    model = _init_(LlamaShard(spec, shard, LocalComm(), dtype=r.dtype, device=r.device))
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, spec.vocab_size, (tokens[-1],), generator=g).to(r.device)
-    pos = torch.arange(tokens[-1], device=r.device)
-    def call(idn, pn):
-        return model.embed(idn), model.rope(pn)
-
-    with torch.inference_mode():
-        times = r.measure([functools.partial(call, ids[:n], pos[:n]) for n in tokens], task.ranks)
-    return dict(op="embed_rope", dims=list(task.args["dims"]), ranks=task.ranks, tokens=list(tokens),
-                time_s=r.slowest(times, task.ranks))
-
-
-def _attention_layout(kind: str, size: int, context: int) -> list[tuple[int, int]]:
-    """(context, new tokens) per sequence: a prefill chunk of ``size`` tokens of one sequence
-    whose context becomes ``context``, or ``size`` decoding sequences of ``context // size``."""
-    if kind == "prefill":
-        return [(context, size)]
-    return [(max(1, context // size), 1)] * size
-
-
-def _attention(r: _Rank, task: Task) -> dict:
-    """paged_attention of one layer per call, on the next of several layers' KV caches (views of
-    one shared buffer, so all grid points can stay alive for the interleaved sweeps)."""
-    kind, heads = task.kind, task.args["heads"]
-    hq, hkv, d = heads
-    sizes, context = task.args["sizes"], task.args["context"]
-    points = _attention_points(kind, sizes, context)
-    block_bytes = _BLOCK_SIZE * hkv * d * _itemsize(r.dtype)
-    plans = []
-    for size, ctx in points:
-        lens = _attention_layout(kind, size, ctx)
-        num_blocks = sum(-(-c // _BLOCK_SIZE) for c, _ in lens)
-        plans.append((lens, num_blocks, r.copies(2 * num_blocks * block_bytes, task.args.get("layers", 1))))
-    elems = max(n * c for _, n, c in plans) * _BLOCK_SIZE * hkv * d
-    k_pool = torch.zeros(elems, dtype=r.dtype, device=r.device)
-    v_pool = torch.zeros(elems, dtype=r.dtype, device=r.device)
-    fns = []
-    for lens, num_blocks, copies in plans:
-        blocks = BlockManager(num_blocks, _BLOCK_SIZE)
-        slots = []
-        for s, (ctx, n) in enumerate(lens):
-            if ctx > n:
-                blocks.allocate(s, ctx - n)
-            slots.append(blocks.allocate(s, n))
-        meta = build_metadata(blocks, list(range(len(lens))), [n for _, n in lens], torch.cat(slots), r.device)
-        T = sum(n for _, n in lens)
-        q, k, v = _randn(T, hq, d, r=r), _randn(T, hkv, d, r=r), _randn(T, hkv, d, r=r)
-        per = num_blocks * _BLOCK_SIZE * hkv * d
-        layers = [(k_pool[i * per:(i + 1) * per].view(num_blocks, _BLOCK_SIZE, hkv, d),
-                   v_pool[i * per:(i + 1) * per].view(num_blocks, _BLOCK_SIZE, hkv, d)) for i in range(copies)]
-        fns.append(_Cycle([functools.partial(paged_attention, q, k, v, meta, kc, vc) for kc, vc in layers]))
-    with torch.inference_mode():
-        times = r.measure(fns, task.ranks)
-    by_point = dict(zip(points, r.slowest(times, task.ranks)))
-    grid = [[by_point[(s, max(s, c))] for c in context] for s in sizes]
-    return dict(kind=kind, num_heads=hq, num_kv_heads=hkv, head_dim=d,
-                ranks=task.ranks, sizes=list(sizes), context_tokens=list(context), time_s=grid)
+    out = []
+    gemms, rows = a["gemms"], list(g.tokens)
+    for key in ("qkv", "o", "gate_up", "down"):
+        out.append(("ops", dict(op="linear", dims=list(gemms[key]), ranks=tp, tokens=rows,
+                                time_s=[next(values) for _ in rows])))
+    out.append(("ops", dict(op="layer_misc", dims=list(a["misc"]), ranks=tp, tokens=rows,
+                            time_s=[next(values) for _ in rows])))
+    out.append(("ops", dict(op="embed_rope", dims=list(a["embed"]), ranks=tp, tokens=rows,
+                            time_s=[next(values) for _ in rows])))
+    attn = {key: next(values) for key in attn}
+    hq, hkv, d = a["heads"]
+    for kind, sizes, context in (("prefill", g.prefill_tokens, g.prefill_context),
+                                 ("decode", g.decode_batch, g.decode_context)):
+        grid = [[attn[(kind, s, max(s, c))] for c in context] for s in sizes]
+        out.append(("attention", dict(kind=kind, num_heads=hq, num_kv_heads=hkv, head_dim=d, ranks=tp,
+                                      sizes=list(sizes), context_tokens=list(context), time_s=grid)))
+    out.insert(4, ("ops", dict(op="linear", dims=list(gemms["head"]), ranks=tp, tokens=list(g.decode_batch),
+                               time_s=[next(values) for _ in g.decode_batch])))
+    return out
 
 
 class _LogitsStub(nn.Module):
@@ -473,21 +496,43 @@ class _LogitsStub(nn.Module):
         return self.anchor.device
 
     def forward(self, x, positions, meta, kv_cache=None, logits_indices=None):
-        return self.logits[: len(logits_indices)]
+        return self.logits[: len(x) if logits_indices is None else len(logits_indices)]
+
+
+class _DriverComm(LocalComm):
+    dp_rank = 0
+
+
+def _driver_run(spec: ModelSpec, r: _Rank, seqs: int, new_tokens: int) -> None:
+    """One whole run of the engine's driver (``seesaw.engine.driver``: scheduler, block tables,
+    step messages, the worker's metadata and sampling) for ``seqs`` requests of
+    ``_STEP_PROMPT`` prompt and ``new_tokens`` output tokens, on one rank, the model stubbed."""
+    from seesaw.engine.batch_io import BatchItem
+    from seesaw.engine.driver import ControlPlane, Driver, EngineConfig, StepWorker
+
+    layout = ParallelConfig()
+    cfg = EngineConfig(layout=layout, max_num_seqs=seqs, max_num_batched_tokens=max(8192, seqs * _STEP_PROMPT))
+    num_blocks = seqs * -(-(_STEP_PROMPT + new_tokens + 1) // _BLOCK_SIZE)
+    runner = ModelRunner(_LogitsStub(spec, seqs, r), num_blocks, _BLOCK_SIZE)
+    worker = StepWorker(runner, _DriverComm(), ControlPlane(layout, 0, cfg.timeout_s), cfg, 0)
+    items = [BatchItem(str(i), [1] * _STEP_PROMPT, new_tokens, ignore_eos=True) for i in range(seqs)]
+    Driver(worker, items, cfg, num_blocks).run()
 
 
 def _step(r: _Rank, task: Task) -> dict:
+    """Seconds per decode step of the engine's driver loop outside the model: two whole runs,
+    of ``_STEP_FEW`` output tokens per request and of that many more steps, their difference over
+    the steps in between (the prefill step and the set-up cancel); fewer steps for big batches."""
     spec, seqs = task.args["model"], r.grid.step_seqs
-    g = r.grid
-    max_calls = 50
-    steps = g.warmup + 1 + g.repeats * max_calls
-    fns = []
+    fns, extra = [], []
     for b in seqs:
-        stub = _LogitsStub(spec, b, r)
-        runner = ModelRunner(stub, b * -(-(_STEP_PROMPT + steps + 1) // _BLOCK_SIZE), _BLOCK_SIZE)
-        runner.execute({s: [1] * _STEP_PROMPT for s in range(b)})
-        fns.append(functools.partial(runner.execute, {s: [1] for s in range(b)}))
-    times = r.measure(fns, 1, max_calls=max_calls)
+        k = max(8, min(128, 4096 // b))
+        extra.append(k)
+        fns += [functools.partial(_driver_run, spec, r, b, _STEP_FEW),
+                functools.partial(_driver_run, spec, r, b, _STEP_FEW + k)]
+    with torch.inference_mode():
+        runs = r.measure(fns, 1, repeats=r.grid.forward_repeats, warmup=1)
+    times = [max(1e-7, (many - few) / k) for few, many, k in zip(runs[::2], runs[1::2], extra)]
     return dict(vocab_size=spec.vocab_size, seqs=list(seqs), time_s=times)
 
 
@@ -562,14 +607,8 @@ def _rank_main(rank: int, world_size: int, device: torch.device, tasks: list[Tas
     for task in tasks:
         if rank >= task.ranks:
             continue
-        if task.kind == "linear":
-            out.append(("ops", _linear(r, task)))
-        elif task.kind == "layer_misc":
-            out.append(("ops", _layer_misc(r, task, grid.tokens)))
-        elif task.kind == "embed_rope":
-            out.append(("ops", _embed_rope(r, task, grid.tokens)))
-        elif task.kind in ("prefill", "decode"):
-            out.append(("attention", _attention(r, task)))
+        if task.kind == "forward":
+            out.extend(_forward_tables(r, task))
         elif task.kind == "step":
             out.append(("step_overhead", _step(r, task)))
         elif task.kind == "comm":
@@ -632,7 +671,9 @@ def profile(
         raise SpecError(f"ranks and threads must be positive (got {ranks}, {threads})")
     specs = models if models is not None else [load_model(m) for m in grid.models]
     tasks = plan_tasks(grid, ranks, specs, device)
-    total = sum(t.points for t in tasks) * grid.repeats  # progress counts timed samples
+    # progress counts timed samples
+    total = sum(t.points * (grid.forward_repeats if t.kind in ("forward", "step") else grid.repeats)
+                for t in tasks)
     world = max([t.ranks for t in tasks] + [1])
     ctx = get_context("forkserver")
     queue = ctx.Queue()

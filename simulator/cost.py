@@ -232,6 +232,10 @@ class Surface:
         return scale * math.exp(lo + fx * (hi - lo))
 
 
+# the engine driver's step message buffer (seesaw.engine.driver.ControlPlane capacity, 32 KiB)
+_CONTROL_MESSAGE_BYTES = 1 << 15
+
+
 class _Tables:
     """A measured profile indexed for look-ups; tables measured under the wanted number of ranks
     win, else the nearest."""
@@ -290,7 +294,8 @@ class _MeasuredStage:
     num_allreduce: int  # per step: two per layer, one after the embedding
     head: Curve | None  # LM head GEMM by rows (last stage)
     gather: Curve | None  # logits all-gather by per-rank bytes (last stage, tp > 1)
-    bcast: Curve | None  # sampled ids from the last stage to the replica (pp > 1)
+    reply: Curve | None  # sampled ids from the sampling rank back to the driver (pp or dp > 1)
+    control_s: float  # the driver's step message to the replica's ranks (first stage)
     step: Curve | None  # engine step outside the model, by sequences
     head_cols: int  # LM head rows per rank (vocab padded to a multiple of tp)
 
@@ -470,7 +475,8 @@ class CostModel:
             num_allreduce=(2 * c.layers + (1 if first else 0)) if tp > 1 else 0,
             head=tb.op("linear", (h, cols), tp) if last else None,
             gather=tb.comm("all_gather", tp) if last and tp > 1 else None,
-            bcast=tb.comm("broadcast", tp * layout.pp) if last and layout.pp > 1 else None,
+            reply=tb.comm("broadcast", 2) if last and (layout.pp > 1 or layout.dp > 1) else None,
+            control_s=self._control_s(layout) if first else 0.0,
             step=tb.step(m.vocab_size),
             head_cols=cols,
         )
@@ -546,11 +552,27 @@ class CostModel:
         parts["total_s"] = sum(parts.values())
         return parts
 
+    def _control_s(self, layout: ParallelConfig) -> float:
+        """The engine driver's step message to a replica's other ranks: one gloo broadcast of its
+        fixed buffer from rank 0 (``seesaw.engine.driver.ControlPlane``), which the replica's
+        ranks wait for before they start; none when the replica is rank 0 alone."""
+        members = layout.tp * layout.pp + (1 if layout.dp > 1 else 0)
+        if members < 2:
+            return 0.0
+        tb = self._tables
+        found = [r for (op, r) in tb._comm if op == "broadcast"]
+        if not found:
+            return 0.0
+        ranks = min(found, key=lambda r: (abs(r - members), -r))
+        return tb.comm("broadcast", ranks)(_CONTROL_MESSAGE_BYTES)
+
     def _measured_parts(self, c: _Stage, shape: BatchShape) -> tuple[float, float, float, float]:
         """(linear and other per-token ops, attention, communication, step overhead) of one stage
-        from the measured tables, as the engine runs a step: the LM head and the logits gather
-        cover every sequence of the step (the runner samples each one), prefill attention is one
-        call per sequence, decode attention one call for the batch."""
+        from the measured tables, as the engine runs a step: prefill attention is one call per
+        sequence, decode attention one call for the batch; the driver's step message (first
+        stage) and, when the sampling rank is not rank 0, the sampled tokens' way back (last
+        stage) count as communication; the driver's per-step work (scheduling, block tables,
+        metadata, sampling) by sequences is the overhead."""
         m = c.measured
         n = shape.prefill_tokens + shape.decode_seqs
         np_ = shape.prefill_tokens
@@ -567,7 +589,7 @@ class CostModel:
         else:
             k = 0
         seqs = shape.decode_seqs + k
-        rows = max(shape.sampled_seqs, seqs) if c.head_flops_per_row else 0
+        rows = shape.sampled_seqs if c.head_flops_per_row else 0
         if not n and not rows:
             return 0.0, 0.0, 0.0, 0.0
         lin = attn = comm = 0.0
@@ -603,9 +625,10 @@ class CostModel:
                 comm += m.gather(rows * m.head_cols * B)
             else:
                 comm += c.head_gather_s_per_row * rows + c.head_gather_fixed_s
-            if m.bcast is not None:
-                comm += m.bcast(8 * seqs)  # int64 token ids
+            if m.reply is not None:
+                comm += m.reply(8 * rows)  # int64 token ids
         over = m.step(seqs) * c.overhead_frac if m.step is not None and seqs else c.overhead_s
+        comm += m.control_s
         return lin, attn, comm, over
 
     def pipeline_time_s(

@@ -226,9 +226,22 @@ def test_t2_uses_two_rank_tables_and_collectives(cm):
     # per rank: QKV [64 -> 64] and down [64 -> 64] share a table, O [32 -> 64], gate/up [64 -> 128];
     # no T2 layer_misc or embed_rope table (left out); LM head [64 -> 130]
     assert t["compute_s"] == pytest.approx(4 * (20 + 21 + 22 + 20) * 12e-6 + 23 * 12e-6)
-    # 9 all-reduces of 4 tokens x 64 x 4 bytes = 1024 bytes, a logits gather of 4 x 130 x 4 bytes
+    # 9 all-reduces of 4 tokens x 64 x 4 bytes = 1024 bytes, a logits gather of 4 x 130 x 4 bytes,
+    # the driver's 32 KiB step message to the other rank
     gather = Curve((4, 1024, 1 << 20), (150e-6, 170e-6, 3e-3))(4 * 130 * 4)
-    assert t["comm_s"] == pytest.approx(9 * 120e-6 + gather)
+    control = Curve((8, 512), (80e-6, 90e-6))(1 << 15)
+    assert t["comm_s"] == pytest.approx(9 * 120e-6 + gather + control)
+
+
+def test_pipeline_stages_pay_the_driver_message_and_the_token_reply(cm):
+    P2 = parse_parallel("P2")
+    shape = BatchShape.decode([64] * 4)
+    first, last = (cm.stage_breakdown(P2, s, shape) for s in (0, 1))
+    bcast = Curve((8, 512), (80e-6, 90e-6))
+    assert first["comm_s"] == pytest.approx(bcast(1 << 15))  # step message to the replica
+    assert last["comm_s"] == pytest.approx(bcast(8 * 4))  # 4 sampled ids back to rank 0
+    # each stage pays its layers' share of the driver's step (2 of 4 layers)
+    assert first["overhead_s"] == pytest.approx(400e-6 / 2) == last["overhead_s"]
 
 
 def test_missing_tables_fall_back_to_the_roofline(node):

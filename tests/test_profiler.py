@@ -32,15 +32,21 @@ def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
     tables: dict[str, list] = {"ops": [], "attention": [], "collectives": [], "copies": [], "step_overhead": []}
     for t in tasks:
         a = t.args
-        if t.kind in ("linear", "layer_misc", "embed_rope"):
-            rows = a.get("tokens", profiler.Grid.quick().tokens)
-            tables["ops"].append(OpTable(op=t.kind, dims=a["dims"], ranks=t.ranks, tokens=rows,
-                                         time_s=[1e-6 * n for n in rows]))
-        elif t.kind in ("prefill", "decode"):
-            tables["attention"].append(AttentionTable(
-                kind=t.kind, num_heads=a["heads"][0], num_kv_heads=a["heads"][1], head_dim=a["heads"][2],
-                ranks=t.ranks, sizes=a["sizes"], context_tokens=a["context"],
-                time_s=[[1e-6 * s * c for c in a["context"]] for s in a["sizes"]]))
+        if t.kind == "forward":
+            g = profiler.Grid.default()
+            for key in ("qkv", "o", "gate_up", "down", "head"):
+                rows = g.decode_batch if key == "head" else g.tokens
+                tables["ops"].append(OpTable(op="linear", dims=a["gemms"][key], ranks=t.ranks, tokens=rows,
+                                             time_s=[1e-6 * n for n in rows]))
+            for op, dims in (("layer_misc", a["misc"]), ("embed_rope", a["embed"])):
+                tables["ops"].append(OpTable(op=op, dims=dims, ranks=t.ranks, tokens=g.tokens,
+                                             time_s=[1e-6 * n for n in g.tokens]))
+            for kind, sizes, ctx in (("prefill", g.prefill_tokens, g.prefill_context),
+                                     ("decode", g.decode_batch, g.decode_context)):
+                tables["attention"].append(AttentionTable(
+                    kind=kind, num_heads=a["heads"][0], num_kv_heads=a["heads"][1], head_dim=a["heads"][2],
+                    ranks=t.ranks, sizes=sizes, context_tokens=ctx,
+                    time_s=[[1e-6 * s * c for c in ctx] for s in sizes]))
         elif t.kind == "comm":
             tables["collectives"].append(CommTable(op=a["op"], ranks=t.ranks, size_bytes=a["sizes"],
                                                    time_s=[1e-6 * b for b in a["sizes"]]))
@@ -51,9 +57,10 @@ def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
             seqs = profiler.Grid().step_seqs
             tables["step_overhead"].append(StepTable(vocab_size=a["model"].vocab_size, seqs=seqs,
                                                      time_s=[1e-4 * s for s in seqs]))
-    return MeasuredProfile.model_validate(profiler._round(dict(device="cpu", device_name="dry", dtype="float32", torch_version="0",
-                           threads_per_rank=1, num_ranks=3, cpu_count=2, memory_bytes=8e9,
-                           date="2026-01-01", **{k: [t.model_dump() for t in v] for k, v in tables.items()})))
+    data = dict(device="cpu", device_name="dry", dtype="float32", torch_version="0", threads_per_rank=1,
+                num_ranks=3, cpu_count=2, memory_bytes=8e9, date="2026-01-01",
+                **{k: [t.model_dump() for t in v] for k, v in tables.items()})
+    return MeasuredProfile.model_validate(profiler._round(data))
 
 
 @pytest.mark.parametrize("model, layouts", [(TINY, ["T1", "T2"]), (SMOL, ["T1", "T3", "P2", "T3P1"])])
@@ -72,14 +79,14 @@ def test_default_plan_has_every_table_the_cost_model_looks_up(model, layouts):
         if lay.tp > 1:
             assert first.allreduce is not None and last.gather is not None
         if lay.pp > 1:
-            assert last.bcast is not None
+            assert last.reply is not None and first.control_s > 0
     assert cm.pp_send_s(parse_parallel("P2"), 8) > 0 and cm.host_copy_s(1e6) > 0
 
 
 def test_plan_skips_tp_degrees_a_model_cannot_use():
     tasks = profiler.plan_tasks(profiler.Grid.default(), 3, [TINY, SMOL])
-    tps = {(t.args["dims"][0], t.ranks) for t in tasks if t.kind == "layer_misc"}
-    assert tps == {(64, 1), (64, 2), (576, 1), (576, 3)}  # tiny: 4 heads; SmolLM2: 9 heads
+    tps = {(t.args["model"].name, t.ranks) for t in tasks if t.kind == "forward"}
+    assert tps == {("tiny", 1), ("tiny", 2), ("smollm2-135m", 1), ("smollm2-135m", 3)}  # 4 / 9 heads
     assert {t.ranks for t in tasks if t.kind == "comm"} == {2, 3}
     assert [t.args["kind"] for t in tasks if t.kind == "copy"] == ["h2h"]
     assert {t.args["kind"] for t in profiler.plan_tasks(profiler.Grid.quick(), 1, [TINY], "cuda")
@@ -92,7 +99,7 @@ def test_pieces_run_in_process_on_one_rank():
     tasks.append(profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))))
     out = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
     kinds = [k for k, _ in out]
-    assert kinds.count("ops") == 7 and kinds.count("attention") == 2
+    assert kinds.count("ops") == 7 and kinds.count("attention") == 2  # 5 GEMMs, misc, embed
     assert kinds.count("step_overhead") == 1 and kinds.count("copies") == 1
     for key, table in out:
         flat = table["time_s"]
