@@ -383,7 +383,7 @@ class CostModel:
         }
 
     def _layout(self, layout: ParallelConfig) -> list[_Stage]:
-        key = (layout.tp, layout.pp)
+        key = (layout.tp, layout.pp, layout.dp > 1)  # measured: DP changes the driver's messages
         stages = self._stages.get(key)
         if stages is None:
             stages = self._stages[key] = self._build(layout)

@@ -312,3 +312,12 @@ def test_committed_profile_covers_tiny_and_smollm2(model_name, layouts):
         reqs = load_workload("constant", num_requests=16, input_len=32, output_len=8)
         r = simulate(model, node, VllmPolicy(layout=lay, max_num_seqs=8), reqs, cost=cm)
         assert r.elapsed_time > 0 and r.total_output_tokens == 16 * 8
+
+
+def test_dp_replicas_pay_the_driver_messages_t1_does_not(cm):
+    shape = BatchShape.decode([64] * 4)
+    t1 = cm.stage_breakdown(parse_parallel("T1"), 0, shape)
+    d2 = cm.stage_breakdown(parse_parallel("D2"), 0, shape)  # after T1: not a cached T1 stage
+    bcast = Curve((8, 512), (80e-6, 90e-6))
+    assert t1["comm_s"] == 0.0
+    assert d2["comm_s"] == pytest.approx(bcast(1 << 15) + bcast(8 * 4))
