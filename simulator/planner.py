@@ -56,13 +56,15 @@ class SearchSpace:
     seesaw_max_num_seqs: tuple[int, ...] = (256, 512)
     host_pool_fractions: tuple[float, ...] = (1.0, 0.5, 0.25)   # of default_host_kv_bytes
     host_full_watermarks: tuple[float, ...] = (1.0, 0.5)
+    decode_low_watermarks: tuple[float, ...] = (0.5, 1.0)        # 1.0 = the paper's switch-back rule
     max_num_batched_tokens: int = 8192                           # prefill budget without chunking
     gpu_memory_utilization: float = 0.9
 
 
 # ``seesaw compare``: every layout and pair, defaults elsewhere (no batch-cap or pool sweep).
 COMPARE_SPACE = SearchSpace(max_num_seqs=(256,), seesaw_max_num_seqs=(256,),
-                            host_pool_fractions=(1.0,), host_full_watermarks=(1.0,))
+                            host_pool_fractions=(1.0,), host_full_watermarks=(1.0,),
+                            decode_low_watermarks=(0.5,))
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Candidate:
             s = f"seesaw {p.prefill_layout}->{p.decode_layout}"
             s += f" pool={self.host_fraction:g}x" if self.host_fraction != 1.0 else ""
             s += f" wm={p.host_full_watermark:g}" if p.host_full_watermark != 1.0 else ""
+            s += f" dl={p.decode_low_watermark:g}" if p.decode_low_watermark != 0.5 else ""
         return s + (f" seqs={p.max_num_seqs}" if p.max_num_seqs != 256 else "")
 
 
@@ -165,10 +168,12 @@ def enumerate_candidates(model: ModelSpec, node: NodeSpec, layouts: Seq[Parallel
         for seqs in space.seesaw_max_num_seqs:
             for frac in space.host_pool_fractions:
                 for wm in space.host_full_watermarks:
-                    out.append(Candidate(SeesawPolicy(
-                        prefill_layout=a, decode_layout=b, host_kv_bytes=frac * pool, host_full_watermark=wm,
-                        max_num_seqs=seqs, max_num_batched_tokens=budget, gpu_memory_utilization=util),
-                        host_fraction=frac))
+                    for dl in space.decode_low_watermarks:
+                        out.append(Candidate(SeesawPolicy(
+                            prefill_layout=a, decode_layout=b, host_kv_bytes=frac * pool,
+                            host_full_watermark=wm, decode_low_watermark=dl, max_num_seqs=seqs,
+                            max_num_batched_tokens=budget, gpu_memory_utilization=util),
+                            host_fraction=frac))
     return out, rejected
 
 
@@ -407,7 +412,8 @@ class _Runner:
 
 DEFAULT_SCREEN = {"vllm": 3, "seesaw": 4}
 DEFAULT_REFINE = {"vllm": 2, "seesaw": 2}
-KNOBS = {"vllm": ("chunk", "max_num_seqs"), "seesaw": ("host_fraction", "host_full_watermark", "max_num_seqs")}
+KNOBS = {"vllm": ("chunk", "max_num_seqs"),
+         "seesaw": ("host_fraction", "host_full_watermark", "decode_low_watermark", "max_num_seqs")}
 
 
 def _unservable(policy, works: list[_Work], cost: CostModel) -> str | None:
@@ -649,6 +655,7 @@ def _row(i: int, cand: Candidate, est: float, phases: dict, error: str | None) -
         "max_num_seqs": p.max_num_seqs,
         "host_pool_gib": None if vllm else p.host_kv_bytes / GiB,
         "host_full_watermark": None if vllm else p.host_full_watermark,
+        "decode_low_watermark": None if vllm else p.decode_low_watermark,
         "source": "estimated", "est_makespan_s": est, "makespan_s": est,
         "host_fraction": None if vllm else cand.host_fraction,
         "num_transitions": None, "num_preemptions": None, "error": error, "note": "",

@@ -14,9 +14,11 @@ from simulator.sim import simulate
 
 # small spaces keep exhaustive runs to a few seconds while keeping every kind of knob
 SMALL = SearchSpace(chunk_sizes=(512, 2048), max_num_seqs=(256,), seesaw_max_num_seqs=(256,),
-                    host_pool_fractions=(1.0, 0.25), host_full_watermarks=(1.0, 0.5))
+                    host_pool_fractions=(1.0, 0.25), host_full_watermarks=(1.0, 0.5),
+                    decode_low_watermarks=(0.5,))
 TINY = SearchSpace(chunk_sizes=(2048,), max_num_seqs=(256,), seesaw_max_num_seqs=(256,),
-                   host_pool_fractions=(1.0,), host_full_watermarks=(1.0,))
+                   host_pool_fractions=(1.0,), host_full_watermarks=(1.0,),
+                   decode_low_watermarks=(0.5,))
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +68,10 @@ def test_candidates_cover_vllm_variants_and_equal_dp_seesaw_pairs():
     n_pairs = sum(1 for a in layouts for b in layouts if a != b and a.dp == b.dp)
     assert len(pairs) == n_pairs and len(seesaw) == n_pairs * 4      # 2 pools x 2 watermarks
     assert len({c.name for c in cands}) == len(cands)
+    # the switch-back watermark is a knob too: the default space tries ours (0.5) and the paper's (1.0)
+    default, _ = enumerate_candidates(model, node, layouts)
+    dls = {c.policy.decode_low_watermark for c in default if isinstance(c.policy, SeesawPolicy)}
+    assert dls == {0.5, 1.0}
 
 
 def test_planner_finds_the_exhaustive_winner(searched):

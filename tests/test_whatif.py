@@ -14,7 +14,8 @@ from seesaw.workload import describe, load_workload
 from simulator.planner import SearchSpace, plan
 
 TINY = SearchSpace(chunk_sizes=(2048,), max_num_seqs=(256,), seesaw_max_num_seqs=(256,),
-                   host_pool_fractions=(1.0,), host_full_watermarks=(1.0,))
+                   host_pool_fractions=(1.0,), host_full_watermarks=(1.0,),
+                   decode_low_watermarks=(0.5,))
 
 
 @pytest.fixture
