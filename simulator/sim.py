@@ -108,6 +108,7 @@ def batch_shape(step: Forward) -> BatchShape:
             shape.sampled_seqs += 1
         else:
             shape.prefill_tokens += n
+            shape.prefill_seqs += 1
             shape.prefill_attn_pairs += n * (past + (n + 1) / 2)
             if past + n == seq.num_tokens:
                 shape.sampled_seqs += 1
