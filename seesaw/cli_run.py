@@ -205,6 +205,10 @@ def run(
         print(f"warning: {result['num_rejected']} request(s) can never fit the KV cache or the token budget; "
               f"listed in {err_file}", file=sys.stderr)
     comp = _compare(plan, result, output_dir, plan_written=auto) if plan is not None else None
+    if comp is None and output.parent == Path(output_dir):  # the run's folder: its figures beside the outputs
+        from seesaw.autotune import write_json
+
+        write_json(Path(output_dir) / "summary.json", {k: v for k, v in result.items() if k != "output_token_ids"})
     _print_result(result, output, as_json, comp)
 
 
