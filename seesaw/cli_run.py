@@ -15,8 +15,8 @@ layout pair, a plan from ``seesaw plan``, or a plan made on the spot for this ma
   argument it runs SmolLM2-135M on the shipped ``examples/prompts.jsonl`` on 2 ranks.
 
 Outputs go to ``--output`` (default ``OUTPUT_DIR/outputs.jsonl``, ``OUTPUT_DIR`` = ``--output-dir``,
-default ``./seesaw-run``); with a plan, ``plan.json``, ``comparison.json`` and ``summary.json`` go
-to ``OUTPUT_DIR`` too.
+default ``./seesaw-run``); ``summary.json`` (the run's figures) goes beside a default output file,
+and with a plan ``plan.json`` and ``comparison.json`` (predicted vs measured) go to ``OUTPUT_DIR``.
 
 Everything that can be checked before ranks start is checked here and reported as one line with
 exit code 2 (unknown model, a checkpoint with missing tensors or wrong shapes, a layout that does
