@@ -77,6 +77,7 @@ def test_seesaw_greedy_matches_single_process(store, ckpt, reference, layout):
     per_rank = res["swap_bytes_per_rank"]
     assert len(per_rank) == parse_parallel(layout.split("->")[0]).world_size
     assert res["host_kv_peak_usage"] <= 1.0 and res["host_kv_blocks_per_replica"] == HOST_BLOCKS
+    assert res["host_kv_bytes"] == HOST_BLOCKS * parse_parallel(layout.split("->")[0]).dp * kv_per_token * BLOCK
     phases = res["time_by_phase"]
     assert phases["prefill"] > 0 and phases["decode"] > 0 and phases["reshard"] > 0
 

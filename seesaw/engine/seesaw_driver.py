@@ -455,6 +455,7 @@ class SeesawDriver(Driver):
             "swapped_bytes": float(swapped),
             "host_kv_peak_usage": max(st["host_kv_peak_usage"] for st in stats),
             "host_kv_blocks_per_replica": self.host_blocks,
+            "host_kv_bytes": float(self.host_blocks * self.worker.pool.bytes_per_block * self.layout.dp),
             "kv_blocks_by_layout": self.blocks_by_layout,
             "swap_bytes_per_rank": {r["rank"]: {"in": r["swap_in_bytes"], "out": r["swap_out_bytes"]} for r in ranks},
             "num_swap_waits": self.num_waits,
