@@ -23,6 +23,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                  decode_low_watermark=0.5, host_kv_bytes=None)
     rows: list[Row] = []
     total = len(parsed) * len(workloads)
+    scratch = Path(tempfile.mkdtemp(prefix="seesaw-calibrate-")) if out_dir is None else None
     for wl in workloads:
         items, errors = prepare_requests(wl.source, tok, max_position=store.spec.max_position_embeddings,
                                          seed=seed, num_requests=num_requests, input_len=wl.input_len,
@@ -168,14 +170,16 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             i = len(rows) + 1
             tag = f"{text.replace('->', '-to-')}_{wl.label.replace('/', '-').replace(':', '_')}"
             tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tag)
-            out_file = (out_dir / f"outputs-{tag}.jsonl") if out_dir is not None else Path("/dev/null")
+            # engine outputs go to the run folder, or a scratch folder when none was given
+            # (the engine fsyncs its output file, which /dev/null does not support)
+            out_file = (out_dir or scratch) / f"outputs-{tag}.jsonl"
             progress(f"[{i}/{total}] engine {text} on {wl.label} ({len(items)} requests, "
                      f"{c_p.world_size} rank(s))...")
             config = _engine_config(
                 c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=None, kv_cache_bytes=None,
                 host_kv_blocks=None, dtype="float32", device="cpu", seed=seed, timeout_s=timeout_s,
                 eos_token_ids=tuple(sorted(tok.eos_token_ids)), output=str(out_file),
-                errors_output=str(out_file) + ".errors" if out_dir is not None else "/dev/null",
+                errors_output=str(out_file) + ".errors",
                 append=False, progress=False, fault=None, return_token_ids=True)
             t0 = time.perf_counter()
             res = None

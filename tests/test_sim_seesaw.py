@@ -153,3 +153,15 @@ def test_interconnect_bandwidth_sweep():
         winners[factor] = parse_parallel(max(tput, key=tput.get))
     assert winners[0.1].pp > winners[0.1].tp
     assert winners[50].tp > winners[50].pp
+
+
+@pytest.mark.slow
+def test_eviction_at_switch_back_falls_back_to_recompute_when_host_fills():
+    """Decodes draining after the decision to switch back can cross a block boundary, so the
+    eviction no longer fits the host pool; those sequences are recomputed instead (regression:
+    an allocation assertion with LLaMA2-70B, 8xL4, 24 GiB pool, the paper's switch-back rule)."""
+    reqs = load_workload("sharegpt", num_requests=2000, seed=0)
+    r = _run("llama2-70b", load_node("8xl4"), "P8->T4P2", reqs, host_kv_bytes=24 * 2**30,
+             decode_low_watermark=1.0)
+    assert r.total_output_tokens == sum(q.output_len for q in reqs)
+    assert r.extra["num_transitions"] > 10

@@ -152,8 +152,9 @@ class SeesawScheduler(VllmScheduler):
                 return None                      # drain the decodes in flight
             if self.running and not self.same_layout:
                 for seq in list(self.running.values()):
-                    self._swap_out_now(seq)
-                return self._launch(SwapOut(replica=self.replica, seqs=self._pop_offload()))
+                    self._preempt(seq)               # to the host pool, or recompute if it is full
+                if self.to_offload:
+                    return self._launch(SwapOut(replica=self.replica, seqs=self._pop_offload()))
             return self._maybe_reshard(PREFILL, self._leave_reason)
         return self._forward(self._schedule_decode())
 
@@ -265,9 +266,15 @@ class SeesawScheduler(VllmScheduler):
         self.to_offload.append(seq)
 
     def _preempt(self, seq: Sequence) -> None:
+        """Evict ``seq`` from the device: to the host pool when it has room, else by recompute.
+
+        The room is checked per sequence at eviction time: decodes that drained after the
+        decision to switch back may have crossed a block boundary.
+        """
         if self.mode == DECODE and self.host.can_allocate(blocks_for(seq.num_tokens, self.block_size)):
-            seq.num_preemptions += 1
-            self.num_preemptions += 1
+            if not self.leaving_decode:
+                seq.num_preemptions += 1
+                self.num_preemptions += 1
             self._swap_out_now(seq)
         else:
             super()._preempt(seq)
