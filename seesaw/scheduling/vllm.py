@@ -157,20 +157,27 @@ class VllmScheduler:
     def _schedule_prefill(self) -> Prefill | None:
         seqs: list[Sequence] = []
         counts: list[int] = []
-        budget = self.max_num_batched_tokens
-        while self.waiting and len(seqs) < self.max_num_seqs and len(self.running) < self._seq_cap():
+        self._admit_waiting(seqs, counts, self.max_num_batched_tokens, chunked=False)
+        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts) if seqs else None
+
+    def _admit_waiting(self, seqs: list[Sequence], counts: list[int], budget: int, *, chunked: bool) -> int:
+        """Admit waiting requests first-come first-served into this step; return the budget left.
+
+        Whole prompts without chunking; with it, the last admission may be a chunk. Stops at the
+        token budget, the batch cap, or when blocks run out (above the watermark).
+        """
+        while (self.waiting and budget > 0 and len(seqs) < self.max_num_seqs
+               and len(self.running) < self._seq_cap()):
             seq = self.waiting[0]
-            n = seq.num_new_tokens
-            if n > budget:
-                break
-            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self._reserve()):
+            n = min(seq.num_new_tokens, budget) if chunked else seq.num_new_tokens
+            if n > budget or not self.blocks.can_allocate(blocks_for(n, self.block_size), self._reserve()):
                 break
             self.waiting.popleft()
             self._admit(seq, n)
             seqs.append(seq)
             counts.append(n)
             budget -= n
-        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts) if seqs else None
+        return budget
 
     def _take_decodes(self, limit: int) -> list[Sequence]:
         """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out."""
@@ -246,20 +253,9 @@ class VllmScheduler:
             budget -= n
             n_prefill += 1
         # new admissions
-        while (
-            self.waiting and budget > 0 and len(seqs) < self.max_num_seqs
-            and len(self.running) < self._seq_cap()
-        ):
-            seq = self.waiting[0]
-            n = min(seq.num_new_tokens, budget)
-            if not self.blocks.can_allocate(blocks_for(n, self.block_size), self._reserve()):
-                break
-            self.waiting.popleft()
-            self._admit(seq, n)
-            seqs.append(seq)
-            counts.append(n)
-            budget -= n
-            n_prefill += 1
+        before = len(seqs)
+        budget = self._admit_waiting(seqs, counts, budget, chunked=True)
+        n_prefill += len(seqs) - before
         if not seqs:
             return None
         cls = Mixed if decodes and n_prefill else (Decode if decodes else Prefill)
