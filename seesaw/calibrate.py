@@ -180,7 +180,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                 host_kv_blocks=None, dtype="float32", device="cpu", seed=seed, timeout_s=timeout_s,
                 eos_token_ids=tuple(sorted(tok.eos_token_ids)), output=str(out_file),
                 errors_output=str(out_file) + ".errors",
-                append=False, progress=False, fault=None, return_token_ids=True)
+                append=False, progress=False, fault=None, return_token_ids=True,
+                step_trace=str(out_dir / f"steps-{tag}.jsonl") if out_dir is not None else "")
             t0 = time.perf_counter()
             res = None
             for _ in range(max(1, repeat)):

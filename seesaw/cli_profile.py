@@ -44,7 +44,7 @@ def profile_command(
     quick: bool = typer.Option(False, "--quick", help="a small grid that takes seconds (CI)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per rank (the engine's ranks use 1)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (the engine's CPU default: float32)"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point (median kept)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point (mean kept)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Time the engine's linear layers, attention, collectives, copies and step overhead over a grid
@@ -81,9 +81,9 @@ def profile_command(
         f"command: {command}\n"
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
-        f"Every time is the median of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py);\n"
+        f"Every time is the mean of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py);\n"
         f"Layer tables: timed inside {max(3, prof.repeats // 5)} forward passes per point, one sample per layer; "
-        f"step_overhead: the difference of two whole driver runs, median of {max(3, prof.repeats // 5)} each.\n"
+        f"step_overhead: the difference of two whole driver runs, mean of {max(3, prof.repeats // 5)} each.\n"
         f"Mean 1-minute load average while measuring: {prof.load_average} on {prof.cpu_count} CPUs "
         "(shared machine; this run's ranks included).\n"
         "Schema: seesaw.specs.MeasuredProfile; used by simulator.cost.CostModel(model, node, measured=...)."

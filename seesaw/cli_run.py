@@ -115,6 +115,9 @@ def run(
     resume: bool = typer.Option(False, "--resume", help="skip requests already in the output file"),
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="collective/step timeout in seconds"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    step_trace: Optional[Path] = typer.Option(None, "--step-trace",
+                                              help="write one JSON line per engine step here (launch and "
+                                                   "completion times, sequences and their new tokens)"),
 ) -> None:
     """Run a batch of requests through the engine; print vLLM-style throughput."""
     from seesaw.autotune import load_plan
@@ -190,7 +193,8 @@ def run(
         kv_cache_bytes=None if kv_cache_gib is None else kv_cache_gib * 1024**3, host_kv_blocks=host_kv_blocks,
         dtype=dtype, device=device, seed=seed, timeout_s=timeout_s,
         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)), output=str(output), errors_output=str(err_file),
-        append=resume, progress=sys.stderr.isatty(), fault=_fault_from_env())
+        append=resume, progress=sys.stderr.isatty(), fault=_fault_from_env(),
+        step_trace=str(step_trace) if step_trace else "")
     if config.seesaw:
         from seesaw.engine.seesaw_driver import host_blocks_for
 

@@ -24,11 +24,18 @@ enough to exceed it twice), so weights and KV come from memory as they do in the
 Method: ``dist.spawn`` starts ``ranks`` processes once (gloo on CPU, NCCL on CUDA, each with
 ``threads`` torch threads, as the engine's ranks run). A (model, TP) group is measured on TP ranks
 at once, as the engine runs them -- on a CPU they share the cores -- each rank timing its own
-shard, and the slowest rank's median kept. Samples are taken in sweeps over a table's grid
+shard, and the slowest rank's mean kept. Samples are taken in sweeps over a table's grid
 points in shuffled order, so load from other processes on a shared machine spreads over the table
 instead of spoiling a few points; ``repeats`` samples per point (a fifth as many forward passes
-and driver runs, each forward pass giving one sample per layer). The files keep the raw medians;
-``simulator.cost`` makes them monotone. This module drives the engine, so it imports torch;
+and driver runs, each forward pass giving one sample per layer). The files keep the raw means;
+``simulator.cost`` makes them monotone.
+
+Why means, not medians: an engine step is a sum of calls, so its expected time is the sum of the
+calls' means. Where calls have a long tail the two differ a lot: a gloo all-reduce between two
+ranks on this 2-core machine has a median of ~0.6 ms but a mean of ~1.3-1.6 ms (p90 ~4 ms: the
+wake-ups of the waiting rank), and a profile of medians under-predicted TP steps by ~40%.
+
+This module drives the engine, so it imports torch;
 ``seesaw.cli_profile`` imports it lazily.
 """
 
@@ -68,6 +75,11 @@ _BLOCK_SIZE = 16  # the engine's default KV block (ModelRunner, run_layout)
 _STEP_PROMPT = 127  # prompt tokens of the requests that time the engine's step overhead
 _STEP_FEW = 2  # output tokens of the shorter of its two runs
 _COLD_FACTOR = 2  # cycle through at least this many last-level caches' worth of weights / KV
+
+
+def _center(samples: list[float]) -> float:
+    """The figure a table keeps of a point's samples: their mean (see the module docstring)."""
+    return statistics.fmean(samples)
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -287,7 +299,7 @@ class _Rank:
                 self.sync()
                 samples[i].append((time.perf_counter() - start) / n)
             self.tick(len(fns))
-        return [statistics.median(x) for x in samples]
+        return [_center(x) for x in samples]
 
     def slowest(self, times: list[float], ranks: int) -> list[float]:
         """Element-wise maximum of ``times`` over ranks 0..ranks-1."""
@@ -381,7 +393,9 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     logits rows time the LM head). The shard keeps as many layers as the engine would stream
     through the last-level cache (all of them, or enough to exceed it twice over) so calls
     see the cache as the engine's do. ``layer_misc`` = layer - its GEMMs and attention - the
-    timers' own cost. Each call is a sample (layers x forward passes); the median is kept.
+    timers' own cost. Each call is a sample (layers x forward passes); their mean is kept. At TP
+    > 1 the forward pass runs the engine's all-reduces and logits gather between the TP ranks
+    (``tp_all_reduce``, ``tp_all_gather``), which layer and embedding times exclude.
     """
     a, g = task.args, r.grid
     spec, tp = a["model"], task.ranks
@@ -390,7 +404,8 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     layer_bytes = (k_in * k_out + a["gemms"]["o"][0] * k_in + k_in * k2 + k2 // 2 * k_in) * _itemsize(r.dtype)
     layers = r.copies(layer_bytes, spec.num_hidden_layers)
     shard = Shard(spec.num_hidden_layers, 0, layers, t_rank, tp, 0, 1)  # first and last stage
-    model = _init_(LlamaShard(spec, shard, LocalComm(), dtype=r.dtype, device=r.device))
+    comm = _TPComm(r.groups[tp], tp) if tp > 1 else LocalComm()
+    model = _init_(LlamaShard(spec, shard, comm, dtype=r.dtype, device=r.device))
 
     points = ([("tokens", n, n) for n in g.tokens]
               + [("prefill", q, c) for q, c in _attention_points(g.prefill_tokens, g.prefill_context)]
@@ -414,6 +429,9 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
                          ("gate_up", layer.mlp.gate_up_proj), ("down", layer.mlp.down_proj)):
             mod.forward = probe.wrap(key, mod.forward)
     model.lm_head.forward = probe.wrap("head", model.lm_head.forward)
+    if tp > 1:  # the collectives where the engine calls them, between the ranks' real compute
+        comm.all_reduce = probe.wrap("ar", comm.all_reduce)
+        comm.all_gather = probe.wrap("gather", comm.all_gather)
     model.embed = probe.wrap("embed", model.embed)
     model.rope = probe.wrap("rope", model.rope)
 
@@ -440,21 +458,43 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     rec = probe.records
 
     def med(i: int, key: str) -> float:
-        return statistics.median(rec[(i, key)])
+        return _center(rec[(i, key)])
+
+    def all_reduces(i: int) -> tuple[list[float], list[float]]:
+        """Point ``i``'s all-reduces (TP): the embedding's, one per forward pass, and the
+        layers', two per layer in call order (attention, MLP); none at TP 1."""
+        ars = rec.get((i, "ar"), [])
+        if not ars:
+            n = len(rec[(i, "embed")])
+            return [0.0] * n, [0.0] * (2 * n * layers)
+        per = 1 + 2 * layers
+        assert len(ars) % per == 0, (len(ars), per)
+        return ars[::per], [a for f in range(0, len(ars), per) for a in ars[f + 1:f + per]]
 
     tok = [i for i, p in enumerate(points) if p[0] == "tokens"]
     values: list[float] = []  # every figure, then one element-wise max over the TP ranks
     for key in ("qkv", "o", "gate_up", "down"):
         values += [med(i, key) for i in tok]
+    timers = 5 if tp == 1 else 7  # wrapped calls inside a layer: 4 GEMMs, attention (+ 2 all-reduces)
     for i in tok:
-        parts = zip(rec[(i, "layer")], *(rec[(i, k)] for k in ("qkv", "o", "gate_up", "down", "attn")))
-        values.append(statistics.median([max(1e-9, lay - sum(ops) - 5 * overhead) for lay, *ops in parts]))
-    values += [statistics.median([e + q for e, q in zip(rec[(i, "embed")], rec[(i, "rope")])]) for i in tok]
+        layer_ar = all_reduces(i)[1]
+        ar_pairs = [a + b for a, b in zip(layer_ar[::2], layer_ar[1::2])]
+        parts = zip(rec[(i, "layer")], ar_pairs, *(rec[(i, k)] for k in ("qkv", "o", "gate_up", "down", "attn")))
+        values.append(_center([max(1e-9, lay - sum(ops) - timers * overhead) for lay, *ops in parts]))
+    for i in tok:
+        embed_ar = all_reduces(i)[0]
+        over = overhead if tp > 1 else 0.0
+        values.append(_center([max(1e-9, e - a - over + q) for e, a, q in
+                                         zip(rec[(i, "embed")], embed_ar, rec[(i, "rope")])]))
     attn = {p[:3]: med(i, "attn") for i, p in enumerate(points) if p[0] != "tokens"}
     values += list(attn.values())
-    head = [statistics.median([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
+    head = [_center([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
                                for v in rec[(i, "head")]]) for b in g.decode_batch]
     values += head
+    if tp > 1:
+        values += [_center(sum(all_reduces(i), [])) for i in tok]
+        values += [_center([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
+                                      for v in rec[(i, "gather")]]) for b in g.decode_batch]
     values = iter(r.slowest(values, task.ranks))
 
     out = []
@@ -475,7 +515,29 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
                                       sizes=list(sizes), context_tokens=list(context), time_s=grid)))
     out.insert(4, ("ops", dict(op="linear", dims=list(gemms["head"]), ranks=tp, tokens=list(g.decode_batch),
                                time_s=[next(values) for _ in g.decode_batch])))
+    if tp > 1:
+        out.append(("ops", dict(op="tp_all_reduce", dims=[spec.hidden_size], ranks=tp, tokens=rows,
+                                time_s=[max(1e-9, next(values) - overhead) for _ in rows])))
+        out.append(("ops", dict(op="tp_all_gather", dims=[gemms["head"][1]], ranks=tp, tokens=list(g.decode_batch),
+                                time_s=[max(1e-9, next(values) - overhead) for _ in g.decode_batch])))
     return out
+
+
+class _TPComm(LocalComm):
+    """The engine's TP collectives (``dist.TorchComm.all_reduce`` / ``all_gather``) over the
+    profiling group of TP ranks, so a forward pass runs and times them where the engine does."""
+
+    def __init__(self, group, tp: int):
+        self.group, self.tp_size = group, tp
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(self.tp_size)]
+        dist.all_gather(parts, x.contiguous(), group=self.group)
+        return torch.cat(parts, dim=-1)
 
 
 class _LogitsStub(nn.Module):
@@ -718,7 +780,7 @@ def profile(
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command,
         wall_time_s=round(wall_s, 1), repeats=grid.repeats,
         load_average=round(statistics.mean(loads), 2) if loads else None,
-        source=f"seesaw profile on {platform.node() or 'this machine'}; medians of {grid.repeats} repeats",
+        source=f"seesaw profile on {platform.node() or 'this machine'}; means of {grid.repeats} repeats",
         **{k: tuple(v) for k, v in tables.items()},
     )
 

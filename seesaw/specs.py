@@ -444,7 +444,7 @@ class Plan(Spec):
 # --------------------------------------------------------------------------------------------
 # Measured profiles (``profiles/measured/*.yaml``, written by ``seesaw profile``)
 #
-# Tables of median times of the engine's own pieces on one machine. A grid axis is a strictly
+# Tables of mean times of the engine's own pieces on one machine. A grid axis is a strictly
 # increasing tuple of positive sizes; ``simulator.cost`` interpolates log-log between grid points.
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -460,16 +460,20 @@ def _check_axis(name: str, axis: tuple) -> None:
 class OpTable(Spec):
     """Seconds of one operator of one rank by the number of token rows it processes."""
 
-    op: Literal["linear", "layer_misc", "embed_rope"] = Field(
-        description="linear: one GEMM (x @ W.T); layer_misc: a decoder layer minus its GEMMs and "
-        "attention (RMSNorms, RoPE, SiLU x up, residual adds); embed_rope: the embedding lookup "
-        "(vocab-parallel under TP, before its all-reduce) plus the step's RoPE cos/sin")
+    op: Literal["linear", "layer_misc", "embed_rope", "tp_all_reduce", "tp_all_gather"] = Field(
+        description="linear: one GEMM (x @ W.T); layer_misc: a decoder layer minus its GEMMs, "
+        "attention and all-reduces (RMSNorms, RoPE, SiLU x up, residual adds); embed_rope: the "
+        "embedding lookup (vocab-parallel under TP, before its all-reduce) plus the step's RoPE "
+        "cos/sin; tp_all_reduce: one all-reduce of [tokens, hidden] inside a forward pass, timed "
+        "where the engine calls it (TP ranks computing between calls); tp_all_gather: the LM "
+        "head's logits gather of ``tokens`` rows inside a forward pass")
     dims: tuple[int, ...] = Field(
         description="linear: (in_features, out_features); layer_misc: (hidden_size, q_size, kv_size, "
-        "intermediate_size) per rank; embed_rope: (hidden_size, head_dim, vocab rows per rank)")
+        "intermediate_size) per rank; embed_rope: (hidden_size, head_dim, vocab rows per rank); "
+        "tp_all_reduce: (hidden_size,); tp_all_gather: (vocab rows per rank,)")
     ranks: int = Field(default=1, gt=0, description="ranks running it at once while measured (TP degree)")
     tokens: tuple[Annotated[int, Field(gt=0)], ...] = Field(description="rows (tokens) grid")
-    time_s: tuple[Annotated[float, Field(gt=0)], ...] = Field(description="median seconds per call")
+    time_s: tuple[Annotated[float, Field(gt=0)], ...] = Field(description="mean seconds per call")
 
     @model_validator(mode="after")
     def _check(self) -> "OpTable":
@@ -496,7 +500,7 @@ class AttentionTable(Spec):
         "stands for the whole-prompt case, context = query tokens); decode: context summed over the "
         "batch (a value below the batch stands for one token each)")
     time_s: tuple[tuple[Annotated[float, Field(gt=0)], ...], ...] = Field(
-        description="[sizes][context_tokens] median seconds per call")
+        description="[sizes][context_tokens] mean seconds per call")
 
     @model_validator(mode="after")
     def _check(self) -> "AttentionTable":
@@ -557,7 +561,7 @@ class StepTable(Spec):
 
 
 class MeasuredProfile(Spec):
-    """Median times of the engine's pieces measured on one machine (``seesaw profile``).
+    """Mean times of the engine's pieces measured on one machine (``seesaw profile``).
 
     ``simulator.cost.CostModel(model, node, measured=profile)`` uses a table wherever one matches
     and the roofline of ``node`` elsewhere; ``seesaw.catalog.measured_node(profile)`` builds that
@@ -576,7 +580,7 @@ class MeasuredProfile(Spec):
     date: str = Field(description="ISO date and time of the measurement")
     command: str = ""
     wall_time_s: float = Field(default=0.0, ge=0, description="how long the measurement took")
-    repeats: int = Field(default=1, gt=0, description="timed repeats per grid point (median kept)")
+    repeats: int = Field(default=1, gt=0, description="timed repeats per grid point (mean kept)")
     load_average: float | None = Field(
         default=None, ge=0, description="mean 1-minute load average of the host while measuring "
         "(the measuring ranks included): how busy a shared machine was")

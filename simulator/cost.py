@@ -146,7 +146,7 @@ def _running_max(values: Sequence[float]) -> list[float]:
 
 
 def _isotonic(values: Sequence[float]) -> list[float]:
-    """Closest non-decreasing sequence in least squares (pool adjacent violators): noisy medians
+    """Closest non-decreasing sequence in least squares (pool adjacent violators): noisy means
     become monotone without one outlier lifting everything after it; monotone input is kept."""
     blocks: list[list[float]] = []  # [sum, count]
     for v in values:
@@ -172,7 +172,7 @@ def _locate(log_axis: list[float], lx: float) -> tuple[int, float]:
 class Curve:
     """Time by size from a measured table: linear interpolation of log time over log size.
 
-    Noisy medians are made non-decreasing first (isotonic regression), so the curve is monotone.
+    Noisy means are made non-decreasing first (isotonic regression), so the curve is monotone.
     Below the smallest size the time is the smallest one (a latency floor); above the largest
     it grows in proportion to the size (every table here becomes throughput bound: GEMM rows,
     bytes, context tokens), which keeps it monotone and continuous.
@@ -262,6 +262,11 @@ class _Tables:
     def op(self, op: str, dims: tuple[float, ...], ranks: int = 1) -> Curve | None:
         return self._nearest(self._ops.get((op, tuple(int(round(d)) for d in dims))), ranks)
 
+    def op_exact(self, op: str, dims: tuple[float, ...], ranks: int) -> Curve | None:
+        """An op table measured under exactly ``ranks`` ranks (collectives), else None."""
+        found = self._ops.get((op, tuple(int(round(d)) for d in dims))) or []
+        return next((c for k, c in found if k == ranks), None)
+
     def attention(self, kind: str, heads: float, kv_heads: int, head_dim: int, ranks: int) -> Surface | None:
         return self._nearest(self._attn.get((kind, int(round(heads)), kv_heads, head_dim)), ranks)
 
@@ -290,14 +295,19 @@ class _MeasuredStage:
     embed: Curve | None  # embedding + RoPE tables (first stage), by tokens
     prefill: Surface | None  # one layer, one sequence: (query tokens, context)
     decode: Surface | None  # one layer: (sequences, context summed over them)
-    allreduce: Curve | None  # TP all-reduce by bytes
+    allreduce: Curve | None  # TP all-reduce by bytes (measured alone)
     num_allreduce: int  # per step: two per layer, one after the embedding
     head: Curve | None  # LM head GEMM by rows (last stage)
-    gather: Curve | None  # logits all-gather by per-rank bytes (last stage, tp > 1)
+    gather: Curve | None  # logits all-gather by per-rank bytes (last stage, tp > 1; measured alone)
     reply: Curve | None  # sampled ids from the sampling rank back to the driver (pp or dp > 1)
     control_s: float  # the driver's step message to the replica's ranks (first stage)
     step: Curve | None  # engine step outside the model, by sequences
     head_cols: int  # LM head rows per rank (vocab padded to a multiple of tp)
+    # the same collectives timed inside forward passes (``tp_all_reduce`` by tokens,
+    # ``tp_all_gather`` by rows); preferred where measured: they carry the wait for the other
+    # ranks and the wake-ups that a loop of back-to-back calls does not
+    allreduce_in_place: Curve | None = None
+    gather_in_place: Curve | None = None
 
 
 @dataclass(slots=True)
@@ -479,6 +489,8 @@ class CostModel:
             control_s=self._control_s(layout) if first else 0.0,
             step=tb.step(m.vocab_size),
             head_cols=cols,
+            allreduce_in_place=tb.op_exact("tp_all_reduce", (h,), tp) if tp > 1 else None,
+            gather_in_place=tb.op_exact("tp_all_gather", (cols,), tp) if last and tp > 1 else None,
         )
 
     # ---------------------------------------------------------------------------------------
@@ -601,7 +613,9 @@ class CostModel:
                 lin += c.layers * self.gemm_time_s(n, k_in, k_out, measured=False)
             if m.embed is not None:
                 lin += m.embed(n)
-            if m.allreduce is not None:
+            if m.allreduce_in_place is not None:
+                comm += m.num_allreduce * m.allreduce_in_place(n)
+            elif m.allreduce is not None:
                 comm += m.num_allreduce * m.allreduce(n * self.model.hidden_size * B)
             else:
                 comm += c.ar_s_per_token * n + c.ar_fixed_s
@@ -621,7 +635,9 @@ class CostModel:
         if rows:
             h = self.model.hidden_size
             lin += m.head(rows) if m.head is not None else self.gemm_time_s(rows, h, m.head_cols, measured=False)
-            if m.gather is not None:
+            if m.gather_in_place is not None:
+                comm += m.gather_in_place(rows)
+            elif m.gather is not None:
                 comm += m.gather(rows * m.head_cols * B)
             else:
                 comm += c.head_gather_s_per_row * rows + c.head_gather_fixed_s

@@ -262,6 +262,23 @@ def test_cli_length_workload_runs_synthetic_prompts(ckpt, tmp_path, capsys):
     assert summary["total_output_tokens"] == 20 and summary["total_num_tokens"] == 4 * 17  # EOS ignored
 
 
+def test_cli_step_trace_records_every_step(ckpt, tmp_path, capsys):
+    trace = tmp_path / "steps.jsonl"
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", "constant", "--num-requests", 4,
+                         "--input-len", 12, "--output-len", 5, "--output", tmp_path / "o.jsonl", "--layout", "P2",
+                         "--num-ranks", 2, "--max-num-seqs", 2, "--step-trace", trace, "--json")
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])
+    recs = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(recs) == summary["num_steps"]
+    assert {r["kind"] for r in recs} == {"prefill", "decode"}
+    assert all(0 <= r["launch_s"] < r["done_s"] <= summary["elapsed_time"] for r in recs)
+    # every sequence's new tokens: 12 prompt tokens, then 4 decode steps of one token each
+    assert sum(n for r in recs for _, n, _ in r["seqs"]) == 4 * 12 + 4 * 4
+    assert sum(sampled for r in recs for _, _, sampled in r["seqs"]) == 4 * 5
+    assert max(r["in_flight"] for r in recs) == 2  # two micro-batches in flight under P2
+
+
 def _bad(tmp_path, **kw):
     return make_checkpoint(tmp_path / "bad", **kw)
 

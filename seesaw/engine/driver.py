@@ -123,6 +123,7 @@ class _Flight:
     entries: list
     result: torch.Tensor | None = None
     work: object = None
+    t_launch: float = 0.0
 
 
 class _PhaseClock:
@@ -186,6 +187,7 @@ class Driver:
         self.output_ids: dict[str, list[int]] = {}
         self.num_steps = 0
         self.writer: OutputWriter | None = None
+        self.trace: list[dict] | None = [] if config.step_trace else None  # see write_trace
         self._t0 = self._t_end = 0.0
         reqs = [_Req(str(sid), it.prompt_len, it.max_tokens) for sid, it in enumerate(items)]
         for d, bucket in enumerate(split_across_replicas(reqs, L.dp)):
@@ -229,7 +231,22 @@ class Driver:
         finally:
             if self.writer is not None:
                 self.writer.close()
+            self.write_trace()
         return self.summary()
+
+    def write_trace(self) -> None:
+        """``config.step_trace``: one JSON line per completed forward step, times in seconds since
+        the run started on rank 0's clock: ``launch_s`` (message sent), ``done_s`` (sampled
+        tokens back), ``in_flight`` (forwards of the replica in flight then, this one included), and
+        ``seqs``: ``[start, new_tokens, sampled]`` per sequence (what ``seesaw calibrate
+        --step-trace`` compares with the cost model step by step)."""
+        if self.trace is None:
+            return
+        import json
+
+        with open(self.config.step_trace, "w") as f:
+            for rec in self.trace:
+                f.write(json.dumps(rec) + "\n")
 
     def _saved_note(self) -> str:
         where = f" in {self.config.output}" if self.config.output else ""
@@ -303,8 +320,8 @@ class Driver:
         k = self.num_sent[d]
         msg = self._message(d, "forward", step=k, seqs=entries)
         self._before_send(d, msg)
-        flight = _Flight(d, step, k, entries)
-        self.clocks[d].start(step.kind, time.perf_counter())
+        flight = _Flight(d, step, k, entries, t_launch=time.perf_counter())
+        self.clocks[d].start(step.kind, flight.t_launch)
         self.num_sent[d] += 1
         self.num_steps += 1
         self.num_inflight[d] += 1
@@ -343,6 +360,11 @@ class Driver:
                 raise EngineError(f"{who} failed before returning step {flight.k}: {_reason(e)}") from None
         now = time.perf_counter()
         self.clocks[d].end(flight.step.kind, now)
+        if self.trace is not None:
+            self.trace.append({"replica": d, "step": flight.k, "kind": flight.step.kind,
+                               "launch_s": flight.t_launch - self._t0, "done_s": now - self._t0,
+                               "in_flight": self.num_inflight[d],
+                               "seqs": [[e[1], len(e[2]), int(e[4])] for e in flight.entries]})
         self.num_inflight[d] -= 1
         tokens = flight.result.tolist()
         stopped = []

@@ -416,6 +416,9 @@ class SeesawDriver(Driver):
         t1 = time.perf_counter()
         self.clocks[d].end("reshard", t1)
         ranks = [r for r in ranks or () if r is not None]
+        if self.trace is not None:
+            self.trace.append({"replica": d, "kind": "reshard", "src": str(step.src), "dst": str(step.dst),
+                               "launch_s": t0 - self._t0, "done_s": t1 - self._t0})
         self.reshard_log.append({
             "replica": d, "src": str(step.src), "dst": str(step.dst), "wall_s": round(t1 - t0, 6),
             "rank_s": [round(r["reshard_s"], 6) for r in ranks],

@@ -70,6 +70,7 @@ class EngineConfig:
     progress: bool = False
     fault: dict | None = None              # test hook: {"rank", "after_steps", "action": exit|hang}
     return_token_ids: bool = False         # add {custom_id: output token ids} to the result
+    step_trace: str = ""                   # JSONL file: one record per forward step (rank 0's clock)
     # Seesaw
     decode_layout: ParallelConfig | None = None
     host_kv_bytes: float | None = None     # host KV pool of the whole run (split over DP replicas)
