@@ -7,7 +7,7 @@ Prints the table, the median and worst absolute relative error of total tokens/s
 object. The machine's load average is printed too: the profile was measured at one load, and
 timing on a shared box moves with it.
 
-    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 16] [-r 3] [-o bench-calibrate]
+    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 32] [-r 3] [-o bench-calibrate]
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu-2core")
     ap.add_argument("--layouts", default="T2,P2,P2->T2")
     ap.add_argument("--workloads", default="constant:256/8,constant:16/128")
-    ap.add_argument("-n", "--num-requests", type=int, default=16)
-    ap.add_argument("-r", "--repeat", type=int, default=3, help="engine runs per pair, fastest kept")
+    ap.add_argument("-n", "--num-requests", type=int, default=32)
+    ap.add_argument("-r", "--repeat", type=int, default=3, help="engine runs per pair, median kept")
     ap.add_argument("-o", "--output-dir", default="bench-calibrate")
     args = ap.parse_args()
 

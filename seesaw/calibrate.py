@@ -122,8 +122,10 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
               block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, progress=_say) -> list[Row]:
     """Run every (layout, workload) pair through the engine and the simulator; rows in that order.
 
-    ``repeat`` > 1 runs the engine that many times per pair and keeps the fastest run (the one
-    least disturbed by other load on a shared machine)."""
+    ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
+    the profile's tables are means that include the machine's slow calls (long-tailed wake-ups),
+    so the fastest run would be biased against them. With an output folder, each pair's engine
+    steps go to ``steps-<layout>_<workload>.jsonl`` (``--step-trace``; the last run's)."""
     from seesaw import catalog
     from seesaw.cli_run import _engine_config, _model_name, _parse_layout, _resolve
     from seesaw.engine.batch_io import prepare_requests
@@ -183,11 +185,9 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                 append=False, progress=False, fault=None, return_token_ids=True,
                 step_trace=str(out_dir / f"steps-{tag}.jsonl") if out_dir is not None else "")
             t0 = time.perf_counter()
-            res = None
-            for _ in range(max(1, repeat)):
-                r = run_batch(store, items, config)
-                if res is None or r["tokens_per_second"] > res["tokens_per_second"]:
-                    res = r
+            runs = sorted((run_batch(store, items, config) for _ in range(max(1, repeat))),
+                          key=lambda r: r["tokens_per_second"])
+            res = runs[(len(runs) - 1) // 2]  # the median run (the lower middle one of an even count)
             wall = time.perf_counter() - t0
             ids = res.get("output_token_ids") or {}
             reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len,
@@ -209,7 +209,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                       measured_phases={k: float(v) for k, v in res["time_by_phase"].items()},
                       predicted_phases={k: float(v) for k, v in sim.time_by_phase.items()})
             rows.append(row)
-            progress(f"[{i}/{total}]   measured {row.measured_tok_s:,.1f} tok/s{' (best of %d)' % repeat if repeat > 1 else ''}, predicted "
+            progress(f"[{i}/{total}]   measured {row.measured_tok_s:,.1f} tok/s{' (median of %d)' % repeat if repeat > 1 else ''}, predicted "
                      f"{row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%), wall {wall:.1f}s")
     return rows
 

@@ -32,7 +32,7 @@ def calibrate_cmd(
     output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o",
                                     help="folder for calibration.csv, calibration.png, summary.json"),
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),
-    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair; the fastest is kept (noisy machines)"),
+    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair; the median run is kept (noisy machines)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""

@@ -128,6 +128,7 @@ class Grid:
     bcast_bytes: tuple[int, ...] = _pow(8, 8 * 4096, 8)  # int64 sampled ids .. the driver's message
     copy_bytes: tuple[int, ...] = _pow(4096, 4096 * 4**8, 4)  # 4 KiB .. 256 MiB
     step_seqs: tuple[int, ...] = _pow(1, 256, 4)
+    busy: tuple[int, ...] = (2,)  # also time TP-1 forward passes and driver steps on this many ranks at once
     repeats: int = 15  # timed samples per point (forward passes and driver runs: a fifth)
     warmup: int = 2
     min_repeat_s: float = 2e-3
@@ -204,9 +205,17 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
             points = (len(grid.tokens) + len(_attention_points(grid.prefill_tokens, grid.prefill_context))
                       + len(_attention_points(grid.decode_batch, grid.decode_context)))
             tasks.append(Task("forward", tp, points, dict(model=spec, tp=tp, **shard_keys(spec, tp))))
-        if ("step", spec.vocab_size) not in seen:
-            seen.add(("step", spec.vocab_size))
-            tasks.append(Task("step", 1, 2 * len(grid.step_seqs), dict(model=spec)))
+        if _valid_tp(spec, 1):
+            # TP-1 shards on several ranks at once (no collectives between them): pipeline stages
+            # and DP replicas share the machine's cores and memory bandwidth with each other
+            for busy in grid.busy:
+                if 1 < busy <= ranks and (spec.name, "busy", busy) not in seen:
+                    seen.add((spec.name, "busy", busy))
+                    tasks.append(Task("forward", busy, points, dict(model=spec, tp=1, **shard_keys(spec, 1))))
+        for busy in (1, *grid.busy):
+            if busy <= ranks and ("step", spec.vocab_size, busy) not in seen:
+                seen.add(("step", spec.vocab_size, busy))
+                tasks.append(Task("step", busy, 2 * len(grid.step_seqs), dict(model=spec)))
     if device == "cuda" or ranks > 1:
         for k in range(2, ranks + 1):
             for op in ("all_reduce", "all_gather"):
@@ -398,7 +407,7 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     (``tp_all_reduce``, ``tp_all_gather``), which layer and embedding times exclude.
     """
     a, g = task.args, r.grid
-    spec, tp = a["model"], task.ranks
+    spec, tp, busy = a["model"], a["tp"], task.ranks  # busy: ranks running forward passes at once
     t_rank = r.rank % tp
     (k_in, k_out), (_, k2) = a["gemms"]["qkv"], a["gemms"]["gate_up"]
     layer_bytes = (k_in * k_out + a["gemms"]["o"][0] * k_in + k_in * k2 + k2 // 2 * k_in) * _itemsize(r.dtype)
@@ -500,20 +509,20 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     out = []
     gemms, rows = a["gemms"], list(g.tokens)
     for key in ("qkv", "o", "gate_up", "down"):
-        out.append(("ops", dict(op="linear", dims=list(gemms[key]), ranks=tp, tokens=rows,
+        out.append(("ops", dict(op="linear", dims=list(gemms[key]), ranks=busy, tokens=rows,
                                 time_s=[next(values) for _ in rows])))
-    out.append(("ops", dict(op="layer_misc", dims=list(a["misc"]), ranks=tp, tokens=rows,
+    out.append(("ops", dict(op="layer_misc", dims=list(a["misc"]), ranks=busy, tokens=rows,
                             time_s=[next(values) for _ in rows])))
-    out.append(("ops", dict(op="embed_rope", dims=list(a["embed"]), ranks=tp, tokens=rows,
+    out.append(("ops", dict(op="embed_rope", dims=list(a["embed"]), ranks=busy, tokens=rows,
                             time_s=[next(values) for _ in rows])))
     attn = {key: next(values) for key in attn}
     hq, hkv, d = a["heads"]
     for kind, sizes, context in (("prefill", g.prefill_tokens, g.prefill_context),
                                  ("decode", g.decode_batch, g.decode_context)):
         grid = [[attn[(kind, s, max(s, c))] for c in context] for s in sizes]
-        out.append(("attention", dict(kind=kind, num_heads=hq, num_kv_heads=hkv, head_dim=d, ranks=tp,
+        out.append(("attention", dict(kind=kind, num_heads=hq, num_kv_heads=hkv, head_dim=d, ranks=busy,
                                       sizes=list(sizes), context_tokens=list(context), time_s=grid)))
-    out.insert(4, ("ops", dict(op="linear", dims=list(gemms["head"]), ranks=tp, tokens=list(g.decode_batch),
+    out.insert(4, ("ops", dict(op="linear", dims=list(gemms["head"]), ranks=busy, tokens=list(g.decode_batch),
                                time_s=[next(values) for _ in g.decode_batch])))
     if tp > 1:
         out.append(("ops", dict(op="tp_all_reduce", dims=[spec.hidden_size], ranks=tp, tokens=rows,
@@ -593,9 +602,9 @@ def _step(r: _Rank, task: Task) -> dict:
         fns += [functools.partial(_driver_run, spec, r, b, _STEP_FEW),
                 functools.partial(_driver_run, spec, r, b, _STEP_FEW + k)]
     with torch.inference_mode():
-        runs = r.measure(fns, 1, repeats=r.grid.forward_repeats, warmup=1)
+        runs = r.measure(fns, task.ranks, repeats=r.grid.forward_repeats, warmup=1)
     times = [max(1e-7, (many - few) / k) for few, many, k in zip(runs[::2], runs[1::2], extra)]
-    return dict(vocab_size=spec.vocab_size, seqs=list(seqs), time_s=times)
+    return dict(vocab_size=spec.vocab_size, ranks=task.ranks, seqs=list(seqs), time_s=r.slowest(times, task.ranks))
 
 
 def _comm(r: _Rank, task: Task) -> dict:
@@ -829,7 +838,8 @@ def summary(prof: MeasuredProfile) -> dict[str, float]:
     for c in prof.copies:
         out[f"copy_{c.kind}_gbps"] = c.size_bytes[-1] / c.time_s[-1] / 1e9
     for s in prof.step_overhead:
-        out[f"step_v{s.vocab_size}_1seq_ms"] = s.time_s[0] * 1e3
-        out[f"step_v{s.vocab_size}_{s.seqs[-1]}seq_ms"] = s.time_s[-1] * 1e3
+        busy = "" if s.ranks == 1 else f"_{s.ranks}busy"
+        out[f"step_v{s.vocab_size}{busy}_1seq_ms"] = s.time_s[0] * 1e3
+        out[f"step_v{s.vocab_size}{busy}_{s.seqs[-1]}seq_ms"] = s.time_s[-1] * 1e3
     return out
 

@@ -549,6 +549,7 @@ class StepTable(Spec):
     sampling one token per sequence from logits [seqs, vocab_size]) by the sequences in the step."""
 
     vocab_size: int = Field(gt=0)
+    ranks: int = Field(default=1, gt=0, description="ranks running driver steps at once while measured")
     seqs: tuple[Annotated[int, Field(gt=0)], ...]
     time_s: tuple[Annotated[float, Field(gt=0)], ...]
 

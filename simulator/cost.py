@@ -251,7 +251,7 @@ class _Tables:
             self._attn.setdefault(key, []).append((a.ranks, Surface(a.sizes, a.context_tokens, a.time_s)))
         self._comm = {(c.op, c.ranks): Curve(c.size_bytes, c.time_s) for c in profile.collectives}
         self._copy = {c.kind: Curve(c.size_bytes, c.time_s) for c in profile.copies}
-        self._steps = [(s.vocab_size, Curve(s.seqs, s.time_s)) for s in profile.step_overhead]
+        self._steps = [(s.vocab_size, s.ranks, Curve(s.seqs, s.time_s)) for s in profile.step_overhead]
 
     @staticmethod
     def _nearest(found: list | None, ranks: int):
@@ -280,10 +280,10 @@ class _Tables:
             return both[0] if both[0].ys[-1] / both[0].xs[-1] >= both[1].ys[-1] / both[1].xs[-1] else both[1]
         return both[0] if both else self._copy.get("h2h")
 
-    def step(self, vocab_size: int) -> Curve | None:
+    def step(self, vocab_size: int, ranks: int = 1) -> Curve | None:
         if not self._steps:
             return None
-        return min(self._steps, key=lambda vc: (abs(math.log(vc[0] / vocab_size)), vc[0]))[1]
+        return min(self._steps, key=lambda v: (abs(math.log(v[0] / vocab_size)), abs(v[1] - ranks), v[0], v[1]))[2]
 
 
 @dataclass(slots=True)
@@ -459,14 +459,17 @@ class CostModel:
 
     def _measured_stage(self, layout: ParallelConfig, stage: int, c: _Stage) -> _MeasuredStage:
         """The tables that apply to one stage of ``layout``: shapes per rank as the engine runs
-        them (``seesaw.engine.model``), tables measured under ``tp`` concurrent ranks preferred."""
+        them (``seesaw.engine.model``), tables measured with as many ranks busy at once as the
+        layout keeps busy (all of its ranks: TP ranks, pipeline stages and DP replicas share the
+        machine) preferred, else the nearest count; collectives need their exact TP degree."""
         m, tb, tp = self.model, self._tables, layout.tp
+        busy = layout.world_size
         h, d = m.hidden_size, m.d_head
         first, last = stage == 0, stage == layout.pp - 1
         shapes = self.gemm_shapes(tp)
-        found = {k: tb.op("linear", v, tp) for k, v in shapes.items()}
+        found = {k: tb.op("linear", v, busy) for k, v in shapes.items()}
         misc = tb.op("layer_misc", (h, m.num_attention_heads // tp * d, self._kv_heads_per_gpu(tp) * d,
-                                    m.intermediate_size // tp), tp)
+                                    m.intermediate_size // tp), busy)
         parts = [f for f in found.values() if f is not None] + ([misc] if misc else [])
         layers_curve = None
         if parts:
@@ -478,16 +481,16 @@ class CostModel:
         return _MeasuredStage(
             layers_curve=layers_curve,
             missing_gemms=[shapes[k] for k, f in found.items() if f is None],
-            embed=tb.op("embed_rope", (h, d, cols), tp) if first else None,
-            prefill=tb.attention("prefill", heads, kv, d, tp),
-            decode=tb.attention("decode", heads, kv, d, tp),
+            embed=tb.op("embed_rope", (h, d, cols), busy) if first else None,
+            prefill=tb.attention("prefill", heads, kv, d, busy),
+            decode=tb.attention("decode", heads, kv, d, busy),
             allreduce=tb.comm("all_reduce", tp) if tp > 1 else None,
             num_allreduce=(2 * c.layers + (1 if first else 0)) if tp > 1 else 0,
-            head=tb.op("linear", (h, cols), tp) if last else None,
+            head=tb.op("linear", (h, cols), busy) if last else None,
             gather=tb.comm("all_gather", tp) if last and tp > 1 else None,
             reply=tb.comm("broadcast", 2) if last and (layout.pp > 1 or layout.dp > 1) else None,
             control_s=self._control_s(layout) if first else 0.0,
-            step=tb.step(m.vocab_size),
+            step=tb.step(m.vocab_size, busy),
             head_cols=cols,
             allreduce_in_place=tb.op_exact("tp_all_reduce", (h,), tp) if tp > 1 else None,
             gather_in_place=tb.op_exact("tp_all_gather", (cols,), tp) if last and tp > 1 else None,
@@ -643,7 +646,11 @@ class CostModel:
                 comm += c.head_gather_s_per_row * rows + c.head_gather_fixed_s
             if m.reply is not None:
                 comm += m.reply(8 * rows)  # int64 token ids
-        over = m.step(seqs) * c.overhead_frac if m.step is not None and seqs else c.overhead_s
+        # every stage of the engine pays a whole step's bookkeeping for its micro-batch (block-table
+        # views, slot mapping, attention metadata, positions: ``ModelRunner.run_tables``); rank 0
+        # also schedules and the last stage samples, each about a step's share. So, unlike the
+        # roofline's per-step overhead, the measured one is not split over the stages.
+        over = m.step(seqs) if m.step is not None and seqs else c.overhead_s
         comm += m.control_s
         return lin, attn, comm, over
 

@@ -85,8 +85,11 @@ def test_default_plan_has_every_table_the_cost_model_looks_up(model, layouts):
 
 def test_plan_skips_tp_degrees_a_model_cannot_use():
     tasks = profiler.plan_tasks(profiler.Grid.default(), 3, [TINY, SMOL])
-    tps = {(t.args["model"].name, t.ranks) for t in tasks if t.kind == "forward"}
-    assert tps == {("tiny", 1), ("tiny", 2), ("smollm2-135m", 1), ("smollm2-135m", 3)}  # 4 / 9 heads
+    tps = {(t.args["model"].name, t.args["tp"], t.ranks) for t in tasks if t.kind == "forward"}
+    assert tps == {("tiny", 1, 1), ("tiny", 2, 2), ("smollm2-135m", 1, 1), ("smollm2-135m", 3, 3),  # 4 / 9 heads
+                   ("tiny", 1, 2), ("smollm2-135m", 1, 2)}  # TP-1 shards on two busy ranks (stages, replicas)
+    assert {(t.args["model"].vocab_size, t.ranks) for t in tasks if t.kind == "step"} == {
+        (TINY.vocab_size, 1), (TINY.vocab_size, 2), (SMOL.vocab_size, 1), (SMOL.vocab_size, 2)}
     assert {t.ranks for t in tasks if t.kind == "comm"} == {2, 3}
     assert [t.args["kind"] for t in tasks if t.kind == "copy"] == ["h2h"]
     assert {t.args["kind"] for t in profiler.plan_tasks(profiler.Grid.quick(), 1, [TINY], "cuda")

@@ -58,6 +58,13 @@ class ModelRunner:
         self.kv = KVCache.for_model(model, num_blocks, block_size)
         self.num_micro_batches = num_micro_batches
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
+        self._sending: list = []  # send handles of the last micro-batch's activations, see run_tables
+
+    def finish_sends(self) -> None:
+        """Wait until the next stage has taken every activation this rank sent."""
+        for handle in self._sending:
+            handle.wait()
+        self._sending = []
 
     @property
     def device(self) -> torch.device:
@@ -149,7 +156,13 @@ class ModelRunner:
         y, handle = self._forward_group(view, ids, lens, slot_mapping, {s: t for s, _, t in seqs},
                                         ids if logits_for is None else list(logits_for))
         if handle is not None:
-            handle.wait()
+            # A send completes only once the next stage posts its receive (gloo's send is a
+            # rendezvous), i.e. once that stage has finished its previous micro-batch. Waiting
+            # here would hold this stage idle meanwhile; wait for the previous micro-batch's send
+            # instead (long taken by now), and keep this one in flight (the handle holds the
+            # tensor).
+            self.finish_sends()
+            self._sending.append(handle)
         if y is None:
             return {}
         wanted = set(ids if logits_for is None else logits_for)

@@ -224,6 +224,7 @@ class SeesawWorker(StepWorker):
             raise EngineError(f"rank {self.rank}: re-shard with KV still in use ({len(self.tables)} sequences, "
                               f"{len(left)} unagreed copies)")
         self.pf.release()
+        self.runner.finish_sends()
         self.runner = None  # the device KV cache goes with it
         stats = reshard(self.model, self.store, src, dst, self.rank, self.comms[str(dst)])
         self.runner = ModelRunner(self.model, self.num_blocks[str(dst)], self.config.block_size, seed=self.config.seed)

@@ -239,6 +239,8 @@ class StepWorker:
             if msg["op"] == "stop":
                 break
             self.handle(msg)
+        if self.runner is not None:
+            self.runner.finish_sends()
         self.plane.flush()
 
     def handle(self, msg: dict):
