@@ -223,6 +223,8 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
             tasks.append(Task("comm", k, len(grid.bcast_bytes), dict(op="broadcast", sizes=grid.bcast_bytes)))
         if ranks >= 2:
             tasks.append(Task("comm", 2, len(grid.comm_bytes), dict(op="send_recv", sizes=grid.comm_bytes)))
+            if device == "cpu":  # async transfers need a core that busy ranks also want
+                tasks.append(Task("comm", 2, len(grid.comm_bytes), dict(op="handoff", sizes=grid.comm_bytes)))
     for kind in (("h2d", "d2h", "h2h") if device == "cuda" else ("h2h",)):
         tasks.append(Task("copy", 1, len(grid.copy_bytes), dict(kind=kind, sizes=grid.copy_bytes)))
     return tasks
@@ -609,6 +611,8 @@ def _step(r: _Rank, task: Task) -> dict:
 
 def _comm(r: _Rank, task: Task) -> dict:
     op, k, sizes = task.args["op"], task.ranks, task.args["sizes"]
+    if op == "handoff":
+        return dict(op=op, ranks=k, size_bytes=list(sizes), time_s=_handoff(r, sizes))
     if op == "broadcast":  # the engine broadcasts sampled ids over a gloo group, CPU tensors
         ids = torch.zeros(max(sizes) // 8 + 1, dtype=torch.int64)
         fns = [functools.partial(dist.broadcast, ids[:max(1, n // 8)], src=k - 1, group=r.ctrl[k])
@@ -629,6 +633,52 @@ def _comm(r: _Rank, task: Task) -> dict:
     if op == "send_recv":
         times = [t / 2 for t in times]  # one way = half a round trip
     return dict(op=op, ranks=k, size_bytes=list(sizes), time_s=r.slowest(times, k))
+
+
+def _busy(a: torch.Tensor, seconds: float) -> None:
+    """Compute for ``seconds`` (small matmuls, as a stage's layers do)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a @ a
+
+
+def _handoff(r: _Rank, sizes) -> list[float]:
+    """Mean one-way hand-off of ``sizes`` bytes from rank 0 to rank 1 as pipeline stages make it:
+    both compute a while (0.5-2 ms, drawn), then rank 0 ``isend``s and computes on (1 ms) before
+    it waits, as a stage goes on to its next micro-batch, while rank 1 ``recv``s. Seconds from
+    the later of the two being ready until rank 1 has the data (``perf_counter`` is one clock for
+    all processes of a machine). On a CPU the transfer runs on a gloo thread that must win a core
+    from the busy ranks, so its mean is well above half a ping-pong between idle ranks."""
+    g = r.grid
+    a = torch.randn(64, 64)
+    data = torch.ones(max(sizes) // 4 + 1, dtype=torch.float32)
+    stamp = torch.zeros(1, dtype=torch.float64)
+    samples: list[list[float]] = [[] for _ in sizes]
+    rng = random.Random(r.rank)
+    for sweep in range(g.repeats * 5):
+        order = list(range(len(sizes)))
+        random.Random(sweep).shuffle(order)
+        for i in order:
+            x = data[:max(1, sizes[i] // 4)]
+            dist.barrier(group=r.ctrl[2])
+            _busy(a, rng.uniform(5e-4, 2e-3))
+            ready = time.perf_counter()
+            if r.rank == 0:
+                work = dist.isend(x, dst=1)
+                _busy(a, 1e-3)
+                work.wait()
+                stamp[0] = ready
+                dist.send(stamp, dst=1)
+            else:
+                dist.recv(x, src=0)
+                done = time.perf_counter()
+                dist.recv(stamp, src=0)
+                samples[i].append(done - max(ready, stamp.item()))
+        if sweep % 5 == 4:
+            r.tick(len(sizes))  # progress counts ``repeats`` sweeps per table
+    means = torch.tensor([_center(s) if s else 0.0 for s in samples], dtype=torch.float64)
+    dist.broadcast(means, src=1, group=r.ctrl[2])  # rank 0 reports the tables
+    return [max(1e-7, v) for v in means.tolist()]
 
 
 def _all_gather(x: torch.Tensor, parts: list[torch.Tensor], group) -> torch.Tensor:

@@ -514,9 +514,11 @@ class AttentionTable(Spec):
 class CommTable(Spec):
     """Seconds of one collective (torch.distributed, as ``TorchComm`` calls it) by message size."""
 
-    op: Literal["all_reduce", "all_gather", "send_recv", "broadcast"] = Field(
+    op: Literal["all_reduce", "all_gather", "send_recv", "broadcast", "handoff"] = Field(
         description="size_bytes is the buffer (all_reduce, broadcast), each rank's input "
-        "(all_gather) or the message (send_recv: one way, half a ping-pong)")
+        "(all_gather) or the message (send_recv: one way, half a ping-pong; handoff: one way "
+        "between two busy ranks, from the later of the sender's isend and the receiver's recv "
+        "until the receiver has it, the sender computing meanwhile -- a pipeline stage's hand-off)")
     ranks: int = Field(gt=0, description="ranks taking part")
     size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
     time_s: tuple[Annotated[float, Field(gt=0)], ...]

@@ -273,6 +273,11 @@ class _Tables:
     def comm(self, op: str, ranks: int) -> Curve | None:
         return self._comm.get((op, ranks))
 
+    def handoff(self) -> Curve | None:
+        """One stage's activations to the next: the hand-off between busy ranks where measured
+        (CPU), else half a ping-pong."""
+        return self._comm.get(("handoff", 2)) or self._comm.get(("send_recv", 2))
+
     def copy(self) -> Curve | None:
         """Host<->device copies: the slower of h2d and d2h where measured, else host->host."""
         both = [self._copy[k] for k in ("h2d", "d2h") if k in self._copy]
@@ -488,7 +493,10 @@ class CostModel:
             num_allreduce=(2 * c.layers + (1 if first else 0)) if tp > 1 else 0,
             head=tb.op("linear", (h, cols), busy) if last else None,
             gather=tb.comm("all_gather", tp) if last and tp > 1 else None,
-            reply=tb.comm("broadcast", 2) if last and (layout.pp > 1 or layout.dp > 1) else None,
+            # sampled ids back to rank 0: a broadcast whose sender goes on with its next
+            # micro-batch under PP (a hand-off between busy ranks where measured)
+            reply=((tb.comm("handoff", 2) if layout.pp > 1 else None) or tb.comm("broadcast", 2))
+            if last and (layout.pp > 1 or layout.dp > 1) else None,
             control_s=self._control_s(layout) if first else 0.0,
             step=tb.step(m.vocab_size, busy),
             head_cols=cols,
@@ -698,7 +706,7 @@ class CostModel:
         """Activations ``[tokens, hidden]`` across one stage boundary (each TP rank sends its copy
         to its peer in parallel, as vLLM does, so the time does not depend on tp)."""
         nbytes = num_tokens * self.model.hidden_size * self.model.dtype_bytes
-        curve = self._tables.comm("send_recv", 2) if self._tables is not None else None
+        curve = self._tables.handoff() if self._tables is not None else None
         if curve is not None:
             return curve(max(nbytes, 1))
         return nbytes / self._link_bytes_per_s + self.node.p2p_latency_s

@@ -18,7 +18,7 @@ from seesaw.specs import (
     parse_parallel,
 )
 from seesaw.workload import load_workload
-from simulator.cost import CostModel
+from simulator.cost import CostModel, Curve
 from simulator.sim import simulate
 from tests.engine_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread)
 
@@ -138,7 +138,13 @@ def test_quick_profile_end_to_end_drives_simulate(tmp_path):
     assert text.startswith("# Measured by `seesaw profile`") and "# command: seesaw profile --quick" in text
     prof = load_measured(out)
     assert prof.name == "cpu-quick" and prof.device == "cpu" and prof.num_ranks == 2
-    assert {c.op for c in prof.collectives} == {"all_reduce", "all_gather", "broadcast", "send_recv"}
+    assert {c.op for c in prof.collectives} == {"all_reduce", "all_gather", "broadcast", "send_recv", "handoff"}
+    # a hand-off between busy ranks is no faster than half a ping-pong between idle ones
+    coll = {c.op: c for c in prof.collectives}
+    assert sum(coll["handoff"].time_s) >= 0.5 * sum(coll["send_recv"].time_s)
+    cm = CostModel(TINY.model_copy(update={"dtype_bytes": 4}), measured_node(prof, 2), measured=prof)
+    handoff = Curve(coll["handoff"].size_bytes, coll["handoff"].time_s)
+    assert cm.pp_send_s(parse_parallel("P2"), 8) == pytest.approx(handoff(8 * TINY.hidden_size * 4))
     node = measured_node(prof, 2)
     reqs = load_workload("constant", num_requests=24, input_len=40, output_len=12)
     for layout in ("T2", "P2", "D2"):
