@@ -18,6 +18,7 @@ import torch
 from seesaw.engine.dist import spawn
 from seesaw.engine.model import AttnMetadata, LlamaShard
 from seesaw.engine.tiny import tiny_config, write_random_checkpoint
+from seesaw.engine.weights import load_checkpoint
 
 RANK_TIMEOUT_S = float(os.environ.get("SEESAW_TEST_RANK_TIMEOUT_S", "60"))
 
@@ -86,3 +87,39 @@ def rank_fails(rank: int, world_size: int, device, bad_rank: int) -> int:
 def rank_sleeps(rank: int, world_size: int, device, seconds: float) -> int:
     time.sleep(seconds)
     return rank
+
+
+# --------------------------------------------------------------------------------------------
+# Fixtures and the in-process CLI, shared by the engine and calibrate tests (import them by name;
+# module-scoped, so each test module gets its own checkpoint)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """A tiny random LLaMA checkpoint written as safetensors (``make_checkpoint``)."""
+    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def store(ckpt):
+    """``ckpt`` loaded through the real loader."""
+    return load_checkpoint(ckpt)
+
+
+def run_cli(capsys, *args):
+    """Run ``seesaw`` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from seesaw import cli as cli_mod
+
+    argv = sys.argv
+    sys.argv = ["seesaw", *map(str, args)]
+    try:
+        cli_mod.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return code, out, err

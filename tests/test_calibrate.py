@@ -11,27 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 
 import pytest
 
 from seesaw.calibrate import CalibrationError, Row, parse_workloads, regret
-
-
-def _cli(capsys, *args):
-    from seesaw import cli as cli_mod
-
-    argv = sys.argv
-    sys.argv = ["seesaw", *map(str, args)]
-    try:
-        cli_mod.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.engine_helpers import run_cli as _cli
 
 
 def test_parse_workloads():

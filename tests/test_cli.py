@@ -4,30 +4,8 @@ import json
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
-
-from seesaw import cli
-
-
-@pytest.fixture
-def seesaw(capsys, monkeypatch):
-    """Run the console entry point ``seesaw.cli.main`` in-process, as the installed script does."""
-
-    def run(*args, cwd=None):
-        if cwd is not None:
-            monkeypatch.chdir(cwd)
-        monkeypatch.setattr(sys, "argv", ["seesaw", *args])
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        captured = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
-
-    return run
 
 
 def test_console_script_runs_as_a_process():

@@ -15,22 +15,12 @@ from seesaw.engine.batch_io import BatchItem, done_ids
 from seesaw.engine.dist import RankError
 from seesaw.engine.driver import EngineConfig, run_batch
 from seesaw.engine.tiny import EOS_ID
-from seesaw.engine.weights import load_checkpoint
 from seesaw.specs import parse_parallel
-from tests.engine_helpers import make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
-from tests.test_engine_run import _stable, _write_prompts, cli
+from tests.engine_helpers import ckpt, one_torch_thread, random_prompts, store  # noqa: F401  (fixtures by name)
+from tests.engine_helpers import run_cli as cli
+from tests.test_engine_run import _stable, _write_prompts
 
 TIMEOUT_S = 20.0
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def store(ckpt):
-    return load_checkpoint(ckpt)
 
 
 def _run_with_fault(store, ckpt, out, layout, fault, timeout_s=TIMEOUT_S):

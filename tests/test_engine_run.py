@@ -6,7 +6,6 @@ to the errors file, and bad input is one line with exit code 2."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
@@ -16,23 +15,16 @@ from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.specs import parse_parallel
-from tests.engine_helpers import RANK_TIMEOUT_S, make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
+from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
+    RANK_TIMEOUT_S, ckpt, make_checkpoint, one_torch_thread, random_prompts, store,
+)
+from tests.engine_helpers import run_cli as cli
 
 LENGTHS = [13, 5, 20, 9, 17, 3, 11, 26]
 MAX_TOKENS = 10
 # the tiny model's own EOS is rare in 10 tokens; two frequent tokens also stop, so some requests
 # end early (one right after its prefill) and others run to the length limit
 EOS = (EOS_ID, 22, 254)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def store(ckpt):
-    return load_checkpoint(ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -136,23 +128,6 @@ def test_output_file_is_batch_output_jsonl(store, ckpt, reference, tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # the command
-
-
-def cli(capsys, *args):
-    """Run ``seesaw`` in this process: (exit code, stdout, stderr)."""
-    from seesaw import cli as cli_mod
-
-    argv = sys.argv
-    sys.argv = ["seesaw", *map(str, args)]
-    try:
-        cli_mod.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _write_prompts(path, n=6, bad=()):

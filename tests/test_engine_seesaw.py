@@ -17,24 +17,17 @@ from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.specs import parse_parallel
-from tests.engine_helpers import RANK_TIMEOUT_S, make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
-from tests.test_engine_run import _stable, _write_prompts, cli
+from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
+    RANK_TIMEOUT_S, ckpt, one_torch_thread, random_prompts, store,
+)
+from tests.engine_helpers import run_cli as cli
+from tests.test_engine_run import _stable, _write_prompts
 
 LENGTHS = [13, 5, 20, 9, 17, 3, 11, 26]
 MAX_TOKENS = 10
 EOS = (EOS_ID, 22, 254)   # as test_engine_run: some requests stop early, some at the length limit
 BLOCK = 4                 # 4-token blocks: a request needs 2..9 of them
 HOST_BLOCKS = 12          # per replica: about three requests, so the batch takes several cycles
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def store(ckpt):
-    return load_checkpoint(ckpt)
 
 
 @pytest.fixture(scope="module")

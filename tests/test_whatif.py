@@ -2,12 +2,9 @@
 
 import json
 import re
-import sys
-from types import SimpleNamespace
 
 import pytest
 
-from seesaw import cli
 from seesaw.catalog import load_model, make_node
 from seesaw.whatif import PLOTS, WhatIfOption, WhatIfResult, parse_prices, run_whatif, write_report
 from seesaw.workload import describe, load_workload
@@ -16,23 +13,6 @@ from simulator.planner import SearchSpace, plan
 TINY = SearchSpace(chunk_sizes=(2048,), max_num_seqs=(256,), seesaw_max_num_seqs=(256,),
                    host_pool_fractions=(1.0,), host_full_watermarks=(1.0,),
                    decode_low_watermarks=(0.5,))
-
-
-@pytest.fixture
-def seesaw(capsys, monkeypatch):
-    """Run the console entry point in-process, as the installed script does."""
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["seesaw", *args])
-        code = 0
-        try:
-            cli.main()
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        captured = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
-
-    return run
 
 
 @pytest.fixture(scope="module")
