@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from seesaw import cli_options as opt
 from seesaw.specs import SpecError
 
 app = typer.Typer(
@@ -105,7 +106,7 @@ def workload_describe(
     num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1, help="sample this many"),
     input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="for constant/uniform"),
     output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="for constant/uniform"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = opt.SEED,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Count, length percentiles and prefill:decode ratio of a workload."""
@@ -160,21 +161,21 @@ def build_policy(layout: str, *, chunked_prefill: bool, chunk_size: Optional[int
 
 @app.command()
 def simulate(
-    model: str = typer.Option("llama2-70b", "--model", "-m", help="catalog model name or HF config dir"),
-    gpu: str = typer.Option("l4", "--gpu", "-g", help="GPU name (a10, l4, a100-40g, ...) or node name (8xl4)"),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-N", min=1, help="GPUs in the node (default 8)"),
-    interconnect: Optional[str] = typer.Option(None, "--interconnect", help="pcie | nvlink"),
-    workload: str = typer.Option("sharegpt", "--workload", "-w", help="file or sharegpt|arxiv|constant|uniform"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    model: str = opt.MODEL,
+    gpu: str = opt.GPU,
+    num_gpus: Optional[int] = opt.NUM_GPUS,
+    interconnect: Optional[str] = opt.INTERCONNECT,
+    workload: str = opt.WORKLOAD,
+    num_requests: Optional[int] = opt.NUM_REQUESTS,
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
+    seed: int = opt.SEED,
     layout: str = typer.Option("T4P2", "--layout", "-l", help="static (T4P2, D2T4) or Seesaw (P8->T4P2)"),
     chunked_prefill: bool = typer.Option(False, "--chunked-prefill", help="vLLM chunked prefill"),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=16, help="token budget per step"),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
     host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0.0, help="Seesaw host KV pool"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write config, summary, CSVs"),
 ) -> None:
     """Simulate a workload on a node under one layout and policy; print vLLM-style throughput."""

@@ -12,6 +12,8 @@ from typing import Optional
 
 import typer
 
+from seesaw import cli_options as opt
+
 __all__ = ["register"]
 
 DEFAULT_WHATIF_DIR = Path("whatif-report")
@@ -114,18 +116,18 @@ def _notes(result) -> None:
 
 
 def compare(
-    model: str = typer.Option("llama2-70b", "--model", "-m", help="catalog model name or HF config dir"),
-    gpu: str = typer.Option("l4", "--gpu", "-g", help="GPU name (a10, l4, a100-40g, ...) or node name (8xl4)"),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-N", min=1, help="GPUs in the node (default 8)"),
-    interconnect: Optional[str] = typer.Option(None, "--interconnect", help="pcie | nvlink"),
-    workload: str = typer.Option("sharegpt", "--workload", "-w", help="file or sharegpt|arxiv|constant|uniform"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    model: str = opt.MODEL,
+    gpu: str = opt.GPU,
+    num_gpus: Optional[int] = opt.NUM_GPUS,
+    interconnect: Optional[str] = opt.INTERCONNECT,
+    workload: str = opt.WORKLOAD,
+    num_requests: Optional[int] = opt.NUM_REQUESTS,
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
+    seed: int = opt.SEED,
     sample_size: int = typer.Option(2000, "--sample-size", min=1, help="simulate at most this many requests"),
-    workers: int = typer.Option(2, "--workers", min=1, help="simulation processes"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    workers: int = opt.WORKERS,
+    as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write candidates.csv and summary.json"),
 ) -> None:
     """Simulate every feasible static layout (vLLM, chunked prefill on/off) and every Seesaw pair."""
@@ -164,22 +166,22 @@ def compare(
 
 
 def plan_cmd(
-    model: str = typer.Option("llama2-70b", "--model", "-m", help="catalog model name or HF config dir"),
-    gpu: str = typer.Option("l4", "--gpu", "-g", help="GPU name or node name (8xl4)"),
-    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", "-N", min=1, help="GPUs in the node (default 8)"),
-    interconnect: Optional[str] = typer.Option(None, "--interconnect", help="pcie | nvlink"),
-    workload: str = typer.Option("sharegpt", "--workload", "-w", help="file or sharegpt|arxiv|constant|uniform"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    objective: str = typer.Option("throughput", "--objective", help="throughput | cost"),
+    model: str = opt.MODEL,
+    gpu: str = opt.GPU,
+    num_gpus: Optional[int] = opt.NUM_GPUS,
+    interconnect: Optional[str] = opt.INTERCONNECT,
+    workload: str = opt.WORKLOAD,
+    num_requests: Optional[int] = opt.NUM_REQUESTS,
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
+    seed: int = opt.SEED,
+    objective: str = opt.OBJECTIVE,
     price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour (default: catalog)"),
     sample_size: int = typer.Option(2000, "--sample-size", min=1, help="simulate at most this many requests"),
     exhaustive: bool = typer.Option(False, "--exhaustive", help="simulate every candidate (no pruning)"),
-    workers: int = typer.Option(2, "--workers", min=1, help="simulation processes"),
+    workers: int = opt.WORKERS,
     top: int = typer.Option(10, "--top", min=1, help="rows of the ranked table to print"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write plan.json, candidates.csv, summary.json"),
 ) -> None:
     """Search layouts, policies and host-pool settings; print why the winner wins, write plan.json."""
@@ -233,20 +235,20 @@ def _split(text: str, what: str) -> list[str]:
 
 
 def whatif(
-    model: str = typer.Option("llama2-70b", "--model", "-m", help="catalog model name or HF config dir"),
+    model: str = opt.MODEL,
     gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", help="comma-separated GPU names"),
     num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", help="comma-separated GPU counts"),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", help="pcie | nvlink (default: per GPU)"),
-    workload: str = typer.Option("sharegpt", "--workload", "-w", help="file or sharegpt|arxiv|constant|uniform"),
+    workload: str = opt.WORKLOAD,
     num_requests: Optional[int] = typer.Option(1_000_000, "--num-requests", "-n", min=1),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1),
-    seed: int = typer.Option(0, "--seed"),
-    objective: str = typer.Option("throughput", "--objective", help="throughput | cost"),
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
+    seed: int = opt.SEED,
+    objective: str = opt.OBJECTIVE,
     price: Optional[str] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
     sample_size: int = typer.Option(1000, "--sample-size", min=1, help="simulate at most this many requests per option"),
-    workers: int = typer.Option(2, "--workers", min=1, help="simulation processes"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    workers: int = opt.WORKERS,
+    as_json: bool = opt.JSON,
     out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", help="report folder"),
 ) -> None:
     """Compare hardware options for one model and workload; write a report folder (md, html, csv, png).
