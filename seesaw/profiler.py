@@ -468,44 +468,43 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
         engine_model.paged_attention = saved
     rec = probe.records
 
-    def med(i: int, key: str) -> float:
+    def center_of(i: int, key: str) -> float:
         return _center(rec[(i, key)])
 
     def all_reduces(i: int) -> tuple[list[float], list[float]]:
-        """Point ``i``'s all-reduces (TP): the embedding's, one per forward pass, and the
-        layers', two per layer in call order (attention, MLP); none at TP 1."""
+        """Point ``i``'s all-reduces (TP): the embedding's, one per forward pass, and each
+        layer's two (attention + MLP) summed, one per layer call; zeros at TP 1."""
         ars = rec.get((i, "ar"), [])
         if not ars:
             n = len(rec[(i, "embed")])
-            return [0.0] * n, [0.0] * (2 * n * layers)
+            return [0.0] * n, [0.0] * (n * layers)
         per = 1 + 2 * layers
         assert len(ars) % per == 0, (len(ars), per)
-        return ars[::per], [a for f in range(0, len(ars), per) for a in ars[f + 1:f + per]]
+        layer = [a for f in range(0, len(ars), per) for a in ars[f + 1:f + per]]
+        return ars[::per], [a + b for a, b in zip(layer[::2], layer[1::2])]
 
     tok = [i for i, p in enumerate(points) if p[0] == "tokens"]
+    ar = {i: all_reduces(i) for i in tok}
     values: list[float] = []  # every figure, then one element-wise max over the TP ranks
     for key in ("qkv", "o", "gate_up", "down"):
-        values += [med(i, key) for i in tok]
+        values += [center_of(i, key) for i in tok]
     timers = 5 if tp == 1 else 7  # wrapped calls inside a layer: 4 GEMMs, attention (+ 2 all-reduces)
     for i in tok:
-        layer_ar = all_reduces(i)[1]
-        ar_pairs = [a + b for a, b in zip(layer_ar[::2], layer_ar[1::2])]
-        parts = zip(rec[(i, "layer")], ar_pairs, *(rec[(i, k)] for k in ("qkv", "o", "gate_up", "down", "attn")))
+        parts = zip(rec[(i, "layer")], ar[i][1], *(rec[(i, k)] for k in ("qkv", "o", "gate_up", "down", "attn")))
         values.append(_center([max(1e-9, lay - sum(ops) - timers * overhead) for lay, *ops in parts]))
+    over = overhead if tp > 1 else 0.0  # the all-reduce's timer inside the embedding's
     for i in tok:
-        embed_ar = all_reduces(i)[0]
-        over = overhead if tp > 1 else 0.0
         values.append(_center([max(1e-9, e - a - over + q) for e, a, q in
-                                         zip(rec[(i, "embed")], embed_ar, rec[(i, "rope")])]))
-    attn = {p[:3]: med(i, "attn") for i, p in enumerate(points) if p[0] != "tokens"}
+                               zip(rec[(i, "embed")], ar[i][0], rec[(i, "rope")])]))
+    attn = {p[:3]: center_of(i, "attn") for i, p in enumerate(points) if p[0] != "tokens"}
     values += list(attn.values())
     head = [_center([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
-                               for v in rec[(i, "head")]]) for b in g.decode_batch]
+                     for v in rec[(i, "head")]]) for b in g.decode_batch]
     values += head
     if tp > 1:
-        values += [_center(sum(all_reduces(i), [])) for i in tok]
+        values += [_center(rec[(i, "ar")]) for i in tok]
         values += [_center([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
-                                      for v in rec[(i, "gather")]]) for b in g.decode_batch]
+                            for v in rec[(i, "gather")]]) for b in g.decode_batch]
     values = iter(r.slowest(values, task.ranks))
 
     out = []
@@ -546,9 +545,8 @@ class _TPComm(LocalComm):
         return x
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(x) for _ in range(self.tp_size)]
-        dist.all_gather(parts, x.contiguous(), group=self.group)
-        return torch.cat(parts, dim=-1)
+        x = x.contiguous()
+        return _all_gather(x, [torch.empty_like(x) for _ in range(self.tp_size)], self.group)
 
 
 class _LogitsStub(nn.Module):

@@ -419,9 +419,7 @@ class Driver:
         for d in range(self.layout.dp):
             self._stop_replica(d)
         try:
-            if self.worker.runner is not None:
-                self.worker.runner.finish_sends()
-            self.plane.flush()
+            self.worker.flush()
         except (RuntimeError, TimeoutError) as e:
             raise EngineError(f"stopping the workers failed: {_reason(e)}") from None
 

@@ -239,6 +239,11 @@ class StepWorker:
             if msg["op"] == "stop":
                 break
             self.handle(msg)
+        self.flush()
+
+    def flush(self) -> None:
+        """Wait for this rank's sends still in flight: activations to the next stage, then step
+        messages and sampled tokens."""
         if self.runner is not None:
             self.runner.finish_sends()
         self.plane.flush()
