@@ -139,9 +139,9 @@ def test_quick_profile_end_to_end_drives_simulate(tmp_path):
     prof = load_measured(out)
     assert prof.name == "cpu-quick" and prof.device == "cpu" and prof.num_ranks == 2
     assert {c.op for c in prof.collectives} == {"all_reduce", "all_gather", "broadcast", "send_recv", "handoff"}
-    # a hand-off between busy ranks is no faster than half a ping-pong between idle ones
+    # the pipeline send is the measured hand-off (not compared with send_recv: with --quick's 3
+    # samples a ping-pong's mean can exceed it on a loaded machine; seen 2.6 ms vs 1.9 ms)
     coll = {c.op: c for c in prof.collectives}
-    assert sum(coll["handoff"].time_s) >= 0.5 * sum(coll["send_recv"].time_s)
     cm = CostModel(TINY.model_copy(update={"dtype_bytes": 4}), measured_node(prof, 2), measured=prof)
     handoff = Curve(coll["handoff"].size_bytes, coll["handoff"].time_s)
     assert cm.pp_send_s(parse_parallel("P2"), 8) == pytest.approx(handoff(8 * TINY.hidden_size * 4))
