@@ -7,7 +7,7 @@ Prints the table, the median and worst absolute relative error of total tokens/s
 object. The machine's load average is printed too: the profile was measured at one load, and
 timing on a shared box moves with it.
 
-    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 32] [-r 3] [-o bench-calibrate]
+    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 32] [-r 5] [-o bench-calibrate]
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--layouts", default="T2,P2,P2->T2")
     ap.add_argument("--workloads", default="constant:256/8,constant:16/128")
     ap.add_argument("-n", "--num-requests", type=int, default=32)
-    ap.add_argument("-r", "--repeat", type=int, default=3, help="engine runs per pair, median kept")
+    ap.add_argument("-r", "--repeat", type=int, default=5,
+                    help="engine runs per pair (in rounds over all pairs), median kept, range reported")
     ap.add_argument("-o", "--output-dir", default="bench-calibrate")
     args = ap.parse_args()
 
@@ -52,6 +53,8 @@ def main() -> None:
     Console(width=170).print(cal.table(rows))
     print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}% (target <= 10%), "
           f"worst {100 * summ['worst_abs_rel_error']:.1f}% (target <= 20%; {summ['worst_pair']})")
+    if args.repeat > 1:
+        print(cal.range_line(summ))
     for line in cal.regret_lines(summ):
         print(line)
     print(f"load average {load0:.1f} -> {meta['load_average_end']:.1f} (profile measured at "

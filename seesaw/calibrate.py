@@ -25,7 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from seesaw.specs import SpecError
@@ -86,10 +86,26 @@ class Row:
     predicted_elapsed_s: float
     measured_phases: dict = field(default_factory=dict)
     predicted_phases: dict = field(default_factory=dict)
+    measured_runs: list = field(default_factory=list)  # tokens/s of every engine run of the pair
 
     @property
     def rel_error(self) -> float:
         return _rel(self.predicted_tok_s, self.measured_tok_s)
+
+    @property
+    def measured_min_tok_s(self) -> float:
+        return min(self.measured_runs, default=self.measured_tok_s)
+
+    @property
+    def measured_max_tok_s(self) -> float:
+        return max(self.measured_runs, default=self.measured_tok_s)
+
+    @property
+    def error_beyond_range(self) -> float:
+        """How far the prediction lies outside the measured runs' range, relative to the nearer
+        end (0 inside it): the part of the error that run-to-run noise does not cover."""
+        lo, hi, p = self.measured_min_tok_s, self.measured_max_tok_s, self.predicted_tok_s
+        return _rel(p, hi) if p > hi else _rel(p, lo) if p < lo else 0.0
 
     def phase_error(self, phase: str) -> float | None:
         m, p = self.measured_phases.get(phase, 0.0), self.predicted_phases.get(phase, 0.0)
@@ -99,7 +115,9 @@ class Row:
         d = {"layout": self.layout, "workload": self.workload, "num_requests": self.num_requests,
              "measured_tok_s": self.measured_tok_s, "predicted_tok_s": self.predicted_tok_s,
              "rel_error": self.rel_error, "measured_elapsed_s": self.measured_elapsed_s,
-             "predicted_elapsed_s": self.predicted_elapsed_s}
+             "predicted_elapsed_s": self.predicted_elapsed_s, "num_runs": max(1, len(self.measured_runs)),
+             "measured_min_tok_s": self.measured_min_tok_s, "measured_max_tok_s": self.measured_max_tok_s,
+             "error_beyond_range": self.error_beyond_range}
         for ph in sorted(set(self.measured_phases) | set(self.predicted_phases)):
             m, p = self.measured_phases.get(ph, 0.0), self.predicted_phases.get(ph, 0.0)
             if m or p:
@@ -124,8 +142,11 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
 
     ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
     the profile's tables are means that include the machine's slow calls (long-tailed wake-ups),
-    so the fastest run would be biased against them. With an output folder, each pair's engine
-    steps go to ``steps-<layout>_<workload>.jsonl`` (``--step-trace``; the last run's)."""
+    so the fastest run would be biased against them. The runs go in rounds, every pair once per
+    round, so that a slow spell of a shared machine falls on all pairs alike; each row keeps every
+    run's throughput (``measured_runs``: the range, and how far the prediction lies beyond it).
+    With an output folder, each pair's engine steps go to ``steps-<layout>_<workload>.jsonl``
+    (``--step-trace``; the kept run's)."""
     from seesaw import catalog
     from seesaw.cli_run import _engine_config, _model_name, _parse_layout, _resolve
     from seesaw.engine.batch_io import prepare_requests
@@ -158,9 +179,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     knobs = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                  enable_chunked_prefill=False, block_size=block_size, host_full_watermark=1.0,
                  decode_low_watermark=0.5, host_kv_bytes=None)
-    rows: list[Row] = []
-    total = len(parsed) * len(workloads)
     scratch = Path(tempfile.mkdtemp(prefix="seesaw-calibrate-")) if out_dir is None else None
+    pairs = []  # (layout text, c_p, c_d, workload, items, tag, engine config)
     for wl in workloads:
         items, errors = prepare_requests(wl.source, tok, max_position=store.spec.max_position_embeddings,
                                          seed=seed, num_requests=num_requests, input_len=wl.input_len,
@@ -169,48 +189,70 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             raise CalibrationError(f"workload {wl.label}: no valid requests"
                                    + (f" ({errors[0][1]})" if errors else ""))
         for text, c_p, c_d in parsed:
-            i = len(rows) + 1
             tag = f"{text.replace('->', '-to-')}_{wl.label.replace('/', '-').replace(':', '_')}"
             tag = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in tag)
             # engine outputs go to the run folder, or a scratch folder when none was given
             # (the engine fsyncs its output file, which /dev/null does not support)
             out_file = (out_dir or scratch) / f"outputs-{tag}.jsonl"
-            progress(f"[{i}/{total}] engine {text} on {wl.label} ({len(items)} requests, "
-                     f"{c_p.world_size} rank(s))...")
             config = _engine_config(
                 c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=None, kv_cache_bytes=None,
                 host_kv_blocks=None, dtype="float32", device="cpu", seed=seed, timeout_s=timeout_s,
                 eos_token_ids=tuple(sorted(tok.eos_token_ids)), output=str(out_file),
                 errors_output=str(out_file) + ".errors",
-                append=False, progress=False, fault=None, return_token_ids=True,
-                step_trace=str(out_dir / f"steps-{tag}.jsonl") if out_dir is not None else "")
+                append=False, progress=False, fault=None, return_token_ids=True, step_trace="")
+            pairs.append((text, c_p, c_d, wl, items, tag, config))
+
+    # Rounds: every pair runs once per round, so a slow spell of a shared machine (its speed
+    # drifts over seconds to minutes) falls on all pairs alike instead of on one pair's repeats.
+    runs: list[list[tuple[dict, Path | None]]] = [[] for _ in pairs]
+    walls = [0.0] * len(pairs)
+    rounds = max(1, repeat)
+    for rnd in range(rounds):
+        for i, (text, c_p, _, wl, items, tag, config) in enumerate(pairs):
+            trace = out_dir / f"steps-{tag}.run{rnd + 1}.jsonl" if out_dir is not None else None
+            if trace is not None:
+                config = replace(config, step_trace=str(trace))
+            progress(f"[{i + 1}/{len(pairs)}] engine {text} on {wl.label} ({len(items)} requests, "
+                     f"{c_p.world_size} rank(s)){f', run {rnd + 1} of {rounds}' if rounds > 1 else ''}...")
             t0 = time.perf_counter()
-            runs = sorted((run_batch(store, items, config) for _ in range(max(1, repeat))),
-                          key=lambda r: r["tokens_per_second"])
-            res = runs[(len(runs) - 1) // 2]  # the median run (the lower middle one of an even count)
-            wall = time.perf_counter() - t0
-            ids = res.get("output_token_ids") or {}
-            reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len,
-                            output_len=max(1, len(ids.get(it.custom_id, ())) or it.max_tokens))
-                    for it in items if it.custom_id in ids or not ids]
-            node = catalog.measured_node(prof, c_p.world_size)
-            common = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                          block_size=block_size)
-            if c_d is None:
-                pol = VllmPolicy(layout=c_p, enable_chunked_prefill=False, **common)
-            else:
-                host = res.get("host_kv_bytes") or 1024**3
-                pol = SeesawPolicy(prefill_layout=c_p, decode_layout=c_d, host_kv_bytes=float(host),
-                                   host_full_watermark=1.0, decode_low_watermark=0.5, **common)
-            sim = simulate(model_spec, node, pol, reqs, cost=CostModel(model_spec, node, measured=prof))
-            row = Row(layout=text, workload=wl.label, num_requests=len(reqs),
-                      measured_tok_s=float(res["tokens_per_second"]), predicted_tok_s=float(sim.tokens_per_second),
-                      measured_elapsed_s=float(res["elapsed_time"]), predicted_elapsed_s=float(sim.elapsed_time),
-                      measured_phases={k: float(v) for k, v in res["time_by_phase"].items()},
-                      predicted_phases={k: float(v) for k, v in sim.time_by_phase.items()})
-            rows.append(row)
-            progress(f"[{i}/{total}]   measured {row.measured_tok_s:,.1f} tok/s{' (median of %d)' % repeat if repeat > 1 else ''}, predicted "
-                     f"{row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%), wall {wall:.1f}s")
+            runs[i].append((run_batch(store, items, config), trace))
+            walls[i] += time.perf_counter() - t0
+
+    rows: list[Row] = []
+    for i, (text, c_p, c_d, wl, items, tag, _) in enumerate(pairs):
+        ordered = sorted(runs[i], key=lambda run: run[0]["tokens_per_second"])
+        res, trace = ordered[(len(ordered) - 1) // 2]  # the median run (the lower middle one of an even count)
+        for _, other in runs[i]:
+            if other is not None and other != trace:
+                other.unlink(missing_ok=True)
+        if trace is not None:
+            trace.replace(out_dir / f"steps-{tag}.jsonl")
+        ids = res.get("output_token_ids") or {}
+        reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len,
+                        output_len=max(1, len(ids.get(it.custom_id, ())) or it.max_tokens))
+                for it in items if it.custom_id in ids or not ids]
+        node = catalog.measured_node(prof, c_p.world_size)
+        common = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                      block_size=block_size)
+        if c_d is None:
+            pol = VllmPolicy(layout=c_p, enable_chunked_prefill=False, **common)
+        else:
+            host = res.get("host_kv_bytes") or 1024**3
+            pol = SeesawPolicy(prefill_layout=c_p, decode_layout=c_d, host_kv_bytes=float(host),
+                               host_full_watermark=1.0, decode_low_watermark=0.5, **common)
+        sim = simulate(model_spec, node, pol, reqs, cost=CostModel(model_spec, node, measured=prof))
+        row = Row(layout=text, workload=wl.label, num_requests=len(reqs),
+                  measured_tok_s=float(res["tokens_per_second"]), predicted_tok_s=float(sim.tokens_per_second),
+                  measured_elapsed_s=float(res["elapsed_time"]), predicted_elapsed_s=float(sim.elapsed_time),
+                  measured_phases={k: float(v) for k, v in res["time_by_phase"].items()},
+                  predicted_phases={k: float(v) for k, v in sim.time_by_phase.items()},
+                  measured_runs=[float(run["tokens_per_second"]) for run, _ in runs[i]])
+        rows.append(row)
+        spread = (f" (median of {rounds}, range {row.measured_min_tok_s:,.1f}-{row.measured_max_tok_s:,.1f})"
+                  if rounds > 1 else "")
+        progress(f"[{i + 1}/{len(pairs)}] {text} on {wl.label}: measured {row.measured_tok_s:,.1f} tok/s{spread}, "
+                 f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%), "
+                 f"engine wall {walls[i]:.1f}s")
     return rows
 
 
@@ -231,10 +273,13 @@ def regret(rows: list[Row]) -> dict:
 def summary(rows: list[Row]) -> dict:
     errs = [abs(r.rel_error) for r in rows]
     worst = max(rows, key=lambda r: abs(r.rel_error)) if rows else None
+    beyond = [abs(r.error_beyond_range) for r in rows]
     return {"num_pairs": len(rows),
             "median_abs_rel_error": statistics.median(errs) if errs else None,
             "worst_abs_rel_error": max(errs) if errs else None,
             "worst_pair": f"{worst.layout} / {worst.workload}" if worst else None,
+            "num_within_range": sum(1 for b in beyond if b == 0.0),
+            "worst_abs_error_beyond_range": max(beyond) if beyond else None,
             "regret": regret(rows), "rows": [r.record() for r in rows]}
 
 
@@ -266,12 +311,17 @@ def _plot(rows: list[Row], path: Path) -> None:
     markers = "osD^v<>p*"
     for j, wl in enumerate(wls):
         rs = [r for r in rows if r.workload == wl]
-        ax.scatter([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs], marker=markers[j % len(markers)],
-                   label=wl, s=40)
+        pts = ax.scatter([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs],
+                         marker=markers[j % len(markers)], label=wl, s=40)
+        if any(len(r.measured_runs) > 1 for r in rs):  # the measured runs' range
+            ax.errorbar([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs],
+                        xerr=[[r.measured_tok_s - r.measured_min_tok_s for r in rs],
+                              [r.measured_max_tok_s - r.measured_tok_s for r in rs]],
+                        fmt="none", ecolor=pts.get_facecolor()[0], elinewidth=1, capsize=2)
         for r in rs:
             ax.annotate(r.layout, (r.measured_tok_s, r.predicted_tok_s), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    vals = [v for r in rows for v in (r.measured_tok_s, r.predicted_tok_s) if v > 0] or [1.0]
+    vals = [v for r in rows for v in (r.measured_min_tok_s, r.measured_max_tok_s, r.predicted_tok_s) if v > 0] or [1.0]
     lo, hi = min(vals) * 0.8, max(vals) * 1.25
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
@@ -293,20 +343,34 @@ def table(rows: list[Row], title: str = "Calibration: simulator vs engine"):
     from rich.table import Table
 
     t = Table(title=title)
-    for col in ("layout", "workload", "meas tok/s", "pred tok/s", "err", "prefill meas s", "prefill pred s",
-                "prefill err", "decode meas s", "decode pred s", "decode err"):
+    ranged = any(len(r.measured_runs) > 1 for r in rows)
+    cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged else []), "pred tok/s", "err",
+            *(["beyond range"] if ranged else []), "prefill meas s", "prefill pred s", "prefill err",
+            "decode meas s", "decode pred s", "decode err"]
+    for col in cols:
         t.add_column(col, justify="left" if col in ("layout", "workload") else "right")
 
     def pct(x):
         return "-" if x is None else f"{100 * x:+.1f}%"
 
     for r in rows:
-        cells = [r.layout, r.workload, f"{r.measured_tok_s:,.1f}", f"{r.predicted_tok_s:,.1f}", pct(r.rel_error)]
+        cells = [r.layout, r.workload, f"{r.measured_tok_s:,.1f}"]
+        if ranged:
+            cells.append(f"{r.measured_min_tok_s:,.0f}-{r.measured_max_tok_s:,.0f}")
+        cells += [f"{r.predicted_tok_s:,.1f}", pct(r.rel_error)]
+        if ranged:
+            cells.append(pct(r.error_beyond_range))
         for ph in ("prefill", "decode"):
             cells += [f"{r.measured_phases.get(ph, 0.0):.3f}", f"{r.predicted_phases.get(ph, 0.0):.3f}",
                       pct(r.phase_error(ph))]
         t.add_row(*cells)
     return t
+
+
+def range_line(summ: dict) -> str:
+    """How many predictions fall inside their pair's measured range, and the worst miss beyond it."""
+    return (f"{summ['num_within_range']} of {summ['num_pairs']} predictions inside the measured runs' range; "
+            f"worst beyond it {100 * summ['worst_abs_error_beyond_range']:.1f}%")
 
 
 def regret_lines(summ: dict) -> list[str]:

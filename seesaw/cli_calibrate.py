@@ -32,7 +32,7 @@ def calibrate_cmd(
     output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o",
                                     help="folder for calibration.csv, calibration.png, summary.json"),
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),
-    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair; the median run is kept (noisy machines)"),
+    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair, in rounds over all pairs; the median run is kept and the range reported (noisy machines)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
@@ -57,6 +57,8 @@ def calibrate_cmd(
     con.print(cal.table(rows))
     print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}%, worst {100 * summ['worst_abs_rel_error']:.1f}% "
           f"({summ['worst_pair']})")
+    if repeat > 1:
+        print(cal.range_line(summ))
     for line in cal.regret_lines(summ):
         print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)

@@ -39,11 +39,22 @@ def test_regret():
     assert r["max"] == pytest.approx(0.2)
 
 
+def test_error_beyond_range():
+    row = Row("P2", "w", 8, 100.0, 130.0, 1, 1, measured_runs=[90.0, 100.0, 120.0])
+    assert (row.measured_min_tok_s, row.measured_max_tok_s) == (90.0, 120.0)
+    assert row.rel_error == pytest.approx(0.3)
+    assert row.error_beyond_range == pytest.approx(10 / 120)
+    assert Row("P2", "w", 8, 100.0, 80.0, 1, 1, measured_runs=[90.0, 100.0]).error_beyond_range == pytest.approx(-1 / 9)
+    assert Row("P2", "w", 8, 100.0, 95.0, 1, 1, measured_runs=[90.0, 100.0]).error_beyond_range == 0.0
+    single = Row("P2", "w", 8, 100.0, 110.0, 1, 1)  # one run: its range is the run itself
+    assert single.error_beyond_range == pytest.approx(single.rel_error)
+
+
 def test_calibrate_end_to_end(tmp_path, capsys):
     out = tmp_path / "cal"
     code, stdout, err = _cli(capsys, "calibrate", "--model", "tiny", "--layouts", "T1,T2",
                              "--workload", "constant", "-n", 8, "--input-len", 32, "--output-len", 16,
-                             "-o", out, "--json")
+                             "-o", out, "--repeat", 2, "--json")
     assert code == 0, err
     for name in ("calibration.csv", "calibration.png", "summary.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
@@ -57,11 +68,16 @@ def test_calibrate_end_to_end(tmp_path, capsys):
         assert r["measured_tok_s"] > 0 and r["predicted_tok_s"] > 0
         ratio = r["predicted_tok_s"] / r["measured_tok_s"]
         assert 0.1 < ratio < 10, r
+        assert r["num_runs"] == 2 and r["measured_min_tok_s"] <= r["measured_tok_s"] <= r["measured_max_tok_s"]
     assert math.isfinite(summ["median_abs_rel_error"]) and math.isfinite(summ["worst_abs_rel_error"])
     reg = summ["regret"]["per_workload"]["constant:32/16"]
     assert reg["num_layouts"] == 2 and reg["regret"] >= 0
     assert "T1" in stdout and "T2" in stdout and "regret" in stdout
-    assert "[1/2] engine T1" in err  # progress on stderr
+    assert "[1/2] engine T1" in err and "run 2 of 2" in err  # progress on stderr
+    assert "inside the measured runs' range" in stdout
+    # one step trace per pair: the kept (median) run's
+    assert sorted(p.name for p in out.glob("steps-*")) == ["steps-T1_constant_32-16.jsonl",
+                                                           "steps-T2_constant_32-16.jsonl"]
 
 
 def test_calibrate_bad_layout(tmp_path, capsys):
