@@ -45,6 +45,8 @@ def profile_command(
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per rank (the engine's ranks use 1)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (the engine's CPU default: float32)"),
     repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point (mean kept)"),
+    passes: Optional[int] = typer.Option(None, "--passes", min=1,
+                                         help="rounds over all tables, the repeats split among them (default 3; --quick 1)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Time the engine's linear layers, attention, collectives, copies and step overhead over a grid
@@ -63,6 +65,8 @@ def profile_command(
         kw["tp"] = tuple(tp)
     if repeats:
         kw["repeats"] = repeats
+    if passes:
+        kw["passes"] = passes
     grid = profiler.Grid.quick(**kw) if quick else profiler.Grid.default(**kw)
     if ranks is None and device == "cpu":
         ranks = 2 if quick else max([3, *(tp or [])])
@@ -81,7 +85,8 @@ def profile_command(
         f"command: {command}\n"
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
-        f"Every time is the mean of {prof.repeats} timed repeats (seconds per call; see seesaw/profiler.py);\n"
+        f"Every time is the mean of {prof.repeats} timed repeats, taken in {prof.passes} pass(es) over all the "
+        "tables (seconds per call; see seesaw/profiler.py);\n"
         f"Layer tables: timed inside {max(3, prof.repeats // 5)} forward passes per point, one sample per layer; "
         f"step_overhead: the difference of two whole driver runs, mean of {max(3, prof.repeats // 5)} each.\n"
         f"Mean 1-minute load average while measuring: {prof.load_average} on {prof.cpu_count} CPUs "

@@ -27,8 +27,12 @@ at once, as the engine runs them -- on a CPU they share the cores -- each rank t
 shard, and the slowest rank's mean kept. Samples are taken in sweeps over a table's grid
 points in shuffled order, so load from other processes on a shared machine spreads over the table
 instead of spoiling a few points; ``repeats`` samples per point (a fifth as many forward passes
-and driver runs, each forward pass giving one sample per layer). The files keep the raw means;
-``simulator.cost`` makes them monotone.
+and driver runs, each forward pass giving one sample per layer). The whole list of tables is
+measured in ``passes`` rounds, each taking its share of the samples, and a table keeps the mean
+over all of them: the speed of a shared VM drifts over seconds to minutes (the same engine run
+varied 1.7x within three minutes here), and a table measured in one stretch of ~10 s took
+whatever speed that stretch had, so two profiles an hour apart predicted P2 29% apart. The
+files keep the raw means; ``simulator.cost`` makes them monotone.
 
 Why means, not medians: an engine step is a sum of calls, so its expected time is the sum of the
 calls' means. Where calls have a long tail the two differ a lot: a gloo all-reduce between two
@@ -130,6 +134,7 @@ class Grid:
     step_seqs: tuple[int, ...] = _pow(1, 256, 4)
     busy: tuple[int, ...] = (2,)  # also time TP-1 forward passes and driver steps on this many ranks at once
     repeats: int = 15  # timed samples per point (forward passes and driver runs: a fifth)
+    passes: int = 3  # the task list runs this many times, each with its share of the samples
     warmup: int = 2
     min_repeat_s: float = 2e-3
     max_calls: int = 1000  # per sample
@@ -145,12 +150,16 @@ class Grid:
             prefill_tokens=(2, 16, 64), prefill_context=(2, 16, 64, 256), decode_batch=(1, 4, 16),
             decode_context=(16, 64, 256), comm_bytes=(4, 256, 16384, 1 << 20), bcast_bytes=(8, 512),
             copy_bytes=(4096, 1 << 16, 1 << 20, 1 << 24), step_seqs=(1, 4, 16),
-            repeats=3, warmup=1, min_repeat_s=3e-4, max_calls=200,
+            repeats=3, passes=1, warmup=1, min_repeat_s=3e-4, max_calls=200,
         ), **kw)
 
     @property
     def forward_repeats(self) -> int:
         return max(3, self.repeats // 5)
+
+    def per_pass(self, samples: int) -> int:
+        """Sweeps of one pass for ``samples`` per point in all."""
+        return max(1, -(-samples // self.passes))
 
 
 @dataclass(frozen=True)
@@ -295,7 +304,7 @@ class _Rank:
             dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=ctrl)
             calls = agreed.tolist()
         samples: list[list[float]] = [[] for _ in fns]
-        for sweep in range(repeats or g.repeats):
+        for sweep in range(repeats or g.per_pass(g.repeats)):
             # a fresh order each sweep (the same on every rank), so whatever the previous point
             # leaves behind (cold caches after a large one) does not always hit the same point
             order = list(range(len(fns)))
@@ -462,7 +471,7 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
             for fn in fns:  # a first pass unrecorded (allocations, lazy initialisation)
                 fn()
             probe.on = True
-            r.measure(fns, task.ranks, repeats=g.forward_repeats, warmup=0)
+            r.measure(fns, task.ranks, repeats=g.per_pass(g.forward_repeats), warmup=0)
             probe.on = False
     finally:
         engine_model.paged_attention = saved
@@ -602,7 +611,7 @@ def _step(r: _Rank, task: Task) -> dict:
         fns += [functools.partial(_driver_run, spec, r, b, _STEP_FEW),
                 functools.partial(_driver_run, spec, r, b, _STEP_FEW + k)]
     with torch.inference_mode():
-        runs = r.measure(fns, task.ranks, repeats=r.grid.forward_repeats, warmup=1)
+        runs = r.measure(fns, task.ranks, repeats=r.grid.per_pass(r.grid.forward_repeats), warmup=1)
     times = [max(1e-7, (many - few) / k) for few, many, k in zip(runs[::2], runs[1::2], extra)]
     return dict(vocab_size=spec.vocab_size, ranks=task.ranks, seqs=list(seqs), time_s=r.slowest(times, task.ranks))
 
@@ -653,7 +662,7 @@ def _handoff(r: _Rank, sizes) -> list[float]:
     stamp = torch.zeros(1, dtype=torch.float64)
     samples: list[list[float]] = [[] for _ in sizes]
     rng = random.Random(r.rank)
-    for sweep in range(g.repeats * 5):
+    for sweep in range(g.per_pass(g.repeats) * 5):
         order = list(range(len(sizes)))
         random.Random(sweep).shuffle(order)
         for i in order:
@@ -722,21 +731,42 @@ def _rank_main(rank: int, world_size: int, device: torch.device, tasks: list[Tas
     torch.manual_seed(rank)
     r = _Rank(rank, torch.device(device), _DTYPES[dtype], grid, groups, ctrl, progress,
               cache_bytes=_cache_bytes(torch.device(device)))
-    out = []
-    for task in tasks:
-        if rank >= task.ranks:
-            continue
-        if task.kind == "forward":
-            out.extend(_forward_tables(r, task))
-        elif task.kind == "step":
-            out.append(("step_overhead", _step(r, task)))
-        elif task.kind == "comm":
-            out.append(("collectives", _comm(r, task)))
-        elif task.kind == "copy":
-            out.append(("copies", _copy(r, task)))
+    passes = []
+    for _ in range(grid.passes):
+        out = []
+        for task in tasks:
+            if rank >= task.ranks:
+                continue
+            if task.kind == "forward":
+                out.extend(_forward_tables(r, task))
+            elif task.kind == "step":
+                out.append(("step_overhead", _step(r, task)))
+            elif task.kind == "comm":
+                out.append(("collectives", _comm(r, task)))
+            elif task.kind == "copy":
+                out.append(("copies", _copy(r, task)))
+        passes.append(out)
     if world_size > 1:
         dist.barrier(group=ctrl[world_size])
-    return out if rank == 0 else None
+    return _merge_passes(passes) if rank == 0 else None
+
+
+def _merge_passes(passes: list[list[tuple[str, dict]]]) -> list[tuple[str, dict]]:
+    """One table per measured table: every pass measured the same tables in the same order, each
+    point with the same number of samples, so the mean over all samples is the mean of the passes'
+    means."""
+    merged = []
+    for tables in zip(*passes):
+        key, first = tables[0]
+        merged.append((key, {**first, "time_s": _mean_of([t["time_s"] for _, t in tables])}))
+    return merged
+
+
+def _mean_of(values: list):
+    """Element-wise mean of equally shaped (nested) lists of numbers."""
+    if isinstance(values[0], (list, tuple)):
+        return [_mean_of(list(xs)) for xs in zip(*values)]
+    return statistics.fmean(values)
 
 
 def _cpu_name() -> str:
@@ -791,8 +821,9 @@ def profile(
     specs = models if models is not None else [load_model(m) for m in grid.models]
     tasks = plan_tasks(grid, ranks, specs, device)
     # progress counts timed samples
-    total = sum(t.points * (grid.forward_repeats if t.kind in ("forward", "step") else grid.repeats)
-                for t in tasks)
+    total = grid.passes * sum(
+        t.points * grid.per_pass(grid.forward_repeats if t.kind in ("forward", "step") else grid.repeats)
+        for t in tasks)
     world = max([t.ranks for t in tasks] + [1])
     ctx = get_context("forkserver")
     queue = ctx.Queue()
@@ -835,9 +866,10 @@ def profile(
         memory_bytes=_memory_bytes(),
         device_memory_bytes=float(torch.cuda.get_device_properties(0).total_memory) if device == "cuda" else None,
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command,
-        wall_time_s=round(wall_s, 1), repeats=grid.repeats,
+        wall_time_s=round(wall_s, 1), repeats=grid.per_pass(grid.repeats) * grid.passes, passes=grid.passes,
         load_average=round(statistics.mean(loads), 2) if loads else None,
-        source=f"seesaw profile on {platform.node() or 'this machine'}; means of {grid.repeats} repeats",
+        source=f"seesaw profile on {platform.node() or 'this machine'}; means of "
+               f"{grid.per_pass(grid.repeats) * grid.passes} repeats in {grid.passes} pass(es)",
         **{k: tuple(v) for k, v in tables.items()},
     )
 

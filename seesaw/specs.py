@@ -584,6 +584,8 @@ class MeasuredProfile(Spec):
     command: str = ""
     wall_time_s: float = Field(default=0.0, ge=0, description="how long the measurement took")
     repeats: int = Field(default=1, gt=0, description="timed repeats per grid point (mean kept)")
+    passes: int = Field(default=1, gt=0, description="passes over all the tables, each taking its share of "
+                        "the repeats, so every table's samples span the whole measurement")
     load_average: float | None = Field(
         default=None, ge=0, description="mean 1-minute load average of the host while measuring "
         "(the measuring ranks included): how busy a shared machine was")

@@ -78,8 +78,9 @@ def test_default_plan_has_every_table_the_cost_model_looks_up(model, layouts):
         assert first.embed is not None and last.head is not None
         if lay.tp > 1:
             assert first.allreduce is not None and last.gather is not None
-        if lay.pp > 1:
-            assert last.reply is not None and first.control_s > 0
+        if lay.pp > 1:  # hand-offs measured: the later stages receive the step message, the
+            # driver the sampled ids
+            assert cm.handoffs_rendezvous and cm.pp_reply_s(lay, 8) > 0 and last.control_s > 0
     assert cm.pp_send_s(parse_parallel("P2"), 8) > 0 and cm.host_copy_s(1e6) > 0
 
 
@@ -112,6 +113,34 @@ def test_pieces_run_in_process_on_one_rank():
                            threads_per_rank=1, num_ranks=1, cpu_count=1, memory_bytes=1e9, date="d",
                            **{k: tuple(t for kk, t in out if kk == k) for k in set(kinds)})
     assert {t.dims for t in prof.ops if t.op == "linear"} == {(64, 128), (64, 64), (64, 256), (128, 64), (64, 260)}
+
+
+def test_passes_measure_every_table_again_and_keep_the_mean():
+    grid = profiler.Grid.quick(repeats=2, passes=2, warmup=0, min_repeat_s=0.0)
+    assert grid.per_pass(grid.repeats) == 1 and grid.per_pass(3) == 2 and profiler.Grid.default().passes == 3
+    tasks = [profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))),
+             profiler.Task("copy", 1, 1, dict(kind="h2h", sizes=(1 << 20,)))]
+    seen = []
+    real = profiler._Rank.measure
+
+    def spy(self, fns, *a, **kw):
+        times = real(self, fns, *a, **kw)
+        seen.append(len(times))
+        return times
+
+    profiler._Rank.measure = spy
+    try:
+        out = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    finally:
+        profiler._Rank.measure = real
+    assert seen == [2, 1, 2, 1]  # both tables, in each of the two passes
+    assert [(k, t["size_bytes"]) for k, t in out] == [("copies", [4096, 65536]), ("copies", [1 << 20])]
+    a = ("x", {"kind": "h2h", "time_s": [1.0, 4.0]})
+    b = ("x", {"kind": "h2h", "time_s": [3.0, 2.0]})
+    assert profiler._merge_passes([[a], [b]]) == [("x", {"kind": "h2h", "time_s": [2.0, 3.0]})]
+    grid2 = ("a", {"time_s": [[1.0, 2.0], [3.0, 5.0]]})
+    grid3 = ("a", {"time_s": [[3.0, 2.0], [1.0, 1.0]]})
+    assert profiler._merge_passes([[grid2], [grid3]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 3.0]]
 
 
 def test_write_profile_round_trips_through_the_catalog(tmp_path):
