@@ -21,6 +21,8 @@ Interface
                                                 under whichever roofline term bounds it)
     ``pipeline_time_s(layout, shape, m)``       m equal micro-batches through all stages
     ``pp_send_s(layout, num_tokens)``           activations across one stage boundary
+    ``pp_reply_s(layout, rows)``                sampled ids back to the driver, when the simulator
+                                                charges it at the driver (``handoffs_rendezvous``)
     ``layers_per_stage(layout)``                vLLM's split; embedding first, LM head last
     ``weight_bytes_per_gpu(layout)``            the most loaded GPU (``stage_weight_bytes_per_gpu``
                                                 gives every stage)
@@ -61,6 +63,16 @@ Model and assumptions
   same profile). ``Curve``/``Surface`` interpolate log time over log size, monotone, clamped below
   the grid and proportional above it. Prefill attention needs the step's prefill sequences
   (``BatchShape.prefill_seqs``); without them whole prompts of equal length are assumed.
+- Hand-offs between pipeline stages, measured (``handoffs_rendezvous``): a transfer starts only
+  once the receiver asks for it, and the ``handoff`` table is timed from the later of sender and
+  receiver being ready. So the simulator starts stage ``s > 0`` at max(its input sent, the stage
+  free) plus the hand-off (the receiving ranks wait through it), each stage's ranks other than
+  rank 0 pay for receiving the driver's step message, and the sampled ids reach the driver after
+  it finishes what it is computing (``pp_reply_s``). Measured on the engine (P2, 2 CPU ranks):
+  the second stage posts its receives after the data was sent in 95% of micro-batches and still
+  waits 0.7-0.9 ms on average for each, for the message and for the activations, while the
+  sender computes on; so the message is priced as a hand-off too. The roofline keeps eager
+  sends: the transfer overlaps the receiver's work.
 - Memory: weights per GPU of its stage, an activation reserve of ``max_num_batched_tokens`` rows
   (the peak live tensors in the MLP, as vLLM's profiling run measures it), the rest is KV.
 """
@@ -304,8 +316,9 @@ class _MeasuredStage:
     num_allreduce: int  # per step: two per layer, one after the embedding
     head: Curve | None  # LM head GEMM by rows (last stage)
     gather: Curve | None  # logits all-gather by per-rank bytes (last stage, tp > 1; measured alone)
-    reply: Curve | None  # sampled ids from the sampling rank back to the driver (pp or dp > 1)
-    control_s: float  # the driver's step message to the replica's ranks (first stage)
+    reply: Curve | None  # sampled ids from the sampling rank back to the driver (pp or dp > 1;
+    # under PP with rendezvous hand-offs the simulator charges it at the driver: ``pp_reply_s``)
+    control_s: float  # the driver's step message, paid by the stages whose ranks receive it
     step: Curve | None  # engine step outside the model, by sequences
     head_cols: int  # LM head rows per rank (vocab padded to a multiple of tp)
     # the same collectives timed inside forward passes (``tp_all_reduce`` by tokens,
@@ -493,11 +506,14 @@ class CostModel:
             num_allreduce=(2 * c.layers + (1 if first else 0)) if tp > 1 else 0,
             head=tb.op("linear", (h, cols), busy) if last else None,
             gather=tb.comm("all_gather", tp) if last and tp > 1 else None,
-            # sampled ids back to rank 0: a broadcast whose sender goes on with its next
-            # micro-batch under PP (a hand-off between busy ranks where measured)
-            reply=((tb.comm("handoff", 2) if layout.pp > 1 else None) or tb.comm("broadcast", 2))
-            if last and (layout.pp > 1 or layout.dp > 1) else None,
-            control_s=self._control_s(layout) if first else 0.0,
+            # sampled ids back to rank 0, a broadcast (under PP with a measured hand-off the
+            # simulator charges it at the driver instead: ``pp_reply_s``)
+            reply=tb.comm("broadcast", 2) if last and (layout.pp > 1 or layout.dp > 1)
+            and not (layout.pp > 1 and self.handoffs_rendezvous) else None,
+            # rendezvous: the receivers of the step message wait for it (the stages after the
+            # first; the first only when it holds ranks other than rank 0); else the first stage
+            control_s=self._control_s(layout) if (
+                (stage > 0 or tp > 1 or layout.dp > 1) if self.handoffs_rendezvous else first) else 0.0,
             step=tb.step(m.vocab_size, busy),
             head_cols=cols,
             allreduce_in_place=tb.op_exact("tp_all_reduce", (h,), tp) if tp > 1 else None,
@@ -578,11 +594,14 @@ class CostModel:
     def _control_s(self, layout: ParallelConfig) -> float:
         """The engine driver's step message to a replica's other ranks: one gloo broadcast of its
         fixed buffer from rank 0 (``seesaw.engine.driver.ControlPlane``), which the replica's
-        ranks wait for before they start; none when the replica is rank 0 alone."""
+        ranks wait for before they start; none when the replica is rank 0 alone. With a measured
+        hand-off: one, since rank 0 sends it and computes on (its receivers ask late)."""
         members = layout.tp * layout.pp + (1 if layout.dp > 1 else 0)
         if members < 2:
             return 0.0
         tb = self._tables
+        if self.handoffs_rendezvous:
+            return tb.handoff()(_CONTROL_MESSAGE_BYTES)
         found = [r for (op, r) in tb._comm if op == "broadcast"]
         if not found:
             return 0.0
@@ -701,6 +720,19 @@ class CostModel:
         # NCCL ring: bus bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md), 2(t-1) steps
         return (2 * (tp - 1) / tp * nbytes / self._link_bytes_per_s
                 + 2 * (tp - 1) * self.node.allreduce_latency_s)
+
+    @property
+    def handoffs_rendezvous(self) -> bool:
+        """Pipeline hand-offs start when the receiver asks and keep it waiting (measured
+        ``handoff`` table; see the module docstring), instead of overlapping its work."""
+        return self._tables is not None and ("handoff", 2) in self._tables._comm
+
+    def pp_reply_s(self, layout: ParallelConfig, rows: int) -> float:
+        """The sampled ids of ``rows`` sequences from the last stage back to the driver under PP
+        with rendezvous hand-offs (0 otherwise: then the last stage's time includes them)."""
+        if layout.pp == 1 or not rows or not self.handoffs_rendezvous:
+            return 0.0
+        return self._tables.handoff()(8 * rows)  # int64 token ids
 
     def pp_send_s(self, layout: ParallelConfig, num_tokens: int) -> float:
         """Activations ``[tokens, hidden]`` across one stage boundary (each TP rank sends its copy

@@ -206,7 +206,10 @@ class _Replica:
         ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
         starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
         resource per stage would give, computed at launch with one timeout instead of three
-        events per stage. Bubbles and stage imbalance emerge from this recurrence.
+        events per stage. Bubbles and stage imbalance emerge from this recurrence. With
+        rendezvous hand-offs (``CostModel.handoffs_rendezvous``: measured profiles) a stage starts
+        at max(its input sent, the stage free) plus the hand-off, and the sampled ids reach the
+        driver after it finishes its own queued work (``pp_reply_s``).
         """
         env = self.sim.env
         cost = self.sim.cost
@@ -216,13 +219,24 @@ class _Replica:
         free = self.stage_free_s
         last = layout.pp - 1
         send = cost.pp_send_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else 0.0
+        rendezvous = last and cost.handoffs_rendezvous
         t = env.now
         for stage in range(layout.pp):
             start = t if t > free[stage] else free[stage]
+            if stage and rendezvous:
+                start += send  # the receiving stage waits through the hand-off
             t = free[stage] = start + cost.stage_time_s(layout, stage, shape)
-            if stage < last:
+            if stage < last and not rendezvous:
                 t += send
         yield env.timeout(t - env.now)
+        if rendezvous:
+            # the sampled ids reach the driver (stage 0's rank) once it is done with the
+            # micro-batches it is computing; it waits through the hand-off
+            reply = cost.pp_reply_s(layout, shape.sampled_seqs)
+            if reply:
+                done = (env.now if env.now > free[0] else free[0]) + reply
+                free[0] = done
+                yield env.timeout(done - env.now)
 
     def _complete(self, step) -> None:
         if isinstance(step, Forward):

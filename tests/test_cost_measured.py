@@ -321,3 +321,32 @@ def test_dp_replicas_pay_the_driver_messages_t1_does_not(cm):
     bcast = Curve((8, 512), (80e-6, 90e-6))
     assert t1["comm_s"] == 0.0
     assert d2["comm_s"] == pytest.approx(bcast(1 << 15) + bcast(8 * 4))
+
+
+def test_measured_handoffs_are_rendezvous_the_receiver_waits():
+    """With a measured ``handoff`` table the second stage waits through the step message and the
+    activations it receives (the engine's receiver asks late, and a transfer starts only then),
+    and the sampled ids cost the driver; a slow hand-off then sets the pace of the pipeline."""
+    hand = CommTable(op="handoff", ranks=2, size_bytes=(8, 1 << 20), time_s=(5e-3, 5e-3))
+    prof = tiny_profile(collectives=tiny_profile().collectives + (hand,))
+    node = measured_node(prof, 2)
+    cm = CostModel(TINY, node, measured=prof)
+    eager = CostModel(TINY, node, measured=tiny_profile())  # no hand-off table: eager sends
+    assert cm.handoffs_rendezvous and not eager.handoffs_rendezvous
+    P2, T2 = parse_parallel("P2"), parse_parallel("T2")
+    shape = BatchShape.decode([64])
+    first, last = (cm.stage_breakdown(P2, s, shape) for s in (0, 1))
+    assert first["comm_s"] == 0.0  # rank 0 sends the step message and computes on
+    assert last["comm_s"] == pytest.approx(5e-3)  # the second stage waits for it; the reply is not its
+    assert cm.pp_reply_s(P2, 1) == pytest.approx(5e-3) and cm.pp_reply_s(T2, 1) == 0.0
+    assert eager.pp_reply_s(P2, 1) == 0.0
+    # two requests: two one-sequence micro-batches in flight. Per micro-batch the second stage
+    # waits 5 ms for the message (in its stage time) and 5 ms for the activations, then computes:
+    # the pipeline's pace, since the round trip (both stages, activations, ids back: ~18 ms) over
+    # two micro-batches is shorter.
+    reqs = load_workload("constant", num_requests=2, input_len=16, output_len=33)
+    r = simulate(TINY, node, VllmPolicy(layout=P2, max_num_seqs=8), reqs, cost=cm)
+    steps = r.steps[r.steps.kind == "decode"]
+    assert len(steps) == 64 and (steps.num_seqs == 1).all()
+    stage1 = cm.stage_time_s(P2, 1, BatchShape.decode([32]))
+    assert r.time_by_phase["decode"] == pytest.approx(64 * (5e-3 + stage1), rel=0.05)
