@@ -5,10 +5,11 @@ prediction with what the engine measured.
 measured profile ``profiles/measured/cpu-2core.yaml`` (``catalog.measured_node``, one "GPU" per
 rank) with that profile's tables; on CUDA a datasheet node of the catalog GPU matching the device
 name (no measured tables: the roofline cost model). ``plan_for_machine`` picks a ``Plan`` for the
-engine's requests on it: through ``simulator.planner.plan`` when that accepts a measured profile,
-otherwise by simulating every feasible static layout of ``num_ranks`` and every Seesaw pair with
-equal DP (``simulator.sim.simulate``) and taking the highest total tokens/s. ``comparison`` puts
-the prediction and the measurement side by side.
+engine's requests on it by simulating every feasible static layout of ``num_ranks`` and every
+Seesaw pair with equal DP in full (``simulator.sim.simulate``) with the engine's own knobs, and
+taking the highest total tokens/s: on the few ranks of one machine that is the exhaustive search
+which ``simulator.planner.plan`` (also given ``measured=``) approximates with estimates and a
+knob sweep. ``comparison`` puts the prediction and the measurement side by side.
 
 The planner and the engine must mean the same thing, so the plan is made for the model as the
 engine runs it: the checkpoint's shape with the engine's dtype (fp32 on CPU), the engine's
@@ -17,7 +18,6 @@ requests (prompt length and ``max_tokens``), and the engine's defaults for the p
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,14 +122,6 @@ def plan_for_machine(model: ModelSpec, mach: Machine, requests: list, *, workloa
     if not requests:
         raise SpecError("the workload has no requests")
     knobs = _knobs(max_num_seqs, max_num_batched_tokens, block_size)
-    planner = _planner_with_measured()
-    if planner is not None:  # simulator.planner grew a measured-profile hook: use the real planner
-        result = planner(model, mach.node, requests, measured=mach.measured, workers=1,
-                         workload_name=workload)
-        if result.plan is None:
-            raise SpecError(f"no feasible plan for {model.name} on {mach.description}")
-        rows = result.table.head(10).to_dict("records")
-        return result.plan, rows, list(result.rejected)
     rows, rejected = _search(model, mach, requests, knobs, progress)
     if not rows:
         raise SpecError(f"no feasible layout for {model.name} on {mach.node.num_gpus} ranks: "
@@ -158,21 +150,10 @@ def plan_for_machine(model: ModelSpec, mach: Machine, requests: list, *, workloa
         explanation=why + ".",
         provenance={"planned_by": "seesaw run --auto", "machine": mach.description,
                     "search": f"every feasible {mach.node.num_gpus}-rank layout (vllm) and Seesaw pair simulated in "
-                              "full with simulator.sim (simulator.planner takes no measured profile yet)",
+                              "full with simulator.sim, the engine's knobs",
                     "seesaw_version": __version__, "simulated_requests": str(len(requests))},
     )
     return plan, table, rejected
-
-
-def _planner_with_measured():
-    try:
-        from simulator import planner
-    except ImportError:
-        return None
-    fn = getattr(planner, "plan", None)
-    if fn is None or "measured" not in inspect.signature(fn).parameters:
-        return None
-    return fn
 
 
 def load_plan(path: Path) -> Plan:

@@ -36,7 +36,7 @@ import pandas as pd
 
 from seesaw.scheduling import SchedulerError, split_across_replicas
 from seesaw.specs import (
-    GiB, ModelSpec, NodeSpec, ParallelConfig, Plan, SeesawPolicy, SpecError, VllmPolicy,
+    GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, Plan, SeesawPolicy, SpecError, VllmPolicy,
 )
 from simulator.cost import BatchShape, CostModel
 from simulator.sim import PHASES, default_host_kv_bytes, simulate
@@ -346,9 +346,10 @@ def _works(requests: list, dp: int) -> list[_Work]:
 # Simulation (in worker processes)
 
 
-def _simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list) -> dict:
+def _simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measured=None) -> dict:
     try:
-        r = simulate(model, node, policy, requests)
+        r = simulate(model, node, policy, requests,
+                     cost=CostModel(model, node, measured=measured) if measured is not None else None)
     except (SpecError, SchedulerError) as e:
         return {"error": str(e).splitlines()[0]}
     return {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
@@ -359,8 +360,9 @@ class _Runner:
     """Runs simulations in a process pool (started on the first batch of two or more) or in-process,
     and remembers every result. Candidates with the same ``equiv`` key run once."""
 
-    def __init__(self, model, node, requests, workers: int, progress: Callable | None, equiv: dict[int, tuple]):
-        self.model, self.node, self.requests = model, node, requests
+    def __init__(self, model, node, requests, workers: int, progress: Callable | None, equiv: dict[int, tuple],
+                 measured=None):
+        self.model, self.node, self.requests, self.measured = model, node, requests, measured
         self.workers, self.progress, self.equiv = workers, progress, equiv
         self.results: dict[int, dict] = {}
         self.same_as: dict[int, int] = {}
@@ -386,10 +388,10 @@ class _Runner:
             self.pool = ProcessPoolExecutor(max_workers=self.workers)
         if self.pool is None:
             for i, pol in todo:
-                self._done(i, pol, _simulate_one(self.model, self.node, pol, self.requests))
+                self._done(i, pol, _simulate_one(self.model, self.node, pol, self.requests, self.measured))
         else:
-            futures = {self.pool.submit(_simulate_one, self.model, self.node, pol, self.requests): (i, pol)
-                       for i, pol in todo}
+            futures = {self.pool.submit(_simulate_one, self.model, self.node, pol, self.requests, self.measured):
+                       (i, pol) for i, pol in todo}
             for fut in as_completed(futures):
                 self._done(*futures[fut], fut.result())
         for i, j in self.same_as.items():
@@ -537,8 +539,12 @@ def plan(
     workers: int = 2,
     workload_name: str = "",
     progress: Callable[[int, int, str], None] | None = None,
+    measured: MeasuredProfile | None = None,
 ) -> PlanResult:
     """Search ``space`` for ``model`` on ``node`` serving ``requests``; see the module docstring.
+
+    measured: a profile of the machine (``seesaw profile``; ``node`` then from
+    ``catalog.measured_node``): estimates and simulations use its tables instead of the roofline.
 
     screen / refine: per policy kind, how many layouts to simulate after the estimate and how many
     of those to tune knob by knob (defaults in ``DEFAULT_SCREEN``/``DEFAULT_REFINE``; see
@@ -561,7 +567,7 @@ def plan(
     sample = sample_requests(requests, sample_size, seed)
     full_tokens = sum(r.prompt_len + r.output_len for r in requests)
     scale = full_tokens / sum(r.prompt_len + r.output_len for r in sample)
-    cost = CostModel(model, node)
+    cost = CostModel(model, node, measured=measured)
     layouts, rejected = enumerate_layouts(model, node, cost, space)
     candidates, more = enumerate_candidates(model, node, layouts, space)
     rejected += more
@@ -579,7 +585,7 @@ def plan(
         equiv[i] = _equiv_key(cand, w, cost)
     screen = dict(DEFAULT_SCREEN if screen is None else screen)
     refine = dict(DEFAULT_REFINE if refine is None else refine)
-    runner = _Runner(model, node, sample, workers, progress, {i: k for i, k in equiv.items() if k})
+    runner = _Runner(model, node, sample, workers, progress, {i: k for i, k in equiv.items() if k}, measured)
     try:
         if exhaustive:
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
@@ -635,6 +641,8 @@ def plan(
                 "seesaw_version": __version__, "simulated_requests": str(len(sample)),
                 "workload_requests": str(len(requests)), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
+                "cost_model": f"measured profile {measured.name or measured.device_name!r}" if measured is not None
+                else "roofline",
                 "search": f"exhaustive: {runner.done} simulations" if exhaustive else
                 f"estimate all {len(candidates)}; simulate the best-estimated layouts {screen}, tune the "
                 f"knobs of the best simulated {refine}: {runner.done} simulations",

@@ -155,3 +155,24 @@ def test_no_feasible_layout_gives_no_plan_and_reasons():
     r = plan(model, make_node("l4", 4), load_workload("sharegpt", num_requests=20), workers=1)
     assert r.plan is None and r.winner is None and len(r.table) == 0
     assert r.rejected and all("weights need" in why or "KV" in why for _, why in r.rejected)
+
+
+def test_plan_with_a_measured_profile_agrees_with_the_exhaustive_search():
+    """``measured=``: the planner prices candidates with the machine's tables (here the committed CPU
+    profile, 2 ranks) and, for a decode-heavy and a prefill-heavy batch, picks the layout that
+    ``seesaw run --auto``'s exhaustive full simulation picks."""
+    from seesaw import autotune, catalog
+    from seesaw.workload import Request
+
+    prof = catalog.load_measured("cpu-2core")
+    mach = autotune.machine(2)
+    model = load_model("tiny").model_copy(update={"dtype_bytes": 4})  # fp32, as the CPU engine runs
+    for p_len, o_len in ((16, 128), (256, 8)):
+        reqs = [Request(id=str(i), prompt_len=p_len, output_len=o_len) for i in range(32)]
+        res = plan(model, mach.node, reqs, measured=prof, workers=1, space=TINY)
+        assert res.plan is not None and "measured profile" in res.plan.provenance["cost_model"]
+        exhaustive, _, _ = autotune.plan_for_machine(model, mach, reqs, workload="constant")
+        assert autotune.policy_layouts(res.plan.policy) == autotune.policy_layouts(exhaustive.policy)
+        roofline = plan(model, mach.node, reqs, workers=1, space=TINY)
+        assert roofline.plan.provenance["cost_model"] == "roofline"
+        assert res.plan.predicted["throughput_tok_s"] != roofline.plan.predicted["throughput_tok_s"]
