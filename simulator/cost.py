@@ -69,8 +69,8 @@ Model and assumptions
   free) plus the hand-off (the receiving ranks wait through it), each stage's ranks other than
   rank 0 pay for receiving the driver's step message, and the sampled ids reach the driver after
   it finishes what it is computing (``pp_reply_s``). Measured on the engine (P2, 2 CPU ranks):
-  the second stage posts its receives after the data was sent in 95% of micro-batches and still
-  waits 0.7-0.9 ms on average for each, for the message and for the activations, while the
+  the second stage posts its receives after the data was sent in 82-99% of micro-batches and still
+  waits 0.7-1.0 ms on average for each, for the message and for the activations, while the
   sender computes on; so the message is priced as a hand-off too. The roofline keeps eager
   sends: the transfer overlaps the receiver's work.
 - Memory: weights per GPU of its stage, an activation reserve of ``max_num_batched_tokens`` rows
