@@ -93,3 +93,38 @@ def test_split_micro_batches():
     assert split_micro_batches([3, 1, 1, 1, 1], 4) == [[0], [1], [2, 3], [4]]
     groups = split_micro_batches([1] * 10, 3)
     assert sum(groups, []) == list(range(10)) and len(groups) == 3
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_decode_metadata_holds_every_context_slot_in_order(block_size):
+    """The batched decode metadata equals each sequence's slots one by one: slot ``j`` of row ``r``
+    is the slot of position ``j`` (zero and masked past the sequence's context), for ragged
+    contexts, tables that own more blocks than the longest context needs, and mixed steps."""
+    import random
+
+    from seesaw.engine.kv import build_metadata
+
+    rng = random.Random(block_size)
+    for _ in range(50):
+        blocks = BlockManager(4096, block_size)
+        ids = list(range(rng.randint(1, 10)))
+        for s in ids:
+            blocks.allocate(s, rng.randint(1, 90))
+        query = [rng.choice([1, 1, 1, 3]) for _ in ids]
+        for s, q in zip(ids, query):
+            blocks.allocate(s, q)
+        slot_mapping = torch.cat([blocks.slots(s, blocks.num_tokens[s] - q, blocks.num_tokens[s])
+                                  for s, q in zip(ids, query)])
+        meta = build_metadata(blocks, ids, query, slot_mapping)
+        decode = [i for i, q in enumerate(query) if q == 1]
+        assert meta.decode_seqs == (decode or meta.decode_seqs)
+        if not decode:
+            continue
+        lens = [blocks.num_tokens[ids[i]] for i in decode]
+        assert meta.decode_slots.shape == (len(decode), max(lens)) and meta.decode_mask.dtype == torch.bool
+        for row, (i, n) in enumerate(zip(decode, lens)):
+            assert torch.equal(meta.decode_slots[row, :n], blocks.slots(ids[i], 0, n))
+            assert (meta.decode_slots[row, n:] == 0).all()
+            assert meta.decode_mask[row, 0, 0, :n].all() and not meta.decode_mask[row, 0, 0, n:].any()
+        starts = [0, *torch.tensor(query).cumsum(0).tolist()]
+        assert meta.decode_rows.tolist() == [starts[i] for i in decode]
