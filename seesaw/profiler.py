@@ -651,11 +651,13 @@ def _busy(a: torch.Tensor, seconds: float) -> None:
 
 def _handoff(r: _Rank, sizes) -> list[float]:
     """Mean one-way hand-off of ``sizes`` bytes from rank 0 to rank 1 as pipeline stages make it:
-    both compute a while (0.5-2 ms, drawn), then rank 0 ``isend``s and computes on (1 ms) before
-    it waits, as a stage goes on to its next micro-batch, while rank 1 ``recv``s. Seconds from
-    the later of the two being ready until rank 1 has the data (``perf_counter`` is one clock for
-    all processes of a machine). On a CPU the transfer runs on a gloo thread that must win a core
-    from the busy ranks, so its mean is well above half a ping-pong between idle ranks."""
+    both compute a while (0.5-2 ms, drawn), then rank 0 ``isend``s and computes on (3 ms, longer
+    than rank 1 can lag) before it waits, as a stage goes on to its next micro-batch -- traced in
+    the engine, the second stage asks for its data while the first is still computing -- and
+    rank 1 ``recv``s. Seconds from the later of the two being ready until rank 1 has the data
+    (``perf_counter`` is one clock for all processes of a machine). On a CPU the transfer runs on
+    a gloo thread that must win a core from the busy ranks, so its mean is well above half a
+    ping-pong between idle ranks."""
     g = r.grid
     a = torch.randn(64, 64)
     data = torch.ones(max(sizes) // 4 + 1, dtype=torch.float32)
@@ -672,7 +674,7 @@ def _handoff(r: _Rank, sizes) -> list[float]:
             ready = time.perf_counter()
             if r.rank == 0:
                 work = dist.isend(x, dst=1)
-                _busy(a, 1e-3)
+                _busy(a, 3e-3)
                 work.wait()
                 stamp[0] = ready
                 dist.send(stamp, dst=1)
