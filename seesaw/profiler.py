@@ -861,6 +861,7 @@ def profile(
     for key, table in results[0]:
         tables[key].append(table)
     cuda_name = torch.cuda.get_device_name(0) if device == "cuda" else None
+    repeats = grid.per_pass(grid.repeats) * grid.passes  # what the passes took in all
     return MeasuredProfile(
         name=name, device=device, device_name=cuda_name or _cpu_name(), dtype=dtype,
         torch_version=torch.__version__, threads_per_rank=threads, num_ranks=world,
@@ -868,10 +869,10 @@ def profile(
         memory_bytes=_memory_bytes(),
         device_memory_bytes=float(torch.cuda.get_device_properties(0).total_memory) if device == "cuda" else None,
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command,
-        wall_time_s=round(wall_s, 1), repeats=grid.per_pass(grid.repeats) * grid.passes, passes=grid.passes,
+        wall_time_s=round(wall_s, 1), repeats=repeats, passes=grid.passes,
         load_average=round(statistics.mean(loads), 2) if loads else None,
         source=f"seesaw profile on {platform.node() or 'this machine'}; means of "
-               f"{grid.per_pass(grid.repeats) * grid.passes} repeats in {grid.passes} pass(es)",
+               f"{repeats} repeats in {grid.passes} pass(es)",
         **{k: tuple(v) for k, v in tables.items()},
     )
 

@@ -360,6 +360,8 @@ class CostModel:
         self.node = node
         self.measured = measured
         self._tables = _Tables(measured) if measured is not None else None
+        # a measured hand-off table makes pipeline hand-offs rendezvous (``handoffs_rendezvous``)
+        self._handoff = self._tables.comm("handoff", 2) if self._tables is not None else None
         if measured is not None and model.dtype_bytes != measured.dtype_bytes:
             raise SpecError(
                 f"model {model.name} has dtype_bytes={model.dtype_bytes} but profile {measured.name!r} "
@@ -599,9 +601,9 @@ class CostModel:
         members = layout.tp * layout.pp + (1 if layout.dp > 1 else 0)
         if members < 2:
             return 0.0
+        if self._handoff is not None:
+            return self._handoff(_CONTROL_MESSAGE_BYTES)
         tb = self._tables
-        if self.handoffs_rendezvous:
-            return tb.handoff()(_CONTROL_MESSAGE_BYTES)
         found = [r for (op, r) in tb._comm if op == "broadcast"]
         if not found:
             return 0.0
@@ -725,14 +727,14 @@ class CostModel:
     def handoffs_rendezvous(self) -> bool:
         """Pipeline hand-offs start when the receiver asks and keep it waiting (measured
         ``handoff`` table; see the module docstring), instead of overlapping its work."""
-        return self._tables is not None and ("handoff", 2) in self._tables._comm
+        return self._handoff is not None
 
     def pp_reply_s(self, layout: ParallelConfig, rows: int) -> float:
         """The sampled ids of ``rows`` sequences from the last stage back to the driver under PP
         with rendezvous hand-offs (0 otherwise: then the last stage's time includes them)."""
-        if layout.pp == 1 or not rows or not self.handoffs_rendezvous:
+        if layout.pp == 1 or not rows or self._handoff is None:
             return 0.0
-        return self._tables.handoff()(8 * rows)  # int64 token ids
+        return self._handoff(8 * rows)  # int64 token ids
 
     def pp_send_s(self, layout: ParallelConfig, num_tokens: int) -> float:
         """Activations ``[tokens, hidden]`` across one stage boundary (each TP rank sends its copy
