@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from seesaw.engine.host_kv import (
-    HostBlockAllocator, HostKVFull, HostKVPool, kv_box, kv_writer, swap_in, swap_out,
+    HostBlockAllocator, HostKVFull, HostKVPool, kv_box, kv_writer, swap_in, swap_in_many, swap_out,
+    swap_out_many,
 )
 from seesaw.engine.kv import BlockManager, KVCache
 from seesaw.engine.model import Shard
@@ -116,11 +117,14 @@ PAIRS = [
 ]
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["per-seq", "batched"])
 @pytest.mark.parametrize("spec,c_p,c_d", PAIRS, ids=[f"{s.num_key_value_heads}kv-{p}->{d}" for s, p, d in PAIRS])
-def test_swap_out_under_prefill_layout_swap_in_under_decode_layout_is_bitwise(spec, c_p, c_d):
+def test_swap_out_under_prefill_layout_swap_in_under_decode_layout_is_bitwise(spec, c_p, c_d, batched):
     """Each c_p rank holds its (layers, heads) box of the KV in its own cache and writes it to
     the pool (replicated heads: one writer); each c_d rank reads its box into a cache with another
-    block size. Host blocks of 3 tokens, device blocks of 4 and 5: tails and padding everywhere."""
+    block size. Host blocks of 3 tokens, device blocks of 4 and 5: tails and padding everywhere.
+    ``batched``: every rank copies all the sequences in one ``swap_out_many`` / ``swap_in_many``
+    call (a padded tail between sequences), as the engine's Seesaw steps do."""
     lengths = {"a": 11, "b": 1, "c": 7, "d": 3}
     ref = _reference_kv(spec, lengths)
     pool = HostKVPool.for_model(spec, num_blocks=16, block_size=3)
@@ -136,16 +140,23 @@ def test_swap_out_under_prefill_layout_swap_in_under_decode_layout_is_bitwise(sp
             for layer in layers:
                 cache.write(layer, slots, ref[s][0][layer, :, heads.start:heads.stop],
                             ref[s][1][layer, :, heads.start:heads.stop])
-            if kv_writer(spec, shard):
+            if kv_writer(spec, shard) and not batched:
                 swap_out(cache, slots, pool, tables[s], layers, heads)
+        if kv_writer(spec, shard) and batched:
+            seqs = [(blocks.slots(s, 0, n), tables[s]) for s, n in lengths.items()]
+            assert swap_out_many(cache, seqs, pool, layers, heads) == 2 * len(layers) * 22 * len(heads) * 16 * 4
     cd = parse_parallel(c_d)
     for rank in range(cd.world_size):
         shard = Shard.of(spec, cd, rank)
         layers, heads = kv_box(spec, shard)
         cache, blocks = _device_cache(spec, shard, lengths, block_size=5)
+        if batched:
+            seqs = [(tables[s], blocks.slots(s, 0, n)) for s, n in lengths.items()]
+            assert swap_in_many(pool, seqs, cache, layers, heads) == 2 * len(layers) * 22 * len(heads) * 16 * 4
         for s, n in lengths.items():
             slots = blocks.slots(s, 0, n)
-            assert swap_in(pool, tables[s], cache, slots, layers, heads) == 2 * len(layers) * n * len(heads) * 16 * 4
+            if not batched:
+                assert swap_in(pool, tables[s], cache, slots, layers, heads) == 2 * len(layers) * n * len(heads) * 16 * 4
             for layer in layers:
                 k, v = cache.read(layer, slots)
                 assert torch.equal(k, ref[s][0][layer, :, heads.start:heads.stop]), (rank, s, layer)
@@ -219,6 +230,37 @@ def test_prefetcher_overlaps_compute_and_reports_completions():
                 got = pool.data[table, layer, 0, heads.start].reshape(12, spec.d_head)[:n_tok]
                 assert torch.equal(got, k[:, 0])
     assert main_thread_ops > 0 and not pf._thread.is_alive()
+
+
+def test_prefetcher_batches_complete_together_and_match_single_copies():
+    """A step's sequences queued as one request (``swap_in_many``) count as pending one by one,
+    complete together in submission order, and land exactly where per-sequence copies put them;
+    ``swap_out_many`` writes the same host blocks back."""
+    spec = TINY
+    shard = Shard.of(spec, parse_parallel("P2"), 1)  # layers 2-3, both KV heads
+    layers, heads = kv_box(spec, shard)
+    pool = _filled_pool(spec, num_blocks=64, block_size=4)
+    lengths = {"x": 9, "y": 4, "z": 1}
+    tables = {"x": [5, 2, 9], "y": [0], "z": [7]}
+    blocks = BlockManager(64, 4)
+    slots = {s: blocks.allocate(s, n) for s, n in lengths.items()}
+    one, many = (KVCache(layers, 64, 4, 2, spec.d_head) for _ in range(2))
+    for s in lengths:
+        swap_in(pool, tables[s], one, slots[s], layers, heads)
+    with Prefetcher(pool, many, layers, heads) as pf:
+        pf.swap_in_many([(s, tables[s], slots[s]) for s in lengths])
+        pf.swap_in_many([])  # nothing to do: no request
+        assert pf.num_pending == 3
+        assert pf.wait(timeout_s=30) == ["x", "y", "z"] and pf.num_pending == 0
+        assert all(torch.equal(a, b) for a, b in zip(one.k + one.v, many.k + many.v))
+        before = pool.data.clone()
+        pool.data[[5, 2, 9, 0, 7]] = 0
+        pf.swap_out_many([(s, tables[s], slots[s]) for s in lengths])
+        assert pf.wait(timeout_s=30) == ["x", "y", "z"]
+    used = [(b, t) for s, n in lengths.items() for b, t in [(tables[s][-1], (n - 1) % 4 + 1)]]
+    for b, t in used:  # the last block's tail is padding: compare its real tokens only
+        assert torch.equal(pool.data[b, 2:, :, :, :t], before[b, 2:, :, :, :t])
+    assert torch.equal(pool.data[[5, 2], 2:], before[[5, 2], 2:])
 
 
 def test_prefetcher_error_surfaces_on_next_poll_and_does_not_hang():

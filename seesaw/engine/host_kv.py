@@ -51,6 +51,8 @@ __all__ = [
     "kv_writer",
     "swap_out",
     "swap_in",
+    "swap_out_many",
+    "swap_in_many",
 ]
 
 _SHM_DIR = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
@@ -219,12 +221,12 @@ def kv_writer(spec: ModelSpec, shard: Shard) -> bool:
 # Copies
 
 
-def _check(kv_cache: KVCache, pool: HostKVPool, slots: torch.Tensor, blocks: list[int],
+def _check(kv_cache: KVCache, pool: HostKVPool, seqs: list[tuple[torch.Tensor, list[int]]],
            layers: Iterable[int], heads: range) -> list[int]:
     layers = list(layers)
-    n = len(slots)
-    if n > len(blocks) * pool.block_size:
-        raise ValueError(f"{n} tokens do not fit in {len(blocks)} host blocks of {pool.block_size}")
+    for slots, blocks in seqs:
+        if len(slots) > len(blocks) * pool.block_size:
+            raise ValueError(f"{len(slots)} tokens do not fit in {len(blocks)} host blocks of {pool.block_size}")
     if any(layer not in kv_cache.layers for layer in layers):
         raise ValueError(f"layers {layers} are not all in the device cache's {kv_cache.layers}")
     h_dev = kv_cache.k[0].shape[2]
@@ -233,58 +235,90 @@ def _check(kv_cache: KVCache, pool: HostKVPool, slots: torch.Tensor, blocks: lis
     return layers
 
 
-def _host_positions(n: int, block_size: int, device_slots: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """Number of host blocks used and the device slots padded to whole blocks (the last slot
-    repeated), so a block moves as one [block_size, heads, dim] piece."""
-    nb = -(-n // block_size)
-    pad = nb * block_size - n
-    if pad:
-        device_slots = torch.cat([device_slots, device_slots[-1:].expand(pad)])
-    return nb, device_slots
+def _host_positions(seqs: list[tuple[torch.Tensor, list[int]]], block_size: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The host blocks the sequences use (concatenated), their device slots padded to whole
+    blocks (a sequence's last slot repeated, so every block moves as one [block_size, heads, dim]
+    piece), and the rows of those padded slots that are real tokens (None when none is padding)."""
+    blocks, padded, rows = [], [], []
+    offset, any_pad = 0, False
+    for slots, host_blocks in seqs:
+        n = len(slots)
+        nb = -(-n // block_size)
+        pad = nb * block_size - n
+        blocks.extend(host_blocks[:nb])
+        padded.append(torch.cat([slots, slots[-1:].expand(pad)]) if pad else slots)
+        rows.append(torch.arange(offset, offset + n))
+        offset += nb * block_size
+        any_pad = any_pad or pad > 0
+    cat = padded[0] if len(padded) == 1 else torch.cat(padded)
+    return torch.tensor(blocks, dtype=torch.long), cat, (torch.cat(rows) if any_pad else None)
 
 
 @torch.inference_mode()
-def swap_out(kv_cache: KVCache, seq_device_slots: torch.Tensor, host_pool: HostKVPool,
-             host_block_ids: list[int], layers: Iterable[int], heads: range) -> int:
-    """Copy one sequence's KV from device slots ``seq_device_slots`` [n] (token positions 0..n-1)
-    into its host blocks, for global ``layers`` and the global KV ``heads`` the device cache holds
-    (in order). Returns the bytes of KV copied (n tokens, padding excluded)."""
-    if len(seq_device_slots) == 0:
+def swap_out_many(kv_cache: KVCache, seqs: list[tuple[torch.Tensor, list[int]]], host_pool: HostKVPool,
+                  layers: Iterable[int], heads: range) -> int:
+    """Copy several sequences' KV from the device into their host blocks in one pass: ``seqs`` is
+    ``[(device slots [n] of token positions 0..n-1, host block ids), ...]``; for global
+    ``layers`` and the global KV ``heads`` the device cache holds (in order). One gather and one
+    scatter per layer and K/V for the whole batch, so many short sequences cost about what one
+    long one does. Returns the bytes of KV copied (padding excluded)."""
+    seqs = [(slots, blocks) for slots, blocks in seqs if len(slots)]
+    if not seqs:
         return 0
-    layers = _check(kv_cache, host_pool, seq_device_slots, host_block_ids, layers, heads)
-    B, d = host_pool.block_size, host_pool.head_dim
-    nb, slots = _host_positions(len(seq_device_slots), B, seq_device_slots)
-    blocks = torch.tensor(host_block_ids[:nb], dtype=torch.long)
-    h = len(heads)
+    layers = _check(kv_cache, host_pool, seqs, layers, heads)
+    B, d, h = host_pool.block_size, host_pool.head_dim, len(heads)
+    blocks, slots, _ = _host_positions(seqs, B)
+    nb = len(blocks)
     for layer in layers:
         for kv, dev in enumerate(kv_cache.layer(layer)):
             x = dev.view(-1, h, d)[slots.to(dev.device)]  # [nb * B, h, d] gathered on the device
             x = x.view(nb, B, h, d).transpose(1, 2).to("cpu", host_pool.dtype)  # [nb, h, B, d] head-major
             host_pool.data[:, layer, kv][blocks, heads.start:heads.stop] = x
-    return 2 * len(layers) * len(seq_device_slots) * h * d * host_pool.data.element_size()
+    n = sum(len(slots) for slots, _ in seqs)
+    return 2 * len(layers) * n * h * d * host_pool.data.element_size()
 
 
 @torch.inference_mode()
-def swap_in(host_pool: HostKVPool, host_block_ids: list[int], kv_cache: KVCache,
-            seq_device_slots: torch.Tensor, layers: Iterable[int], heads: range,
-            non_blocking: bool = False) -> int:
-    """Copy one sequence's KV from its host blocks into device slots ``seq_device_slots`` [n]
-    (token positions 0..n-1), for global ``layers`` and the global KV ``heads`` the device cache
-    holds (a replicated head reads the same host head as its peers). Returns the bytes copied."""
-    if len(seq_device_slots) == 0:
+def swap_in_many(host_pool: HostKVPool, seqs: list[tuple[list[int], torch.Tensor]], kv_cache: KVCache,
+                 layers: Iterable[int], heads: range, non_blocking: bool = False) -> int:
+    """Copy several sequences' KV from their host blocks into device slots in one pass: ``seqs``
+    is ``[(host block ids, device slots [n] of token positions 0..n-1), ...]``; for global
+    ``layers`` and the global KV ``heads`` the device cache holds (a replicated head reads the
+    same host head as its peers). Returns the bytes copied."""
+    seqs = [(slots, blocks) for blocks, slots in seqs if len(slots)]
+    if not seqs:
         return 0
-    layers = _check(kv_cache, host_pool, seq_device_slots, host_block_ids, layers, heads)
-    B, d = host_pool.block_size, host_pool.head_dim
-    n = len(seq_device_slots)
-    nb = -(-n // B)
-    blocks = torch.tensor(host_block_ids[:nb], dtype=torch.long)
-    h = len(heads)
+    layers = _check(kv_cache, host_pool, seqs, layers, heads)
+    B, d, h = host_pool.block_size, host_pool.head_dim, len(heads)
+    blocks, _, rows = _host_positions(seqs, B)
+    nb = len(blocks)
+    device = kv_cache.k[0].device
+    slots = torch.cat([s for s, _ in seqs]).to(device) if len(seqs) > 1 else seqs[0][0].to(device)
+    rows = rows.to(device) if rows is not None else None
     for layer in layers:
         for kv, dev in enumerate(kv_cache.layer(layer)):
             x = host_pool.data[:, layer, kv][blocks, heads.start:heads.stop]  # [nb, h, B, d]
             if dev.device.type == "cuda" and non_blocking:
                 x = x.pin_memory()  # a pageable source would make the copy synchronous
             x = x.to(dev.device, non_blocking=non_blocking)
-            x = x.transpose(1, 2).reshape(nb * B, h, d)[:n]  # [n, h, d] token-major
-            dev.view(-1, h, d)[seq_device_slots.to(dev.device)] = x.to(dev.dtype)
-    return 2 * len(layers) * n * h * d * host_pool.data.element_size()
+            x = x.transpose(1, 2).reshape(nb * B, h, d)  # token-major, padded to whole blocks
+            if rows is not None:
+                x = x[rows]
+            dev.view(-1, h, d)[slots] = x.to(dev.dtype)
+    return 2 * len(layers) * len(slots) * h * d * host_pool.data.element_size()
+
+
+def swap_out(kv_cache: KVCache, seq_device_slots: torch.Tensor, host_pool: HostKVPool,
+             host_block_ids: list[int], layers: Iterable[int], heads: range) -> int:
+    """Copy one sequence's KV from device slots ``seq_device_slots`` [n] (token positions 0..n-1)
+    into its host blocks (``swap_out_many`` of one). Returns the bytes of KV copied."""
+    return swap_out_many(kv_cache, [(seq_device_slots, host_block_ids)], host_pool, layers, heads)
+
+
+def swap_in(host_pool: HostKVPool, host_block_ids: list[int], kv_cache: KVCache,
+            seq_device_slots: torch.Tensor, layers: Iterable[int], heads: range,
+            non_blocking: bool = False) -> int:
+    """Copy one sequence's KV from its host blocks into device slots ``seq_device_slots`` [n]
+    (``swap_in_many`` of one). Returns the bytes copied."""
+    return swap_in_many(host_pool, [(host_block_ids, seq_device_slots)], kv_cache, layers, heads, non_blocking)

@@ -2,7 +2,8 @@
 host pool) that overlap the rank's compute, and a replica-wide view of which ones are done.
 
 ``Prefetcher`` owns one worker thread. The driver enqueues requests ``(seq_id, host_blocks,
-device_slots)`` with ``swap_in`` / ``swap_out`` and goes on computing; ``poll_completed()`` returns
+device_slots)`` with ``swap_in`` / ``swap_out`` (or a whole step's sequences at once with
+``swap_in_many`` / ``swap_out_many``: one pass over the layers for all of them) and goes on computing; ``poll_completed()`` returns
 the sequences whose copies finished since the last poll (in submission order) and re-raises, as
 ``PrefetchError``, any exception the worker hit, so a failed copy never turns into a silent hang.
 On CPU the copies run on the worker thread (torch releases the GIL inside ops, so they overlap the
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from seesaw.engine.host_kv import HostKVPool, swap_in, swap_out
+from seesaw.engine.host_kv import HostKVPool, swap_in_many, swap_out_many
 from seesaw.engine.kv import KVCache
 
 __all__ = ["PrefetchError", "Prefetcher", "ReplicaCompletions"]
@@ -46,11 +47,13 @@ class PrefetchError(RuntimeError):
 
 @dataclass(slots=True)
 class _Request:
-    seq_id: object
+    """Copies of one or more sequences, done in one pass (``host_kv.swap_in_many``/``swap_out_many``)."""
+
+    seq_ids: list
     kind: str
-    host_blocks: list[int]
-    device_slots: torch.Tensor  # [n] long: the sequence's token positions 0..n-1 on the device
-    ready: object = None        # CUDA event recorded on the compute stream at submission
+    host_blocks: list[list[int]]
+    device_slots: list[torch.Tensor]  # [n] long each: the sequence's token positions 0..n-1 on the device
+    ready: object = None              # CUDA event recorded on the compute stream at submission
 
 
 class Prefetcher:
@@ -88,21 +91,34 @@ class Prefetcher:
     # -- driver side ------------------------------------------------------------------------
     def swap_in(self, seq_id, host_blocks: list[int], device_slots: torch.Tensor) -> None:
         """Queue a copy of ``seq_id``'s KV from ``host_blocks`` into ``device_slots`` [n]."""
-        self._submit(_Request(seq_id, SWAP_IN, list(host_blocks), device_slots))
+        self.swap_in_many([(seq_id, host_blocks, device_slots)])
 
     def swap_out(self, seq_id, host_blocks: list[int], device_slots: torch.Tensor) -> None:
         """Queue a copy of ``seq_id``'s KV from ``device_slots`` [n] into ``host_blocks``."""
-        self._submit(_Request(seq_id, SWAP_OUT, list(host_blocks), device_slots))
+        self.swap_out_many([(seq_id, host_blocks, device_slots)])
 
-    def _submit(self, req: _Request) -> None:
+    def swap_in_many(self, seqs: list[tuple[object, list[int], torch.Tensor]]) -> None:
+        """Queue the copies of ``[(seq_id, host_blocks, device_slots), ...]`` into the device as
+        one request: one pass over the layers for all of them (they complete together)."""
+        self._submit(SWAP_IN, seqs)
+
+    def swap_out_many(self, seqs: list[tuple[object, list[int], torch.Tensor]]) -> None:
+        """Queue the copies of ``[(seq_id, host_blocks, device_slots), ...]`` to the host as one
+        request (they complete together)."""
+        self._submit(SWAP_OUT, seqs)
+
+    def _submit(self, kind: str, seqs: list) -> None:
         self._raise_if_failed()
         if self._closed:
             raise RuntimeError("the prefetcher is closed")
+        if not seqs:
+            return
+        req = _Request([s for s, _, _ in seqs], kind, [list(b) for _, b, _ in seqs], [t for _, _, t in seqs])
         if self._stream is not None:
             req.ready = torch.cuda.Event()
             req.ready.record()  # the compute stream's work so far (e.g. the prefill writing this KV)
         with self._cond:
-            self.num_pending += 1
+            self.num_pending += len(req.seq_ids)
         self._queue.put(req)
 
     def poll_completed(self) -> list:
@@ -111,7 +127,7 @@ class Prefetcher:
         self._raise_if_failed()
         with self._cond:
             while self._events and self._events[0][1].query():
-                self._done.append(self._events.popleft()[0])
+                self._done.extend(self._events.popleft()[0])
             out = list(self._done)
             self._done.clear()
             self.num_pending -= len(out)
@@ -184,9 +200,9 @@ class Prefetcher:
             with self._cond:
                 self.busy_s += time.perf_counter() - t0
                 if event is None:
-                    self._done.append(req.seq_id)
+                    self._done.extend(req.seq_ids)
                 else:
-                    self._events.append((req.seq_id, event))
+                    self._events.append((req.seq_ids, event))
                 self._cond.notify_all()
 
     def _copy(self, req: _Request):
@@ -202,11 +218,11 @@ class Prefetcher:
 
     def _copy_now(self, req: _Request, non_blocking: bool = False) -> None:
         if req.kind == SWAP_IN:
-            self.bytes_in += swap_in(self.pool, req.host_blocks, self.kv_cache, req.device_slots,
-                                     self.layers, self.heads, non_blocking=non_blocking)
+            self.bytes_in += swap_in_many(self.pool, list(zip(req.host_blocks, req.device_slots)), self.kv_cache,
+                                          self.layers, self.heads, non_blocking=non_blocking)
         elif self.write_out:
-            self.bytes_out += swap_out(self.kv_cache, req.device_slots, self.pool, req.host_blocks,
-                                       self.layers, self.heads)
+            self.bytes_out += swap_out_many(self.kv_cache, list(zip(req.device_slots, req.host_blocks)), self.pool,
+                                            self.layers, self.heads)
 
 
 class ReplicaCompletions:

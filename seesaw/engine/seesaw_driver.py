@@ -8,7 +8,8 @@ of the step's replica, in one order, so every rank sees the same stream):
 * ``Prefill`` (``offload_to_host``): a forward micro-batch under ``c_p``, as in the vllm driver.
 * ``SwapOut`` after a prefill: the driver allocates the sequences' host blocks
   (``HostBlockAllocator``) and sends ``swap_out``; every rank queues the copy of its own box
-  (a PP stage its layers, a TP rank its heads) on its ``Prefetcher`` thread, which overlaps the
+  (a PP stage its layers, a TP rank its heads) for all the step's sequences at once on its
+  ``Prefetcher`` thread, which overlaps the
   next prefills. The device blocks stay allocated until the replica agrees the copies are done.
 * ``SwapIn``: the driver takes device blocks for the sequence (as many as the scheduler counted,
   including the block its next token needs) and sends ``swap_in``; every rank queues the copy of
@@ -54,7 +55,7 @@ import torch.distributed as dist
 
 from seesaw.engine.batch_io import BatchItem
 from seesaw.engine.driver import Driver, _ReplicaBlocks
-from seesaw.engine.host_kv import HostBlockAllocator, HostKVPool, kv_box, swap_out
+from seesaw.engine.host_kv import HostBlockAllocator, HostKVPool, kv_box, swap_out_many
 from seesaw.engine.kv import KVCache
 from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
 from seesaw.engine.runner import ModelRunner
@@ -201,19 +202,19 @@ class SeesawWorker(StepWorker):
         return table[pos // bs] * bs + pos % bs
 
     def swap_out(self, msg: dict) -> None:
-        for sid, host_blocks, n in msg["seqs"]:
-            self.pf.swap_out(sid, host_blocks, self._slots(sid, n))
+        self.pf.swap_out_many([(sid, host_blocks, self._slots(sid, n)) for sid, host_blocks, n in msg["seqs"]])
 
     def evict(self, msg: dict) -> None:
         layers, heads = kv_box(self.store.spec, self.model.shard)
-        for sid, host_blocks, n in msg["seqs"]:
-            self.evict_bytes += swap_out(self.runner.kv, self._slots(sid, n), self.pool, host_blocks, layers, heads)
+        seqs = [(self._slots(sid, n), host_blocks) for sid, host_blocks, n in msg["seqs"]]
+        self.evict_bytes += swap_out_many(self.runner.kv, seqs, self.pool, layers, heads)
+        for sid, _, _ in msg["seqs"]:
             self.tables.pop(sid, None)
 
     def swap_in(self, msg: dict) -> None:
-        for sid, host_blocks, blocks, n in msg["seqs"]:
+        for sid, _, blocks, _ in msg["seqs"]:
             self.tables[sid] = list(blocks)
-            self.pf.swap_in(sid, host_blocks, self._slots(sid, n))
+        self.pf.swap_in_many([(sid, host_blocks, self._slots(sid, n)) for sid, host_blocks, _, n in msg["seqs"]])
 
     def reshard(self, msg: dict) -> list:
         from seesaw.engine.reshard import reshard
@@ -249,6 +250,8 @@ class _Swap:
     step: object
     left: set = field(default_factory=set)   # sequence ids not yet agreed
     sids: list = field(default_factory=list)
+    tokens: int = 0                          # KV tokens copied (each rank its own box of them)
+    t_launch: float = 0.0
 
 
 class SeesawDriver(Driver):
@@ -331,6 +334,9 @@ class SeesawDriver(Driver):
                     self.host[d].free(sid)
             self.scheds[d].on_step_done(sw.step)
             self.clocks[d].end("swap_stall", now)
+            if self.trace is not None:
+                self.trace.append({"replica": d, "kind": sw.step.kind, "launch_s": sw.t_launch - self._t0,
+                                   "done_s": now - self._t0, "num_seqs": len(sw.sids), "tokens": sw.tokens})
 
     def _wait_for_copies(self) -> bool:
         waited = False
@@ -344,9 +350,10 @@ class SeesawDriver(Driver):
                 waited = True
         return waited
 
-    def _track(self, d: int, step, sids: list) -> None:
-        self.swaps[d].append(_Swap(step, set(sids), list(sids)))
-        self.clocks[d].start("swap_stall", time.perf_counter())
+    def _track(self, d: int, step, sids: list, tokens: int) -> None:
+        now = time.perf_counter()
+        self.swaps[d].append(_Swap(step, set(sids), list(sids), tokens, now))
+        self.clocks[d].start("swap_stall", now)
 
     # -- the scheduler's steps -----------------------------------------------------------------
     def _after_schedule(self, d: int, step) -> None:
@@ -368,7 +375,11 @@ class SeesawDriver(Driver):
             now = time.perf_counter()
             self.clocks[d].start("swap_stall", now)
             self._send(d, self._message(d, "evict", seqs=out))
-            self.clocks[d].end("swap_stall", time.perf_counter())
+            done = time.perf_counter()
+            self.clocks[d].end("swap_stall", done)
+            if self.trace is not None:
+                self.trace.append({"replica": d, "kind": "evict", "launch_s": now - self._t0, "done_s": done - self._t0,
+                                   "num_seqs": len(out), "tokens": sum(n for _, _, n in out)})
 
     def _dispatch(self, d: int, step) -> None:
         if isinstance(step, SwapOut):
@@ -393,7 +404,7 @@ class SeesawDriver(Driver):
         if not seqs:
             self.scheds[d].on_step_done(step)
             return
-        self._track(d, step, [s for s, _, _ in seqs])
+        self._track(d, step, [s for s, _, _ in seqs], sum(n for _, _, n in seqs))
         self._send(d, self._message(d, "swap_out", seqs=seqs))
 
     def _swap_in(self, d: int, step: SwapIn) -> None:
@@ -403,7 +414,7 @@ class SeesawDriver(Driver):
             n = seq.num_computed_tokens
             blocks = self.kv[d].reserve(sid, n, seq.num_blocks)
             seqs.append((sid, self.host[d].block_tables[sid], blocks, n))
-        self._track(d, step, [s for s, _, _, _ in seqs])
+        self._track(d, step, [s for s, _, _, _ in seqs], sum(n for _, _, _, n in seqs))
         self._send(d, self._message(d, "swap_in", seqs=seqs))
 
     def _reshard(self, d: int, step: Reshard) -> None:
