@@ -58,6 +58,7 @@ from seesaw.engine.driver import Driver, _ReplicaBlocks
 from seesaw.engine.host_kv import HostBlockAllocator, HostKVPool, kv_box, swap_out_many
 from seesaw.engine.kv import KVCache
 from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
+from seesaw.engine.reshard import reshard  # at import: ~10 ms on a rank's first re-shard otherwise
 from seesaw.engine.runner import ModelRunner
 from seesaw.engine.worker import (
     ControlPlane, EngineConfig, EngineError, StepWorker, agree_num_blocks, reason, workload_blocks,
@@ -216,9 +217,7 @@ class SeesawWorker(StepWorker):
             self.tables[sid] = list(blocks)
         self.pf.swap_in_many([(sid, host_blocks, self._slots(sid, n)) for sid, host_blocks, _, n in msg["seqs"]])
 
-    def reshard(self, msg: dict) -> list:
-        from seesaw.engine.reshard import reshard
-
+    def reshard(self, msg: dict) -> None:
         src, dst = msg["src"], msg["dst"]
         left = self.pf.wait(self.config.timeout_s)
         if left or self.tables:
@@ -236,7 +235,11 @@ class SeesawWorker(StepWorker):
         rec = {k: stats.as_dict()[k] for k in ("rank", "src", "dst", "reshard_s", "free_s", "load_s",
                                                  "barrier_s", "bytes_loaded", "peak_bytes")}
         self.reshards.append(rec)
-        return self.plane.gather(self.replica, rec)
+        if self.replica != 0:
+            # rank 0 (an observer of this replica's group) learns that the re-shard is done; in
+            # replica 0 the barrier at the end of ``reshard`` already told it. The figures go to
+            # rank 0 with the rest at the end (``stats``).
+            self.plane.gather(self.replica, None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +298,7 @@ class SeesawDriver(Driver):
                 self.plane.send(d, msg)
             out = self.worker.handle(msg) if d == 0 else None
             if msg["op"] == "reshard" and d != 0:
-                out = self.plane.gather(d, None)
+                self.plane.gather(d, None)  # wait until the replica's ranks are done
             self._after_send(d, msg)
             return out
         except (RuntimeError, TimeoutError) as e:
@@ -424,21 +427,33 @@ class SeesawDriver(Driver):
         assert not self.swaps[d] and not self.kv[d].block_tables, "re-shard with KV in use"
         t0 = time.perf_counter()
         self.clocks[d].start("reshard", t0)
-        ranks = self._send(d, self._message(d, "reshard", src=step.src, dst=step.dst))
+        self._send(d, self._message(d, "reshard", src=step.src, dst=step.dst))
         t1 = time.perf_counter()
         self.clocks[d].end("reshard", t1)
-        ranks = [r for r in ranks or () if r is not None]
         if self.trace is not None:
             self.trace.append({"replica": d, "kind": "reshard", "src": str(step.src), "dst": str(step.dst),
                                "launch_s": t0 - self._t0, "done_s": t1 - self._t0})
-        self.reshard_log.append({
-            "replica": d, "src": str(step.src), "dst": str(step.dst), "wall_s": round(t1 - t0, 6),
-            "rank_s": [round(r["reshard_s"], 6) for r in ranks],
-            "bytes_loaded_per_rank": [r["bytes_loaded"] for r in ranks],
-        })
+        # the ranks' own figures (rank_s, bytes_loaded_per_rank) are filled in at the end, from
+        # the statistics every rank sends when it stops (``_reshard_log``)
+        self.reshard_log.append({"replica": d, "src": str(step.src), "dst": str(step.dst),
+                                 "wall_s": round(t1 - t0, 6)})
         self.kv[d] = _ReplicaBlocks(self.blocks_by_layout[str(step.dst)], self.config.block_size)
         self.plane.use(d, step.dst)
         self.scheds[d].on_step_done(step)
+
+    def _reshard_log(self, ranks: list[dict]) -> list[dict]:
+        """The driver's re-shard records with each rank's time and bytes loaded (the k-th re-shard
+        of a replica is the k-th record in each of its ranks' lists)."""
+        by_rank = {r["rank"]: r["reshards"] for r in ranks}
+        seen = [0] * self.layout.dp
+        out = []
+        for rec in self.reshard_log:
+            d, k = rec["replica"], seen[rec["replica"]]
+            seen[d] += 1
+            mine = [by_rank[r][k] for r in self.replica_ranks[d] if r in by_rank and k < len(by_rank[r])]
+            out.append({**rec, "rank_s": [round(m["reshard_s"], 6) for m in mine],
+                        "bytes_loaded_per_rank": [m["bytes_loaded"] for m in mine]})
+        return out
 
     # -- completion -------------------------------------------------------------------------
     def _finish(self, d: int, seq, now: float) -> None:
@@ -474,7 +489,7 @@ class SeesawDriver(Driver):
             "kv_blocks_by_layout": self.blocks_by_layout,
             "swap_bytes_per_rank": {r["rank"]: {"in": r["swap_in_bytes"], "out": r["swap_out_bytes"]} for r in ranks},
             "num_swap_waits": self.num_waits,
-            "reshards": self.reshard_log,
+            "reshards": self._reshard_log(ranks),
             "transitions": [dict(t, replica=d) for d, s in enumerate(self.scheds) for t in s.transition_log],
         }
 
