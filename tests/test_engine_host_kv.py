@@ -309,6 +309,33 @@ def test_replica_completions_pass_through_without_a_group():
     assert rc.update(["a", "b"]) == ["a", "b"] and rc.update([]) == []
 
 
+def rank_agree(rank, world_size, device, lists):
+    """Each rank offers ``lists[rank]`` (None: an observer) to an int-id and an object agreement
+    over all ranks, twice (the second offers nothing new: what was agreed is gone, the rest stays)."""
+    import torch.distributed as dist
+
+    group = dist.new_group(list(range(world_size)), backend="gloo")
+    fast, slow = ReplicaCompletions(group, int_ids=True), ReplicaCompletions(group)
+    mine = lists[rank]
+    out = []
+    for rc in (fast, slow):
+        first = rc.update(mine or [], observer=mine is None)
+        out.append((first, rc.update([], observer=mine is None)))
+    return out
+
+
+def test_replica_completions_int_ids_agree_like_objects_over_several_rounds():
+    """600 ids on rank 0 (three rounds of the int64 all-gather), a subset in another order on rank
+    1, an observer on rank 2: the int path agrees exactly as the object path does."""
+    a = list(range(600))
+    b = [i for i in reversed(a) if i % 3]
+    out = run_ranks(rank_agree, 3, [a, b, None])
+    want = [i for i in a if i % 3]
+    for (fast, slow) in out:
+        assert fast == slow
+        assert fast[0] == want and fast[1] == []
+
+
 # --------------------------------------------------------------------------------------------
 # multi-rank: prefill under c_p, swap out, re-shard, swap in, decode under c_d
 

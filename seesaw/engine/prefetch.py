@@ -228,10 +228,18 @@ class Prefetcher:
 class ReplicaCompletions:
     """Which sequences every rank of a replica has finished copying. ``update`` is collective:
     every rank of ``group`` calls it at the same point of each step (it all-gathers the ranks'
-    finished-but-unagreed ids). Without torch.distributed (or a group of one) it passes through."""
+    finished-but-unagreed ids). Without torch.distributed (or a group of one) it passes through.
 
-    def __init__(self, group=None):
+    ``int_ids=True`` (every member must pass the same): the ids are ints, exchanged as one int64
+    all-gather of up to ``_CHUNK`` ids per rank (more rounds only when a rank has more), instead
+    of ``all_gather_object``'s pickling and two all-gathers: an agreement cost ~2 ms with
+    objects on a 2-core machine and this halves the collectives."""
+
+    _CHUNK = 254  # ids per rank per round (the buffer holds a count and a chunk size too)
+
+    def __init__(self, group=None, int_ids: bool = False):
         self.group = group
+        self.int_ids = int_ids
         self._local: list = []
 
     def update(self, local_new: list, observer: bool = False) -> list:
@@ -246,8 +254,11 @@ class ReplicaCompletions:
         if not dist.is_initialized() or dist.get_world_size(self.group) == 1:
             agreed, self._local = self._local, []
             return agreed
-        gathered: list = [None] * dist.get_world_size(self.group)
-        dist.all_gather_object(gathered, None if observer else self._local, group=self.group)
+        if self.int_ids:
+            gathered = self._gather_ints(None if observer else self._local)
+        else:
+            gathered = [None] * dist.get_world_size(self.group)
+            dist.all_gather_object(gathered, None if observer else self._local, group=self.group)
         votes = [g for g in gathered if g is not None]
         if not votes:
             return []
@@ -256,3 +267,28 @@ class ReplicaCompletions:
         done = set(agreed)
         self._local = [s for s in self._local if s not in done]
         return agreed
+
+    def _gather_ints(self, mine: list[int] | None) -> list[list[int] | None]:
+        """Every member's list (None for an observer), in group-rank order: rounds of one int64
+        all-gather of ``[count, chunk length, chunk...]`` until every list is through."""
+        import torch.distributed as dist
+
+        size, c = dist.get_world_size(self.group), self._CHUNK
+        ids = [] if mine is None else [int(s) for s in mine]
+        out: list[list[int] | None] = [None] * size
+        rounds, r = 1, 0
+        while r < rounds:
+            part = ids[r * c:(r + 1) * c]
+            buf = torch.zeros(2 + c, dtype=torch.int64)
+            buf[0], buf[1] = (-1 if mine is None else len(ids)), len(part)
+            if part:
+                buf[2:2 + len(part)] = torch.tensor(part, dtype=torch.int64)
+            parts = [torch.empty_like(buf) for _ in range(size)]
+            dist.all_gather(parts, buf, group=self.group)
+            for i, got in enumerate(parts):
+                n, k = int(got[0]), int(got[1])
+                if n >= 0:
+                    out[i] = (out[i] or []) + got[2:2 + k].tolist()
+                    rounds = max(rounds, -(-n // c))
+            r += 1
+        return out

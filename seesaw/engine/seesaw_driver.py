@@ -169,7 +169,7 @@ class SeesawWorker(StepWorker):
         self.model = runner.model
         self.pf = Prefetcher(pool, runner.kv, *kv_box(store.spec, self.model.shard), write_out=True,
                              name=f"seesaw-prefetch-{rank}")
-        self.agree = ReplicaCompletions(plane.msg_groups[self.replica])
+        self.agree = ReplicaCompletions(plane.msg_groups[self.replica], int_ids=True)
         self.agreed: list = []                    # rank 0: agreed copies not yet read by the driver
         self.evict_bytes = 0
         self.reshards: list[dict] = []
@@ -270,7 +270,7 @@ class SeesawDriver(Driver):
         self.host = [HostBlockAllocator(host_blocks, config.block_size) for _ in range(dp)]
         self.swaps: list[list[_Swap]] = [[] for _ in range(dp)]
         self.evicted: list[set[int]] = [set() for _ in range(dp)]   # copied by "evict", SwapOut not seen yet
-        self.observers = {d: ReplicaCompletions(self.plane.msg_groups[d]) for d in range(1, dp)}
+        self.observers = {d: ReplicaCompletions(self.plane.msg_groups[d], int_ids=True) for d in range(1, dp)}
         self.reshard_log: list[dict] = []
         self.rank_stats: list[dict] = []
         self.num_waits = 0
