@@ -14,7 +14,13 @@ What is timed, always the engine's own code with the shapes one rank holds under
 - copies: host->host memcpy (``Tensor.copy_``); on CUDA also pinned host->device and back;
 - step overhead: the engine's driver loop (``driver.Driver`` over a ``StepWorker``: scheduler,
   block tables, step messages, attention metadata, sampling) for decoding sequences, its model
-  replaced by a stub that returns logits: an engine step minus the model's forward pass.
+  replaced by a stub that returns logits: an engine step minus the model's forward pass;
+- Seesaw: a whole KV swap step on the replica's ranks (message, every rank's ``Prefetcher``
+  copying its box between its KV cache and a shared host pool, the wait, the ranks' agreement)
+  by tokens, for the box of each model under P_k and T_k; and the re-shard between them
+  (``reshard.reshard`` from a host weight store, barrier, new runner) by bytes loaded per rank.
+  Measured on the engine (P2->T2, tiny model, 2 CPU ranks) these steps took 8-15 ms each where
+  a memcpy of their bytes takes ~0.3 ms.
 
 Why in place: the same GEMM timed back to back runs 1.5-4x faster on this CPU than inside a
 forward pass (warm caches, allocator and branch state), and an engine step is not a loop of one
@@ -79,6 +85,9 @@ _BLOCK_SIZE = 16  # the engine's default KV block (ModelRunner, run_layout)
 _STEP_PROMPT = 127  # prompt tokens of the requests that time the engine's step overhead
 _STEP_FEW = 2  # output tokens of the shorter of its two runs
 _COLD_FACTOR = 2  # cycle through at least this many last-level caches' worth of weights / KV
+_DTYPE_BYTES_MAX = 4  # the swap grid's byte cap assumes fp32 (smaller dtypes stay under it)
+_SWAP_SEQ_TOKENS = 256  # tokens of each sequence in a timed swap step
+_MSG_BYTES = 1 << 15  # the control plane's message buffer (``worker.ControlPlane``)
 
 
 def _center(samples: list[float]) -> float:
@@ -132,6 +141,8 @@ class Grid:
     bcast_bytes: tuple[int, ...] = _pow(8, 8 * 4096, 8)  # int64 sampled ids .. the driver's message
     copy_bytes: tuple[int, ...] = _pow(4096, 4096 * 4**8, 4)  # 4 KiB .. 256 MiB
     step_seqs: tuple[int, ...] = _pow(1, 256, 4)
+    swap_tokens: tuple[int, ...] = _pow(64, 16384, 4)  # KV tokens of one Seesaw swap step
+    swap_max_bytes: int = 256 * 2**20  # largest box of KV one rank copies per swap step
     busy: tuple[int, ...] = (2,)  # also time TP-1 forward passes and driver steps on this many ranks at once
     repeats: int = 15  # timed samples per point (forward passes and driver runs: a fifth)
     passes: int = 3  # the task list runs this many times, each with its share of the samples
@@ -149,7 +160,7 @@ class Grid:
             models=("tiny",), tp=(1, 2), tokens=(1, 4, 16, 64),
             prefill_tokens=(2, 16, 64), prefill_context=(2, 16, 64, 256), decode_batch=(1, 4, 16),
             decode_context=(16, 64, 256), comm_bytes=(4, 256, 16384, 1 << 20), bcast_bytes=(8, 512),
-            copy_bytes=(4096, 1 << 16, 1 << 20, 1 << 24), step_seqs=(1, 4, 16),
+            copy_bytes=(4096, 1 << 16, 1 << 20, 1 << 24), step_seqs=(1, 4, 16), swap_tokens=(64, 1024),
             repeats=3, passes=1, warmup=1, min_repeat_s=3e-4, max_calls=200,
         ), **kw)
 
@@ -166,7 +177,7 @@ class Grid:
 class Task:
     """One group of tables to measure on ranks ``0 .. ranks-1`` (the others skip it)."""
 
-    kind: str  # forward | step | comm | copy
+    kind: str  # forward | step | comm | copy | swap | reshard
     ranks: int
     points: int  # grid points, for progress
     args: dict = field(default_factory=dict)
@@ -225,6 +236,7 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
             if busy <= ranks and ("step", spec.vocab_size, busy) not in seen:
                 seen.add(("step", spec.vocab_size, busy))
                 tasks.append(Task("step", busy, 2 * len(grid.step_seqs), dict(model=spec)))
+        tasks += _seesaw_tasks(grid, ranks, spec, seen)
     if device == "cuda" or ranks > 1:
         for k in range(2, ranks + 1):
             for op in ("all_reduce", "all_gather"):
@@ -236,6 +248,45 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
                 tasks.append(Task("comm", 2, len(grid.comm_bytes), dict(op="handoff", sizes=grid.comm_bytes)))
     for kind in (("h2d", "d2h", "h2h") if device == "cuda" else ("h2h",)):
         tasks.append(Task("copy", 1, len(grid.copy_bytes), dict(kind=kind, sizes=grid.copy_bytes)))
+    return tasks
+
+
+def _layout_if_valid(spec: ModelSpec, text: str) -> ParallelConfig | None:
+    from seesaw.specs import parse_parallel
+
+    layout = parse_parallel(text)
+    try:
+        for rank in range(layout.world_size):
+            Shard.of(spec, layout, rank)
+    except SpecError:
+        return None
+    return layout
+
+
+def swap_box(spec: ModelSpec, layout: ParallelConfig) -> tuple[int, int, int]:
+    """(layers, KV heads, head_dim) of the largest KV box one rank of ``layout`` holds: what it
+    copies per swapped token (the swap tables' key)."""
+    shards = [Shard.of(spec, layout, rank) for rank in range(layout.gpus_per_replica)]
+    return (max(len(s.layers) for s in shards), max(len(s.kv_heads(spec)) for s in shards), spec.d_head)
+
+
+def _seesaw_tasks(grid: Grid, ranks: int, spec: ModelSpec, seen: set) -> list[Task]:
+    """Seesaw's pieces on k = 2..ranks ranks: KV swap steps under P_k and T_k (each layout's
+    box), and re-shards between them both ways."""
+    tasks = []
+    for k in range(2, ranks + 1):
+        pp, tp = _layout_if_valid(spec, f"P{k}"), _layout_if_valid(spec, f"T{k}")
+        for layout in (pp, tp):
+            if layout is None:
+                continue
+            box = swap_box(spec, layout)
+            per_token = 2 * box[0] * box[1] * box[2] * _DTYPE_BYTES_MAX
+            points = [t for t in grid.swap_tokens if t * per_token <= grid.swap_max_bytes] or [grid.swap_tokens[0]]
+            if ("swap", box, k) not in seen:
+                seen.add(("swap", box, k))
+                tasks.append(Task("swap", k, 2 * len(points), dict(model=spec, layout=layout, tokens=points)))
+        if pp is not None and tp is not None:
+            tasks.append(Task("reshard", k, 2, dict(model=spec, pair=(pp, tp))))
     return tasks
 
 
@@ -721,6 +772,134 @@ def _copy(r: _Rank, task: Task) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# Seesaw: KV swap steps and re-shards
+
+
+def _swaps(r: _Rank, task: Task) -> list[tuple[str, dict]]:
+    """Seconds per Seesaw swap step on ``task.ranks`` ranks, as the engine runs one
+    (``seesaw_driver``): a message from rank 0, every rank queuing its box of the step's
+    sequences (``_SWAP_SEQ_TOKENS`` tokens each) on its ``Prefetcher``, a second message (the
+    driver's wait), the wait for the copies and the int-id agreement. The host pool is one
+    named shared-memory pool for all ranks, as under torchrun. The device KV cache is allocated
+    once: the engine's ``KVCache`` is zero-filled at allocation, so its pages are already touched
+    when swap-ins land in it after a re-shard. Rank 0's wall time: the agreement ends together
+    on every rank."""
+    import uuid
+
+    from seesaw.engine.host_kv import HostKVPool, kv_box
+    from seesaw.engine.kv import KVCache
+    from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
+
+    spec, layout, points, k = task.args["model"], task.args["layout"], task.args["tokens"], task.ranks
+    ctrl, bs = r.ctrl[k], _BLOCK_SIZE
+    layers, heads = kv_box(spec, Shard.of(spec, layout, r.rank))
+    top = max(points)
+    seq = min(top, _SWAP_SEQ_TOKENS)
+    host_blocks = -(-top // bs) + top // seq + 1
+    pool_name = [f"seesaw-profile-kv-{uuid.uuid4().hex[:12]}" if r.rank == 0 else None]
+    dist.broadcast_object_list(pool_name, src=0, group=ctrl)
+    dims = (host_blocks, spec.num_hidden_layers, spec.num_key_value_heads, bs, spec.d_head, r.dtype)
+    pool = HostKVPool(*dims[:5], dtype=r.dtype, name=pool_name[0]) if r.rank == 0 else None
+    dist.barrier(group=ctrl)
+    if r.rank != 0:
+        pool = HostKVPool.attach(pool_name[0], *dims)
+    dist.barrier(group=ctrl)
+    if r.rank == 0:
+        pool.unlink()  # the mappings stay; nothing is left in /dev/shm if a rank dies
+    filled = KVCache(layers, -(-top // bs) + 1, bs, len(heads), spec.d_head, dtype=r.dtype, device=r.device)
+    for x in filled.k + filled.v:
+        x.normal_()
+    pf = Prefetcher(pool, filled, layers, heads, name=f"seesaw-profile-prefetch-{r.rank}")
+    agree = ReplicaCompletions(ctrl, int_ids=True)
+    msg = torch.zeros(_MSG_BYTES, dtype=torch.uint8)
+
+    def step(kind: str, tokens: int) -> None:
+        n = min(tokens, seq)
+        per_seq = -(-n // bs)
+        dist.broadcast(msg, 0, group=ctrl)  # the driver's swap_in / swap_out message
+        items = []
+        for i in range(max(1, tokens // n)):
+            table = torch.tensor(range(i * per_seq, (i + 1) * per_seq), dtype=torch.long)  # as the worker's _slots
+            pos = torch.arange(n, dtype=torch.long)
+            items.append((i, list(range(i * per_seq, (i + 1) * per_seq)), table[pos // bs] * bs + pos % bs))
+        (pf.swap_in_many if kind == "in" else pf.swap_out_many)(items)
+        dist.broadcast(msg, 0, group=ctrl)  # its wait for the copies
+        agree.update(pf.wait())
+
+    out = []
+    try:
+        for kind in ("out", "in"):
+            fns = [functools.partial(step, kind, t) for t in points]
+            times = r.slowest(r.measure(fns, k, max_calls=50), k)
+            out.append(("swaps", dict(kind=kind, num_layers=len(layers), num_kv_heads=len(heads),
+                                      head_dim=spec.d_head, ranks=k, tokens=list(points), time_s=times)))
+    finally:
+        pf.close()
+    key = swap_box(spec, layout)  # the largest box (uneven stages): every rank's table carries it
+    return [(table, {**t, "num_layers": key[0], "num_kv_heads": key[1]}) for table, t in out]
+
+
+class _ReplicaComm(LocalComm):
+    """The ``dst`` comm of a timed re-shard: only its barrier group (``replica_group``) is used;
+    the shard never runs a forward pass."""
+
+    def __init__(self, group):
+        self.replica_group = group
+
+
+def _random_store(spec: ModelSpec, r: _Rank):
+    from seesaw.engine.weights import WeightStore, expected_shapes
+
+    tensors = {}
+    for name, shape in expected_shapes(spec).items():
+        x = torch.empty(shape, dtype=r.dtype)
+        tensors[name] = x.normal_(0.0, 0.02) if len(shape) > 1 else x.fill_(1.0)
+    return WeightStore(spec, {}, tensors)
+
+
+def _reshards(r: _Rank, task: Task) -> dict:
+    """Seconds per re-shard of ``task.args["pair"]`` both ways on ``task.ranks`` ranks, as the
+    Seesaw worker runs one: the driver's message, ``reshard.reshard`` from the host weight store
+    (barrier included), then a new ``ModelRunner``. Alternating A->B and B->A, slowest rank kept, keyed by the bytes
+    the most loaded rank loads. The runner gets a token KV cache: zero-filling the engine's
+    cache scales with the run's KV size, not the model's, and is left out (here ~28 ms per
+    100 MB on a CPU; a device memset on a GPU)."""
+    from seesaw.engine.reshard import reshard
+    from seesaw.engine.weights import build_shard
+
+    spec, (a, b), k = task.args["model"], task.args["pair"], task.ranks
+    comm = _ReplicaComm(r.ctrl[k])
+    store = _random_store(spec, r)
+    model = build_shard(store, a, r.rank, comm, dtype=r.dtype, device=r.device)
+    msg = torch.zeros(_MSG_BYTES, dtype=torch.uint8)
+    samples: dict[str, list[float]] = {"ab": [], "ba": []}
+    loaded = {"ab": 0, "ba": 0}
+    g = r.grid
+    sweeps = g.per_pass(g.repeats)
+    with torch.inference_mode():
+        for sweep in range(g.warmup + sweeps):
+            for key, (src, dst) in (("ab", (a, b)), ("ba", (b, a))):
+                dist.barrier(group=r.ctrl[k])
+                start = time.perf_counter()
+                dist.broadcast(msg, 0, group=r.ctrl[k])  # the driver's reshard message
+                stats = reshard(model, store, src, dst, r.rank, comm)
+                ModelRunner(model, 16, _BLOCK_SIZE)  # the worker's new runner (a token KV cache)
+                r.sync()
+                if sweep >= g.warmup:
+                    samples[key].append(time.perf_counter() - start)
+                loaded[key] = stats.bytes_loaded
+            if sweep >= g.warmup:
+                r.tick(2)
+    times = r.slowest([_center(samples["ab"]), _center(samples["ba"])], k)
+    sizes = torch.tensor([loaded["ab"], loaded["ba"]], dtype=torch.float64)
+    dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=r.ctrl[k])
+    points = sorted(zip((int(x) for x in sizes.tolist()), times))
+    if points[0][0] == points[1][0]:  # the same bytes both ways: one point
+        points = [(points[0][0], (points[0][1] + points[1][1]) / 2)]
+    return dict(ranks=k, size_bytes=[p[0] for p in points], time_s=[p[1] for p in points])
+
+
+# --------------------------------------------------------------------------------------------
 # Ranks and the whole run
 
 
@@ -747,6 +926,10 @@ def _rank_main(rank: int, world_size: int, device: torch.device, tasks: list[Tas
                 out.append(("collectives", _comm(r, task)))
             elif task.kind == "copy":
                 out.append(("copies", _copy(r, task)))
+            elif task.kind == "swap":
+                out.extend(_swaps(r, task))
+            elif task.kind == "reshard":
+                out.append(("reshards", _reshards(r, task)))
         passes.append(out)
     if world_size > 1:
         dist.barrier(group=ctrl[world_size])
@@ -857,7 +1040,8 @@ def profile(
         stop.set()
         watcher.join(timeout=5)
     wall_s = time.monotonic() - start
-    tables: dict[str, list] = {"ops": [], "attention": [], "collectives": [], "copies": [], "step_overhead": []}
+    tables: dict[str, list] = {"ops": [], "attention": [], "collectives": [], "copies": [], "step_overhead": [],
+                               "swaps": [], "reshards": []}
     for key, table in results[0]:
         tables[key].append(table)
     cuda_name = torch.cuda.get_device_name(0) if device == "cuda" else None
@@ -905,7 +1089,7 @@ def write_profile(prof: MeasuredProfile, path: str | Path, header: str = "") -> 
 
 def summary(prof: MeasuredProfile) -> dict[str, float]:
     """Headline figures: best GEMM FLOP/s, all-reduce latency and bus bandwidth, copy bandwidth,
-    per-step overhead."""
+    per-step overhead, Seesaw swap steps and re-shards."""
     out: dict[str, float] = {}
     lin = [t for t in prof.ops if t.op == "linear"]
     if lin:
@@ -924,5 +1108,11 @@ def summary(prof: MeasuredProfile) -> dict[str, float]:
         busy = "" if s.ranks == 1 else f"_{s.ranks}busy"
         out[f"step_v{s.vocab_size}{busy}_1seq_ms"] = s.time_s[0] * 1e3
         out[f"step_v{s.vocab_size}{busy}_{s.seqs[-1]}seq_ms"] = s.time_s[-1] * 1e3
+    for w in prof.swaps:  # the largest step of each box: layers x KV heads x head_dim per rank
+        out[f"swap_{w.kind}_{w.num_layers}x{w.num_kv_heads}x{w.head_dim}_{w.ranks}r_{w.tokens[-1]}tok_ms"] = \
+            w.time_s[-1] * 1e3
+    for t in prof.reshards:
+        for b, sec in zip(t.size_bytes, t.time_s):
+            out[f"reshard_{t.ranks}r_{b / 1e6:.3g}MB_ms"] = sec * 1e3
     return out
 

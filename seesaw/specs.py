@@ -37,6 +37,8 @@ __all__ = [
     "CommTable",
     "CopyTable",
     "StepTable",
+    "SwapTable",
+    "ReshardTable",
     "MeasuredProfile",
 ]
 
@@ -563,6 +565,47 @@ class StepTable(Spec):
         return self
 
 
+class SwapTable(Spec):
+    """Seconds of one Seesaw KV swap step on the ranks of a replica, by the tokens it moves: the
+    driver's message, every rank copying its box of the step's sequences between its device KV
+    cache and the host pool on its prefetcher thread (``host_kv.swap_out_many`` /
+    ``swap_in_many``), the wait for the copies and the ranks' agreement
+    (``prefetch.ReplicaCompletions``). A swap-in lands in a KV cache allocated for it, as the
+    engine's first swap-ins after a re-shard do."""
+
+    kind: Literal["out", "in"] = Field(description="out: device -> host pool; in: host pool -> device")
+    num_layers: int = Field(gt=0, description="layers of one rank's box")
+    num_kv_heads: int = Field(gt=0, description="KV heads of one rank's box")
+    head_dim: int = Field(gt=0)
+    ranks: int = Field(default=1, gt=0, description="ranks of the replica, all copying at once")
+    tokens: tuple[Annotated[int, Field(gt=0)], ...] = Field(description="KV tokens of the step (all its sequences)")
+    time_s: tuple[Annotated[float, Field(gt=0)], ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "SwapTable":
+        _check_axis("tokens", self.tokens)
+        if len(self.time_s) != len(self.tokens):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.tokens)} token counts")
+        return self
+
+
+class ReshardTable(Spec):
+    """Seconds of the engine's re-shard on ``ranks`` ranks (``reshard.reshard``: free the old
+    shard, load the new one from the host weight store, barrier; then the new KV cache), by the
+    bytes the most loaded rank loads."""
+
+    ranks: int = Field(gt=0)
+    size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
+    time_s: tuple[Annotated[float, Field(gt=0)], ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "ReshardTable":
+        _check_axis("size_bytes", self.size_bytes)
+        if len(self.time_s) != len(self.size_bytes):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.size_bytes)} sizes")
+        return self
+
+
 class MeasuredProfile(Spec):
     """Mean times of the engine's pieces measured on one machine (``seesaw profile``).
 
@@ -594,6 +637,8 @@ class MeasuredProfile(Spec):
     collectives: tuple[CommTable, ...] = ()
     copies: tuple[CopyTable, ...] = ()
     step_overhead: tuple[StepTable, ...] = ()
+    swaps: tuple[SwapTable, ...] = ()
+    reshards: tuple[ReshardTable, ...] = ()
     source: str = ""
 
     @property

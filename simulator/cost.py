@@ -29,7 +29,8 @@ Interface
     ``kv_capacity_tokens(layout, util)``        KV tokens one DP replica can hold on device
     ``check_fits(layout, util, min_kv_tokens)`` raise ``SpecError`` (one line, with numbers)
     ``allreduce_s(nbytes, tp)``, ``host_copy_s(nbytes)``, ``reshard_s(src, dst)``,
-    ``swap_bytes_per_token(layout)``, ``gemm_time_s(tokens, in_features, out_features)``
+    ``swap_s(layout, kind, tokens)`` (a Seesaw swap step), ``swap_bytes_per_token(layout)``,
+    ``gemm_time_s(tokens, in_features, out_features)``
 
 Model and assumptions
 ---------------------
@@ -63,6 +64,9 @@ Model and assumptions
   same profile). ``Curve``/``Surface`` interpolate log time over log size, monotone, clamped below
   the grid and proportional above it. Prefill attention needs the step's prefill sequences
   (``BatchShape.prefill_seqs``); without them whole prompts of equal length are assumed.
+  Seesaw's KV swap steps and re-shards use the engine's whole step where measured (``swaps`` by
+  the rank's box and tokens; ``reshards`` by bytes loaded per rank): on a CPU the copies through
+  the host pool, the messages and the ranks' agreement cost tens of times a plain memcpy.
 - Hand-offs between pipeline stages, measured (``handoffs_rendezvous``): a transfer starts only
   once the receiver asks for it, and the ``handoff`` table is timed from the later of sender and
   receiver being ready. So the simulator starts stage ``s > 0`` at max(its input sent, the stage
@@ -264,6 +268,15 @@ class _Tables:
         self._comm = {(c.op, c.ranks): Curve(c.size_bytes, c.time_s) for c in profile.collectives}
         self._copy = {c.kind: Curve(c.size_bytes, c.time_s) for c in profile.copies}
         self._steps = [(s.vocab_size, s.ranks, Curve(s.seqs, s.time_s)) for s in profile.step_overhead]
+        self._swaps = {(t.kind, t.num_layers, t.num_kv_heads, t.head_dim, t.ranks): Curve(t.tokens, t.time_s)
+                       for t in profile.swaps}
+        # every model's re-shards on k ranks make one curve by bytes loaded (same bytes: mean)
+        by_ranks: dict[int, dict[int, list[float]]] = {}
+        for t in profile.reshards:
+            for b, sec in zip(t.size_bytes, t.time_s):
+                by_ranks.setdefault(t.ranks, {}).setdefault(b, []).append(sec)
+        self._reshards = {k: Curve(sorted(pts), [sum(pts[b]) / len(pts[b]) for b in sorted(pts)])
+                          for k, pts in by_ranks.items()}
 
     @staticmethod
     def _nearest(found: list | None, ranks: int):
@@ -296,6 +309,17 @@ class _Tables:
         if len(both) == 2:
             return both[0] if both[0].ys[-1] / both[0].xs[-1] >= both[1].ys[-1] / both[1].xs[-1] else both[1]
         return both[0] if both else self._copy.get("h2h")
+
+    def swap(self, kind: str, box: tuple[int, int, int], ranks: int) -> Curve | None:
+        """A Seesaw swap step ("out" / "in") of a rank box (layers, KV heads, head_dim) on
+        ``ranks`` ranks, where measured exactly."""
+        return self._swaps.get((kind, *box, ranks))
+
+    def reshard(self, ranks: int) -> Curve | None:
+        """Re-shards by bytes loaded per rank, measured on ``ranks`` ranks (else the nearest)."""
+        if not self._reshards:
+            return None
+        return self._reshards[min(self._reshards, key=lambda k: (abs(k - ranks), k))]
 
     def step(self, vocab_size: int, ranks: int = 1) -> Curve | None:
         if not self._steps:
@@ -754,10 +778,35 @@ class CostModel:
 
     def reshard_s(self, src: ParallelConfig, dst: ParallelConfig) -> float:
         """Switch weights from ``src`` to ``dst``: every GPU loads its whole new shard from the
-        host copy over its own host link, all in parallel, so the slowest GPU decides."""
+        host copy over its own host link, all in parallel, so the slowest GPU decides. A
+        measured profile's re-shard table (the engine's whole re-shard, barrier and new KV cache
+        included, by bytes loaded per rank) wins over the host-copy bandwidth."""
         if (src.dp, src.tp, src.pp) == (dst.dp, dst.tp, dst.pp):
             return 0.0
-        return self.host_copy_s(self.weight_bytes_per_gpu(dst))
+        nbytes = self.weight_bytes_per_gpu(dst)
+        curve = self._tables.reshard(dst.gpus_per_replica) if self._tables is not None else None
+        if curve is not None:
+            return curve(nbytes)
+        return self.host_copy_s(nbytes)
+
+    def swap_box(self, layout: ParallelConfig) -> tuple[int, int, int]:
+        """(layers, KV heads, head_dim) of the largest KV box one GPU of ``layout`` holds."""
+        return (max(self.layers_per_stage(layout)), self._kv_heads_per_gpu(layout.tp), self.model.d_head)
+
+    def swap_s(self, layout: ParallelConfig, kind: str, tokens: int) -> float:
+        """One Seesaw swap step moving the KV of ``tokens`` tokens between the GPUs of a replica
+        of ``layout`` and host memory (``kind`` "out": to the host, "in": back). Every GPU
+        copies its own box over its own host link, in parallel. A measured profile's swap table
+        for this box (the engine's whole step: message, copies, agreement) wins over the
+        host-copy bandwidth."""
+        if tokens <= 0:
+            return 0.0
+        curve = None
+        if self._tables is not None:
+            curve = self._tables.swap(kind, self.swap_box(layout), layout.gpus_per_replica)
+        if curve is not None:
+            return curve(tokens)
+        return self.host_copy_s(tokens * self.swap_bytes_per_token(layout))
 
     def swap_bytes_per_token(self, layout: ParallelConfig) -> float:
         """KV bytes one GPU moves per swapped token under ``layout`` (the most loaded stage;

@@ -192,10 +192,10 @@ class _Replica:
         elif isinstance(step, (SwapIn, SwapOut)):
             # every GPU of the replica copies its own shard over its own host link, in parallel
             tokens = sum(s.num_computed_tokens for s in step.seqs)
-            per_gpu = tokens * self.sim.cost.swap_bytes_per_token(self.layout)
+            kind = "in" if isinstance(step, SwapIn) else "out"
             with self.host_link.request() as req:
                 yield req
-                yield env.timeout(self.sim.cost.host_copy_s(per_gpu))
+                yield env.timeout(self.sim.cost.swap_s(self.layout, kind, tokens))
             self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
         self.sim.record_step(self, step, start, env.now)
         yield self.done.put(step)

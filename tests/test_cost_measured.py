@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from seesaw.catalog import CatalogError, list_catalog, load_measured, load_model, measured_node
 from seesaw.specs import (
-    AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, SpecError, StepTable,
-    VllmPolicy, parse_parallel,
+    AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, ReshardTable, SeesawPolicy, SpecError,
+    StepTable, SwapTable, VllmPolicy, parse_parallel,
 )
 from seesaw.workload import load_workload
 from simulator.cost import BatchShape, CostModel, Curve, Surface
@@ -350,3 +350,40 @@ def test_measured_handoffs_are_rendezvous_the_receiver_waits():
     assert len(steps) == 64 and (steps.num_seqs == 1).all()
     stage1 = cm.stage_time_s(P2, 1, BatchShape.decode([32]))
     assert r.time_by_phase["decode"] == pytest.approx(64 * (5e-3 + stage1), rel=0.05)
+
+
+def test_seesaw_swaps_and_reshards_read_their_tables_else_the_host_copy():
+    """A swap step costs the engine's measured step for the layout's box (P2: 2 layers x 2 KV
+    heads; T2: 4 layers x 1), by tokens; a box without a table falls back to copying its bytes.
+    Re-shard tables of several models on the same ranks make one curve by bytes loaded."""
+    swaps = (SwapTable(kind="out", num_layers=2, num_kv_heads=2, head_dim=16, ranks=2, tokens=(64, 4096),
+                       time_s=(2e-3, 8e-3)),
+             SwapTable(kind="in", num_layers=4, num_kv_heads=1, head_dim=16, ranks=2, tokens=(64, 4096),
+                       time_s=(3e-3, 9e-3)))
+    reshards = (ReshardTable(ranks=2, size_bytes=(1000, 10**6), time_s=(2e-3, 20e-3)),
+                ReshardTable(ranks=2, size_bytes=(10**6,), time_s=(40e-3,)))
+    prof = tiny_profile(swaps=swaps, reshards=reshards)
+    node = measured_node(prof, 2)
+    cm = CostModel(TINY, node, measured=prof)
+    plain = CostModel(TINY, node, measured=tiny_profile())
+    P2, T2 = parse_parallel("P2"), parse_parallel("T2")
+    assert cm.swap_box(P2) == (2, 2, 16) and cm.swap_box(T2) == (4, 1, 16)
+    assert cm.swap_s(P2, "out", 64) == pytest.approx(2e-3) and cm.swap_s(P2, "out", 8192) == pytest.approx(16e-3)
+    assert cm.swap_s(T2, "in", 4096) == pytest.approx(9e-3) and cm.swap_s(T2, "in", 0) == 0.0
+    per_token = plain.swap_bytes_per_token(P2)
+    assert cm.swap_s(P2, "in", 4096) == pytest.approx(plain.host_copy_s(4096 * per_token))  # no table: bytes
+    assert plain.swap_s(P2, "out", 4096) == pytest.approx(plain.host_copy_s(4096 * per_token))
+    # one curve on 2 ranks: (1000 B, 2 ms), (1 MB, mean of 20 and 40 ms)
+    assert cm._tables.reshard(2).ys == [2e-3, pytest.approx(30e-3)]
+    bytes_t2 = cm.weight_bytes_per_gpu(T2)
+    assert cm.reshard_s(P2, T2) == pytest.approx(cm._tables.reshard(2)(bytes_t2))
+    assert cm.reshard_s(P2, P2) == 0.0
+    assert plain.reshard_s(P2, T2) == pytest.approx(plain.host_copy_s(bytes_t2))
+    # the simulator charges them: a Seesaw run's re-shard and swap-stall phases grow
+    reqs = load_workload("constant", num_requests=8, input_len=64, output_len=4)
+    pol = SeesawPolicy(prefill_layout=P2, decode_layout=T2, max_num_seqs=8, host_kv_bytes=1e9)
+    fast, slow = (simulate(TINY, node, pol, reqs, cost=c) for c in (plain, cm))
+    f, w = fast.extra, slow.extra
+    assert w["reshard_time"] > f["reshard_time"] and w["swap_stall_time"] > f["swap_stall_time"]
+    assert w["num_transitions"] == 1 and w["reshard_time"] == pytest.approx(cm.reshard_s(P2, T2))  # one P2 -> T2
+

@@ -14,8 +14,8 @@ import torch
 from seesaw import profiler
 from seesaw.catalog import load_measured, load_model, measured_node
 from seesaw.specs import (
-    AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, StepTable, VllmPolicy,
-    parse_parallel,
+    AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, ReshardTable, StepTable, SwapTable,
+    VllmPolicy, parse_parallel,
 )
 from seesaw.workload import load_workload
 from simulator.cost import CostModel, Curve
@@ -29,7 +29,8 @@ TINY, SMOL = load_model("tiny"), load_model("smollm2-135m")
 def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
     """A profile with a table for every planned task and made-up times (t = 1 us x size, with 4
     significant digits, as ``write_profile`` keeps)."""
-    tables: dict[str, list] = {"ops": [], "attention": [], "collectives": [], "copies": [], "step_overhead": []}
+    tables: dict[str, list] = {"ops": [], "attention": [], "collectives": [], "copies": [], "step_overhead": [],
+                               "swaps": [], "reshards": []}
     for t in tasks:
         a = t.args
         if t.kind == "forward":
@@ -57,6 +58,14 @@ def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
             seqs = profiler.Grid().step_seqs
             tables["step_overhead"].append(StepTable(vocab_size=a["model"].vocab_size, seqs=seqs,
                                                      time_s=[1e-4 * s for s in seqs]))
+        elif t.kind == "swap":
+            box = profiler.swap_box(a["model"], a["layout"])
+            for kind in ("out", "in"):
+                tables["swaps"].append(SwapTable(kind=kind, num_layers=box[0], num_kv_heads=box[1], head_dim=box[2],
+                                                 ranks=t.ranks, tokens=a["tokens"],
+                                                 time_s=[1e-6 * n for n in a["tokens"]]))
+        elif t.kind == "reshard":
+            tables["reshards"].append(ReshardTable(ranks=t.ranks, size_bytes=[1000 * t.ranks], time_s=[1e-3]))
     data = dict(device="cpu", device_name="dry", dtype="float32", torch_version="0", threads_per_rank=1,
                 num_ranks=3, cpu_count=2, memory_bytes=8e9, date="2026-01-01",
                 **{k: [t.model_dump() for t in v] for k, v in tables.items()})
@@ -82,6 +91,30 @@ def test_default_plan_has_every_table_the_cost_model_looks_up(model, layouts):
             # driver the sampled ids
             assert cm.handoffs_rendezvous and cm.pp_reply_s(lay, 8) > 0 and last.control_s > 0
     assert cm.pp_send_s(parse_parallel("P2"), 8) > 0 and cm.host_copy_s(1e6) > 0
+
+
+@pytest.mark.parametrize("model, c_p, c_d", [(TINY, "P2", "T2"), (SMOL, "P3", "T3"), (SMOL, "P2", "P2")])
+def test_default_plan_times_the_seesaw_pairs_swaps_and_reshards(model, c_p, c_d):
+    """Every Seesaw pair the grid's models can run on up to 3 ranks finds its swap tables (each
+    layout's box, by the engine's ``Shard``, is the box the cost model computes) and a re-shard
+    table; the dry profile's made-up times come back."""
+    tasks = profiler.plan_tasks(profiler.Grid.default(), 3, [TINY, SMOL])
+    prof = dry_profile(tasks)
+    fp32 = model.model_copy(update={"dtype_bytes": 4})
+    for text in (c_p, c_d):
+        lay = parse_parallel(text)
+        cm = CostModel(fp32, measured_node(prof, lay.world_size), measured=prof)
+        assert cm.swap_box(lay) == profiler.swap_box(model, lay)
+        for kind in ("out", "in"):
+            assert cm.swap_s(lay, kind, 64) == pytest.approx(64e-6)  # the table, not a memcpy
+    src, dst = parse_parallel(c_p), parse_parallel(c_d)
+    if src != dst:
+        assert cm.reshard_s(src, dst) > 0.9e-3  # 1 ms at 1000 x ranks bytes, proportional above
+    swaps = {(t.args["model"].name, str(t.args["layout"])) for t in tasks if t.kind == "swap"}
+    assert swaps >= {("tiny", "P2"), ("tiny", "T2"), ("smollm2-135m", "P2"), ("smollm2-135m", "P3"),
+                     ("smollm2-135m", "T3")}
+    assert {(t.args["model"].name, t.ranks) for t in tasks if t.kind == "reshard"} == {
+        ("tiny", 2), ("smollm2-135m", 3)}  # P_k <-> T_k where both shard the model
 
 
 def test_plan_skips_tp_degrees_a_model_cannot_use():

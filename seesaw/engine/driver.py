@@ -239,7 +239,9 @@ class Driver:
         the run started on rank 0's clock: ``launch_s`` (message sent), ``done_s`` (sampled
         tokens back), ``in_flight`` (forwards of the replica in flight then, this one included), and
         ``seqs``: ``[start, new_tokens, sampled]`` per sequence (what ``seesaw calibrate
-        --step-trace`` compares with the cost model step by step)."""
+        --step-trace`` compares with the cost model step by step). The Seesaw driver adds its
+        other steps: ``swapout`` / ``swapin`` (sent, then agreed done by every rank) and
+        ``evict`` with ``num_seqs`` and ``tokens``, and ``reshard`` with ``src`` and ``dst``."""
         if self.trace is None:
             return
         import json
