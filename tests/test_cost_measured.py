@@ -387,3 +387,29 @@ def test_seesaw_swaps_and_reshards_read_their_tables_else_the_host_copy():
     assert w["reshard_time"] > f["reshard_time"] and w["swap_stall_time"] > f["swap_stall_time"]
     assert w["num_transitions"] == 1 and w["reshard_time"] == pytest.approx(cm.reshard_s(P2, T2))  # one P2 -> T2
 
+
+
+def test_a_lone_pipeline_micro_batch_uses_the_tables_of_one_busy_stage():
+    """P2's stages are TP-1 shards: with tables timed on one rank and (10x slower here) on two
+    ranks at once, a stage running while the other is idle is priced from the one-rank tables.
+    In the simulator a micro-batch that is the only forward in flight runs alone on every stage
+    (no step is issued before a completion); two in flight share the machine."""
+    busy_ops = tuple(OpTable(op=t.op, dims=t.dims, ranks=2, tokens=t.tokens, time_s=tuple(10 * x for x in t.time_s))
+                     for t in tiny_profile().ops if t.ranks == 1)
+    prof = tiny_profile(ops=tiny_profile().ops + busy_ops)
+    node = measured_node(prof, 2)
+    cm = CostModel(TINY, node, measured=prof)
+    P2, T1 = parse_parallel("P2"), parse_parallel("T1")
+    shape = BatchShape.prefill([64])
+    alone, shared = cm.stage_time_s(P2, 0, shape, alone=True), cm.stage_time_s(P2, 0, shape)
+    assert shared > 3 * alone
+    assert cm.stage_time_s(T1, 0, shape, alone=True) == cm.stage_time_s(T1, 0, shape)  # one stage: no-op
+    # one request: its prefill is the only forward in flight -> both stages alone
+    one = simulate(TINY, node, VllmPolicy(layout=P2, max_num_seqs=8), load_workload(
+        "constant", num_requests=1, input_len=64, output_len=1), cost=cm)
+    lone = sum(cm.stage_time_s(P2, s, shape, alone=True) for s in (0, 1)) + cm.pp_send_s(P2, 64)
+    assert one.time_by_phase["prefill"] == pytest.approx(lone, rel=1e-6)
+    # two requests in two micro-batches: both in flight, the stages priced as sharing the machine
+    two = simulate(TINY, node, VllmPolicy(layout=P2, max_num_seqs=8, max_num_batched_tokens=100), load_workload(
+        "constant", num_requests=2, input_len=64, output_len=1), cost=cm)
+    assert two.time_by_phase["prefill"] > 3 * one.time_by_phase["prefill"]
