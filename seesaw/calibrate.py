@@ -31,7 +31,7 @@ from pathlib import Path
 from seesaw.specs import SpecError
 
 __all__ = ["CalibrationError", "WorkloadArg", "parse_workloads", "calibrate", "regret", "write_outputs",
-           "DEFAULT_LAYOUTS"]
+           "speed_check", "DEFAULT_LAYOUTS"]
 
 DEFAULT_LAYOUTS = "T2,P2,P2->T2"
 
@@ -254,6 +254,52 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                  f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%), "
                  f"engine wall {walls[i]:.1f}s")
     return rows
+
+
+def speed_check(profile: str, ranks: int = 2) -> dict:
+    """How fast this machine runs now against when ``profile`` was measured: the tiny model's
+    GEMM and layer tables (``seesaw profile``'s own code, a quick grid, one rank and ``ranks``
+    busy at once) timed again and divided by the profile's tables at the same rows. On a shared
+    VM whose speed drifts, a ``speed_ratio`` of 1.3 says every step now takes ~30% longer than
+    the predictions assume. Nothing is corrected with it. ``{}`` for a CUDA profile or one
+    without these tables."""
+    from seesaw import catalog, profiler
+    from simulator.cost import Curve
+
+    prof = catalog.load_measured(profile)
+    if prof.device != "cpu":
+        return {}
+    spec = catalog.load_model("tiny")
+    ranks = max(1, min(ranks, prof.num_ranks))
+    grid = profiler.Grid.quick(models=("tiny",), tp=(1,), tokens=(16, 256, 2048),
+                               busy=(ranks,) if ranks > 1 else (), repeats=6)
+    t0 = time.perf_counter()
+    now = profiler.profile(grid, ranks=ranks, models=[spec], dtype=prof.dtype, kinds=("forward",))
+    ref = {(t.op, tuple(t.dims), t.ranks): t for t in prof.ops}
+    ratios = []
+    for t in now.ops:
+        old = ref.get((t.op, tuple(t.dims), t.ranks))
+        if t.op in ("linear", "layer_misc") and old is not None:
+            curve = Curve(old.tokens, old.time_s)
+            ratios += [sec / curve(n) for n, sec in zip(t.tokens, t.time_s)]
+    if not ratios:
+        return {}
+    return {"speed_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)), "speed_points": len(ratios),
+            "speed_check_s": time.perf_counter() - t0}
+
+
+def _how(r: float) -> str:
+    if abs(r - 1) < 0.03:
+        return f"as fast ({r:.2f}x)"
+    return f"{r:.2f}x slower" if r > 1 else f"{1 / r:.2f}x faster"
+
+
+def speed_line(before: dict, after: dict | None = None) -> str:
+    """One line on ``speed_check`` results taken before (and after) the engine runs."""
+    text = f"machine speed against the profile's: {_how(before['speed_ratio'])}"
+    if after:
+        text += f" before the engine runs, {_how(after['speed_ratio'])} after"
+    return text + f" (tiny model's GEMM and layer tables, {before['speed_points']} points; not corrected for)"
 
 
 def regret(rows: list[Row]) -> dict:

@@ -986,12 +986,13 @@ def profile(
     grid: Grid | None = None, *, device: str = "cpu", ranks: int | None = None,
     models: list[ModelSpec] | None = None, threads: int = 1, dtype: str = "float32",
     name: str = "", command: str = "", progress: Callable[[int, int], None] | None = None,
-    timeout_s: float = 7200.0,
+    timeout_s: float = 7200.0, kinds: tuple[str, ...] | None = None,
 ) -> MeasuredProfile:
     """Measure ``grid`` on this machine and return the profile (``write_profile`` saves it).
 
     ``models``: the shapes to time (default: the grid's model names from the catalog).
     ``progress(done, total)`` is called from a helper thread as grid points finish.
+    ``kinds``: measure only these task kinds (forward, step, comm, copy, swap, reshard).
     Raises ``SpecError`` for a device that is not there or a bad argument.
     """
     from seesaw.catalog import load_model
@@ -1012,7 +1013,7 @@ def profile(
     if ranks < 1 or threads < 1:
         raise SpecError(f"ranks and threads must be positive (got {ranks}, {threads})")
     specs = models if models is not None else [load_model(m) for m in grid.models]
-    tasks = plan_tasks(grid, ranks, specs, device)
+    tasks = [t for t in plan_tasks(grid, ranks, specs, device) if kinds is None or t.kind in kinds]
     # progress counts timed samples
     total = grid.passes * sum(
         t.points * grid.per_pass(grid.forward_repeats if t.kind in ("forward", "step") else grid.repeats)

@@ -13,6 +13,7 @@ import json
 import math
 
 import pytest
+import yaml
 
 from seesaw.calibrate import CalibrationError, Row, parse_workloads, regret
 from tests.engine_helpers import run_cli as _cli
@@ -75,6 +76,9 @@ def test_calibrate_end_to_end(tmp_path, capsys):
     assert "T1" in stdout and "T2" in stdout and "regret" in stdout
     assert "[1/2] engine T1" in err and "run 2 of 2" in err  # progress on stderr
     assert "inside the measured runs' range" in stdout
+    # the machine's speed against the profile's, timed before and after the engine runs
+    assert 0.2 < summ["speed_ratio_before"] < 5 and 0.2 < summ["speed_ratio_after"] < 5
+    assert "machine speed against the profile's: " in stdout and "after (tiny model's" in stdout
     # one step trace per pair: the kept (median) run's
     assert sorted(p.name for p in out.glob("steps-*")) == ["steps-T1_constant_32-16.jsonl",
                                                            "steps-T2_constant_32-16.jsonl"]
@@ -83,3 +87,27 @@ def test_calibrate_end_to_end(tmp_path, capsys):
 def test_calibrate_bad_layout(tmp_path, capsys):
     code, _, err = _cli(capsys, "calibrate", "--layouts", "T3", "-o", tmp_path)
     assert code == 2 and "error" in err.lower()
+
+
+def test_speed_check_compares_with_the_profiles_tables(tmp_path):
+    """The same machine against the committed profile and against a copy whose GEMM and layer
+    tables say everything took 10x longer: the second ratio is ~10x smaller (two noisy timings,
+    so a wide bound). A CUDA profile is not checked."""
+    from seesaw import calibrate as cal
+    from seesaw.catalog import load_measured
+
+    prof = load_measured("cpu-2core")
+    slow = prof.model_copy(update={"ops": tuple(t.model_copy(update={"time_s": tuple(10 * x for x in t.time_s)})
+                                                for t in prof.ops)})
+    path = tmp_path / "slow.yaml"
+    path.write_text(yaml.safe_dump(slow.model_dump(mode="json"), sort_keys=False))
+    a, b = cal.speed_check("cpu-2core"), cal.speed_check(str(path))
+    assert a["speed_points"] == b["speed_points"] >= 12
+    assert 3 < a["speed_ratio"] / b["speed_ratio"] < 30
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text(yaml.safe_dump(prof.model_copy(update={"device": "cuda"}).model_dump(mode="json")))
+    assert cal.speed_check(str(gpu)) == {}
+    assert cal.speed_line({"speed_ratio": 1.3, "speed_points": 36}, {"speed_ratio": 0.8}).startswith(
+        "machine speed against the profile's: 1.30x slower before the engine runs, 1.25x faster after")
+    assert "as fast (1.01x)" in cal.speed_line({"speed_ratio": 1.01, "speed_points": 36})
+
