@@ -459,6 +459,13 @@ def _check_axis(name: str, axis: tuple) -> None:
         raise ValueError(f"{name} must be strictly increasing, got {list(axis)}")
 
 
+def _check_curve(name: str, axis: tuple, time_s: tuple, what: str) -> None:
+    """A table's axis is strictly increasing and ``time_s`` has one value per point."""
+    _check_axis(name, axis)
+    if len(time_s) != len(axis):
+        raise ValueError(f"time_s has {len(time_s)} values for {len(axis)} {what}")
+
+
 class OpTable(Spec):
     """Seconds of one operator of one rank by the number of token rows it processes."""
 
@@ -479,9 +486,7 @@ class OpTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "OpTable":
-        _check_axis("tokens", self.tokens)
-        if len(self.time_s) != len(self.tokens):
-            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.tokens)} tokens")
+        _check_curve("tokens", self.tokens, self.time_s, "tokens")
         if self.op == "linear" and len(self.dims) != 2:
             raise ValueError("a linear table's dims are (in_features, out_features)")
         return self
@@ -527,9 +532,7 @@ class CommTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "CommTable":
-        _check_axis("size_bytes", self.size_bytes)
-        if len(self.time_s) != len(self.size_bytes):
-            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.size_bytes)} sizes")
+        _check_curve("size_bytes", self.size_bytes, self.time_s, "sizes")
         return self
 
 
@@ -542,9 +545,7 @@ class CopyTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "CopyTable":
-        _check_axis("size_bytes", self.size_bytes)
-        if len(self.time_s) != len(self.size_bytes):
-            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.size_bytes)} sizes")
+        _check_curve("size_bytes", self.size_bytes, self.time_s, "sizes")
         return self
 
 
@@ -559,9 +560,7 @@ class StepTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "StepTable":
-        _check_axis("seqs", self.seqs)
-        if len(self.time_s) != len(self.seqs):
-            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.seqs)} seqs")
+        _check_curve("seqs", self.seqs, self.time_s, "seqs")
         return self
 
 
@@ -583,16 +582,15 @@ class SwapTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "SwapTable":
-        _check_axis("tokens", self.tokens)
-        if len(self.time_s) != len(self.tokens):
-            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.tokens)} token counts")
+        _check_curve("tokens", self.tokens, self.time_s, "token counts")
         return self
 
 
 class ReshardTable(Spec):
-    """Seconds of the engine's re-shard on ``ranks`` ranks (``reshard.reshard``: free the old
-    shard, load the new one from the host weight store, barrier; then the new KV cache), by the
-    bytes the most loaded rank loads."""
+    """Seconds of the engine's re-shard on ``ranks`` ranks (the driver's message, then
+    ``reshard.reshard``: free the old shard, load the new one from the host weight store,
+    barrier; then a new runner, its KV cache left out: that scales with the run's KV, not the
+    model), by the bytes the most loaded rank loads."""
 
     ranks: int = Field(gt=0)
     size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
@@ -600,9 +598,7 @@ class ReshardTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "ReshardTable":
-        _check_axis("size_bytes", self.size_bytes)
-        if len(self.time_s) != len(self.size_bytes):
-            raise ValueError(f"time_s has {len(self.time_s)} values for {len(self.size_bytes)} sizes")
+        _check_curve("size_bytes", self.size_bytes, self.time_s, "sizes")
         return self
 
 
