@@ -808,12 +808,14 @@ def _swaps(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     dist.broadcast_object_list(pool_name, src=0, group=ctrl)
     dims = (host_blocks, spec.num_hidden_layers, spec.num_key_value_heads, bs, spec.d_head, r.dtype)
     pool = HostKVPool(*dims[:5], dtype=r.dtype, name=pool_name[0]) if r.rank == 0 else None
-    dist.barrier(group=ctrl)
-    if r.rank != 0:
-        pool = HostKVPool.attach(pool_name[0], *dims)
-    dist.barrier(group=ctrl)
-    if r.rank == 0:
-        pool.unlink()  # the mappings stay; nothing is left in /dev/shm if a rank dies
+    try:
+        dist.barrier(group=ctrl)
+        if r.rank != 0:
+            pool = HostKVPool.attach(pool_name[0], *dims)
+        dist.barrier(group=ctrl)
+    finally:
+        if r.rank == 0:
+            pool.unlink()  # the mappings stay; nothing is left in /dev/shm, also if a rank fails
     filled = KVCache(layers, -(-top // bs) + 1, bs, len(heads), spec.d_head, dtype=r.dtype, device=r.device)
     for x in filled.k + filled.v:
         x.normal_()
@@ -839,8 +841,9 @@ def _swaps(r: _Rank, task: Task) -> list[tuple[str, dict]]:
         for kind in ("out", "in"):
             fns = [functools.partial(step, kind, t) for t in points]
             times = r.slowest(r.measure(fns, k, max_calls=50), k)
+            moved = [max(1, t // min(t, seq)) * min(t, seq) for t in points]  # whole sequences
             out.append(("swaps", dict(kind=kind, num_layers=len(layers), num_kv_heads=len(heads),
-                                      head_dim=spec.d_head, ranks=k, tokens=list(points), time_s=times)))
+                                      head_dim=spec.d_head, ranks=k, tokens=moved, time_s=times)))
     finally:
         pf.close()
     key = swap_box(spec, layout)  # the largest box (uneven stages): every rank's table carries it

@@ -442,8 +442,8 @@ class CostModel:
         }
 
     def _layout(self, layout: ParallelConfig, alone: bool = False) -> list[_Stage]:
-        # measured: DP changes the driver's messages; ``alone`` the tables' busy ranks
-        key = (layout.tp, layout.pp, layout.dp > 1, alone)
+        # measured: DP changes the driver's messages and, with ``alone``, the tables' busy ranks
+        key = (layout.tp, layout.pp, layout.dp, alone)
         stages = self._stages.get(key)
         if stages is None:
             stages = self._stages[key] = self._build(layout, alone)

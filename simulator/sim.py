@@ -220,10 +220,12 @@ class _Replica:
         last = layout.pp - 1
         send = cost.pp_send_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else 0.0
         rendezvous = last and cost.handoffs_rendezvous
-        # the only forward in flight: no other micro-batch can start before it completes (steps
-        # are issued at completions), so each stage has the machine to itself while it computes
-        # (measured profiles time stages both alone and with all ranks busy)
-        alone = last > 0 and self.kinds["prefill"] + self.kinds["decode"] + self.kinds["mixed"] == 1
+        # the only step in flight: no other micro-batch can start before it completes (steps
+        # are issued at completions; a swap completing meanwhile could free blocks or bring
+        # sequences in, so none may be in flight either), so each stage has the machine to
+        # itself while it computes (measured profiles time stages both alone and all ranks busy)
+        k = self.kinds
+        alone = last > 0 and k["prefill"] + k["decode"] + k["mixed"] == 1 and not k["swap_stall"] and not k["reshard"]
         t = env.now
         for stage in range(layout.pp):
             start = t if t > free[stage] else free[stage]
