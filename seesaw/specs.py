@@ -13,7 +13,7 @@ policy, ``P8->T4P2``. Rank order is TP-contiguous, PP-strided, DP outermost:
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
 
@@ -459,15 +459,26 @@ def _check_axis(name: str, axis: tuple) -> None:
         raise ValueError(f"{name} must be strictly increasing, got {list(axis)}")
 
 
-def _check_curve(name: str, axis: tuple, time_s: tuple, what: str) -> None:
-    """A table's axis is strictly increasing and ``time_s`` has one value per point."""
-    _check_axis(name, axis)
-    if len(time_s) != len(axis):
-        raise ValueError(f"time_s has {len(time_s)} values for {len(axis)} {what}")
+class _CurveTable(Spec):
+    """A measured table of ``time_s`` by one axis: the field ``_axis[0]``, strictly increasing,
+    with one time per point (``_axis[1]`` names its values in the error)."""
+
+    _axis: ClassVar[tuple[str, str]]
+
+    @model_validator(mode="after")
+    def _check_curve(self):
+        name, what = self._axis
+        axis = getattr(self, name)
+        _check_axis(name, axis)
+        if len(self.time_s) != len(axis):
+            raise ValueError(f"time_s has {len(self.time_s)} values for {len(axis)} {what}")
+        return self
 
 
-class OpTable(Spec):
+class OpTable(_CurveTable):
     """Seconds of one operator of one rank by the number of token rows it processes."""
+
+    _axis = ("tokens", "tokens")
 
     op: Literal["linear", "layer_misc", "embed_rope", "tp_all_reduce", "tp_all_gather"] = Field(
         description="linear: one GEMM (x @ W.T); layer_misc: a decoder layer minus its GEMMs, "
@@ -486,7 +497,6 @@ class OpTable(Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "OpTable":
-        _check_curve("tokens", self.tokens, self.time_s, "tokens")
         if self.op == "linear" and len(self.dims) != 2:
             raise ValueError("a linear table's dims are (in_features, out_features)")
         return self
@@ -518,8 +528,10 @@ class AttentionTable(Spec):
         return self
 
 
-class CommTable(Spec):
+class CommTable(_CurveTable):
     """Seconds of one collective (torch.distributed, as ``TorchComm`` calls it) by message size."""
+
+    _axis = ("size_bytes", "sizes")
 
     op: Literal["all_reduce", "all_gather", "send_recv", "broadcast", "handoff"] = Field(
         description="size_bytes is the buffer (all_reduce, broadcast), each rank's input "
@@ -530,47 +542,38 @@ class CommTable(Spec):
     size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
     time_s: tuple[Annotated[float, Field(gt=0)], ...]
 
-    @model_validator(mode="after")
-    def _check(self) -> "CommTable":
-        _check_curve("size_bytes", self.size_bytes, self.time_s, "sizes")
-        return self
 
-
-class CopyTable(Spec):
+class CopyTable(_CurveTable):
     """Seconds of one copy by size: host->device, device->host (pinned, on CUDA) or host->host."""
+
+    _axis = ("size_bytes", "sizes")
 
     kind: Literal["h2d", "d2h", "h2h"]
     size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
     time_s: tuple[Annotated[float, Field(gt=0)], ...]
 
-    @model_validator(mode="after")
-    def _check(self) -> "CopyTable":
-        _check_curve("size_bytes", self.size_bytes, self.time_s, "sizes")
-        return self
 
-
-class StepTable(Spec):
+class StepTable(_CurveTable):
     """Seconds of one engine step outside the model (KV slot allocation, attention metadata,
     sampling one token per sequence from logits [seqs, vocab_size]) by the sequences in the step."""
+
+    _axis = ("seqs", "seqs")
 
     vocab_size: int = Field(gt=0)
     ranks: int = Field(default=1, gt=0, description="ranks running driver steps at once while measured")
     seqs: tuple[Annotated[int, Field(gt=0)], ...]
     time_s: tuple[Annotated[float, Field(gt=0)], ...]
 
-    @model_validator(mode="after")
-    def _check(self) -> "StepTable":
-        _check_curve("seqs", self.seqs, self.time_s, "seqs")
-        return self
 
-
-class SwapTable(Spec):
+class SwapTable(_CurveTable):
     """Seconds of one Seesaw KV swap step on the ranks of a replica, by the tokens it moves: the
     driver's message, every rank copying its box of the step's sequences between its device KV
     cache and the host pool on its prefetcher thread (``host_kv.swap_out_many`` /
     ``swap_in_many``), the wait for the copies and the ranks' agreement
     (``prefetch.ReplicaCompletions``). A swap-in lands in a KV cache allocated for it, as the
     engine's first swap-ins after a re-shard do."""
+
+    _axis = ("tokens", "token counts")
 
     kind: Literal["out", "in"] = Field(description="out: device -> host pool; in: host pool -> device")
     num_layers: int = Field(gt=0, description="layers of one rank's box")
@@ -580,26 +583,18 @@ class SwapTable(Spec):
     tokens: tuple[Annotated[int, Field(gt=0)], ...] = Field(description="KV tokens of the step (all its sequences)")
     time_s: tuple[Annotated[float, Field(gt=0)], ...]
 
-    @model_validator(mode="after")
-    def _check(self) -> "SwapTable":
-        _check_curve("tokens", self.tokens, self.time_s, "token counts")
-        return self
 
-
-class ReshardTable(Spec):
+class ReshardTable(_CurveTable):
     """Seconds of the engine's re-shard on ``ranks`` ranks (the driver's message, then
     ``reshard.reshard``: free the old shard, load the new one from the host weight store,
     barrier; then a new runner, its KV cache left out: that scales with the run's KV, not the
     model), by the bytes the most loaded rank loads."""
 
+    _axis = ("size_bytes", "sizes")
+
     ranks: int = Field(gt=0)
     size_bytes: tuple[Annotated[int, Field(gt=0)], ...]
     time_s: tuple[Annotated[float, Field(gt=0)], ...]
-
-    @model_validator(mode="after")
-    def _check(self) -> "ReshardTable":
-        _check_curve("size_bytes", self.size_bytes, self.time_s, "sizes")
-        return self
 
 
 class MeasuredProfile(Spec):
