@@ -240,7 +240,7 @@ def _host_positions(seqs: list[tuple[torch.Tensor, list[int]]], block_size: int
     """The host blocks the sequences use (concatenated), their device slots padded to whole
     blocks (a sequence's last slot repeated, so every block moves as one [block_size, heads, dim]
     piece), and the rows of those padded slots that are real tokens (None when none is padding)."""
-    blocks, padded, rows = [], [], []
+    blocks, padded, spans = [], [], []
     offset, any_pad = 0, False
     for slots, host_blocks in seqs:
         n = len(slots)
@@ -248,11 +248,12 @@ def _host_positions(seqs: list[tuple[torch.Tensor, list[int]]], block_size: int
         pad = nb * block_size - n
         blocks.extend(host_blocks[:nb])
         padded.append(torch.cat([slots, slots[-1:].expand(pad)]) if pad else slots)
-        rows.append(torch.arange(offset, offset + n))
+        spans.append((offset, n))
         offset += nb * block_size
         any_pad = any_pad or pad > 0
     cat = padded[0] if len(padded) == 1 else torch.cat(padded)
-    return torch.tensor(blocks, dtype=torch.long), cat, (torch.cat(rows) if any_pad else None)
+    rows = torch.cat([torch.arange(o, o + n) for o, n in spans]) if any_pad else None
+    return torch.tensor(blocks, dtype=torch.long), cat, rows
 
 
 @torch.inference_mode()
