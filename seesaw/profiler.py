@@ -34,13 +34,14 @@ shard, and the slowest rank's mean kept. Samples are taken in sweeps over a tabl
 points in shuffled order, so load from other processes on a shared machine spreads over the table
 instead of spoiling a few points; ``repeats`` samples per point (a fifth as many forward passes
 and driver runs, each forward pass giving one sample per layer). The whole list of tables is
-measured in ``passes`` rounds, each taking its share of the samples, and a table keeps the mean
-over all of them: the speed of a shared VM drifts over seconds to minutes (the same engine run
-varied 1.7x within three minutes here), and a table measured in one stretch of ~10 s took
-whatever speed that stretch had, so two profiles an hour apart predicted P2 29% apart. The
-files keep the raw means; ``simulator.cost`` makes them monotone.
+measured in ``passes`` rounds, each taking its share of the samples: the speed of a shared VM
+drifts over seconds to minutes (the same engine run varied 1.7x within three minutes here), and a
+table measured in one stretch of ~10 s took whatever speed that stretch had, so two profiles an
+hour apart predicted P2 29% apart. A point keeps the median of the passes' means, so a stall that
+spoils one pass's few samples of a point is outvoted. The files keep these figures unsmoothed;
+``simulator.cost`` makes them monotone.
 
-Why means, not medians: an engine step is a sum of calls, so its expected time is the sum of the
+Why a pass keeps means, not medians: an engine step is a sum of calls, so its expected time is the sum of the
 calls' means. Where calls have a long tail the two differ a lot: a gloo all-reduce between two
 ranks on this 2-core machine has a median of ~0.6 ms but a mean of ~1.3-1.6 ms (p90 ~4 ms: the
 wake-ups of the waiting rank), and a profile of medians under-predicted TP steps by ~40%.
@@ -949,20 +950,22 @@ def _rank_main(rank: int, world_size: int, device: torch.device, tasks: list[Tas
 
 def _merge_passes(passes: list[list[tuple[str, dict]]]) -> list[tuple[str, dict]]:
     """One table per measured table: every pass measured the same tables in the same order, each
-    point with the same number of samples, so the mean over all samples is the mean of the passes'
-    means."""
+    point with the same number of samples. A point keeps the median of the passes' means (with
+    two passes, their mean): a pass's mean keeps the calls' tail, and a stall that spoils one
+    pass's few samples of a point (the tiny model's 128-token prefill attention over 512 tokens,
+    2 ranks busy, once came to 6.6 ms where its neighbours took ~0.6) is outvoted."""
     merged = []
     for tables in zip(*passes):
         key, first = tables[0]
-        merged.append((key, {**first, "time_s": _mean_of([t["time_s"] for _, t in tables])}))
+        merged.append((key, {**first, "time_s": _median_of([t["time_s"] for _, t in tables])}))
     return merged
 
 
-def _mean_of(values: list):
-    """Element-wise mean of equally shaped (nested) lists of numbers."""
+def _median_of(values: list):
+    """Element-wise median of equally shaped (nested) lists of numbers."""
     if isinstance(values[0], (list, tuple)):
-        return [_mean_of(list(xs)) for xs in zip(*values)]
-    return statistics.fmean(values)
+        return [_median_of(list(xs)) for xs in zip(*values)]
+    return statistics.median(values)
 
 
 def _cpu_name() -> str:

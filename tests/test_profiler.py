@@ -174,6 +174,11 @@ def test_passes_measure_every_table_again_and_keep_the_mean():
     grid2 = ("a", {"time_s": [[1.0, 2.0], [3.0, 5.0]]})
     grid3 = ("a", {"time_s": [[3.0, 2.0], [1.0, 1.0]]})
     assert profiler._merge_passes([[grid2], [grid3]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 3.0]]
+    # three passes: the median pass per point, so one pass's stall at a point is outvoted
+    c = ("x", {"kind": "h2h", "time_s": [2.5, 90.0]})
+    assert profiler._merge_passes([[a], [b], [c]]) == [("x", {"kind": "h2h", "time_s": [2.5, 4.0]})]
+    grid4 = ("a", {"time_s": [[2.0, 60.0], [2.0, 2.0]]})
+    assert profiler._merge_passes([[grid2], [grid3], [grid4]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 2.0]]
 
 
 def test_write_profile_round_trips_through_the_catalog(tmp_path):
