@@ -65,7 +65,8 @@ Model and assumptions
   the grid and proportional above it. Prefill attention needs the step's prefill sequences
   (``BatchShape.prefill_seqs``); without them whole prompts of equal length are assumed.
   Seesaw's KV swap steps and re-shards use the engine's whole step where measured (``swaps`` by
-  the rank's box and tokens; ``reshards`` by bytes loaded per rank): on a CPU the copies through
+  tokens for the rank's box, other boxes by the bytes a rank moves; ``reshards`` by bytes
+  loaded per rank): on a CPU the copies through
   the host pool, the messages and the ranks' agreement cost tens of times a plain memcpy.
 - Ranks busy at once, measured: tables are looked up by how many ranks compute at the same time
   (on a CPU they share the cores). A layout keeps all its ranks busy, except that a pipeline
@@ -253,6 +254,12 @@ class Surface:
         return scale * math.exp(lo + fx * (hi - lo))
 
 
+def _pooled(points: dict[float, list[float]]) -> Curve:
+    """One curve through measured points by size, the mean where several tables share a size."""
+    xs = sorted(points)
+    return Curve(xs, [sum(points[x]) / len(points[x]) for x in xs])
+
+
 # the engine driver's step message buffer (seesaw.engine.driver.ControlPlane capacity, 32 KiB)
 _CONTROL_MESSAGE_BYTES = 1 << 15
 
@@ -275,13 +282,19 @@ class _Tables:
         self._steps = [(s.vocab_size, s.ranks, Curve(s.seqs, s.time_s)) for s in profile.step_overhead]
         self._swaps = {(t.kind, t.num_layers, t.num_kv_heads, t.head_dim, t.ranks): Curve(t.tokens, t.time_s)
                        for t in profile.swaps}
-        # every model's re-shards on k ranks make one curve by bytes loaded (same bytes: mean)
-        by_ranks: dict[int, dict[int, list[float]]] = {}
+        # every box's swaps of one kind on k ranks make one curve by the bytes a rank moves, and
+        # every model's re-shards on k ranks one by the bytes a rank loads (same bytes: mean)
+        swaps: dict[tuple[str, int], dict[float, list[float]]] = {}
+        for t in profile.swaps:
+            per_token = 2 * t.num_layers * t.num_kv_heads * t.head_dim * profile.dtype_bytes  # K and V
+            for n, sec in zip(t.tokens, t.time_s):
+                swaps.setdefault((t.kind, t.ranks), {}).setdefault(n * per_token, []).append(sec)
+        self._swap_bytes = {k: _pooled(pts) for k, pts in swaps.items()}
+        reshards: dict[int, dict[float, list[float]]] = {}
         for t in profile.reshards:
             for b, sec in zip(t.size_bytes, t.time_s):
-                by_ranks.setdefault(t.ranks, {}).setdefault(b, []).append(sec)
-        self._reshards = {k: Curve(sorted(pts), [sum(pts[b]) / len(pts[b]) for b in sorted(pts)])
-                          for k, pts in by_ranks.items()}
+                reshards.setdefault(t.ranks, {}).setdefault(b, []).append(sec)
+        self._reshards = {k: _pooled(pts) for k, pts in reshards.items()}
 
     @staticmethod
     def _nearest(found: list | None, ranks: int):
@@ -317,14 +330,18 @@ class _Tables:
 
     def swap(self, kind: str, box: tuple[int, int, int], ranks: int) -> Curve | None:
         """A Seesaw swap step ("out" / "in") of a rank box (layers, KV heads, head_dim) on
-        ``ranks`` ranks, where measured exactly."""
+        ``ranks`` ranks, by tokens, where measured exactly."""
         return self._swaps.get((kind, *box, ranks))
+
+    def swap_bytes(self, kind: str, ranks: int) -> Curve | None:
+        """Swap steps of ``kind`` by the bytes each rank moves, every measured box pooled, on
+        ``ranks`` ranks (else the nearest count)."""
+        found = [(k, c) for (knd, k), c in self._swap_bytes.items() if knd == kind]
+        return self._nearest(found, ranks)
 
     def reshard(self, ranks: int) -> Curve | None:
         """Re-shards by bytes loaded per rank, measured on ``ranks`` ranks (else the nearest)."""
-        if not self._reshards:
-            return None
-        return self._reshards[min(self._reshards, key=lambda k: (abs(k - ranks), k))]
+        return self._nearest(list(self._reshards.items()), ranks)
 
     def step(self, vocab_size: int, ranks: int = 1) -> Curve | None:
         if not self._steps:
@@ -805,17 +822,22 @@ class CostModel:
     def swap_s(self, layout: ParallelConfig, kind: str, tokens: int) -> float:
         """One Seesaw swap step moving the KV of ``tokens`` tokens between the GPUs of a replica
         of ``layout`` and host memory (``kind`` "out": to the host, "in": back). Every GPU
-        copies its own box over its own host link, in parallel. A measured profile's swap table
-        for this box (the engine's whole step: message, copies, agreement) wins over the
-        host-copy bandwidth."""
+        copies its own box over its own host link, in parallel. A measured profile's swap steps
+        (the engine's whole step: message, copies, agreement) win over the host-copy bandwidth:
+        the table of this box by tokens, else every measured box's by the bytes a rank moves (on
+        a CPU the whole step costs ~30x a memcpy of its bytes, so a memcpy would favour Seesaw
+        pairs outside the profiled shapes)."""
         if tokens <= 0:
             return 0.0
-        curve = None
+        nbytes = tokens * self.swap_bytes_per_token(layout)
         if self._tables is not None:
             curve = self._tables.swap(kind, self.swap_box(layout), layout.gpus_per_replica)
-        if curve is not None:
-            return curve(tokens)
-        return self.host_copy_s(tokens * self.swap_bytes_per_token(layout))
+            if curve is not None:
+                return curve(tokens)
+            curve = self._tables.swap_bytes(kind, layout.gpus_per_replica)
+            if curve is not None:
+                return curve(nbytes)
+        return self.host_copy_s(nbytes)
 
     def swap_bytes_per_token(self, layout: ParallelConfig) -> float:
         """KV bytes one GPU moves per swapped token under ``layout`` (the most loaded stage;

@@ -300,8 +300,8 @@ def _estimate_vllm(cost: CostModel, policy: VllmPolicy, w: _Work) -> dict[str, f
 
 
 def _estimate_seesaw(cost: CostModel, policy: SeesawPolicy, w: _Work) -> dict[str, float]:
-    """Prefill every prompt under c_p in full micro-batches (bounded by the swap-out copy), decode
-    under c_d at the KV bound (bounded by the swap-in copy), one re-shard each way per host-pool fill."""
+    """Prefill every prompt under c_p in full micro-batches (bounded by the swap-out steps), decode
+    under c_d at the KV bound (bounded by the swap-in steps), one re-shard each way per host-pool fill."""
     util, budget = policy.gpu_memory_utilization, policy.max_num_batched_tokens
     cp, cd = policy.prefill_layout, policy.decode_layout
     # the device is empty at each switch, so each layout has its own device KV pool
@@ -310,9 +310,13 @@ def _estimate_seesaw(cost: CostModel, policy: SeesawPolicy, w: _Work) -> dict[st
     m = max(1, min(cp.pp, int(cap_p // k)))      # prefills in flight need transient device KV
     chain, stage = _chain_s(cost, cp, _prefill_shape(k, w))
     t_pf = chain + (math.ceil(w.P / k) - 1) * stage * cp.pp / m
-    t_pf = max(t_pf, cost.host_copy_s(w.P * cost.swap_bytes_per_token(cp)))
+    # swap steps: one swap-out per prefill micro-batch, one swap-in per refill of c_d's KV slots
+    # (a measured step has a fixed part, so their number counts, not only the bytes)
+    n_out = max(1, math.ceil(w.P / k))
+    t_pf = max(t_pf, n_out * cost.swap_s(cp, "out", math.ceil(w.P / n_out)))
     r = _kv_slots(cost, cd, w, util, budget, policy.max_num_seqs * cd.pp, cap_d)
-    t_dec = max(_decode_time_s(cost, cd, w, r), cost.host_copy_s(w.P * cost.swap_bytes_per_token(cd)))
+    n_in = max(1, math.ceil(w.P / max(1.0, r * w.mean_p)))
+    t_dec = max(_decode_time_s(cost, cd, w, r), n_in * cost.swap_s(cd, "in", math.ceil(w.P / n_in)))
     host_tokens = policy.host_full_watermark * policy.host_kv_bytes / cp.dp / cost.model.kv_bytes_per_token
     cycles = max(1, math.ceil(w.P / max(1.0, host_tokens)))
     reshard = cycles * cost.reshard_s(cp, cd) + (cycles - 1) * cost.reshard_s(cd, cp)

@@ -354,8 +354,10 @@ def test_measured_handoffs_are_rendezvous_the_receiver_waits():
 
 def test_seesaw_swaps_and_reshards_read_their_tables_else_the_host_copy():
     """A swap step costs the engine's measured step for the layout's box (P2: 2 layers x 2 KV
-    heads; T2: 4 layers x 1), by tokens; a box without a table falls back to copying its bytes.
-    Re-shard tables of several models on the same ranks make one curve by bytes loaded."""
+    heads; T2: 4 layers x 1), by tokens; a box without a table uses the measured steps of its
+    kind by the bytes a rank moves (the nearest rank count), and only a profile without any
+    falls back to copying its bytes. Re-shard tables of several models on the same ranks make
+    one curve by bytes loaded."""
     swaps = (SwapTable(kind="out", num_layers=2, num_kv_heads=2, head_dim=16, ranks=2, tokens=(64, 4096),
                        time_s=(2e-3, 8e-3)),
              SwapTable(kind="in", num_layers=4, num_kv_heads=1, head_dim=16, ranks=2, tokens=(64, 4096),
@@ -371,8 +373,14 @@ def test_seesaw_swaps_and_reshards_read_their_tables_else_the_host_copy():
     assert cm.swap_s(P2, "out", 64) == pytest.approx(2e-3) and cm.swap_s(P2, "out", 8192) == pytest.approx(16e-3)
     assert cm.swap_s(T2, "in", 4096) == pytest.approx(9e-3) and cm.swap_s(T2, "in", 0) == 0.0
     per_token = plain.swap_bytes_per_token(P2)
-    assert cm.swap_s(P2, "in", 4096) == pytest.approx(plain.host_copy_s(4096 * per_token))  # no table: bytes
-    assert plain.swap_s(P2, "out", 4096) == pytest.approx(plain.host_copy_s(4096 * per_token))
+    assert per_token == cm.swap_bytes_per_token(T2) == 2 * 2 * 2 * 16 * 4  # K and V, fp32: both boxes 512 B
+    assert cm.swap_s(P2, "in", 4096) == pytest.approx(9e-3)  # no P2 swap-in table: T2's, at the same bytes
+    T2P2 = parse_parallel("T2P2")  # 4 ranks, box 2 layers x 1 KV head: 256 B a token, the 2-rank tables
+    assert cm.swap_bytes_per_token(T2P2) == 256 and cm.swap_box(T2P2) == (2, 1, 16)
+    out_2048 = cm.swap_s(P2, "out", 2048)  # the same bytes as 4096 tokens of T2P2
+    assert cm.swap_s(T2P2, "out", 4096) == pytest.approx(out_2048) and 2e-3 < out_2048 < 8e-3
+    assert plain.swap_s(P2, "out", 4096) == pytest.approx(plain.host_copy_s(4096 * per_token))  # no tables: bytes
+    assert plain.swap_s(T2P2, "in", 4096) == pytest.approx(plain.host_copy_s(4096 * 256))
     # one curve on 2 ranks: (1000 B, 2 ms), (1 MB, mean of 20 and 40 ms)
     assert cm._tables.reshard(2).ys == [2e-3, pytest.approx(30e-3)]
     bytes_t2 = cm.weight_bytes_per_gpu(T2)
