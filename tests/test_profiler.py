@@ -42,7 +42,7 @@ def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
             for op, dims in (("layer_misc", a["misc"]), ("embed_rope", a["embed"])):
                 tables["ops"].append(OpTable(op=op, dims=dims, ranks=t.ranks, tokens=g.tokens,
                                              time_s=[1e-6 * n for n in g.tokens]))
-            for kind, sizes, ctx in (("prefill", g.prefill_tokens, g.prefill_context),
+            for kind, sizes, ctx in (("prefill", g.prefill_tokens, g.prefill_axis),
                                      ("decode", g.decode_batch, g.decode_context)):
                 tables["attention"].append(AttentionTable(
                     kind=kind, num_heads=a["heads"][0], num_kv_heads=a["heads"][1], head_dim=a["heads"][2],
@@ -131,7 +131,9 @@ def test_plan_skips_tp_degrees_a_model_cannot_use():
 
 
 def test_pieces_run_in_process_on_one_rank():
-    grid = profiler.Grid.quick(repeats=1, warmup=0, min_repeat_s=0.0)
+    # contexts without the sizes: the prefill table still holds each size's whole-prompt point
+    grid = profiler.Grid.quick(repeats=1, warmup=0, min_repeat_s=0.0, prefill_context=(4, 256))
+    assert grid.prefill_axis == (2, 4, 16, 64, 256)
     tasks = [t for t in profiler.plan_tasks(grid, 1, [TINY]) if t.kind != "copy"]
     tasks.append(profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))))
     out = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
@@ -146,6 +148,8 @@ def test_pieces_run_in_process_on_one_rank():
                            threads_per_rank=1, num_ranks=1, cpu_count=1, memory_bytes=1e9, date="d",
                            **{k: tuple(t for kk, t in out if kk == k) for k in set(kinds)})
     assert {t.dims for t in prof.ops if t.op == "linear"} == {(64, 128), (64, 64), (64, 256), (128, 64), (64, 260)}
+    (pre,) = [a for a in prof.attention if a.kind == "prefill"]
+    assert pre.sizes == (2, 16, 64) and pre.context_tokens == (2, 4, 16, 64, 256)
 
 
 def test_passes_measure_every_table_again_and_keep_the_mean():
