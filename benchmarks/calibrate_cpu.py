@@ -6,8 +6,9 @@ Prints the table, the median and worst absolute relative error of total tokens/s
 <= 10%, worst <= 20%), the planner regret per workload and overall, and as its last line one JSON
 object. The machine's load average is printed too: the profile was measured at one load, and
 timing on a shared box moves with it; and so is its speed against the profile's
-(``calibrate.speed_check``, before and after the engine runs: the tiny model's GEMM and layer
-tables timed again).
+(``calibrate.speed_check`` before every round and after the last: the tiny model's GEMM and layer
+tables timed again), with a second prediction per pair at the kept run's speed (the profile's
+compute tables scaled by it). The targets are about the plain prediction.
 
     .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 32] [-r 5] [-o bench-calibrate]
 """
@@ -44,16 +45,14 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     wls = cal.parse_workloads(args.workloads)
-    speed = [cal.speed_check(args.profile)]
     rows = cal.calibrate(args.model, args.layouts.split(","), wls, profile=args.profile,
-                         num_requests=args.num_requests, repeat=args.repeat, output_dir=Path(args.output_dir))
-    speed.append(cal.speed_check(args.profile))
+                         num_requests=args.num_requests, repeat=args.repeat, output_dir=Path(args.output_dir),
+                         check_speed=True)
     prof = load_measured(args.profile)
     meta = {"benchmark": "calibrate_cpu", "model": args.model, "profile": args.profile,
             "profile_load_average": prof.load_average, "load_average_start": load0,
             "load_average_end": os.getloadavg()[0], "num_requests": args.num_requests, "repeat": args.repeat,
-            "wall_s": time.perf_counter() - t0,
-            "speed_ratio_before": speed[0].get("speed_ratio"), "speed_ratio_after": speed[1].get("speed_ratio")}
+            "wall_s": time.perf_counter() - t0}
     summ = cal.write_outputs(rows, Path(args.output_dir), meta)
     Console(width=170).print(cal.table(rows))
     print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}% (target <= 10%), "
@@ -62,8 +61,8 @@ def main() -> None:
         print(cal.range_line(summ))
     for line in cal.regret_lines(summ):
         print(line)
-    if speed[0]:
-        print(cal.speed_line(*speed))
+    if cal.speed_line(summ):
+        print(cal.speed_line(summ))
     print(f"load average {load0:.1f} -> {meta['load_average_end']:.1f} (profile measured at "
           f"{prof.load_average:.1f}); wall {meta['wall_s']:.0f}s")
     print(json.dumps({k: v for k, v in summ.items() if k != "rows"}, default=str))

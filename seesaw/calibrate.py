@@ -87,10 +87,21 @@ class Row:
     measured_phases: dict = field(default_factory=dict)
     predicted_phases: dict = field(default_factory=dict)
     measured_runs: list = field(default_factory=list)  # tokens/s of every engine run of the pair
+    # with speed checks: the machine's speed against the profile's during each run (1.2: 20%
+    # slower), and the prediction with the profile's compute tables at the kept run's speed
+    run_speeds: list = field(default_factory=list)
+    speed_ratio: float | None = None
+    predicted_at_speed_tok_s: float | None = None
 
     @property
     def rel_error(self) -> float:
         return _rel(self.predicted_tok_s, self.measured_tok_s)
+
+    @property
+    def rel_error_at_speed(self) -> float | None:
+        if self.predicted_at_speed_tok_s is None:
+            return None
+        return _rel(self.predicted_at_speed_tok_s, self.measured_tok_s)
 
     @property
     def measured_min_tok_s(self) -> float:
@@ -118,6 +129,9 @@ class Row:
              "predicted_elapsed_s": self.predicted_elapsed_s, "num_runs": max(1, len(self.measured_runs)),
              "measured_min_tok_s": self.measured_min_tok_s, "measured_max_tok_s": self.measured_max_tok_s,
              "error_beyond_range": self.error_beyond_range}
+        if self.predicted_at_speed_tok_s is not None:
+            d.update(speed_ratio=self.speed_ratio, predicted_at_speed_tok_s=self.predicted_at_speed_tok_s,
+                     rel_error_at_speed=self.rel_error_at_speed)
         for ph in sorted(set(self.measured_phases) | set(self.predicted_phases)):
             m, p = self.measured_phases.get(ph, 0.0), self.predicted_phases.get(ph, 0.0)
             if m or p:
@@ -137,7 +151,8 @@ def _say(msg: str) -> None:
 def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, profile: str = "cpu-2core",
               num_requests: int | None = None, max_tokens: int | None = None, seed: int = 0,
               output_dir: Path | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
-              block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, progress=_say) -> list[Row]:
+              block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, check_speed: bool = False,
+              progress=_say) -> list[Row]:
     """Run every (layout, workload) pair through the engine and the simulator; rows in that order.
 
     ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
@@ -146,7 +161,14 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     round, so that a slow spell of a shared machine falls on all pairs alike; each row keeps every
     run's throughput (``measured_runs``: the range, and how far the prediction lies beyond it).
     With an output folder, each pair's engine steps go to ``steps-<layout>_<workload>.jsonl``
-    (``--step-trace``; the kept run's)."""
+    (``--step-trace``; the kept run's).
+
+    ``check_speed`` (a CPU profile): ``speed_check`` before every round and after the last, so
+    each run has the machine's speed against the profile's (the geometric mean of the checks
+    around its round: ``run_speeds``), and each row a second prediction with the profile's
+    compute tables scaled to the kept run's speed (``MeasuredProfile.scaled``;
+    ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about;
+    the second says how much of an error the machine's drift since the profile explains."""
     from seesaw import catalog
     from seesaw.cli_run import _engine_config, _model_name, _parse_layout, _resolve
     from seesaw.engine.batch_io import prepare_requests
@@ -207,7 +229,16 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     runs: list[list[tuple[dict, Path | None]]] = [[] for _ in pairs]
     walls = [0.0] * len(pairs)
     rounds = max(1, repeat)
+    checks: list[float | None] = []  # speed ratios: before each round, then after the last
+
+    def check(when: str) -> None:
+        if check_speed and prof.device == "cpu":
+            checks.append(speed_check(profile).get("speed_ratio"))
+            if checks[-1]:
+                progress(f"machine speed against the profile's {when}: {_how(checks[-1])}")
+
     for rnd in range(rounds):
+        check(f"before round {rnd + 1}" if rounds > 1 else "before the engine runs")
         for i, (text, c_p, _, wl, items, tag, config) in enumerate(pairs):
             trace = out_dir / f"steps-{tag}.run{rnd + 1}.jsonl" if out_dir is not None else None
             if trace is not None:
@@ -217,11 +248,15 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             t0 = time.perf_counter()
             runs[i].append((run_batch(store, items, config), trace))
             walls[i] += time.perf_counter() - t0
+    check("after the engine runs")
+    # a run's speed: the geometric mean of the checks before and after its round
+    speeds = [math.sqrt(a * b) if a and b else None for a, b in zip(checks, checks[1:])]
 
     rows: list[Row] = []
     for i, (text, c_p, c_d, wl, items, tag, _) in enumerate(pairs):
-        ordered = sorted(runs[i], key=lambda run: run[0]["tokens_per_second"])
-        res, trace = ordered[(len(ordered) - 1) // 2]  # the median run (the lower middle one of an even count)
+        order = sorted(range(len(runs[i])), key=lambda k: runs[i][k][0]["tokens_per_second"])
+        kept = order[(len(order) - 1) // 2]  # the median run (the lower middle one of an even count)
+        res, trace = runs[i][kept]
         for _, other in runs[i]:
             if other is not None and other != trace:
                 other.unlink(missing_ok=True)
@@ -231,7 +266,6 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
         reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len,
                         output_len=max(1, len(ids.get(it.custom_id, ())) or it.max_tokens))
                 for it in items if it.custom_id in ids or not ids]
-        node = catalog.measured_node(prof, c_p.world_size)
         common = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                       block_size=block_size)
         if c_d is None:
@@ -240,18 +274,30 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             host = res.get("host_kv_bytes") or 1024**3
             pol = SeesawPolicy(prefill_layout=c_p, decode_layout=c_d, host_kv_bytes=float(host),
                                host_full_watermark=1.0, decode_low_watermark=0.5, **common)
-        sim = simulate(model_spec, node, pol, reqs, cost=CostModel(model_spec, node, measured=prof))
+
+        def predict(p):
+            node = catalog.measured_node(p, c_p.world_size)
+            return simulate(model_spec, node, pol, reqs, cost=CostModel(model_spec, node, measured=p))
+
+        sim = predict(prof)
         row = Row(layout=text, workload=wl.label, num_requests=len(reqs),
                   measured_tok_s=float(res["tokens_per_second"]), predicted_tok_s=float(sim.tokens_per_second),
                   measured_elapsed_s=float(res["elapsed_time"]), predicted_elapsed_s=float(sim.elapsed_time),
                   measured_phases={k: float(v) for k, v in res["time_by_phase"].items()},
                   predicted_phases={k: float(v) for k, v in sim.time_by_phase.items()},
                   measured_runs=[float(run["tokens_per_second"]) for run, _ in runs[i]])
+        if speeds:
+            row.run_speeds = list(speeds)
+            row.speed_ratio = speeds[kept]
+            if row.speed_ratio:
+                row.predicted_at_speed_tok_s = float(predict(prof.scaled(row.speed_ratio)).tokens_per_second)
         rows.append(row)
         spread = (f" (median of {rounds}, range {row.measured_min_tok_s:,.1f}-{row.measured_max_tok_s:,.1f})"
                   if rounds > 1 else "")
+        at_speed = (f"; at the run's speed ({_how(row.speed_ratio)}) {row.predicted_at_speed_tok_s:,.1f} tok/s "
+                    f"({100 * row.rel_error_at_speed:+.1f}%)" if row.predicted_at_speed_tok_s is not None else "")
         progress(f"[{i + 1}/{len(pairs)}] {text} on {wl.label}: measured {row.measured_tok_s:,.1f} tok/s{spread}, "
-                 f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%), "
+                 f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%){at_speed}, "
                  f"engine wall {walls[i]:.1f}s")
     return rows
 
@@ -261,8 +307,9 @@ def speed_check(profile: str, ranks: int = 2) -> dict:
     GEMM and layer tables (``seesaw profile``'s own code, a quick grid, one rank and ``ranks``
     busy at once) timed again and divided by the profile's tables at the same rows. On a shared
     VM whose speed drifts, a ``speed_ratio`` of 1.3 says every step now takes ~30% longer than
-    the predictions assume. Nothing is corrected with it. ``{}`` for a CUDA profile, one
-    without these tables, or a check that failed (a one-line warning on stderr)."""
+    the predictions assume (``calibrate(check_speed=True)`` reports a second prediction at that
+    speed). ``{}`` for a CUDA profile, one without these tables, or a check that failed (a
+    one-line warning on stderr)."""
     from seesaw import catalog, profiler
     from simulator.cost import Curve
 
@@ -300,12 +347,16 @@ def _how(r: float) -> str:
     return f"{r:.2f}x slower" if r > 1 else f"{1 / r:.2f}x faster"
 
 
-def speed_line(before: dict, after: dict | None = None) -> str:
-    """One line on ``speed_check`` results taken before (and after) the engine runs."""
-    text = f"machine speed against the profile's: {_how(before['speed_ratio'])}"
-    if after:
-        text += f" before the engine runs, {_how(after['speed_ratio'])} after"
-    return text + f" (tiny model's GEMM and layer tables, {before['speed_points']} points; not corrected for)"
+def speed_line(summ: dict) -> str | None:
+    """One line on the speed checks (``calibrate(check_speed=True)``) and the predictions at the
+    kept runs' speed; None without them."""
+    if summ.get("median_abs_rel_error_at_speed") is None:
+        return None
+    lo, hi = summ["speed_ratio_min"], summ["speed_ratio_max"]
+    span = _how(lo) if abs(hi - lo) < 0.01 else f"{lo:.2f}x-{hi:.2f}x the profile's step times"
+    return (f"machine speed against the profile's over the runs: {span} (tiny model's GEMM and layer tables); "
+            f"predicted at the kept runs' speed: median |error| {100 * summ['median_abs_rel_error_at_speed']:.1f}%, "
+            f"worst {100 * summ['worst_abs_rel_error_at_speed']:.1f}% ({summ['worst_pair_at_speed']})")
 
 
 def regret(rows: list[Row]) -> dict:
@@ -332,7 +383,20 @@ def summary(rows: list[Row]) -> dict:
             "worst_pair": f"{worst.layout} / {worst.workload}" if worst else None,
             "num_within_range": sum(1 for b in beyond if b == 0.0),
             "worst_abs_error_beyond_range": max(beyond) if beyond else None,
-            "regret": regret(rows), "rows": [r.record() for r in rows]}
+            **_at_speed(rows), "regret": regret(rows), "rows": [r.record() for r in rows]}
+
+
+def _at_speed(rows: list[Row]) -> dict:
+    """The speed checks' range over the runs and the errors of the predictions at speed."""
+    at = [r for r in rows if r.rel_error_at_speed is not None]
+    if not at:
+        return {}
+    speeds = [v for r in rows for v in r.run_speeds if v]
+    worst = max(at, key=lambda r: abs(r.rel_error_at_speed))
+    return {"speed_ratio_min": min(speeds), "speed_ratio_max": max(speeds),
+            "median_abs_rel_error_at_speed": statistics.median(abs(r.rel_error_at_speed) for r in at),
+            "worst_abs_rel_error_at_speed": abs(worst.rel_error_at_speed),
+            "worst_pair_at_speed": f"{worst.layout} / {worst.workload}"}
 
 
 def write_outputs(rows: list[Row], out_dir: Path, meta: dict | None = None) -> dict:
@@ -396,9 +460,10 @@ def table(rows: list[Row], title: str = "Calibration: simulator vs engine"):
 
     t = Table(title=title)
     ranged = any(len(r.measured_runs) > 1 for r in rows)
+    sped = any(r.predicted_at_speed_tok_s is not None for r in rows)
     cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged else []), "pred tok/s", "err",
-            *(["beyond range"] if ranged else []), "prefill meas s", "prefill pred s", "prefill err",
-            "decode meas s", "decode pred s", "decode err"]
+            *(["beyond range"] if ranged else []), *(["speed", "pred @speed", "err @speed"] if sped else []),
+            "prefill meas s", "prefill pred s", "prefill err", "decode meas s", "decode pred s", "decode err"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("layout", "workload") else "right")
 
@@ -412,6 +477,10 @@ def table(rows: list[Row], title: str = "Calibration: simulator vs engine"):
         cells += [f"{r.predicted_tok_s:,.1f}", pct(r.rel_error)]
         if ranged:
             cells.append(pct(r.error_beyond_range))
+        if sped:
+            at = r.predicted_at_speed_tok_s
+            cells += [f"{r.speed_ratio:.2f}x" if r.speed_ratio else "-", "-" if at is None else f"{at:,.1f}",
+                      pct(r.rel_error_at_speed)]
         for ph in ("prefill", "decode"):
             cells += [f"{r.measured_phases.get(ph, 0.0):.3f}", f"{r.predicted_phases.get(ph, 0.0):.3f}",
                       pct(r.phase_error(ph))]

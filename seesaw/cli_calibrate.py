@@ -34,8 +34,8 @@ def calibrate_cmd(
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),
     repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair, in rounds over all pairs; the median run is kept and the range reported (noisy machines)"),
     check_speed: bool = typer.Option(True, "--speed-check/--no-speed-check",
-                                     help="time a few of the profile's tables again before and after the engine runs "
-                                          "and print how much faster or slower the machine is now (~3 s each)"),
+                                     help="time a few of the profile's tables again before every round and after the "
+                                          "last (~3 s each), and predict also at the machine's speed then"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
@@ -47,21 +47,15 @@ def calibrate_cmd(
 
     wls = cal.parse_workloads(workload, input_len, output_len)
     lay = [x for x in layouts.split(",") if x.strip()]
-    speed: list[dict] = []
     try:
-        if check_speed:
-            speed.append(cal.speed_check(profile))
         rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
-                             seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat)
-        if speed and speed[0]:
-            speed.append(cal.speed_check(profile))
+                             seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
+                             check_speed=check_speed)
     except (RankError, EngineError, TimeoutError) as e:
         print(f"error: engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         raise typer.Exit(1)
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
-    if speed and speed[0]:
-        meta["speed_ratio_before"], meta["speed_ratio_after"] = (c.get("speed_ratio") for c in speed)
     summ = cal.write_outputs(rows, output_dir, meta)
     con = Console(width=max(Console().width, 160))
     con.print(cal.table(rows))
@@ -71,8 +65,8 @@ def calibrate_cmd(
         print(cal.range_line(summ))
     for line in cal.regret_lines(summ):
         print(line)
-    if speed and speed[0]:
-        print(cal.speed_line(*speed))
+    if cal.speed_line(summ):
+        print(cal.speed_line(summ))
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)
     if as_json:
         print(json.dumps(summ, default=str))

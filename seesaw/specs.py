@@ -635,3 +635,27 @@ class MeasuredProfile(Spec):
     @property
     def dtype_bytes(self) -> int:
         return _DTYPE_BYTES[self.dtype]
+
+    def scaled(self, speed: float) -> "MeasuredProfile":
+        """This profile on the same machine computing ``speed`` times slower (a shared VM's speed
+        drifts; ``seesaw.calibrate.speed_check`` measures it): the GEMM, per-layer, embedding,
+        attention and driver-step tables times ``speed``; collectives, hand-offs, copies, swaps
+        and re-shards as measured."""
+        if not speed > 0:
+            raise SpecError(f"speed must be positive, got {speed}")
+
+        def times(t):
+            return t.model_copy(update={"time_s": _times(t.time_s, speed)})
+
+        return self.model_copy(update={
+            "ops": tuple(times(t) if t.op in _COMPUTE_OPS else t for t in self.ops),
+            "attention": tuple(times(a) for a in self.attention),
+            "step_overhead": tuple(times(t) for t in self.step_overhead)})
+
+
+_COMPUTE_OPS = ("linear", "layer_misc", "embed_rope")  # OpTable ops that are not collectives
+
+
+def _times(values, factor: float):
+    """``values`` (a tuple, or a tuple of tuples) times ``factor``."""
+    return tuple(_times(v, factor) if isinstance(v, tuple) else v * factor for v in values)

@@ -51,7 +51,12 @@ def test_error_beyond_range():
     assert single.error_beyond_range == pytest.approx(single.rel_error)
 
 
-def test_calibrate_end_to_end(tmp_path, capsys):
+def test_calibrate_end_to_end(tmp_path, capsys, monkeypatch):
+    from seesaw import calibrate as cal
+
+    # speed checks (timed for real in the test below): 1x before round 1, 2x before round 2, 4x after
+    ratios = iter([1.0, 2.0, 4.0])
+    monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2: {"speed_ratio": next(ratios)})
     out = tmp_path / "cal"
     code, stdout, err = _cli(capsys, "calibrate", "--model", "tiny", "--layouts", "T1,T2",
                              "--workload", "constant", "-n", 8, "--input-len", 32, "--output-len", 16,
@@ -76,9 +81,17 @@ def test_calibrate_end_to_end(tmp_path, capsys):
     assert "T1" in stdout and "T2" in stdout and "regret" in stdout
     assert "[1/2] engine T1" in err and "run 2 of 2" in err  # progress on stderr
     assert "inside the measured runs' range" in stdout
-    # the machine's speed against the profile's, timed before and after the engine runs
-    assert 0.2 < summ["speed_ratio_before"] < 5 and 0.2 < summ["speed_ratio_after"] < 5
-    assert "machine speed against the profile's: " in stdout and "after (tiny model's" in stdout
+    # each run's speed: the geometric mean of the checks around its round; the kept run's speed
+    # scales the profile's compute tables for a second, slower prediction
+    for r in summ["rows"]:
+        assert r["speed_ratio"] in (pytest.approx(2 ** 0.5), pytest.approx(8 ** 0.5))
+        assert r["predicted_at_speed_tok_s"] < r["predicted_tok_s"]
+        assert r["rel_error_at_speed"] == pytest.approx(r["predicted_at_speed_tok_s"] / r["measured_tok_s"] - 1)
+    assert (summ["speed_ratio_min"], summ["speed_ratio_max"]) == (pytest.approx(2 ** 0.5), pytest.approx(8 ** 0.5))
+    assert summ["median_abs_rel_error_at_speed"] <= summ["worst_abs_rel_error_at_speed"]
+    assert "machine speed against the profile's over the runs: 1.41x-2.83x" in stdout
+    assert "predicted at the kept runs' speed: median |error|" in stdout and "@speed" in stdout
+    assert "machine speed against the profile's before round 2: 2.00x slower" in err
     # one step trace per pair: the kept (median) run's
     assert sorted(p.name for p in out.glob("steps-*")) == ["steps-T1_constant_32-16.jsonl",
                                                            "steps-T2_constant_32-16.jsonl"]
@@ -107,7 +120,37 @@ def test_speed_check_compares_with_the_profiles_tables(tmp_path):
     gpu = tmp_path / "gpu.yaml"
     gpu.write_text(yaml.safe_dump(prof.model_copy(update={"device": "cuda"}).model_dump(mode="json")))
     assert cal.speed_check(str(gpu)) == {}
-    assert cal.speed_line({"speed_ratio": 1.3, "speed_points": 36}, {"speed_ratio": 0.8}).startswith(
-        "machine speed against the profile's: 1.30x slower before the engine runs, 1.25x faster after")
-    assert "as fast (1.01x)" in cal.speed_line({"speed_ratio": 1.01, "speed_points": 36})
+    summ = {"speed_ratio_min": 1.004, "speed_ratio_max": 1.01, "median_abs_rel_error_at_speed": 0.05,
+            "worst_abs_rel_error_at_speed": 0.1, "worst_pair_at_speed": "P2 / w"}
+    assert cal.speed_line(summ).startswith("machine speed against the profile's over the runs: as fast (1.00x)")
+    assert cal.speed_line({"median_abs_rel_error": 0.1}) is None
+
+
+def test_a_scaled_profile_slows_compute_not_communication():
+    """``MeasuredProfile.scaled``: GEMM, layer, embedding, attention and step tables times the
+    speed ratio; collectives (the TP all-reduce op too), copies, swaps and re-shards unchanged.
+    The simulator's T2 decode of the tiny model then slows by less than the ratio."""
+    from seesaw.catalog import load_measured
+    from seesaw.specs import SpecError
+
+    prof = load_measured("cpu-2core")
+    slow = prof.scaled(2.0)
+    for a, b in zip(prof.ops, slow.ops):
+        factor = 1.0 if a.op in ("tp_all_reduce", "tp_all_gather") else 2.0
+        assert b.time_s == pytest.approx(tuple(factor * x for x in a.time_s))
+    for a, b in zip(prof.attention, slow.attention):
+        assert [list(r) for r in b.time_s] == [pytest.approx([2 * x for x in r]) for r in a.time_s]
+    assert slow.step_overhead[0].time_s == pytest.approx(tuple(2 * x for x in prof.step_overhead[0].time_s))
+    assert (slow.collectives, slow.copies, slow.swaps, slow.reshards) == (
+        prof.collectives, prof.copies, prof.swaps, prof.reshards)
+    with pytest.raises(SpecError, match="speed must be positive"):
+        prof.scaled(0.0)
+    from seesaw.catalog import load_model, measured_node
+    from seesaw.specs import parse_parallel
+    from simulator.cost import BatchShape, CostModel
+
+    tiny, T2 = load_model("tiny").model_copy(update={"dtype_bytes": 4}), parse_parallel("T2")
+    t = [CostModel(tiny, measured_node(p, 2), measured=p).stage_time_s(T2, 0, BatchShape.decode([64] * 8))
+         for p in (prof, slow)]
+    assert 1.05 < t[1] / t[0] < 2.0
 
