@@ -61,8 +61,9 @@ def main() -> None:
         print(cal.range_line(summ))
     for line in cal.regret_lines(summ):
         print(line)
-    if cal.speed_line(summ):
-        print(cal.speed_line(summ))
+    line = cal.speed_line(summ)
+    if line:
+        print(line)
     print(f"load average {load0:.1f} -> {meta['load_average_end']:.1f} (profile measured at "
           f"{prof.load_average:.1f}); wall {meta['wall_s']:.0f}s")
     print(json.dumps({k: v for k, v in summ.items() if k != "rows"}, default=str))

@@ -122,7 +122,8 @@ class Row:
         m, p = self.measured_phases.get(phase, 0.0), self.predicted_phases.get(phase, 0.0)
         return _rel(p, m) if m > 0 else None
 
-    def record(self) -> dict:
+    def record(self, runs: bool = False) -> dict:
+        """The row's figures; ``runs``: also every run's throughput and speed (lists, for JSON)."""
         d = {"layout": self.layout, "workload": self.workload, "num_requests": self.num_requests,
              "measured_tok_s": self.measured_tok_s, "predicted_tok_s": self.predicted_tok_s,
              "rel_error": self.rel_error, "measured_elapsed_s": self.measured_elapsed_s,
@@ -132,6 +133,8 @@ class Row:
         if self.predicted_at_speed_tok_s is not None:
             d.update(speed_ratio=self.speed_ratio, predicted_at_speed_tok_s=self.predicted_at_speed_tok_s,
                      rel_error_at_speed=self.rel_error_at_speed)
+        if runs:
+            d.update(measured_runs=list(self.measured_runs), run_speeds=list(self.run_speeds))
         for ph in sorted(set(self.measured_phases) | set(self.predicted_phases)):
             m, p = self.measured_phases.get(ph, 0.0), self.predicted_phases.get(ph, 0.0)
             if m or p:
@@ -165,7 +168,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
 
     ``check_speed`` (a CPU profile): ``speed_check`` before every round and after the last, so
     each run has the machine's speed against the profile's (the geometric mean of the checks
-    around its round: ``run_speeds``), and each row a second prediction with the profile's
+    around its round, or the one that worked: ``run_speeds``), and each row a second prediction with the profile's
     compute tables scaled to the kept run's speed (``MeasuredProfile.scaled``;
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about;
     the second says how much of an error the machine's drift since the profile explains."""
@@ -249,8 +252,9 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             runs[i].append((run_batch(store, items, config), trace))
             walls[i] += time.perf_counter() - t0
     check("after the engine runs")
-    # a run's speed: the geometric mean of the checks before and after its round
-    speeds = [math.sqrt(a * b) if a and b else None for a, b in zip(checks, checks[1:])]
+    # a run's speed: the geometric mean of the checks before and after its round (the one that
+    # worked, when the other failed)
+    speeds = [math.sqrt(a * b) if a and b else (a or b) for a, b in zip(checks, checks[1:])]
 
     rows: list[Row] = []
     for i, (text, c_p, c_d, wl, items, tag, _) in enumerate(pairs):
@@ -383,7 +387,7 @@ def summary(rows: list[Row]) -> dict:
             "worst_pair": f"{worst.layout} / {worst.workload}" if worst else None,
             "num_within_range": sum(1 for b in beyond if b == 0.0),
             "worst_abs_error_beyond_range": max(beyond) if beyond else None,
-            **_at_speed(rows), "regret": regret(rows), "rows": [r.record() for r in rows]}
+            **_at_speed(rows), "regret": regret(rows), "rows": [r.record(runs=True) for r in rows]}
 
 
 def _at_speed(rows: list[Row]) -> dict:
@@ -462,7 +466,7 @@ def table(rows: list[Row], title: str = "Calibration: simulator vs engine"):
     ranged = any(len(r.measured_runs) > 1 for r in rows)
     sped = any(r.predicted_at_speed_tok_s is not None for r in rows)
     cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged else []), "pred tok/s", "err",
-            *(["beyond range"] if ranged else []), *(["speed", "pred @speed", "err @speed"] if sped else []),
+            *(["beyond range"] if ranged else []), *(["slowdown", "pred @speed", "err @speed"] if sped else []),
             "prefill meas s", "prefill pred s", "prefill err", "decode meas s", "decode pred s", "decode err"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("layout", "workload") else "right")

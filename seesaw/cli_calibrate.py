@@ -65,8 +65,9 @@ def calibrate_cmd(
         print(cal.range_line(summ))
     for line in cal.regret_lines(summ):
         print(line)
-    if cal.speed_line(summ):
-        print(cal.speed_line(summ))
+    line = cal.speed_line(summ)
+    if line:
+        print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)
     if as_json:
         print(json.dumps(summ, default=str))

@@ -44,7 +44,7 @@ def profile_command(
     quick: bool = typer.Option(False, "--quick", help="a small grid that takes seconds (CI)"),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads per rank (the engine's ranks use 1)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (the engine's CPU default: float32)"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point (mean kept)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point, over all passes"),
     passes: Optional[int] = typer.Option(None, "--passes", min=1,
                                          help="rounds over all tables, the repeats split among them (default 3; --quick 1)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
@@ -86,7 +86,8 @@ def profile_command(
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
         f"{prof.repeats} timed repeats per point, taken in {prof.passes} pass(es) over all the tables; every time "
-        f"is the {'median' if prof.passes > 2 else 'mean'} of the passes' means "
+        f"is {'the median of the passes' if prof.passes > 2 else 'the mean of the passes' if prof.passes == 2 else 'a'} "
+        "means "
         "(seconds per call; see seesaw/profiler.py);\n"
         f"Layer tables: timed inside {max(3, prof.repeats // 5)} forward passes per point, one sample per layer; "
         f"step_overhead: the difference of two whole driver runs, mean of {max(3, prof.repeats // 5)} each; "

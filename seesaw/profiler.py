@@ -963,7 +963,9 @@ def _merge_passes(passes: list[list[tuple[str, dict]]]) -> list[tuple[str, dict]
     point with the same number of samples. A point keeps the median of the passes' means (with
     two passes, their mean): a pass's mean keeps the calls' tail, and a stall that spoils one
     pass's few samples of a point (the tiny model's 128-token prefill attention over 512 tokens,
-    2 ranks busy, once came to 6.6 ms where its neighbours took ~0.6) is outvoted."""
+    2 ranks busy, once came to 6.6 ms where its neighbours took ~0.6) is outvoted. The passes'
+    means differ by the machine's drift over minutes, for which their median is as fair a centre
+    as their mean; it can lean a few percent faster than the mean where the passes are skewed."""
     merged = []
     for tables in zip(*passes):
         key, first = tables[0]
@@ -1080,8 +1082,8 @@ def profile(
         date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=command,
         wall_time_s=round(wall_s, 1), repeats=repeats, passes=grid.passes,
         load_average=round(statistics.mean(loads), 2) if loads else None,
-        source=f"seesaw profile on {platform.node() or 'this machine'}; means of "
-               f"{repeats} repeats in {grid.passes} pass(es)",
+        source=f"seesaw profile on {platform.node() or 'this machine'}; {repeats} repeats in {grid.passes} "
+               f"pass(es), {'the median of the passes' if grid.passes > 2 else 'their'} means",
         **{k: tuple(v) for k, v in tables.items()},
     )
 

@@ -598,7 +598,8 @@ class ReshardTable(_CurveTable):
 
 
 class MeasuredProfile(Spec):
-    """Mean times of the engine's pieces measured on one machine (``seesaw profile``).
+    """Times of the engine's pieces measured on one machine (``seesaw profile``): per point the
+    mean of each pass's samples, and the median of the passes' means.
 
     ``simulator.cost.CostModel(model, node, measured=profile)`` uses a table wherever one matches
     and the roofline of ``node`` elsewhere; ``seesaw.catalog.measured_node(profile)`` builds that
@@ -617,7 +618,7 @@ class MeasuredProfile(Spec):
     date: str = Field(description="ISO date and time of the measurement")
     command: str = ""
     wall_time_s: float = Field(default=0.0, ge=0, description="how long the measurement took")
-    repeats: int = Field(default=1, gt=0, description="timed repeats per grid point (mean kept)")
+    repeats: int = Field(default=1, gt=0, description="timed repeats per grid point, over all passes")
     passes: int = Field(default=1, gt=0, description="passes over all the tables, each taking its share of "
                         "the repeats, so every table's samples span the whole measurement")
     load_average: float | None = Field(

@@ -310,12 +310,14 @@ def _estimate_seesaw(cost: CostModel, policy: SeesawPolicy, w: _Work) -> dict[st
     m = max(1, min(cp.pp, int(cap_p // k)))      # prefills in flight need transient device KV
     chain, stage = _chain_s(cost, cp, _prefill_shape(k, w))
     t_pf = chain + (math.ceil(w.P / k) - 1) * stage * cp.pp / m
-    # swap steps: one swap-out per prefill micro-batch, one swap-in per refill of c_d's KV slots
-    # (a measured step has a fixed part, so their number counts, not only the bytes)
+    # swap steps: one swap-out per prefill micro-batch; swap-ins refill c_d's KV slots, at most a
+    # micro-batch of sequences a step (the scheduler's cap) -- a lower bound, since sequences
+    # finish at staggered times (a measured step has a fixed part: their number counts)
     n_out = max(1, math.ceil(w.P / k))
     t_pf = max(t_pf, n_out * cost.swap_s(cp, "out", math.ceil(w.P / n_out)))
     r = _kv_slots(cost, cd, w, util, budget, policy.max_num_seqs * cd.pp, cap_d)
-    n_in = max(1, math.ceil(w.P / max(1.0, r * w.mean_p)))
+    per_step = min(r, math.ceil(policy.max_num_seqs / cd.pp))
+    n_in = max(1, math.ceil(w.n / max(1, per_step)))
     t_dec = max(_decode_time_s(cost, cd, w, r), n_in * cost.swap_s(cd, "in", math.ceil(w.P / n_in)))
     host_tokens = policy.host_full_watermark * policy.host_kv_bytes / cp.dp / cost.model.kv_bytes_per_token
     cycles = max(1, math.ceil(w.P / max(1.0, host_tokens)))

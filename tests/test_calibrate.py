@@ -97,6 +97,34 @@ def test_calibrate_end_to_end(tmp_path, capsys, monkeypatch):
                                                            "steps-T2_constant_32-16.jsonl"]
 
 
+@pytest.mark.parametrize("checks, kept_speed, run_speeds", [
+    ([1.0, 2.0, 4.0, 8.0], 32 ** 0.5, [2 ** 0.5, 8 ** 0.5, 32 ** 0.5]),
+    ([1.0, None, 4.0, 8.0], 32 ** 0.5, [1.0, 4.0, 32 ** 0.5]),  # a failed check: its neighbours' own
+    ([1.0, 2.0, 4.0, None], 4.0, [2 ** 0.5, 8 ** 0.5, 4.0]),
+])
+def test_a_pair_keeps_the_speed_of_its_median_runs_round(monkeypatch, checks, kept_speed, run_speeds):
+    """The engine (stubbed) runs at 100, 300 and 200 tok/s in rounds 1-3: the median run is the
+    third round's, so the row's speed is the checks around round 3, not round 2's (the middle
+    of the sorted order)."""
+    from seesaw import calibrate as cal
+    from seesaw.engine import driver
+
+    found = iter([{"speed_ratio": c} if c else {} for c in checks])
+    monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2: next(found))
+    tok_s = iter([100.0, 300.0, 200.0])
+    monkeypatch.setattr(driver, "run_batch", lambda store, items, config: {
+        "tokens_per_second": next(tok_s), "elapsed_time": 1.0, "time_by_phase": {"prefill": 0.2, "decode": 0.8}})
+    (row,) = cal.calibrate("tiny", ["T1"], parse_workloads("constant:16/4"), num_requests=2, repeat=3,
+                           check_speed=True, progress=None)
+    assert row.measured_runs == [100.0, 300.0, 200.0] and row.measured_tok_s == 200.0
+    assert row.run_speeds == [pytest.approx(v) for v in run_speeds]
+    assert row.speed_ratio == pytest.approx(kept_speed)
+    assert row.predicted_at_speed_tok_s < row.predicted_tok_s
+    rec = cal.summary([row])["rows"][0]
+    assert rec["measured_runs"] == row.measured_runs and rec["run_speeds"] == row.run_speeds
+    assert "run_speeds" not in row.record()  # the CSV keeps one value per column
+
+
 def test_calibrate_bad_layout(tmp_path, capsys):
     code, _, err = _cli(capsys, "calibrate", "--layouts", "T3", "-o", tmp_path)
     assert code == 2 and "error" in err.lower()

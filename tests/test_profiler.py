@@ -152,7 +152,7 @@ def test_pieces_run_in_process_on_one_rank():
     assert pre.sizes == (2, 16, 64) and pre.context_tokens == (2, 4, 16, 64, 256)
 
 
-def test_passes_measure_every_table_again_and_keep_the_mean():
+def test_passes_measure_every_table_again_and_keep_the_median_of_their_means():
     grid = profiler.Grid.quick(repeats=2, passes=2, warmup=0, min_repeat_s=0.0)
     assert grid.per_pass(grid.repeats) == 1 and grid.per_pass(3) == 2 and profiler.Grid.default().passes == 3
     tasks = [profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))),
