@@ -10,7 +10,11 @@ timing on a shared box moves with it; and so is its speed against the profile's
 tables timed again), with a second prediction per pair at the kept run's speed (the profile's
 compute tables scaled by it). The targets are about the plain prediction.
 
-    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 32] [-r 5] [-o bench-calibrate]
+    .venv/bin/python benchmarks/calibrate_cpu.py [--model tiny] [-n 128] [-r 5] [-o bench-calibrate]
+
+128 requests: a prefill-heavy run then has four 8192-token prefill steps, not one. With 32
+requests a 256/8 run took ~0.25 s, one prefill step made up most of it, and the same pair's five
+runs spread by up to 54% (T2: 22,079-34,051 tok/s); with 128, measured minutes apart, by 11-26%.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ def main() -> None:
     ap.add_argument("--profile", default="cpu-2core")
     ap.add_argument("--layouts", default="T2,P2,P2->T2")
     ap.add_argument("--workloads", default="constant:256/8,constant:16/128")
-    ap.add_argument("-n", "--num-requests", type=int, default=32)
+    ap.add_argument("-n", "--num-requests", type=int, default=128)
     ap.add_argument("-r", "--repeat", type=int, default=5,
                     help="engine runs per pair (in rounds over all pairs), median kept, range reported")
     ap.add_argument("-o", "--output-dir", default="bench-calibrate")

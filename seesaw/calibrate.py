@@ -322,7 +322,7 @@ def speed_check(profile: str, ranks: int = 2) -> dict:
         return {}
     spec = catalog.load_model("tiny")
     ranks = max(1, min(ranks, prof.num_ranks))
-    grid = profiler.Grid.quick(models=("tiny",), tp=(1,), tokens=(16, 256, 2048),
+    grid = profiler.Grid.quick(models=("tiny",), tp=(1,), tokens=(16, 256, 2048, 8192),
                                busy=(ranks,) if ranks > 1 else (), repeats=6)
     t0 = time.perf_counter()
     try:
