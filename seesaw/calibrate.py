@@ -168,10 +168,10 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
 
     ``check_speed`` (a CPU profile): ``speed_check`` before every round and after the last, so
     each run has the machine's speed against the profile's (the geometric mean of the checks
-    around its round, or the one that worked: ``run_speeds``), and each row a second prediction with the profile's
-    compute tables scaled to the kept run's speed (``MeasuredProfile.scaled``;
-    ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about;
-    the second says how much of an error the machine's drift since the profile explains."""
+    around its round, or the one that worked: ``run_speeds``), and each row a second prediction
+    with the profile's compute tables scaled to the kept run's speed (``MeasuredProfile.scaled``;
+    ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
+    second says how much of an error the machine's drift since the profile explains."""
     from seesaw import catalog
     from seesaw.cli_run import _engine_config, _model_name, _parse_layout, _resolve
     from seesaw.engine.batch_io import prepare_requests

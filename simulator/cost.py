@@ -66,8 +66,8 @@ Model and assumptions
   (``BatchShape.prefill_seqs``); without them whole prompts of equal length are assumed.
   Seesaw's KV swap steps and re-shards use the engine's whole step where measured (``swaps`` by
   tokens for the rank's box, other boxes by the bytes a rank moves; ``reshards`` by bytes
-  loaded per rank): on a CPU the copies through
-  the host pool, the messages and the ranks' agreement cost tens of times a plain memcpy.
+  loaded per rank): on a CPU the copies through the host pool, the messages and the ranks'
+  agreement cost tens of times a plain memcpy.
 - Ranks busy at once, measured: tables are looked up by how many ranks compute at the same time
   (on a CPU they share the cores). A layout keeps all its ranks busy, except that a pipeline
   stage runs alone (tables of its own ranks) when its micro-batch is the only forward in flight:
