@@ -441,7 +441,13 @@ def _plot(rows: list[Row], path: Path) -> None:
         for r in rs:
             ax.annotate(r.layout, (r.measured_tok_s, r.predicted_tok_s), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-    vals = [v for r in rows for v in (r.measured_min_tok_s, r.measured_max_tok_s, r.predicted_tok_s) if v > 0] or [1.0]
+        sped = [r for r in rs if r.predicted_at_speed_tok_s is not None]
+        if sped:  # hollow: the same prediction at the machine's speed during the kept run
+            ax.scatter([r.measured_tok_s for r in sped], [r.predicted_at_speed_tok_s for r in sped],
+                       marker=markers[j % len(markers)], s=40, facecolors="none",
+                       edgecolors=pts.get_facecolor()[0], label=f"{wl}, at the run's speed")
+    vals = [v for r in rows for v in (r.measured_min_tok_s, r.measured_max_tok_s, r.predicted_tok_s,
+                                      r.predicted_at_speed_tok_s or 0.0) if v > 0] or [1.0]
     lo, hi = min(vals) * 0.8, max(vals) * 1.25
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")

@@ -51,6 +51,23 @@ def test_error_beyond_range():
     assert single.error_beyond_range == pytest.approx(single.rel_error)
 
 
+def test_outputs_with_a_prediction_at_speed_for_some_rows(tmp_path):
+    """Rows without a prediction at speed (a failed check) sit beside rows with one: the plot,
+    CSV and summary take both, and the at-speed figures come from the rows that have them."""
+    from seesaw.calibrate import speed_line, write_outputs
+
+    rows = [Row("T2", "w", 8, 100.0, 130.0, 1, 1, measured_runs=[90.0, 110.0], run_speeds=[1.2, 1.3],
+                speed_ratio=1.3, predicted_at_speed_tok_s=105.0),
+            Row("P2", "w", 8, 200.0, 210.0, 1, 1, measured_runs=[200.0, 190.0], run_speeds=[None, None])]
+    summ = write_outputs(rows, tmp_path)
+    assert (tmp_path / "calibration.png").stat().st_size > 0
+    assert summ["median_abs_rel_error_at_speed"] == pytest.approx(0.05) and summ["worst_pair_at_speed"] == "T2 / w"
+    assert (summ["speed_ratio_min"], summ["speed_ratio_max"]) == (1.2, 1.3)
+    assert "1.20x-1.30x the profile's step times" in speed_line(summ)
+    header = (tmp_path / "calibration.csv").read_text().splitlines()[0]
+    assert "rel_error_at_speed" in header and "run_speeds" not in header
+
+
 def test_calibrate_end_to_end(tmp_path, capsys, monkeypatch):
     from seesaw import calibrate as cal
 
