@@ -41,10 +41,11 @@ hour apart predicted P2 29% apart. A point keeps the median of the passes' means
 spoils one pass's few samples of a point is outvoted. The files keep these figures unsmoothed;
 ``simulator.cost`` makes them monotone.
 
-Why a pass keeps means, not medians: an engine step is a sum of calls, so its expected time is the sum of the
-calls' means. Where calls have a long tail the two differ a lot: a gloo all-reduce between two
-ranks on this 2-core machine has a median of ~0.6 ms but a mean of ~1.3-1.6 ms (p90 ~4 ms: the
-wake-ups of the waiting rank), and a profile of medians under-predicted TP steps by ~40%.
+Why a pass keeps means, not medians: an engine step is a sum of calls, so its expected time is
+the sum of the calls' means. Where calls have a long tail the two differ a lot: a gloo all-reduce
+between two ranks on this 2-core machine has a median of ~0.6 ms but a mean of ~1.3-1.6 ms (p90
+~4 ms: the wake-ups of the waiting rank), and a profile of medians under-predicted TP steps by
+~40%.
 
 This module drives the engine, so it imports torch;
 ``seesaw.cli_profile`` imports it lazily.
@@ -140,7 +141,7 @@ class Grid:
     # new tokens of one sequence (1 = decode) by its context. Every size is also a context (a whole
     # prompt; see ``prefill_axis``), and the steps are a factor 2: prefill attention is not a power
     # law of either, and from factor-4 steps the tiny model's 256-token prompt (between 128 and 512)
-    # interpolated to ~0.7 ms a call where the engine took ~0.4
+    # interpolated to ~0.7 ms a call where the engine took ~0.4-0.45
     prefill_tokens: tuple[int, ...] = _pow(2, 2048)
     prefill_context: tuple[int, ...] = (*_pow(2, 2048), 4096)
     decode_batch: tuple[int, ...] = _pow(1, 256, 2)  # also the LM head's rows
