@@ -807,7 +807,7 @@ def _swaps(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     import uuid
 
     from seesaw.engine.host_kv import HostKVPool, kv_box
-    from seesaw.engine.kv import KVCache
+    from seesaw.engine.kv import KVCache, block_slots
     from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
 
     spec, layout, points, k = task.args["model"], task.args["layout"], task.args["tokens"], task.ranks
@@ -841,9 +841,8 @@ def _swaps(r: _Rank, task: Task) -> list[tuple[str, dict]]:
         dist.broadcast(msg, 0, group=ctrl)  # the driver's swap_in / swap_out message
         items = []
         for i in range(max(1, tokens // n)):
-            table = torch.tensor(range(i * per_seq, (i + 1) * per_seq), dtype=torch.long)  # as the worker's _slots
-            pos = torch.arange(n, dtype=torch.long)
-            items.append((i, list(range(i * per_seq, (i + 1) * per_seq)), table[pos // bs] * bs + pos % bs))
+            blocks = list(range(i * per_seq, (i + 1) * per_seq))
+            items.append((i, blocks, block_slots(blocks, 0, n, bs)))  # as the worker's _slots
         (pf.swap_in_many if kind == "in" else pf.swap_out_many)(items)
         dist.broadcast(msg, 0, group=ctrl)  # its wait for the copies
         agree.update(pf.wait())

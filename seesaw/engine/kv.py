@@ -17,7 +17,7 @@ import torch
 
 from seesaw.engine.attention import AttnMetadata
 
-__all__ = ["KVCacheFull", "BlockManager", "KVCache", "build_metadata"]
+__all__ = ["KVCacheFull", "BlockManager", "KVCache", "block_slots", "build_metadata"]
 
 
 class KVCacheFull(RuntimeError):
@@ -63,17 +63,22 @@ class BlockManager:
 
     def slots(self, seq_id, start: int, end: int) -> torch.Tensor:
         """Slot indices [end - start] of token positions ``start..end-1`` of ``seq_id``."""
-        bs, table = self.block_size, self.block_tables[seq_id]
-        if end - start == 1:  # a decoding sequence: one slot, no tensor arithmetic (per-step cost)
-            return torch.tensor([table[start // bs] * bs + start % bs], dtype=torch.long)
-        table = torch.tensor(table, dtype=torch.long)
-        pos = torch.arange(start, end, dtype=torch.long)
-        return table[pos // bs] * bs + pos % bs
+        return block_slots(self.block_tables[seq_id], start, end, self.block_size)
 
     def free(self, seq_id) -> None:
         """Return a sequence's blocks to the free list (no-op for an unknown sequence)."""
         self._free.extend(reversed(self.block_tables.pop(seq_id, [])))
         self.num_tokens.pop(seq_id, None)
+
+
+def block_slots(table: list[int], start: int, end: int, block_size: int) -> torch.Tensor:
+    """Slot indices [end - start] of token positions ``start..end-1`` of a sequence whose blocks
+    are ``table`` (slot = block * block_size + offset in the block)."""
+    bs = block_size
+    if end - start == 1:  # a decoding sequence: one slot, no tensor arithmetic (per-step cost)
+        return torch.tensor([table[start // bs] * bs + start % bs], dtype=torch.long)
+    pos = torch.arange(start, end, dtype=torch.long)
+    return torch.tensor(table, dtype=torch.long)[pos // bs] * bs + pos % bs
 
 
 class KVCache:

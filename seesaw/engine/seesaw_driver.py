@@ -56,7 +56,7 @@ import torch.distributed as dist
 from seesaw.engine.batch_io import BatchItem
 from seesaw.engine.driver import Driver, _ReplicaBlocks
 from seesaw.engine.host_kv import HostBlockAllocator, HostKVPool, kv_box, swap_out_many
-from seesaw.engine.kv import KVCache
+from seesaw.engine.kv import KVCache, block_slots
 from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
 from seesaw.engine.reshard import reshard  # at import: ~10 ms on a rank's first re-shard otherwise
 from seesaw.engine.runner import ModelRunner
@@ -197,10 +197,7 @@ class SeesawWorker(StepWorker):
 
     def _slots(self, sid: int, n: int) -> torch.Tensor:
         """Device slots [n] of token positions 0..n-1 of ``sid``."""
-        bs = self.config.block_size
-        table = torch.tensor(self.tables[sid], dtype=torch.long)
-        pos = torch.arange(n, dtype=torch.long)
-        return table[pos // bs] * bs + pos % bs
+        return block_slots(self.tables[sid], 0, n, self.config.block_size)
 
     def swap_out(self, msg: dict) -> None:
         self.pf.swap_out_many([(sid, host_blocks, self._slots(sid, n)) for sid, host_blocks, n in msg["seqs"]])
