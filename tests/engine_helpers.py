@@ -89,6 +89,25 @@ def rank_sleeps(rank: int, world_size: int, device, seconds: float) -> int:
     return rank
 
 
+def refaults(mib: int = 40, rounds: int = 10) -> list[int]:
+    """Minor page faults of each of ``rounds`` rounds of allocating, filling and freeing a ``mib``
+    MiB tensor: ~``mib`` x 256 when the allocation gets fresh pages from the OS (40 MiB is above
+    glibc's adaptive mmap threshold), ~0 when the heap kept them. (With ``keep_freed_memory`` a
+    new process's first few rounds may still fault; the last ones do not.)"""
+    import resource
+
+    out = []
+    for _ in range(rounds):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(mib << 18).fill_(1.0)
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return out
+
+
+def rank_refaults(rank: int, world_size: int, device) -> list[int]:
+    return refaults()
+
+
 # --------------------------------------------------------------------------------------------
 # Fixtures and the in-process CLI, shared by the engine and calibrate tests (import them by name;
 # module-scoped, so each test module gets its own checkpoint)

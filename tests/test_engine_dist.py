@@ -1,8 +1,16 @@
-"""Multi-rank forward passes (gloo, CPU) against the single-process model, and the launcher.
+"""Multi-rank forward passes (gloo, CPU) against the single-process model, the launcher, and the
+ranks' heap set-up (``keep_freed_memory``).
 
 Max abs logit differences observed against the single-process full forward (fp32) are ~2e-6 for
 every layout here; the tolerance is 1e-4.
 """
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +19,8 @@ from seesaw.engine.runner import generate
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.specs import parse_parallel
 from tests.engine_helpers import (  # noqa: F401
-    full_logits, make_checkpoint, one_torch_thread, random_prompts, rank_fails, rank_sleeps, rank_sum, run_ranks,
+    full_logits, make_checkpoint, one_torch_thread, random_prompts, rank_fails, rank_refaults, rank_sleeps, rank_sum,
+    run_ranks,
 )
 
 TOL = 1e-4
@@ -94,3 +103,35 @@ def test_launcher_reraises_a_rank_error_and_kills_the_others():
 def test_launcher_times_out():
     with pytest.raises(TimeoutError, match=r"ranks \[0, 1\]"):
         run_ranks(rank_sleeps, 2, 60.0, timeout_s=3)
+
+
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                           reason="keep_freed_memory sets glibc's malloc")
+
+
+def _refaults_in_a_new_process(keep: str) -> tuple[bool, list[int]]:
+    code = ("import json; from seesaw.engine.dist import keep_freed_memory; from tests.engine_helpers import refaults; "
+            "print(json.dumps([keep_freed_memory(), refaults()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "SEESAW_KEEP_FREED_MEMORY": keep})
+    took, faults = json.loads(out.stdout)
+    return took, faults
+
+
+PAGES = 40 * 256  # a 40 MiB tensor's 4 KiB pages
+
+
+@glibc
+def test_keep_freed_memory_stops_the_heap_refaulting_big_blocks():
+    """Ten rounds of a 40 MiB tensor: with malloc's defaults every round faults its 10,240 pages
+    in (a fresh mmap each time); once the heap keeps what it frees, the last rounds fault none."""
+    took, faults = _refaults_in_a_new_process("0")
+    assert not took and sum(faults[-3:]) > 3 * PAGES // 2
+    took, faults = _refaults_in_a_new_process("1")
+    assert took and sum(faults[-3:]) < PAGES // 4
+
+
+@glibc
+def test_ranks_keep_freed_memory():
+    """``init_process`` sets every rank's heap up (``keep_freed_memory``)."""
+    assert all(sum(faults[-3:]) < PAGES // 4 for faults in run_ranks(rank_refaults, 2))

@@ -5,6 +5,8 @@ forward pass of a batch under a layout across ranks.
   ``spawn``) context, rendezvous through a ``file://`` in a fresh temp dir (never a port), waits
   with a deadline, kills every rank as soon as one fails, and re-raises that rank's traceback as
   ``RankError``. Multi-node runs go through ``torchrun`` + ``init_process(..., "env://")`` instead.
+- Each rank's C heap keeps the memory it frees (``keep_freed_memory``, from ``init_process``): a
+  CPU step's activations otherwise come back as fresh zero-filled pages at every step.
 - Backends: gloo on CPU; NCCL when the ranks own CUDA devices (guarded: needs CUDA). A gloo group
   over all ranks carries control messages; collective timeouts are set on every group.
 - ``TorchComm``: TP all-reduce / all-gather over the rank's TP group (ranks ``rank(d, *, p)``),
@@ -16,6 +18,8 @@ forward pass of a batch under a layout across ranks.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import os
 import queue as queue_mod
@@ -36,6 +40,7 @@ from seesaw.specs import ParallelConfig
 __all__ = [
     "RankError",
     "init_process",
+    "keep_freed_memory",
     "TorchComm",
     "spawn",
     "replica_of",
@@ -67,10 +72,36 @@ class RankError(RuntimeError):
 # --------------------------------------------------------------------------------------------
 # Process group
 
+# glibc's malloc serves big blocks (above a threshold that adapts up to 32 MiB) with mmap and
+# gives the free top of its heap back to the OS, so a CPU step's activations (MiBs each) come
+# back as fresh pages that the kernel zero-fills one by one, at every step: the tiny model's
+# 2-layer stage took 6,000-8,000 page faults per 32 x 256-token prefill, none with the settings
+# below. On the 2-core CPU box, in alternating runs of 128 requests (8 each way), 256-in/8-out
+# throughput rose 13% under P2 and 7% under T2; 16-in/128-out (small steps) did not change.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Have this process's C heap keep the memory it frees for the next step instead of handing it
+    back to the OS (glibc ``mallopt``: blocks up to 1 GiB from the heap, no trimming). Every rank
+    calls it in ``init_process``; the price is a resident set at the peak step's size, which the
+    next step needs again anyway. ``SEESAW_KEEP_FREED_MEMORY=0`` leaves malloc alone. Returns
+    whether the settings took (False without glibc, e.g. on macOS)."""
+    if os.environ.get("SEESAW_KEEP_FREED_MEMORY", "1").strip() == "0":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
 
 def init_process(rank: int, world_size: int, init_method: str, backend: str = "gloo",
                  timeout_s: float = 60.0) -> torch.device:
-    """Join the default process group; returns this rank's device (CUDA under NCCL)."""
+    """Join the default process group; returns this rank's device (CUDA under NCCL). Sets up
+    the process's heap first (``keep_freed_memory``)."""
+    keep_freed_memory()
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise RuntimeError("backend nccl needs CUDA devices; use gloo on CPU")
