@@ -19,7 +19,6 @@ forward pass of a batch under a layout across ranks.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import io
 import os
 import queue as queue_mod
@@ -90,7 +89,7 @@ def keep_freed_memory() -> bool:
     if os.environ.get("SEESAW_KEEP_FREED_MEMORY", "1").strip() == "0":
         return False
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: libc's, without a lookup
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
