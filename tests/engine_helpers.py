@@ -89,11 +89,10 @@ def rank_sleeps(rank: int, world_size: int, device, seconds: float) -> int:
     return rank
 
 
-def refaults(mib: int = 40, rounds: int = 10) -> list[int]:
+def refaults(mib: int = 40, rounds: int = 20) -> list[int]:
     """Minor page faults of each of ``rounds`` rounds of allocating, filling and freeing a ``mib``
     MiB tensor: ~``mib`` x 256 when the allocation gets fresh pages from the OS (40 MiB is above
-    glibc's adaptive mmap threshold), ~0 when the heap kept them. (With ``keep_freed_memory`` a
-    new process's first few rounds may still fault; the last ones do not.)"""
+    glibc's adaptive mmap threshold), ~0 when the heap kept them."""
     import resource
 
     out = []

@@ -120,17 +120,23 @@ def _refaults_in_a_new_process(keep: str) -> tuple[bool, list[int]]:
 PAGES = 40 * 256  # a 40 MiB tensor's 4 KiB pages
 
 
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
+
+
 @glibc
 def test_keep_freed_memory_stops_the_heap_refaulting_big_blocks():
-    """Ten rounds of a 40 MiB tensor: with malloc's defaults every round faults its 10,240 pages
-    in (a fresh mmap each time); once the heap keeps what it frees, the last rounds fault none."""
+    """Rounds of a 40 MiB tensor: with malloc's defaults every round faults its 10,240 pages in (a
+    fresh mmap each time); once the heap keeps what it frees, most rounds fault none. (A round
+    may still fault while the heap grows: a small block left in the freed space, or, in a
+    forked rank, space inherited from the parent; so the test asks for the median.)"""
     took, faults = _refaults_in_a_new_process("0")
-    assert not took and sum(faults[-3:]) > 3 * PAGES // 2
+    assert not took and min(faults[1:]) > PAGES // 2
     took, faults = _refaults_in_a_new_process("1")
-    assert took and sum(faults[-3:]) < PAGES // 4
+    assert took and _median(faults) < PAGES // 100
 
 
 @glibc
 def test_ranks_keep_freed_memory():
     """``init_process`` sets every rank's heap up (``keep_freed_memory``)."""
-    assert all(sum(faults[-3:]) < PAGES // 4 for faults in run_ranks(rank_refaults, 2))
+    assert all(_median(faults) < PAGES // 100 for faults in run_ranks(rank_refaults, 2))
