@@ -79,7 +79,6 @@ def profile_command(
                                     dtype=dtype, name=name, command=command, progress=bar)
     except SpecError as e:
         _fail(str(e).splitlines()[0])
-    merged = {1: "a mean", 2: "the mean of the passes' means"}.get(prof.passes, "the median of the passes' means")
     header = (
         f"Measured by `seesaw profile` on {prof.device_name} ({prof.cpu_count} CPUs, "
         f"{prof.memory_bytes / 2**30:.1f} GiB RAM), {prof.date}.\n"
@@ -87,7 +86,7 @@ def profile_command(
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
         f"{prof.repeats} timed repeats per point, taken in {prof.passes} pass(es) over all the tables; every time "
-        f"is {merged} (seconds per call; see seesaw/profiler.py);\n"
+        f"is {profiler.merged_as(prof.passes)} (seconds per call; see seesaw/profiler.py);\n"
         f"Layer tables: timed inside {max(3, prof.repeats // 5)} forward passes per point, one sample per layer; "
         f"step_overhead: the difference of two whole driver runs, mean of {max(3, prof.repeats // 5)} each; "
         "swaps and reshards: Seesaw's whole steps on the replica's ranks.\n"

@@ -973,6 +973,11 @@ def _merge_passes(passes: list[list[tuple[str, dict]]]) -> list[tuple[str, dict]
     return merged
 
 
+def merged_as(passes: int) -> str:
+    """What a profile's time per point is, for ``passes`` passes (``_merge_passes``), in words."""
+    return {1: "a mean", 2: "the mean of the passes' means"}.get(passes, "the median of the passes' means")
+
+
 def _median_of(values: list):
     """Element-wise median of equally shaped (nested) lists of numbers."""
     if isinstance(values[0], (list, tuple)):
@@ -1083,7 +1088,7 @@ def profile(
         wall_time_s=round(wall_s, 1), repeats=repeats, passes=grid.passes,
         load_average=round(statistics.mean(loads), 2) if loads else None,
         source=f"seesaw profile on {platform.node() or 'this machine'}; {repeats} repeats in {grid.passes} "
-               f"pass(es), {'the median of the passes' if grid.passes > 2 else 'their'} means",
+               f"pass(es), each time {merged_as(grid.passes)}",
         **{k: tuple(v) for k, v in tables.items()},
     )
 
