@@ -345,6 +345,9 @@ def speed_check(profile: str, ranks: int = 2) -> dict:
             "speed_check_s": time.perf_counter() - t0}
 
 
+STALE_SPEED = 1.25  # speed checks all this much slower (or faster) than the profile: a stale profile
+
+
 def _how(r: float) -> str:
     if abs(r - 1) < 0.03:
         return f"as fast ({r:.2f}x)"
@@ -358,9 +361,15 @@ def speed_line(summ: dict) -> str | None:
         return None
     lo, hi = summ["speed_ratio_min"], summ["speed_ratio_max"]
     span = _how(lo) if abs(hi - lo) < 0.01 else f"{lo:.2f}x-{hi:.2f}x the profile's step times"
+    # every check this far off: the machine has changed since the profile (a shared VM's host
+    # can run it 1.8x slower for an hour), not drifted within a run
+    stale = (f"; every check read the machine {_how(lo if lo > 1 else hi)} or more than the profile: "
+             f"measure it again (seesaw profile) for predictions at today's speed"
+             if lo >= STALE_SPEED or hi <= 1 / STALE_SPEED else "")
     return (f"machine speed against the profile's over the runs: {span} (tiny model's GEMM and layer tables); "
             f"predicted at the kept runs' speed: median |error| {100 * summ['median_abs_rel_error_at_speed']:.1f}%, "
-            f"worst {100 * summ['worst_abs_rel_error_at_speed']:.1f}% ({summ['worst_pair_at_speed']})")
+            f"worst {100 * summ['worst_abs_rel_error_at_speed']:.1f}% ({summ['worst_pair_at_speed']}){stale}")
+
 
 
 def regret(rows: list[Row]) -> dict:

@@ -64,6 +64,11 @@ def test_outputs_with_a_prediction_at_speed_for_some_rows(tmp_path):
     assert summ["median_abs_rel_error_at_speed"] == pytest.approx(0.05) and summ["worst_pair_at_speed"] == "T2 / w"
     assert (summ["speed_ratio_min"], summ["speed_ratio_max"]) == (1.2, 1.3)
     assert "1.20x-1.30x the profile's step times" in speed_line(summ)
+    assert "measure it again" not in speed_line(summ)  # 1.2x: drift, not a stale profile
+    assert speed_line(dict(summ, speed_ratio_min=1.3)).endswith(
+        "every check read the machine 1.30x slower or more than the profile: "
+        "measure it again (seesaw profile) for predictions at today's speed")
+    assert "1.33x faster or more" in speed_line(dict(summ, speed_ratio_min=0.6, speed_ratio_max=0.75))
     header = (tmp_path / "calibration.csv").read_text().splitlines()[0]
     assert "rel_error_at_speed" in header and "run_speeds" not in header
 
