@@ -371,7 +371,6 @@ def speed_line(summ: dict) -> str | None:
             f"worst {100 * summ['worst_abs_rel_error_at_speed']:.1f}% ({summ['worst_pair_at_speed']}){stale}")
 
 
-
 def regret(rows: list[Row]) -> dict:
     """Planner regret per workload and overall (see the module docstring)."""
     per = {}
