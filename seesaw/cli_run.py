@@ -118,6 +118,9 @@ def run(
     step_trace: Optional[Path] = typer.Option(None, "--step-trace",
                                               help="write one JSON line per engine step here (launch and "
                                                    "completion times, sequences and their new tokens)"),
+    warmup: bool = typer.Option(True, "--warmup/--no-warmup",
+                                help="run one dummy prefill step of the workload's largest size on every rank "
+                                     "before the clock starts (as vLLM does; not counted in the throughput)"),
 ) -> None:
     """Run a batch of requests through the engine; print vLLM-style throughput."""
     from seesaw.autotune import load_plan
@@ -194,7 +197,7 @@ def run(
         dtype=dtype, device=device, seed=seed, timeout_s=timeout_s,
         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)), output=str(output), errors_output=str(err_file),
         append=resume, progress=sys.stderr.isatty(), fault=_fault_from_env(),
-        step_trace=str(step_trace) if step_trace else "")
+        step_trace=str(step_trace) if step_trace else "", warmup=warmup)
     if config.seesaw:
         from seesaw.engine.seesaw_driver import host_blocks_for
 
@@ -351,8 +354,9 @@ def _print_result(result: dict, output: Path, as_json: bool, comp: dict | None =
     print(res.throughput_line())
     total = res.elapsed_time or 1.0
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in res.time_by_phase.items() if v > 0]
-    print(f"Elapsed: {res.elapsed_time:.2f}s measured" + ("; " + ", ".join(parts) if parts else ""))
     extra = res.model_extra or {}
+    warm = f" (after a {extra['warmup_s']:.2f}s warm-up)" if extra.get("warmup_s") else ""
+    print(f"Elapsed: {res.elapsed_time:.2f}s measured{warm}" + ("; " + ", ".join(parts) if parts else ""))
     if res.policy == "seesaw" and res.num_requests:
         per_rank = extra.get("swap_bytes_per_rank", {})
         moved = max((v["in"] + v["out"] for v in per_rank.values()), default=0)

@@ -107,6 +107,27 @@ def rank_refaults(rank: int, world_size: int, device) -> list[int]:
     return refaults()
 
 
+def first_step_faults(ckpt, warm: bool, tokens: int = 4096, prompt_len: int = 256) -> int:
+    """In this (new) process, set up as a rank (``keep_freed_memory``, one torch thread): the
+    minor page faults of a first real prefill step of ``tokens`` tokens in prompts of
+    ``prompt_len``, after a warm-up of that shape when ``warm``."""
+    import resource
+
+    from seesaw.engine.dist import keep_freed_memory
+    from seesaw.engine.runner import ModelRunner
+    from seesaw.engine.weights import build_shard
+
+    keep_freed_memory()
+    torch.set_num_threads(1)
+    runner = ModelRunner(build_shard(load_checkpoint(ckpt)), num_blocks=2 * tokens // 16, block_size=16)
+    if warm:
+        runner.warmup(tokens, max_seq_len=prompt_len)
+    step = {s: [s % 200] * prompt_len for s in range(tokens // prompt_len)}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    runner.step_logits(step)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 # --------------------------------------------------------------------------------------------
 # Fixtures and the in-process CLI, shared by the engine and calibrate tests (import them by name;
 # module-scoped, so each test module gets its own checkpoint)

@@ -67,6 +67,15 @@ def test_driver_greedy_matches_single_process(store, ckpt, reference, layout, kw
     assert res["time_by_phase"]["prefill"] > 0 and res["time_by_phase"]["decode"] > 0
 
 
+def test_warmup_is_reported_and_can_be_skipped(store, ckpt, reference):
+    """Every rank runs a dummy prefill of the workload's largest step before the clock (the runs
+    above all did); the result says how long it took, and ``warmup=False`` skips it."""
+    prompts, ref = reference
+    on, off = _run(store, ckpt, prompts, "P2"), _run(store, ckpt, prompts, "P2", warmup=False)
+    assert on["warmup_s"] > 0 and off["warmup_s"] == 0
+    assert on["output_token_ids"] == off["output_token_ids"] == ref
+
+
 @pytest.mark.parametrize("layout", ["T1", "P2"])
 def test_preemption_recomputes_and_matches(store, ckpt, reference, layout):
     """12 blocks of 4 tokens cannot hold 8 sequences of up to 36 tokens: sequences are preempted
@@ -165,6 +174,15 @@ def test_cli_run_json_and_throughput_line(ckpt, tmp_path, capsys):
     assert summary["num_requests"] == 6 and summary["total_output_tokens"] == 36
     assert set(summary["time_by_phase"]) >= {"prefill", "decode", "mixed", "idle"}
     assert len(_stable(tmp_path / "o.jsonl")) == 6
+    assert summary["warmup_s"] > 0 and "s warm-up)" in lines[1]
+
+
+def test_cli_no_warmup(ckpt, tmp_path, capsys):
+    inp = _write_prompts(tmp_path / "in.jsonl")
+    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl",
+                         "--layout", "P2", "--num-ranks", 2, "--no-warmup", "--json")
+    assert code == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["warmup_s"] == 0 and "warm-up" not in out
 
 
 def test_cli_resume_completes_a_partial_file(ckpt, tmp_path, capsys):

@@ -122,6 +122,7 @@ def test_result_has_the_simulators_keys(store, ckpt, reference):
     sim = simulate(spec, node, pol, [Request(f"r{i}", n, MAX_TOKENS) for i, n in enumerate(LENGTHS)]).summary()
     assert set(sim) <= set(res), set(sim) - set(res)
     assert set(sim["time_by_phase"]) == set(res["time_by_phase"])
+    assert res["warmup_s"] > 0  # under the prefill layout, before the clock
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ import torch
 from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, response_record
 from seesaw.engine.kv import BlockManager, KVCacheFull
 from seesaw.engine.runner import ModelRunner
-from seesaw.engine.worker import PHASES, ControlPlane, EngineConfig, EngineError, StepWorker
+from seesaw.engine.worker import PHASES, ControlPlane, EngineConfig, EngineError, StepWorker, warm_up
 from seesaw.engine.worker import agree_num_blocks, kv_blocks_for_budget, workload_blocks  # noqa: F401
 from seesaw.engine.worker import reason as _reason
 from seesaw.scheduling import Forward, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
@@ -163,6 +163,7 @@ class Driver:
     ``_dispatch`` (non-forward steps), ``_after_send``, ``_wait_for_copies`` and ``_extra``."""
 
     policy = "vllm"
+    warmup_s = 0.0  # rank 0's warm-up before the clock (``worker.warm_up``), reported in the summary
 
     def __init__(self, worker: StepWorker, items: list[BatchItem], config: EngineConfig,
                  num_blocks: int, tokenizer=None):
@@ -443,7 +444,7 @@ class Driver:
             num_preemptions=sum(s.num_preemptions for s in self.scheds),
             num_steps=self.num_steps, num_rejected=len(self.rejected), kv_blocks_per_replica=self.num_blocks,
             block_size=self.config.block_size, device=self.config.device, dtype=self.config.dtype,
-            **self._extra(phases),
+            warmup_s=round(self.warmup_s, 6), **self._extra(phases),
         )
         out = result.model_dump()
         if self.config.return_token_ids:
@@ -526,10 +527,13 @@ def rank_main(rank: int, world_size: int, device, store, config: EngineConfig,
     num_blocks = agree_num_blocks(config, model, device, comm.control_group, items)
     runner = ModelRunner(model, num_blocks, config.block_size, seed=config.seed)
     worker = StepWorker(runner, comm, plane, config, rank)
+    warm_s = warm_up(runner, config, comm.control_group, items)
     if rank != 0:
         worker.serve()
         return None
-    return Driver(worker, items, config, num_blocks, _load_tokenizer(config)).run()
+    driver = Driver(worker, items, config, num_blocks, _load_tokenizer(config))
+    driver.warmup_s = warm_s
+    return driver.run()
 
 
 def _load_tokenizer(config: EngineConfig):

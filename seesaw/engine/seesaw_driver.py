@@ -61,7 +61,7 @@ from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
 from seesaw.engine.reshard import reshard  # at import: ~10 ms on a rank's first re-shard otherwise
 from seesaw.engine.runner import ModelRunner
 from seesaw.engine.worker import (
-    ControlPlane, EngineConfig, EngineError, StepWorker, agree_num_blocks, reason, workload_blocks,
+    ControlPlane, EngineConfig, EngineError, StepWorker, agree_num_blocks, reason, warm_up, workload_blocks,
 )
 from seesaw.scheduling import Reshard, SwapIn, SwapOut
 from seesaw.scheduling.seesaw import SeesawScheduler
@@ -518,7 +518,10 @@ def seesaw_rank_main(rank: int, device, store, config: EngineConfig, items, host
     pool = host_pools[comm_p.dp_rank]
     runner = ModelRunner(model, blocks[str(c_p)], config.block_size, seed=config.seed)
     worker = SeesawWorker(runner, {str(c_p): comm_p, str(c_d): comm_d}, plane, config, rank, store, pool, blocks)
+    warm_s = warm_up(runner, config, group, items)
     if rank != 0:
         worker.serve()
         return None
-    return SeesawDriver(worker, items, config, blocks, pool.num_blocks, load_tokenizer(config)).run()
+    driver = SeesawDriver(worker, items, config, blocks, pool.num_blocks, load_tokenizer(config))
+    driver.warmup_s = warm_s
+    return driver.run()

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from seesaw.engine.kv import KVCache
-from seesaw.engine.runner import ModelRunner
+from seesaw.engine.runner import WARMUP_SEQ_LEN, ModelRunner
 from seesaw.scheduling import split_across_replicas
 from seesaw.specs import ParallelConfig
 
@@ -71,6 +71,7 @@ class EngineConfig:
     fault: dict | None = None              # test hook: {"rank", "after_steps", "action": exit|hang}
     return_token_ids: bool = False         # add {custom_id: output token ids} to the result
     step_trace: str = ""                   # JSONL file: one record per forward step (rank 0's clock)
+    warmup: bool = True                    # a dummy max-size prefill on every rank before the clock
     # Seesaw
     decode_layout: ParallelConfig | None = None
     host_kv_bytes: float | None = None     # host KV pool of the whole run (split over DP replicas)
@@ -301,6 +302,36 @@ class StepWorker:
             if f.get("action", "exit") == "hang":
                 time.sleep(10 * self.config.timeout_s + 60)
             os._exit(int(f.get("exit_code", 17)))
+
+
+def warmup_shape(items: list, config: EngineConfig) -> tuple[int, int]:
+    """(tokens, prompt length) of the warm-up step for this workload: its largest prefill step
+    (the ``max_num_seqs`` longest prompts, within ``max_num_batched_tokens``) in prompts of its
+    longest prompt's length, at most ``WARMUP_SEQ_LEN``. A few short prompts warm up with a few
+    short prompts: a full 8192-token step of SmolLM2 is seconds of CPU."""
+    lens = sorted((it.prompt_len for it in items), reverse=True)[:config.max_num_seqs]
+    if not lens:
+        return 0, 0
+    return min(config.max_num_batched_tokens, sum(lens)), min(WARMUP_SEQ_LEN, lens[0])
+
+
+def warm_up(runner: ModelRunner, config: EngineConfig, group, items: list | None) -> float:
+    """Every rank, before the run's clock starts: ``ModelRunner.warmup`` with the workload's
+    largest prefill step (``warmup_shape``; rank 0 knows the workload and the ranks agree on it
+    in ``group``, all ranks), then a barrier, so the clock starts on warm ranks together.
+    Seconds taken (0 when ``config.warmup`` is off)."""
+    if not config.warmup:
+        return 0.0
+    t0 = time.perf_counter()
+    shape = torch.tensor(warmup_shape(items, config) if items is not None else (0, 0), dtype=torch.long)
+    if group is not None:
+        dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=group)
+    tokens, seq_len = (int(v) for v in shape)
+    if tokens:
+        runner.warmup(tokens, max_seq_len=seq_len, max_seqs=config.max_num_seqs)
+    if group is not None:
+        dist.barrier(group=group)
+    return time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""The engine's warm-up before a run's clock (``ModelRunner.warmup``, ``worker.warm_up``): the
+dummy step has the workload's largest prefill shape, fits the KV cache, changes no output, and
+takes the first step's fresh pages off the clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from seesaw.engine.batch_io import BatchItem
+from seesaw.engine.runner import ModelRunner, generate, run_generation
+from seesaw.engine.weights import build_shard, load_checkpoint
+from seesaw.engine.worker import EngineConfig, warmup_shape
+from seesaw.specs import parse_parallel
+from tests.engine_helpers import make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return build_shard(load_checkpoint(make_checkpoint(tmp_path_factory.mktemp("tiny"))))
+
+
+def test_warmup_leaves_generation_unchanged(model):
+    """The dummy K/V sits in blocks that the next sequences take; they overwrite it before reading."""
+    prompts = random_prompts([13, 5, 20, 9], seed=3)
+    ref = generate(model, prompts, 6)
+    runner = ModelRunner(model, num_blocks=64, block_size=4)
+    assert runner.warmup(100, max_seq_len=30) == 100  # prompts of 30, 30, 30, 10
+    assert runner.blocks.num_free_blocks == 64  # the dummy holds no blocks
+    out = run_generation(runner, dict(enumerate(prompts)), 6)
+    assert [out[i] for i in range(len(prompts))] == ref
+
+
+def test_warmup_fits_the_kv_cache_and_the_sequence_cap(model):
+    # 5 blocks of 4 tokens: prompts of 6, 6 (two blocks each), then 4 tokens in the last block
+    assert ModelRunner(model, num_blocks=5, block_size=4).warmup(100, max_seq_len=6) == 16
+    assert ModelRunner(model, num_blocks=64, block_size=4).warmup(100, max_seq_len=6, max_seqs=2) == 12
+    assert ModelRunner(model, num_blocks=64, block_size=4).warmup(0) == 0
+
+
+def test_warmup_shape_is_the_workloads_largest_prefill_step():
+    items = [BatchItem(f"r{i}", [1] * n, 4) for i, n in enumerate([300, 20, 700, 5])]
+    cfg = EngineConfig(layout=parse_parallel("T1"))
+    assert warmup_shape(items, cfg) == (1025, 512)  # every prompt, in prompts of at most 512
+    assert warmup_shape(items, replace(cfg, max_num_seqs=2)) == (1000, 512)  # the two longest
+    assert warmup_shape(items, replace(cfg, max_num_batched_tokens=256)) == (256, 512)
+    assert warmup_shape(items[1:2], cfg) == (20, 20)
+    assert warmup_shape([], cfg) == (0, 0)
+
+
+def _first_step_faults(ckpt: Path, warm: bool) -> int:
+    code = ("import json, sys; from tests.engine_helpers import first_step_faults; "
+            "print(json.dumps(first_step_faults(sys.argv[1], sys.argv[2] == '1')))")
+    out = subprocess.run([sys.executable, "-c", code, str(ckpt), "1" if warm else "0"], capture_output=True,
+                         text=True, check=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+                         env={**os.environ, "SEESAW_KEEP_FREED_MEMORY": "1"})
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                    reason="the ranks' heap keeps freed memory with glibc's malloc only")
+def test_warmup_takes_the_first_steps_fresh_pages(tmp_path):
+    """In a new process (a heap as a rank starts with), the first 4096-token prefill faults in
+    thousands of fresh pages for its activations; after a warm-up of that shape it faults few."""
+    ckpt = make_checkpoint(tmp_path / "tiny")
+    cold, warm = _first_step_faults(ckpt, False), _first_step_faults(ckpt, True)
+    assert cold > 1000, cold
+    assert warm < cold // 4, (cold, warm)
