@@ -8,7 +8,8 @@ What is timed, always the engine's own code with the shapes one rank holds under
   GEMM module (fused QKV, O, fused gate/up, down, LM head), ``attention.paged_attention``, each
   decoder layer, the embedding and RoPE. ``layer_misc`` is a layer minus its GEMMs and attention
   (RMSNorms, RoPE, SiLU x up, residual adds, module calls). Grid points are steps: prompts by
-  tokens (GEMM rows), one sequence's prefill chunk by context, decoding batches by summed context;
+  tokens (GEMM rows), prefill chunks by context (several sequences a step, figures per sequence),
+  decoding batches by summed context;
 - collectives as ``dist.TorchComm`` and the driver's control plane call them: all_reduce,
   all_gather (+ concat), send/recv (half a ping-pong), gloo broadcast, by bytes and ranks;
 - copies: host->host memcpy (``Tensor.copy_``); on CUDA also pinned host->device and back;
@@ -90,6 +91,9 @@ _COLD_FACTOR = 2  # cycle through at least this many last-level caches' worth of
 _DTYPE_BYTES_MAX = 4  # the swap grid's byte cap assumes fp32 (smaller dtypes stay under it)
 _SWAP_SEQ_TOKENS = 256  # tokens of each sequence in a timed swap step
 _MSG_BYTES = 1 << 15  # the control plane's message buffer (``worker.ControlPlane``)
+# a prefill attention point's step (``prefill_seqs``): new tokens, context tokens, attention
+# pairs (new tokens x context), sequences
+_PREFILL_STEP_TOKENS, _PREFILL_STEP_CONTEXT, _PREFILL_STEP_PAIRS, _PREFILL_STEP_SEQS = 1024, 16384, 1 << 19, 16
 
 
 def _center(samples: list[float]) -> float:
@@ -460,12 +464,29 @@ class _Probe:
         return max(0.0, (total - sum(self.records.pop((-1, "_noop")))) / calls)
 
 
+def prefill_seqs(size: int, context: int) -> int:
+    """Sequences in the step that times a prefill attention point (``size`` new tokens of each,
+    ``context`` after the step): as many as fit ``_PREFILL_STEP_TOKENS`` new and
+    ``_PREFILL_STEP_CONTEXT`` context tokens and ``_PREFILL_STEP_PAIRS`` attention pairs, at most
+    ``_PREFILL_STEP_SEQS``, at least one.
+
+    The engine attends a prefill step's sequences one call each, back to back (32 prompts of 256
+    tokens in an 8192-token step). Timed alone in its step, a sequence's call came out ~0.46 ms
+    at 256 tokens under TP 2 where the engine's calls took ~0.27: the step's all-reduces (and
+    the other rank's traffic) crowd a lone call, not a run of them. Four such prompts a step
+    read 0.25-0.28 ms, as did eight. Large points stay alone: their call dwarfs that cost, and
+    every sequence adds a forward pass's worth of GEMM rows to the profile's time."""
+    k = min(_PREFILL_STEP_SEQS, _PREFILL_STEP_TOKENS // size, _PREFILL_STEP_CONTEXT // context,
+            _PREFILL_STEP_PAIRS // (size * context))
+    return max(1, k)
+
+
 def _steps_for(kind: str, size: int, context: int) -> list[tuple[int, int]]:
     """(context after the step, new tokens) per sequence of one grid point's step."""
     if kind == "tokens":  # GEMM rows: prompts of up to 64 tokens, so attention stays small
         return [(size, size)] if size <= 64 else [(64, 64)] * (size // 64)
-    if kind == "prefill":  # one sequence's chunk of ``size`` tokens, its context then ``context``
-        return [(context, size)]
+    if kind == "prefill":  # sequences of ``size`` new tokens each, their context then ``context``
+        return [(context, size)] * prefill_seqs(size, context)
     return [(max(1, context // size), 1)] * size  # ``size`` sequences decoding, ``context`` in all
 
 
@@ -475,7 +496,7 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     driver runs them), every GEMM, attention, layer, embedding and RoPE call timed where it runs.
 
     A step is a grid point: ``tokens`` (prompts of up to 64 tokens: GEMM rows, per-token ops),
-    ``prefill`` (one sequence's chunk by context) or ``decode`` (sequences by summed context; its
+    ``prefill`` (sequences' chunks by context, ``prefill_seqs`` of them) or ``decode`` (sequences by summed context; its
     logits rows time the LM head). The shard keeps as many layers as the engine would stream
     through the last-level cache (all of them, or enough to exceed it twice over) so calls
     see the cache as the engine's do. ``layer_misc`` = layer - its GEMMs and attention - the
@@ -571,7 +592,9 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     for i in tok:
         values.append(_center([max(1e-9, e - a - over + q) for e, a, q in
                                zip(rec[(i, "embed")], ar[i][0], rec[(i, "rope")])]))
-    attn = {p[:3]: center_of(i, "attn") for i, p in enumerate(points) if p[0] != "tokens"}
+    # a prefill point's figure is per sequence: its step's call covers ``prefill_seqs`` of them
+    attn = {p[:3]: center_of(i, "attn") / (prefill_seqs(p[1], p[2]) if p[0] == "prefill" else 1)
+            for i, p in enumerate(points) if p[0] != "tokens"}
     values += list(attn.values())
     head = [_center([v for i, p in enumerate(points) if p[0] == "decode" and p[1] == b
                      for v in rec[(i, "head")]]) for b in g.decode_batch]

@@ -152,6 +152,38 @@ def test_pieces_run_in_process_on_one_rank():
     assert pre.sizes == (2, 16, 64) and pre.context_tokens == (2, 4, 16, 64, 256)
 
 
+def test_prefill_points_time_several_sequences_a_step():
+    assert profiler.prefill_seqs(256, 256) == 4 and profiler.prefill_seqs(2, 2) == 16
+    assert profiler.prefill_seqs(2048, 2048) == 1 and profiler.prefill_seqs(2, 4096) == 4
+    assert profiler.prefill_seqs(64, 4096) == 2 and profiler.prefill_seqs(512, 512) == 2
+    assert profiler._steps_for("prefill", 256, 512) == [(512, 256)] * 4
+
+
+def test_prefill_attention_figures_are_per_sequence(monkeypatch):
+    """A prefill point's step holds up to 16 sequences and its attention call attends them all:
+    with every prefill sequence made to take 1 ms more, each point reads ~1 ms more, whatever its
+    count (16 at a 2-token chunk, 2 at a 64-token chunk over a 4096-token context)."""
+    import time
+
+    from seesaw.engine.attention import paged_attention
+
+    def slow(q, k, v, meta, *caches):
+        time.sleep(1e-3 * sum(1 for n in meta.query_lens if n > 1))
+        return paged_attention(q, k, v, meta, *caches)
+
+    grid = profiler.Grid.quick(repeats=1, warmup=0, min_repeat_s=0.0, tp=(1,), busy=(),
+                               prefill_tokens=(2, 64), prefill_context=(2, 4096))
+    tasks = [t for t in profiler.plan_tasks(grid, 1, [TINY]) if t.kind == "forward"]
+    plain = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    monkeypatch.setattr(profiler, "paged_attention", slow)
+    slowed = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    (a,), (b,) = ([t for k, t in out if k == "attention" and t["kind"] == "prefill"] for out in (plain, slowed))
+    assert a["sizes"] == [2, 64] and a["context_tokens"] == [2, 64, 4096]
+    for row_a, row_b in zip(a["time_s"], b["time_s"]):
+        for ta, tb in zip(row_a, row_b):
+            assert 0.8e-3 < tb - ta < 2e-3, (ta, tb)
+
+
 def test_passes_measure_every_table_again_and_keep_the_median_of_their_means():
     grid = profiler.Grid.quick(repeats=2, passes=2, warmup=0, min_repeat_s=0.0)
     assert grid.per_pass(grid.repeats) == 1 and grid.per_pass(3) == 2 and profiler.Grid.default().passes == 3
