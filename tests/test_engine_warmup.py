@@ -17,7 +17,7 @@ import pytest
 from seesaw.engine.batch_io import BatchItem
 from seesaw.engine.runner import ModelRunner, generate, run_generation
 from seesaw.engine.weights import build_shard, load_checkpoint
-from seesaw.engine.worker import EngineConfig, warmup_shape
+from seesaw.engine.worker import EngineConfig, replica_buckets, warmup_shape
 from seesaw.specs import parse_parallel
 from tests.engine_helpers import make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
 
@@ -52,6 +52,9 @@ def test_warmup_shape_is_the_workloads_largest_prefill_step():
     assert warmup_shape(items, replace(cfg, max_num_seqs=2)) == (1000, 512)  # the two longest
     assert warmup_shape(items, replace(cfg, max_num_batched_tokens=256)) == (256, 512)
     assert warmup_shape(items[1:2], cfg) == (20, 20)
+    # D2: each replica prefills its own half of the requests
+    d2 = replace(cfg, layout=parse_parallel("D2"))
+    assert warmup_shape(items, d2)[0] == max(sum(r.prompt_len for r in b) for b in replica_buckets(items, 2)) < 1025
     assert warmup_shape([], cfg) == (0, 0)
 
 

@@ -305,14 +305,17 @@ class StepWorker:
 
 
 def warmup_shape(items: list, config: EngineConfig) -> tuple[int, int]:
-    """(tokens, prompt length) of the warm-up step for this workload: its largest prefill step
-    (the ``max_num_seqs`` longest prompts, within ``max_num_batched_tokens``) in prompts of its
-    longest prompt's length, at most ``WARMUP_SEQ_LEN``. A few short prompts warm up with a few
-    short prompts: a full 8192-token step of SmolLM2 is seconds of CPU."""
-    lens = sorted((it.prompt_len for it in items), reverse=True)[:config.max_num_seqs]
-    if not lens:
+    """(tokens, prompt length) of the warm-up step for this workload: the largest prefill step a
+    DP replica can take (its ``max_num_seqs`` longest prompts, within ``max_num_batched_tokens``)
+    in prompts of the longest prompt's length, at most ``WARMUP_SEQ_LEN``. A few short prompts
+    warm up with a few short prompts: a full 8192-token step of SmolLM2 is seconds of CPU."""
+    tokens = 0
+    for bucket in replica_buckets(items, config.layout.dp):
+        lens = sorted((r.prompt_len for r in bucket), reverse=True)[:config.max_num_seqs]
+        tokens = max(tokens, min(config.max_num_batched_tokens, sum(lens)))
+    if not tokens:
         return 0, 0
-    return min(config.max_num_batched_tokens, sum(lens)), min(WARMUP_SEQ_LEN, lens[0])
+    return tokens, min(WARMUP_SEQ_LEN, max(it.prompt_len for it in items))
 
 
 def warm_up(runner: ModelRunner, config: EngineConfig, group, items: list | None) -> float:
@@ -345,6 +348,11 @@ class _Len:
     output_len: int
 
 
+def replica_buckets(items: list, dp: int) -> list[list[_Len]]:
+    """The workload's requests (lengths only) as the driver splits them over ``dp`` replicas."""
+    return split_across_replicas([_Len(str(i), it.prompt_len, it.max_tokens) for i, it in enumerate(items)], dp)
+
+
 def kv_blocks_for_budget(model, budget_bytes: float, block_size: int, shard=None) -> int:
     """How many KV blocks of ``block_size`` tokens fit ``budget_bytes`` on this rank (holding
     ``shard``, default the model's own)."""
@@ -366,8 +374,7 @@ def _rank_kv_budget(config: EngineConfig, device: torch.device) -> float:
 def workload_blocks(items: list, dp: int, block_size: int) -> list[int]:
     """KV blocks every request of each DP replica needs at full length, summed per replica."""
     need = [0] * dp
-    reqs = [_Len(str(i), it.prompt_len, it.max_tokens) for i, it in enumerate(items)]
-    for d, bucket in enumerate(split_across_replicas(reqs, dp)):
+    for d, bucket in enumerate(replica_buckets(items, dp)):
         need[d] = sum(-(-(r.prompt_len + r.output_len) // block_size) for r in bucket)
     return need
 
