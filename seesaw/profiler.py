@@ -470,8 +470,8 @@ def prefill_seqs(size: int, context: int) -> int:
     ``_PREFILL_STEP_CONTEXT`` context tokens and ``_PREFILL_STEP_PAIRS`` attention pairs, at most
     ``_PREFILL_STEP_SEQS``, at least one.
 
-    The engine attends a prefill step's sequences one call each, back to back (32 prompts of 256
-    tokens in an 8192-token step). Timed alone in its step, a sequence's call came out ~0.46 ms
+    The engine's attention call of a prefill step runs one SDPA per sequence, back to back (32
+    prompts of 256 tokens in an 8192-token step). Timed alone in its step, a sequence's call came out ~0.46 ms
     at 256 tokens under TP 2 where the engine's calls took ~0.27: the step's all-reduces (and
     the other rank's traffic) crowd a lone call, not a run of them. Four such prompts a step
     read 0.25-0.28 ms, as did eight. Large points stay alone: their call dwarfs that cost, and
