@@ -93,7 +93,8 @@ _SWAP_SEQ_TOKENS = 256  # tokens of each sequence in a timed swap step
 _MSG_BYTES = 1 << 15  # the control plane's message buffer (``worker.ControlPlane``)
 # a prefill attention point's step (``prefill_seqs``): new tokens, context tokens, attention
 # pairs (new tokens x context), sequences
-_PREFILL_STEP_TOKENS, _PREFILL_STEP_CONTEXT, _PREFILL_STEP_PAIRS, _PREFILL_STEP_SEQS = 1024, 16384, 1 << 19, 16
+_PREFILL_STEP_TOKENS, _PREFILL_STEP_CONTEXT = 1024, 16384
+_PREFILL_STEP_PAIRS, _PREFILL_STEP_SEQS = 1 << 19, 16
 
 
 def _center(samples: list[float]) -> float:
@@ -471,11 +472,11 @@ def prefill_seqs(size: int, context: int) -> int:
     ``_PREFILL_STEP_SEQS``, at least one.
 
     The engine's attention call of a prefill step runs one SDPA per sequence, back to back (32
-    prompts of 256 tokens in an 8192-token step). Timed alone in its step, a sequence's call came out ~0.46 ms
-    at 256 tokens under TP 2 where the engine's calls took ~0.27: the step's all-reduces (and
-    the other rank's traffic) crowd a lone call, not a run of them. Four such prompts a step
-    read 0.25-0.28 ms, as did eight. Large points stay alone: their call dwarfs that cost, and
-    every sequence adds a forward pass's worth of GEMM rows to the profile's time."""
+    prompts of 256 tokens in an 8192-token step). Timed alone in its step, a sequence came out
+    at ~0.46 ms at 256 tokens under TP 2 where the engine's took ~0.27: the step's all-reduces
+    (and the other rank's traffic) crowd a lone call, not a run of them. Four such prompts a
+    step read 0.25-0.28 ms, as did eight. Large points stay alone: their call dwarfs that cost,
+    and every sequence adds a forward pass's worth of GEMM rows to the profile's time."""
     k = min(_PREFILL_STEP_SEQS, _PREFILL_STEP_TOKENS // size, _PREFILL_STEP_CONTEXT // context,
             _PREFILL_STEP_PAIRS // (size * context))
     return max(1, k)
@@ -496,8 +497,8 @@ def _forward_tables(r: _Rank, task: Task) -> list[tuple[str, dict]]:
     driver runs them), every GEMM, attention, layer, embedding and RoPE call timed where it runs.
 
     A step is a grid point: ``tokens`` (prompts of up to 64 tokens: GEMM rows, per-token ops),
-    ``prefill`` (sequences' chunks by context, ``prefill_seqs`` of them) or ``decode`` (sequences by summed context; its
-    logits rows time the LM head). The shard keeps as many layers as the engine would stream
+    ``prefill`` (``prefill_seqs`` sequences' chunks by context) or ``decode`` (sequences by
+    summed context; its logits rows time the LM head). The shard keeps as many layers as the engine would stream
     through the last-level cache (all of them, or enough to exceed it twice over) so calls
     see the cache as the engine's do. ``layer_misc`` = layer - its GEMMs and attention - the
     timers' own cost. Each call is a sample (layers x forward passes); their mean is kept. At TP

@@ -8,7 +8,11 @@ live in ``seesaw.engine.dist`` or in this module.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +91,20 @@ def rank_fails(rank: int, world_size: int, device, bad_rank: int) -> int:
 def rank_sleeps(rank: int, world_size: int, device, seconds: float) -> int:
     time.sleep(seconds)
     return rank
+
+
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+                           reason="the ranks' heap set-up (keep_freed_memory) is glibc's malloc")
+
+
+def in_new_process(code: str, *args: str, env: dict | None = None):
+    """Run ``code`` (which prints one JSON value last) in a new Python process from the repository
+    root, with ``args`` as ``sys.argv[1:]`` and ``env`` added to the environment; its value.
+    A new process has a heap as a rank starts with, which the test process's is not."""
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
+                         check=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+                         env={**os.environ, **(env or {})})
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def refaults(mib: int = 40, rounds: int = 20) -> list[int]:

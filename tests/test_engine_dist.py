@@ -5,12 +5,6 @@ Max abs logit differences observed against the single-process full forward (fp32
 every layout here; the tolerance is 1e-4.
 """
 
-import json
-import os
-import platform
-import subprocess
-import sys
-from pathlib import Path
 from statistics import median_high
 
 import pytest
@@ -20,8 +14,8 @@ from seesaw.engine.runner import generate
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.specs import parse_parallel
 from tests.engine_helpers import (  # noqa: F401
-    full_logits, make_checkpoint, one_torch_thread, random_prompts, rank_fails, rank_refaults, rank_sleeps, rank_sum,
-    run_ranks,
+    full_logits, glibc, in_new_process, make_checkpoint, one_torch_thread, random_prompts, rank_fails, rank_refaults,
+    rank_sleeps, rank_sum, run_ranks,
 )
 
 TOL = 1e-4
@@ -106,16 +100,10 @@ def test_launcher_times_out():
         run_ranks(rank_sleeps, 2, 60.0, timeout_s=3)
 
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                           reason="keep_freed_memory sets glibc's malloc")
-
-
 def _refaults_in_a_new_process(keep: str) -> tuple[bool, list[int]]:
     code = ("import json; from seesaw.engine.dist import keep_freed_memory; from tests.engine_helpers import refaults; "
             "print(json.dumps([keep_freed_memory(), refaults()]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "SEESAW_KEEP_FREED_MEMORY": keep})
-    return tuple(json.loads(out.stdout))
+    return tuple(in_new_process(code, env={"SEESAW_KEEP_FREED_MEMORY": keep}))
 
 
 PAGES = 40 * 256  # a 40 MiB tensor's 4 KiB pages

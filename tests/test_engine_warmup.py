@@ -4,11 +4,6 @@ takes the first step's fresh pages off the clock."""
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +14,9 @@ from seesaw.engine.runner import ModelRunner, generate, run_generation
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.engine.worker import EngineConfig, replica_buckets, warmup_shape
 from seesaw.specs import parse_parallel
-from tests.engine_helpers import make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
+from tests.engine_helpers import (  # noqa: F401  (one_torch_thread: autouse)
+    glibc, in_new_process, make_checkpoint, one_torch_thread, random_prompts,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +58,10 @@ def test_warmup_shape_is_the_workloads_largest_prefill_step():
 def _first_step_faults(ckpt: Path, warm: bool) -> int:
     code = ("import json, sys; from tests.engine_helpers import first_step_faults; "
             "print(json.dumps(first_step_faults(sys.argv[1], sys.argv[2] == '1')))")
-    out = subprocess.run([sys.executable, "-c", code, str(ckpt), "1" if warm else "0"], capture_output=True,
-                         text=True, check=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
-                         env={**os.environ, "SEESAW_KEEP_FREED_MEMORY": "1"})
-    return json.loads(out.stdout)
+    return in_new_process(code, ckpt, int(warm), env={"SEESAW_KEEP_FREED_MEMORY": "1"})
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-                    reason="the ranks' heap keeps freed memory with glibc's malloc only")
+@glibc
 def test_warmup_takes_the_first_steps_fresh_pages(tmp_path):
     """In a new process (a heap as a rank starts with), the first 4096-token prefill faults in
     thousands of fresh pages for its activations; after a warm-up of that shape it faults few."""

@@ -187,28 +187,24 @@ class ModelRunner:
         bs = self.blocks.block_size
         max_seq_len = max(1, min(max_seq_len, self.model.spec.max_position_embeddings))
         lens: list[int] = []
-        left, free = num_tokens, self.blocks.num_blocks
-        while left > 0 and (max_seqs is None or len(lens) < max_seqs):
-            n = min(left, max_seq_len, free * bs)
+        tables: dict[int, list[int]] = {}  # each dummy prompt's blocks, from block 0 on
+        total = used = 0
+        while total < num_tokens and (max_seqs is None or len(lens) < max_seqs):
+            n = min(num_tokens - total, max_seq_len, (self.blocks.num_blocks - used) * bs)
             if n <= 0:
                 break
+            tables[len(lens)] = list(range(used, used + -(-n // bs)))
+            used += len(tables[len(lens)])
+            total += n
             lens.append(n)
-            left -= n
-            free -= -(-n // bs)
         if not lens:
             return 0
-        tables, next_block = {}, 0
-        for sid, n in enumerate(lens):
-            nb = -(-n // bs)
-            tables[sid] = list(range(next_block, next_block + nb))
-            next_block += nb
         view = _TableView(bs, tables, dict(enumerate(lens)))
         ids = list(range(len(lens)))
         slot_mapping = torch.cat([view.slots(s, 0, n) for s, n in enumerate(lens)])
         dev = self.device
         meta = build_metadata(view, ids, lens, slot_mapping, dev)
         positions = torch.cat([torch.arange(n) for n in lens]).to(dev)
-        total = sum(lens)
         if self.shard.is_first:
             x = torch.zeros(total, dtype=torch.long, device=dev)
         else:

@@ -327,13 +327,11 @@ def warm_up(runner: ModelRunner, config: EngineConfig, group, items: list | None
         return 0.0
     t0 = time.perf_counter()
     shape = torch.tensor(warmup_shape(items, config) if items is not None else (0, 0), dtype=torch.long)
-    if group is not None:
-        dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(shape, op=dist.ReduceOp.MAX, group=group)
     tokens, seq_len = (int(v) for v in shape)
     if tokens:
         runner.warmup(tokens, max_seq_len=seq_len, max_seqs=config.max_num_seqs)
-    if group is not None:
-        dist.barrier(group=group)
+    dist.barrier(group=group)
     return time.perf_counter() - t0
 
 
