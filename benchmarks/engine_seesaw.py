@@ -41,7 +41,7 @@ def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], see
 
 def _run(model_dir, store, items, layout: str, host_kv_gib: float | None, timeout_s: float) -> dict:
     from seesaw.engine.driver import EngineConfig, run_batch
-    from seesaw.specs import parse_layout
+    from seesaw.core import parse_layout
 
     configs = parse_layout(layout)
     cfg = EngineConfig(layout=configs[0], decode_layout=configs[1] if len(configs) > 1 else None,

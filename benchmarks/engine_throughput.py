@@ -37,7 +37,7 @@ def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], see
 
 def engine_run(model_dir, store, items, layout: str, timeout_s: float = 600.0) -> dict:
     from seesaw.engine.driver import EngineConfig, run_batch
-    from seesaw.specs import parse_parallel
+    from seesaw.core import parse_parallel
 
     cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(model_dir), timeout_s=timeout_s)
     return run_batch(store, items, cfg)
@@ -81,7 +81,7 @@ def cpu_table(args) -> list[dict]:
             res = engine_run(model_dir, store, items, layout)
             assert res["total_output_tokens"] == args.num_prompts * args.new_tokens
             ratio = res["output_tokens_per_second"] / hf["output_tokens_per_second"]
-            from seesaw.specs import parse_parallel
+            from seesaw.core import parse_parallel
 
             rows.append({"model": name, "runner": "seesaw", "layout": layout,
                          "ranks": parse_parallel(layout).world_size, **_rates(res), "vs_hf": round(ratio, 3),

@@ -12,7 +12,7 @@ import json
 import time
 
 from seesaw.catalog import load_model, load_node
-from seesaw.specs import SeesawPolicy, VllmPolicy
+from seesaw.core import SeesawPolicy, VllmPolicy
 from seesaw.workload import load_workload
 from simulator.sim import simulate
 

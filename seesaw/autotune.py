@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seesaw.scheduling import SchedulerError
-from seesaw.specs import (
+from seesaw.core import (
     ModelSpec, NodeSpec, ParallelConfig, Plan, SeesawPolicy, SpecError, VllmPolicy,
 )
 

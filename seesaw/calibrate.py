@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 
 __all__ = ["CalibrationError", "WorkloadArg", "parse_workloads", "calibrate", "regret", "write_outputs",
            "speed_check", "DEFAULT_LAYOUTS"]
@@ -179,7 +179,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
-    from seesaw.specs import SeesawPolicy, VllmPolicy
+    from seesaw.core import SeesawPolicy, VllmPolicy
     from seesaw.workload import Request
     from simulator.cost import CostModel
     from simulator.sim import simulate

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from seesaw.specs import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
+from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
 
 __all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
            "measured_node", "list_catalog", "catalog_table", "profile_path", "clear_cache"]

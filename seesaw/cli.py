@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seesaw import cli_options as opt
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 
 app = typer.Typer(
     add_completion=False,
@@ -141,7 +141,7 @@ def resolve_node(gpu: str, num_gpus: Optional[int], interconnect: Optional[str])
 def build_policy(layout: str, *, chunked_prefill: bool, chunk_size: Optional[int],
                  max_num_seqs: int, host_kv_gib: Optional[float], watermark: float = 1.0,
                  max_num_batched_tokens: Optional[int] = None):
-    from seesaw.specs import SeesawPolicy, VllmPolicy, parse_layout
+    from seesaw.core import SeesawPolicy, VllmPolicy, parse_layout
 
     configs = parse_layout(layout)
     budget = chunk_size or max_num_batched_tokens

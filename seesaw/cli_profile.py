@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 
 __all__ = ["register"]
 
@@ -92,7 +92,7 @@ def profile_command(
         "swaps and reshards: Seesaw's whole steps on the replica's ranks.\n"
         f"Mean 1-minute load average while measuring: {prof.load_average} on {prof.cpu_count} CPUs "
         "(shared machine; this run's ranks included).\n"
-        "Schema: seesaw.specs.MeasuredProfile; used by simulator.cost.CostModel(model, node, measured=...)."
+        "Schema: seesaw.core.MeasuredProfile; used by simulator.cost.CostModel(model, node, measured=...)."
     )
     path = profiler.write_profile(prof, output, header)
     figures = profiler.summary(prof)

@@ -44,7 +44,7 @@ from typing import Optional
 
 import typer
 
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 
 __all__ = ["register", "run", "DEFAULT_OUTPUT_DIR", "default_input"]
 
@@ -220,7 +220,7 @@ def run(
 
 
 def _parse_layout(text: str):
-    from seesaw.specs import parse_layout
+    from seesaw.core import parse_layout
 
     configs = parse_layout(text)
     if len(configs) > 2:
@@ -258,7 +258,7 @@ def _resolve(model: str, plan):
 
 def _knobs(plan, max_num_seqs, max_num_batched_tokens, chunked, block_size, host_kv_gib, host_full, decode_low) -> dict:
     """Policy knobs: the command line's, else the plan's, else the engine's defaults."""
-    from seesaw.specs import SeesawPolicy
+    from seesaw.core import SeesawPolicy
 
     pol = plan.policy if plan is not None else None
     def pick(cli, attr, default):
@@ -348,7 +348,7 @@ def _compare(plan, result: dict, output_dir, plan_written: bool) -> dict:
 
 
 def _print_result(result: dict, output: Path, as_json: bool, comp: dict | None = None) -> None:
-    from seesaw.specs import RunResult
+    from seesaw.core import RunResult
 
     res = RunResult(**result)
     print(res.throughput_line())

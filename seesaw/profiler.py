@@ -79,7 +79,7 @@ from seesaw.engine.attention import paged_attention
 from seesaw.engine.dist import spawn
 from seesaw.engine.model import LlamaShard, LocalComm, Shard
 from seesaw.engine.runner import ModelRunner
-from seesaw.specs import MeasuredProfile, ModelSpec, ParallelConfig, SpecError
+from seesaw.core import MeasuredProfile, ModelSpec, ParallelConfig, SpecError
 
 __all__ = ["Grid", "profile", "write_profile", "plan_tasks", "cuda_available"]
 
@@ -272,7 +272,7 @@ def plan_tasks(grid: Grid, ranks: int, specs: list[ModelSpec], device: str = "cp
 
 
 def _layout_if_valid(spec: ModelSpec, text: str) -> ParallelConfig | None:
-    from seesaw.specs import parse_parallel
+    from seesaw.core import parse_parallel
 
     layout = parse_parallel(text)
     try:

@@ -22,7 +22,7 @@ from typing import Callable
 
 import pandas as pd
 
-from seesaw.specs import ModelSpec, NodeSpec, SpecError
+from seesaw.core import ModelSpec, NodeSpec, SpecError
 
 __all__ = ["WhatIfOption", "WhatIfResult", "run_whatif", "write_report", "write_plan_folder",
            "parse_prices", "PLOTS"]
@@ -203,7 +203,7 @@ def run_whatif(
 def _infeasible_reason(model: ModelSpec, node: NodeSpec, rejected: list[tuple[str, str]]) -> str:
     """One line: why nothing runs; the single-replica layout with the most tensor parallelism (the
     least memory per GPU) says it best."""
-    from seesaw.specs import parse_parallel
+    from seesaw.core import parse_parallel
 
     single = [(parse_parallel(w), r) for w, r in rejected if w.startswith("D1T")]
     if single:

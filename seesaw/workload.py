@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 
 __all__ = ["Request", "Workload", "WorkloadError", "load_workload", "describe", "approx_token_count",
            "sample_lengths", "SYNTHETIC_NAMES", "DEFAULT_MAX_TOKENS"]

@@ -94,7 +94,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from seesaw.specs import GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, SpecError
+from seesaw.core import GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, SpecError
 
 __all__ = ["BatchShape", "CostModel", "Curve", "Surface", "attn_pairs"]
 

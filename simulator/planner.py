@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from seesaw.scheduling import SchedulerError, split_across_replicas
-from seesaw.specs import (
+from seesaw.core import (
     GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, Plan, SeesawPolicy, SpecError, VllmPolicy,
 )
 from simulator.cost import BatchShape, CostModel

@@ -28,7 +28,7 @@ from seesaw.scheduling import (
     Decode, Forward, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
     VllmScheduler, split_across_replicas,
 )
-from seesaw.specs import ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
+from seesaw.core import ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
 from simulator.cost import BatchShape, CostModel
 
 __all__ = ["SimResult", "simulate", "batch_shape", "PHASES"]

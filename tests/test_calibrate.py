@@ -181,7 +181,7 @@ def test_a_scaled_profile_slows_compute_not_communication():
     speed ratio; collectives (the TP all-reduce op too), copies, swaps and re-shards unchanged.
     The simulator's T2 decode of the tiny model then slows by less than the ratio."""
     from seesaw.catalog import load_measured
-    from seesaw.specs import SpecError
+    from seesaw.core import SpecError
 
     prof = load_measured("cpu-2core")
     slow = prof.scaled(2.0)
@@ -196,7 +196,7 @@ def test_a_scaled_profile_slows_compute_not_communication():
     with pytest.raises(SpecError, match="speed must be positive"):
         prof.scaled(0.0)
     from seesaw.catalog import load_model, measured_node
-    from seesaw.specs import parse_parallel
+    from seesaw.core import parse_parallel
     from simulator.cost import BatchShape, CostModel
 
     tiny, T2 = load_model("tiny").model_copy(update={"dtype_bytes": 4}), parse_parallel("T2")

@@ -11,7 +11,7 @@ import yaml
 
 from seesaw import catalog
 from seesaw.catalog import CatalogError, load_gpu, load_model, load_node, make_node
-from seesaw.specs import GiB, GpuSpec, ModelSpec, NodeSpec, ParallelConfig, SpecError
+from seesaw.core import GiB, GpuSpec, ModelSpec, NodeSpec, ParallelConfig, SpecError
 
 ROOT = files("seesaw.profiles")
 ALL = [(kind, name) for kind in ("gpus", "nodes", "models") for name in catalog.list_catalog()[kind]]

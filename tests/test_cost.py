@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seesaw.catalog import load_model, load_node
-from seesaw.specs import GiB, GpuSpec, ModelSpec, NodeSpec, SpecError, parse_parallel
+from seesaw.core import GiB, GpuSpec, ModelSpec, NodeSpec, SpecError, parse_parallel
 from simulator.cost import BatchShape, CostModel, attn_pairs
 
 # Hand-checkable specs with round numbers, so every expected value below can be worked out on

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from seesaw.catalog import CatalogError, list_catalog, load_measured, load_model, measured_node
-from seesaw.specs import (
+from seesaw.core import (
     AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, ReshardTable, SeesawPolicy, SpecError,
     StepTable, SwapTable, VllmPolicy, parse_parallel,
 )

@@ -15,7 +15,7 @@ from seesaw.engine.batch_io import BatchItem, done_ids
 from seesaw.engine.dist import RankError
 from seesaw.engine.driver import EngineConfig, run_batch
 from seesaw.engine.tiny import EOS_ID
-from seesaw.specs import parse_parallel
+from seesaw.core import parse_parallel
 from tests.engine_helpers import ckpt, one_torch_thread, random_prompts, store  # noqa: F401  (fixtures by name)
 from tests.engine_helpers import run_cli as cli
 from tests.test_engine_run import _stable, _write_prompts

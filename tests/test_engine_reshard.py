@@ -13,7 +13,7 @@ from seesaw.engine.model import Shard
 from seesaw.engine.reshard import layer_bytes, reshard, shard_bytes
 from seesaw.engine.runner import ModelRunner
 from seesaw.engine.weights import build_shard, load_checkpoint, materialize
-from seesaw.specs import SpecError, parse_parallel
+from seesaw.core import SpecError, parse_parallel
 from tests.engine_helpers import full_logits, make_checkpoint, one_torch_thread, random_prompts, run_ranks  # noqa: F401
 
 

@@ -14,7 +14,7 @@ from seesaw.engine.driver import EngineConfig, run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard
-from seesaw.specs import parse_parallel
+from seesaw.core import parse_parallel
 from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
     RANK_TIMEOUT_S, ckpt, smollm2_chat_batch, make_checkpoint, one_torch_thread, random_prompts, store,
 )

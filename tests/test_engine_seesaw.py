@@ -16,7 +16,7 @@ from seesaw.engine.driver import EngineConfig, run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint
-from seesaw.specs import parse_parallel
+from seesaw.core import parse_parallel
 from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
     RANK_TIMEOUT_S, ckpt, smollm2_chat_batch, one_torch_thread, random_prompts, store,
 )
@@ -109,7 +109,7 @@ def test_same_layout_keeps_kv_on_the_device(store, ckpt, reference):
 
 
 def test_result_has_the_simulators_keys(store, ckpt, reference):
-    from seesaw.specs import SeesawPolicy
+    from seesaw.core import SeesawPolicy
     from simulator.sim import simulate
     from seesaw.workload import Request
     from seesaw import catalog
@@ -202,7 +202,7 @@ def test_cli_runs_a_plan_file(ckpt, tmp_path, capsys):
     """A Seesaw plan (as ``seesaw plan`` writes it): its layouts, host pool and knobs are used;
     predicted and measured figures land side by side in OUTPUT_DIR/comparison.json."""
     from seesaw import catalog
-    from seesaw.specs import Plan, SeesawPolicy
+    from seesaw.core import Plan, SeesawPolicy
 
     spec = load_checkpoint(ckpt).spec.model_copy(update={"name": "tiny", "dtype_bytes": 4})
     kv_block = 2 * spec.num_hidden_layers * spec.num_key_value_heads * spec.d_head * 4 * BLOCK
@@ -235,7 +235,7 @@ def test_cli_auto_plans_for_this_machine_then_runs(ckpt, tmp_path, capsys):
     assert "Plan for " in out and "measured profile 'cpu-2core'" in out and "Chosen: " in out
     for cand in ("vllm T2", "vllm P2", "vllm D2", "seesaw P2->T2", "seesaw T2->P2"):
         assert cand in out, out
-    from seesaw.specs import Plan
+    from seesaw.core import Plan
 
     plan = Plan.model_validate_json((outdir / "plan.json").read_text())
     summary = json.loads(out.strip().splitlines()[-1])

@@ -109,7 +109,7 @@ def test_greedy_output_matches_transformers(smol_dir):
 def test_tensor_and_pipeline_parallel_match_single_process(smol_dir):
     """T3P2 (9 query / 3 KV heads over 3 TP ranks, 30 layers over 2 stages) on 6 gloo ranks."""
     from seesaw.engine.dist import run_layout
-    from seesaw.specs import parse_parallel
+    from seesaw.core import parse_parallel
     from tests.engine_helpers import full_logits
 
     store = load_checkpoint(smol_dir)

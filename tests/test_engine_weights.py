@@ -9,7 +9,7 @@ from seesaw.engine.model import Shard, stage_layers
 from seesaw.engine.tiny import tiny_config, write_random_checkpoint
 from seesaw.engine.tokenizer import ByteTokenizer, load_tokenizer
 from seesaw.engine.weights import CheckpointError, load_checkpoint, materialize, resolve_model
-from seesaw.specs import SpecError, parse_parallel
+from seesaw.core import SpecError, parse_parallel
 from tests.engine_helpers import make_checkpoint, one_torch_thread  # noqa: F401
 
 

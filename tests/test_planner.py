@@ -3,7 +3,7 @@
 import pytest
 
 from seesaw.catalog import load_model, make_node
-from seesaw.specs import Plan, SeesawPolicy, VllmPolicy
+from seesaw.core import Plan, SeesawPolicy, VllmPolicy
 from seesaw.workload import load_workload
 from simulator.cost import CostModel
 from simulator.planner import (

@@ -13,7 +13,7 @@ import torch
 
 from seesaw import profiler
 from seesaw.catalog import load_measured, load_model, measured_node
-from seesaw.specs import (
+from seesaw.core import (
     AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, ReshardTable, StepTable, SwapTable,
     VllmPolicy, parse_parallel,
 )

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from seesaw.catalog import load_model, load_node, make_node
 from seesaw.cli import app
-from seesaw.specs import SpecError, VllmPolicy
+from seesaw.core import SpecError, VllmPolicy
 from seesaw.workload import load_workload
 from simulator.sim import simulate
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from seesaw.specs import (
+from seesaw.core import (
     GpuSpec, ModelSpec, ParallelConfig, Plan, PolicySpec, SeesawPolicy, SpecError, VllmPolicy,
     format_layout, parse_layout, parse_parallel,
 )
@@ -120,7 +120,7 @@ def test_policy_union_round_trips_through_json():
 def test_plan_round_trip():
     m = ModelSpec(**LLAMA2_70B)
     gpu = GpuSpec(name="l4", memory_bytes=24e9, hbm_bandwidth_bytes_per_s=300e9, peak_flops=121e12)
-    from seesaw.specs import NodeSpec
+    from seesaw.core import NodeSpec
     node = NodeSpec(name="8xl4", gpu=gpu, num_gpus=8, interconnect="pcie",
                     gpu_link_bandwidth_bytes_per_s=16e9, host_link_bandwidth_bytes_per_s=16e9,
                     host_memory_bytes_per_gpu=80e9)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 from seesaw.workload import (
     DEFAULT_MAX_TOKENS,
     SYNTHETIC_NAMES,

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from seesaw.engine.model import Comm
 from seesaw.engine.runner import ModelRunner, run_generation
 from seesaw.engine.weights import WeightStore, build_shard
-from seesaw.specs import ParallelConfig
+from seesaw.core import ParallelConfig
 
 __all__ = [
     "RankError",

@@ -73,7 +73,7 @@ from seesaw.engine.worker import PHASES, ControlPlane, EngineConfig, EngineError
 from seesaw.engine.worker import agree_num_blocks, kv_blocks_for_budget, workload_blocks  # noqa: F401
 from seesaw.engine.worker import reason as _reason
 from seesaw.scheduling import Forward, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
-from seesaw.specs import RunResult
+from seesaw.core import RunResult
 
 __all__ = ["EngineConfig", "EngineError", "ControlPlane", "StepWorker", "Driver", "rank_main", "run_batch",
            "PHASES", "kv_blocks_for_budget", "workload_blocks"]

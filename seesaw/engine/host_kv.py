@@ -41,7 +41,7 @@ import torch
 
 from seesaw.engine.kv import KVCache
 from seesaw.engine.model import Shard
-from seesaw.specs import ModelSpec
+from seesaw.core import ModelSpec
 
 __all__ = [
     "HostKVFull",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seesaw.engine.attention import AttnMetadata, paged_attention
-from seesaw.specs import ModelSpec, ParallelConfig, SpecError
+from seesaw.core import ModelSpec, ParallelConfig, SpecError
 
 __all__ = [
     "Comm",

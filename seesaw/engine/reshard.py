@@ -38,7 +38,7 @@ from torch import nn
 
 from seesaw.engine.model import Comm, DecoderLayer, Embedding, LlamaShard, Linear, RMSNorm, Shard
 from seesaw.engine.weights import WeightStore
-from seesaw.specs import ParallelConfig, SpecError
+from seesaw.core import ParallelConfig, SpecError
 
 __all__ = ["ReshardStats", "reshard", "layer_tensors", "shard_bytes", "layer_bytes"]
 

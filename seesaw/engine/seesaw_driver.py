@@ -65,7 +65,7 @@ from seesaw.engine.worker import (
 )
 from seesaw.scheduling import Reshard, SwapIn, SwapOut
 from seesaw.scheduling.seesaw import SeesawScheduler
-from seesaw.specs import SpecError
+from seesaw.core import SpecError
 
 __all__ = ["SeesawWorker", "SeesawDriver", "seesaw_rank_main", "host_blocks_for", "make_host_pools"]
 

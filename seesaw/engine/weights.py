@@ -30,7 +30,7 @@ import torch
 from pydantic import ValidationError
 
 from seesaw.engine.model import Comm, LlamaShard, Shard
-from seesaw.specs import ModelSpec, ParallelConfig, SpecError
+from seesaw.core import ModelSpec, ParallelConfig, SpecError
 
 __all__ = [
     "CheckpointError",

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from seesaw.engine.kv import KVCache
 from seesaw.engine.runner import WARMUP_SEQ_LEN, ModelRunner
 from seesaw.scheduling import split_across_replicas
-from seesaw.specs import ParallelConfig
+from seesaw.core import ParallelConfig
 
 __all__ = ["EngineConfig", "EngineError", "ControlPlane", "StepWorker", "PHASES", "reason", "kv_blocks_for_budget",
            "workload_blocks", "agree_num_blocks"]

@@ -50,7 +50,7 @@ from __future__ import annotations
 from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
 from seesaw.scheduling.steps import Forward, Prefill, Reshard, Step, SwapIn, SwapOut
 from seesaw.scheduling.vllm import VllmScheduler
-from seesaw.specs import ParallelConfig
+from seesaw.core import ParallelConfig
 
 __all__ = ["SeesawScheduler", "PREFILL", "DECODE"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from seesaw.scheduling.state import Sequence
-from seesaw.specs import ParallelConfig
+from seesaw.core import ParallelConfig
 
 __all__ = ["Step", "Forward", "Prefill", "Decode", "Mixed", "Reshard", "SwapOut", "SwapIn"]
 

@@ -1,0 +1,42 @@
+"""The core layer: pure data shared by every other layer; it imports nothing else of Seesaw.
+
+Specs of models, GPUs and nodes; parallel layouts and their shardability rules; the scheduling
+policy specs (the one definition of every knob and default); typed results and plans; measured
+profile tables; the error every layer's user errors derive from; shared constants.
+"""
+
+from seesaw.core.constants import DTYPE_BYTES, PHASES, GiB
+from seesaw.core.errors import SpecError
+from seesaw.core.base import Spec
+from seesaw.core.model import ModelSpec
+from seesaw.core.hardware import GpuSpec, NodeSpec
+from seesaw.core.parallel import Layout, ParallelConfig, format_layout, parse_layout, parse_parallel
+from seesaw.core.policy import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    PolicyBase,
+    PolicySpec,
+    SeesawPolicy,
+    VllmPolicy,
+)
+from seesaw.core.results import Plan, RunResult
+from seesaw.core.measured import (
+    AttentionTable,
+    CommTable,
+    CopyTable,
+    MeasuredProfile,
+    OpTable,
+    ReshardTable,
+    StepTable,
+    SwapTable,
+)
+
+__all__ = [
+    "DTYPE_BYTES", "PHASES", "GiB", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
+    "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
+    "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
+    "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "RunResult",
+    "AttentionTable", "CommTable", "CopyTable", "MeasuredProfile", "OpTable", "ReshardTable",
+    "StepTable", "SwapTable",
+]

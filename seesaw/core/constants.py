@@ -1,0 +1,15 @@
+"""Facts shared by every layer: the phases a run's time is split into, dtype sizes, units.
+
+Units are SI everywhere (1e9, 1e12) except ``GiB``, for capacities that datasheets and users state
+in powers of two.
+"""
+
+from __future__ import annotations
+
+GiB = 1024**3
+
+# Time by phase of a run, simulated or real, in this order (summary.json, reports, plots).
+PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")
+
+# Bytes per element of the dtypes the engine and the profiles use.
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -1,0 +1,11 @@
+"""Errors the product raises for bad user input: one line naming the problem, no traceback.
+
+Every layer's own errors (catalog, workload, scheduler, engine) derive from ``SpecError`` so the CLI
+maps them all to exit code 2 in one place.
+"""
+
+from __future__ import annotations
+
+
+class SpecError(ValueError):
+    """Bad user-supplied specification (layout string, profile, plan). One-line message."""

@@ -1,0 +1,67 @@
+"""Hardware as data: one accelerator (``GpuSpec``) and a node of identical ones (``NodeSpec``).
+
+Every figure is a datasheet value or a measurement, cited in the profile YAML that fills it; units
+are SI and in the field names (``_bytes_per_s``, ``_s``, ``peak_flops``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from seesaw.core.base import Spec
+
+
+class GpuSpec(Spec):
+    """One accelerator, from its datasheet (or a measured profile)."""
+
+    name: str
+    memory_bytes: float = Field(gt=0, description="device memory usable by the framework")
+    hbm_bandwidth_bytes_per_s: float = Field(gt=0, description="peak device-memory bandwidth")
+    peak_flops: float = Field(gt=0, description="dense fp16/bf16 tensor-core FLOP/s (no sparsity)")
+    compute_efficiency: float = Field(
+        default=0.7, gt=0, le=1, description="achievable fraction of peak_flops on large GEMMs"
+    )
+    memory_efficiency: float = Field(
+        default=0.8, gt=0, le=1, description="achievable fraction of HBM bandwidth on streaming reads"
+    )
+    compute_saturation_tokens: float = Field(
+        default=96.0, ge=0,
+        description="n0 of the GEMM efficiency curve compute_efficiency * n / (n + n0): rows (tokens) "
+        "at which a GEMM reaches half of compute_efficiency (96 fits Vidur's A100 GEMM profiles)",
+    )
+    kernel_overhead_s: float = Field(
+        default=5e-6, ge=0,
+        description="fixed GPU time per GEMM/attention kernel (launch, ramp-up, tail), added to its roofline time",
+    )
+    price_per_hour_usd: float | None = Field(
+        default=None, gt=0, description="on-demand price per GPU-hour, for cost objectives"
+    )
+    source: str = Field(default="", description="datasheet or measurement this comes from")
+
+
+class NodeSpec(Spec):
+    """A node of identical GPUs: how they talk to each other and to host memory."""
+
+    name: str
+    gpu: GpuSpec
+    num_gpus: int = Field(gt=0)
+    interconnect: Literal["pcie", "nvlink", "loopback"] = Field(
+        description="how collectives travel; loopback: ranks of one host talking through the OS "
+        "(gloo over TCP on a CPU 'node' built from a measured profile)")
+    gpu_link_bandwidth_bytes_per_s: float = Field(
+        gt=0, description="per-GPU unidirectional GPU-GPU bandwidth used by collectives"
+    )
+    host_link_bandwidth_bytes_per_s: float = Field(
+        gt=0, description="per-GPU host<->device copy bandwidth (one direction)"
+    )
+    host_memory_bytes_per_gpu: float = Field(gt=0, description="CPU DRAM per GPU")
+    allreduce_latency_s: float = Field(default=10e-6, ge=0, description="per ring step latency")
+    p2p_latency_s: float = Field(default=10e-6, ge=0, description="one send/recv latency")
+    step_overhead_s: float = Field(default=2e-3, ge=0, description="fixed CPU/launch cost per step")
+    source: str = ""
+
+    @property
+    def host_memory_bytes(self) -> float:
+        return self.host_memory_bytes_per_gpu * self.num_gpus

@@ -1,0 +1,121 @@
+"""A LLaMA-family decoder's shape and what follows from it (parameters, bytes, FLOPs per token).
+
+Field names follow HF ``LlamaConfig`` so a ``config.json`` loads directly. Units are in the names
+(``_bytes``); one weight and one KV element take ``dtype_bytes``.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from seesaw.core.base import Spec
+
+
+class ModelSpec(Spec):
+    """A LLaMA-family decoder. Field names follow HF ``LlamaConfig`` so a ``config.json`` loads."""
+
+    name: str = Field(description="catalog name, e.g. llama2-70b")
+    num_hidden_layers: int = Field(gt=0, description="decoder layers L")
+    hidden_size: int = Field(gt=0, description="model width h")
+    num_attention_heads: int = Field(gt=0, description="query heads h_q")
+    num_key_value_heads: int = Field(gt=0, description="KV heads h_kv (GQA)")
+    head_dim: int | None = Field(default=None, gt=0, description="per-head width d; default h/h_q")
+    intermediate_size: int = Field(gt=0, description="SwiGLU inner width")
+    vocab_size: int = Field(gt=0)
+    tie_word_embeddings: bool = False
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: dict | None = Field(default=None, description="HF rope_scaling dict, if any")
+    rms_norm_eps: float = Field(default=1e-5, gt=0)
+    max_position_embeddings: int = Field(default=4096, gt=0)
+    dtype_bytes: int = Field(default=2, gt=0, description="bytes per weight/KV element (fp16=2)")
+    source: str = Field(default="", description="where the shape comes from")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "ModelSpec":
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise ValueError("hidden_size is not divisible by num_attention_heads; give head_dim")
+        return self
+
+    @classmethod
+    def from_hf_config(cls, config: dict, name: str, dtype_bytes: int = 2) -> "ModelSpec":
+        """Build from a HF ``config.json`` dict, ignoring keys this model does not use."""
+        keys = set(cls.model_fields) - {"name", "dtype_bytes", "source"}
+        return cls(
+            name=name,
+            dtype_bytes=dtype_bytes,
+            source="config.json",
+            **{k: v for k, v in config.items() if k in keys and v is not None},
+        )
+
+    # -- derived shapes ------------------------------------------------------------------
+    @property
+    def d_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def q_size(self) -> int:
+        return self.num_attention_heads * self.d_head
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_key_value_heads * self.d_head
+
+    @property
+    def attn_params_per_layer(self) -> int:
+        # W_q [h, h_q d], W_k and W_v [h, h_kv d], W_o [h_q d, h]
+        return self.hidden_size * (2 * self.q_size + 2 * self.kv_size)
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        # SwiGLU: gate and up [h, i], down [i, h]
+        return 3 * self.hidden_size * self.intermediate_size
+
+    @property
+    def params_per_layer(self) -> int:
+        # two RMSNorm weight vectors per layer
+        return self.attn_params_per_layer + self.mlp_params_per_layer + 2 * self.hidden_size
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def num_parameters(self) -> int:
+        # embedding + L layers + final norm + LM head (absent when tied)
+        return (
+            self.embedding_params
+            + self.num_hidden_layers * self.params_per_layer
+            + self.hidden_size
+            + self.lm_head_params
+        )
+
+    @property
+    def weight_bytes_per_layer(self) -> int:
+        return self.params_per_layer * self.dtype_bytes
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.num_parameters * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token_per_layer(self) -> int:
+        # K and V, each h_kv * d elements
+        return 2 * self.kv_size * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.num_hidden_layers * self.kv_bytes_per_token_per_layer
+
+    def flops_per_token(self) -> int:
+        """Dense matmul FLOPs per token, attention scores excluded (2 FLOPs per MAC)."""
+        return 2 * (self.num_hidden_layers * (self.attn_params_per_layer + self.mlp_params_per_layer)
+                    + self.vocab_size * self.hidden_size)
