@@ -173,7 +173,10 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
     second says how much of an error the machine's drift since the profile explains."""
     from seesaw import catalog
-    from seesaw.cli_run import _engine_config, _model_name, _parse_layout, _resolve
+    from seesaw.app.run import engine_config as _engine_config
+    from seesaw.app.run import model_name as _model_name
+    from seesaw.app.run import parse_run_layout as _parse_layout
+    from seesaw.app.run import resolve_checkpoint as _resolve
     from seesaw.engine.batch_io import prepare_requests
     from seesaw.engine.driver import run_batch
     from seesaw.engine.model import check_shardable

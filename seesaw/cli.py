@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from seesaw import cli_options as opt
+from seesaw.app.run import RunFailed
 from seesaw.core import SpecError
 
 app = typer.Typer(
@@ -55,6 +56,9 @@ def main() -> None:
     except ValidationError as e:
         print(f"error: {_fmt_validation(e)}", file=sys.stderr)
         sys.exit(2)
+    except RunFailed as e:  # a batch run that failed once its ranks had started
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -1,0 +1,375 @@
+"""The batch-run use case: an offline batch through the real engine, as ``seesaw run`` does it.
+
+``run(RunOptions(...))`` checks everything that can be checked before ranks start (model,
+checkpoint, layout against the model, ranks against devices, input, plan, host KV pool), plans for
+this machine with ``auto``, launches the ranks (spawned here, or this process as one rank of a
+``torchrun`` job), writes ``summary.json`` (and with a plan ``plan.json`` and
+``comparison.json``) and returns a ``BatchRun``. It prints nothing: progress notes go to the
+``RunEvents`` it is given. Bad input raises a ``SpecError`` (one line); a run that fails once
+started raises ``RunFailed`` (one line); what finished is already in the output file either way.
+
+What runs: a static layout (``T2``, default ``T1``) under the vllm policy; a Seesaw pair
+(``P2->T2``) under the shared ``SeesawScheduler``; a plan's policy (``plan_file``); or a plan made
+on the spot for this machine (``auto``: CPU ranks use the measured profile ``cpu-2core``).
+Test hook: ``SEESAW_FAULT="rank=1,after=3,action=exit|hang"`` makes that rank exit (or hang)
+after that many forward steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from seesaw.core import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    DEFAULT_MAX_NUM_SEQS,
+    DTYPE_BYTES,
+    GiB,
+    PHASES,
+    ParallelConfig,
+    Plan,
+    SeesawPolicy,
+    SpecError,
+    parse_layout,
+)
+
+__all__ = ["RunOptions", "RunEvents", "BatchRun", "RunInputError", "RunFailed", "run", "DEFAULT_OUTPUT_DIR",
+           "default_input", "parse_run_layout", "resolve_checkpoint", "model_name", "engine_config",
+           "policy_knobs", "empty_result"]
+
+DEFAULT_OUTPUT_DIR = Path("seesaw-run")
+SAMPLE_INPUT = Path(__file__).resolve().parent.parent.parent / "examples" / "prompts.jsonl"
+
+
+class RunInputError(SpecError):
+    """Bad batch-run input (one line, exit 2)."""
+
+
+class RunFailed(RuntimeError):
+    """The run failed once its ranks had started (a rank died or timed out): one line, exit 1."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything a batch run takes; the names are ``seesaw run``'s options."""
+
+    model: str | None = None  # tiny | smollm2-135m | a .gguf file | a HF dir (default: tiny; smollm2 with auto)
+    input: str | None = None  # batch JSONL, ShareGPT .json, length .csv, or a generator name
+    output: Path | None = None  # default OUTPUT_DIR/outputs.jsonl
+    output_dir: Path = DEFAULT_OUTPUT_DIR
+    layout: str | None = None  # static (T2) or a Seesaw pair (P2->T2); default T1
+    plan_file: Path | None = None
+    auto: bool = False
+    num_ranks: int | None = None
+    device: str = "cpu"
+    dtype: str | None = None  # default float32 on CPU, bfloat16 on CUDA
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int = 0
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    chunked_prefill: bool | None = None
+    block_size: int | None = None
+    kv_blocks: int | None = None
+    kv_cache_gib: float | None = None
+    host_kv_gib: float | None = None
+    host_kv_blocks: int | None = None
+    host_full_watermark: float | None = None
+    decode_low_watermark: float | None = None
+    num_requests: int | None = None
+    input_len: int | None = None
+    output_len: int | None = None
+    prompt_format: str = "auto"
+    resume: bool = False
+    timeout_s: float = 120.0
+    step_trace: Path | None = None
+    warmup: bool = True
+    progress: bool = False  # the engine's own progress bar on stderr
+
+
+class RunEvents:
+    """What a run reports while it goes; the default ignores everything (the CLI prints)."""
+
+    def warn(self, message: str) -> None:
+        """Something the user should know that does not stop the run."""
+
+    def note(self, message: str) -> None:
+        """Progress (resume counts, what is about to run)."""
+
+    def planned(self, plan: Plan, table: list[dict], rejected: list[tuple[str, str]], machine: str) -> None:
+        """``auto``: the plan made for this machine, before the run starts."""
+
+
+@dataclass
+class BatchRun:
+    """A finished batch run: the engine's figures, where the outputs went, the plan and comparison."""
+
+    result: dict  # RunResult fields plus the engine's extras
+    output: Path
+    errors_file: Path
+    plan: Plan | None = None
+    comparison: dict | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+def default_input() -> str:
+    """The sample prompts shipped with the repository (``examples/prompts.jsonl``)."""
+    if not SAMPLE_INPUT.is_file():
+        raise RunInputError("no --input given and the sample examples/prompts.jsonl is not installed")
+    return str(SAMPLE_INPUT)
+
+
+def parse_run_layout(text: str) -> tuple[ParallelConfig, ParallelConfig | None]:
+    """(prefill or static layout, decode layout or None) from ``T2`` or ``P2->T2``."""
+    configs = parse_layout(text)
+    c_p, c_d = configs[0], configs[1] if len(configs) == 2 else None
+    return c_p, c_d
+
+
+def resolve_checkpoint(model: str, plan: Plan | None = None) -> Path:
+    """The local checkpoint folder of ``model`` (a name, a .gguf file or a HF dir)."""
+    from seesaw.engine.weights import resolve_model
+
+    try:
+        return resolve_model(model)
+    except SpecError:
+        if plan is not None and model == plan.model.name:
+            raise RunInputError(f"the plan is for model {model!r}, which has no local checkpoint; "
+                                "give it with --model") from None
+        raise
+
+
+def model_name(model: str, model_dir: Path) -> str:
+    """The name a run reports: the built-in name, else the checkpoint folder's."""
+    return model if model.lower() in ("tiny", "smollm2-135m", "smollm2-135m-instruct") else Path(model_dir).name
+
+
+def policy_knobs(plan: Plan | None, max_num_seqs=None, max_num_batched_tokens=None, chunked=None, block_size=None,
+                 host_kv_gib=None, host_full=None, decode_low=None) -> dict:
+    """Policy knobs: the caller's, else the plan's, else the policy defaults."""
+    pol = plan.policy if plan is not None else None
+
+    def pick(given, attr, default):
+        if given is not None:
+            return given
+        return getattr(pol, attr, default) if pol is not None else default
+
+    out = dict(max_num_seqs=pick(max_num_seqs, "max_num_seqs", DEFAULT_MAX_NUM_SEQS),
+               max_num_batched_tokens=pick(max_num_batched_tokens, "max_num_batched_tokens",
+                                           DEFAULT_MAX_NUM_BATCHED_TOKENS),
+               enable_chunked_prefill=pick(chunked, "enable_chunked_prefill", False),
+               block_size=pick(block_size, "block_size", DEFAULT_BLOCK_SIZE),
+               host_full_watermark=pick(host_full, "host_full_watermark",
+                                        SeesawPolicy.model_fields["host_full_watermark"].default),
+               decode_low_watermark=pick(decode_low, "decode_low_watermark",
+                                         SeesawPolicy.model_fields["decode_low_watermark"].default))
+    host = None if host_kv_gib is None else host_kv_gib * GiB
+    if host is None and isinstance(pol, SeesawPolicy):
+        from seesaw.autotune import plan_host_kv_bytes
+
+        host = plan_host_kv_bytes(plan)
+    out["host_kv_bytes"] = host
+    return out
+
+
+def engine_config(c_p: ParallelConfig, c_d: ParallelConfig | None, knobs: dict, **kw):
+    """The engine's configuration for one run."""
+    from seesaw.engine.driver import EngineConfig
+
+    return EngineConfig(layout=c_p, decode_layout=c_d, **knobs, **kw)
+
+
+def empty_result(c_p: ParallelConfig, c_d: ParallelConfig | None = None) -> dict:
+    """The result of a run with nothing left to do (``resume`` after everything finished)."""
+    return dict(elapsed_time=0.0, num_requests=0, total_num_tokens=0, total_output_tokens=0,
+                requests_per_second=0.0, tokens_per_second=0.0, output_tokens_per_second=0.0,
+                layout=f"{c_p}->{c_d}" if c_d is not None else str(c_p), policy="seesaw" if c_d is not None else "vllm",
+                time_by_phase=dict.fromkeys(PHASES, 0.0))
+
+
+def _check_options(o: RunOptions) -> None:
+    if o.plan_file is not None and o.auto:
+        raise RunInputError("--plan and --auto exclude each other: --auto makes the plan")
+    if (o.plan_file is not None or o.auto) and o.layout is not None:
+        raise RunInputError(f"--layout {o.layout} conflicts with {'--auto' if o.auto else '--plan'}: "
+                            "the plan picks the layout")
+    if o.host_kv_gib is not None and o.host_kv_gib <= 0:
+        raise RunInputError("--host-kv-gib must be positive")
+    if o.kv_cache_gib is not None and o.kv_cache_gib <= 0:
+        raise RunInputError("--kv-cache-gib must be positive")
+
+
+def _check_ranks(par: ParallelConfig, num_ranks: int | None, torchrun: bool) -> None:
+    world = int(os.environ["WORLD_SIZE"]) if torchrun else par.world_size
+    if num_ranks is not None and num_ranks != par.world_size:
+        raise RunInputError(f"--num-ranks {num_ranks} does not match layout {par} ({par.world_size} ranks)")
+    if world != par.world_size:
+        raise RunInputError(f"torchrun started {world} processes; layout {par} needs {par.world_size}")
+
+
+def _fault_from_env() -> dict | None:
+    text = os.environ.get("SEESAW_FAULT", "").strip()
+    if not text:
+        return None
+    try:
+        kv = dict(part.split("=", 1) for part in text.split(","))
+        return {"rank": int(kv["rank"]), "after_steps": int(kv.get("after", 0)),
+                "action": kv.get("action", "exit")}
+    except (ValueError, KeyError):
+        raise RunInputError(f"SEESAW_FAULT={text!r}: expected rank=R,after=N[,action=exit|hang]") from None
+
+
+def failure_line(e) -> str:
+    """One line from a failed rank: its own error message, plus ranks that died silently."""
+    line = re.sub(r"^(?:[\w.]+\.)?EngineError: ", "", e.last_line)
+    if not e.detail:
+        line = str(e)
+    notes = [f"rank {r} exited with code {c}" for r, c in sorted(e.exited.items()) if r != e.rank]
+    notes += [f"rank {r}: {msg}" for r, msg in sorted(e.others.items())
+              if "Connection closed by peer" not in msg]  # a peer's own error is the root cause
+    return line + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _launch(store, items, config, torchrun: bool):
+    from seesaw.engine.dist import RankError
+    from seesaw.engine.devices import run_torchrun_rank
+    from seesaw.engine.driver import EngineError, run_batch
+
+    try:
+        if torchrun:
+            return run_torchrun_rank(store, items, config)
+        return run_batch(store, items, config)
+    except RankError as e:
+        raise RunFailed(failure_line(e)) from None
+    except (EngineError, TimeoutError) as e:  # torchrun: this process's own driver or worker failed
+        raise RunFailed(str(e)) from None
+
+
+def write_json(path: Path, obj) -> Path:
+    from seesaw.autotune import write_json as write
+
+    write(path, obj)
+    return path
+
+
+def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, events: RunEvents, quiet: bool):
+    """Plan for this machine (``seesaw.autotune``); write ``OUTPUT_DIR/plan.json``."""
+    from seesaw.autotune import machine, plan_for_machine
+    from seesaw.workload import Request
+
+    model_spec = spec.model_copy(update={"name": name, "dtype_bytes": DTYPE_BYTES[dtype]})
+    mach = machine(o.num_ranks or 2, o.device)
+    reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len, output_len=it.max_tokens) for it in items]
+    plan, table, rejected = plan_for_machine(
+        model_spec, mach, reqs, workload=f"{len(items)} requests from {source}",
+        max_num_seqs=o.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
+        max_num_batched_tokens=o.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        block_size=o.block_size or DEFAULT_BLOCK_SIZE)
+    if quiet:
+        return plan
+    events.planned(plan, table, rejected, mach.description)
+    Path(o.output_dir).mkdir(parents=True, exist_ok=True)
+    write_json(Path(o.output_dir) / "plan.json", json.loads(plan.model_dump_json()))
+    return plan
+
+
+def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None:
+    """Run one batch; None on a torchrun rank other than 0 (rank 0 returns the run)."""
+    from seesaw.autotune import comparison, load_plan, policy_layouts
+    from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
+    from seesaw.engine.devices import check_device
+    from seesaw.engine.model import check_shardable
+    from seesaw.engine.tokenizer import load_tokenizer
+    from seesaw.engine.weights import load_checkpoint
+
+    o, events = options, events or RunEvents()
+    _check_options(o)
+    plan = load_plan(o.plan_file) if o.plan_file is not None else None
+    model = o.model or (plan.model.name if plan is not None else "smollm2-135m" if o.auto else "tiny")
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    dtype = o.dtype or ("bfloat16" if o.device == "cuda" else "float32")
+    if dtype not in DTYPE_BYTES:
+        raise RunInputError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
+    c_p, c_d = (None, None) if plan is not None or o.auto else parse_run_layout(o.layout or "T1")
+    if plan is not None:
+        c_p, c_d = policy_layouts(plan.policy)
+    if c_p is not None:
+        _check_ranks(c_p, o.num_ranks, torchrun)
+    rank = int(os.environ.get("RANK", 0))
+
+    model_dir = resolve_checkpoint(model, plan)
+    name = model_name(model, model_dir)
+    store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
+    tokenizer = load_tokenizer(model_dir)
+    output_dir = Path(o.output_dir)
+    output = Path(o.output) if o.output is not None else output_dir / "outputs.jsonl"
+    if output.parent == output_dir and rank == 0:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    source = o.input or default_input()
+    items, errors = prepare_requests(
+        source, tokenizer, max_position=store.spec.max_position_embeddings, seed=o.seed,
+        num_requests=o.num_requests, input_len=o.input_len, output_len=o.output_len, max_tokens=o.max_tokens,
+        temperature=o.temperature, prompt_format=o.prompt_format)
+    err_file = errors_path(output)
+    if rank == 0:
+        write_errors(err_file, errors)
+        if errors:
+            events.warn(f"{len(errors)} bad input line(s) skipped, listed in {err_file}")
+    if o.resume:
+        done = done_ids(output)
+        skipped = sum(it.custom_id in done for it in items)
+        items = [it for it in items if it.custom_id not in done]
+        if rank == 0 and skipped:
+            events.note(f"resume: {skipped} request(s) already in {output}, {len(items)} to run")
+    if not items and not o.resume:
+        raise RunInputError(f"{source}: no valid requests to run")
+
+    if o.auto:
+        plan = _auto_plan(o, store.spec, name, dtype, items, source, events, quiet=rank != 0)
+        c_p, c_d = policy_layouts(plan.policy)
+        _check_ranks(c_p, None, torchrun)
+    for c in (c_p, c_d):
+        if c is not None:
+            check_shardable(store.spec, c)
+    check_device(o.device, c_p.world_size, torchrun)
+    if not items:
+        return BatchRun(result=empty_result(c_p, c_d), output=output, errors_file=err_file, plan=plan)
+
+    knobs = policy_knobs(plan, o.max_num_seqs, o.max_num_batched_tokens, o.chunked_prefill, o.block_size,
+                         o.host_kv_gib, o.host_full_watermark, o.decode_low_watermark)
+    config = engine_config(
+        c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=o.kv_blocks,
+        kv_cache_bytes=None if o.kv_cache_gib is None else o.kv_cache_gib * GiB, host_kv_blocks=o.host_kv_blocks,
+        dtype=dtype, device=o.device, seed=o.seed, timeout_s=o.timeout_s,
+        eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)), output=str(output), errors_output=str(err_file),
+        append=o.resume, progress=o.progress, fault=_fault_from_env(),
+        step_trace=str(o.step_trace) if o.step_trace else "", warmup=o.warmup)
+    if config.seesaw:
+        from seesaw.engine.seesaw_driver import host_blocks_for
+
+        host_blocks_for(config, store.spec, items)  # a pool that cannot hold a request: fail now
+    if rank == 0 and plan is not None:
+        events.note(f"Running {config.layout_name} ({'seesaw' if config.seesaw else 'vllm'}) on {c_p.world_size} "
+                    f"rank(s): {len(items)} request(s) -> {output}")
+    result = _launch(store, items, config, torchrun)
+    if result is None:
+        return None  # a torchrun rank other than 0
+    if result.get("num_rejected"):
+        events.warn(f"{result['num_rejected']} request(s) can never fit the KV cache or the token budget; "
+                    f"listed in {err_file}")
+    run_ = BatchRun(result=result, output=output, errors_file=err_file, plan=plan)
+    summary = {k: v for k, v in result.items() if k != "output_token_ids"}
+    if plan is not None:
+        run_.comparison = comparison(plan, result)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if not o.auto:
+            run_.files.append(write_json(output_dir / "plan.json", json.loads(plan.model_dump_json())))
+        run_.files.append(write_json(output_dir / "comparison.json", run_.comparison))
+        run_.files.append(write_json(output_dir / "summary.json", summary))
+    elif output.parent == output_dir:  # the run's folder: its figures beside the outputs
+        run_.files.append(write_json(output_dir / "summary.json", summary))
+    return run_
