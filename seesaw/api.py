@@ -1,0 +1,176 @@
+"""The public Python API: what the ``seesaw`` command does, callable from a script or a notebook.
+
+Keyword names follow the CLI's options (``model``, ``gpu``, ``num_gpus``, ``workload``,
+``num_requests``, ``layout``, ...) and the defaults are the CLI's. Every function returns a typed
+result and prints nothing; bad input raises ``seesaw.SpecError`` with a one-line message. Heavy
+modules (the simulator, pandas, torch) load on first use, so ``import seesaw`` stays cheap.
+
+    import seesaw
+    sim = seesaw.simulate(model="llama2-70b", gpu="l4", num_gpus=8, layout="P8->T4P2", num_requests=500)
+    print(sim.to_run_result().throughput_line())
+    best = seesaw.plan(model="llama2-13b", gpu="a100-40g", num_gpus=4, num_requests=500).plan
+    run = seesaw.run_batch(model="tiny", input="constant", num_requests=8, layout="P2->T2")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
+           "load_model", "load_gpu", "load_node", "load_measured", "make_node", "list_catalog"]
+
+
+def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
+             interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
+             input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str = "T4P2",
+             chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
+             host_kv_gib: float | None = None, output_dir: str | Path | None = None,
+             progress: Callable | None = None):
+    """Simulate a workload on a node under one layout (``T4P2``) or Seesaw pair (``P8->T4P2``).
+
+    Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``, ``tokens_per_second``, the
+    step timeline); with ``output_dir`` also writes the run folder as ``seesaw simulate -o``."""
+    from seesaw.app.simulate import simulate as run
+
+    done = run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+               num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
+               chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
+               host_kv_gib=host_kv_gib, progress=progress)
+    if output_dir is not None:
+        from seesaw.report import write_sim_folder
+
+        write_sim_folder(Path(output_dir), done.config, done.result)
+    return done.result
+
+
+def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
+            interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
+            input_len: int | None = None, output_len: int | None = None, seed: int = 0, sample_size: int = 2000,
+            workers: int = 2, progress: Callable | None = None):
+    """Every feasible static layout and Seesaw pair, simulated and ranked: a ``PlanResult``
+    (``table``, ``winner``, ``best_vllm``, ``rejected``, ``summary()``)."""
+    from seesaw.app.simulate import compare as run
+
+    return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+               num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+               sample_size=sample_size, workers=workers, progress=progress).result
+
+
+def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
+         interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
+         input_len: int | None = None, output_len: int | None = None, seed: int = 0, objective: str = "throughput",
+         price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
+         workers: int = 2, progress: Callable | None = None):
+    """The searched best plan: a ``PlanResult`` whose ``plan`` is the winning ``Plan`` (None when
+    nothing fits; ``rejected`` says why) and whose ``table`` ranks every candidate."""
+    from seesaw.app.simulate import plan as run
+
+    return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+               num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+               objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
+               exhaustive=exhaustive, workers=workers, progress=progress).result
+
+
+def whatif(model: str = "llama2-70b", gpu: str | Sequence[str] = "a10,l4,a100-40g",
+           num_gpus: str | Sequence[int] = "4,8", *, interconnect: str | None = None, workload: str = "sharegpt",
+           num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
+           seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
+           sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,
+           progress: Callable | None = None):
+    """Hardware options for one model and workload, each planned: a ``WhatIfResult`` (``table()``,
+    ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png)."""
+    from seesaw.app.whatif import whatif as run
+
+    return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+               num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+               objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
+               workers=workers, output_dir=output_dir, progress=progress).result
+
+
+def run_batch(model: str | None = None, input: str | None = None, output: str | Path | None = None, *,
+              layout: str | None = None, plan: str | Path | None = None, auto: bool = False,
+              events: Any = None, **options):
+    """The real engine: spawn the ranks as ``seesaw run`` does, run the batch, return a ``BatchRun``
+    (``result`` with the vLLM-style figures, ``output`` file, ``plan`` and ``comparison`` when
+    planned). Other keywords are ``seesaw run``'s options (``num_requests``, ``input_len``,
+    ``output_len``, ``max_tokens``, ``host_kv_gib``, ``device``, ``output_dir``, ...)."""
+    from seesaw.app.run import RunOptions, run
+
+    for key in ("output_dir", "step_trace"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    opts = RunOptions(model=model, input=input, output=None if output is None else Path(output), layout=layout,
+                      plan_file=None if plan is None else Path(plan), auto=auto, **options)
+    return run(opts, events)
+
+
+def calibrate(model: str = "tiny", layouts: str | Sequence[str] = "T2,P2,P2->T2",
+              workload: str = "constant:256/8,constant:16/128", *, profile: str = "cpu-2core",
+              output_dir: str | Path | None = None, **options):
+    """Engine against simulator for each (layout, workload) pair: a list of ``Row`` (measured and
+    predicted tokens/s, ``rel_error``). Other keywords are ``seesaw calibrate``'s options."""
+    from seesaw.app.calibrate import calibrate as run
+    from seesaw.app.calibrate import parse_workloads
+
+    if isinstance(layouts, str):
+        layouts = layouts.split(",")
+    return run(model, list(layouts), parse_workloads(workload), profile=profile,
+               output_dir=None if output_dir is None else Path(output_dir), **options)
+
+
+def load_workload(workload: str = "sharegpt", num_requests: int | None = None, *, seed: int = 0,
+                  input_len: int | None = None, output_len: int | None = None):
+    """Requests from a file or a built-in generator (``sharegpt``, ``arxiv``, ``constant``, ``uniform``)."""
+    from seesaw.workload import load_workload as load
+
+    return load(workload, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
+
+
+def describe_workload(requests) -> dict:
+    """Count, length percentiles and prefill:decode ratio of a list of requests."""
+    from seesaw.workload import describe
+
+    return describe(requests)
+
+
+def load_model(name: str | Path):
+    """A ``ModelSpec``: a catalog name, a YAML file or a HF model directory."""
+    from seesaw.catalog import load_model as load
+
+    return load(name)
+
+
+def load_gpu(name: str | Path):
+    """A ``GpuSpec`` from the catalog (or a YAML file)."""
+    from seesaw.catalog import load_gpu as load
+
+    return load(name)
+
+
+def load_node(name: str | Path):
+    """A ``NodeSpec`` from the catalog (``8xl4``) or a YAML file."""
+    from seesaw.catalog import load_node as load
+
+    return load(name)
+
+
+def make_node(gpu: str, num_gpus: int = 8, interconnect: str | None = None):
+    """A node of ``num_gpus`` catalog GPUs on the GPU's usual (or the given) interconnect."""
+    from seesaw.catalog import make_node as make
+
+    return make(gpu, num_gpus, interconnect)
+
+
+def load_measured(name: str | Path):
+    """A ``MeasuredProfile`` (``profiles/measured/NAME.yaml`` or a file) written by ``seesaw profile``."""
+    from seesaw.catalog import load_measured as load
+
+    return load(name)
+
+
+def list_catalog() -> dict[str, list[str]]:
+    """The built-in names by kind (gpus, nodes, models, measured)."""
+    from seesaw.catalog import list_catalog as names
+
+    return names()

@@ -1,0 +1,156 @@
+"""The simulator's use cases: simulate one layout and policy, compare every candidate, plan.
+
+Each function takes the CLI's option names (``model``, ``gpu``, ``num_gpus``, ``workload``,
+``num_requests``, ``layout``, ...), resolves them against the catalog and the workload loaders, runs
+the simulator or the planner and returns a ``Simulated`` / ``Planned`` with the resolved config
+(what ``config.yaml`` / ``summary.json`` record). Nothing is printed; ``progress`` callbacks are
+passed through to the simulator and the planner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from seesaw.core import GiB, ModelSpec, NodeSpec, SeesawPolicy, SpecError, VllmPolicy, parse_layout
+
+__all__ = ["Simulated", "Planned", "resolve_node", "build_policy", "load_inputs", "simulate", "compare", "plan",
+           "OBJECTIVES"]
+
+OBJECTIVES = ("throughput", "cost")
+
+
+@dataclass
+class Simulated:
+    """One simulation: its result (``simulator.sim.SimResult``) and the resolved config."""
+
+    result: Any
+    config: dict
+    model: ModelSpec
+    node: NodeSpec
+    policy: VllmPolicy | SeesawPolicy
+    num_requests: int
+
+
+@dataclass
+class Planned:
+    """A compare or plan search: the planner's result (``simulator.planner.PlanResult``) and config."""
+
+    result: Any
+    config: dict
+    model: ModelSpec
+    node: NodeSpec
+    num_requests: int
+
+
+def resolve_node(gpu: str, num_gpus: int | None = None, interconnect: str | None = None) -> NodeSpec:
+    """A catalog node name (``8xl4``) or a GPU name plus a count (default 8)."""
+    from seesaw import catalog as cat
+
+    if num_gpus is None and "x" in gpu.lower() and gpu.lower().split("x", 1)[0].isdigit():
+        return cat.load_node(gpu)
+    return cat.make_node(gpu, num_gpus or 8, interconnect)
+
+
+def build_policy(layout: str, *, chunked_prefill: bool = False, chunk_size: int | None = None,
+                 max_num_seqs: int | None = None, host_kv_gib: float | None = None, watermark: float = 1.0,
+                 max_num_batched_tokens: int | None = None) -> VllmPolicy | SeesawPolicy:
+    """The policy a layout string names: static -> vllm, ``P8->T4P2`` -> seesaw."""
+    configs = parse_layout(layout)
+    budget = chunk_size or max_num_batched_tokens
+    common: dict = {} if max_num_seqs is None else {"max_num_seqs": max_num_seqs}
+    if budget:
+        common["max_num_batched_tokens"] = budget
+    if len(configs) == 1:
+        if host_kv_gib is not None:
+            raise SpecError("--host-kv-gib applies only to a Seesaw layout such as P8->T4P2")
+        return VllmPolicy(layout=configs[0], enable_chunked_prefill=chunked_prefill, **common)
+    if chunked_prefill:
+        raise SpecError("--chunked-prefill applies only to a static layout")
+    host = None if host_kv_gib is None else host_kv_gib * GiB
+    return SeesawPolicy(prefill_layout=configs[0], decode_layout=configs[1], host_kv_bytes=host,
+                        host_full_watermark=watermark, **common)
+
+
+def load_inputs(model: str, workload: str, num_requests: int | None = None, seed: int = 0,
+                input_len: int | None = None, output_len: int | None = None):
+    """(model spec, requests): a catalog model and a workload sample."""
+    from seesaw import catalog as cat
+    from seesaw.workload import load_workload
+
+    model_spec = cat.load_model(model)
+    reqs = load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
+    return model_spec, reqs
+
+
+def check_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
+
+
+def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
+             workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
+             output_len: int | None = None, seed: int = 0, layout: str = "T4P2", chunked_prefill: bool = False,
+             chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
+             progress: Callable | None = None, on_start: Callable[[int, str], Any] | None = None) -> Simulated:
+    """Simulate ``workload`` on a node under one layout and policy.
+
+    ``on_start(num_requests, description)`` is called once the inputs are resolved and may return
+    the progress callback to use (the CLI opens its bar there)."""
+    from seesaw import catalog as cat
+    from seesaw.workload import load_workload
+    from simulator.sim import simulate as run_sim
+
+    model_spec = cat.load_model(model)  # checked in the CLI's order: model, node, policy, workload
+    node = resolve_node(gpu, num_gpus, interconnect)
+    policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
+                          max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
+    reqs = load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len,
+                         output_len=output_len)
+    if on_start is not None:
+        progress = on_start(len(reqs), f"simulating {policy.describe()}") or progress
+    result = run_sim(model_spec, node, policy, reqs, progress=progress)
+    config = {
+        "command": "simulate", "model": model_spec.model_dump(), "node": node.model_dump(),
+        "policy": policy.model_dump(), "workload": workload, "num_requests": len(reqs), "seed": seed,
+        "input_len": input_len, "output_len": output_len,
+    }
+    return Simulated(result=result, config=config, model=model_spec, node=node, policy=policy,
+                     num_requests=len(reqs))
+
+
+def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
+            workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
+            output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int = 2,
+            progress: Callable | None = None) -> Planned:
+    """Simulate every feasible static layout (chunked prefill on and off) and every Seesaw pair."""
+    from simulator.planner import COMPARE_SPACE
+    from simulator.planner import plan as search
+
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
+    node = resolve_node(gpu, num_gpus, interconnect)
+    result = search(model_spec, node, reqs, space=COMPARE_SPACE, exhaustive=True, sample_size=sample_size,
+                    seed=seed, workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress)
+    config = {"command": "compare", "model": model_spec.name, "node": node.name, "workload": workload,
+              "num_requests": len(reqs), "seed": seed, "sample_size": sample_size}
+    return Planned(result=result, config=config, model=model_spec, node=node, num_requests=len(reqs))
+
+
+def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
+         workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
+         output_len: int | None = None, seed: int = 0, objective: str = "throughput",
+         price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
+         workers: int = 2, progress: Callable | None = None) -> Planned:
+    """Search layouts, policies and host-pool settings for the best plan (``result.plan``)."""
+    from simulator.planner import plan as search
+
+    check_objective(objective)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
+    node = resolve_node(gpu, num_gpus, interconnect)
+    result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
+                    exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
+                    workload_name=getattr(reqs, "name", workload), progress=progress)
+    config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
+              "num_requests": len(reqs), "seed": seed, "objective": objective,
+              "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive}
+    return Planned(result=result, config=config, model=model_spec, node=node, num_requests=len(reqs))
