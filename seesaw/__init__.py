@@ -36,7 +36,7 @@ from seesaw.core import (
     parse_layout,
 )
 
-__version__ = "0.1.0"
+from seesaw.core import VERSION as __version__  # noqa: E402
 
 __all__ = [
     "simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",

@@ -117,7 +117,7 @@ def plan_for_machine(model: ModelSpec, mach: Machine, requests: list, *, workloa
                      progress=None) -> tuple[Plan, list[dict], list[tuple[str, str]]]:
     """A ``Plan`` for ``requests`` (objects with ``id``, ``prompt_len``, ``output_len``) on
     ``mach``; also the simulated candidates (best first) and the rejected ones with reasons."""
-    from seesaw import __version__
+    from seesaw.core import VERSION as __version__
 
     if not requests:
         raise SpecError("the workload has no requests")

@@ -423,7 +423,7 @@ def _markdown(result: WhatIfResult, df: pd.DataFrame, plots: list[str]) -> str:
 
 
 def _assumptions(result: WhatIfResult) -> list[str]:
-    from seesaw import __version__
+    from seesaw.core import VERSION as __version__
 
     by_gpu = {o.gpu: o.price_per_gpu_hour for o in result.options if o.price_per_gpu_hour}
     prices = ", ".join(f"{g} ${v:g}/GPU-hour" for g, v in by_gpu.items()) or "none"

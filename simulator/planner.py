@@ -560,7 +560,7 @@ def plan(
     """
     import time
 
-    from seesaw import __version__
+    from seesaw.core import VERSION as __version__
 
     if objective not in ("throughput", "cost"):
         raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")

@@ -13,3 +13,5 @@ PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")
 
 # Bytes per element of the dtypes the engine and the profiles use.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+VERSION = "0.1.0"  # the distribution's version (pyproject.toml says the same)
