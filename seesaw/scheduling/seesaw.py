@@ -82,7 +82,7 @@ class SeesawScheduler(VllmScheduler):
             pipeline_depth=prefill_layout.pp, replica=replica, watermark=watermark,
         )
         if num_host_blocks <= 0:
-            raise SchedulerError("the host KV pool holds no block; give a larger --host-kv-gib")
+            raise SchedulerError("the host KV pool holds no block; give the policy a larger host_kv_bytes")
         self.host = BlockPool(num_host_blocks, block_size)
         self.pools = {PREFILL: self.blocks,
                       DECODE: BlockPool(num_decode_blocks or num_device_blocks, block_size)}
@@ -120,7 +120,7 @@ class SeesawScheduler(VllmScheduler):
         if not self.same_layout and need > self.host_limit:
             raise SchedulerError(
                 f"request {seq.req_id}: {seq.prompt_len + seq.max_output_len} tokens need {need} "
-                f"host KV blocks, the host pool holds {self.host_limit}; give a larger --host-kv-gib"
+                f"host KV blocks, the host pool holds {self.host_limit}; give the policy a larger host_kv_bytes"
             )
 
     def has_unfinished(self) -> bool:
