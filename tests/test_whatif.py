@@ -5,8 +5,9 @@ import re
 
 import pytest
 
+from seesaw.app.whatif import WhatIfOption, WhatIfResult, parse_prices, run_whatif
 from seesaw.catalog import load_model, make_node
-from seesaw.whatif import PLOTS, WhatIfOption, WhatIfResult, parse_prices, run_whatif, write_report
+from seesaw.report.whatif import PLOTS, write_report
 from seesaw.workload import describe, load_workload
 from simulator.planner import SearchSpace, plan
 
