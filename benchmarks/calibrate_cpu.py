@@ -43,8 +43,9 @@ def main() -> None:
 
     from rich.console import Console
 
-    from seesaw import calibrate as cal
+    from seesaw.app import calibrate as cal
     from seesaw.catalog import load_measured
+    from seesaw.report import calibration as cal_report
 
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -58,14 +59,14 @@ def main() -> None:
             "load_average_end": os.getloadavg()[0], "num_requests": args.num_requests, "repeat": args.repeat,
             "wall_s": time.perf_counter() - t0}
     summ = cal.write_outputs(rows, Path(args.output_dir), meta)
-    Console(width=170).print(cal.table(rows))
+    Console(width=170).print(cal_report.table(rows))
     print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}% (target <= 10%), "
           f"worst {100 * summ['worst_abs_rel_error']:.1f}% (target <= 20%; {summ['worst_pair']})")
     if args.repeat > 1:
-        print(cal.range_line(summ))
-    for line in cal.regret_lines(summ):
+        print(cal_report.range_line(summ))
+    for line in cal_report.regret_lines(summ):
         print(line)
-    line = cal.speed_line(summ)
+    line = cal_report.speed_line(summ)
     if line:
         print(line)
     print(f"load average {load0:.1f} -> {meta['load_average_end']:.1f} (profile measured at "

@@ -1,6 +1,6 @@
 """``seesaw calibrate``: run workloads through the engine and the simulator (with a measured
 profile) for several layouts; print the prediction error per layout and the planner's regret.
-See ``seesaw.calibrate``."""
+See ``seesaw.app.calibrate``."""
 
 from __future__ import annotations
 
@@ -41,9 +41,10 @@ def calibrate_cmd(
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
     from rich.console import Console
 
-    from seesaw import calibrate as cal
+    from seesaw.app import calibrate as cal
     from seesaw.engine.dist import RankError
     from seesaw.engine.driver import EngineError
+    from seesaw.report import calibration as cal_report
 
     wls = cal.parse_workloads(workload, input_len, output_len)
     lay = [x for x in layouts.split(",") if x.strip()]
@@ -58,14 +59,14 @@ def calibrate_cmd(
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
     con = Console(width=max(Console().width, 160))
-    con.print(cal.table(rows))
+    con.print(cal_report.table(rows))
     print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}%, worst {100 * summ['worst_abs_rel_error']:.1f}% "
           f"({summ['worst_pair']})")
     if repeat > 1:
-        print(cal.range_line(summ))
-    for line in cal.regret_lines(summ):
+        print(cal_report.range_line(summ))
+    for line in cal_report.regret_lines(summ):
         print(line)
-    line = cal.speed_line(summ)
+    line = cal_report.speed_line(summ)
     if line:
         print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)

@@ -132,7 +132,7 @@ def compare(
 ) -> None:
     """Simulate every feasible static layout (vLLM, chunked prefill on/off) and every Seesaw pair."""
     from seesaw.cli import _print_json, err, resolve_node
-    from seesaw.whatif import write_plan_folder
+    from seesaw.report import write_plan_folder
     from simulator.planner import COMPARE_SPACE, plan
 
     model_spec, reqs = _load(model, workload, num_requests, seed, input_len, output_len)
@@ -186,7 +186,7 @@ def plan_cmd(
 ) -> None:
     """Search layouts, policies and host-pool settings; print why the winner wins, write plan.json."""
     from seesaw.cli import UserError, _print_json, err, resolve_node
-    from seesaw.whatif import write_plan_folder
+    from seesaw.report import write_plan_folder
     from simulator.planner import plan
 
     if objective not in ("throughput", "cost"):
@@ -258,7 +258,8 @@ def whatif(
     from rich.table import Table
 
     from seesaw.cli import UserError, _print_json, err, out
-    from seesaw.whatif import parse_prices, run_whatif, write_report
+    from seesaw.app.whatif import parse_prices, run_whatif
+    from seesaw.report.whatif import write_report
 
     if objective not in ("throughput", "cost"):
         raise UserError(f"unknown objective {objective!r}; known: throughput, cost")

@@ -15,7 +15,7 @@ import math
 import pytest
 import yaml
 
-from seesaw.calibrate import CalibrationError, Row, parse_workloads, regret
+from seesaw.app.calibrate import CalibrationError, Row, parse_workloads, regret
 from tests.engine_helpers import run_cli as _cli
 
 
@@ -54,7 +54,8 @@ def test_error_beyond_range():
 def test_outputs_with_a_prediction_at_speed_for_some_rows(tmp_path):
     """Rows without a prediction at speed (a failed check) sit beside rows with one: the plot,
     CSV and summary take both, and the at-speed figures come from the rows that have them."""
-    from seesaw.calibrate import speed_line, write_outputs
+    from seesaw.app.calibrate import write_outputs
+    from seesaw.report.calibration import speed_line
 
     rows = [Row("T2", "w", 8, 100.0, 130.0, 1, 1, measured_runs=[90.0, 110.0], run_speeds=[1.2, 1.3],
                 speed_ratio=1.3, predicted_at_speed_tok_s=105.0),
@@ -74,7 +75,7 @@ def test_outputs_with_a_prediction_at_speed_for_some_rows(tmp_path):
 
 
 def test_calibrate_end_to_end(tmp_path, capsys, monkeypatch):
-    from seesaw import calibrate as cal
+    from seesaw.app import calibrate as cal
 
     # speed checks (timed for real in the test below): 1x before round 1, 2x before round 2, 4x after
     ratios = iter([1.0, 2.0, 4.0])
@@ -128,7 +129,7 @@ def test_a_pair_keeps_the_speed_of_its_median_runs_round(monkeypatch, checks, ke
     """The engine (stubbed) runs at 100, 300 and 200 tok/s in rounds 1-3: the median run is the
     third round's, so the row's speed is the checks around round 3, not round 2's (the middle
     of the sorted order)."""
-    from seesaw import calibrate as cal
+    from seesaw.app import calibrate as cal
     from seesaw.engine import driver
 
     found = iter([{"speed_ratio": c} if c else {} for c in checks])
@@ -156,8 +157,9 @@ def test_speed_check_compares_with_the_profiles_tables(tmp_path):
     """The same machine against the committed profile and against a copy whose GEMM and layer
     tables say everything took 10x longer: the second ratio is ~10x smaller (two noisy timings,
     so a wide bound). A CUDA profile is not checked."""
-    from seesaw import calibrate as cal
+    from seesaw.app import calibrate as cal
     from seesaw.catalog import load_measured
+    from seesaw.report import calibration as cal_report
 
     prof = load_measured("cpu-2core")
     slow = prof.model_copy(update={"ops": tuple(t.model_copy(update={"time_s": tuple(10 * x for x in t.time_s)})
@@ -172,8 +174,8 @@ def test_speed_check_compares_with_the_profiles_tables(tmp_path):
     assert cal.speed_check(str(gpu)) == {}
     summ = {"speed_ratio_min": 1.004, "speed_ratio_max": 1.01, "median_abs_rel_error_at_speed": 0.05,
             "worst_abs_rel_error_at_speed": 0.1, "worst_pair_at_speed": "P2 / w"}
-    assert cal.speed_line(summ).startswith("machine speed against the profile's over the runs: as fast (1.00x)")
-    assert cal.speed_line({"median_abs_rel_error": 0.1}) is None
+    assert cal_report.speed_line(summ).startswith("machine speed against the profile's over the runs: as fast (1.00x)")
+    assert cal_report.speed_line({"median_abs_rel_error": 0.1}) is None
 
 
 def test_a_scaled_profile_slows_compute_not_communication():

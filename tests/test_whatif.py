@@ -5,8 +5,9 @@ import re
 
 import pytest
 
+from seesaw.app.whatif import WhatIfOption, WhatIfResult, parse_prices, run_whatif
 from seesaw.catalog import load_model, make_node
-from seesaw.whatif import PLOTS, WhatIfOption, WhatIfResult, parse_prices, run_whatif, write_report
+from seesaw.report.whatif import PLOTS, write_report
 from seesaw.workload import describe, load_workload
 from simulator.planner import SearchSpace, plan
 
@@ -88,6 +89,30 @@ def test_parse_prices():
         parse_prices("l4=cheap", ["l4"])
     with pytest.raises(ValueError, match="> 0"):
         parse_prices("0", ["l4"])
+
+
+def test_run_folder_writes_config_summary_then_files_in_order(tmp_path):
+    """The one run-folder writer: config.yaml only when given, summary.json, then each file
+    (text, bytes, a table without its index, a function given the path), in the order given."""
+    import pandas as pd
+    import yaml
+
+    from seesaw.report import json_text, write_run_folder
+
+    paths = write_run_folder(tmp_path / "a", {"x": 1.5, "p": tmp_path}, config={"b": 1, "a": [2]}, files={
+        "t.md": "# hi\n", "b.bin": b"\x00\x01", "t.csv": pd.DataFrame({"k": [1, 2]}),
+        "f.txt": lambda path: path.write_text("by a function")})
+    assert [p.name for p in paths] == ["config.yaml", "summary.json", "t.md", "b.bin", "t.csv", "f.txt"]
+    out = tmp_path / "a"
+    assert (out / "config.yaml").read_text() == "b: 1\na:\n- 2\n"  # key order kept
+    assert yaml.safe_load((out / "config.yaml").read_text()) == {"b": 1, "a": [2]}
+    assert (out / "summary.json").read_text() == json_text({"x": 1.5, "p": str(tmp_path)})
+    assert json.loads((out / "summary.json").read_text()) == {"x": 1.5, "p": str(tmp_path)}
+    assert (out / "b.bin").read_bytes() == b"\x00\x01" and (out / "t.csv").read_text() == "k\n1\n2\n"
+    assert (out / "f.txt").read_text() == "by a function"
+    assert [p.name for p in write_run_folder(tmp_path / "b", {})] == ["summary.json"]
+    with pytest.raises(TypeError, match="x.bin"):
+        write_run_folder(tmp_path / "c", {}, files={"x.bin": 3})
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -202,7 +202,7 @@ class MeasuredProfile(Spec):
 
     def scaled(self, speed: float) -> "MeasuredProfile":
         """This profile on the same machine computing ``speed`` times slower (a shared VM's speed
-        drifts; ``seesaw.calibrate.speed_check`` measures it): the GEMM, per-layer, embedding,
+        drifts; ``seesaw.app.calibrate.speed_check`` measures it): the GEMM, per-layer, embedding,
         attention and driver-step tables times ``speed``; collectives, hand-offs, copies, swaps
         and re-shards as measured."""
         if not speed > 0:

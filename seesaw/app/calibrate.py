@@ -14,12 +14,15 @@ simulator would have picked the truly fastest layout).
 Workloads: any ``seesaw run --input`` source (``constant``, ``uniform``, ``sharegpt``, ``arxiv``,
 a JSONL/CSV file), optionally with lengths ``NAME:IN/OUT`` (``constant:256/8``: 256-token prompts,
 8 output tokens), which override ``--input-len``/``--output-len``.
+
+The use case returns typed ``Row`` objects and the ``summary`` of them; the folder, the terminal
+table and the text lines are ``seesaw.report.calibration``'s. Progress messages go to the
+``progress`` callback (stderr when none is given, as ``seesaw calibrate`` shows them today) and
+a failed speed check warns on stderr.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import statistics
 import sys
@@ -28,10 +31,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from seesaw.report.calibration import speed_phrase, write_calibration_folder
 from seesaw.core import SpecError
 
-__all__ = ["CalibrationError", "WorkloadArg", "parse_workloads", "calibrate", "regret", "write_outputs",
-           "speed_check", "DEFAULT_LAYOUTS"]
+__all__ = ["CalibrationError", "WorkloadArg", "Row", "parse_workloads", "calibrate", "regret", "summary",
+           "write_outputs", "speed_check", "DEFAULT_LAYOUTS"]
 
 DEFAULT_LAYOUTS = "T2,P2,P2->T2"
 
@@ -148,6 +152,7 @@ def _rel(pred: float, meas: float) -> float:
 
 
 def _say(msg: str) -> None:
+    """The default progress: one line on stderr (the CLI relies on it)."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -173,10 +178,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
     second says how much of an error the machine's drift since the profile explains."""
     from seesaw import catalog
-    from seesaw.app.run import engine_config as _engine_config
-    from seesaw.app.run import model_name as _model_name
-    from seesaw.app.run import parse_run_layout as _parse_layout
-    from seesaw.app.run import resolve_checkpoint as _resolve
+    from seesaw.app.run import engine_config, model_name, parse_run_layout, resolve_checkpoint
     from seesaw.engine.batch_io import prepare_requests
     from seesaw.engine.driver import run_batch
     from seesaw.engine.model import check_shardable
@@ -188,12 +190,12 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     from simulator.sim import simulate
 
     progress = progress or (lambda _m: None)
-    parsed = [(text.strip(), *_parse_layout(text.strip())) for text in layouts if text.strip()]
+    parsed = [(text.strip(), *parse_run_layout(text.strip())) for text in layouts if text.strip()]
     if not parsed:
         raise CalibrationError("--layouts: give at least one layout")
     prof = catalog.load_measured(profile)
-    model_dir = _resolve(model, None)
-    name = _model_name(model, model_dir)
+    model_dir = resolve_checkpoint(model, None)
+    name = model_name(model, model_dir)
     store = load_checkpoint(model_dir, share_memory=True, name=name)
     for _, c_p, c_d in parsed:
         for c in (c_p, c_d):
@@ -222,7 +224,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             # engine outputs go to the run folder, or a scratch folder when none was given
             # (the engine fsyncs its output file, which /dev/null does not support)
             out_file = (out_dir or scratch) / f"outputs-{tag}.jsonl"
-            config = _engine_config(
+            config = engine_config(
                 c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=None, kv_cache_bytes=None,
                 host_kv_blocks=None, dtype="float32", device="cpu", seed=seed, timeout_s=timeout_s,
                 eos_token_ids=tuple(sorted(tok.eos_token_ids)), output=str(out_file),
@@ -241,7 +243,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
         if check_speed and prof.device == "cpu":
             checks.append(speed_check(profile).get("speed_ratio"))
             if checks[-1]:
-                progress(f"machine speed against the profile's {when}: {_how(checks[-1])}")
+                progress(f"machine speed against the profile's {when}: {speed_phrase(checks[-1])}")
 
     for rnd in range(rounds):
         check(f"before round {rnd + 1}" if rounds > 1 else "before the engine runs")
@@ -301,7 +303,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
         rows.append(row)
         spread = (f" (median of {rounds}, range {row.measured_min_tok_s:,.1f}-{row.measured_max_tok_s:,.1f})"
                   if rounds > 1 else "")
-        at_speed = (f"; at the run's speed ({_how(row.speed_ratio)}) {row.predicted_at_speed_tok_s:,.1f} tok/s "
+        at_speed = (f"; at the run's speed ({speed_phrase(row.speed_ratio)}) {row.predicted_at_speed_tok_s:,.1f} tok/s "
                     f"({100 * row.rel_error_at_speed:+.1f}%)" if row.predicted_at_speed_tok_s is not None else "")
         progress(f"[{i + 1}/{len(pairs)}] {text} on {wl.label}: measured {row.measured_tok_s:,.1f} tok/s{spread}, "
                  f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%){at_speed}, "
@@ -348,32 +350,6 @@ def speed_check(profile: str, ranks: int = 2) -> dict:
             "speed_check_s": time.perf_counter() - t0}
 
 
-STALE_SPEED = 1.25  # speed checks all this much slower (or faster) than the profile: a stale profile
-
-
-def _how(r: float) -> str:
-    if abs(r - 1) < 0.03:
-        return f"as fast ({r:.2f}x)"
-    return f"{r:.2f}x slower" if r > 1 else f"{1 / r:.2f}x faster"
-
-
-def speed_line(summ: dict) -> str | None:
-    """One line on the speed checks (``calibrate(check_speed=True)``) and the predictions at the
-    kept runs' speed; None without them."""
-    if summ.get("median_abs_rel_error_at_speed") is None:
-        return None
-    lo, hi = summ["speed_ratio_min"], summ["speed_ratio_max"]
-    span = _how(lo) if abs(hi - lo) < 0.01 else f"{lo:.2f}x-{hi:.2f}x the profile's step times"
-    # every check this far off: the machine has changed since the profile (a shared VM's host
-    # can run it 1.8x slower for an hour), not drifted within a run
-    stale = (f"; every check read the machine {_how(lo if lo > 1 else hi)} or more than the profile: "
-             f"measure it again (seesaw profile) for predictions at today's speed"
-             if lo >= STALE_SPEED or hi <= 1 / STALE_SPEED else "")
-    return (f"machine speed against the profile's over the runs: {span} (tiny model's GEMM and layer tables); "
-            f"predicted at the kept runs' speed: median |error| {100 * summ['median_abs_rel_error_at_speed']:.1f}%, "
-            f"worst {100 * summ['worst_abs_rel_error_at_speed']:.1f}% ({summ['worst_pair_at_speed']}){stale}")
-
-
 def regret(rows: list[Row]) -> dict:
     """Planner regret per workload and overall (see the module docstring)."""
     per = {}
@@ -415,111 +391,6 @@ def _at_speed(rows: list[Row]) -> dict:
 
 
 def write_outputs(rows: list[Row], out_dir: Path, meta: dict | None = None) -> dict:
-    """``calibration.csv``, ``calibration.png``, ``summary.json`` in ``out_dir``; returns the summary."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    records = [r.record() for r in rows]
-    keys = list(dict.fromkeys(k for rec in records for k in rec))
-    with open(out_dir / "calibration.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for rec in records:
-            w.writerow(rec)
-    _plot(rows, out_dir / "calibration.png")
-    summ = {**(meta or {}), **summary(rows)}
-    (out_dir / "summary.json").write_text(json.dumps(summ, indent=2, default=str) + "\n")
-    return summ
-
-
-def _plot(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    wls = list(dict.fromkeys(r.workload for r in rows))
-    markers = "osD^v<>p*"
-    for j, wl in enumerate(wls):
-        rs = [r for r in rows if r.workload == wl]
-        pts = ax.scatter([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs],
-                         marker=markers[j % len(markers)], label=wl, s=40)
-        if any(len(r.measured_runs) > 1 for r in rs):  # the measured runs' range
-            ax.errorbar([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs],
-                        xerr=[[r.measured_tok_s - r.measured_min_tok_s for r in rs],
-                              [r.measured_max_tok_s - r.measured_tok_s for r in rs]],
-                        fmt="none", ecolor=pts.get_facecolor()[0], elinewidth=1, capsize=2)
-        for r in rs:
-            ax.annotate(r.layout, (r.measured_tok_s, r.predicted_tok_s), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        sped = [r for r in rs if r.predicted_at_speed_tok_s is not None]
-        if sped:  # hollow: the same prediction at the machine's speed during the kept run
-            ax.scatter([r.measured_tok_s for r in sped], [r.predicted_at_speed_tok_s for r in sped],
-                       marker=markers[j % len(markers)], s=40, facecolors="none",
-                       edgecolors=pts.get_facecolor()[0], label=f"{wl}, at the run's speed")
-    vals = [v for r in rows for v in (r.measured_min_tok_s, r.measured_max_tok_s, r.predicted_tok_s,
-                                      r.predicted_at_speed_tok_s or 0.0) if v > 0] or [1.0]
-    lo, hi = min(vals) * 0.8, max(vals) * 1.25
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured throughput (tokens/s, engine)")
-    ax.set_ylabel("predicted throughput (tokens/s, simulator)")
-    ax.set_title("seesaw calibrate: predicted vs measured")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def table(rows: list[Row], title: str = "Calibration: simulator vs engine"):
-    """A Rich table: throughput and prefill/decode seconds, measured vs predicted."""
-    from rich.table import Table
-
-    t = Table(title=title)
-    ranged = any(len(r.measured_runs) > 1 for r in rows)
-    sped = any(r.predicted_at_speed_tok_s is not None for r in rows)
-    cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged else []), "pred tok/s", "err",
-            *(["beyond range"] if ranged else []), *(["slowdown", "pred @speed", "err @speed"] if sped else []),
-            "prefill meas s", "prefill pred s", "prefill err", "decode meas s", "decode pred s", "decode err"]
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("layout", "workload") else "right")
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:+.1f}%"
-
-    for r in rows:
-        cells = [r.layout, r.workload, f"{r.measured_tok_s:,.1f}"]
-        if ranged:
-            cells.append(f"{r.measured_min_tok_s:,.0f}-{r.measured_max_tok_s:,.0f}")
-        cells += [f"{r.predicted_tok_s:,.1f}", pct(r.rel_error)]
-        if ranged:
-            cells.append(pct(r.error_beyond_range))
-        if sped:
-            at = r.predicted_at_speed_tok_s
-            cells += [f"{r.speed_ratio:.2f}x" if r.speed_ratio else "-", "-" if at is None else f"{at:,.1f}",
-                      pct(r.rel_error_at_speed)]
-        for ph in ("prefill", "decode"):
-            cells += [f"{r.measured_phases.get(ph, 0.0):.3f}", f"{r.predicted_phases.get(ph, 0.0):.3f}",
-                      pct(r.phase_error(ph))]
-        t.add_row(*cells)
-    return t
-
-
-def range_line(summ: dict) -> str:
-    """How many predictions fall inside their pair's measured range, and the worst miss beyond it."""
-    return (f"{summ['num_within_range']} of {summ['num_pairs']} predictions inside the measured runs' range; "
-            f"worst beyond it {100 * summ['worst_abs_error_beyond_range']:.1f}%")
-
-
-def regret_lines(summ: dict) -> list[str]:
-    reg = summ["regret"]
-    lines = []
-    for wl, v in reg["per_workload"].items():
-        lines.append(f"regret {wl}: simulator picks {v['predicted_best']}, fastest measured {v['measured_best']}: "
-                     f"{100 * v['regret']:.1f}%")
-    lines.append(f"regret overall: mean {100 * reg['mean']:.1f}%, max {100 * reg['max']:.1f}%")
-    return lines
+    """``calibration.csv``, ``calibration.png``, ``summary.json`` (``meta`` and ``summary(rows)``) in
+    ``out_dir`` (``seesaw.report.calibration``); returns the summary."""
+    return write_calibration_folder(rows, out_dir, {**(meta or {}), **summary(rows)})

@@ -1,0 +1,200 @@
+"""What-if capacity planning: one model and workload over several hardware options.
+
+``run_whatif`` plans every (GPU, count) option with ``simulator.planner.plan`` (an option where no
+layout fits is kept with the reason) and returns a ``WhatIfResult``: the options ranked by the
+objective (``table()``), the best one, and a JSON-ready ``summary()``. Nothing is printed or
+written here: ``seesaw.report.whatif.write_report`` writes the report folder.
+
+Throughput is total (prompt + output) tokens per second; cost is per million total tokens at the
+GPU-hour price (catalog list price unless overridden); GPU-hours = GPUs x makespan.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pandas as pd
+
+from seesaw.core import ModelSpec, NodeSpec, SpecError
+
+__all__ = ["WhatIfOption", "WhatIfResult", "run_whatif", "parse_prices"]
+
+
+@dataclass
+class WhatIfOption:
+    gpu: str
+    num_gpus: int
+    node: NodeSpec | None
+    result: object | None = None        # simulator.planner.PlanResult
+    reason: str | None = None           # why the option is infeasible
+    price_per_gpu_hour: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.node.name if self.node is not None else f"{self.num_gpus}x{self.gpu}"
+
+    @property
+    def feasible(self) -> bool:
+        return self.reason is None and self.result is not None and self.result.winner is not None
+
+
+@dataclass
+class WhatIfResult:
+    model: ModelSpec
+    workload: str
+    workload_stats: dict
+    num_requests: int
+    objective: str
+    options: list[WhatIfOption]
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        """One row per option, feasible ones ranked by the objective, infeasible ones last."""
+        rows = []
+        for o in self.options:
+            row = {"option": o.name, "gpu": o.gpu, "num_gpus": o.num_gpus, "feasible": o.feasible,
+                   "price_per_gpu_hour_usd": o.price_per_gpu_hour}
+            if o.feasible:
+                w, v = o.result.winner, o.result.best_vllm or {}
+                row.update(
+                    best_plan=w["candidate"], kind=w["kind"], layout=w["layout"],
+                    makespan_s=w["makespan_s"], makespan_h=w["makespan_s"] / 3600,
+                    throughput_tok_s=w["throughput_tok_s"], cost_per_mtok_usd=w["cost_per_mtok_usd"],
+                    gpu_hours=w["gpu_hours"], best_vllm=v.get("candidate"),
+                    vllm_throughput_tok_s=v.get("throughput_tok_s"), vllm_makespan_s=v.get("makespan_s"),
+                    vllm_cost_per_mtok_usd=v.get("cost_per_mtok_usd"),
+                    speedup_vs_best_vllm=w.get("speedup_vs_best_vllm"),
+                    num_simulated=o.result.num_simulated, num_estimated=o.result.num_estimated,
+                    extrapolated_from=o.result.extrapolated_from, reason="")
+            else:
+                row["reason"] = o.reason or "no candidate could be simulated"
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        if "throughput_tok_s" not in df:
+            return df
+        cost_first = self.objective == "cost" and df["cost_per_mtok_usd"].notna().any()
+        keys = ["cost_per_mtok_usd", "throughput_tok_s"] if cost_first else ["throughput_tok_s", "cost_per_mtok_usd"]
+        asc = [True, False] if cost_first else [False, True]
+        return df.sort_values(["feasible"] + keys, ascending=[False] + asc, kind="stable").reset_index(drop=True)
+
+    def best(self) -> dict | None:
+        df = self.table()
+        return df.iloc[0].to_dict() if len(df) and df.iloc[0]["feasible"] else None
+
+    def summary(self) -> dict:
+        df = self.table()
+        return {
+            "model": self.model.name, "workload": self.workload, "num_requests": self.num_requests,
+            "objective": self.objective, "best": _clean(self.best()),
+            "options": [_clean(r) for r in df.to_dict("records")],
+            "plans": {o.name: o.result.summary() for o in self.options if o.feasible},
+            "workload_stats": self.workload_stats, "notes": self.notes, "wall_s": round(self.wall_s, 2),
+        }
+
+
+def _clean(d):
+    if d is None:
+        return None
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "item"):
+            v = v.item()
+        out[k] = None if isinstance(v, float) and math.isnan(v) else v
+    return out
+
+
+def parse_prices(text: str | None, gpus: list[str]) -> dict[str, float]:
+    """``"1.5"`` (every GPU) or ``"l4=1.2,a10=1.8"`` -> {gpu: USD per GPU-hour}."""
+    if not text:
+        return {}
+    text = text.strip()
+    try:
+        if "=" not in text:
+            value = float(text)
+            prices = {g.lower(): value for g in gpus}
+        else:
+            prices = {}
+            for part in text.split(","):
+                name, _, value = part.partition("=")
+                prices[name.strip().lower()] = float(value)
+    except ValueError:
+        raise SpecError(f"invalid price {text!r}: expected a number or gpu=price pairs such as l4=1.2,a10=1.8") from None
+    for g, v in prices.items():
+        if not v > 0:
+            raise SpecError(f"invalid price for {g}: {v} (must be > 0)")
+    return prices
+
+
+def run_whatif(
+    model: ModelSpec,
+    gpus: list[str],
+    counts: list[int],
+    requests: list,
+    *,
+    workload_name: str = "",
+    interconnect: str | None = None,
+    objective: str = "throughput",
+    prices: dict[str, float] | None = None,
+    sample_size: int | None = 2000,
+    space=None,
+    screen: dict[str, int] | None = None,
+    refine: dict[str, int] | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    progress: Callable[[str, int, int, str], None] | None = None,
+) -> WhatIfResult:
+    """Plan ``model`` on every ``gpu`` x ``count`` node (``simulator.planner.plan`` with ``space``,
+    ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what)."""
+    import time
+
+    from seesaw import catalog as cat
+    from seesaw.workload import describe
+    from simulator.planner import SearchSpace, plan
+
+    t0 = time.perf_counter()
+    prices = prices or {}
+    options = []
+    for gpu in dict.fromkeys(g.lower() for g in gpus):
+        for n in dict.fromkeys(counts):
+            node = cat.make_node(gpu, n, interconnect)
+            price = prices.get(gpu.lower(), node.gpu.price_per_hour_usd)
+            opt = WhatIfOption(gpu, n, node, price_per_gpu_hour=price)
+            tick = None if progress is None else (lambda d, t, w, _o=opt.name: progress(_o, d, t, w))
+            res = plan(model, node, requests, objective=objective, price_per_gpu_hour=price,
+                       space=space or SearchSpace(), screen=screen, refine=refine,
+                       sample_size=sample_size, seed=seed, workers=workers,
+                       workload_name=workload_name, progress=tick)
+            if res.plan is None:
+                opt.reason = _infeasible_reason(model, node, res.rejected)
+            opt.result = res
+            options.append(opt)
+    stats = describe(requests)
+    out = WhatIfResult(model, workload_name, stats, len(requests), objective, options,
+                       wall_s=time.perf_counter() - t0)
+    sampled = [o.result.extrapolated_from for o in options if o.feasible and o.result.extrapolated_from]
+    if sampled:
+        out.notes.append(
+            f"Large request counts are extrapolated: each option was simulated on a seeded sample of "
+            f"{sampled[0]:,} of the {len(requests):,} requests and its makespan scaled by the ratio of "
+            f"total tokens, so throughput is the sample's throughput, its start-up and final drain included "
+            f"(which makes a long run look slightly slower than it is).")
+    if objective == "cost" and any(o.price_per_gpu_hour is None for o in options):
+        out.notes.append("Some GPUs have no price: their cost columns are empty.")
+    return out
+
+
+def _infeasible_reason(model: ModelSpec, node: NodeSpec, rejected: list[tuple[str, str]]) -> str:
+    """One line: why nothing runs; the single-replica layout with the most tensor parallelism (the
+    least memory per GPU) says it best."""
+    from seesaw.core import parse_parallel
+
+    single = [(parse_parallel(w), r) for w, r in rejected if w.startswith("D1T")]
+    if single:
+        layout, reason = max(single, key=lambda x: (x[0].tp, -x[0].pp))
+        return f"{model.name} does not fit {node.name}: {layout}: {reason}"
+    if rejected:
+        return f"{model.name} on {node.name}: {rejected[0][0]}: {rejected[0][1]}"
+    return f"{model.name} on {node.name}: no candidate could be simulated"
