@@ -55,7 +55,7 @@ def profile_command(
         _fail(f"--device {device!r}: use cpu or cuda")
     if output.exists() and output.is_dir():
         _fail(f"--output {output} is a directory; give a .yaml file")
-    from seesaw import profiler
+    from seesaw import profiling as profiler
     from seesaw.catalog import load_model
 
     if device == "cuda" and not profiler.cuda_available():
@@ -86,7 +86,7 @@ def profile_command(
         f"wall time: {prof.wall_time_s:.0f} s; {prof.num_ranks} ranks x {prof.threads_per_rank} torch threads, "
         f"{prof.dtype}, torch {prof.torch_version}\n"
         f"{prof.repeats} timed repeats per point, taken in {prof.passes} pass(es) over all the tables; every time "
-        f"is {profiler.merged_as(prof.passes)} (seconds per call; see seesaw/profiler.py);\n"
+        f"is {profiler.merged_as(prof.passes)} (seconds per call; see docs/profiling.md);\n"
         f"Layer tables: timed inside {max(3, prof.repeats // 5)} forward passes per point, one sample per layer; "
         f"step_overhead: the difference of two whole driver runs, mean of {max(3, prof.repeats // 5)} each; "
         "swaps and reshards: Seesaw's whole steps on the replica's ranks.\n"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seesaw import profiler
+from seesaw import profiling as profiler
 from seesaw.catalog import load_measured, load_model, measured_node
 from seesaw.core import (
     AttentionTable, CommTable, CopyTable, MeasuredProfile, OpTable, ReshardTable, StepTable, SwapTable,
@@ -69,7 +69,7 @@ def dry_profile(tasks: list[profiler.Task]) -> MeasuredProfile:
     data = dict(device="cpu", device_name="dry", dtype="float32", torch_version="0", threads_per_rank=1,
                 num_ranks=3, cpu_count=2, memory_bytes=8e9, date="2026-01-01",
                 **{k: [t.model_dump() for t in v] for k, v in tables.items()})
-    return MeasuredProfile.model_validate(profiler._round(data))
+    return MeasuredProfile.model_validate(profiler.round_times(data))
 
 
 @pytest.mark.parametrize("model, layouts", [(TINY, ["T1", "T2"]), (SMOL, ["T1", "T3", "P2", "T3P1"])])
@@ -136,7 +136,7 @@ def test_pieces_run_in_process_on_one_rank():
     assert grid.prefill_axis == (2, 4, 16, 64, 256)
     tasks = [t for t in profiler.plan_tasks(grid, 1, [TINY]) if t.kind != "copy"]
     tasks.append(profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))))
-    out = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    out = profiler.rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
     kinds = [k for k, _ in out]
     assert kinds.count("ops") == 7 and kinds.count("attention") == 2  # 5 GEMMs, misc, embed
     assert kinds.count("step_overhead") == 1 and kinds.count("copies") == 1
@@ -156,10 +156,10 @@ def test_prefill_points_time_several_sequences_a_step():
     assert profiler.prefill_seqs(256, 256) == 4 and profiler.prefill_seqs(2, 2) == 16
     assert profiler.prefill_seqs(2048, 2048) == 1 and profiler.prefill_seqs(2, 4096) == 4
     assert profiler.prefill_seqs(64, 4096) == 2 and profiler.prefill_seqs(512, 512) == 2
-    assert profiler._steps_for("prefill", 256, 512) == [(512, 256)] * 4
+    assert profiler.steps_for("prefill", 256, 512) == [(512, 256)] * 4
 
 
-def test_prefill_attention_figures_are_per_sequence(monkeypatch):
+def test_prefill_attention_figures_are_per_sequence():
     """A prefill point's step holds up to 16 sequences and its attention call attends them all:
     with every prefill sequence made to take 1 ms more, each point reads ~1 ms more, whatever its
     count (16 at a 2-token chunk, 2 at a 64-token chunk over a 4096-token context)."""
@@ -174,9 +174,8 @@ def test_prefill_attention_figures_are_per_sequence(monkeypatch):
     grid = profiler.Grid.quick(repeats=1, warmup=0, min_repeat_s=0.0, tp=(1,), busy=(),
                                prefill_tokens=(2, 64), prefill_context=(2, 4096))
     tasks = [t for t in profiler.plan_tasks(grid, 1, [TINY]) if t.kind == "forward"]
-    plain = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
-    monkeypatch.setattr(profiler, "paged_attention", slow)
-    slowed = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    plain = profiler.rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+    slowed = profiler.rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None, attention=slow)
     (a,), (b,) = ([t for k, t in out if k == "attention" and t["kind"] == "prefill"] for out in (plain, slowed))
     assert a["sizes"] == [2, 64] and a["context_tokens"] == [2, 64, 4096]
     for row_a, row_b in zip(a["time_s"], b["time_s"]):
@@ -190,31 +189,39 @@ def test_passes_measure_every_table_again_and_keep_the_median_of_their_means():
     tasks = [profiler.Task("copy", 1, 2, dict(kind="h2h", sizes=(4096, 65536))),
              profiler.Task("copy", 1, 1, dict(kind="h2h", sizes=(1 << 20,)))]
     seen = []
-    real = profiler._Rank.measure
+    real = profiler.Rank.measure
 
     def spy(self, fns, *a, **kw):
         times = real(self, fns, *a, **kw)
         seen.append(len(times))
         return times
 
-    profiler._Rank.measure = spy
+    profiler.Rank.measure = spy
     try:
-        out = profiler._rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
+        out = profiler.rank_main(0, 1, torch.device("cpu"), tasks, grid, "float32", None)
     finally:
-        profiler._Rank.measure = real
+        profiler.Rank.measure = real
     assert seen == [2, 1, 2, 1]  # both tables, in each of the two passes
     assert [(k, t["size_bytes"]) for k, t in out] == [("copies", [4096, 65536]), ("copies", [1 << 20])]
-    a = ("x", {"kind": "h2h", "time_s": [1.0, 4.0]})
-    b = ("x", {"kind": "h2h", "time_s": [3.0, 2.0]})
-    assert profiler._merge_passes([[a], [b]]) == [("x", {"kind": "h2h", "time_s": [2.0, 3.0]})]
-    grid2 = ("a", {"time_s": [[1.0, 2.0], [3.0, 5.0]]})
-    grid3 = ("a", {"time_s": [[3.0, 2.0], [1.0, 1.0]]})
-    assert profiler._merge_passes([[grid2], [grid3]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 3.0]]
+    T = profiler.Table
+    a = T("x", {"kind": "h2h", "time_s": [1.0, 4.0]})
+    b = T("x", {"kind": "h2h", "time_s": [3.0, 2.0]})
+    assert profiler.merge_passes([[a], [b]]) == [("x", {"kind": "h2h", "time_s": [2.0, 3.0]})]
+    grid2 = T("a", {"time_s": [[1.0, 2.0], [3.0, 5.0]]})
+    grid3 = T("a", {"time_s": [[3.0, 2.0], [1.0, 1.0]]})
+    assert profiler.merge_passes([[grid2], [grid3]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 3.0]]
     # three passes: the median pass per point, so one pass's stall at a point is outvoted
-    c = ("x", {"kind": "h2h", "time_s": [2.5, 90.0]})
-    assert profiler._merge_passes([[a], [b], [c]]) == [("x", {"kind": "h2h", "time_s": [2.5, 4.0]})]
-    grid4 = ("a", {"time_s": [[2.0, 60.0], [2.0, 2.0]]})
-    assert profiler._merge_passes([[grid2], [grid3], [grid4]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 2.0]]
+    c = T("x", {"kind": "h2h", "time_s": [2.5, 90.0]})
+    assert profiler.merge_passes([[a], [b], [c]]) == [("x", {"kind": "h2h", "time_s": [2.5, 4.0]})]
+    grid4 = T("a", {"time_s": [[2.0, 60.0], [2.0, 2.0]]})
+    assert profiler.merge_passes([[grid2], [grid3], [grid4]])[0][1]["time_s"] == [[2.0, 2.0], [2.0, 2.0]]
+    # tables are matched by name (table and identity fields), not by their place in a pass
+    d = T("x", {"kind": "d2h", "time_s": [7.0, 7.0]})
+    e = T("x", {"kind": "d2h", "time_s": [9.0, 9.0]})
+    assert profiler.merge_passes([[a, d], [e, b]]) == [T("x", {"kind": "h2h", "time_s": [2.0, 3.0]}),
+                                                        T("x", {"kind": "d2h", "time_s": [8.0, 8.0]})]
+    with pytest.raises(AssertionError):
+        profiler.merge_passes([[a], [d]])
 
 
 def test_write_profile_round_trips_through_the_catalog(tmp_path):

@@ -319,7 +319,7 @@ def speed_check(profile: str, ranks: int = 2) -> dict:
     the predictions assume (``calibrate(check_speed=True)`` reports a second prediction at that
     speed). ``{}`` for a CUDA profile, one without these tables, or a check that failed (a
     one-line warning on stderr)."""
-    from seesaw import catalog, profiler
+    from seesaw import catalog, profiling as profiler
     from simulator.cost import Curve
 
     prof = catalog.load_measured(profile)

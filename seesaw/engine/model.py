@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -252,9 +253,10 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
+    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, attend: Callable = paged_attention, **kw):
         super().__init__()
         self.comm = comm
+        self.attend = attend  # the paged attention call (the profiler passes a timed one)
         self.d = spec.d_head
         self.h_q = len(shard.q_heads(spec))
         self.h_kv = len(shard.kv_heads(spec))
@@ -268,7 +270,7 @@ class Attention(nn.Module):
         q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
         k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
         v = v.view(T, self.h_kv, self.d)
-        o = paged_attention(q, k, v, meta, k_cache, v_cache)  # [T, Hq, d]
+        o = self.attend(q, k, v, meta, k_cache, v_cache)  # [T, Hq, d]
         return self.comm.all_reduce(self.o_proj(o.reshape(T, self.h_q * self.d)))  # [T, H]
 
 
@@ -286,10 +288,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
+    def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, attend: Callable = paged_attention, **kw):
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
-        self.attn = Attention(spec, shard, comm, **kw)
+        self.attn = Attention(spec, shard, comm, attend, **kw)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
         self.mlp = MLP(spec, shard, comm, **kw)
 
@@ -302,13 +304,14 @@ class LlamaShard(nn.Module):
     """The part of a LLaMA model held by one rank; see the module docstring.
 
     Build it empty (``device="meta"`` is cheapest) and fill it with ``load(state_dict)`` from
-    ``weights.materialize``; or pass ``state_dict`` directly.
+    ``weights.materialize``; or pass ``state_dict`` directly. ``attend`` is every layer's paged
+    attention call (default ``attention.paged_attention``; the profiler passes a timed wrapper).
     """
 
     def __init__(
         self, spec: ModelSpec, shard: Shard | None = None, comm: Comm | None = None,
         dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-        state_dict: dict[str, torch.Tensor] | None = None,
+        state_dict: dict[str, torch.Tensor] | None = None, attend: Callable = paged_attention,
     ):
         super().__init__()
         self.spec = spec
@@ -321,7 +324,7 @@ class LlamaShard(nn.Module):
         self.vocab_rows = sh.vocab_rows(spec)
         if sh.is_first:
             self.embed_tokens = Embedding(len(self.vocab_rows), spec.hidden_size, **kw)
-        self.layers = nn.ModuleDict({str(i): DecoderLayer(spec, sh, self.comm, **kw) for i in sh.layers})
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(spec, sh, self.comm, attend, **kw) for i in sh.layers})
         if sh.is_last:
             self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
             self.lm_head = Linear(spec.hidden_size, len(self.vocab_rows), **kw)
