@@ -180,7 +180,6 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     from seesaw import catalog
     from seesaw.app.run import engine_config, model_name, parse_run_layout, resolve_checkpoint
     from seesaw.engine.batch_io import prepare_requests
-    from seesaw.engine.driver import run_batch
     from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
@@ -254,7 +253,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             progress(f"[{i + 1}/{len(pairs)}] engine {text} on {wl.label} ({len(items)} requests, "
                      f"{c_p.world_size} rank(s)){f', run {rnd + 1} of {rounds}' if rounds > 1 else ''}...")
             t0 = time.perf_counter()
-            runs[i].append((run_batch(store, items, config), trace))
+            runs[i].append((_engine_run(store, items, config), trace))
             walls[i] += time.perf_counter() - t0
     check("after the engine runs")
     # a run's speed: the geometric mean of the checks before and after its round (the one that
@@ -309,6 +308,18 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                  f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%){at_speed}, "
                  f"engine wall {walls[i]:.1f}s")
     return rows
+
+
+def _engine_run(store, items, config) -> dict:
+    """One engine run; a run that fails once started is ``RunFailed`` (one line, exit 1)."""
+    from seesaw.app.run import RunFailed
+    from seesaw.engine.dist import RankError
+    from seesaw.engine.driver import EngineError, run_batch
+
+    try:
+        return run_batch(store, items, config)
+    except (RankError, EngineError, TimeoutError) as e:
+        raise RunFailed(f"engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def speed_check(profile: str, ranks: int = 2) -> dict:

@@ -3,7 +3,8 @@
 ``run_whatif`` plans every (GPU, count) option with ``simulator.planner.plan`` (an option where no
 layout fits is kept with the reason) and returns a ``WhatIfResult``: the options ranked by the
 objective (``table()``), the best one, and a JSON-ready ``summary()``. Nothing is printed or
-written here: ``seesaw.report.whatif.write_report`` writes the report folder.
+written here: ``seesaw.report.whatif.write_report`` writes the report folder. ``whatif`` is the use
+case with the CLI's option names (resolve, validate, run, optionally write the report).
 
 Throughput is total (prompt + output) tokens per second; cost is per million total tokens at the
 GPU-hour price (catalog list price unless overridden); GPU-hours = GPUs x makespan.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from seesaw.core import ModelSpec, NodeSpec, SpecError
 
-__all__ = ["WhatIfOption", "WhatIfResult", "run_whatif", "parse_prices"]
+__all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices"]
 
 
 @dataclass
@@ -198,3 +200,56 @@ def _infeasible_reason(model: ModelSpec, node: NodeSpec, rejected: list[tuple[st
     if rejected:
         return f"{model.name} on {node.name}: {rejected[0][0]}: {rejected[0][1]}"
     return f"{model.name} on {node.name}: no candidate could be simulated"
+
+
+@dataclass
+class WhatIf:
+    """A what-if study: its result, the resolved config and the report files written (if any)."""
+
+    result: WhatIfResult
+    config: dict
+    model: ModelSpec
+    num_requests: int
+    paths: list = field(default_factory=list)
+
+
+def _split(value, what: str) -> list[str]:
+    items = [x.strip() for x in (value.split(",") if isinstance(value, str) else map(str, value)) if x.strip()]
+    if not items:
+        raise SpecError(f"{what}: give at least one value")
+    return items
+
+
+def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, interconnect: str | None = None,
+           workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
+           output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
+           sample_size: int = 1000, workers: int = 2, output_dir=None,
+           progress: Callable[[str, int, int, str], None] | None = None) -> WhatIf:
+    """Compare hardware options (``gpu`` x ``num_gpus``, comma-separated or lists) for one model and
+    workload; with ``output_dir`` write the report folder (md, html, csv, png)."""
+    from seesaw import catalog as cat
+    from seesaw.app.simulate import check_objective, load_inputs
+    from seesaw.report.whatif import write_report
+
+    check_objective(objective)
+    gpus = _split(gpu, "--gpu")
+    try:
+        counts = [int(x) for x in _split(num_gpus, "--num-gpus")]
+    except ValueError:
+        raise SpecError(f"--num-gpus: expected comma-separated integers, got {num_gpus!r}") from None
+    if any(c < 1 for c in counts):
+        raise SpecError(f"--num-gpus: counts must be positive, got {num_gpus!r}")
+    prices = parse_prices(None if price_per_gpu_hour is None else str(price_per_gpu_hour), gpus)
+    for g in gpus:
+        cat.load_gpu(g)                          # unknown GPU names fail before any work
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
+    result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
+                        objective=objective, prices=prices, sample_size=sample_size, seed=seed,
+                        workers=workers, progress=progress)
+    config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts,
+              "interconnect": interconnect, "workload": workload, "num_requests": len(reqs), "seed": seed,
+              "objective": objective, "prices": prices, "sample_size": sample_size}
+    done = WhatIf(result=result, config=config, model=model_spec, num_requests=len(reqs))
+    if output_dir is not None:
+        done.paths = write_report(result, Path(output_dir), config)
+    return done

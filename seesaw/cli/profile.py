@@ -1,6 +1,6 @@
 """``seesaw profile``: time the engine's pieces on this machine into a measured profile.
 
-Registered on the main app by ``seesaw.cli`` (``cli_profile.register(app)``). The profiler imports
+Registered on the main app by ``seesaw.cli``. The profiler imports
 torch, so it is imported only when the command runs.
 """
 
@@ -9,24 +9,20 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
+from seesaw.cli.console import err
+from seesaw.cli.progress import Progress
 from seesaw.core import SpecError
 
 __all__ = ["register"]
 
-err = Console(stderr=True)
 
-
-def _fail(message: str) -> None:
-    """The CLI's convention for bad input: one line on stderr, exit code 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(code=2)
+def _bad(message: str) -> None:
+    raise SpecError(message)  # one line on stderr, exit code 2 (seesaw.cli.errors)
 
 
 def register(app: typer.Typer) -> None:
@@ -52,14 +48,14 @@ def profile_command(
     """Time the engine's linear layers, attention, collectives, copies and step overhead over a grid
     of shapes; write a measured profile for the cost model (CostModel(..., measured=...))."""
     if device not in ("cpu", "cuda"):
-        _fail(f"--device {device!r}: use cpu or cuda")
+        _bad(f"--device {device!r}: use cpu or cuda")
     if output.exists() and output.is_dir():
-        _fail(f"--output {output} is a directory; give a .yaml file")
+        _bad(f"--output {output} is a directory; give a .yaml file")
     from seesaw import profiling as profiler
     from seesaw.catalog import load_model
 
     if device == "cuda" and not profiler.cuda_available():
-        _fail("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+        _bad("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
     kw = {}
     if tp:
         kw["tp"] = tuple(tp)
@@ -74,11 +70,11 @@ def profile_command(
         specs = [load_model(m) for m in (model or grid.models)]
         command = "seesaw " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "seesaw profile"
         name = output.name.rsplit(".", 1)[0].lower()
-        with _Bar("profiling") as bar:
+        with Progress("profiling", every_s=30.0, eta=True, unit=" samples") as bar:
             prof = profiler.profile(grid, device=device, ranks=ranks, models=specs, threads=threads,
                                     dtype=dtype, name=name, command=command, progress=bar)
     except SpecError as e:
-        _fail(str(e).splitlines()[0])
+        _bad(str(e).splitlines()[0])
     header = (
         f"Measured by `seesaw profile` on {prof.device_name} ({prof.cpu_count} CPUs, "
         f"{prof.memory_bytes / 2**30:.1f} GiB RAM), {prof.date}.\n"
@@ -101,38 +97,3 @@ def profile_command(
         print(f"{key}: {value:.4g}")
     if as_json:
         print(json.dumps({"path": str(path), "wall_time_s": prof.wall_time_s, **figures}))
-
-
-class _Bar:
-    """A Rich progress bar on stderr; when stderr is not a terminal (a log file), a plain line
-    every ``every_s`` seconds instead. Call as ``bar(done, total)``."""
-
-    def __init__(self, what: str, every_s: float = 30.0):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.what, self.every_s = what, every_s
-        self.start = self.last = time.monotonic()
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), console=err, transient=True,
-                                 disable=not err.is_terminal)
-        self.task = None
-
-    def __enter__(self):
-        self.progress.start()
-        return self
-
-    def __call__(self, done: int, total: int) -> None:
-        if not err.is_terminal:
-            now = time.monotonic()
-            if now - self.last >= self.every_s:
-                self.last = now
-                print(f"{self.what}: {done}/{total} samples, {now - self.start:.0f} s", file=sys.stderr, flush=True)
-            return
-        if self.task is None:
-            self.task = self.progress.add_task(self.what, total=total)
-        self.progress.update(self.task, completed=done)
-
-    def __exit__(self, *exc):
-        self.progress.stop()
-        return False

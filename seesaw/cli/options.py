@@ -1,5 +1,5 @@
-"""Typer options shared by the simulator's commands (``simulate``, ``compare``, ``plan``,
-``whatif``): one definition each, so the flags, defaults and help read the same everywhere."""
+"""Typer options shared by the commands (``simulate``, ``compare``, ``plan``, ``whatif``, ``run``,
+``calibrate``): one definition each, so the flags, defaults and help read the same everywhere."""
 
 from __future__ import annotations
 

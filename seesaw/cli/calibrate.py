@@ -42,19 +42,13 @@ def calibrate_cmd(
     from rich.console import Console
 
     from seesaw.app import calibrate as cal
-    from seesaw.engine.dist import RankError
-    from seesaw.engine.driver import EngineError
     from seesaw.report import calibration as cal_report
 
     wls = cal.parse_workloads(workload, input_len, output_len)
     lay = [x for x in layouts.split(",") if x.strip()]
-    try:
-        rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
-                             seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
-                             check_speed=check_speed)
-    except (RankError, EngineError, TimeoutError) as e:
-        print(f"error: engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-        raise typer.Exit(1)
+    rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
+                         seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
+                         check_speed=check_speed)  # a failed engine run: RunFailed, one line, exit 1
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)

@@ -1,0 +1,5 @@
+"""``python -m seesaw.cli``: the ``seesaw`` command."""
+
+from seesaw.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""``seesaw catalog`` and ``seesaw workload describe``: what is built in, and what a workload holds."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from seesaw.cli import options as opt
+from seesaw.cli.console import out, print_json
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer, workload_app: typer.Typer) -> None:
+    app.command()(catalog)
+    workload_app.command("describe")(workload_describe)
+
+
+def catalog(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+    """List the built-in GPUs, nodes and models with their key figures."""
+    from seesaw import catalog as cat
+
+    rows = cat.catalog_table()
+    if as_json:
+        print_json({"profiles": rows})
+        return
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        table = Table(title=kind, title_justify="left")
+        for col in ("name", "figures", "source"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            if r["kind"] == kind:
+                table.add_row(r["name"], r["figures"], r["source"])
+        out.print(table)
+
+
+def workload_describe(
+    source: str = typer.Argument(..., help="file (.json ShareGPT, .csv lengths, .jsonl batch) or sharegpt|arxiv|constant|uniform"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1, help="sample this many"),
+    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="for constant/uniform"),
+    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="for constant/uniform"),
+    seed: int = opt.SEED,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Count, length percentiles and prefill:decode ratio of a workload."""
+    from seesaw.workload import describe, load_workload
+
+    reqs = load_workload(source, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
+    stats = describe(reqs)
+    if as_json:
+        print_json(stats)
+        return
+    table = Table(title=f"workload {source}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in stats.items():
+        table.add_row(k, f"{v:,.2f}" if isinstance(v, float) else str(v))
+    out.print(table)

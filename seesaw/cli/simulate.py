@@ -1,0 +1,76 @@
+"""``seesaw simulate``: one layout and policy on a simulated node (``seesaw.app.simulate``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from seesaw.cli import options as opt
+from seesaw.cli.console import err, print_json
+from seesaw.cli.progress import Progress
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(simulate)
+
+
+def simulate(
+    model: str = opt.MODEL,
+    gpu: str = opt.GPU,
+    num_gpus: Optional[int] = opt.NUM_GPUS,
+    interconnect: Optional[str] = opt.INTERCONNECT,
+    workload: str = opt.WORKLOAD,
+    num_requests: Optional[int] = opt.NUM_REQUESTS,
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
+    seed: int = opt.SEED,
+    layout: str = typer.Option("T4P2", "--layout", "-l", help="static (T4P2, D2T4) or Seesaw (P8->T4P2)"),
+    chunked_prefill: bool = typer.Option(False, "--chunked-prefill", help="vLLM chunked prefill"),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=16, help="token budget per step"),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
+    host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0.0, help="Seesaw host KV pool"),
+    as_json: bool = opt.JSON,
+    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write config, summary, CSVs"),
+) -> None:
+    """Simulate a workload on a node under one layout and policy; print vLLM-style throughput."""
+    from seesaw.app.simulate import simulate as run_sim
+    from seesaw.report import write_sim_folder
+
+    with _LateBar() as bar:
+        done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+                       num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+                       layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
+                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, on_start=bar.open)
+    result = done.result
+    print(result.to_run_result().throughput_line())
+    total = result.elapsed_time or 1.0
+    parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in result.time_by_phase.items() if v > 0]
+    print(f"Elapsed: {result.elapsed_time:.2f}s simulated; " + ", ".join(parts))
+    if out_dir is not None:
+        write_sim_folder(out_dir, done.config, result)
+        err.print(f"wrote {out_dir}/")
+    if as_json:
+        print_json(result.summary())
+
+
+class _LateBar:
+    """A progress bar opened once the simulation knows its request count (``on_start``)."""
+
+    def __init__(self):
+        self.bar = None
+
+    def open(self, total: int, what: str):
+        self.bar = Progress(what, total).__enter__()
+        return self.bar
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False

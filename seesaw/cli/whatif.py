@@ -1,0 +1,72 @@
+"""``seesaw whatif``: compare hardware options for one model and workload, write a report folder
+(``seesaw.app.whatif``, ``seesaw.report.whatif``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from seesaw.cli import options as opt
+from seesaw.cli.console import err, fmt, out, print_json, show
+from seesaw.cli.plan import print_notes
+from seesaw.cli.progress import Progress
+
+__all__ = ["register", "DEFAULT_WHATIF_DIR"]
+
+DEFAULT_WHATIF_DIR = Path("whatif-report")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("whatif")(whatif)
+
+
+def whatif(
+    model: str = opt.MODEL,
+    gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", help="comma-separated GPU names"),
+    num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", help="comma-separated GPU counts"),
+    interconnect: Optional[str] = typer.Option(None, "--interconnect", help="pcie | nvlink (default: per GPU)"),
+    workload: str = opt.WORKLOAD,
+    num_requests: Optional[int] = typer.Option(1_000_000, "--num-requests", "-n", min=1),
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
+    seed: int = opt.SEED,
+    objective: str = opt.OBJECTIVE,
+    price: Optional[str] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
+    sample_size: int = typer.Option(1000, "--sample-size", min=1, help="simulate at most this many requests per option"),
+    workers: int = opt.WORKERS,
+    as_json: bool = opt.JSON,
+    out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", help="report folder"),
+) -> None:
+    """Compare hardware options for one model and workload; write a report folder (md, html, csv, png).
+
+    With no arguments: LLaMA2-70B, 1M ShareGPT-like requests, 4 and 8 x A10 / L4 / A100-40G.
+    """
+    from seesaw.app.whatif import whatif as run_whatif
+
+    with Progress("what-if") as bar:
+        done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+                          num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+                          objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
+                          output_dir=out_dir, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"))
+    result, paths = done.result, done.paths
+    df = result.table()
+    table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")
+    for col in ("option", "best plan", "hours", "tokens/s", "$/M tok", "GPU-hours", "best vLLM", "speedup"):
+        table.add_column(col, justify="left" if col in ("option", "best plan", "best vLLM") else "right")
+    for r in df.to_dict("records"):
+        if r["feasible"]:
+            table.add_row(r["option"], r["best_plan"], fmt(r["makespan_h"], ",.1f"), fmt(r["throughput_tok_s"], ",.0f"),
+                          fmt(r["cost_per_mtok_usd"], ".3f"), fmt(r["gpu_hours"], ",.0f"), r["best_vllm"] or "-",
+                          fmt(r["speedup_vs_best_vllm"], ".2f") + "x")
+    show(table)
+    for r in df.to_dict("records"):
+        if not r["feasible"]:
+            out.print(f"infeasible {r['option']}: {r['reason']}", highlight=False)
+    print_notes(result.notes)
+    err.print(f"wrote {', '.join(str(p) for p in paths[:4])} and {len(paths) - 4} plots ({result.wall_s:.1f} s)",
+              highlight=False)
+    if as_json:
+        print_json({"config": done.config, "report": str(out_dir), **result.summary()})
