@@ -52,7 +52,7 @@ def main() -> None:
     wls = cal.parse_workloads(args.workloads)
     rows = cal.calibrate(args.model, args.layouts.split(","), wls, profile=args.profile,
                          num_requests=args.num_requests, repeat=args.repeat, output_dir=Path(args.output_dir),
-                         check_speed=True)
+                         check_speed=True, progress=lambda m: print(m, file=sys.stderr, flush=True))
     prof = load_measured(args.profile)
     meta = {"benchmark": "calibrate_cpu", "model": args.model, "profile": args.profile,
             "profile_load_average": prof.load_average, "load_average_start": load0,

@@ -17,19 +17,19 @@ a JSONL/CSV file), optionally with lengths ``NAME:IN/OUT`` (``constant:256/8``: 
 
 The use case returns typed ``Row`` objects and the ``summary`` of them; the folder, the terminal
 table and the text lines are ``seesaw.report.calibration``'s. Progress messages go to the
-``progress`` callback (stderr when none is given, as ``seesaw calibrate`` shows them today) and
-a failed speed check warns on stderr.
+``progress`` callback (nothing when none is given; ``seesaw calibrate`` prints them on stderr) and
+a failed speed check warns through it.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from seesaw.report.calibration import speed_phrase, write_calibration_folder
 from seesaw.core import SpecError
@@ -151,16 +151,11 @@ def _rel(pred: float, meas: float) -> float:
     return (pred - meas) / meas if meas > 0 else math.inf
 
 
-def _say(msg: str) -> None:
-    """The default progress: one line on stderr (the CLI relies on it)."""
-    print(msg, file=sys.stderr, flush=True)
-
-
 def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, profile: str = "cpu-2core",
               num_requests: int | None = None, max_tokens: int | None = None, seed: int = 0,
               output_dir: Path | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
               block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, check_speed: bool = False,
-              progress=_say) -> list[Row]:
+              progress: Callable[[str], None] | None = None) -> list[Row]:
     """Run every (layout, workload) pair through the engine and the simulator; rows in that order.
 
     ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
@@ -240,7 +235,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
 
     def check(when: str) -> None:
         if check_speed and prof.device == "cpu":
-            checks.append(speed_check(profile).get("speed_ratio"))
+            checks.append(speed_check(profile, warn=progress).get("speed_ratio"))
             if checks[-1]:
                 progress(f"machine speed against the profile's {when}: {speed_phrase(checks[-1])}")
 
@@ -322,14 +317,14 @@ def _engine_run(store, items, config) -> dict:
         raise RunFailed(f"engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def speed_check(profile: str, ranks: int = 2) -> dict:
+def speed_check(profile: str, ranks: int = 2, warn: Callable[[str], None] | None = None) -> dict:
     """How fast this machine runs now against when ``profile`` was measured: the tiny model's
     GEMM and layer tables (``seesaw profile``'s own code, a quick grid, one rank and ``ranks``
     busy at once) timed again and divided by the profile's tables at the same rows. On a shared
     VM whose speed drifts, a ``speed_ratio`` of 1.3 says every step now takes ~30% longer than
     the predictions assume (``calibrate(check_speed=True)`` reports a second prediction at that
     speed). ``{}`` for a CUDA profile, one without these tables, or a check that failed (a
-    one-line warning on stderr)."""
+    one-line warning to ``warn``)."""
     from seesaw import catalog, profiling as profiler
     from simulator.cost import Curve
 
@@ -345,8 +340,8 @@ def speed_check(profile: str, ranks: int = 2) -> dict:
         now = profiler.profile(grid, ranks=ranks, models=[spec], dtype=prof.dtype, kinds=("forward",),
                                threads=prof.threads_per_rank)
     except Exception as e:  # noqa: BLE001 - an optional check: say why and go on
-        print(f"warning: speed check skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-              file=sys.stderr)
+        if warn is not None:
+            warn(f"warning: speed check skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         return {}
     ref = {(t.op, tuple(t.dims), t.ranks): t for t in prof.ops}
     ratios = []

@@ -14,6 +14,10 @@ import typer
 __all__ = ["register", "calibrate_cmd"]
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command("calibrate")(calibrate_cmd)
 
@@ -48,7 +52,7 @@ def calibrate_cmd(
     lay = [x for x in layouts.split(",") if x.strip()]
     rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
                          seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
-                         check_speed=check_speed)  # a failed engine run: RunFailed, one line, exit 1
+                         check_speed=check_speed, progress=_say)  # a failed engine run: RunFailed, exit 1
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
