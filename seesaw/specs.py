@@ -283,6 +283,11 @@ class ParallelConfig(Spec):
             raise SpecError(
                 f"layout {self}: pp={self.pp} exceeds the {model.num_hidden_layers} layers of {model.name}"
             )
+        if model.intermediate_size % self.tp:  # the engine splits the MLP columns too
+            raise SpecError(
+                f"layout {self}: tp={self.tp} does not divide intermediate_size="
+                f"{model.intermediate_size} of {model.name}"
+            )
 
 
 def parse_parallel(text: str) -> ParallelConfig:
