@@ -76,7 +76,9 @@ def layout_grid(n: int):
                 yield ParallelConfig(dp=d, tp=t, pp=n // d // t)
 
 
-def shardable_layouts(model: ModelSpec, num_gpus: int) -> tuple[list[ParallelConfig], list[tuple[ParallelConfig, SpecError]]]:
+def shardable_layouts(
+    model: ModelSpec, num_gpus: int
+) -> tuple[list[ParallelConfig], list[tuple[ParallelConfig, SpecError]]]:
     """Every ``DdTtPp`` of ``num_gpus`` that shards ``model`` evenly (``ParallelConfig.check_model``),
     no memory check: (shardable, [(layout, error), ...]), both in ``layout_grid`` order."""
     ok, rejected = [], []
