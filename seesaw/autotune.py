@@ -5,11 +5,16 @@ prediction with what the engine measured.
 measured profile ``profiles/measured/cpu-2core.yaml`` (``catalog.measured_node``, one "GPU" per
 rank) with that profile's tables; on CUDA a datasheet node of the catalog GPU matching the device
 name (no measured tables: the roofline cost model). ``plan_for_machine`` picks a ``Plan`` for the
-engine's requests on it by simulating every feasible static layout of ``num_ranks`` and every
-Seesaw pair with equal DP in full (``simulator.sim.simulate``) with the engine's own knobs, and
-taking the highest total tokens/s: on the few ranks of one machine that is the exhaustive search
-which ``simulator.planner.plan`` (also given ``measured=``) approximates with estimates and a
-knob sweep. ``comparison`` puts the prediction and the measurement side by side.
+engine's requests on it by simulating every static layout of ``num_ranks`` that shards the model
+(the planner's enumeration, ``simulator.planner.shardable_layouts``) and every Seesaw pair with
+equal DP in full (``simulator.sim.simulate``) with the engine's own knobs, and taking the highest
+total tokens/s: on the few ranks of one machine that is the exhaustive search which
+``simulator.planner.plan`` (also given ``measured=``) approximates with estimates and a knob
+sweep. It is not ``plan(..., exhaustive=True)`` because the plan must carry the engine's knobs as
+the engine runs them: Seesaw policies leave the host pool open (``host_kv_bytes=None``, sized by
+the engine and the simulator alike) and keep the engine's ``block_size``, the prediction carries
+output tokens/s and requests/s, and a layout whose memory does not fit is rejected per candidate
+by the simulation. ``comparison`` puts the prediction and the measurement side by side.
 
 The planner and the engine must mean the same thing, so the plan is made for the model as the
 engine runs it: the checkpoint's shape with the engine's dtype (fp32 on CPU), the engine's
@@ -65,24 +70,6 @@ def machine(num_ranks: int, device: str = "cpu", gpu_name: str | None = None) ->
                     "plan with `seesaw plan --gpu ...` and pass --plan plan.json")
 
 
-def _layouts(model: ModelSpec, num_ranks: int) -> tuple[list[ParallelConfig], list[tuple[str, str]]]:
-    ok, rejected = [], []
-    for d in range(1, num_ranks + 1):
-        for t in range(1, num_ranks // d + 1):
-            if num_ranks % (d * t):
-                continue
-            c = ParallelConfig(dp=d, tp=t, pp=num_ranks // (d * t))
-            try:
-                c.check_model(model)
-                if model.intermediate_size % t:  # the engine splits the MLP columns too
-                    raise SpecError(f"tp={t} does not divide intermediate_size={model.intermediate_size}")
-            except SpecError as e:
-                rejected.append((str(c), str(e)))
-                continue
-            ok.append(c)
-    return ok, rejected
-
-
 def _knobs(max_num_seqs: int, max_num_batched_tokens: int, block_size: int) -> dict:
     return dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, block_size=block_size)
 
@@ -90,10 +77,11 @@ def _knobs(max_num_seqs: int, max_num_batched_tokens: int, block_size: int) -> d
 def _search(model: ModelSpec, mach: Machine, requests: list, knobs: dict, progress=None) -> tuple[list, list]:
     """Simulate every feasible layout (vllm) and every Seesaw pair; rows sorted best first."""
     from simulator.cost import CostModel
+    from simulator.planner import shardable_layouts
     from simulator.sim import simulate
 
-    n = mach.node.num_gpus
-    layouts, rejected = _layouts(model, n)
+    layouts, unshardable = shardable_layouts(model, mach.node.num_gpus)
+    rejected = [(str(c), str(e)) for c, e in unshardable]
     cands = [VllmPolicy(layout=c, **knobs) for c in layouts]
     cands += [SeesawPolicy(prefill_layout=p, decode_layout=d, **knobs)
               for p in layouts for d in layouts if p != d and p.dp == d.dp]

@@ -79,7 +79,7 @@ def test_calibrate_end_to_end(tmp_path, capsys, monkeypatch):
 
     # speed checks (timed for real in the test below): 1x before round 1, 2x before round 2, 4x after
     ratios = iter([1.0, 2.0, 4.0])
-    monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2: {"speed_ratio": next(ratios)})
+    monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2, warn=None: {"speed_ratio": next(ratios)})
     out = tmp_path / "cal"
     code, stdout, err = _cli(capsys, "calibrate", "--model", "tiny", "--layouts", "T1,T2",
                              "--workload", "constant", "-n", 8, "--input-len", 32, "--output-len", 16,
@@ -133,7 +133,7 @@ def test_a_pair_keeps_the_speed_of_its_median_runs_round(monkeypatch, checks, ke
     from seesaw.engine import driver
 
     found = iter([{"speed_ratio": c} if c else {} for c in checks])
-    monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2: next(found))
+    monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2, warn=None: next(found))
     tok_s = iter([100.0, 300.0, 200.0])
     monkeypatch.setattr(driver, "run_batch", lambda store, items, config: {
         "tokens_per_second": next(tok_s), "elapsed_time": 1.0, "time_by_phase": {"prefill": 0.2, "decode": 0.8}})

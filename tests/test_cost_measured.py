@@ -382,9 +382,9 @@ def test_seesaw_swaps_and_reshards_read_their_tables_else_the_host_copy():
     assert plain.swap_s(P2, "out", 4096) == pytest.approx(plain.host_copy_s(4096 * per_token))  # no tables: bytes
     assert plain.swap_s(T2P2, "in", 4096) == pytest.approx(plain.host_copy_s(4096 * 256))
     # one curve on 2 ranks: (1000 B, 2 ms), (1 MB, mean of 20 and 40 ms)
-    assert cm._tables.reshard(2).ys == [2e-3, pytest.approx(30e-3)]
+    assert cm.tables.reshard(2).ys == [2e-3, pytest.approx(30e-3)]
     bytes_t2 = cm.weight_bytes_per_gpu(T2)
-    assert cm.reshard_s(P2, T2) == pytest.approx(cm._tables.reshard(2)(bytes_t2))
+    assert cm.reshard_s(P2, T2) == pytest.approx(cm.tables.reshard(2)(bytes_t2))
     assert cm.reshard_s(P2, P2) == 0.0
     assert plain.reshard_s(P2, T2) == pytest.approx(plain.host_copy_s(bytes_t2))
     # the simulator charges them: a Seesaw run's re-shard and swap-stall phases grow

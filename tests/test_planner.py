@@ -8,7 +8,7 @@ from seesaw.workload import load_workload
 from simulator.cost import CostModel
 from simulator.planner import (
     SearchSpace, enumerate_candidates, enumerate_layouts, estimate_makespan_s, plan,
-    sample_requests, _works,
+    sample_requests, replica_works,
 )
 from simulator.sim import simulate
 
@@ -107,7 +107,7 @@ def test_estimates_rank_layouts_like_the_simulator():
     """The closed form must order clearly different layouts the way the simulator does."""
     model, node = load_model("llama2-70b"), make_node("l4", 8)
     reqs = load_workload("sharegpt", num_requests=200, seed=0)
-    cost, works = CostModel(model, node), _works(reqs, 1)
+    cost, works = CostModel(model, node), replica_works(reqs, 1)
     est = {lay: estimate_makespan_s(cost, VllmPolicy(layout=lay), works)[0] for lay in ("P8", "T4P2")}
     assert est["T4P2"] < est["P8"]
     sim = {lay: simulate(model, node, VllmPolicy(layout=lay), reqs).elapsed_time for lay in ("P8", "T4P2")}

@@ -1,0 +1,179 @@
+"""The datasheet roofline: a stage's time from FLOPs, bytes and the node's rates.
+
+Every term is ``max(flops / (peak * eff_compute), bytes / (bw * eff_mem))`` plus a fixed kernel
+time, with the rates of ``GpuSpec``/``NodeSpec`` (see ``docs/cost-model.md`` for the sources and
+what each efficiency stands for). ``Roofline.stage_s`` is the one roofline of a pipeline stage:
+the simulator's hot path calls it for a time, ``CostModel.stage_breakdown`` for the same time
+split into parts. It assumes: all four GEMMs of a layer see the same rows, so a layer's linear
+time is one max over their summed FLOPs and bytes; one attention kernel per layer and kind;
+ring all-reduces; the per-step overhead shared among stages in proportion to their layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from seesaw.core import ModelSpec, NodeSpec, ParallelConfig
+from simulator.cost.shapes import BatchShape
+from simulator.cost.stages import StageConstants, gemm_shapes, kv_heads_per_gpu, layers_per_stage
+
+__all__ = ["Roofline", "build_stages"]
+
+
+@dataclass(frozen=True, slots=True)
+class Roofline:
+    """Rates actually reached on one node (datasheet peaks times the profile's efficiencies)."""
+
+    flops_per_s: float  # large-GEMM throughput: peak_flops * compute_efficiency
+    hbm_bytes_per_s: float  # streaming bandwidth: hbm_bandwidth * memory_efficiency
+    n0: float  # compute_saturation_tokens: a GEMM of n rows costs n + n0 rows at full efficiency
+    kernel_s: float  # fixed launch/ramp/tail time of one kernel
+    link_bytes_per_s: float  # GPU-GPU link per GPU
+    host_bytes_per_s: float  # GPU-host link per GPU
+    allreduce_latency_s: float  # per ring step
+    p2p_latency_s: float
+
+    @classmethod
+    def of(cls, node: NodeSpec) -> "Roofline":
+        gpu = node.gpu
+        return cls(
+            flops_per_s=gpu.peak_flops * gpu.compute_efficiency,
+            hbm_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s * gpu.memory_efficiency,
+            n0=float(gpu.compute_saturation_tokens),
+            kernel_s=gpu.kernel_overhead_s,
+            link_bytes_per_s=node.gpu_link_bandwidth_bytes_per_s,
+            host_bytes_per_s=node.host_link_bandwidth_bytes_per_s,
+            allreduce_latency_s=node.allreduce_latency_s,
+            p2p_latency_s=node.p2p_latency_s,
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # one stage
+
+    def stage_s(self, c: StageConstants, shape: BatchShape, parts: dict[str, float] | None = None) -> float:
+        """Seconds for stage ``c`` to run ``shape``; when ``parts`` is given, also books each term
+        into it (``compute_s``/``weight_read_s``: linear layers and LM head under whichever roofline
+        term bounds them; ``attention_s``; ``comm_s``: all-reduces and the logits gather;
+        ``overhead_s``). The sum is taken in one fixed order, the hot path's."""
+        n = shape.prefill_tokens + shape.decode_seqs
+        rows = shape.sampled_seqs if c.head_flops_per_row else 0
+        if not n and not rows:
+            return 0.0
+        t = c.overhead_s
+        if parts is not None:
+            parts["overhead_s"] = c.overhead_s
+        if n:
+            comp = c.lin_flops_per_token * (n + self.n0) / self.flops_per_s
+            lin = (comp if comp > c.lin_read_s else c.lin_read_s) + c.lin_kernel_s
+            ar = c.ar_s_per_token * n
+            t += lin + ar + c.ar_fixed_s
+            if parts is not None:
+                parts["compute_s" if comp > c.lin_read_s else "weight_read_s"] += lin
+                parts["comm_s"] += ar + c.ar_fixed_s
+        if shape.prefill_tokens:
+            attn = self.prefill_attention_s(c, shape)
+            t += attn
+            if parts is not None:
+                parts["attention_s"] += attn
+        if shape.decode_seqs:
+            attn = self.decode_attention_s(c, shape)
+            t += attn
+            if parts is not None:
+                parts["attention_s"] += attn
+        if rows:
+            comp = c.head_flops_per_row * (rows + self.n0) / self.flops_per_s
+            head = (comp if comp > c.head_read_s else c.head_read_s) + self.kernel_s
+            gather = c.head_gather_s_per_row * rows
+            t += head + gather + c.head_gather_fixed_s
+            if parts is not None:
+                parts["compute_s" if comp > c.head_read_s else "weight_read_s"] += head
+                parts["comm_s"] += gather + c.head_gather_fixed_s
+        return t
+
+    def prefill_attention_s(self, c: StageConstants, shape: BatchShape) -> float:
+        """Prefill attention of the stage: QK^T and PV FLOPs over the causal pairs against reading
+        Q, K, V and writing O (FlashAttention-2's forward reaches GEMM-like utilisation)."""
+        comp = c.attn_flops_per_pair * shape.prefill_attn_pairs / self.flops_per_s
+        mem = c.attn_bytes_per_prefill_token * shape.prefill_tokens / self.hbm_bytes_per_s
+        return (comp if comp > mem else mem) + c.attn_kernel_s
+
+    def decode_attention_s(self, c: StageConstants, shape: BatchShape) -> float:
+        """Decode attention is memory bound: every context token's K and V of this GPU's KV heads
+        are read once."""
+        return c.kv_bytes_per_token * shape.decode_context_tokens / self.hbm_bytes_per_s + c.attn_kernel_s
+
+    # ---------------------------------------------------------------------------------------
+    # single kernels and transfers
+
+    def gemm_s(self, tokens: float, in_features: float, out_features: float, dtype_bytes: float) -> float:
+        """One GEMM kernel of ``tokens`` rows against an ``[in_features, out_features]`` weight."""
+        comp = 2.0 * in_features * out_features * (tokens + self.n0) / self.flops_per_s
+        read = in_features * out_features * dtype_bytes / self.hbm_bytes_per_s
+        return max(comp, read) + self.kernel_s
+
+    def allreduce_s(self, nbytes: float, tp: int) -> float:
+        # NCCL ring: bus bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md), 2(t-1) steps
+        return (2 * (tp - 1) / tp * nbytes / self.link_bytes_per_s
+                + 2 * (tp - 1) * self.allreduce_latency_s)
+
+    def send_s(self, nbytes: float) -> float:
+        return nbytes / self.link_bytes_per_s + self.p2p_latency_s
+
+    def host_copy_s(self, nbytes: float) -> float:
+        return nbytes / self.host_bytes_per_s
+
+
+def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: ParallelConfig) -> list[StageConstants]:
+    """The roofline constants of every stage of ``layout`` (no measured tables)."""
+    m = model
+    tp, pp = layout.tp, layout.pp
+    h, d, B = m.hidden_size, m.d_head, m.dtype_bytes
+    hq_gpu = m.num_attention_heads / tp
+    kv_gpu = kv_heads_per_gpu(m, tp)
+    vocab_gpu = m.vocab_size / tp
+    lin_params = sum(k * n for k, n in gemm_shapes(m, tp).values())
+    layer_params = lin_params + 2 * h  # + two replicated RMSNorm vectors
+    # ring all-reduce (NCCL): each GPU moves 2(t-1)/t of the buffer; 2(t-1) latency steps
+    ring_frac = 2 * (tp - 1) / tp
+    ar_latency_s = 2 * (tp - 1) * node.allreduce_latency_s
+    gather_frac = (tp - 1) / tp  # gather to one rank: it receives the other (t-1)/t shards
+    parts = layers_per_stage(m, layout)
+    L = m.num_hidden_layers
+    out = []
+    for s, layers in enumerate(parts):
+        first, last = s == 0, s == pp - 1
+        head_params = vocab_gpu * h if last else 0.0
+        weight_params = layers * layer_params + head_params
+        if first:
+            weight_params += vocab_gpu * h  # vocab-parallel embedding
+        if last:
+            weight_params += h  # final norm
+        if last and first and m.tie_word_embeddings:
+            weight_params -= vocab_gpu * h  # one shared matrix
+        # two all-reduces per layer (attention O, MLP down), one after the embedding
+        n_ar = (2 * layers + (1 if first else 0)) if tp > 1 else 0
+        out.append(StageConstants(
+            layers=layers,
+            weight_bytes=weight_params * B,
+            kv_bytes_per_token=layers * 2 * kv_gpu * d * B,
+            # 2 FLOPs per multiply-accumulate per weight per token (Kaplan et al. 2020, PaLM App. B)
+            lin_flops_per_token=2.0 * lin_params * layers,
+            lin_read_s=lin_params * layers * B / rf.hbm_bytes_per_s,
+            # fused QKV, O, fused gate/up, down: 4 GEMM kernels per layer, as in vLLM
+            lin_kernel_s=4 * layers * rf.kernel_s,
+            attn_kernel_s=layers * rf.kernel_s,
+            # QK^T and PV: 2 x 2d FLOPs per (query, key) pair per head (FlashAttention paper)
+            attn_flops_per_pair=4.0 * hq_gpu * d * layers,
+            # Seesaw App. A attention KV movement: read Q, K, V, write O once per token
+            attn_bytes_per_prefill_token=(2 * hq_gpu + 2 * kv_gpu) * d * B * layers,
+            ar_s_per_token=n_ar * ring_frac * h * B / rf.link_bytes_per_s,
+            ar_fixed_s=n_ar * ar_latency_s,
+            head_flops_per_row=2.0 * head_params,
+            head_read_s=head_params * B / rf.hbm_bytes_per_s,
+            head_gather_s_per_row=(gather_frac * m.vocab_size * B / rf.link_bytes_per_s
+                                   if last and tp > 1 else 0.0),
+            head_gather_fixed_s=node.p2p_latency_s if last and tp > 1 else 0.0,
+            overhead_s=node.step_overhead_s * layers / L,
+            overhead_frac=layers / L,
+        ))
+    return out

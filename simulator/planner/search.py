@@ -1,0 +1,299 @@
+"""The search: estimate every candidate, simulate the promising ones, rank, build the ``Plan``.
+
+Every candidate gets the closed-form estimate (``simulator.planner.estimate``); the search
+(``_search``) simulates the best-estimated layouts of each policy kind, then tunes the knobs of
+the best simulated ones by coordinate descent, every step a full ``simulate`` (in worker
+processes). Seesaw variants that provably behave alike (the host pool never fills) share one
+simulation. ``exhaustive=True`` simulates everything (``seesaw compare``, and the regret check in
+``benchmarks/planner_speed.py``). Large workloads are planned on a seeded sample of at most
+``sample_size`` requests; makespans are scaled by the full/sample token ratio
+(``extrapolated_from`` says so). Throughput is total (prompt + output) tokens per second, as
+``vllm bench throughput`` counts it; cost is per million total tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import pandas as pd
+
+from seesaw.core import GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
+from simulator.cost import CostModel
+from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts, sample_requests
+from simulator.planner.estimate import ReplicaWork, equivalence_key, estimate_makespan_s, replica_works
+from simulator.planner.explain import brief, explain, predicted, unservable_reason
+from simulator.planner.runner import SimRunner
+from simulator.sim import PHASES
+
+__all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "Objective", "PlanResult", "plan"]
+
+Objective = Literal["throughput", "cost"]
+
+
+@dataclass
+class PlanResult:
+    """Ranked candidates, the winning ``Plan`` and the rejected layouts."""
+
+    plan: Plan | None
+    table: pd.DataFrame
+    rejected: list[tuple[str, str]]            # (layout or candidate, one-line reason)
+    num_requests: int
+    extrapolated_from: int | None              # sample size when the workload was sampled
+    num_simulated: int                         # simulations run
+    num_estimated: int                         # candidates left with their estimate (pruned)
+    num_shared: int = 0                        # candidates that share an equivalent one's simulation
+    wall_s: float = 0.0
+    best_vllm: dict | None = None
+    winner: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {
+            "plan": self.plan.model_dump(mode="json") if self.plan else None,
+            "winner": self.winner, "best_vllm": self.best_vllm,
+            "num_requests": self.num_requests, "extrapolated_from": self.extrapolated_from,
+            "num_candidates": len(self.table), "num_simulated": self.num_simulated,
+            "num_estimated": self.num_estimated, "num_shared": self.num_shared, "wall_s": round(self.wall_s, 3),
+            "rejected": [{"what": w, "reason": r} for w, r in self.rejected], "notes": self.notes,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The search
+
+DEFAULT_SCREEN = {"vllm": 3, "seesaw": 4}
+DEFAULT_REFINE = {"vllm": 2, "seesaw": 2}
+KNOBS = {"vllm": ("chunk", "max_num_seqs"),
+         "seesaw": ("host_fraction", "host_full_watermark", "decode_low_watermark", "max_num_seqs")}
+
+
+def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, screen: dict[str, int],
+            refine: dict[str, int], keep_within: float) -> None:
+    """Screen layouts by estimate, then tune the knobs of the best simulated layouts.
+
+    1. Per kind, the ``screen[kind]`` layouts (or Seesaw pairs) with the best estimates, plus any
+       within ``keep_within`` of the kind's best estimate (at most twice as many), are simulated
+       with their best-estimated knobs: the estimate ranks layouts well, knobs poorly.
+    2. The ``refine[kind]`` best simulated layouts then get coordinate descent over their knobs
+       (``KNOBS``: chunked prefill and chunk size, batch cap; host pool, watermark, batch cap): one
+       knob at a time, every value, keep the best simulated, next knob.
+    """
+    ok = [r for r in rows if r["error"] is None]
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(ok, key=lambda r: (r["est_makespan_s"], r["index"])):
+        groups.setdefault((r["kind"], r["layout"]), []).append(r)
+    jobs = []
+    for kind, k in screen.items():
+        ranked = [g for g in groups if g[0] == kind]        # by best estimate (dict keeps order)
+        if not ranked:
+            continue
+        best = groups[ranked[0]][0]["est_makespan_s"]
+        for n, g in enumerate(ranked):
+            if n < k or (n < 2 * k and groups[g][0]["est_makespan_s"] <= best * (1 + keep_within)):
+                jobs.append(groups[g][0]["index"])
+    _run(runner, candidates, jobs)
+
+    def sim_best(g):
+        done = [r for r in groups[g] if _ok(runner, r["index"])]
+        return min(done, key=lambda r: (runner.results[r["index"]]["makespan_s"], r["index"])) if done else None
+
+    current = {}
+    for kind, k in refine.items():
+        ranked = sorted((g for g in groups if g[0] == kind and sim_best(g) is not None),
+                        key=lambda g: runner.results[sim_best(g)["index"]]["makespan_s"])
+        current.update({g: sim_best(g) for g in ranked[:k]})
+    for step in range(max(len(v) for v in KNOBS.values())):
+        jobs = []
+        for g, base in current.items():
+            dims = KNOBS[g[0]]
+            if step < len(dims):
+                others = [d for d in dims if d != dims[step]]
+                jobs += [r["index"] for r in groups[g] if all(r[d] == base[d] for d in others)]
+        _run(runner, candidates, jobs)
+        current = {g: sim_best(g) for g in current}
+
+
+def _ok(runner: SimRunner, i: int) -> bool:
+    return i in runner.results and "error" not in runner.results[i]
+
+
+def _run(runner: SimRunner, candidates: list[Candidate], indices: list[int]) -> None:
+    runner.run([(i, candidates[i].policy) for i in indices])
+
+
+def _price(node: NodeSpec, price_per_gpu_hour: float | None) -> float | None:
+    if price_per_gpu_hour is not None:
+        if not price_per_gpu_hour > 0:
+            raise SpecError(f"price per GPU-hour must be > 0, got {price_per_gpu_hour}")
+        return float(price_per_gpu_hour)
+    return node.gpu.price_per_hour_usd
+
+
+def plan(
+    model: ModelSpec,
+    node: NodeSpec,
+    requests: list,
+    *,
+    objective: Objective = "throughput",
+    price_per_gpu_hour: float | None = None,
+    space: SearchSpace = SearchSpace(),
+    exhaustive: bool = False,
+    screen: dict[str, int] | None = None,
+    refine: dict[str, int] | None = None,
+    keep_within: float = 0.03,
+    sample_size: int | None = 2000,
+    seed: int = 0,
+    workers: int = 2,
+    workload_name: str = "",
+    progress: Callable[[int, int, str], None] | None = None,
+    measured: MeasuredProfile | None = None,
+) -> PlanResult:
+    """Search ``space`` for ``model`` on ``node`` serving ``requests``; see the module docstring.
+
+    measured: a profile of the machine (``seesaw profile``; ``node`` then from
+    ``catalog.measured_node``): estimates and simulations use its tables instead of the roofline.
+
+    screen / refine: per policy kind, how many layouts to simulate after the estimate and how many
+    of those to tune knob by knob (defaults in ``DEFAULT_SCREEN``/``DEFAULT_REFINE``; see
+    ``_search``); ignored when ``exhaustive``. keep_within: also screen layouts whose estimate is
+    within this fraction of the kind's best. progress(done, total_so_far, what) is called after
+    each simulation. workers: simulation processes (1 = in this process).
+    """
+    import time
+
+    from seesaw.core import VERSION as __version__
+
+    if objective not in ("throughput", "cost"):
+        raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
+    if not requests:
+        raise SpecError("the workload has no requests")
+    t0 = time.perf_counter()
+    price = _price(node, price_per_gpu_hour)
+    if objective == "cost" and price is None:
+        raise SpecError(f"no price for GPU '{node.gpu.name}': give a price per GPU-hour for the cost objective")
+    sample = sample_requests(requests, sample_size, seed)
+    full_tokens = sum(r.prompt_len + r.output_len for r in requests)
+    scale = full_tokens / sum(r.prompt_len + r.output_len for r in sample)
+    cost = CostModel(model, node, measured=measured)
+    layouts, rejected = enumerate_layouts(model, node, cost, space)
+    candidates, more = enumerate_candidates(model, node, layouts, space)
+    rejected += more
+    works: dict[int, list[ReplicaWork]] = {}
+    rows: list[dict] = []
+    equiv: dict[int, tuple] = {}
+    for i, cand in enumerate(candidates):
+        pol = cand.policy
+        if pol.layout.dp not in works:
+            works[pol.layout.dp] = replica_works(sample, pol.layout.dp)
+        w = works[pol.layout.dp]
+        est, phases = estimate_makespan_s(cost, pol, w)
+        rows.append(_row(i, cand, est * scale, {k: v * scale for k, v in phases.items()},
+                         unservable_reason(pol, w, cost)))
+        equiv[i] = equivalence_key(cand, w, cost)
+    screen = dict(DEFAULT_SCREEN if screen is None else screen)
+    refine = dict(DEFAULT_REFINE if refine is None else refine)
+    runner = SimRunner(model, node, sample, workers, progress, {i: k for i, k in equiv.items() if k}, measured)
+    try:
+        if exhaustive:
+            _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
+        else:
+            _search(rows, candidates, runner, screen, refine, keep_within)
+    finally:
+        runner.close()
+    for i, res in runner.results.items():
+        row = rows[i]
+        if "error" in res:
+            row["error"] = res["error"]
+            continue
+        if i in runner.same_as:
+            row["note"] = f"same as {candidates[runner.same_as[i]].name} (host pool holds the whole sample)"
+        row.update(source="simulated", makespan_s=res["makespan_s"] * scale,
+                   num_transitions=res["num_transitions"], num_preemptions=res["num_preemptions"],
+                   **{f"{k}_s": v * scale for k, v in res["time_by_phase"].items()})
+    for r in rows:
+        if r["error"]:
+            rejected.append((r["candidate"], r["error"]))
+    table = _table(rows, full_tokens, node.num_gpus, price, objective)
+    result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=len(requests),
+                        extrapolated_from=len(sample) if len(sample) < len(requests) else None,
+                        num_simulated=runner.done, num_shared=len(runner.same_as),
+                        num_estimated=int((table["source"] == "estimated").sum()) if len(table) else 0)
+    same = len(runner.same_as)
+    if same:
+        result.notes.append(f"{same} Seesaw variants share a simulation with an equivalent one: their host "
+                            "pool holds the whole sample, so pool size and watermark cannot matter")
+    if result.extrapolated_from:
+        result.notes.append(
+            f"simulated a seeded sample of {len(sample)} of {len(requests)} requests; makespans scaled "
+            f"by the token ratio {scale:.1f}x (one sample's prefill/decode cycles stand for the whole run)")
+    sim = table[table["source"] == "simulated"] if len(table) else table
+    if len(sim):
+        result.winner = brief(sim.iloc[0])
+        vllm = sim[sim["kind"] == "vllm"]
+        result.best_vllm = brief(vllm.iloc[0]) if len(vllm) else None
+        # the runner-up is the best other layout: knob variants of the winner are often identical
+        others = sim[sim["layout"] != sim.iloc[0]["layout"]]
+        runner_up = brief(others.iloc[0]) if len(others) else None
+        if runner_up:
+            runner_up["worse_by_pct"] = round(
+                100 * (1 - runner_up["throughput_tok_s"] / result.winner["throughput_tok_s"]), 2)
+        result.plan = Plan(
+            model=model, node=node, policy=candidates[int(sim.iloc[0]["index"])].policy,
+            workload=workload_name or f"{len(requests)} requests", objective=objective,
+            predicted=predicted(sim.iloc[0], result.best_vllm),
+            runner_up=runner_up, search_space_size=len(candidates),
+            explanation=explain(sim.iloc[0], vllm.iloc[0] if len(vllm) else None, sim),
+            provenance={
+                "model_profile": model.name, "node_profile": node.name, "gpu_profile": node.gpu.name,
+                "seesaw_version": __version__, "simulated_requests": str(len(sample)),
+                "workload_requests": str(len(requests)), "sample_seed": str(seed),
+                "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
+                "cost_model": f"measured profile {measured.name or measured.device_name!r}" if measured is not None
+                else "roofline",
+                "search": f"exhaustive: {runner.done} simulations" if exhaustive else
+                f"estimate all {len(candidates)}; simulate the best-estimated layouts {screen}, tune the "
+                f"knobs of the best simulated {refine}: {runner.done} simulations",
+            })
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+def _row(i: int, cand: Candidate, est: float, phases: dict, error: str | None) -> dict:
+    p = cand.policy
+    vllm = isinstance(p, VllmPolicy)
+    row = {
+        "index": i, "candidate": cand.name, "kind": p.kind,
+        "layout": str(p.layout) if vllm else f"{p.prefill_layout}->{p.decode_layout}",
+        "prefill_layout": str(p.layout if vllm else p.prefill_layout),
+        "decode_layout": str(p.layout if vllm else p.decode_layout),
+        "chunk": (p.max_num_batched_tokens if p.enable_chunked_prefill else 0) if vllm else None,
+        "max_num_seqs": p.max_num_seqs,
+        "host_pool_gib": None if vllm else p.host_kv_bytes / GiB,
+        "host_full_watermark": None if vllm else p.host_full_watermark,
+        "decode_low_watermark": None if vllm else p.decode_low_watermark,
+        "source": "estimated", "est_makespan_s": est, "makespan_s": est,
+        "host_fraction": None if vllm else cand.host_fraction,
+        "num_transitions": None, "num_preemptions": None, "error": error, "note": "",
+    }
+    row.update({f"{k}_s": phases.get(k, 0.0) for k in PHASES})
+    return row
+
+
+def _table(rows: list[dict], full_tokens: int, num_gpus: int, price: float | None, objective: str) -> pd.DataFrame:
+    df = pd.DataFrame([r for r in rows if r["error"] is None])
+    if df.empty:
+        return df
+    df["throughput_tok_s"] = full_tokens / df["makespan_s"]
+    df["est_throughput_tok_s"] = full_tokens / df["est_makespan_s"]
+    df["gpu_hours"] = num_gpus * df["makespan_s"] / 3600
+    df["cost_per_mtok_usd"] = df["gpu_hours"] * price / (full_tokens / 1e6) if price else float("nan")
+    df["simulated"] = df["source"] == "simulated"
+    # objective first; cost ties go to throughput and vice versa; then enumeration order
+    keys = ["makespan_s", "index"] if objective == "throughput" or not price else ["cost_per_mtok_usd", "makespan_s", "index"]
+    df = df.sort_values(["simulated"] + keys, ascending=[False] + [True] * len(keys), kind="stable")
+    vllm = df[(df["kind"] == "vllm") & df["simulated"]]
+    best_vllm = vllm["throughput_tok_s"].max() if len(vllm) else float("nan")
+    df["speedup_vs_best_vllm"] = df["throughput_tok_s"] / best_vllm
+    df.insert(0, "rank", range(1, len(df) + 1))
+    return df.drop(columns=["simulated", "error"]).reset_index(drop=True)
