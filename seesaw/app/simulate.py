@@ -10,11 +10,12 @@ passed through to the simulator and the planner.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from seesaw.core import GiB, ModelSpec, NodeSpec, SeesawPolicy, SpecError, VllmPolicy, parse_layout
 
-__all__ = ["Simulated", "Planned", "resolve_node", "build_policy", "load_inputs", "simulate", "compare", "plan",
+__all__ = ["Simulated", "Planned", "resolve_node", "resolve_hardware", "measured_profile", "build_policy", "load_inputs", "simulate", "compare", "plan",
            "OBJECTIVES"]
 
 OBJECTIVES = ("throughput", "cost")
@@ -41,6 +42,37 @@ class Planned:
     model: ModelSpec
     node: NodeSpec
     num_requests: int
+
+
+def measured_profile(gpu: str):
+    """The measured profile ``gpu`` names (a catalog name such as ``cpu-2core``, or a profile
+    YAML written by ``seesaw profile``), or None when it names a GPU or a node."""
+    from seesaw import catalog as cat
+
+    if gpu in cat.list_catalog()["measured"]:
+        return cat.load_measured(gpu)
+    path = Path(gpu)
+    if path.suffix in (".yaml", ".yml") and path.is_file() and "device_name:" in path.read_text():
+        return cat.load_measured(path)
+    return None
+
+
+def resolve_hardware(gpu: str, num_gpus: int | None = None, interconnect: str | None = None,
+                     model: ModelSpec | None = None):
+    """(node, measured profile or None, model): a GPU or node name, or a measured machine.
+
+    A measured profile (``--gpu cpu-2core``) is planned like a GPU node: its node has one "GPU" per
+    rank (``num_gpus``, default the profile's ranks), the cost model reads its tables, and the
+    model is costed in the profile's dtype."""
+    from seesaw import catalog as cat
+
+    prof = measured_profile(gpu)
+    if prof is None:
+        return resolve_node(gpu, num_gpus, interconnect), None, model
+    node = cat.measured_node(prof, num_gpus, interconnect=interconnect)
+    if model is not None:
+        model = model.model_copy(update={"dtype_bytes": prof.dtype_bytes})
+    return node, prof, model
 
 
 def resolve_node(gpu: str, num_gpus: int | None = None, interconnect: str | None = None) -> NodeSpec:
@@ -102,14 +134,19 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     from simulator.sim import simulate as run_sim
 
     model_spec = cat.load_model(model)  # checked in the CLI's order: model, node, policy, workload
-    node = resolve_node(gpu, num_gpus, interconnect)
+    node, measured, model_spec = resolve_hardware(gpu, num_gpus, interconnect, model_spec)
     policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
                           max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
     reqs = load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len,
                          output_len=output_len)
     if on_start is not None:
         progress = on_start(len(reqs), f"simulating {policy.describe()}") or progress
-    result = run_sim(model_spec, node, policy, reqs, progress=progress)
+    cost = None
+    if measured is not None:
+        from simulator.cost import CostModel
+
+        cost = CostModel(model_spec, node, measured=measured)
+    result = run_sim(model_spec, node, policy, reqs, cost=cost, progress=progress)
     config = {
         "command": "simulate", "model": model_spec.model_dump(), "node": node.model_dump(),
         "policy": policy.model_dump(), "workload": workload, "num_requests": len(reqs), "seed": seed,
@@ -128,9 +165,10 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
     from simulator.planner import plan as search
 
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
-    node = resolve_node(gpu, num_gpus, interconnect)
+    node, measured, model_spec = resolve_hardware(gpu, num_gpus, interconnect, model_spec)
     result = search(model_spec, node, reqs, space=COMPARE_SPACE, exhaustive=True, sample_size=sample_size,
-                    seed=seed, workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress)
+                    seed=seed, workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress,
+                    measured=measured)
     config = {"command": "compare", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": len(reqs), "seed": seed, "sample_size": sample_size}
     return Planned(result=result, config=config, model=model_spec, node=node, num_requests=len(reqs))
@@ -146,10 +184,10 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
 
     check_objective(objective)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
-    node = resolve_node(gpu, num_gpus, interconnect)
+    node, measured, model_spec = resolve_hardware(gpu, num_gpus, interconnect, model_spec)
     result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
                     exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
-                    workload_name=getattr(reqs, "name", workload), progress=progress)
+                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured)
     config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": len(reqs), "seed": seed, "objective": objective,
               "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive}
