@@ -81,7 +81,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
 
-    from seesaw.engine.weights import load_checkpoint, resolve_model
+    from seesaw.engine.checkpoint import resolve_model
+    from seesaw.engine.weights import load_checkpoint
 
     plans = {"tiny": (("T2", "P2", "P2->T2"), (0, 256), args.num_prompts, args.long_len),
              "smollm2-135m": (("T3", "P3", "P3->T3"), (100, 49000), args.smollm2_num_prompts,

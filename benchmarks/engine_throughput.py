@@ -60,7 +60,8 @@ def hf_run(model_dir, items, new_tokens: int) -> dict:
 
 
 def cpu_table(args) -> list[dict]:
-    from seesaw.engine.weights import load_checkpoint, resolve_model
+    from seesaw.engine.checkpoint import resolve_model
+    from seesaw.engine.weights import load_checkpoint
 
     rows = []
     plans = [("tiny", ("T1", "T2", "P2"), (0, 256)), ("smollm2-135m", ("T1", "P2", "T3"), (100, 49000))]
