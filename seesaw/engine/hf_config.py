@@ -1,4 +1,4 @@
-"""A HF LLaMA ``config.json``: reading it, its ``ModelSpec``, and the tensors a checkpoint must hold.
+"""A HF LLaMA ``config.json``: reading it, its ``ModelSpec``, the tensors a checkpoint must hold.
 
 ``read_config(dir)`` reads and parses the file, ``spec_from_config`` turns the dict into a
 ``ModelSpec`` (old ``rope_scaling`` and new ``rope_parameters`` styles; LLaMA only, no biases),

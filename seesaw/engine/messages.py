@@ -7,10 +7,11 @@ its last message: drop their tables) and ``sync`` (``"poll"`` or ``"wait"``: the
 agrees on finished KV copies, see ``seesaw_worker.SeesawWorker``).
 
 - ``ForwardMsg``: one micro-batch, ``step`` its number within the replica, ``seqs`` one ``SeqChunk``
-  per sequence. ``start`` is how many tokens of the sequence are already cached (its new tokens
-  take positions ``start..``), ``new_blocks`` extend its block table (a ``start`` of 0 starts a new
-  table: a first prefill, or a re-prefill after preemption), ``sample`` says whether its last new
-  token is the end of its known tokens (otherwise it is a prefill chunk and nothing is sampled).
+  ``(seq_id, start, new_tokens, new_blocks, sample, temperature, seed)`` per sequence. ``start``
+  is how many tokens of the sequence are already cached (its new tokens take positions
+  ``start..``), ``new_blocks`` extend its block table (a ``start`` of 0 starts a new table: a
+  first prefill, or a re-prefill after preemption), ``sample`` says whether its last new token is
+  the end of its known tokens (otherwise it is a prefill chunk and nothing is sampled).
   The reply, broadcast by the replica's sampling rank, is an int64 tensor with one token per
   sequence (-1 where not sampled).
 - ``StopMsg``: nothing left to do for the replica; its ranks leave their loop.
@@ -24,7 +25,7 @@ costs its fields plus the class's name on the wire.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from seesaw.specs import ParallelConfig
 
@@ -41,16 +42,9 @@ class Message:
     sync: str = ""                                 # "", "poll" or "wait"
 
 
-class SeqChunk(NamedTuple):
-    """One sequence's part of a forward micro-batch."""
-
-    seq_id: int
-    start: int               # tokens of the sequence already in its KV cache
-    tokens: list[int]        # its new tokens, at positions start..
-    new_blocks: list[int]    # device blocks appended to its table
-    sample: bool             # sample a token after its last new token
-    temperature: float
-    seed: int
+# One sequence's part of a forward micro-batch, a plain tuple (a named one would double the time
+# to pickle a large step): (seq_id, start, new token ids, new block ids, sample, temperature, seed)
+SeqChunk = tuple[int, int, list[int], list[int], bool, float, int]
 
 
 @dataclass(slots=True, kw_only=True)

@@ -1,6 +1,6 @@
 """Rank 0's driver loop under the shared Seesaw policy: the ``SeesawScheduler`` (the simulator's
-policy object) driving engine ranks that re-shard between a prefill layout ``c_p`` and a decode layout ``c_d``
-and buffer KV in a host pool in shared memory.
+policy object) driving engine ranks that re-shard between a prefill layout ``c_p`` and a decode
+layout ``c_d`` and buffer KV in a host pool in shared memory.
 
 How each scheduler step maps onto engine operations (rank 0 drives; a message goes to every rank
 of the step's replica, in one order, so every rank sees the same stream):
@@ -9,11 +9,11 @@ of the step's replica, in one order, so every rank sees the same stream):
 * ``SwapOut`` after a prefill: the driver allocates the sequences' host blocks
   (``HostBlockAllocator``) and sends a ``SwapOutMsg``; every rank queues the copy of its own box
   (a PP stage its layers, a TP rank its heads) for all the step's sequences at once on its
-  ``Prefetcher`` thread, which overlaps the
-  next prefills. The device blocks stay allocated until the replica agrees the copies are done.
+  ``Prefetcher`` thread, which overlaps the next prefills. The device blocks stay allocated until
+  the replica agrees the copies are done.
 * ``SwapIn``: the driver takes device blocks for the sequence (as many as the scheduler counted,
-  including the block its next token needs) and sends a ``SwapInMsg``; every rank queues the copy of
-  its box into them on its prefetcher. The sequence is not schedulable yet.
+  including the block its next token needs) and sends a ``SwapInMsg``; every rank queues the copy
+  of its box into them on its prefetcher. The sequence is not schedulable yet.
 * Agreement (``prefetch.ReplicaCompletions``): a message may carry ``sync="poll"`` (each rank
   adds the copies its prefetcher finished, without waiting) or ``"wait"`` (each rank first waits
   for all its queued copies). Both are one all-gather over the replica's message group, so rank
@@ -26,8 +26,8 @@ of the step's replica, in one order, so every rank sees the same stream):
 * Eviction (the scheduler evicts decodes when device KV runs out, and every decode at the switch
   back to prefill): the scheduler frees the device blocks at once and may hand them to another
   sequence in the same step, so the copy cannot wait for a background thread: the driver sends
-  an ``EvictMsg`` before anything else, each rank copies synchronously in its message stream, and the
-  following ``SwapOut`` step is complete as soon as it is scheduled.
+  an ``EvictMsg`` before anything else, each rank copies synchronously in its message stream, and
+  the following ``SwapOut`` step is complete as soon as it is scheduled.
 * ``Reshard(src, dst)``: the scheduler issues it with nothing in flight and the device KV empty;
   every rank drops its KV cache and runner, re-shards its weights in place from the host
   ``WeightStore`` (``reshard.reshard``, layer by layer, barrier), builds the ``ModelRunner`` and

@@ -237,8 +237,8 @@ class Driver:
             toks = self.tokens[sid]
             item = self.items[sid]
             seed = (zlib.crc32(item.custom_id.encode()) ^ cfg.seed) & 0x7FFFFFFF
-            entries.append(SeqChunk(sid, start, toks[start:start + n], new_blocks, start + n == len(toks),
-                                    item.temperature, seed))
+            entries.append((sid, start, toks[start:start + n], new_blocks, start + n == len(toks),
+                            item.temperature, seed))
         assert kv.num_blocks - kv.num_free_blocks == self.scheds[d].blocks.num_used
         k = self.num_sent[d]
         msg = self._message(d, ForwardMsg, step=k, seqs=entries)
@@ -287,7 +287,7 @@ class Driver:
             self.trace.append({"replica": d, "step": flight.k, "kind": flight.step.kind,
                                "launch_s": flight.t_launch - self._t0, "done_s": now - self._t0,
                                "in_flight": self.num_inflight[d],
-                               "seqs": [[e.start, len(e.tokens), int(e.sample)] for e in flight.entries]})
+                               "seqs": [[e[1], len(e[2]), int(e[4])] for e in flight.entries]})
         self.num_inflight[d] -= 1
         tokens = flight.result.tolist()
         stopped = []

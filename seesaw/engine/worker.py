@@ -77,7 +77,7 @@ class StepWorker:
                 self.tables[sid] = []
             self.tables[sid].extend(new_blocks)
             seqs.append((sid, start, toks))
-        wanted = [e.seq_id for e in msg.seqs if e.sample]
+        wanted = [e[0] for e in msg.seqs if e[4]]
         logits = self.runner.run_tables(seqs, self.tables, wanted)
         if not self.is_sampler:
             return None
