@@ -9,7 +9,7 @@ throughput`` runs random data):
 
 Layouts: the tiny model on 2 ranks under T2, P2 and P2->T2; SmolLM2-135M (9 heads, 3 KV heads:
 it needs 3 ranks to split by TP) under T3, P3 and P3->T3. Every run goes through
-``seesaw.engine.driver.run_batch`` (spawned gloo ranks, one torch thread each); the time is the
+``seesaw.engine.launch.run_batch`` (spawned gloo ranks, one torch thread each); the time is the
 driver's measured makespan (model loading and process start excluded). Seesaw runs use the
 default host pool (1 GiB, capped at what the workload fills: here it holds every request, so
 there is one prefill phase and one re-shard) unless ``--host-kv-gib`` is given.
@@ -40,7 +40,8 @@ def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], see
 
 
 def _run(model_dir, store, items, layout: str, host_kv_gib: float | None, timeout_s: float) -> dict:
-    from seesaw.engine.driver import EngineConfig, run_batch
+    from seesaw.engine.config import EngineConfig
+    from seesaw.engine.launch import run_batch
     from seesaw.core import parse_layout
 
     configs = parse_layout(layout)
@@ -81,7 +82,8 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args()
 
-    from seesaw.engine.weights import load_checkpoint, resolve_model
+    from seesaw.engine.checkpoint import resolve_model
+    from seesaw.engine.weights import load_checkpoint
 
     plans = {"tiny": (("T2", "P2", "P2->T2"), (0, 256), args.num_prompts, args.long_len),
              "smollm2-135m": (("T3", "P3", "P3->T3"), (100, 49000), args.smollm2_num_prompts,

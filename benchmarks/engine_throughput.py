@@ -1,7 +1,7 @@
 """Engine throughput: the real executor against ``transformers.generate`` on the same workload.
 
 CPU part: the tiny random model and SmolLM2-135M under T1, T2 and P2 (SmolLM2's 9 heads do not
-split in two, so it runs T3 instead of T2) through ``seesaw.engine.driver.run_batch`` (spawned
+split in two, so it runs T3 instead of T2) through ``seesaw.engine.launch.run_batch`` (spawned
 gloo ranks, one torch thread each), on a fixed workload: ``--num-prompts`` prompts of
 ``--prompt-len`` seeded random tokens, exactly ``--new-tokens`` greedy new tokens each (EOS
 ignored). The yardstick is ``transformers`` ``generate`` on the same prompts (one batch, greedy,
@@ -36,7 +36,8 @@ def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], see
 
 
 def engine_run(model_dir, store, items, layout: str, timeout_s: float = 600.0) -> dict:
-    from seesaw.engine.driver import EngineConfig, run_batch
+    from seesaw.engine.config import EngineConfig
+    from seesaw.engine.launch import run_batch
     from seesaw.core import parse_parallel
 
     cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(model_dir), timeout_s=timeout_s)
@@ -60,7 +61,8 @@ def hf_run(model_dir, items, new_tokens: int) -> dict:
 
 
 def cpu_table(args) -> list[dict]:
-    from seesaw.engine.weights import load_checkpoint, resolve_model
+    from seesaw.engine.checkpoint import resolve_model
+    from seesaw.engine.weights import load_checkpoint
 
     rows = []
     plans = [("tiny", ("T1", "T2", "P2"), (0, 256)), ("smollm2-135m", ("T1", "P2", "T3"), (100, 49000))]

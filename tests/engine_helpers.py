@@ -195,7 +195,8 @@ def smollm2_chat_batch(tmp_path: Path, questions: list[str], max_tokens: int):
     from seesaw.engine.batch_io import prepare_requests
     from seesaw.engine.runner import generate
     from seesaw.engine.tokenizer import load_tokenizer
-    from seesaw.engine.weights import build_shard, resolve_model
+    from seesaw.engine.checkpoint import resolve_model
+    from seesaw.engine.weights import build_shard
 
     model_dir = resolve_model("smollm2-135m")
     tok = load_tokenizer(model_dir)

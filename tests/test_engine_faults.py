@@ -12,8 +12,9 @@ import time
 import pytest
 
 from seesaw.engine.batch_io import BatchItem, done_ids
+from seesaw.engine.config import EngineConfig
 from seesaw.engine.dist import RankError
-from seesaw.engine.driver import EngineConfig, run_batch
+from seesaw.engine.launch import run_batch
 from seesaw.engine.tiny import EOS_ID
 from seesaw.core import parse_parallel
 from tests.engine_helpers import ckpt, one_torch_thread, random_prompts, store  # noqa: F401  (fixtures by name)

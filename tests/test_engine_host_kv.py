@@ -21,7 +21,8 @@ from seesaw.engine.kv import BlockManager, KVCache
 from seesaw.engine.model import Shard
 from seesaw.engine.prefetch import PrefetchError, Prefetcher, ReplicaCompletions
 from seesaw.engine.runner import ModelRunner
-from seesaw.engine.weights import build_shard, load_checkpoint, spec_from_config
+from seesaw.engine.hf_config import spec_from_config
+from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.core import parse_parallel
 from seesaw.engine.tiny import tiny_config
 from tests.engine_helpers import make_checkpoint, one_torch_thread, random_prompts, run_ranks  # noqa: F401

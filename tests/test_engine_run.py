@@ -10,7 +10,8 @@ import json
 import pytest
 
 from seesaw.engine.batch_io import BatchItem, done_ids, errors_path
-from seesaw.engine.driver import EngineConfig, run_batch
+from seesaw.engine.config import EngineConfig
+from seesaw.engine.launch import run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard

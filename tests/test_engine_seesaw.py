@@ -12,7 +12,8 @@ import re
 import pytest
 
 from seesaw.engine.batch_io import BatchItem
-from seesaw.engine.driver import EngineConfig, run_batch
+from seesaw.engine.config import EngineConfig
+from seesaw.engine.launch import run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint

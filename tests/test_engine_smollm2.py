@@ -7,10 +7,11 @@ import os
 import pytest
 import torch
 
+from seesaw.engine.checkpoint import resolve_model
 from seesaw.engine.gguf import find_smollm2_gguf
 from seesaw.engine.runner import generate
 from seesaw.engine.tokenizer import HFTokenizer, load_tokenizer
-from seesaw.engine.weights import build_shard, load_checkpoint, resolve_model
+from seesaw.engine.weights import build_shard, load_checkpoint
 from tests.engine_helpers import one_torch_thread  # noqa: F401
 
 pytest.importorskip("gguf")

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from seesaw.engine.batch_io import BatchItem
+from seesaw.engine.config import EngineConfig
+from seesaw.engine.kv_sizing import replica_buckets
 from seesaw.engine.runner import ModelRunner, generate, run_generation
 from seesaw.engine.weights import build_shard, load_checkpoint
-from seesaw.engine.worker import EngineConfig, replica_buckets, warmup_shape
+from seesaw.engine.worker import warmup_shape
 from seesaw.core import parse_parallel
 from tests.engine_helpers import (  # noqa: F401  (one_torch_thread: autouse)
     glibc, in_new_process, make_checkpoint, one_torch_thread, random_prompts,

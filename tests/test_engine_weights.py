@@ -5,10 +5,12 @@ import json
 import pytest
 import torch
 
+from seesaw.engine.checkpoint import resolve_model
+from seesaw.engine.files import CheckpointError
 from seesaw.engine.model import Shard, stage_layers
 from seesaw.engine.tiny import tiny_config, write_random_checkpoint
 from seesaw.engine.tokenizer import ByteTokenizer, load_tokenizer
-from seesaw.engine.weights import CheckpointError, load_checkpoint, materialize, resolve_model
+from seesaw.engine.weights import load_checkpoint, materialize
 from seesaw.core import SpecError, parse_parallel
 from tests.engine_helpers import make_checkpoint, one_torch_thread  # noqa: F401
 
@@ -146,7 +148,7 @@ def test_tied_single_stage_shares_one_tensor(tmp_path):
 
 
 def test_shard_heads():
-    from seesaw.engine.weights import spec_from_config
+    from seesaw.engine.hf_config import spec_from_config
 
     spec = spec_from_config(tiny_config())
     s = Shard.of(spec, parse_parallel("T2"), 1)
@@ -199,7 +201,7 @@ _SHAPE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num
 
 def test_tiny_checkpoint_matches_catalog():
     catalog = pytest.importorskip("seesaw.catalog")
-    from seesaw.engine.weights import spec_from_config
+    from seesaw.engine.hf_config import spec_from_config
 
     ours, theirs = spec_from_config(tiny_config()), catalog.load_model("tiny")
     for f in _SHAPE_FIELDS:

@@ -5,17 +5,25 @@ outside the engine):
 
 - ``model``: ``LlamaShard`` (one rank's layers / TP slice), ``Comm``, ``Shard``, RoPE;
 - ``attention``: varlen causal attention over the paged KV cache (``AttnMetadata``);
-- ``kv``: ``BlockManager`` (block tables, allocate/free) and ``KVCache`` (per-layer K/V blocks);
-- ``weights``: host ``WeightStore`` in shared memory, ``materialize(store, layout, rank)``,
-  ``build_shard``, ``resolve_model``, ``CheckpointError``;
+- ``kv``: ``BlockManager`` (block tables, allocate/free), ``ReplicaBlocks`` (the driver's) and
+  ``KVCache`` (per-layer K/V blocks); ``kv_sizing``: how many blocks each rank holds;
+- checkpoints: ``files`` (``CheckpointError``, the model cache), ``hf_config`` (``config.json`` ->
+  ``ModelSpec``), ``weights`` (host ``WeightStore`` in shared memory, ``materialize(store, layout,
+  rank)``, ``build_shard``), ``checkpoint`` (``resolve_model``, ``resolve_checkpoint``,
+  ``checkpoint_name``: a model name -> a checkpoint directory), ``gguf`` (GGUF -> HF safetensors
+  converter), ``tiny`` (seeded random LLaMA checkpoints, the catalog's ``tiny`` model),
+  ``tokenizer`` (HF ``tokenizer.json`` or bytes);
 - ``runner``: ``ModelRunner.execute({seq_id: new tokens}) -> {seq_id: next token}``, ``generate``;
 - ``dist``: ``spawn`` (local ranks, file:// rendezvous), ``TorchComm`` (TP/PP collectives),
   ``run_layout`` (a batch under a layout across ranks);
-- ``gguf``: GGUF -> HF safetensors converter; ``tokenizer``: HF ``tokenizer.json`` or bytes;
-- ``tiny``: seeded random LLaMA checkpoints (the catalog's ``tiny`` model);
-- ``worker``: engine config, control plane and the per-rank step worker;
-- ``driver``: rank 0's loop running the shared ``vllm`` policy (``run_batch``);
-  ``seesaw_driver``: the same for the shared ``seesaw`` policy (prefill, swaps, re-shard, decode);
+- a run: ``config`` (``EngineConfig``, ``EngineError``, ``PHASES``), ``messages`` (the typed step
+  messages), ``control`` (``ControlPlane``: messages and sampled tokens over gloo), ``worker``
+  (``StepWorker``, every rank; ``warm_up``), ``vllm_driver`` (rank 0's loop running the shared
+  ``vllm`` policy), ``seesaw_driver`` and ``seesaw_worker`` (the same for the shared ``seesaw``
+  policy: prefill, swaps, re-shard, decode), ``host_pools`` (a Seesaw run's host KV pools),
+  ``phase_clock`` and ``progress`` (rank 0's time by phase, the progress bar), ``launch``
+  (``run_batch``, ``rank_main``: spawn the ranks and pick the driver); ``driver`` only re-exports
+  the old names for callers outside the engine;
 - ``batch_io``: OpenAI batch JSONL in and out, errors file, resume;
 - ``reshard``: in-place re-sharding of a rank's model from the host weight store, layer by layer;
 - ``host_kv``: the host KV pool in shared memory (``[block, layer, k/v, kv_head, token, dim]``)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seesaw.engine.weights import CheckpointError
+from seesaw.engine.files import CheckpointError
 
 __all__ = ["find_smollm2_gguf", "convert_gguf", "gguf_config"]
 

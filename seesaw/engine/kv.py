@@ -8,7 +8,8 @@ range, token range) box, which is all the layout conversion needs.
 
 ``BlockManager`` is pure bookkeeping (no torch tensors beyond the slot indices it hands out). All
 ranks of a replica see the same steps in the same order, so their managers stay identical without
-exchanging block tables.
+exchanging block tables. ``ReplicaBlocks`` is the driver's manager of a replica: it hands out block
+ids, which the step messages carry to the ranks.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from seesaw.engine.attention import AttnMetadata
 
-__all__ = ["KVCacheFull", "BlockManager", "KVCache", "block_slots", "build_metadata"]
+__all__ = ["KVCacheFull", "BlockManager", "ReplicaBlocks", "KVCache", "block_slots", "build_metadata"]
 
 
 class KVCacheFull(RuntimeError):
@@ -69,6 +70,31 @@ class BlockManager:
         """Return a sequence's blocks to the free list (no-op for an unknown sequence)."""
         self._free.extend(reversed(self.block_tables.pop(seq_id, [])))
         self.num_tokens.pop(seq_id, None)
+
+
+class ReplicaBlocks(BlockManager):
+    """The driver's block allocation of one replica: block ids rather than slots (the workers
+    only follow it, through the block ids in the step messages)."""
+
+    def extend(self, seq_id, num_new_tokens: int) -> list[int]:
+        """Like ``allocate``, but return the sequence's new block ids instead of slot tensors."""
+        need = self.blocks_needed(seq_id, num_new_tokens)
+        if need > len(self._free):
+            raise KVCacheFull(f"sequence {seq_id!r} needs {need} more KV blocks, {len(self._free)} free")
+        new = [self._free.pop() for _ in range(need)]
+        self.block_tables.setdefault(seq_id, []).extend(new)
+        self.num_tokens[seq_id] = self.num_tokens.get(seq_id, 0) + num_new_tokens
+        return new
+
+    def reserve(self, seq_id, num_tokens: int, num_blocks: int) -> list[int]:
+        """A new table of ``num_blocks`` blocks for a sequence that arrives with ``num_tokens``
+        tokens of KV (a swap-in; the scheduler also counts the block its next token needs)."""
+        assert seq_id not in self.block_tables and num_blocks * self.block_size >= num_tokens
+        if num_blocks > len(self._free):
+            raise KVCacheFull(f"sequence {seq_id!r} needs {num_blocks} KV blocks, {len(self._free)} free")
+        self.block_tables[seq_id] = [self._free.pop() for _ in range(num_blocks)]
+        self.num_tokens[seq_id] = num_tokens
+        return list(self.block_tables[seq_id])
 
 
 def block_slots(table: list[int], start: int, end: int, block_size: int) -> torch.Tensor:

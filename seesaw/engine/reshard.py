@@ -199,7 +199,6 @@ def reshard(model: LlamaShard, store: WeightStore, src: ParallelConfig, dst: Par
         size = shard_bytes(model)
         return ReshardStats(rank, str(src), str(dst), 0.0, 0.0, 0.0, 0.0, size, size, 0, 0, size, 0)
     device, dtype, spec = model.device, model.dtype, store.spec
-    elem = torch.empty((), dtype=dtype).element_size()
     cuda = device.type == "cuda"
     _sync(device)
     if cuda:

@@ -1,20 +1,20 @@
-"""Seesaw mode of the engine: the shared ``SeesawScheduler`` (the simulator's policy object)
-driving engine ranks that re-shard between a prefill layout ``c_p`` and a decode layout ``c_d``
-and buffer KV in a host pool in shared memory.
+"""Rank 0's driver loop under the shared Seesaw policy: the ``SeesawScheduler`` (the simulator's
+policy object) driving engine ranks that re-shard between a prefill layout ``c_p`` and a decode
+layout ``c_d`` and buffer KV in a host pool in shared memory.
 
 How each scheduler step maps onto engine operations (rank 0 drives; a message goes to every rank
 of the step's replica, in one order, so every rank sees the same stream):
 
 * ``Prefill`` (``offload_to_host``): a forward micro-batch under ``c_p``, as in the vllm driver.
 * ``SwapOut`` after a prefill: the driver allocates the sequences' host blocks
-  (``HostBlockAllocator``) and sends ``swap_out``; every rank queues the copy of its own box
+  (``HostBlockAllocator``) and sends a ``SwapOutMsg``; every rank queues the copy of its own box
   (a PP stage its layers, a TP rank its heads) for all the step's sequences at once on its
-  ``Prefetcher`` thread, which overlaps the
-  next prefills. The device blocks stay allocated until the replica agrees the copies are done.
+  ``Prefetcher`` thread, which overlaps the next prefills. The device blocks stay allocated until
+  the replica agrees the copies are done.
 * ``SwapIn``: the driver takes device blocks for the sequence (as many as the scheduler counted,
-  including the block its next token needs) and sends ``swap_in``; every rank queues the copy of
-  its box into them on its prefetcher. The sequence is not schedulable yet.
-* Agreement (``prefetch.ReplicaCompletions``): a message may carry ``"sync": "poll"`` (each rank
+  including the block its next token needs) and sends a ``SwapInMsg``; every rank queues the copy
+  of its box into them on its prefetcher. The sequence is not schedulable yet.
+* Agreement (``prefetch.ReplicaCompletions``): a message may carry ``sync="poll"`` (each rank
   adds the copies its prefetcher finished, without waiting) or ``"wait"`` (each rank first waits
   for all its queued copies). Both are one all-gather over the replica's message group, so rank
   0 learns the sequences copied on *every* rank; only then does it report the ``SwapIn`` /
@@ -26,8 +26,8 @@ of the step's replica, in one order, so every rank sees the same stream):
 * Eviction (the scheduler evicts decodes when device KV runs out, and every decode at the switch
   back to prefill): the scheduler frees the device blocks at once and may hand them to another
   sequence in the same step, so the copy cannot wait for a background thread: the driver sends
-  ``evict`` before anything else, each rank copies synchronously in its message stream, and the
-  following ``SwapOut`` step is complete as soon as it is scheduled.
+  an ``EvictMsg`` before anything else, each rank copies synchronously in its message stream, and
+  the following ``SwapOut`` step is complete as soon as it is scheduled.
 * ``Reshard(src, dst)``: the scheduler issues it with nothing in flight and the device KV empty;
   every rank drops its KV cache and runner, re-shards its weights in place from the host
   ``WeightStore`` (``reshard.reshard``, layer by layer, barrier), builds the ``ModelRunner`` and
@@ -35,9 +35,8 @@ of the step's replica, in one order, so every rank sees the same stream):
   rank 0, which times the whole step.
 * ``Decode``: a forward under ``c_d``. Finished requests free their device and host blocks.
 
-Every rank writes its KV heads on swap-out, also a TP rank whose heads replicate a peer's
-(``host_kv.kv_writer`` would skip it): an evicted sequence may be swapped back in before a peer
-has processed its ``evict`` message, so a rank must never depend on another rank's write.
+The ranks' side of these steps is ``seesaw_worker.SeesawWorker``; the host pools are sized and
+made by ``host_pools``; ``launch`` builds the ranks of a run.
 
 Assumptions: ``c_p`` and ``c_d`` have the same DP degree and world size (a replica's ranks are the
 same under both); one host pool per replica, created by the launching process and shared with
@@ -47,200 +46,21 @@ the spawned ranks (under ``torchrun``: named pools in ``/dev/shm``, one node).
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 
-import torch
-import torch.distributed as dist
-
 from seesaw.engine.batch_io import BatchItem
-from seesaw.engine.driver import Driver, _ReplicaBlocks
-from seesaw.engine.host_kv import HostBlockAllocator, HostKVPool, kv_box, swap_out_many
-from seesaw.engine.kv import KVCache, block_slots
-from seesaw.engine.prefetch import Prefetcher, ReplicaCompletions
-from seesaw.engine.reshard import reshard  # at import: ~10 ms on a rank's first re-shard otherwise
-from seesaw.engine.runner import ModelRunner
-from seesaw.engine.worker import (
-    ControlPlane, EngineConfig, EngineError, StepWorker, agree_num_blocks, reason, warm_up, workload_blocks,
-)
+from seesaw.engine.config import EngineConfig, EngineError, reason
+from seesaw.engine.host_kv import HostBlockAllocator
+from seesaw.engine.host_pools import host_blocks_for, make_host_pools  # noqa: F401  (re-exported)
+from seesaw.engine.kv import ReplicaBlocks
+from seesaw.engine.messages import EvictMsg, ForwardMsg, Message, ReshardMsg, SwapInMsg, SwapOutMsg, SyncMsg
+from seesaw.engine.prefetch import ReplicaCompletions
+from seesaw.engine.seesaw_worker import SeesawWorker
+from seesaw.engine.vllm_driver import Driver
 from seesaw.scheduling import Reshard, SwapIn, SwapOut
 from seesaw.scheduling.seesaw import SeesawScheduler
-from seesaw.core import SpecError
 
-__all__ = ["SeesawWorker", "SeesawDriver", "seesaw_rank_main", "host_blocks_for", "make_host_pools"]
-
-GiB = 1024**3
-
-
-# --------------------------------------------------------------------------------------------
-# Host pool sizing
-
-
-def _host_bytes_per_block(spec, config: EngineConfig) -> int:
-    elem = torch.empty((), dtype=config.torch_dtype).element_size()
-    return KVCache.bytes_per_block(config.block_size, spec.num_hidden_layers, spec.num_key_value_heads,
-                                   spec.d_head, elem)
-
-
-def host_blocks_for(config: EngineConfig, spec, items: list[BatchItem]) -> int:
-    """Host KV blocks per replica: ``config.host_kv_blocks``, or ``host_kv_bytes`` (default 1 GiB)
-    over the DP replicas, capped at what the workload can fill. Raises ``SpecError`` (one line)
-    when the pool cannot hold the largest request (prompt + max_tokens) below the switch
-    watermark, before anything starts."""
-    bs, dp = config.block_size, config.layout.dp
-    per_block = _host_bytes_per_block(spec, config)
-    if config.host_kv_blocks is not None:
-        n = int(config.host_kv_blocks)
-    else:
-        total = GiB if config.host_kv_bytes is None else float(config.host_kv_bytes)
-        n = int(total / dp // per_block)
-        if items:
-            n = min(n, max(workload_blocks(items, dp, bs)) + 1)
-    if not items or config.layout == config.decode_layout:
-        return max(n, 1)
-    big = max(items, key=lambda it: it.prompt_len + it.max_tokens)
-    tokens = big.prompt_len + big.max_tokens
-    need = -(-tokens // bs)
-    limit = int(config.host_full_watermark * n)
-    if need > limit:
-        blocks = -(-need // config.host_full_watermark) if config.host_full_watermark < 1 else need
-        gib = blocks * per_block * dp / GiB
-        raise SpecError(
-            f"host KV pool too small: {n} block(s) of {bs} tokens per replica ({n * per_block / GiB:.3g} GiB "
-            f"in all) cannot hold request {big.custom_id!r} ({tokens} tokens, prompt + max_tokens); "
-            f"give --host-kv-gib {_round_up(gib)} or more")
-    return n
-
-
-def _round_up(x: float) -> str:
-    """``x`` rounded up to 2 significant digits, as text."""
-    import math
-
-    if x <= 0:
-        return "0"
-    e = math.floor(math.log10(x)) - 1
-    return f"{math.ceil(x / 10**e) * 10**e:.{max(0, -e)}f}"
-
-
-def make_host_pools(config: EngineConfig, spec, items: list[BatchItem]) -> list[HostKVPool]:
-    """One anonymous shared-memory pool per replica (handed to spawned ranks by pickling)."""
-    if spec is None:
-        from seesaw.engine.weights import read_config, spec_from_config
-
-        spec = spec_from_config(read_config(config.model_dir), config.model_name)
-    n = host_blocks_for(config, spec, items)
-    return [HostKVPool.for_model(spec, n, config.block_size, dtype=config.torch_dtype)
-            for _ in range(config.layout.dp)]
-
-
-def _named_pools(config: EngineConfig, spec, items, rank: int, group) -> list[HostKVPool]:
-    """torchrun (one node): rank 0 creates the pools in /dev/shm, the others attach by name."""
-    info = [None]
-    pools = []
-    if rank == 0:
-        n = host_blocks_for(config, spec, items)
-        base = f"seesaw-kv-{uuid.uuid4().hex[:12]}"
-        pools = [HostKVPool.for_model(spec, n, config.block_size, config.torch_dtype, name=f"{base}-{d}")
-                 for d in range(config.layout.dp)]
-        info = [(base, n)]
-    dist.broadcast_object_list(info, src=0, group=group)
-    base, n = info[0]
-    if rank != 0:
-        pools = [HostKVPool.attach(f"{base}-{d}", n, spec.num_hidden_layers, spec.num_key_value_heads,
-                                   config.block_size, spec.d_head, config.torch_dtype)
-                 for d in range(config.layout.dp)]
-    dist.barrier(group=group)
-    for p in pools:
-        p.unlink()  # mappings stay valid; nothing is left in /dev/shm if a rank dies
-    return pools
-
-
-# --------------------------------------------------------------------------------------------
-# Worker side
-
-
-class SeesawWorker(StepWorker):
-    """A ``StepWorker`` that also swaps KV through the host pool and re-shards its model."""
-
-    def __init__(self, runner: ModelRunner, comms: dict, plane: ControlPlane, config: EngineConfig,
-                 rank: int, store, pool: HostKVPool, num_blocks: dict[str, int]):
-        super().__init__(runner, comms[str(config.layout)], plane, config, rank)
-        self.store, self.pool, self.comms, self.num_blocks = store, pool, comms, num_blocks
-        self.model = runner.model
-        self.pf = Prefetcher(pool, runner.kv, *kv_box(store.spec, self.model.shard), write_out=True,
-                             name=f"seesaw-prefetch-{rank}")
-        self.agree = ReplicaCompletions(plane.msg_groups[self.replica], int_ids=True)
-        self.agreed: list = []                    # rank 0: agreed copies not yet read by the driver
-        self.evict_bytes = 0
-        self.reshards: list[dict] = []
-        self.handlers.update(swap_out=self.swap_out, swap_in=self.swap_in, evict=self.evict,
-                             reshard=self.reshard, sync=lambda msg: None)
-
-    def serve(self) -> None:
-        try:
-            super().serve()
-            self.plane.gather(self.replica, self.stats())  # rank 0 collects every rank's figures
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self.pf.close()
-
-    def stats(self) -> dict:
-        return {"rank": self.rank, "swap_in_bytes": self.pf.bytes_in,
-                "swap_out_bytes": self.pf.bytes_out + self.evict_bytes,
-                "prefetch_busy_s": round(self.pf.busy_s, 6), "reshards": self.reshards}
-
-    def sync(self, mode: str) -> None:
-        local = self.pf.wait(self.config.timeout_s) if mode == "wait" else self.pf.poll_completed()
-        self.agreed.extend(self.agree.update(local))
-
-    def _slots(self, sid: int, n: int) -> torch.Tensor:
-        """Device slots [n] of token positions 0..n-1 of ``sid``."""
-        return block_slots(self.tables[sid], 0, n, self.config.block_size)
-
-    def swap_out(self, msg: dict) -> None:
-        self.pf.swap_out_many([(sid, host_blocks, self._slots(sid, n)) for sid, host_blocks, n in msg["seqs"]])
-
-    def evict(self, msg: dict) -> None:
-        layers, heads = kv_box(self.store.spec, self.model.shard)
-        seqs = [(self._slots(sid, n), host_blocks) for sid, host_blocks, n in msg["seqs"]]
-        self.evict_bytes += swap_out_many(self.runner.kv, seqs, self.pool, layers, heads)
-        for sid, _, _ in msg["seqs"]:
-            self.tables.pop(sid, None)
-
-    def swap_in(self, msg: dict) -> None:
-        for sid, _, blocks, _ in msg["seqs"]:
-            self.tables[sid] = list(blocks)
-        self.pf.swap_in_many([(sid, host_blocks, self._slots(sid, n)) for sid, host_blocks, _, n in msg["seqs"]])
-
-    def reshard(self, msg: dict) -> None:
-        src, dst = msg["src"], msg["dst"]
-        left = self.pf.wait(self.config.timeout_s)
-        if left or self.tables:
-            raise EngineError(f"rank {self.rank}: re-shard with KV still in use ({len(self.tables)} sequences, "
-                              f"{len(left)} unagreed copies)")
-        self.pf.release()
-        self.runner.finish_sends()
-        self.runner = None  # the device KV cache goes with it
-        stats = reshard(self.model, self.store, src, dst, self.rank, self.comms[str(dst)])
-        self.runner = ModelRunner(self.model, self.num_blocks[str(dst)], self.config.block_size, seed=self.config.seed)
-        self.pf.rebind(self.runner.kv, *kv_box(self.store.spec, self.model.shard), write_out=True)
-        self.comm = self.comms[str(dst)]
-        self.is_sampler = self.model.shard.is_last and self.comm.tp_rank == 0
-        self.plane.use(self.replica, dst)
-        rec = {k: stats.as_dict()[k] for k in ("rank", "src", "dst", "reshard_s", "free_s", "load_s",
-                                                 "barrier_s", "bytes_loaded", "peak_bytes")}
-        self.reshards.append(rec)
-        if self.replica != 0:
-            # rank 0 (an observer of this replica's group) learns that the re-shard is done; in
-            # replica 0 the barrier at the end of ``reshard`` already told it. The figures go to
-            # rank 0 with the rest at the end (``stats``).
-            self.plane.gather(self.replica, None)
-
-
-# --------------------------------------------------------------------------------------------
-# Driver side (rank 0)
+__all__ = ["SeesawDriver", "SeesawWorker", "host_blocks_for", "make_host_pools"]
 
 
 @dataclass
@@ -288,13 +108,13 @@ class SeesawDriver(Driver):
             self.worker.close()
 
     # -- messages other than forwards --------------------------------------------------------
-    def _send(self, d: int, msg: dict):
+    def _send(self, d: int, msg: Message):
         """Send ``msg`` to replica ``d``, run rank 0's part; returns rank 0's result."""
         try:
             if self.plane.remote(d):
                 self.plane.send(d, msg)
             out = self.worker.handle(msg) if d == 0 else None
-            if msg["op"] == "reshard" and d != 0:
+            if isinstance(msg, ReshardMsg) and d != 0:
                 self.plane.gather(d, None)  # wait until the replica's ranks are done
             self._after_send(d, msg)
             return out
@@ -302,14 +122,14 @@ class SeesawDriver(Driver):
             if isinstance(e, EngineError):
                 raise
             ranks = ", ".join(map(str, self.replica_ranks[d]))
-            raise EngineError(f"{msg['op']} on replica {d} (ranks {ranks}) failed: {reason(e)}") from None
+            raise EngineError(f"{msg.op} on replica {d} (ranks {ranks}) failed: {reason(e)}") from None
 
-    def _before_send(self, d: int, msg: dict) -> None:
+    def _before_send(self, d: int, msg: ForwardMsg) -> None:
         if self.swaps[d] and self.num_inflight[d] == 0:
-            msg["sync"] = "poll"  # the replica's ranks are idle: agreeing costs no overlap
+            msg.sync = "poll"  # the replica's ranks are idle: agreeing costs no overlap
 
-    def _after_send(self, d: int, msg: dict) -> None:
-        if not msg.get("sync"):
+    def _after_send(self, d: int, msg: Message) -> None:
+        if not msg.sync:
             return
         if d == 0:
             agreed, self.worker.agreed = self.worker.agreed, []
@@ -342,7 +162,7 @@ class SeesawDriver(Driver):
         waited = False
         for d in range(self.layout.dp):
             if self.swaps[d] and self.num_inflight[d] == 0:
-                self._send(d, self._message(d, "sync", sync="wait"))
+                self._send(d, self._message(d, SyncMsg, sync="wait"))
                 self.num_waits += 1
                 if self.swaps[d]:
                     raise EngineError(f"replica {d}: KV copies of {len(self.swaps[d])} swap steps were not "
@@ -374,7 +194,7 @@ class SeesawDriver(Driver):
         if out:
             now = time.perf_counter()
             self.clocks[d].start("swap_stall", now)
-            self._send(d, self._message(d, "evict", seqs=out))
+            self._send(d, self._message(d, EvictMsg, seqs=out))
             done = time.perf_counter()
             self.clocks[d].end("swap_stall", done)
             if self.trace is not None:
@@ -405,7 +225,7 @@ class SeesawDriver(Driver):
             self.scheds[d].on_step_done(step)
             return
         self._track(d, step, [s for s, _, _ in seqs], sum(n for _, _, n in seqs))
-        self._send(d, self._message(d, "swap_out", seqs=seqs))
+        self._send(d, self._message(d, SwapOutMsg, seqs=seqs))
 
     def _swap_in(self, d: int, step: SwapIn) -> None:
         seqs = []
@@ -415,7 +235,7 @@ class SeesawDriver(Driver):
             blocks = self.kv[d].reserve(sid, n, seq.num_blocks)
             seqs.append((sid, self.host[d].block_tables[sid], blocks, n))
         self._track(d, step, [s for s, _, _, _ in seqs], sum(n for _, _, _, n in seqs))
-        self._send(d, self._message(d, "swap_in", seqs=seqs))
+        self._send(d, self._message(d, SwapInMsg, seqs=seqs))
 
     def _reshard(self, d: int, step: Reshard) -> None:
         if step.src == step.dst:  # a phase switch only: weights and KV stay where they are
@@ -424,7 +244,7 @@ class SeesawDriver(Driver):
         assert not self.swaps[d] and not self.kv[d].block_tables, "re-shard with KV in use"
         t0 = time.perf_counter()
         self.clocks[d].start("reshard", t0)
-        self._send(d, self._message(d, "reshard", src=step.src, dst=step.dst))
+        self._send(d, self._message(d, ReshardMsg, src=step.src, dst=step.dst))
         t1 = time.perf_counter()
         self.clocks[d].end("reshard", t1)
         if self.trace is not None:
@@ -434,7 +254,7 @@ class SeesawDriver(Driver):
         # the statistics every rank sends when it stops (``_reshard_log``)
         self.reshard_log.append({"replica": d, "src": str(step.src), "dst": str(step.dst),
                                  "wall_s": round(t1 - t0, 6)})
-        self.kv[d] = _ReplicaBlocks(self.blocks_by_layout[str(step.dst)], self.config.block_size)
+        self.kv[d] = ReplicaBlocks(self.blocks_by_layout[str(step.dst)], self.config.block_size)
         self.plane.use(d, step.dst)
         self.scheds[d].on_step_done(step)
 
@@ -489,39 +309,3 @@ class SeesawDriver(Driver):
             "reshards": self._reshard_log(ranks),
             "transitions": [dict(t, replica=d) for d, s in enumerate(self.scheds) for t in s.transition_log],
         }
-
-
-# --------------------------------------------------------------------------------------------
-# A rank of a Seesaw run
-
-
-def seesaw_rank_main(rank: int, device, store, config: EngineConfig, items, host_pools, load_tokenizer):
-    """One rank of a Seesaw run (called by ``driver.rank_main``): comms of both layouts (groups
-    are built once, collectively), the model under ``c_p``, KV block counts per layout, the host
-    pool of the rank's replica; rank 0 drives, the others serve."""
-    from seesaw.engine.dist import TorchComm
-    from seesaw.engine.model import Shard
-    from seesaw.engine.weights import build_shard
-
-    c_p, c_d = config.layout, config.decode_layout
-    if c_p.dp != c_d.dp or c_p.world_size != c_d.world_size:
-        raise EngineError(f"cannot run {c_p}->{c_d}: both layouts need the same DP degree and world size")
-    comm_p = TorchComm(c_p, rank, device, timeout_s=config.timeout_s)
-    comm_d = TorchComm(c_d, rank, device, timeout_s=config.timeout_s) if c_d != c_p else comm_p
-    plane = ControlPlane([c_p, c_d], rank, config.timeout_s)
-    model = build_shard(store, c_p, rank, comm_p, dtype=config.torch_dtype, device=device)
-    group = comm_p.control_group
-    blocks = {str(c_p): agree_num_blocks(config, model, device, group, items)}
-    blocks[str(c_d)] = agree_num_blocks(config, model, device, group, items, shard=Shard.of(store.spec, c_d, rank))
-    if host_pools is None:
-        host_pools = _named_pools(config, store.spec, items, rank, group)
-    pool = host_pools[comm_p.dp_rank]
-    runner = ModelRunner(model, blocks[str(c_p)], config.block_size, seed=config.seed)
-    worker = SeesawWorker(runner, {str(c_p): comm_p, str(c_d): comm_d}, plane, config, rank, store, pool, blocks)
-    warm_s = warm_up(runner, config, group, items)
-    if rank != 0:
-        worker.serve()
-        return None
-    driver = SeesawDriver(worker, items, config, blocks, pool.num_blocks, load_tokenizer(config))
-    driver.warmup_s = warm_s
-    return driver.run()

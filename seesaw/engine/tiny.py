@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from seesaw.engine.files import publish_dir
+
 __all__ = ["TINY_DEFAULT", "BOS_ID", "EOS_ID", "PAD_ID", "tiny_config", "write_random_checkpoint", "ensure_tiny"]
 
 BOS_ID, EOS_ID, PAD_ID = 256, 257, 258
@@ -148,8 +150,6 @@ def write_random_checkpoint(
 
 def ensure_tiny(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the catalog's tiny model into ``out_dir`` unless an identical one is there."""
-    from seesaw.engine.weights import publish_dir
-
     out = Path(out_dir)
     config = tiny_config()
     if (out / ".complete").is_file():

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from seesaw.engine.weights import CheckpointError
+from seesaw.engine.files import CheckpointError
 
 __all__ = ["ByteTokenizer", "HFTokenizer", "load_tokenizer", "write_byte_tokenizer", "CHATML_TEMPLATE"]
 

