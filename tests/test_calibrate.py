@@ -130,12 +130,12 @@ def test_a_pair_keeps_the_speed_of_its_median_runs_round(monkeypatch, checks, ke
     third round's, so the row's speed is the checks around round 3, not round 2's (the middle
     of the sorted order)."""
     from seesaw.app import calibrate as cal
-    from seesaw.engine import driver
+    from seesaw.engine import launch
 
     found = iter([{"speed_ratio": c} if c else {} for c in checks])
     monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2, warn=None: next(found))
     tok_s = iter([100.0, 300.0, 200.0])
-    monkeypatch.setattr(driver, "run_batch", lambda store, items, config: {
+    monkeypatch.setattr(launch, "run_batch", lambda store, items, config: {
         "tokens_per_second": next(tok_s), "elapsed_time": 1.0, "time_by_phase": {"prefill": 0.2, "decode": 0.8}})
     (row,) = cal.calibrate("tiny", ["T1"], parse_workloads("constant:16/4"), num_requests=2, repeat=3,
                            check_speed=True, progress=None)

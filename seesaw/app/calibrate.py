@@ -1,7 +1,7 @@
 """``seesaw calibrate``: the simulator's prediction versus the real engine, layout by layout.
 
 For every (layout, workload) pair the workload runs through the real engine (the same code path
-as ``seesaw run``: ``seesaw.engine.driver.run_batch`` on CPU ranks, one per rank of the layout)
+as ``seesaw run``: ``seesaw.engine.launch.run_batch`` on CPU ranks, one per rank of the layout)
 and through ``simulator.sim.simulate`` with the measured profile's cost model and node
 (``catalog.measured_node``), with the same policy knobs and the same requests: each request's
 prompt length and the output length the engine actually produced (length workloads such as
@@ -173,7 +173,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
     second says how much of an error the machine's drift since the profile explains."""
     from seesaw import catalog
-    from seesaw.app.run import engine_config, model_name, parse_run_layout, resolve_checkpoint
+    from seesaw.app.run import engine_config, parse_run_layout
+    from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
     from seesaw.engine.batch_io import prepare_requests
     from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
@@ -189,7 +190,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
         raise CalibrationError("--layouts: give at least one layout")
     prof = catalog.load_measured(profile)
     model_dir = resolve_checkpoint(model, None)
-    name = model_name(model, model_dir)
+    name = checkpoint_name(model, model_dir)
     store = load_checkpoint(model_dir, share_memory=True, name=name)
     for _, c_p, c_d in parsed:
         for c in (c_p, c_d):
@@ -309,7 +310,8 @@ def _engine_run(store, items, config) -> dict:
     """One engine run; a run that fails once started is ``RunFailed`` (one line, exit 1)."""
     from seesaw.app.run import RunFailed
     from seesaw.engine.dist import RankError
-    from seesaw.engine.driver import EngineError, run_batch
+    from seesaw.engine.config import EngineError
+    from seesaw.engine.launch import run_batch
 
     try:
         return run_batch(store, items, config)

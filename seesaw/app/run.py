@@ -38,7 +38,7 @@ from seesaw.core import (
 )
 
 __all__ = ["RunOptions", "RunEvents", "BatchRun", "RunInputError", "RunFailed", "run", "DEFAULT_OUTPUT_DIR",
-           "default_input", "parse_run_layout", "resolve_checkpoint", "model_name", "engine_config",
+           "default_input", "parse_run_layout", "engine_config",
            "policy_knobs", "empty_result"]
 
 DEFAULT_OUTPUT_DIR = Path("seesaw-run")
@@ -130,24 +130,6 @@ def parse_run_layout(text: str) -> tuple[ParallelConfig, ParallelConfig | None]:
     return c_p, c_d
 
 
-def resolve_checkpoint(model: str, plan: Plan | None = None) -> Path:
-    """The local checkpoint folder of ``model`` (a name, a .gguf file or a HF dir)."""
-    from seesaw.engine.weights import resolve_model
-
-    try:
-        return resolve_model(model)
-    except SpecError:
-        if plan is not None and model == plan.model.name:
-            raise RunInputError(f"the plan is for model {model!r}, which has no local checkpoint; "
-                                "give it with --model") from None
-        raise
-
-
-def model_name(model: str, model_dir: Path) -> str:
-    """The name a run reports: the built-in name, else the checkpoint folder's."""
-    return model if model.lower() in ("tiny", "smollm2-135m", "smollm2-135m-instruct") else Path(model_dir).name
-
-
 def policy_knobs(plan: Plan | None, max_num_seqs=None, max_num_batched_tokens=None, chunked=None, block_size=None,
                  host_kv_gib=None, host_full=None, decode_low=None) -> dict:
     """Policy knobs: the caller's, else the plan's, else the policy defaults."""
@@ -178,7 +160,7 @@ def policy_knobs(plan: Plan | None, max_num_seqs=None, max_num_batched_tokens=No
 
 def engine_config(c_p: ParallelConfig, c_d: ParallelConfig | None, knobs: dict, **kw):
     """The engine's configuration for one run."""
-    from seesaw.engine.driver import EngineConfig
+    from seesaw.engine.config import EngineConfig
 
     return EngineConfig(layout=c_p, decode_layout=c_d, **knobs, **kw)
 
@@ -237,7 +219,8 @@ def failure_line(e) -> str:
 def _launch(store, items, config, torchrun: bool):
     from seesaw.engine.dist import RankError
     from seesaw.engine.devices import run_torchrun_rank
-    from seesaw.engine.driver import EngineError, run_batch
+    from seesaw.engine.config import EngineError
+    from seesaw.engine.launch import run_batch
 
     try:
         if torchrun:
@@ -281,6 +264,7 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
     """Run one batch; None on a torchrun rank other than 0 (rank 0 returns the run)."""
     from seesaw.autotune import comparison, load_plan, policy_layouts
     from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
+    from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
     from seesaw.engine.devices import check_device
     from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
@@ -301,8 +285,8 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
         _check_ranks(c_p, o.num_ranks, torchrun)
     rank = int(os.environ.get("RANK", 0))
 
-    model_dir = resolve_checkpoint(model, plan)
-    name = model_name(model, model_dir)
+    model_dir = resolve_checkpoint(model, plan.model.name if plan is not None else None)
+    name = checkpoint_name(model, model_dir)
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
     tokenizer = load_tokenizer(model_dir)
     output_dir = Path(o.output_dir)
@@ -349,7 +333,7 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
         append=o.resume, progress=o.progress, fault=_fault_from_env(),
         step_trace=str(o.step_trace) if o.step_trace else "", warmup=o.warmup)
     if config.seesaw:
-        from seesaw.engine.seesaw_driver import host_blocks_for
+        from seesaw.engine.host_pools import host_blocks_for
 
         host_blocks_for(config, store.spec, items)  # a pool that cannot hold a request: fail now
     if rank == 0 and plan is not None:

@@ -33,7 +33,7 @@ def run_torchrun_rank(store, items, config):
     import torch.distributed as dist
 
     from seesaw.engine.dist import init_process
-    from seesaw.engine.driver import rank_main
+    from seesaw.engine.launch import rank_main
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     backend = "nccl" if config.device == "cuda" else "gloo"

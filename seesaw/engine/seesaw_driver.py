@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from seesaw.engine.batch_io import BatchItem
 from seesaw.engine.config import EngineConfig, EngineError, reason
 from seesaw.engine.host_kv import HostBlockAllocator
-from seesaw.engine.host_pools import host_blocks_for, make_host_pools  # noqa: F401  (re-exported)
 from seesaw.engine.kv import ReplicaBlocks
 from seesaw.engine.messages import EvictMsg, ForwardMsg, Message, ReshardMsg, SwapInMsg, SwapOutMsg, SyncMsg
 from seesaw.engine.prefetch import ReplicaCompletions
@@ -60,7 +59,7 @@ from seesaw.engine.vllm_driver import Driver
 from seesaw.scheduling import Reshard, SwapIn, SwapOut
 from seesaw.scheduling.seesaw import SeesawScheduler
 
-__all__ = ["SeesawDriver", "SeesawWorker", "host_blocks_for", "make_host_pools"]
+__all__ = ["SeesawDriver"]
 
 
 @dataclass

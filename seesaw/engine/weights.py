@@ -16,8 +16,7 @@ rank)`` slices the shard one rank holds, under the parameter names of ``model.Ll
 
 Bad input gives a one-line ``CheckpointError``. Reading ``config.json`` is ``hf_config``; mapping a
 model name ("tiny", "smollm2-135m", a ``.gguf`` file, a directory) to a checkpoint directory is
-``checkpoint`` (this module re-exports ``resolve_model`` and the config helpers for callers
-outside the engine until they import them from there).
+``checkpoint``.
 """
 
 from __future__ import annotations
@@ -28,23 +27,16 @@ from pathlib import Path
 
 import torch
 
-from seesaw.engine.checkpoint import SMOLLM2_NAMES, resolve_model  # noqa: F401  (re-exported)
-from seesaw.engine.files import CheckpointError, cache_dir, publish_dir  # noqa: F401  (re-exported)
+from seesaw.engine.files import CheckpointError
 from seesaw.engine.hf_config import expected_shapes, read_config, spec_from_config
 from seesaw.engine.model import Comm, LlamaShard, Shard
 from seesaw.core import ModelSpec, ParallelConfig
 
 __all__ = [
-    "CheckpointError",
     "WeightStore",
-    "read_config",
-    "spec_from_config",
-    "expected_shapes",
     "load_checkpoint",
     "materialize",
     "build_shard",
-    "cache_dir",
-    "resolve_model",
 ]
 
 

@@ -103,7 +103,8 @@ class _ReplicaComm(LocalComm):
 
 
 def _random_store(spec: ModelSpec, r: Rank):
-    from seesaw.engine.weights import WeightStore, expected_shapes
+    from seesaw.engine.hf_config import expected_shapes
+    from seesaw.engine.weights import WeightStore
 
     tensors = {}
     for name, shape in expected_shapes(spec).items():

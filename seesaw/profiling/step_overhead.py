@@ -52,11 +52,14 @@ class _DriverComm(LocalComm):
 
 
 def _driver_run(spec: ModelSpec, r: Rank, seqs: int, new_tokens: int) -> None:
-    """One whole run of the engine's driver (``seesaw.engine.driver``: scheduler, block tables,
+    """One whole run of the engine's driver (``seesaw.engine.vllm_driver``: scheduler, block tables,
     step messages, the worker's metadata and sampling) for ``seqs`` requests of
     ``_STEP_PROMPT`` prompt and ``new_tokens`` output tokens, on one rank, the model stubbed."""
     from seesaw.engine.batch_io import BatchItem
-    from seesaw.engine.driver import ControlPlane, Driver, EngineConfig, StepWorker
+    from seesaw.engine.config import EngineConfig
+    from seesaw.engine.control import ControlPlane
+    from seesaw.engine.vllm_driver import Driver
+    from seesaw.engine.worker import StepWorker
 
     layout = ParallelConfig()
     cfg = EngineConfig(layout=layout, max_num_seqs=seqs, max_num_batched_tokens=max(8192, seqs * _STEP_PROMPT))

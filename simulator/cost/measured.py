@@ -71,7 +71,7 @@ def measured_stage(model: ModelSpec, tb: MeasuredTables, layout: ParallelConfig,
 
 def control_s(tb: MeasuredTables, layout: ParallelConfig) -> float:
     """The engine driver's step message to a replica's other ranks: one gloo broadcast of its
-    fixed buffer from rank 0 (``seesaw.engine.driver.ControlPlane``), which the replica's
+    fixed buffer from rank 0 (``seesaw.engine.control.ControlPlane``), which the replica's
     ranks wait for before they start; none when the replica is rank 0 alone. With a measured
     hand-off: one, since rank 0 sends it and computes on (its receivers ask late)."""
     members = layout.tp * layout.pp + (1 if layout.dp > 1 else 0)

@@ -120,7 +120,7 @@ def pooled_curve(points: dict[float, list[float]]) -> Curve:
     return Curve(xs, [sum(points[x]) / len(points[x]) for x in xs])
 
 
-# the engine driver's step message buffer (seesaw.engine.driver.ControlPlane capacity, 32 KiB)
+# the engine driver's step message buffer (seesaw.engine.control.ControlPlane capacity, 32 KiB)
 CONTROL_MESSAGE_BYTES = 1 << 15
 
 
