@@ -23,6 +23,8 @@ from seesaw.api import (
     whatif,
 )
 from seesaw.core import (
+    PHASES,
+    GiB,
     GpuSpec,
     MeasuredProfile,
     ModelSpec,
@@ -38,9 +40,22 @@ from seesaw.core import (
 
 from seesaw.core import VERSION as __version__  # noqa: E402
 
+# Research building blocks, imported on first use so that ``import seesaw`` stays cheap.
+_LAZY = {"CostModel": "simulator.cost", "BatchShape": "simulator.cost", "SearchSpace": "simulator.planner",
+         "COMPARE_SPACE": "simulator.planner", "SimResult": "simulator.sim", "PlanResult": "simulator.planner"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'seesaw' has no attribute {name!r}")
+
+
 __all__ = [
     "simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
     "load_model", "load_gpu", "load_node", "make_node", "load_measured", "list_catalog",
-    "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunResult", "SeesawPolicy",
-    "SpecError", "VllmPolicy", "parse_layout", "__version__",
+    "PHASES", "GiB", "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunResult", "SeesawPolicy",
+    "SpecError", "VllmPolicy", "parse_layout", "__version__", *_LAZY,
 ]

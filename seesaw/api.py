@@ -26,17 +26,22 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str = "T4P2",
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
-             progress: Callable | None = None):
+             progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None):
     """Simulate a workload on a node under one layout (``T4P2``) or Seesaw pair (``P8->T4P2``).
 
-    Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``, ``tokens_per_second``, the
-    step timeline); with ``output_dir`` also writes the run folder as ``seesaw simulate -o``."""
+    Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
+    ``tokens_per_second``, ``time_by_phase``, the step timeline); with ``output_dir`` also writes
+    the run folder as ``seesaw simulate -o``. For research, any input may be given as an object
+    instead of a name: ``model`` a ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a
+    ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
+    a ``MeasuredProfile`` of ``node``)."""
     from seesaw.app.simulate import simulate as run
 
     done = run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
                chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
-               host_kv_gib=host_kv_gib, progress=progress)
+               host_kv_gib=host_kv_gib, progress=progress, node=node, policy=policy, requests=requests,
+               cost=cost, measured=measured)
     if output_dir is not None:
         from seesaw.report import write_sim_folder
 
@@ -47,29 +52,36 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
             interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
             input_len: int | None = None, output_len: int | None = None, seed: int = 0, sample_size: int = 2000,
-            workers: int = 2, progress: Callable | None = None):
+            workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
+            **search_options):
     """Every feasible static layout and Seesaw pair, simulated and ranked: a ``PlanResult``
-    (``table``, ``winner``, ``best_vllm``, ``rejected``, ``summary()``)."""
+    (``table``, ``winner``, ``best_vllm``, ``rejected``, ``summary()``). ``node``, ``requests``,
+    ``measured`` as in ``simulate``; other keywords go to the planner (``space``, ...)."""
     from seesaw.app.simulate import compare as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
-               sample_size=sample_size, workers=workers, progress=progress).result
+               sample_size=sample_size, workers=workers, progress=progress, node=node, requests=requests,
+               measured=measured, **search_options).result
 
 
 def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
          interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
          input_len: int | None = None, output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
-         workers: int = 2, progress: Callable | None = None):
+         workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
+         **search_options):
     """The searched best plan: a ``PlanResult`` whose ``plan`` is the winning ``Plan`` (None when
-    nothing fits; ``rejected`` says why) and whose ``table`` ranks every candidate."""
+    nothing fits; ``rejected`` says why) and whose ``table`` ranks every candidate. ``gpu`` may
+    name a measured machine (``cpu-2core``). ``node``, ``requests``, ``measured`` as in
+    ``simulate``; other keywords go to the planner (``space``, ``screen``, ``refine``, ...)."""
     from seesaw.app.simulate import plan as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
-               exhaustive=exhaustive, workers=workers, progress=progress).result
+               exhaustive=exhaustive, workers=workers, progress=progress, node=node, requests=requests,
+               measured=measured, **search_options).result
 
 
 def whatif(model: str = "llama2-70b", gpu: str | Sequence[str] = "a10,l4,a100-40g",

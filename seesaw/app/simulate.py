@@ -104,15 +104,34 @@ def build_policy(layout: str, *, chunked_prefill: bool = False, chunk_size: int 
                         host_full_watermark=watermark, **common)
 
 
-def load_inputs(model: str, workload: str, num_requests: int | None = None, seed: int = 0,
-                input_len: int | None = None, output_len: int | None = None):
-    """(model spec, requests): a catalog model and a workload sample."""
+def resolve_model(model) -> ModelSpec:
+    """A ``ModelSpec`` as given, or the catalog model (or YAML file, or HF directory) it names."""
     from seesaw import catalog as cat
+
+    return model if isinstance(model, ModelSpec) else cat.load_model(model)
+
+
+def resolve_requests(workload: str, num_requests: int | None = None, seed: int = 0, input_len: int | None = None,
+                     output_len: int | None = None, requests=None):
+    """The requests given, or a sample of the workload (a file or a built-in generator)."""
     from seesaw.workload import load_workload
 
-    model_spec = cat.load_model(model)
-    reqs = load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
-    return model_spec, reqs
+    if requests is not None:
+        return requests
+    return load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
+
+
+def load_inputs(model, workload: str, num_requests: int | None = None, seed: int = 0,
+                input_len: int | None = None, output_len: int | None = None, requests=None):
+    """(model spec, requests): a catalog model (or a spec) and a workload sample (or the requests given)."""
+    return resolve_model(model), resolve_requests(workload, num_requests, seed, input_len, output_len, requests)
+
+
+def _hardware(gpu: str, num_gpus, interconnect, model_spec: ModelSpec, node: NodeSpec | None, measured):
+    """``resolve_hardware``, unless a node (and optionally its measured profile) is given."""
+    if node is None:
+        return resolve_hardware(gpu, num_gpus, interconnect, model_spec)
+    return node, measured, model_spec
 
 
 def check_objective(objective: str) -> None:
@@ -124,25 +143,26 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
              output_len: int | None = None, seed: int = 0, layout: str = "T4P2", chunked_prefill: bool = False,
              chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
-             progress: Callable | None = None, on_start: Callable[[int, str], Any] | None = None) -> Simulated:
+             progress: Callable | None = None, on_start: Callable[[int, str], Any] | None = None, *,
+             node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None) -> Simulated:
     """Simulate ``workload`` on a node under one layout and policy.
 
-    ``on_start(num_requests, description)`` is called once the inputs are resolved and may return
-    the progress callback to use (the CLI opens its bar there)."""
-    from seesaw import catalog as cat
-    from seesaw.workload import load_workload
+    Research use: ``model`` may be a ``ModelSpec``, ``node`` a ``NodeSpec`` (instead of ``gpu``,
+    ``num_gpus``, ``interconnect``), ``policy`` a ``VllmPolicy``/``SeesawPolicy`` (instead of
+    ``layout`` and its knobs), ``requests`` a list (instead of ``workload``), ``cost`` a
+    ``CostModel`` or ``measured`` a profile of ``node``. ``on_start(num_requests, description)`` is
+    called once the inputs are resolved and may return the progress callback to use."""
     from simulator.sim import simulate as run_sim
 
-    model_spec = cat.load_model(model)  # checked in the CLI's order: model, node, policy, workload
-    node, measured, model_spec = resolve_hardware(gpu, num_gpus, interconnect, model_spec)
-    policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
-                          max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
-    reqs = load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len,
-                         output_len=output_len)
+    model_spec = resolve_model(model)  # checked in the CLI's order: model, node, policy, workload
+    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
+    if policy is None:
+        policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
+                              max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
+    reqs = resolve_requests(workload, num_requests, seed, input_len, output_len, requests)
     if on_start is not None:
         progress = on_start(len(reqs), f"simulating {policy.describe()}") or progress
-    cost = None
-    if measured is not None:
+    if cost is None and measured is not None:
         from simulator.cost import CostModel
 
         cost = CostModel(model_spec, node, measured=measured)
@@ -159,16 +179,21 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
             workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
             output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int = 2,
-            progress: Callable | None = None) -> Planned:
-    """Simulate every feasible static layout (chunked prefill on and off) and every Seesaw pair."""
+            progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None, measured=None,
+            **search_options) -> Planned:
+    """Simulate every feasible static layout (chunked prefill on and off) and every Seesaw pair.
+
+    ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
+    ``simulator.planner.plan`` (``space``, ...)."""
     from simulator.planner import COMPARE_SPACE
     from simulator.planner import plan as search
 
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
-    node, measured, model_spec = resolve_hardware(gpu, num_gpus, interconnect, model_spec)
-    result = search(model_spec, node, reqs, space=COMPARE_SPACE, exhaustive=True, sample_size=sample_size,
-                    seed=seed, workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress,
-                    measured=measured)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests)
+    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
+    search_options.setdefault("space", COMPARE_SPACE)
+    result = search(model_spec, node, reqs, exhaustive=True, sample_size=sample_size, seed=seed, workers=workers,
+                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
+                    **search_options)
     config = {"command": "compare", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": len(reqs), "seed": seed, "sample_size": sample_size}
     return Planned(result=result, config=config, model=model_spec, node=node, num_requests=len(reqs))
@@ -178,16 +203,21 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
          output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
-         workers: int = 2, progress: Callable | None = None) -> Planned:
-    """Search layouts, policies and host-pool settings for the best plan (``result.plan``)."""
+         workers: int = 2, progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None,
+         measured=None, **search_options) -> Planned:
+    """Search layouts, policies and host-pool settings for the best plan (``result.plan``).
+
+    ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
+    ``simulator.planner.plan`` (``space``, ``screen``, ``refine``, ...)."""
     from simulator.planner import plan as search
 
     check_objective(objective)
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
-    node, measured, model_spec = resolve_hardware(gpu, num_gpus, interconnect, model_spec)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests)
+    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
     result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
                     exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
-                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured)
+                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
+                    **search_options)
     config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": len(reqs), "seed": seed, "objective": objective,
               "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive}
