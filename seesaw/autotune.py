@@ -29,7 +29,7 @@ from pathlib import Path
 
 from seesaw.scheduling import SchedulerError
 from seesaw.core import (
-    ModelSpec, NodeSpec, ParallelConfig, Plan, SeesawPolicy, SpecError, VllmPolicy,
+    ModelSpec, NodeSpec, ParallelConfig, Plan, Predicted, SeesawPolicy, SpecError, VllmPolicy,
 )
 
 __all__ = ["Machine", "machine", "plan_for_machine", "load_plan", "comparison", "comparison_lines",
@@ -126,12 +126,11 @@ def plan_for_machine(model: ModelSpec, mach: Machine, requests: list, *, workloa
                f"({vllm[0][0].describe()})"
     elif len(rows) > 1:
         why += f"; runner-up {rows[1][0].describe()} {rows[1][1].tokens_per_second:,.1f} tokens/s"
-    predicted = {"throughput_tok_s": best.tokens_per_second, "makespan_s": best.elapsed_time,
-                 "output_throughput_tok_s": best.output_tokens_per_second,
-                 "requests_per_s": best.requests_per_second,
-                 **{f"{k}_s": v for k, v in best.time_by_phase.items() if v}}
-    if vllm:
-        predicted["speedup_vs_best_vllm"] = best.tokens_per_second / vllm[0][1].tokens_per_second
+    predicted = Predicted(
+        throughput_tok_s=best.tokens_per_second, makespan_s=best.elapsed_time,
+        output_throughput_tok_s=best.output_tokens_per_second, requests_per_s=best.requests_per_second,
+        speedup_vs_best_vllm=best.tokens_per_second / vllm[0][1].tokens_per_second if vllm else None,
+        **{f"{k}_s": v for k, v in best.time_by_phase.items() if v})
     plan = Plan(
         model=model, node=mach.node, policy=best_pol, workload=workload, predicted=predicted,
         runner_up=table[1] if len(table) > 1 else None, search_space_size=len(rows) + len(rejected),
@@ -179,12 +178,12 @@ def comparison(plan: Plan, result: dict) -> dict:
     """Predicted (the plan) and measured (the engine run) side by side; ratio = measured/predicted."""
     pred = plan.predicted
     rows = {
-        "tokens_per_second": (pred.get("throughput_tok_s"), result["tokens_per_second"]),
-        "output_tokens_per_second": (pred.get("output_throughput_tok_s"), result["output_tokens_per_second"]),
-        "elapsed_time": (pred.get("makespan_s"), result["elapsed_time"]),
+        "tokens_per_second": (pred.throughput_tok_s, result["tokens_per_second"]),
+        "output_tokens_per_second": (pred.output_throughput_tok_s, result["output_tokens_per_second"]),
+        "elapsed_time": (pred.makespan_s, result["elapsed_time"]),
     }
     for k, v in result["time_by_phase"].items():
-        p = pred.get(f"{k}_s")
+        p = pred.phase_s(k)
         if p or v:
             rows[f"{k}_s"] = (p, v)
     out = {k: {"predicted": p, "measured": m, "ratio": (m / p if p else None)} for k, (p, m) in rows.items()}

@@ -92,15 +92,15 @@ def test_plan_is_a_complete_auditable_plan(small_case, searched):
     r = searched[1]
     p = r.plan
     assert Plan.model_validate_json(p.model_dump_json()) == p
-    assert p.predicted["throughput_tok_s"] > 0 and p.predicted["makespan_s"] > 0
-    assert p.predicted["cost_per_mtok_usd"] > 0 and p.search_space_size == len(r.table)
+    assert p.predicted.throughput_tok_s > 0 and p.predicted.makespan_s > 0
+    assert p.predicted.cost_per_mtok_usd > 0 and p.search_space_size == len(r.table)
     assert p.runner_up["layout"] != r.winner["layout"] and p.runner_up["worse_by_pct"] >= 0
     assert p.provenance["model_profile"] == "codellama-34b" and p.provenance["gpu_profile"] == "a10"
     assert "seesaw_version" in p.provenance
     assert r.best_vllm["candidate"] in p.explanation or p.policy.kind == "vllm"
     # the winner re-simulates to the predicted makespan (the plan means what it says)
     again = simulate(model, node, p.policy, reqs)
-    assert again.elapsed_time == pytest.approx(p.predicted["makespan_s"], rel=1e-9)
+    assert again.elapsed_time == pytest.approx(p.predicted.makespan_s, rel=1e-9)
 
 
 def test_estimates_rank_layouts_like_the_simulator():
@@ -175,4 +175,4 @@ def test_plan_with_a_measured_profile_agrees_with_the_exhaustive_search():
         assert autotune.policy_layouts(res.plan.policy) == autotune.policy_layouts(exhaustive.policy)
         roofline = plan(model, mach.node, reqs, workers=1, space=TINY)
         assert roofline.plan.provenance["cost_model"] == "roofline"
-        assert res.plan.predicted["throughput_tok_s"] != roofline.plan.predicted["throughput_tok_s"]
+        assert res.plan.predicted.throughput_tok_s != roofline.plan.predicted.throughput_tok_s

@@ -125,5 +125,5 @@ def test_plan_round_trip():
                     gpu_link_bandwidth_bytes_per_s=16e9, host_link_bandwidth_bytes_per_s=16e9,
                     host_memory_bytes_per_gpu=80e9)
     plan = Plan(model=m, node=node, policy=SeesawPolicy(prefill_layout="P8", decode_layout="T4P2"),
-                workload="sharegpt x2000", predicted={"tokens_per_second": 1.0})
+                workload="sharegpt x2000", predicted={"throughput_tok_s": 1.0, "makespan_s": 2.0})
     assert Plan.model_validate_json(plan.model_dump_json()) == plan

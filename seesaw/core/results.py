@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_serializer
 
 from seesaw.core.base import Spec
 from seesaw.core.hardware import NodeSpec
@@ -40,6 +40,37 @@ class RunResult(Spec):
         )
 
 
+class Predicted(Spec):
+    """What a plan predicts for its workload: the one set of keys every planner fills.
+
+    ``throughput_tok_s`` is total (prompt + output) tokens per second and ``output_throughput_tok_s``
+    output tokens per second (vLLM's definitions); ``<phase>_s`` the simulated seconds by phase
+    (``seesaw.core.PHASES``). Figures that do not apply (no price, no vLLM baseline, a phase that
+    never happened) are None and left out of the JSON."""
+
+    throughput_tok_s: float = Field(ge=0)
+    output_throughput_tok_s: float | None = Field(default=None, ge=0)
+    requests_per_s: float | None = Field(default=None, ge=0)
+    makespan_s: float = Field(ge=0)
+    gpu_hours: float | None = Field(default=None, ge=0)
+    cost_per_mtok_usd: float | None = Field(default=None, ge=0)
+    speedup_vs_best_vllm: float | None = Field(default=None, gt=0)
+    prefill_s: float | None = None
+    decode_s: float | None = None
+    mixed_s: float | None = None
+    reshard_s: float | None = None
+    swap_stall_s: float | None = None
+    idle_s: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_none(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    def phase_s(self, phase: str) -> float | None:
+        """Predicted seconds of ``phase`` (one of ``PHASES``), None when it never happened."""
+        return getattr(self, f"{phase}_s")
+
+
 class Plan(Spec):
     """What the planner chose, with enough context to re-run or audit it."""
 
@@ -48,7 +79,7 @@ class Plan(Spec):
     policy: PolicySpec
     workload: str = Field(description="workload description the plan was made for")
     objective: Literal["throughput", "cost"] = "throughput"
-    predicted: dict[str, float] = Field(default_factory=dict, description="predicted metrics")
+    predicted: Predicted = Field(description="predicted metrics")
     runner_up: dict | None = None
     search_space_size: int = Field(default=0, ge=0)
     explanation: str = ""

@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from seesaw.core import SeesawPolicy, VllmPolicy
+from seesaw.core import Predicted, SeesawPolicy, VllmPolicy
 from simulator.cost import CostModel
 from simulator.planner.estimate import ReplicaWork, host_limit_tokens
 from simulator.sim import PHASES
@@ -42,15 +42,19 @@ def brief(row) -> dict:
     return out
 
 
-def predicted(row, best_vllm: dict | None) -> dict[str, float]:
-    out = {"throughput_tok_s": float(row["throughput_tok_s"]), "makespan_s": float(row["makespan_s"]),
-           "gpu_hours": float(row["gpu_hours"])}
-    if not math.isnan(row["cost_per_mtok_usd"]):
-        out["cost_per_mtok_usd"] = float(row["cost_per_mtok_usd"])
-    if best_vllm:
-        out["speedup_vs_best_vllm"] = float(row["speedup_vs_best_vllm"])
-    out.update({f"{k}_s": float(row[f"{k}_s"]) for k in PHASES if row[f"{k}_s"]})
-    return out
+def predicted(row, best_vllm: dict | None, output_fraction: float, num_requests: int) -> Predicted:
+    """The plan's prediction from its row of the ranked table: ``output_fraction`` of the workload's
+    tokens are output tokens (throughput counts prompt + output), ``num_requests`` of them finish
+    within the makespan."""
+    makespan = float(row["makespan_s"])
+    cost = float(row["cost_per_mtok_usd"])
+    return Predicted(
+        throughput_tok_s=float(row["throughput_tok_s"]), makespan_s=makespan, gpu_hours=float(row["gpu_hours"]),
+        output_throughput_tok_s=float(row["throughput_tok_s"]) * output_fraction,
+        requests_per_s=num_requests / makespan if makespan > 0 else None,
+        cost_per_mtok_usd=None if math.isnan(cost) else cost,
+        speedup_vs_best_vllm=float(row["speedup_vs_best_vllm"]) if best_vllm else None,
+        **{f"{k}_s": float(row[f"{k}_s"]) for k in PHASES if row[f"{k}_s"]})
 
 
 def _dur(seconds: float) -> str:

@@ -174,6 +174,7 @@ def plan(
         raise SpecError(f"no price for GPU '{node.gpu.name}': give a price per GPU-hour for the cost objective")
     sample = sample_requests(requests, sample_size, seed)
     full_tokens = sum(r.prompt_len + r.output_len for r in requests)
+    output_fraction = sum(r.output_len for r in requests) / full_tokens if full_tokens else 0.0
     scale = full_tokens / sum(r.prompt_len + r.output_len for r in sample)
     cost = CostModel(model, node, measured=measured)
     layouts, rejected = enumerate_layouts(model, node, cost, space)
@@ -241,7 +242,7 @@ def plan(
         result.plan = Plan(
             model=model, node=node, policy=candidates[int(sim.iloc[0]["index"])].policy,
             workload=workload_name or f"{len(requests)} requests", objective=objective,
-            predicted=predicted(sim.iloc[0], result.best_vllm),
+            predicted=predicted(sim.iloc[0], result.best_vllm, output_fraction, len(requests)),
             runner_up=runner_up, search_space_size=len(candidates),
             explanation=explain(sim.iloc[0], vllm.iloc[0] if len(vllm) else None, sim),
             provenance={
