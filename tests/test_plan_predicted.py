@@ -4,7 +4,7 @@ so ``run --plan`` compares output tokens/s with a plan from ``seesaw plan`` too.
 import pytest
 
 import seesaw
-from seesaw.autotune import comparison
+from seesaw.app.autotune import comparison
 
 
 def test_a_searched_plan_predicts_output_throughput_and_run_compares_it():

@@ -161,7 +161,8 @@ def test_plan_with_a_measured_profile_agrees_with_the_exhaustive_search():
     """``measured=``: the planner prices candidates with the machine's tables (here the committed CPU
     profile, 2 ranks) and, for a decode-heavy and a prefill-heavy batch, picks the layout that
     ``seesaw run --auto``'s exhaustive full simulation picks."""
-    from seesaw import autotune, catalog
+    from seesaw import catalog
+    from seesaw.app import autotune
     from seesaw.workload import Request
 
     prof = catalog.load_measured("cpu-2core")

@@ -151,7 +151,7 @@ def policy_knobs(plan: Plan | None, max_num_seqs=None, max_num_batched_tokens=No
                                          SeesawPolicy.model_fields["decode_low_watermark"].default))
     host = None if host_kv_gib is None else host_kv_gib * GiB
     if host is None and isinstance(pol, SeesawPolicy):
-        from seesaw.autotune import plan_host_kv_bytes
+        from seesaw.app.autotune import plan_host_kv_bytes
 
         host = plan_host_kv_bytes(plan)
     out["host_kv_bytes"] = host
@@ -233,15 +233,16 @@ def _launch(store, items, config, torchrun: bool):
 
 
 def write_json(path: Path, obj) -> Path:
-    from seesaw.autotune import write_json as write
+    """One JSON file of the run's folder, written as every ``summary.json`` is."""
+    from seesaw.report import json_text
 
-    write(path, obj)
+    path.write_text(json_text(obj))
     return path
 
 
 def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, events: RunEvents, quiet: bool):
-    """Plan for this machine (``seesaw.autotune``); write ``OUTPUT_DIR/plan.json``."""
-    from seesaw.autotune import machine, plan_for_machine
+    """Plan for this machine (``seesaw.app.autotune``); write ``OUTPUT_DIR/plan.json``."""
+    from seesaw.app.autotune import machine, plan_for_machine
     from seesaw.workload import Request
 
     model_spec = spec.model_copy(update={"name": name, "dtype_bytes": DTYPE_BYTES[dtype]})
@@ -262,7 +263,7 @@ def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, e
 
 def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None:
     """Run one batch; None on a torchrun rank other than 0 (rank 0 returns the run)."""
-    from seesaw.autotune import comparison, load_plan, policy_layouts
+    from seesaw.app.autotune import comparison, load_plan, policy_layouts
     from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
     from seesaw.engine.devices import check_device

@@ -131,7 +131,7 @@ def _print_result(result: dict, output: Path, as_json: bool, comp: dict | None =
               f"{extra.get('reshard_time', 0.0):.3f}s, KV swapped {extra.get('swapped_bytes', 0) / 1e6:.2f} MB "
               f"({moved / 1e6:.2f} MB on the busiest rank), swap stall {extra.get('swap_stall_time', 0.0):.3f}s")
     if comp is not None:
-        from seesaw.autotune import comparison_lines
+        from seesaw.report.comparison import comparison_lines
 
         print(f"Predicted vs measured ({comp['policy']}):")
         for line in comparison_lines(comp):

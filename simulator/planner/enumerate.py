@@ -1,7 +1,7 @@
 """What the planner tries: layouts, policy variants and their knobs.
 
 Every static ``DdTtPp`` with ``d*t*p`` = the node's GPUs (``layout_grid``, the one enumeration of
-layouts: ``seesaw.autotune`` uses it too) whose tensor degree shards the model
+layouts: ``seesaw.app.autotune`` uses it too) whose tensor degree shards the model
 (``ParallelConfig.check_model``) and, for the planner, whose weights plus one full-length sequence
 of KV fit (``CostModel.check_fits``); each rejected layout is kept with its one-line reason. vLLM
 variants per feasible layout: chunked prefill off, or on with each chunk size, times each

@@ -23,7 +23,6 @@ requests (prompt length and ``max_tokens``), and the engine's defaults for the p
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from seesaw.core import (
     ModelSpec, NodeSpec, ParallelConfig, Plan, Predicted, SeesawPolicy, SpecError, VllmPolicy,
 )
 
-__all__ = ["Machine", "machine", "plan_for_machine", "load_plan", "comparison", "comparison_lines",
+__all__ = ["Machine", "machine", "plan_for_machine", "load_plan", "comparison",
            "policy_layouts", "plan_host_kv_bytes", "MEASURED_CPU_PROFILE"]
 
 MEASURED_CPU_PROFILE = "cpu-2core"
@@ -189,16 +188,3 @@ def comparison(plan: Plan, result: dict) -> dict:
     out = {k: {"predicted": p, "measured": m, "ratio": (m / p if p else None)} for k, (p, m) in rows.items()}
     return {"policy": plan.policy.describe(), "layout": result["layout"], "machine": plan.provenance.get("machine", ""),
             "metrics": out}
-
-
-def comparison_lines(comp: dict) -> list[str]:
-    lines = [f"{'':26}{'predicted':>12}{'measured':>12}{'measured/predicted':>20}"]
-    for k, r in comp["metrics"].items():
-        p = "-" if r["predicted"] is None else f"{r['predicted']:.2f}"
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        lines.append(f"{k:26}{p:>12}{r['measured']:>12.2f}{ratio:>20}")
-    return lines
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
