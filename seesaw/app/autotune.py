@@ -57,9 +57,9 @@ def machine(num_ranks: int, device: str = "cpu", gpu_name: str | None = None) ->
         return Machine(node, profile, f"{num_ranks} CPU ranks, measured profile {profile.name!r} "
                                       f"(load average {profile.load_average:.1f} when measured)")
     if gpu_name is None:
-        import torch
+        from seesaw.engine.devices import cuda_device_name
 
-        gpu_name = torch.cuda.get_device_name(0)
+        gpu_name = cuda_device_name(0)
     low = gpu_name.lower()
     for key, name in _GPU_NAMES:
         if key in low:

@@ -43,3 +43,10 @@ def run_torchrun_rank(store, items, config):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def cuda_device_name(index: int = 0) -> str:
+    """The name CUDA reports for device ``index`` (matched against the catalog's GPUs)."""
+    import torch
+
+    return torch.cuda.get_device_name(index)
