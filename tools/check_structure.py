@@ -1,5 +1,6 @@
-"""Structure rules the linters do not cover: no module over 500 lines in ``seesaw/`` and
-``simulator/``, and no import cycle between modules (imports inside functions count too).
+"""Structure rules the linters do not cover, for every module of ``seesaw/`` and ``simulator/``:
+at most 500 lines, a docstring that opens it, no private (``_name``) name imported from another
+module of ours, and no import cycle between modules (imports inside functions count too).
 
 An import ``from a.b import c`` is an edge to ``a.b.c`` when that is a module, else to ``a.b``;
 a package's ``__init__`` is its own node, and importing a submodule does not count as importing
@@ -50,6 +51,33 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
     return out
 
 
+def private_imports(name: str, path: Path) -> list[str]:
+    """``from seesaw.x import _name`` lines of ``path``: a private name used outside its module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES):
+            found += [f"{path.relative_to(ROOT)}: imports the private name {a.name} from {node.module or '.'}"
+                      for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def problems() -> list[str]:
+    """Every broken rule, one line each."""
+    mods = modules()
+    found = []
+    for name, path in mods.items():
+        text = path.read_text()
+        n = len(text.splitlines())
+        if n > MAX_LINES:
+            found.append(f"{path.relative_to(ROOT)}: {n} lines (at most {MAX_LINES}: split it by concept)")
+        if not ast.get_docstring(ast.parse(text, str(path))):
+            found.append(f"{path.relative_to(ROOT)}: no module docstring (say what it models and assumes)")
+        found += private_imports(name, path)
+    graph = {name: imports(name, path, set(mods)) for name, path in mods.items()}
+    found += ["import cycle: " + " <-> ".join(comp) for comp in cycles(graph)]
+    return found
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
     index, low, stack, on, out = {}, {}, [], set(), []
@@ -85,19 +113,11 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def main() -> int:
-    mods = modules()
-    problems = []
-    for name, path in mods.items():
-        n = len(path.read_text().splitlines())
-        if n > MAX_LINES:
-            problems.append(f"{path.relative_to(ROOT)}: {n} lines (at most {MAX_LINES}: split it by concept)")
-    graph = {name: imports(name, path, set(mods)) for name, path in mods.items()}
-    for comp in cycles(graph):
-        problems.append("import cycle: " + " <-> ".join(comp))
-    for p in problems:
-        print(p)
-    print(f"check_structure: {len(mods)} modules, {len(problems)} problem(s)")
-    return 1 if problems else 0
+    found = problems()
+    for line in found:
+        print(line)
+    print(f"check_structure: {len(modules())} modules, {len(found)} problem(s)")
+    return 1 if found else 0
 
 
 if __name__ == "__main__":
