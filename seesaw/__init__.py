@@ -9,6 +9,7 @@ names; the boundary types (``ModelSpec``, ``NodeSpec``, ``Plan``, ``RunResult``,
 from seesaw.api import (
     calibrate,
     compare,
+    default_host_kv_bytes,
     describe_workload,
     list_catalog,
     load_gpu,
@@ -55,7 +56,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
-    "load_model", "load_gpu", "load_node", "make_node", "load_measured", "list_catalog",
+    "load_model", "load_gpu", "load_node", "make_node", "load_measured", "list_catalog", "default_host_kv_bytes",
     "PHASES", "GiB", "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunResult", "SeesawPolicy",
     "SpecError", "VllmPolicy", "parse_layout", "__version__", *_LAZY,
 ]

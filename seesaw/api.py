@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
-           "load_model", "load_gpu", "load_node", "load_measured", "make_node", "list_catalog"]
+           "load_model", "load_gpu", "load_node", "load_measured", "make_node", "list_catalog", "default_host_kv_bytes"]
 
 
 def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
@@ -186,3 +186,11 @@ def list_catalog() -> dict[str, list[str]]:
     from seesaw.catalog import list_catalog as names
 
     return names()
+
+
+def default_host_kv_bytes(model, node, fraction: float = 0.8) -> float:
+    """The host KV pool a ``SeesawPolicy`` gets when ``host_kv_bytes`` is None: ``fraction`` of the
+    node's host memory minus the host copy of the weights (bytes, whole node, never negative)."""
+    from simulator.sim import default_host_kv_bytes as default
+
+    return default(model, node, fraction)

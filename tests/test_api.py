@@ -44,3 +44,12 @@ def test_bad_input_is_one_spec_error():
         seesaw.simulate(layout="X9", num_requests=5)
     with pytest.raises(seesaw.SpecError):
         seesaw.load_gpu("no-such-gpu")
+
+
+def test_default_host_kv_bytes_is_the_simulators_default_pool():
+    import seesaw
+
+    model, node = seesaw.load_model("llama2-70b"), seesaw.load_node("8xl4")
+    expected = 0.8 * node.host_memory_bytes - model.weight_bytes
+    assert seesaw.default_host_kv_bytes(model, node) == max(0.0, expected)
+    assert seesaw.default_host_kv_bytes(model, node, fraction=0.0) == 0.0
