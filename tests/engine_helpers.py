@@ -1,4 +1,6 @@
-"""Shared helpers for the engine tests: the one multi-rank launcher, and small factories.
+"""Plain helpers shared by the engine tests: the one multi-rank launcher, small factories, batch
+files. (The fixtures, ``ckpt``, ``store``, ``one_torch_thread`` and the ``seesaw`` CLI runner, are in
+``conftest.py``.)
 
 ``run_ranks`` is the only way tests start ranks: a forkserver context, a file:// rendezvous in a
 fresh temp dir, a deadline, every rank killed as soon as one fails, and that rank's traceback
@@ -32,17 +34,6 @@ def run_ranks(fn, world_size: int, *args, timeout_s: float = RANK_TIMEOUT_S) -> 
     rank order. A failing rank's error is re-raised here (``RankError``), a hang becomes
     ``TimeoutError``; no rank outlives the call."""
     return spawn(fn, world_size, args, timeout_s=timeout_s, collective_timeout_s=timeout_s)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine OpenMP
-    barriers waiting on a descheduled thread make every op ~100x slower. Import into a test module
-    to apply it there."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,39 +138,30 @@ def first_step_faults(ckpt, warm: bool, tokens: int = 4096, prompt_len: int = 25
 
 
 # --------------------------------------------------------------------------------------------
-# Fixtures and the in-process CLI, shared by the engine and calibrate tests (import them by name;
-# module-scoped, so each test module gets its own checkpoint)
+# batch files for the ``seesaw run`` tests
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """A tiny random LLaMA checkpoint written as safetensors (``make_checkpoint``)."""
-    return make_checkpoint(tmp_path_factory.mktemp("tiny"))
+def write_prompts(path: Path, n: int = 6, bad=()) -> Path:
+    """A JSONL batch of ``n`` text prompts (ids ``q0``..) at ``path``; ``bad``: ``(index, line)``
+    pairs inserted as they are."""
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({"id": f"q{i}", "prompt": f"question {i}: " + "abc" * (i + 1), "max_tokens": 6}))
+    for at, text in bad:
+        lines.insert(at, text)
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
-@pytest.fixture(scope="module")
-def store(ckpt):
-    """``ckpt`` loaded through the real loader."""
-    return load_checkpoint(ckpt)
-
-
-def run_cli(capsys, *args):
-    """Run ``seesaw`` in this process: (exit code, stdout, stderr)."""
-    import sys
-
-    from seesaw import cli as cli_mod
-
-    argv = sys.argv
-    sys.argv = ["seesaw", *map(str, args)]
-    try:
-        cli_mod.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+def stable_outputs(path: Path) -> dict:
+    """Output lines without the fields that differ between runs (timing, creation time)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        r.pop("timing")
+        r["response"]["body"].pop("created")
+        out[r["custom_id"]] = r
+    return out
 
 
 def smollm2_chat_batch(tmp_path: Path, questions: list[str], max_tokens: int):

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from seesaw.app.calibrate import CalibrationError, Row, parse_workloads, regret
-from tests.engine_helpers import run_cli as _cli
 
 
 def test_parse_workloads():
@@ -74,16 +73,16 @@ def test_outputs_with_a_prediction_at_speed_for_some_rows(tmp_path):
     assert "rel_error_at_speed" in header and "run_speeds" not in header
 
 
-def test_calibrate_end_to_end(tmp_path, capsys, monkeypatch):
+def test_calibrate_end_to_end(tmp_path, seesaw, monkeypatch):
     from seesaw.app import calibrate as cal
 
     # speed checks (timed for real in the test below): 1x before round 1, 2x before round 2, 4x after
     ratios = iter([1.0, 2.0, 4.0])
     monkeypatch.setattr(cal, "speed_check", lambda profile, ranks=2, warn=None: {"speed_ratio": next(ratios)})
     out = tmp_path / "cal"
-    code, stdout, err = _cli(capsys, "calibrate", "--model", "tiny", "--layouts", "T1,T2",
-                             "--workload", "constant", "-n", 8, "--input-len", 32, "--output-len", 16,
-                             "-o", out, "--repeat", 2, "--json")
+    code, stdout, err = seesaw("calibrate", "--model", "tiny", "--layouts", "T1,T2",
+                               "--workload", "constant", "-n", 8, "--input-len", 32, "--output-len", 16,
+                               "-o", out, "--repeat", 2, "--json")
     assert code == 0, err
     for name in ("calibration.csv", "calibration.png", "summary.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
@@ -148,8 +147,8 @@ def test_a_pair_keeps_the_speed_of_its_median_runs_round(monkeypatch, checks, ke
     assert "run_speeds" not in row.record()  # the CSV keeps one value per column
 
 
-def test_calibrate_bad_layout(tmp_path, capsys):
-    code, _, err = _cli(capsys, "calibrate", "--layouts", "T3", "-o", tmp_path)
+def test_calibrate_bad_layout(tmp_path, seesaw):
+    code, _, err = seesaw("calibrate", "--layouts", "T3", "-o", tmp_path)
     assert code == 2 and "error" in err.lower()
 
 

@@ -13,10 +13,12 @@ from seesaw.engine.dist import RankError, run_layout
 from seesaw.engine.runner import generate
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.core import parse_parallel
-from tests.engine_helpers import (  # noqa: F401
-    full_logits, glibc, in_new_process, make_checkpoint, one_torch_thread, random_prompts, rank_fails, rank_refaults,
+from tests.engine_helpers import (
+    full_logits, glibc, in_new_process, make_checkpoint, random_prompts, rank_fails, rank_refaults,
     rank_sleeps, rank_sum, run_ranks,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 TOL = 1e-4
 

@@ -17,9 +17,9 @@ from seesaw.engine.dist import RankError
 from seesaw.engine.launch import run_batch
 from seesaw.engine.tiny import EOS_ID
 from seesaw.core import parse_parallel
-from tests.engine_helpers import ckpt, one_torch_thread, random_prompts, store  # noqa: F401  (fixtures by name)
-from tests.engine_helpers import run_cli as cli
-from tests.test_engine_run import _stable, _write_prompts
+from tests.engine_helpers import random_prompts, stable_outputs, write_prompts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 TIMEOUT_S = 20.0
 
@@ -87,20 +87,20 @@ def test_dead_driver_leaves_finished_outputs(store, ckpt, tmp_path):
     assert recs and all(r["error"] is None for r in recs)
 
 
-def test_cli_fault_then_resume_equals_an_uninterrupted_run(ckpt, tmp_path, capsys, monkeypatch):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
+def test_cli_fault_then_resume_equals_an_uninterrupted_run(ckpt, tmp_path, seesaw, monkeypatch):
+    inp = write_prompts(tmp_path / "in.jsonl", n=8)
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
-    assert cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", full, "--layout", "P2",
-               "--max-num-seqs", 2)[0] == 0
+    assert seesaw("run", "--model", ckpt, "--input", inp, "--output", full, "--layout", "P2",
+                  "--max-num-seqs", 2)[0] == 0
     monkeypatch.setenv("SEESAW_FAULT", "rank=1,after=14,action=exit")
-    code, _, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
-                       "--max-num-seqs", 2, "--timeout", 20)
+    code, _, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
+                          "--max-num-seqs", 2, "--timeout", 20)
     assert code == 1 and err.count("\n") == 1, err
     assert re.match("error: " + _DEAD.format(d=0, ranks="0, 1"), err) and "--resume" in err, err
     assert 0 < len(part.read_text().splitlines()) < 8
     monkeypatch.delenv("SEESAW_FAULT")
-    code, _, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
-                       "--max-num-seqs", 2, "--resume")
+    code, _, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
+                          "--max-num-seqs", 2, "--resume")
     assert code == 0, err
-    assert _stable(part) == _stable(full)
+    assert stable_outputs(part) == stable_outputs(full)
     assert not os.environ.get("SEESAW_FAULT")

@@ -25,7 +25,9 @@ from seesaw.engine.hf_config import spec_from_config
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.core import parse_parallel
 from seesaw.engine.tiny import tiny_config
-from tests.engine_helpers import make_checkpoint, one_torch_thread, random_prompts, run_ranks  # noqa: F401
+from tests.engine_helpers import make_checkpoint, random_prompts, run_ranks
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 TINY = spec_from_config(tiny_config())  # 4 layers, 4 query / 2 KV heads, d 16
 # SmolLM2-like head counts (3 KV heads) on a small model: 6 layers, 6 query / 3 KV heads

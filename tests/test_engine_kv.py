@@ -6,7 +6,9 @@ import torch
 from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull
 from seesaw.engine.runner import ModelRunner, generate, split_micro_batches
 from seesaw.engine.weights import build_shard, load_checkpoint
-from tests.engine_helpers import full_logits, make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
+from tests.engine_helpers import full_logits, make_checkpoint, random_prompts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from tests.engine_helpers import full_logits, make_checkpoint, one_torch_thread, random_prompts  # noqa: F401
+from tests.engine_helpers import full_logits, make_checkpoint, random_prompts
 from seesaw.engine.model import rope_inv_freq
 from seesaw.engine.runner import generate
 from seesaw.engine.hf_config import spec_from_config
 from seesaw.engine.weights import build_shard, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 transformers = pytest.importorskip("transformers")
 

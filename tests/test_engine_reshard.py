@@ -14,7 +14,9 @@ from seesaw.engine.reshard import layer_bytes, reshard, shard_bytes
 from seesaw.engine.runner import ModelRunner
 from seesaw.engine.weights import build_shard, load_checkpoint, materialize
 from seesaw.core import SpecError, parse_parallel
-from tests.engine_helpers import full_logits, make_checkpoint, one_torch_thread, random_prompts, run_ranks  # noqa: F401
+from tests.engine_helpers import full_logits, make_checkpoint, random_prompts, run_ranks
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

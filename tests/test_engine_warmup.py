@@ -16,9 +16,9 @@ from seesaw.engine.runner import ModelRunner, generate, run_generation
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.engine.worker import warmup_shape
 from seesaw.core import parse_parallel
-from tests.engine_helpers import (  # noqa: F401  (one_torch_thread: autouse)
-    glibc, in_new_process, make_checkpoint, one_torch_thread, random_prompts,
-)
+from tests.engine_helpers import glibc, in_new_process, make_checkpoint, random_prompts
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 
 @pytest.fixture(scope="module")

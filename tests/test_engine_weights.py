@@ -12,7 +12,9 @@ from seesaw.engine.tiny import tiny_config, write_random_checkpoint
 from seesaw.engine.tokenizer import ByteTokenizer, load_tokenizer
 from seesaw.engine.weights import load_checkpoint, materialize
 from seesaw.core import SpecError, parse_parallel
-from tests.engine_helpers import make_checkpoint, one_torch_thread  # noqa: F401
+from tests.engine_helpers import make_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 
 def _one_line(err) -> str:

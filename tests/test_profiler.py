@@ -20,7 +20,8 @@ from seesaw.core import (
 from seesaw.workload import load_workload
 from simulator.cost import CostModel, Curve
 from simulator.sim import simulate
-from tests.engine_helpers import one_torch_thread  # noqa: F401  (autouse: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY, SMOL = load_model("tiny"), load_model("smollm2-135m")

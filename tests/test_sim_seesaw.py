@@ -3,8 +3,8 @@
 import pytest
 
 from seesaw.catalog import load_model, load_node, make_node
-from seesaw.scheduling import Reshard, SchedulerError
-from seesaw.scheduling.seesaw import DECODE, PREFILL, SeesawScheduler
+from seesaw.scheduling import SchedulerError
+from seesaw.scheduling.seesaw import DECODE, SeesawScheduler
 from seesaw.core import SeesawPolicy, VllmPolicy, parse_parallel
 from seesaw.workload import load_workload
 from simulator.sim import simulate
