@@ -303,7 +303,7 @@ def test_committed_profile_covers_tiny_and_smollm2(model_name, layouts):
         lay = parse_parallel(layout)
         node = measured_node(prof, lay.world_size)
         cm = CostModel(model, node, measured=prof)
-        m = cm._layout(lay)[0].measured
+        m = cm.stages(lay)[0].measured
         assert m.missing_gemms == [] and m.layers_curve is not None and m.embed is not None
         assert m.prefill is not None and m.decode is not None and m.head is not None
         assert m.step is not None

@@ -81,10 +81,10 @@ def test_default_plan_has_every_table_the_cost_model_looks_up(model, layouts):
     for layout in layouts:
         lay = parse_parallel(layout)
         cm = CostModel(fp32, measured_node(prof, lay.world_size), measured=prof)
-        for m in (c.measured for c in cm._layout(lay)):
+        for m in (c.measured for c in cm.stages(lay)):
             assert m.missing_gemms == [] and m.layers_curve is not None
             assert m.prefill is not None and m.decode is not None and m.step is not None
-        first, last = cm._layout(lay)[0].measured, cm._layout(lay)[-1].measured
+        first, last = cm.stages(lay)[0].measured, cm.stages(lay)[-1].measured
         assert first.embed is not None and last.head is not None
         if lay.tp > 1:
             assert first.allreduce is not None and last.gather is not None

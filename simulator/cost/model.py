@@ -55,7 +55,8 @@ class CostModel:
         """Per-GPU ``(in_features, out_features)`` of one layer's GEMMs under ``tp``."""
         return gemm_shapes(self.model, tp)
 
-    def _layout(self, layout: ParallelConfig, alone: bool = False) -> list[StageConstants]:
+    def stages(self, layout: ParallelConfig, alone: bool = False) -> list[StageConstants]:
+        """The per-stage constants of ``layout`` (built once, then cached)."""
         # measured: DP changes the driver's messages and, with ``alone``, the tables' busy ranks
         key = (layout.tp, layout.pp, layout.dp, alone)
         stages = self._stages.get(key)
@@ -79,7 +80,7 @@ class CostModel:
         layers, attention, TP all-reduces, LM head (last stage) and its share of the per-step
         overhead. ``alone``: the other stages are idle meanwhile (a measured profile then uses
         tables timed with only this stage's ranks busy: on a CPU the stages share the cores)."""
-        c = self._layout(layout, alone and self.tables is not None and layout.pp > 1)[stage]
+        c = self.stages(layout, alone and self.tables is not None and layout.pp > 1)[stage]
         if c.measured is not None:
             return sum(measured_parts(self.model, self.roofline, c, shape))
         return self.roofline.stage_s(c, shape)
@@ -93,7 +94,7 @@ class CostModel:
         roofline term bounds them; ``attention_s``: prefill and decode attention; ``comm_s``: TP
         all-reduces and the logits gather; ``overhead_s``: this stage's share of the step overhead.
         """
-        c = self._layout(layout)[stage]
+        c = self.stages(layout)[stage]
         if c.measured is not None:
             lin, attn, comm, over = measured_parts(self.model, self.roofline, c, shape)
             return dict(compute_s=lin, weight_read_s=0.0, attention_s=attn, comm_s=comm,
@@ -214,13 +215,13 @@ class CostModel:
     def swap_bytes_per_token(self, layout: ParallelConfig) -> float:
         """KV bytes one GPU moves per swapped token under ``layout`` (the most loaded stage;
         replicated KV heads, when tp > h_kv, are copied to every GPU that holds them)."""
-        return max(c.kv_bytes_per_token for c in self._layout(layout))
+        return max(c.kv_bytes_per_token for c in self.stages(layout))
 
     # ---------------------------------------------------------------------------------------
     # memory
 
     def stage_weight_bytes_per_gpu(self, layout: ParallelConfig) -> list[float]:
-        return [c.weight_bytes for c in self._layout(layout)]
+        return [c.weight_bytes for c in self.stages(layout)]
 
     def weight_bytes_per_gpu(self, layout: ParallelConfig) -> float:
         """Weights on the most loaded GPU of ``layout``."""
@@ -245,7 +246,7 @@ class CostModel:
         budget = self.node.gpu.memory_bytes * gpu_memory_utilization
         reserve = self.activation_reserve_bytes(layout, max_num_batched_tokens)
         cap = min((budget - c.weight_bytes - reserve) / c.kv_bytes_per_token
-                  for c in self._layout(layout))
+                  for c in self.stages(layout))
         return max(0, math.floor(cap))
 
     def check_fits(
