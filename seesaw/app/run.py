@@ -32,6 +32,7 @@ from seesaw.core import (
     PHASES,
     ParallelConfig,
     Plan,
+    RunResult,
     SeesawPolicy,
     SpecError,
     parse_layout,
@@ -114,6 +115,11 @@ class BatchRun:
     plan: Plan | None = None
     comparison: dict | None = None
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def run_result(self) -> RunResult:
+        """``result`` typed: the vLLM-style figures, with ``engine`` and ``seesaw`` sections."""
+        return RunResult(**{k: v for k, v in self.result.items() if k != "output_token_ids"})
 
 
 def default_input() -> str:

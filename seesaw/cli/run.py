@@ -111,25 +111,22 @@ def run(
         resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=sys.stderr.isatty())
     done = run_batch(options, _Printer())
     if done is not None:
-        _print_result(done.result, done.output, as_json, done.comparison)
+        _print_result(done.run_result, done.output, as_json, done.comparison)
 
 
-def _print_result(result: dict, output: Path, as_json: bool, comp: dict | None = None) -> None:
-    from seesaw.core import RunResult
-
-    res = RunResult(**result)
+def _print_result(res, output: Path, as_json: bool, comp: dict | None = None) -> None:
+    """The throughput line, time by phase, the Seesaw line, predicted vs measured, ``--json``."""
     print(res.throughput_line())
     total = res.elapsed_time or 1.0
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in res.time_by_phase.items() if v > 0]
-    extra = res.model_extra or {}
-    warm = f" (after a {extra['warmup_s']:.2f}s warm-up)" if extra.get("warmup_s") else ""
+    eng, see = res.engine, res.seesaw
+    warm = f" (after a {eng.warmup_s:.2f}s warm-up)" if eng is not None and eng.warmup_s else ""
     print(f"Elapsed: {res.elapsed_time:.2f}s measured{warm}" + ("; " + ", ".join(parts) if parts else ""))
-    if res.policy == "seesaw" and res.num_requests:
-        per_rank = extra.get("swap_bytes_per_rank", {})
-        moved = max((v["in"] + v["out"] for v in per_rank.values()), default=0)
-        print(f"Seesaw {res.layout}: {extra.get('num_transitions', 0)} transition(s), re-shard "
-              f"{extra.get('reshard_time', 0.0):.3f}s, KV swapped {extra.get('swapped_bytes', 0) / 1e6:.2f} MB "
-              f"({moved / 1e6:.2f} MB on the busiest rank), swap stall {extra.get('swap_stall_time', 0.0):.3f}s")
+    if see is not None and res.num_requests:
+        moved = max((v["in"] + v["out"] for v in see.swap_bytes_per_rank.values()), default=0)
+        print(f"Seesaw {res.layout}: {see.num_transitions} transition(s), re-shard "
+              f"{see.reshard_time:.3f}s, KV swapped {see.swapped_bytes / 1e6:.2f} MB "
+              f"({moved / 1e6:.2f} MB on the busiest rank), swap stall {see.swap_stall_time:.3f}s")
     if comp is not None:
         from seesaw.report.comparison import comparison_lines
 

@@ -20,7 +20,7 @@ from seesaw.core.policy import (
     SeesawPolicy,
     VllmPolicy,
 )
-from seesaw.core.results import Plan, Predicted, RunResult
+from seesaw.core.results import EngineStats, Plan, Predicted, RunResult, SeesawStats
 from seesaw.core.measured import (
     AttentionTable,
     CommTable,
@@ -36,7 +36,7 @@ __all__ = [
     "DTYPE_BYTES", "PHASES", "VERSION", "GiB", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
     "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
     "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
-    "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult",
+    "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult", "SeesawStats", "EngineStats",
     "AttentionTable", "CommTable", "CopyTable", "MeasuredProfile", "OpTable", "ReshardTable",
     "StepTable", "SwapTable",
 ]

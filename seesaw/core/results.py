@@ -16,8 +16,41 @@ from seesaw.core.model import ModelSpec
 from seesaw.core.policy import PolicySpec
 
 
+class SeesawStats(Spec):
+    """What a Seesaw run did besides computing, simulated or real: transitions, re-shards, KV swaps."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    num_transitions: int = Field(default=0, ge=0, description="prefill <-> decode layout switches")
+    reshard_time: float = Field(default=0.0, ge=0, description="seconds spent re-sharding")
+    swap_stall_time: float = Field(default=0.0, ge=0, description="seconds of KV copies no compute overlapped")
+    swapped_bytes: float = Field(default=0.0, ge=0, description="KV bytes moved between device and host")
+    host_kv_peak_usage: float = Field(default=0.0, ge=0, description="highest fraction of the host pool in use")
+    swap_bytes_per_rank: dict[int | str, dict[str, float]] = Field(
+        default_factory=dict, description="engine: per rank, bytes swapped in and out")
+
+
+class EngineStats(Spec):
+    """What only a real run reports: where it ran, its KV cache, its steps and warm-up."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    device: str
+    dtype: str
+    num_steps: int = Field(default=0, ge=0)
+    num_rejected: int = Field(default=0, ge=0, description="requests that can never fit the KV cache or budget")
+    num_preemptions: int = Field(default=0, ge=0)
+    kv_blocks_per_replica: int = Field(default=0, ge=0)
+    block_size: int = Field(default=0, ge=0)
+    peak_kv_usage: float = Field(default=0.0, ge=0)
+    warmup_s: float = Field(default=0.0, ge=0, description="the dummy prefill before the clock started")
+
+
 class RunResult(Spec):
-    """End-to-end metrics of one run, simulated or real. Keys follow ``vllm bench throughput``."""
+    """End-to-end metrics of one run, simulated or real. Keys follow ``vllm bench throughput``.
+
+    The JSON stays flat (``summary.json``, ``--json``); the typed sections read it: ``seesaw`` for a
+    Seesaw run (simulated or real), ``engine`` for a real run."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
@@ -31,6 +64,17 @@ class RunResult(Spec):
     layout: str
     policy: str
     time_by_phase: dict[str, float] = Field(default_factory=dict, description="seconds per phase")
+
+    @property
+    def seesaw(self) -> SeesawStats | None:
+        """The Seesaw section of a Seesaw run, else None."""
+        return SeesawStats.model_validate(self.model_extra or {}) if self.policy == "seesaw" else None
+
+    @property
+    def engine(self) -> EngineStats | None:
+        """The engine section of a real run, else None (a simulation)."""
+        extra = self.model_extra or {}
+        return EngineStats.model_validate(extra) if "device" in extra else None
 
     def throughput_line(self) -> str:
         return (
