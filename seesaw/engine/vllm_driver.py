@@ -44,14 +44,13 @@ from typing import TypeVar
 import torch
 
 from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, response_record
-from seesaw.engine.config import PHASES, EngineConfig, EngineError, reason
+from seesaw.engine.config import EngineConfig, EngineError, reason
 from seesaw.engine.kv import ReplicaBlocks
 from seesaw.engine.messages import ForwardMsg, Message, SeqChunk, StopMsg
-from seesaw.engine.phase_clock import PhaseClock
 from seesaw.engine.progress import Progress
 from seesaw.engine.worker import StepWorker
-from seesaw.scheduling import Forward, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
-from seesaw.core import RunResult
+from seesaw.scheduling import Forward, PhaseClock, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
+from seesaw.core import PHASES, RunResult
 
 __all__ = ["Driver"]
 
