@@ -42,12 +42,10 @@ def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], see
 def _run(model_dir, store, items, layout: str, host_kv_gib: float | None, timeout_s: float) -> dict:
     from seesaw.engine.config import EngineConfig
     from seesaw.engine.launch import run_batch
-    from seesaw.core import parse_layout
+    from seesaw.app.run import parse_run_layout, run_policy
 
-    configs = parse_layout(layout)
-    cfg = EngineConfig(layout=configs[0], decode_layout=configs[1] if len(configs) > 1 else None,
-                       model_dir=str(model_dir), timeout_s=timeout_s,
-                       host_kv_bytes=None if host_kv_gib is None else host_kv_gib * 1024**3)
+    policy = run_policy(*parse_run_layout(layout), host_kv_gib=host_kv_gib)
+    cfg = EngineConfig(policy, model_dir=str(model_dir), timeout_s=timeout_s)
     return run_batch(store, items, cfg)
 
 

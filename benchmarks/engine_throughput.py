@@ -38,9 +38,9 @@ def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], see
 def engine_run(model_dir, store, items, layout: str, timeout_s: float = 600.0) -> dict:
     from seesaw.engine.config import EngineConfig
     from seesaw.engine.launch import run_batch
-    from seesaw.core import parse_parallel
+    from seesaw.core import VllmPolicy, parse_parallel
 
-    cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(model_dir), timeout_s=timeout_s)
+    cfg = EngineConfig(VllmPolicy(layout=parse_parallel(layout)), model_dir=str(model_dir), timeout_s=timeout_s)
     return run_batch(store, items, cfg)
 
 

@@ -25,15 +25,13 @@ import simpy
 
 from seesaw.scheduling.seesaw import SeesawScheduler
 from seesaw.scheduling import (
-    Decode, Forward, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
+    Decode, Forward, PhaseClock, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
     VllmScheduler, split_across_replicas,
 )
-from seesaw.core import ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
+from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
 from simulator.cost import BatchShape, CostModel
 
-__all__ = ["SimResult", "simulate", "batch_shape", "PHASES"]
-
-PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")
+__all__ = ["SimResult", "simulate", "batch_shape"]
 
 
 @dataclass
@@ -115,18 +113,6 @@ def batch_shape(step: Forward) -> BatchShape:
     return shape
 
 
-def _phase_of(kinds: dict[str, int]) -> str:
-    """Phase of an interval from what is in flight; copies under compute are overlapped."""
-    live = [k for k in ("prefill", "decode", "mixed") if kinds[k]]
-    if live:
-        return live[0] if len(live) == 1 else "mixed"
-    if kinds["reshard"]:
-        return "reshard"
-    if kinds["swap_stall"]:
-        return "swap_stall"
-    return "idle"
-
-
 class _Replica:
     """One DP replica: its scheduler, pipeline stages and bookkeeping."""
 
@@ -139,15 +125,8 @@ class _Replica:
         self.stage_free_s = [0.0] * max_pp
         self.host_link = simpy.Resource(env, capacity=1)
         self.done = simpy.Store(env)
-        self.kinds = {"prefill": 0, "decode": 0, "mixed": 0, "reshard": 0, "swap_stall": 0}
-        self.phase_s = dict.fromkeys(PHASES, 0.0)
-        self.last_t = 0.0
-
-    # phase bookkeeping: time between events goes to the phase of what is in flight
-    def _tick(self) -> None:
-        now = self.sim.env.now
-        self.phase_s[_phase_of(self.kinds)] += now - self.last_t
-        self.last_t = now
+        # time by phase (``seesaw.scheduling.phase_of``): between events, the phase of what is in flight
+        self.clock = PhaseClock(0.0)
 
     def run(self):
         env = self.sim.env
@@ -157,8 +136,7 @@ class _Replica:
                 step = self.sched.schedule()
                 if step is None:
                     break
-                self._tick()
-                self.kinds[self._kind(step)] += 1
+                self.clock.start(self._kind(step), env.now)
                 pending += 1
                 env.process(self._execute(step))
             if not pending:
@@ -168,10 +146,9 @@ class _Replica:
                 )
             step = yield self.done.get()
             pending -= 1
-            self._tick()
-            self.kinds[self._kind(step)] -= 1
+            self.clock.end(self._kind(step), env.now)
             self._complete(step)
-        self._tick()
+        self.clock.advance(env.now)
 
     @staticmethod
     def _kind(step) -> str:
@@ -224,7 +201,7 @@ class _Replica:
         # are issued at completions; a swap completing meanwhile could free blocks or bring
         # sequences in, so none may be in flight either), so each stage has the machine to
         # itself while it computes (measured profiles time stages both alone and all ranks busy)
-        k = self.kinds
+        k = self.clock.live
         alone = last > 0 and k["prefill"] + k["decode"] + k["mixed"] == 1 and not k["swap_stall"] and not k["reshard"]
         t = env.now
         for stage in range(layout.pp):
@@ -374,8 +351,8 @@ def _collect(sim: _Simulation, policy, requests) -> SimResult:
     seqs: list[Sequence] = []
     phase = dict.fromkeys(PHASES, 0.0)
     for rep in sim.replicas:
-        rep.phase_s["idle"] += makespan - rep.last_t   # replicas that finished early wait
-        for k, v in rep.phase_s.items():
+        rep.clock.advance(makespan)  # replicas that finished early wait (idle: nothing in flight)
+        for k, v in rep.clock.seconds.items():
             phase[k] += v / len(sim.replicas)
         seqs.extend(_sequences(rep.sched))
     for s in seqs:

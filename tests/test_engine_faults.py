@@ -16,7 +16,7 @@ from seesaw.engine.config import EngineConfig
 from seesaw.engine.dist import RankError
 from seesaw.engine.launch import run_batch
 from seesaw.engine.tiny import EOS_ID
-from seesaw.core import parse_parallel
+from seesaw.core import VllmPolicy, parse_parallel
 from tests.engine_helpers import random_prompts, stable_outputs, write_prompts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
@@ -27,8 +27,8 @@ TIMEOUT_S = 20.0
 def _run_with_fault(store, ckpt, out, layout, fault, timeout_s=TIMEOUT_S):
     prompts = random_prompts([7, 12, 4, 9, 15, 6, 10, 8], seed=3)
     items = [BatchItem(f"r{i}", p, 3 + 2 * i) for i, p in enumerate(prompts)]  # staggered finishes
-    cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(ckpt), eos_token_ids=(EOS_ID,),
-                       timeout_s=timeout_s, output=str(out), max_num_seqs=2, fault=fault)
+    cfg = EngineConfig(VllmPolicy(layout=parse_parallel(layout), max_num_seqs=2), model_dir=str(ckpt),
+                       eos_token_ids=(EOS_ID,), timeout_s=timeout_s, output=str(out), fault=fault)
     t0 = time.monotonic()
     with pytest.raises(RankError) as err:
         run_batch(store, items, cfg, launch_timeout_s=120)

@@ -15,7 +15,7 @@ from seesaw.engine.launch import run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard
-from seesaw.core import parse_parallel
+from seesaw.core import VllmPolicy, parse_parallel
 from tests.engine_helpers import (
     RANK_TIMEOUT_S, make_checkpoint, random_prompts, smollm2_chat_batch, stable_outputs, write_prompts,
 )
@@ -46,7 +46,9 @@ def _items(prompts) -> list[BatchItem]:
 
 
 def _run(store, ckpt, prompts, layout, tmp_path=None, **kw):
-    cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(ckpt), eos_token_ids=EOS,
+    policy = VllmPolicy(layout=parse_parallel(layout),
+                        **{k: kw.pop(k) for k in list(kw) if k in VllmPolicy.model_fields})
+    cfg = EngineConfig(policy, model_dir=str(ckpt), eos_token_ids=EOS,
                        timeout_s=RANK_TIMEOUT_S, return_token_ids=True,
                        output=str(tmp_path / "out.jsonl") if tmp_path else "", **kw)
     return run_batch(store, _items(prompts), cfg, launch_timeout_s=2 * RANK_TIMEOUT_S)
@@ -107,8 +109,8 @@ def test_sampling_follows_the_request_not_the_layout(store, ckpt, reference):
     items = [replace(it, temperature=1.0) for it in _items(prompts)]
 
     def run(layout, seed, **kw):
-        cfg = EngineConfig(layout=parse_parallel(layout), model_dir=str(ckpt), eos_token_ids=EOS, seed=seed,
-                           timeout_s=RANK_TIMEOUT_S, return_token_ids=True, **kw)
+        cfg = EngineConfig(VllmPolicy(layout=parse_parallel(layout), **kw), model_dir=str(ckpt), eos_token_ids=EOS,
+                           seed=seed, timeout_s=RANK_TIMEOUT_S, return_token_ids=True)
         return run_batch(store, items, cfg, launch_timeout_s=2 * RANK_TIMEOUT_S)["output_token_ids"]
 
     a = run("T1", 1)
@@ -310,7 +312,7 @@ def test_smollm2_pipeline_matches_single_process(tmp_path):
     single-process engine's, and the answers decode to text."""
     model_dir, store, items, eos, ref = smollm2_chat_batch(
         tmp_path, ["What is the capital of France?", "Name a primary colour."], max_tokens=8)
-    cfg = EngineConfig(layout=parse_parallel("P2"), model_dir=str(model_dir), eos_token_ids=eos,
+    cfg = EngineConfig(VllmPolicy(layout=parse_parallel("P2")), model_dir=str(model_dir), eos_token_ids=eos,
                        timeout_s=300, return_token_ids=True, output=str(tmp_path / "out.jsonl"))
     res = run_batch(store, items, cfg)
     assert [res["output_token_ids"][it.custom_id] for it in items] == ref

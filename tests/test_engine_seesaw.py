@@ -17,7 +17,7 @@ from seesaw.engine.launch import run_batch
 from seesaw.engine.runner import generate
 from seesaw.engine.tiny import EOS_ID
 from seesaw.engine.weights import build_shard, load_checkpoint
-from seesaw.core import parse_parallel
+from seesaw.core import SeesawPolicy, VllmPolicy, parse_parallel
 from tests.engine_helpers import (
     RANK_TIMEOUT_S, random_prompts, smollm2_chat_batch, stable_outputs, write_prompts,
 )
@@ -44,7 +44,9 @@ def reference(store):
 def _run(store, ckpt, prompts, layout: str, **kw):
     c_p, c_d = layout.split("->")
     kw = {"block_size": BLOCK, "host_kv_blocks": HOST_BLOCKS, **kw}
-    cfg = EngineConfig(layout=parse_parallel(c_p), decode_layout=parse_parallel(c_d), model_dir=str(ckpt),
+    policy = SeesawPolicy(prefill_layout=parse_parallel(c_p), decode_layout=parse_parallel(c_d),
+                          **{k: kw.pop(k) for k in list(kw) if k in SeesawPolicy.model_fields})
+    cfg = EngineConfig(policy, model_dir=str(ckpt),
                        eos_token_ids=EOS, timeout_s=RANK_TIMEOUT_S, return_token_ids=True, **kw)
     items = [BatchItem(f"r{i}", list(p), MAX_TOKENS, line=i + 1) for i, p in enumerate(prompts)]
     return run_batch(store, items, cfg, launch_timeout_s=2 * RANK_TIMEOUT_S)
@@ -93,9 +95,10 @@ def test_sampling_does_not_depend_on_layout_switches(store, ckpt, reference):
     prompts, _ = reference
     items = [BatchItem(f"r{i}", list(p), MAX_TOKENS, line=i + 1, temperature=1.0) for i, p in enumerate(prompts)]
     common = dict(model_dir=str(ckpt), eos_token_ids=EOS, timeout_s=RANK_TIMEOUT_S, return_token_ids=True,
-                  seed=1, block_size=BLOCK)
-    static = EngineConfig(layout=parse_parallel("T1"), **common)
-    seesaw = replace(static, layout=parse_parallel("P2"), decode_layout=parse_parallel("T2"), host_kv_blocks=HOST_BLOCKS)
+                  seed=1)
+    static = EngineConfig(VllmPolicy(layout=parse_parallel("T1"), block_size=BLOCK), **common)
+    pair = SeesawPolicy(prefill_layout=parse_parallel("P2"), decode_layout=parse_parallel("T2"), block_size=BLOCK)
+    seesaw = replace(static, policy=pair, host_kv_blocks=HOST_BLOCKS)
     a = run_batch(store, items, static, launch_timeout_s=2 * RANK_TIMEOUT_S)
     b = run_batch(store, items, seesaw, launch_timeout_s=2 * RANK_TIMEOUT_S)
     assert b["num_transitions"] >= 3
@@ -263,7 +266,8 @@ def test_smollm2_p3_to_t3_matches_single_process(tmp_path):
     questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?", "Say hi."]
     model_dir, store, items, eos, ref = smollm2_chat_batch(tmp_path, questions, max_tokens=6)
     longest = max(-(-(it.prompt_len + it.max_tokens) // 16) for it in items)
-    cfg = EngineConfig(layout=parse_parallel("P3"), decode_layout=parse_parallel("T3"), model_dir=str(model_dir),
+    cfg = EngineConfig(SeesawPolicy(prefill_layout=parse_parallel("P3"), decode_layout=parse_parallel("T3")),
+                       model_dir=str(model_dir),
                        eos_token_ids=eos, timeout_s=300, return_token_ids=True, host_kv_blocks=2 * longest)
     res = run_batch(store, items, cfg)
     assert [res["output_token_ids"][it.custom_id] for it in items] == ref

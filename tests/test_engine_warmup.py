@@ -15,7 +15,7 @@ from seesaw.engine.kv_sizing import replica_buckets
 from seesaw.engine.runner import ModelRunner, generate, run_generation
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.engine.worker import warmup_shape
-from seesaw.core import parse_parallel
+from seesaw.core import VllmPolicy, parse_parallel
 from tests.engine_helpers import glibc, in_new_process, make_checkpoint, random_prompts
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # one intra-op thread (conftest)
@@ -46,13 +46,16 @@ def test_warmup_fits_the_kv_cache_and_the_sequence_cap(model):
 
 def test_warmup_shape_is_the_workloads_largest_prefill_step():
     items = [BatchItem(f"r{i}", [1] * n, 4) for i, n in enumerate([300, 20, 700, 5])]
-    cfg = EngineConfig(layout=parse_parallel("T1"))
+    cfg = EngineConfig(VllmPolicy(layout=parse_parallel("T1")))
     assert warmup_shape(items, cfg) == (1025, 512)  # every prompt, in prompts of at most 512
-    assert warmup_shape(items, replace(cfg, max_num_seqs=2)) == (1000, 512)  # the two longest
-    assert warmup_shape(items, replace(cfg, max_num_batched_tokens=256)) == (256, 512)
+    def knob(**kw):
+        return replace(cfg, policy=cfg.policy.model_copy(update=kw))
+
+    assert warmup_shape(items, knob(max_num_seqs=2)) == (1000, 512)  # the two longest
+    assert warmup_shape(items, knob(max_num_batched_tokens=256)) == (256, 512)
     assert warmup_shape(items[1:2], cfg) == (20, 20)
     # D2: each replica prefills its own half of the requests
-    d2 = replace(cfg, layout=parse_parallel("D2"))
+    d2 = replace(cfg, policy=VllmPolicy(layout=parse_parallel("D2")))
     assert warmup_shape(items, d2)[0] == max(sum(r.prompt_len for r in b) for b in replica_buckets(items, 2)) < 1025
     assert warmup_shape([], cfg) == (0, 0)
 

@@ -3,9 +3,10 @@
 For every (layout, workload) pair the workload runs through the real engine (the same code path
 as ``seesaw run``: ``seesaw.engine.launch.run_batch`` on CPU ranks, one per rank of the layout)
 and through ``simulator.sim.simulate`` with the measured profile's cost model and node
-(``catalog.measured_node``), with the same policy knobs and the same requests: each request's
-prompt length and the output length the engine actually produced (length workloads such as
-``constant`` ignore EOS, so these equal ``max_tokens``).
+(``catalog.measured_node``), with the same policy (the engine config's; a Seesaw pool sized as
+the engine sized it) and the same requests (the engine's ``BatchItem``s, each with the output
+length the engine actually produced; length workloads such as ``constant`` ignore EOS, so these
+equal ``max_tokens``).
 
 Errors are relative: ``(predicted - measured) / measured``. Planner regret for a workload, among
 the layouts measured for it: ``measured(truly fastest) / measured(predicted fastest) - 1`` (0: the
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from seesaw.report.calibration import speed_phrase, write_calibration_folder
-from seesaw.core import SpecError
+from seesaw.core import GiB, SpecError
 
 __all__ = ["CalibrationError", "WorkloadArg", "Row", "parse_workloads", "calibrate", "regret", "summary",
            "write_outputs", "speed_check", "DEFAULT_LAYOUTS"]
@@ -173,14 +174,13 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
     second says how much of an error the machine's drift since the profile explains."""
     from seesaw import catalog
-    from seesaw.app.run import engine_config, parse_run_layout
+    from seesaw.app.run import parse_run_layout, run_policy
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
     from seesaw.engine.batch_io import prepare_requests
+    from seesaw.engine.config import EngineConfig
     from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
-    from seesaw.core import SeesawPolicy, VllmPolicy
-    from seesaw.workload import Request
     from simulator.cost import CostModel
     from simulator.sim import simulate
 
@@ -201,9 +201,6 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     out_dir = Path(output_dir) if output_dir is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    knobs = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                 enable_chunked_prefill=False, block_size=block_size, host_full_watermark=1.0,
-                 decode_low_watermark=0.5, host_kv_bytes=None)
     scratch = Path(tempfile.mkdtemp(prefix="seesaw-calibrate-")) if out_dir is None else None
     pairs = []  # (layout text, c_p, c_d, workload, items, tag, engine config)
     for wl in workloads:
@@ -219,8 +216,11 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             # engine outputs go to the run folder, or a scratch folder when none was given
             # (the engine fsyncs its output file, which /dev/null does not support)
             out_file = (out_dir or scratch) / f"outputs-{tag}.jsonl"
-            config = engine_config(
-                c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=None, kv_cache_bytes=None,
+            # the policy defaults but for the three knobs; the simulation below runs the same policy
+            policy = run_policy(c_p, c_d, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                                block_size=block_size)
+            config = EngineConfig(
+                policy, model_dir=str(model_dir), model_name=name, num_blocks=None, kv_cache_bytes=None,
                 host_kv_blocks=None, dtype="float32", device="cpu", seed=seed, timeout_s=timeout_s,
                 eos_token_ids=tuple(sorted(tok.eos_token_ids)), output=str(out_file),
                 errors_output=str(out_file) + ".errors",
@@ -257,7 +257,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     speeds = [math.sqrt(a * b) if a and b else (a or b) for a, b in zip(checks, checks[1:])]
 
     rows: list[Row] = []
-    for i, (text, c_p, c_d, wl, items, tag, _) in enumerate(pairs):
+    for i, (text, c_p, _, wl, items, tag, config) in enumerate(pairs):
         order = sorted(range(len(runs[i])), key=lambda k: runs[i][k][0]["tokens_per_second"])
         kept = order[(len(order) - 1) // 2]  # the median run (the lower middle one of an even count)
         res, trace = runs[i][kept]
@@ -267,17 +267,12 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
         if trace is not None:
             trace.replace(out_dir / f"steps-{tag}.jsonl")
         ids = res.get("output_token_ids") or {}
-        reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len,
-                        output_len=max(1, len(ids.get(it.custom_id, ())) or it.max_tokens))
-                for it in items if it.custom_id in ids or not ids]
-        common = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                      block_size=block_size)
-        if c_d is None:
-            pol = VllmPolicy(layout=c_p, enable_chunked_prefill=False, **common)
-        else:
-            host = res.get("host_kv_bytes") or 1024**3
-            pol = SeesawPolicy(prefill_layout=c_p, decode_layout=c_d, host_kv_bytes=float(host),
-                               host_full_watermark=1.0, decode_low_watermark=0.5, **common)
+        # the requests as the engine ran them: each one's output length is what it produced
+        reqs = [replace(it, max_tokens=max(1, len(ids.get(it.id, ())) or it.max_tokens))
+                for it in items if it.id in ids or not ids]
+        pol = config.policy
+        if config.seesaw:  # the host pool the engine made (its 1 GiB default, capped by the workload)
+            pol = pol.model_copy(update={"host_kv_bytes": float(res.get("host_kv_bytes") or GiB)})
 
         def predict(p):
             node = catalog.measured_node(p, c_p.world_size)

@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from seesaw.core import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
@@ -35,12 +37,12 @@ from seesaw.core import (
     RunResult,
     SeesawPolicy,
     SpecError,
+    VllmPolicy,
     parse_layout,
 )
 
 __all__ = ["RunOptions", "RunEvents", "BatchRun", "RunInputError", "RunFailed", "run", "DEFAULT_OUTPUT_DIR",
-           "default_input", "parse_run_layout", "engine_config",
-           "policy_knobs", "empty_result"]
+           "default_input", "parse_run_layout", "run_policy", "empty_result"]
 
 DEFAULT_OUTPUT_DIR = Path("seesaw-run")
 SAMPLE_INPUT = Path(__file__).resolve().parent.parent.parent / "examples" / "prompts.jsonl"
@@ -136,39 +138,33 @@ def parse_run_layout(text: str) -> tuple[ParallelConfig, ParallelConfig | None]:
     return c_p, c_d
 
 
-def policy_knobs(plan: Plan | None, max_num_seqs=None, max_num_batched_tokens=None, chunked=None, block_size=None,
-                 host_kv_gib=None, host_full=None, decode_low=None) -> dict:
-    """Policy knobs: the caller's, else the plan's, else the policy defaults."""
-    pol = plan.policy if plan is not None else None
+def run_policy(c_p: ParallelConfig, c_d: ParallelConfig | None, plan: Plan | None = None, *,
+               max_num_seqs=None, max_num_batched_tokens=None, chunked=None, block_size=None,
+               host_kv_gib=None, host_full=None, decode_low=None) -> VllmPolicy | SeesawPolicy:
+    """The run's scheduling policy: the plan's (a Seesaw plan's host pool as the plan assumed it,
+    ``autotune.plan_host_kv_bytes``), else one for ``c_p`` (-> ``c_d``) with the policy defaults;
+    every knob the caller gives (not None) overrides it. Knobs of the other policy are ignored."""
+    seesaw = c_d is not None if plan is None else isinstance(plan.policy, SeesawPolicy)
+    given = dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, block_size=block_size)
+    if seesaw:
+        given.update(host_kv_bytes=None if host_kv_gib is None else host_kv_gib * GiB,
+                     host_full_watermark=host_full, decode_low_watermark=decode_low)
+    else:
+        given.update(enable_chunked_prefill=chunked)
+    given = {k: v for k, v in given.items() if v is not None}
+    if plan is not None:
+        if seesaw and "host_kv_bytes" not in given:
+            from seesaw.app.autotune import plan_host_kv_bytes
 
-    def pick(given, attr, default):
-        if given is not None:
-            return given
-        return getattr(pol, attr, default) if pol is not None else default
-
-    out = dict(max_num_seqs=pick(max_num_seqs, "max_num_seqs", DEFAULT_MAX_NUM_SEQS),
-               max_num_batched_tokens=pick(max_num_batched_tokens, "max_num_batched_tokens",
-                                           DEFAULT_MAX_NUM_BATCHED_TOKENS),
-               enable_chunked_prefill=pick(chunked, "enable_chunked_prefill", False),
-               block_size=pick(block_size, "block_size", DEFAULT_BLOCK_SIZE),
-               host_full_watermark=pick(host_full, "host_full_watermark",
-                                        SeesawPolicy.model_fields["host_full_watermark"].default),
-               decode_low_watermark=pick(decode_low, "decode_low_watermark",
-                                         SeesawPolicy.model_fields["decode_low_watermark"].default))
-    host = None if host_kv_gib is None else host_kv_gib * GiB
-    if host is None and isinstance(pol, SeesawPolicy):
-        from seesaw.app.autotune import plan_host_kv_bytes
-
-        host = plan_host_kv_bytes(plan)
-    out["host_kv_bytes"] = host
-    return out
-
-
-def engine_config(c_p: ParallelConfig, c_d: ParallelConfig | None, knobs: dict, **kw):
-    """The engine's configuration for one run."""
-    from seesaw.engine.config import EngineConfig
-
-    return EngineConfig(layout=c_p, decode_layout=c_d, **knobs, **kw)
+            given["host_kv_bytes"] = plan_host_kv_bytes(plan)
+        return plan.policy.model_copy(update=given)
+    try:
+        if seesaw:
+            return SeesawPolicy(prefill_layout=c_p, decode_layout=c_d, **given)
+        return VllmPolicy(layout=c_p, **given)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RunInputError(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
 
 
 def empty_result(c_p: ParallelConfig, c_d: ParallelConfig | None = None) -> dict:
@@ -249,13 +245,11 @@ def write_json(path: Path, obj) -> Path:
 def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, events: RunEvents, quiet: bool):
     """Plan for this machine (``seesaw.app.autotune``); write ``OUTPUT_DIR/plan.json``."""
     from seesaw.app.autotune import machine, plan_for_machine
-    from seesaw.workload import Request
 
     model_spec = spec.model_copy(update={"name": name, "dtype_bytes": DTYPE_BYTES[dtype]})
     mach = machine(o.num_ranks or 2, o.device)
-    reqs = [Request(id=it.custom_id, prompt_len=it.prompt_len, output_len=it.max_tokens) for it in items]
     plan, table, rejected = plan_for_machine(
-        model_spec, mach, reqs, workload=f"{len(items)} requests from {source}",
+        model_spec, mach, items, workload=f"{len(items)} requests from {source}",
         max_num_seqs=o.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
         max_num_batched_tokens=o.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS,
         block_size=o.block_size or DEFAULT_BLOCK_SIZE)
@@ -330,10 +324,13 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
     if not items:
         return BatchRun(result=empty_result(c_p, c_d), output=output, errors_file=err_file, plan=plan)
 
-    knobs = policy_knobs(plan, o.max_num_seqs, o.max_num_batched_tokens, o.chunked_prefill, o.block_size,
-                         o.host_kv_gib, o.host_full_watermark, o.decode_low_watermark)
-    config = engine_config(
-        c_p, c_d, knobs, model_dir=str(model_dir), model_name=name, num_blocks=o.kv_blocks,
+    from seesaw.engine.config import EngineConfig
+
+    policy = run_policy(c_p, c_d, plan, max_num_seqs=o.max_num_seqs, max_num_batched_tokens=o.max_num_batched_tokens,
+                        chunked=o.chunked_prefill, block_size=o.block_size, host_kv_gib=o.host_kv_gib,
+                        host_full=o.host_full_watermark, decode_low=o.decode_low_watermark)
+    config = EngineConfig(
+        policy, model_dir=str(model_dir), model_name=name, num_blocks=o.kv_blocks,
         kv_cache_bytes=None if o.kv_cache_gib is None else o.kv_cache_gib * GiB, host_kv_blocks=o.host_kv_blocks,
         dtype=dtype, device=o.device, seed=o.seed, timeout_s=o.timeout_s,
         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)), output=str(output), errors_output=str(err_file),

@@ -16,14 +16,14 @@ outside the engine):
 - ``runner``: ``ModelRunner.execute({seq_id: new tokens}) -> {seq_id: next token}``, ``generate``;
 - ``dist``: ``spawn`` (local ranks, file:// rendezvous), ``TorchComm`` (TP/PP collectives),
   ``run_layout`` (a batch under a layout across ranks);
-- a run: ``config`` (``EngineConfig``, ``EngineError``, ``PHASES``), ``messages`` (the typed step
+- a run: ``config`` (``EngineConfig``: a core policy spec plus run-time settings; ``EngineError``),
+  ``dtypes`` (``TORCH_DTYPES``: dtype name -> torch dtype), ``messages`` (the typed step
   messages), ``control`` (``ControlPlane``: messages and sampled tokens over gloo), ``worker``
   (``StepWorker``, every rank; ``warm_up``), ``vllm_driver`` (rank 0's loop running the shared
   ``vllm`` policy), ``seesaw_driver`` and ``seesaw_worker`` (the same for the shared ``seesaw``
   policy: prefill, swaps, re-shard, decode), ``host_pools`` (a Seesaw run's host KV pools),
-  ``phase_clock`` and ``progress`` (rank 0's time by phase, the progress bar), ``launch``
-  (``run_batch``, ``rank_main``: spawn the ranks and pick the driver); ``driver`` only re-exports
-  the old names for callers outside the engine;
+  ``progress`` (the progress bar; time by phase is ``seesaw.scheduling.PhaseClock``), ``launch``
+  (``run_batch``, ``rank_main``: spawn the ranks and pick the driver);
 - ``batch_io``: OpenAI batch JSONL in and out, errors file, resume;
 - ``reshard``: in-place re-sharding of a rank's model from the host weight store, layer by layer;
 - ``host_kv``: the host KV pool in shared memory (``[block, layer, k/v, kv_head, token, dim]``)

@@ -50,7 +50,8 @@ __all__ = [
 
 @dataclass(slots=True)
 class BatchItem:
-    """One request ready for the engine."""
+    """One request ready for the engine; also a request as the scheduler, the simulator and the
+    planner read one (``id``, ``prompt_len``, ``output_len``, like ``seesaw.workload.Request``)."""
 
     custom_id: str
     prompt_ids: list[int]
@@ -61,8 +62,17 @@ class BatchItem:
     line: int | None = None     # 1-based source line (JSONL/CSV), when there is one
 
     @property
+    def id(self) -> str:
+        return self.custom_id
+
+    @property
     def prompt_len(self) -> int:
         return len(self.prompt_ids)
+
+    @property
+    def output_len(self) -> int:
+        """The most tokens it may generate (``max_tokens``)."""
+        return self.max_tokens
 
 
 def _line_kinds(path: Path) -> dict[str, tuple[int, str | None]]:

@@ -1,8 +1,11 @@
-"""A run's configuration as every engine rank sees it, the engine's error, and the phase names.
+"""A run's configuration as every engine rank sees it, and the engine's error.
 
-``EngineConfig`` is everything a rank needs to know about a run (it is pickled to the ranks);
-``EngineError`` is the one-line error of a run that cannot go on; ``PHASES`` are the simulator's
-names for where wall time goes; ``reason`` shortens a backend (gloo/NCCL) error to one line.
+``EngineConfig`` is everything a rank needs to know about a run (it is pickled to the ranks): the
+scheduling policy (``seesaw.core``'s ``VllmPolicy`` or ``SeesawPolicy``, the one definition of
+every scheduling knob) and the run-time settings; read-only properties give the engine the
+policy's fields it reads (``layout``, ``decode_layout``, ``block_size``, ...). ``EngineError`` is
+the one-line error of a run that cannot go on; ``reason`` shortens a backend (gloo/NCCL) error to
+one line.
 """
 
 from __future__ import annotations
@@ -12,12 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from seesaw.core import ParallelConfig
+from seesaw.core import ParallelConfig, SeesawPolicy, VllmPolicy
+from seesaw.engine.dtypes import TORCH_DTYPES
 
-__all__ = ["EngineConfig", "EngineError", "PHASES", "reason"]
-
-PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")  # as the simulator's
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["EngineConfig", "EngineError", "reason"]
 
 
 class EngineError(RuntimeError):
@@ -28,20 +29,15 @@ class EngineError(RuntimeError):
 class EngineConfig:
     """Everything every rank needs to know about a run (pickled to the ranks).
 
-    ``decode_layout`` set: a Seesaw run (prefill under ``layout``, decode under ``decode_layout``,
-    KV buffered in a host pool of ``host_kv_blocks`` blocks per replica, or ``host_kv_bytes`` for
-    the whole run; default 1 GiB, capped at what the workload can fill)."""
+    A ``SeesawPolicy``: a Seesaw run (prefill under ``layout``, decode under ``decode_layout``,
+    KV buffered in a host pool of ``host_kv_blocks`` blocks per replica, or the policy's
+    ``host_kv_bytes`` for the whole run; None: 1 GiB, capped at what the workload can fill)."""
 
-    layout: ParallelConfig
+    policy: VllmPolicy | SeesawPolicy
     model_dir: str = ""
     model_name: str = "model"
-    block_size: int = 16
     num_blocks: int | None = None          # KV blocks per replica; None: from kv_cache_bytes/memory
     kv_cache_bytes: float | None = None    # per-rank KV budget on CPU (default 1 GiB)
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    enable_chunked_prefill: bool = False
     dtype: str = "float32"
     device: str = "cpu"
     seed: int = 0
@@ -55,24 +51,48 @@ class EngineConfig:
     return_token_ids: bool = False         # add {custom_id: output token ids} to the result
     step_trace: str = ""                   # JSONL file: one record per forward step (rank 0's clock)
     warmup: bool = True                    # a dummy max-size prefill on every rank before the clock
-    # Seesaw
-    decode_layout: ParallelConfig | None = None
-    host_kv_bytes: float | None = None     # host KV pool of the whole run (split over DP replicas)
-    host_kv_blocks: int | None = None      # or: host blocks per replica
-    host_full_watermark: float = 1.0
-    decode_low_watermark: float = 0.5
+    host_kv_blocks: int | None = None      # Seesaw: host blocks per replica (instead of host_kv_bytes)
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
+        return TORCH_DTYPES[self.dtype]
 
     @property
     def seesaw(self) -> bool:
-        return self.decode_layout is not None
+        return isinstance(self.policy, SeesawPolicy)
+
+    @property
+    def layout(self) -> ParallelConfig:
+        """The static layout, or a Seesaw run's prefill layout."""
+        return self.policy.layout
+
+    @property
+    def decode_layout(self) -> ParallelConfig | None:
+        return self.policy.decode_layout if self.seesaw else None
 
     @property
     def layout_name(self) -> str:
         return f"{self.layout}->{self.decode_layout}" if self.seesaw else str(self.layout)
+
+    @property
+    def block_size(self) -> int:
+        return self.policy.block_size
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self.policy.max_num_seqs
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        return self.policy.max_num_batched_tokens
+
+    @property
+    def gpu_memory_utilization(self) -> float:
+        return self.policy.gpu_memory_utilization
+
+    @property
+    def enable_chunked_prefill(self) -> bool:
+        return getattr(self.policy, "enable_chunked_prefill", False)  # vllm only
 
 
 def reason(e: BaseException) -> str:

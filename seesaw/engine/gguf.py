@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seesaw.engine.dtypes import dtype_name
 from seesaw.engine.files import CheckpointError
 
 __all__ = ["find_smollm2_gguf", "convert_gguf", "gguf_config"]
@@ -219,8 +220,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype 
     meta = _fields(reader)
     names = {t.name for t in reader.tensors}
     config = gguf_config(meta, names)
-    config["torch_dtype"] = {torch.float32: "float32", torch.bfloat16: "bfloat16",
-                             torch.float16: "float16"}[dtype]
+    config["torch_dtype"] = dtype_name(dtype)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     state: dict[str, torch.Tensor] = {}
     for t in reader.tensors:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from pydantic import ValidationError
 
 from seesaw.engine.files import CheckpointError
-from seesaw.core import ModelSpec
+from seesaw.core import DTYPE_BYTES, ModelSpec
 
 __all__ = ["read_config", "spec_from_config", "expected_shapes"]
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 
@@ -52,7 +50,7 @@ def spec_from_config(config: dict, name: str = "model") -> ModelSpec:
     if cfg.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
         cfg["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"
-    dtype_bytes = torch.tensor([], dtype=_DTYPES.get(dtype, torch.bfloat16)).element_size()
+    dtype_bytes = DTYPE_BYTES.get(dtype, DTYPE_BYTES["bfloat16"])
     try:
         return ModelSpec.from_hf_config(cfg, name=name, dtype_bytes=dtype_bytes)
     except ValidationError as e:

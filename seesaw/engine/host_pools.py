@@ -1,11 +1,11 @@
 """The host KV pools of a Seesaw run: how many blocks each replica's pool holds, and creating them.
 
-``host_blocks_for`` sizes a replica's pool (``config.host_kv_blocks``, or ``host_kv_bytes``
-split over the DP replicas, capped at what the workload can fill) and refuses, before anything
-starts, a pool that cannot hold the largest request below the switch watermark. Spawned ranks get
-anonymous shared-memory pools made by the launching process (``make_host_pools``, passed by
-pickling); under ``torchrun`` (one node) rank 0 creates named pools in ``/dev/shm`` and the
-other ranks attach (``named_host_pools``).
+``host_blocks_for`` sizes a replica's pool (``config.host_kv_blocks``, or the policy's
+``host_kv_bytes``, default 1 GiB, split over the DP replicas, capped at what the workload can
+fill) and refuses, before anything starts, a pool that cannot hold the largest request below
+the switch watermark. Spawned ranks get anonymous shared-memory pools made by the launching
+process (``make_host_pools``, passed by pickling); under ``torchrun`` (one node) rank 0 creates
+named pools in ``/dev/shm`` and the other ranks attach (``named_host_pools``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ from seesaw.engine.hf_config import read_config, spec_from_config
 from seesaw.engine.host_kv import HostKVPool
 from seesaw.engine.kv import KVCache
 from seesaw.engine.kv_sizing import workload_blocks
-from seesaw.core import SpecError
+from seesaw.core import GiB, SpecError
 
 __all__ = ["host_blocks_for", "make_host_pools", "named_host_pools"]
-
-GiB = 1024**3
 
 
 def _host_bytes_per_block(spec, config: EngineConfig) -> int:
@@ -36,16 +34,16 @@ def _host_bytes_per_block(spec, config: EngineConfig) -> int:
 
 
 def host_blocks_for(config: EngineConfig, spec, items: list[BatchItem]) -> int:
-    """Host KV blocks per replica: ``config.host_kv_blocks``, or ``host_kv_bytes`` (default 1 GiB)
-    over the DP replicas, capped at what the workload can fill. Raises ``SpecError`` (one line)
+    """Host KV blocks per replica: ``config.host_kv_blocks``, or the policy's ``host_kv_bytes``
+    (None: 1 GiB) over the DP replicas, capped at what the workload can fill. Raises ``SpecError`` (one line)
     when the pool cannot hold the largest request (prompt + max_tokens) below the switch
     watermark, before anything starts."""
-    bs, dp = config.block_size, config.layout.dp
+    bs, dp, pol = config.block_size, config.layout.dp, config.policy
     per_block = _host_bytes_per_block(spec, config)
     if config.host_kv_blocks is not None:
         n = int(config.host_kv_blocks)
     else:
-        total = GiB if config.host_kv_bytes is None else float(config.host_kv_bytes)
+        total = GiB if pol.host_kv_bytes is None else float(pol.host_kv_bytes)
         n = int(total / dp // per_block)
         if items:
             n = min(n, max(workload_blocks(items, dp, bs)) + 1)
@@ -54,9 +52,9 @@ def host_blocks_for(config: EngineConfig, spec, items: list[BatchItem]) -> int:
     big = max(items, key=lambda it: it.prompt_len + it.max_tokens)
     tokens = big.prompt_len + big.max_tokens
     need = -(-tokens // bs)
-    limit = int(config.host_full_watermark * n)
+    limit = int(pol.host_full_watermark * n)
     if need > limit:
-        blocks = -(-need // config.host_full_watermark) if config.host_full_watermark < 1 else need
+        blocks = -(-need // pol.host_full_watermark) if pol.host_full_watermark < 1 else need
         gib = blocks * per_block * dp / GiB
         raise SpecError(
             f"host KV pool too small: {n} block(s) of {bs} tokens per replica ({n * per_block / GiB:.3g} GiB "

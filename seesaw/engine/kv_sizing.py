@@ -9,8 +9,6 @@ smallest count (an all-reduce), so every replica's block manager matches every r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
@@ -21,16 +19,9 @@ from seesaw.scheduling import split_across_replicas
 __all__ = ["replica_buckets", "kv_blocks_for_budget", "workload_blocks", "agree_num_blocks"]
 
 
-@dataclass
-class _Len:
-    id: str
-    prompt_len: int
-    output_len: int
-
-
-def replica_buckets(items: list, dp: int) -> list[list[_Len]]:
-    """The workload's requests (lengths only) as the driver splits them over ``dp`` replicas."""
-    return split_across_replicas([_Len(str(i), it.prompt_len, it.max_tokens) for i, it in enumerate(items)], dp)
+def replica_buckets(items: list, dp: int) -> list[list]:
+    """The workload's requests (``BatchItem``s) as the driver splits them over ``dp`` replicas."""
+    return split_across_replicas(list(items), dp)
 
 
 def kv_blocks_for_budget(model, budget_bytes: float, block_size: int, shard=None) -> int:

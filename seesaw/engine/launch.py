@@ -3,8 +3,8 @@
 ``run_batch`` spawns the ranks locally (``dist.spawn``: file:// rendezvous in a temp dir, gloo on
 CPU, NCCL on CUDA) and returns rank 0's ``RunResult`` dict. Under ``torchrun`` every process calls
 ``rank_main`` itself after ``dist.init_process(..., "env://")``. ``rank_main`` picks the driver:
-a static layout runs ``vllm_driver.Driver`` over ``worker.StepWorker``s; a Seesaw run
-(``config.decode_layout`` set) runs ``seesaw_driver.SeesawDriver`` over ``SeesawWorker``s, with
+a ``VllmPolicy`` (one static layout) runs ``vllm_driver.Driver`` over ``worker.StepWorker``s; a
+``SeesawPolicy`` (``config.seesaw``) runs ``seesaw_driver.SeesawDriver`` over ``SeesawWorker``s, with
 comms and KV block counts for both layouts and one host KV pool per replica.
 
 Assumes the process group is initialised before ``rank_main`` and that every rank is given the
@@ -59,7 +59,7 @@ def rank_main(rank: int, world_size: int, device, store, config: EngineConfig,
     """Everything one rank does in a run (process group already initialised). Rank 0 drives and
     returns the ``RunResult`` dict; the other ranks serve steps and return None. ``requests``
     (rank 0 only): the ``BatchItem`` list, or the path of a pickle of it. A Seesaw run
-    (``config.decode_layout``) goes to ``seesaw_rank_main`` with ``host_pools`` (one
+    (``config.seesaw``) goes to ``seesaw_rank_main`` with ``host_pools`` (one
     shared-memory ``HostKVPool`` per replica; None under torchrun: named pools)."""
     layout = config.layout
     if world_size != layout.world_size:

@@ -97,7 +97,7 @@ class SeesawDriver(Driver):
             self.blocks_by_layout[str(cfg.layout)], self.host_blocks, cfg.layout, cfg.decode_layout,
             num_decode_blocks=self.blocks_by_layout[str(cfg.decode_layout)], block_size=cfg.block_size,
             max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
-            host_full_watermark=cfg.host_full_watermark, decode_low_watermark=cfg.decode_low_watermark,
+            host_full_watermark=cfg.policy.host_full_watermark, decode_low_watermark=cfg.policy.decode_low_watermark,
             replica=d)
 
     def run(self) -> dict:

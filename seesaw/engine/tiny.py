@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from seesaw.engine.dtypes import TORCH_DTYPES
 from seesaw.engine.files import publish_dir
 
 __all__ = ["TINY_DEFAULT", "BOS_ID", "EOS_ID", "PAD_ID", "tiny_config", "write_random_checkpoint", "ensure_tiny"]
@@ -118,8 +119,7 @@ def write_random_checkpoint(
     from safetensors.torch import save_file
 
     config = dict(config or tiny_config())
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        config.get("torch_dtype", "float32")]
+    dtype = TORCH_DTYPES[config.get("torch_dtype", "float32")]
     state = _random_state(config, seed, dtype)
     for name in drop:
         state.pop(name)

@@ -44,14 +44,13 @@ from typing import TypeVar
 import torch
 
 from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, response_record
-from seesaw.engine.config import PHASES, EngineConfig, EngineError, reason
+from seesaw.engine.config import EngineConfig, EngineError, reason
 from seesaw.engine.kv import ReplicaBlocks
 from seesaw.engine.messages import ForwardMsg, Message, SeqChunk, StopMsg
-from seesaw.engine.phase_clock import PhaseClock
 from seesaw.engine.progress import Progress
 from seesaw.engine.worker import StepWorker
-from seesaw.scheduling import Forward, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
-from seesaw.core import RunResult
+from seesaw.scheduling import Forward, PhaseClock, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
+from seesaw.core import PHASES, RunResult
 
 __all__ = ["Driver"]
 
@@ -60,7 +59,8 @@ M = TypeVar("M", bound=Message)
 
 @dataclass
 class _Req:
-    """What the scheduler sees of a request (``id`` is the engine's sequence id as a string)."""
+    """What the scheduler sees of a request: a ``BatchItem``'s lengths under the engine's sequence
+    id (its index, as a string; KV tables and step messages go by index, not by ``custom_id``)."""
 
     id: str
     prompt_len: int
@@ -112,7 +112,7 @@ class Driver:
         self.writer: OutputWriter | None = None
         self.trace: list[dict] | None = [] if config.step_trace else None  # see write_trace
         self._t0 = self._t_end = 0.0
-        reqs = [_Req(str(sid), it.prompt_len, it.max_tokens) for sid, it in enumerate(items)]
+        reqs = [_Req(str(sid), it.prompt_len, it.output_len) for sid, it in enumerate(items)]
         for d, bucket in enumerate(split_across_replicas(reqs, L.dp)):
             for r in bucket:
                 sid = int(r.id)

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from seesaw.engine.attention import paged_attention
 from seesaw.engine.dist import spawn
+from seesaw.engine.dtypes import TORCH_DTYPES
 from seesaw.profiling.collectives import comm_table
 from seesaw.profiling.copies import copy_table
 from seesaw.profiling.forward import forward_tables
@@ -34,9 +35,8 @@ from seesaw.profiling.step_overhead import step_table
 from seesaw.profiling.timing import Rank, cache_bytes
 from seesaw.core import MeasuredProfile, ModelSpec, SpecError
 
-__all__ = ["DTYPES", "profile", "rank_main", "cuda_available"]
+__all__ = ["profile", "rank_main", "cuda_available"]
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def cuda_available() -> bool:
@@ -68,7 +68,7 @@ def rank_main(rank: int, world_size: int, device: torch.device, tasks: list[Task
         groups[k] = dist.new_group(list(range(k)))
         ctrl[k] = dist.new_group(list(range(k)), backend="gloo")
     torch.manual_seed(rank)
-    r = Rank(rank, torch.device(device), DTYPES[dtype], grid, groups, ctrl, progress,
+    r = Rank(rank, torch.device(device), TORCH_DTYPES[dtype], grid, groups, ctrl, progress,
              cache_bytes=cache_bytes(torch.device(device)))
     passes = []
     for _ in range(grid.passes):
@@ -120,8 +120,8 @@ def profile(
     grid = grid or Grid.default()
     if device not in ("cpu", "cuda"):
         raise SpecError(f"unknown device {device!r}; use cpu or cuda")
-    if dtype not in DTYPES:
-        raise SpecError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
+    if dtype not in TORCH_DTYPES:
+        raise SpecError(f"unknown dtype {dtype!r}; use {', '.join(TORCH_DTYPES)}")
     if device == "cuda":
         if not cuda_available():
             raise SpecError("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")

@@ -18,7 +18,7 @@ from seesaw.engine.runner import ModelRunner
 from seesaw.profiling.grid import BLOCK_SIZE, Task
 from seesaw.profiling.records import Table
 from seesaw.profiling.timing import Rank
-from seesaw.core import ModelSpec, ParallelConfig
+from seesaw.core import ModelSpec, ParallelConfig, VllmPolicy
 
 __all__ = ["step_table"]
 
@@ -62,7 +62,9 @@ def _driver_run(spec: ModelSpec, r: Rank, seqs: int, new_tokens: int) -> None:
     from seesaw.engine.worker import StepWorker
 
     layout = ParallelConfig()
-    cfg = EngineConfig(layout=layout, max_num_seqs=seqs, max_num_batched_tokens=max(8192, seqs * _STEP_PROMPT))
+    policy = VllmPolicy(layout=layout, max_num_seqs=seqs, max_num_batched_tokens=max(8192, seqs * _STEP_PROMPT),
+                        block_size=BLOCK_SIZE)
+    cfg = EngineConfig(policy=policy)
     num_blocks = seqs * -(-(_STEP_PROMPT + new_tokens + 1) // BLOCK_SIZE)
     runner = ModelRunner(_LogitsStub(spec, seqs, r), num_blocks, BLOCK_SIZE)
     worker = StepWorker(runner, _DriverComm(), ControlPlane(layout, 0, cfg.timeout_s), cfg, 0)

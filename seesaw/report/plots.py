@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["plot_timeline", "plot_throughput_cost", "plot_vs_vllm", "plot_time_by_phase", "plot_calibration",
-           "PHASES"]
+from seesaw.core import PHASES
 
-PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")
+__all__ = ["plot_timeline", "plot_throughput_cost", "plot_vs_vllm", "plot_time_by_phase", "plot_calibration"]
+
 _PHASE_COLORS = {"prefill": "#4C72B0", "decode": "#DD8452", "mixed": "#55A868", "reshard": "#C44E52",
                  "swap_stall": "#8172B3", "idle": "#BBBBBB"}
 _PHASE_LABELS = {"prefill": "prefill", "decode": "decode", "mixed": "prefill + decode in flight",

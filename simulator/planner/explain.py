@@ -11,10 +11,9 @@ import math
 
 import pandas as pd
 
-from seesaw.core import Predicted, SeesawPolicy, VllmPolicy
+from seesaw.core import PHASES, Predicted, SeesawPolicy, VllmPolicy
 from simulator.cost import CostModel
 from simulator.planner.estimate import ReplicaWork, host_limit_tokens
-from simulator.sim import PHASES
 
 __all__ = ["brief", "explain", "predicted", "unservable_reason"]
 

@@ -18,13 +18,12 @@ from typing import Callable, Literal
 
 import pandas as pd
 
-from seesaw.core import GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
+from seesaw.core import PHASES, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
 from simulator.cost import CostModel
 from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts, sample_requests
 from simulator.planner.estimate import ReplicaWork, equivalence_key, estimate_makespan_s, replica_works
 from simulator.planner.explain import brief, explain, predicted, unservable_reason
 from simulator.planner.runner import SimRunner
-from simulator.sim import PHASES
 
 __all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "Objective", "PlanResult", "plan"]
 
