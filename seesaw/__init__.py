@@ -32,6 +32,7 @@ from seesaw.core import (
     NodeSpec,
     ParallelConfig,
     Plan,
+    RunFailed,
     RunResult,
     SeesawPolicy,
     SpecError,
@@ -57,6 +58,6 @@ def __getattr__(name: str):
 __all__ = [
     "simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
     "load_model", "load_gpu", "load_node", "make_node", "load_measured", "list_catalog", "default_host_kv_bytes",
-    "PHASES", "GiB", "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunResult", "SeesawPolicy",
+    "PHASES", "GiB", "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunFailed", "RunResult", "SeesawPolicy",
     "SpecError", "VllmPolicy", "parse_layout", "__version__", *_LAZY,
 ]

@@ -303,7 +303,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
 
 def _engine_run(store, items, config) -> dict:
     """One engine run; a run that fails once started is ``RunFailed`` (one line, exit 1)."""
-    from seesaw.app.run import RunFailed
+    from seesaw.core import RunFailed
     from seesaw.engine.dist import RankError
     from seesaw.engine.config import EngineError
     from seesaw.engine.launch import run_batch

@@ -34,6 +34,7 @@ from seesaw.core import (
     PHASES,
     ParallelConfig,
     Plan,
+    RunFailed,
     RunResult,
     SeesawPolicy,
     SpecError,
@@ -50,10 +51,6 @@ SAMPLE_INPUT = Path(__file__).resolve().parent.parent.parent / "examples" / "pro
 
 class RunInputError(SpecError):
     """Bad batch-run input (one line, exit 2)."""
-
-
-class RunFailed(RuntimeError):
-    """The run failed once its ranks had started (a rank died or timed out): one line, exit 1."""
 
 
 @dataclass(frozen=True)

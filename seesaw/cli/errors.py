@@ -13,8 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
-from seesaw.app.run import RunFailed
-from seesaw.core import SpecError
+from seesaw.core import RunFailed, SpecError
 
 __all__ = ["exit_code", "one_line", "run_with_error_map"]
 

@@ -6,7 +6,7 @@ profile tables; the error every layer's user errors derive from; shared constant
 """
 
 from seesaw.core.constants import DTYPE_BYTES, PHASES, VERSION, GiB
-from seesaw.core.errors import SpecError
+from seesaw.core.errors import RunFailed, SpecError
 from seesaw.core.base import Spec
 from seesaw.core.model import ModelSpec
 from seesaw.core.hardware import GpuSpec, NodeSpec
@@ -33,7 +33,7 @@ from seesaw.core.measured import (
 )
 
 __all__ = [
-    "DTYPE_BYTES", "PHASES", "VERSION", "GiB", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
+    "DTYPE_BYTES", "PHASES", "VERSION", "GiB", "RunFailed", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
     "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
     "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
     "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult", "SeesawStats", "EngineStats",
