@@ -84,7 +84,7 @@ def test_calibrate_end_to_end(tmp_path, seesaw, monkeypatch):
                                "--workload", "constant", "-n", 8, "--input-len", 32, "--output-len", 16,
                                "-o", out, "--repeat", 2, "--json")
     assert code == 0, err
-    for name in ("calibration.csv", "calibration.png", "summary.json"):
+    for name in ("config.yaml", "calibration.csv", "calibration.png", "summary.json"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     summ = json.loads(stdout.strip().splitlines()[-1])
     assert summ == json.loads((out / "summary.json").read_text())

@@ -394,6 +394,6 @@ def _at_speed(rows: list[Row]) -> dict:
 
 
 def write_outputs(rows: list[Row], out_dir: Path, meta: dict | None = None) -> dict:
-    """``calibration.csv``, ``calibration.png``, ``summary.json`` (``meta`` and ``summary(rows)``) in
-    ``out_dir`` (``seesaw.report.calibration``); returns the summary."""
-    return write_calibration_folder(rows, out_dir, {**(meta or {}), **summary(rows)})
+    """``config.yaml`` (``meta``), ``calibration.csv``, ``calibration.png``, ``summary.json`` (``meta``
+    and ``summary(rows)``) in ``out_dir`` (``seesaw.report.calibration``); returns the summary."""
+    return write_calibration_folder(rows, out_dir, {**(meta or {}), **summary(rows)}, config=meta or {})

@@ -3,8 +3,8 @@
 ``run(RunOptions(...))`` checks everything that can be checked before ranks start (model,
 checkpoint, layout against the model, ranks against devices, input, plan, host KV pool), plans for
 this machine with ``auto``, launches the ranks (spawned here, or this process as one rank of a
-``torchrun`` job), writes ``summary.json`` (and with a plan ``plan.json`` and
-``comparison.json``) and returns a ``BatchRun``. It prints nothing: progress notes go to the
+``torchrun`` job), writes the run's folder (``config.yaml``, ``summary.json`` and with a plan
+``plan.json`` and ``comparison.json``) and returns a ``BatchRun``. It prints nothing: progress notes go to the
 ``RunEvents`` it is given. Bad input raises a ``SpecError`` (one line); a run that fails once
 started raises ``RunFailed`` (one line); what finished is already in the output file either way.
 
@@ -20,10 +20,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
+
+from seesaw.report import json_text, write_run_folder
 
 from seesaw.core import (
     DEFAULT_BLOCK_SIZE,
@@ -231,14 +233,6 @@ def _launch(store, items, config, torchrun: bool):
         raise RunFailed(str(e)) from None
 
 
-def write_json(path: Path, obj) -> Path:
-    """One JSON file of the run's folder, written as every ``summary.json`` is."""
-    from seesaw.report import json_text
-
-    path.write_text(json_text(obj))
-    return path
-
-
 def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, events: RunEvents, quiet: bool):
     """Plan for this machine (``seesaw.app.autotune``); write ``OUTPUT_DIR/plan.json``."""
     from seesaw.app.autotune import machine, plan_for_machine
@@ -254,7 +248,7 @@ def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, e
         return plan
     events.planned(plan, table, rejected, mach.description)
     Path(o.output_dir).mkdir(parents=True, exist_ok=True)
-    write_json(Path(o.output_dir) / "plan.json", json.loads(plan.model_dump_json()))
+    (Path(o.output_dir) / "plan.json").write_text(json_text(json.loads(plan.model_dump_json())))
     return plan
 
 
@@ -347,14 +341,16 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
         events.warn(f"{result['num_rejected']} request(s) can never fit the KV cache or the token budget; "
                     f"listed in {err_file}")
     run_ = BatchRun(result=result, output=output, errors_file=err_file, plan=plan)
-    summary = {k: v for k, v in result.items() if k != "output_token_ids"}
+    files = {}
     if plan is not None:
         run_.comparison = comparison(plan, result)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        if not o.auto:
-            run_.files.append(write_json(output_dir / "plan.json", json.loads(plan.model_dump_json())))
-        run_.files.append(write_json(output_dir / "comparison.json", run_.comparison))
-        run_.files.append(write_json(output_dir / "summary.json", summary))
-    elif output.parent == output_dir:  # the run's folder: its figures beside the outputs
-        run_.files.append(write_json(output_dir / "summary.json", summary))
+        if not o.auto:  # auto wrote its plan.json before the run
+            files["plan.json"] = json_text(json.loads(plan.model_dump_json()))
+        files["comparison.json"] = json_text(run_.comparison)
+    if plan is not None or output.parent == output_dir:  # the run's folder: its figures beside the outputs
+        resolved = {"command": "run", "model": name, "model_dir": str(model_dir), "output": str(output),
+                    "device": o.device, "dtype": dtype, "policy": policy.model_dump(mode="json"),
+                    "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()}}
+        summary = {k: v for k, v in result.items() if k != "output_token_ids"}
+        run_.files = write_run_folder(output_dir, summary, config=resolved, files=files)
     return run_

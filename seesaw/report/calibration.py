@@ -21,11 +21,12 @@ __all__ = ["write_calibration_folder", "table", "range_line", "regret_lines", "s
            "STALE_SPEED"]
 
 
-def write_calibration_folder(rows: list, out_dir: Path, summary: dict) -> dict:
-    """``calibration.csv``, ``calibration.png``, ``summary.json`` in ``out_dir``; returns ``summary``."""
+def write_calibration_folder(rows: list, out_dir: Path, summary: dict, config: dict | None = None) -> dict:
+    """``config.yaml``, ``calibration.csv``, ``calibration.png``, ``summary.json`` in ``out_dir``;
+    returns ``summary``."""
     files = {"calibration.csv": lambda path: _write_csv([r.record() for r in rows], path),
              "calibration.png": lambda path: plot_calibration(rows, path)}
-    write_run_folder(out_dir, summary, files=files)
+    write_run_folder(out_dir, summary, config=config or {}, files=files)
     return summary
 
 

@@ -74,8 +74,10 @@ def write_sim_folder(out_dir: Path, config: dict, result) -> Path:
 
 def write_plan_folder(out_dir: Path, result, config: dict) -> list[Path]:
     """``plan.json`` (the Plan, when one was found), ``candidates.csv`` (the ranked table),
-    ``summary.json`` (the config and the planner's summary); their paths in that order."""
+    ``summary.json`` (the config and the planner's summary); their paths in that order. The config
+    also goes to ``config.yaml``, as in every command's folder."""
     files = {} if result.plan is None else {"plan.json": result.plan.model_dump_json(indent=2) + "\n"}
     files["candidates.csv"] = result.table
-    summary_path, *paths = write_run_folder(out_dir, {"config": config, **result.summary()}, files=files)
+    _, summary_path, *paths = write_run_folder(out_dir, {"config": config, **result.summary()}, config=config,
+                                               files=files)
     return [*paths, summary_path]

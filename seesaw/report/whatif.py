@@ -29,8 +29,8 @@ PLOTS = ("throughput_cost.png", "seesaw_vs_vllm.png", "time_by_phase.png")
 
 
 def write_report(result, out_dir: Path, config: dict | None = None) -> list[Path]:
-    """The report folder; the paths of ``report.md``, ``report.html``, ``options.csv``,
-    ``summary.json`` and the plots, in that order."""
+    """The report folder (with ``config.yaml``, as every command's folder); the paths of
+    ``report.md``, ``report.html``, ``options.csv``, ``summary.json`` and the plots, in that order."""
     out_dir = Path(out_dir)
     df = result.table()
     files = {"options.csv": df}
@@ -44,7 +44,7 @@ def write_report(result, out_dir: Path, config: dict | None = None) -> list[Path
     plots = list(PLOTS)
     files["report.md"] = _markdown(result, df, plots)
     files["report.html"] = lambda path: path.write_text(_html(result, df, plots, out_dir))  # reads the plots
-    write_run_folder(out_dir, {"config": config or {}, **result.summary()}, files=files)
+    write_run_folder(out_dir, {"config": config or {}, **result.summary()}, config=config or {}, files=files)
     return [out_dir / p for p in ("report.md", "report.html", "options.csv", "summary.json", *plots)]
 
 
