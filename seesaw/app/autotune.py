@@ -5,16 +5,11 @@ prediction with what the engine measured.
 measured profile ``profiles/measured/cpu-2core.yaml`` (``catalog.measured_node``, one "GPU" per
 rank) with that profile's tables; on CUDA a datasheet node of the catalog GPU matching the device
 name (no measured tables: the roofline cost model). ``plan_for_machine`` picks a ``Plan`` for the
-engine's requests on it by simulating every static layout of ``num_ranks`` that shards the model
-(the planner's enumeration, ``simulator.planner.shardable_layouts``) and every Seesaw pair with
-equal DP in full (``simulator.sim.simulate``) with the engine's own knobs, and taking the highest
-total tokens/s: on the few ranks of one machine that is the exhaustive search which
-``simulator.planner.plan`` (also given ``measured=``) approximates with estimates and a knob
-sweep. It is not ``plan(..., exhaustive=True)`` because the plan must carry the engine's knobs as
-the engine runs them: Seesaw policies leave the host pool open (``host_kv_bytes=None``, sized by
-the engine and the simulator alike) and keep the engine's ``block_size``, the prediction carries
-output tokens/s and requests/s, and a layout whose memory does not fit is rejected per candidate
-by the simulation. ``comparison`` puts the prediction and the measurement side by side.
+engine's requests on it with ``simulator.planner.plan`` (the one planner, given the measured
+profile), exhaustive and on every request, over the engine's own knobs (``engine_space``: every
+layout of ``num_ranks`` that shards the model and fits, every Seesaw pair with equal DP, chunked
+prefill off, the default host pool, which the engine caps at what the workload fills).
+``comparison`` puts the prediction and the measurement side by side.
 
 The planner and the engine must mean the same thing, so the plan is made for the model as the
 engine runs it: the checkpoint's shape with the engine's dtype (fp32 on CPU), the engine's
@@ -26,12 +21,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from seesaw.scheduling import SchedulerError
 from seesaw.core import (
-    ModelSpec, NodeSpec, ParallelConfig, Plan, Predicted, SeesawPolicy, SpecError, VllmPolicy,
+    ModelSpec, NodeSpec, ParallelConfig, Plan, SeesawPolicy, SpecError,
 )
 
-__all__ = ["Machine", "machine", "plan_for_machine", "load_plan", "comparison",
+__all__ = ["Machine", "machine", "engine_space", "plan_for_machine", "load_plan", "comparison",
            "policy_layouts", "plan_host_kv_bytes", "MEASURED_CPU_PROFILE"]
 
 MEASURED_CPU_PROFILE = "cpu-2core"
@@ -69,77 +63,40 @@ def machine(num_ranks: int, device: str = "cpu", gpu_name: str | None = None) ->
                     "plan with `seesaw plan --gpu ...` and pass --plan plan.json")
 
 
-def _knobs(max_num_seqs: int, max_num_batched_tokens: int, block_size: int) -> dict:
-    return dict(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens, block_size=block_size)
+def engine_space(max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, block_size: int = 16):
+    """The planner's search space as the engine will run it: its knobs fixed, no chunk or pool sweep
+    (chunked prefill off, the whole default host pool, the paper's watermarks)."""
+    from simulator.planner import SearchSpace
 
-
-def _search(model: ModelSpec, mach: Machine, requests: list, knobs: dict, progress=None) -> tuple[list, list]:
-    """Simulate every feasible layout (vllm) and every Seesaw pair; rows sorted best first."""
-    from simulator.cost import CostModel
-    from simulator.planner import shardable_layouts
-    from simulator.sim import simulate
-
-    layouts, unshardable = shardable_layouts(model, mach.node.num_gpus)
-    rejected = [(str(c), str(e)) for c, e in unshardable]
-    cands = [VllmPolicy(layout=c, **knobs) for c in layouts]
-    cands += [SeesawPolicy(prefill_layout=p, decode_layout=d, **knobs)
-              for p in layouts for d in layouts if p != d and p.dp == d.dp]
-    cost = CostModel(model, mach.node, measured=mach.measured)
-    rows = []
-    for i, pol in enumerate(cands):
-        if progress:
-            progress(i, len(cands), pol.describe())
-        try:
-            res = simulate(model, mach.node, pol, requests, cost=cost)
-        except (SpecError, SchedulerError) as e:  # a layout that does not fit, a request it cannot serve
-            rejected.append((pol.describe(), str(e)))
-            continue
-        rows.append((pol, res))
-    rows.sort(key=lambda r: -r[1].tokens_per_second)
-    return rows, rejected
+    return SearchSpace(chunk_sizes=(), max_num_seqs=(max_num_seqs,), seesaw_max_num_seqs=(max_num_seqs,),
+                       host_pool_fractions=(1.0,), host_full_watermarks=(1.0,), decode_low_watermarks=(0.5,),
+                       max_num_batched_tokens=max_num_batched_tokens, block_size=block_size)
 
 
 def plan_for_machine(model: ModelSpec, mach: Machine, requests: list, *, workload: str,
                      max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, block_size: int = 16,
                      progress=None) -> tuple[Plan, list[dict], list[tuple[str, str]]]:
     """A ``Plan`` for ``requests`` (objects with ``id``, ``prompt_len``, ``output_len``) on
-    ``mach``; also the simulated candidates (best first) and the rejected ones with reasons."""
-    from seesaw.core import VERSION as __version__
+    ``mach``: ``simulator.planner.plan`` with the machine's measured profile, exhaustive over the
+    engine's search space (``engine_space``) on every request. Also the simulated candidates (best
+    first) and the rejected layouts and candidates with their reasons."""
+    from simulator.planner import plan
 
     if not requests:
         raise SpecError("the workload has no requests")
-    knobs = _knobs(max_num_seqs, max_num_batched_tokens, block_size)
-    rows, rejected = _search(model, mach, requests, knobs, progress)
-    if not rows:
+    res = plan(model, mach.node, requests, space=engine_space(max_num_seqs, max_num_batched_tokens, block_size),
+               exhaustive=True, sample_size=None, workers=1, measured=mach.measured, workload_name=workload,
+               progress=progress)
+    if res.plan is None:
         raise SpecError(f"no feasible layout for {model.name} on {mach.node.num_gpus} ranks: "
-                        + "; ".join(f"{w}: {r}" for w, r in rejected[:3]))
-    best_pol, best = rows[0]
-    vllm = [r for r in rows if r[0].kind == "vllm"]
-    table = [{"candidate": p.describe(), "kind": p.kind, "throughput_tok_s": r.tokens_per_second,
-              "makespan_s": r.elapsed_time, "num_transitions": r.extra.get("num_transitions", 0),
-              "time_by_phase_s": {k: round(v, 4) for k, v in r.time_by_phase.items() if v}} for p, r in rows]
-    why = (f"{best_pol.describe()} predicts {best.tokens_per_second:,.1f} tokens/s "
-           f"({best.elapsed_time:.2f} s for {best.num_requests} requests)")
-    if vllm and best_pol.kind != "vllm":
-        why += f", {best.tokens_per_second / vllm[0][1].tokens_per_second:.2f}x the best static layout " \
-               f"({vllm[0][0].describe()})"
-    elif len(rows) > 1:
-        why += f"; runner-up {rows[1][0].describe()} {rows[1][1].tokens_per_second:,.1f} tokens/s"
-    predicted = Predicted(
-        throughput_tok_s=best.tokens_per_second, makespan_s=best.elapsed_time,
-        output_throughput_tok_s=best.output_tokens_per_second, requests_per_s=best.requests_per_second,
-        speedup_vs_best_vllm=best.tokens_per_second / vllm[0][1].tokens_per_second if vllm else None,
-        **{f"{k}_s": v for k, v in best.time_by_phase.items() if v})
-    plan = Plan(
-        model=model, node=mach.node, policy=best_pol, workload=workload, predicted=predicted,
-        runner_up=table[1] if len(table) > 1 else None, search_space_size=len(rows) + len(rejected),
-        explanation=why + ".",
-        provenance={"planned_by": "seesaw run --auto", "machine": mach.description,
-                    "search": f"every feasible {mach.node.num_gpus}-rank layout (vllm) and Seesaw pair simulated in "
-                              "full with simulator.sim, the engine's knobs",
-                    "seesaw_version": __version__, "simulated_requests": str(len(requests))},
-    )
-    return plan, table, rejected
+                        + "; ".join(f"{w}: {r}" for w, r in res.rejected[:3]))
+    sim = res.table[res.table["source"] == "simulated"]
+    table = [{"candidate": r["candidate"], "kind": r["kind"], "throughput_tok_s": r["throughput_tok_s"],
+              "makespan_s": r["makespan_s"], "num_transitions": r["num_transitions"]}
+             for r in sim.to_dict("records")]
+    chosen = res.plan.model_copy(update={"provenance": {
+        **res.plan.provenance, "planned_by": "seesaw run --auto", "machine": mach.description}})
+    return chosen, table, list(res.rejected)
 
 
 def load_plan(path: Path) -> Plan:

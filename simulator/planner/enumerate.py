@@ -36,6 +36,7 @@ class SearchSpace:
     decode_low_watermarks: tuple[float, ...] = (0.5, 1.0)        # 1.0 = the paper's switch-back rule
     max_num_batched_tokens: int = 8192                           # prefill budget without chunking
     gpu_memory_utilization: float = 0.9
+    block_size: int = 16                                         # tokens per KV block (the engine's)
 
 
 # ``seesaw compare``: every layout and pair, defaults elsewhere (no batch-cap or pool sweep).
@@ -115,7 +116,7 @@ def enumerate_candidates(model: ModelSpec, node: NodeSpec, layouts: Seq[Parallel
     out: list[Candidate] = []
     for c in layouts:
         for seqs in space.max_num_seqs:
-            common = dict(layout=c, max_num_seqs=seqs, gpu_memory_utilization=util)
+            common = dict(layout=c, max_num_seqs=seqs, gpu_memory_utilization=util, block_size=space.block_size)
             out.append(Candidate(VllmPolicy(max_num_batched_tokens=budget, **common)))
             out.extend(Candidate(VllmPolicy(enable_chunked_prefill=True, max_num_batched_tokens=k, **common))
                        for k in space.chunk_sizes)
@@ -134,7 +135,8 @@ def enumerate_candidates(model: ModelSpec, node: NodeSpec, layouts: Seq[Parallel
                         out.append(Candidate(SeesawPolicy(
                             prefill_layout=a, decode_layout=b, host_kv_bytes=frac * pool,
                             host_full_watermark=wm, decode_low_watermark=dl, max_num_seqs=seqs,
-                            max_num_batched_tokens=budget, gpu_memory_utilization=util),
+                            max_num_batched_tokens=budget, gpu_memory_utilization=util,
+                            block_size=space.block_size),
                             host_fraction=frac))
     return out, rejected
 
