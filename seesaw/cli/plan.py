@@ -14,7 +14,7 @@ from rich.table import Table
 
 from seesaw.cli import options as opt
 from seesaw.cli.console import err, fmt, out, print_json, show
-from seesaw.cli.progress import Progress
+from seesaw.progress import Progress
 from seesaw.core import SpecError
 
 __all__ = ["register", "print_notes"]

@@ -15,7 +15,7 @@ from typing import List, Optional
 import typer
 
 from seesaw.cli.console import err
-from seesaw.cli.progress import Progress
+from seesaw.progress import Progress
 
 __all__ = ["register"]
 

@@ -9,7 +9,7 @@ import typer
 
 from seesaw.cli import options as opt
 from seesaw.cli.console import err, print_json
-from seesaw.cli.progress import Progress
+from seesaw.progress import Progress
 
 __all__ = ["register"]
 

@@ -12,7 +12,7 @@ from rich.table import Table
 from seesaw.cli import options as opt
 from seesaw.cli.console import err, fmt, out, print_json, show
 from seesaw.cli.plan import print_notes
-from seesaw.cli.progress import Progress
+from seesaw.progress import Progress
 
 __all__ = ["register", "DEFAULT_WHATIF_DIR"]
 

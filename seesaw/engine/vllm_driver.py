@@ -47,7 +47,7 @@ from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, respo
 from seesaw.engine.config import EngineConfig, EngineError, reason
 from seesaw.engine.kv import ReplicaBlocks
 from seesaw.engine.messages import ForwardMsg, Message, SeqChunk, StopMsg
-from seesaw.engine.progress import Progress
+from seesaw.progress import Progress
 from seesaw.engine.worker import StepWorker
 from seesaw.scheduling import Forward, PhaseClock, SchedulerError, SeqStatus, VllmScheduler, split_across_replicas
 from seesaw.core import PHASES, RunResult
@@ -139,7 +139,7 @@ class Driver:
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
         self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
-        bar = Progress(len(self.seqs), f"seesaw run {cfg.layout_name}", cfg.progress)
+        bar = Progress(f"seesaw run {cfg.layout_name}", len(self.seqs), enabled=cfg.progress)
         self._bar = bar
         self._t0 = time.perf_counter()
         self.clocks = [PhaseClock(self._t0) for _ in range(self.layout.dp)]
