@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -253,8 +254,18 @@ def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, e
 
 
 def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None:
-    """Run one batch; None on a torchrun rank other than 0 (rank 0 returns the run)."""
+    """Run one batch; None on a torchrun rank other than 0 (rank 0 returns the run).
+
+    The output file is locked (``seesaw.app.outputs.OutputLock``) by rank 0's launcher from the
+    moment it exists (at once for an existing file, which ``resume`` reads; else just before the
+    ranks start) until the run ends."""
+    with ExitStack() as held:
+        return _run(options, events or RunEvents(), held)
+
+
+def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     from seesaw.app.autotune import comparison, load_plan, policy_layouts
+    from seesaw.app.outputs import OutputLock, check_output
     from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
     from seesaw.engine.devices import check_device
@@ -262,7 +273,6 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
 
-    o, events = options, events or RunEvents()
     _check_options(o)
     plan = load_plan(o.plan_file) if o.plan_file is not None else None
     model = o.model or (plan.model.name if plan is not None else "smollm2-135m" if o.auto else "tiny")
@@ -292,6 +302,9 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
         temperature=o.temperature, prompt_format=o.prompt_format)
     err_file = errors_path(output)
     if rank == 0:
+        check_output(output, err_file, source)  # before anything is written or any rank starts
+        if output.exists():
+            held.enter_context(OutputLock(output))
         write_errors(err_file, errors)
         if errors:
             events.warn(f"{len(errors)} bad input line(s) skipped, listed in {err_file}")
@@ -334,6 +347,8 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
     if rank == 0 and plan is not None:
         events.note(f"Running {config.layout_name} ({'seesaw' if config.seesaw else 'vllm'}) on {c_p.world_size} "
                     f"rank(s): {len(items)} request(s) -> {output}")
+    if rank == 0 and not output.exists():
+        held.enter_context(OutputLock(output))
     result = _launch(store, items, config, torchrun)
     if result is None:
         return None  # a torchrun rank other than 0
