@@ -416,6 +416,8 @@ def load_workload(
     for arg, val in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len)):
         if val is not None and (isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < 1):
             raise WorkloadError(f"{arg} must be a positive integer, got {val!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise WorkloadError(f"seed must be a non-negative integer, got {seed!r}")
     source = os.fspath(source)
     if source in SYNTHETIC_NAMES:
         return _synthetic(source, num_requests or DEFAULT_NUM_SYNTHETIC, seed, input_len, output_len)

@@ -85,3 +85,16 @@ def test_check_output_names_the_errors_file_too(tmp_path):
     (tmp_path / "o.errors.jsonl").mkdir()
     with pytest.raises(OutputError, match="the errors file .* is a directory"):
         check_output(tmp_path / "o.jsonl", tmp_path / "o.errors.jsonl")
+
+
+@pytest.mark.parametrize("command", ["simulate", "run"])
+def test_a_negative_seed_is_refused_in_one_line(seesaw, command):
+    res = seesaw(command, "--seed", "-1", "-n", "2")
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--seed" in res.stderr, res.stderr
+
+
+def test_the_api_refuses_a_negative_seed_as_a_spec_error():
+    import seesaw
+
+    with pytest.raises(seesaw.SpecError, match="seed must be a non-negative integer"):
+        seesaw.load_workload("sharegpt", 5, seed=-1)

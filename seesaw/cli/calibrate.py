@@ -32,7 +32,7 @@ def calibrate_cmd(
     input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="default prompt length (constant/uniform)"),
     output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="default output length"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every request's max_tokens"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o",
                                     help="folder for calibration.csv, calibration.png, summary.json"),
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),

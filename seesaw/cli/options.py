@@ -13,7 +13,7 @@ WORKLOAD = typer.Option("sharegpt", "--workload", "-w", help="file or sharegpt|a
 NUM_REQUESTS = typer.Option(None, "--num-requests", "-n", min=1)
 INPUT_LEN = typer.Option(None, "--input-len", min=1, help="prompt tokens (constant, uniform)")
 OUTPUT_LEN = typer.Option(None, "--output-len", min=1, help="replace every request's output length")
-SEED = typer.Option(0, "--seed", help="workload sampling seed")
+SEED = typer.Option(0, "--seed", min=0, help="workload sampling seed")
 OBJECTIVE = typer.Option("throughput", "--objective", help="throughput | cost")
 WORKERS = typer.Option(2, "--workers", min=1, help="simulation processes")
 JSON = typer.Option(False, "--json", help="print one JSON object last")

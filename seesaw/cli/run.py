@@ -67,7 +67,7 @@ def run(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every request's max_tokens"),
     temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="override every request's"),
-    seed: int = typer.Option(0, "--seed", help="sampling and synthetic-prompt seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="sampling and synthetic-prompt seed"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="default 256 (or the plan's)"),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1,
                                                          help="default 8192 (or the plan's)"),
