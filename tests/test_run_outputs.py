@@ -98,3 +98,9 @@ def test_the_api_refuses_a_negative_seed_as_a_spec_error():
 
     with pytest.raises(seesaw.SpecError, match="seed must be a non-negative integer"):
         seesaw.load_workload("sharegpt", 5, seed=-1)
+
+
+def test_compare_with_no_feasible_layout_exits_2(seesaw):
+    res = seesaw("compare", "--model", "llama2-70b", "--gpu", "l4", "--num-gpus", "2", "-n", "10", "--workers", "1")
+    assert res.returncode == 2 and "Rejected" in res.stdout, (res.stdout, res.stderr)
+    assert res.stderr.strip().splitlines()[-1] == "error: no feasible layout for llama2-70b on 2xl4: see the reasons above"

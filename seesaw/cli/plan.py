@@ -89,13 +89,13 @@ def compare(
             line += (f"; best vLLM: {v['candidate']} {v['throughput_tok_s']:,.1f} tokens/s "
                      f"({w['speedup_vs_best_vllm']:.2f}x)")
         print(line)
-    else:
-        err.print("no feasible layout: see the reasons above", highlight=False)
     if out_dir is not None:
         write_plan_folder(out_dir, result, done.config)
         err.print(f"wrote {out_dir}/")
     if as_json:
         print_json({"config": done.config, **result.summary()})
+    if not result.winner:  # the reasons are printed above; one error line, exit 2
+        raise SpecError(f"no feasible layout for {done.model.name} on {done.node.name}: see the reasons above")
 
 
 def plan_cmd(
