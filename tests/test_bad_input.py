@@ -1,6 +1,7 @@
-"""A batch run's output files are checked before any rank starts and locked for the whole run:
-one line and exit 2 for an output in use, the input itself, a missing or unwritable directory,
-or a directory given as the file; nothing is written then."""
+"""Bad input and unusable outputs end with one line and exit 2, never a traceback: a batch run's
+output files are checked before any rank starts and locked for the whole run (an output in use,
+the input itself, a missing or unwritable directory, a directory given as the file: nothing is
+written then); a negative seed; a compare where no layout fits."""
 
 import os
 import subprocess
