@@ -143,15 +143,15 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
              output_len: int | None = None, seed: int = 0, layout: str = "T4P2", chunked_prefill: bool = False,
              chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
-             progress: Callable | None = None, on_start: Callable[[int, str], Any] | None = None, *,
+             progress: Callable | None = None, *,
              node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None) -> Simulated:
     """Simulate ``workload`` on a node under one layout and policy.
 
     Research use: ``model`` may be a ``ModelSpec``, ``node`` a ``NodeSpec`` (instead of ``gpu``,
     ``num_gpus``, ``interconnect``), ``policy`` a ``VllmPolicy``/``SeesawPolicy`` (instead of
     ``layout`` and its knobs), ``requests`` a list (instead of ``workload``), ``cost`` a
-    ``CostModel`` or ``measured`` a profile of ``node``. ``on_start(num_requests, description)`` is
-    called once the inputs are resolved and may return the progress callback to use."""
+    ``CostModel`` or ``measured`` a profile of ``node``.
+    ``progress(done, total)`` is called as requests finish."""
     from simulator.sim import simulate as run_sim
 
     model_spec = resolve_model(model)  # checked in the CLI's order: model, node, policy, workload
@@ -160,8 +160,6 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
         policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
                               max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
     reqs = resolve_requests(workload, num_requests, seed, input_len, output_len, requests)
-    if on_start is not None:
-        progress = on_start(len(reqs), f"simulating {policy.describe()}") or progress
     if cost is None and measured is not None:
         from simulator.cost import CostModel
 

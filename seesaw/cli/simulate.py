@@ -40,11 +40,11 @@ def simulate(
     from seesaw.app.simulate import simulate as run_sim
     from seesaw.report import write_sim_folder
 
-    with _LateBar() as bar:
+    with Progress(f"simulating {layout}") as bar:  # the simulator ticks (done, total)
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
-                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, on_start=bar.open)
+                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar)
     result = done.result
     print(result.to_run_result().throughput_line())
     total = result.elapsed_time or 1.0
@@ -56,21 +56,3 @@ def simulate(
     if as_json:
         print_json(result.summary())
 
-
-class _LateBar:
-    """A progress bar opened once the simulation knows its request count (``on_start``)."""
-
-    def __init__(self):
-        self.bar = None
-
-    def open(self, total: int, what: str):
-        self.bar = Progress(what, total).__enter__()
-        return self.bar
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
