@@ -234,6 +234,11 @@ def _launch(store, items, config, torchrun: bool):
         raise RunFailed(str(e)) from None
 
 
+def _plan_text(plan: Plan) -> str:
+    """``plan.json`` of a run's folder (``load_plan`` reads it back)."""
+    return json_text(json.loads(plan.model_dump_json()))
+
+
 def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, events: RunEvents, quiet: bool):
     """Plan for this machine (``seesaw.app.autotune``); write ``OUTPUT_DIR/plan.json``."""
     from seesaw.app.autotune import machine, plan_for_machine
@@ -249,7 +254,7 @@ def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, e
         return plan
     events.planned(plan, table, rejected, mach.description)
     Path(o.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(o.output_dir) / "plan.json").write_text(json_text(json.loads(plan.model_dump_json())))
+    (Path(o.output_dir) / "plan.json").write_text(_plan_text(plan))
     return plan
 
 
@@ -360,7 +365,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     if plan is not None:
         run_.comparison = comparison(plan, result)
         if not o.auto:  # auto wrote its plan.json before the run
-            files["plan.json"] = json_text(json.loads(plan.model_dump_json()))
+            files["plan.json"] = _plan_text(plan)
         files["comparison.json"] = json_text(run_.comparison)
     if plan is not None or output.parent == output_dir:  # the run's folder: its figures beside the outputs
         resolved = {"command": "run", "model": name, "model_dir": str(model_dir), "output": str(output),
