@@ -60,14 +60,7 @@ def main() -> None:
             "wall_s": time.perf_counter() - t0}
     summ = cal.write_outputs(rows, Path(args.output_dir), meta)
     Console(width=170).print(cal_report.table(rows))
-    print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}% (target <= 10%), "
-          f"worst {100 * summ['worst_abs_rel_error']:.1f}% (target <= 20%; {summ['worst_pair']})")
-    if args.repeat > 1:
-        print(cal_report.range_line(summ))
-    for line in cal_report.regret_lines(summ):
-        print(line)
-    line = cal_report.speed_line(summ)
-    if line:
+    for line in cal_report.summary_lines(summ, args.repeat, targets=True):
         print(line)
     print(f"load average {load0:.1f} -> {meta['load_average_end']:.1f} (profile measured at "
           f"{prof.load_average:.1f}); wall {meta['wall_s']:.0f}s")

@@ -58,14 +58,7 @@ def calibrate_cmd(
     summ = cal.write_outputs(rows, output_dir, meta)
     con = Console(width=max(Console().width, 160))
     con.print(cal_report.table(rows))
-    print(f"median |error| {100 * summ['median_abs_rel_error']:.1f}%, worst {100 * summ['worst_abs_rel_error']:.1f}% "
-          f"({summ['worst_pair']})")
-    if repeat > 1:
-        print(cal_report.range_line(summ))
-    for line in cal_report.regret_lines(summ):
-        print(line)
-    line = cal_report.speed_line(summ)
-    if line:
+    for line in cal_report.summary_lines(summ, repeat):
         print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)
     if as_json:

@@ -17,8 +17,8 @@ from pathlib import Path
 from seesaw.report.folders import write_run_folder
 from seesaw.report.plots import plot_calibration
 
-__all__ = ["write_calibration_folder", "table", "range_line", "regret_lines", "speed_line", "speed_phrase",
-           "STALE_SPEED"]
+__all__ = ["write_calibration_folder", "table", "summary_lines", "range_line", "regret_lines", "speed_line",
+           "speed_phrase", "STALE_SPEED"]
 
 
 def write_calibration_folder(rows: list, out_dir: Path, summary: dict, config: dict | None = None) -> dict:
@@ -115,3 +115,18 @@ def regret_lines(summ: dict) -> list[str]:
                      f"{100 * v['regret']:.1f}%")
     lines.append(f"regret overall: mean {100 * reg['mean']:.1f}%, max {100 * reg['max']:.1f}%")
     return lines
+
+
+def summary_lines(summ: dict, repeat: int = 1, targets: bool = False) -> list[str]:
+    """The lines under the table: median and worst error (with the targets when ``targets``), the
+    measured range (``repeat`` > 1), the planner's regret, the speed checks."""
+    med, worst = 100 * summ["median_abs_rel_error"], 100 * summ["worst_abs_rel_error"]
+    if targets:
+        lines = [f"median |error| {med:.1f}% (target <= 10%), worst {worst:.1f}% (target <= 20%; {summ['worst_pair']})"]
+    else:
+        lines = [f"median |error| {med:.1f}%, worst {worst:.1f}% ({summ['worst_pair']})"]
+    if repeat > 1:
+        lines.append(range_line(summ))
+    lines += regret_lines(summ)
+    speed = speed_line(summ)
+    return lines + ([speed] if speed else [])
