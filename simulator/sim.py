@@ -23,9 +23,8 @@ from typing import Callable
 import pandas as pd
 import simpy
 
-from seesaw.scheduling.seesaw import SeesawScheduler
 from seesaw.scheduling import (
-    Decode, Forward, PhaseClock, Reshard, SchedulerError, SeqStatus, Sequence, SwapIn, SwapOut,
+    Decode, Forward, PhaseClock, Reshard, SchedulerError, SeesawScheduler, SeqStatus, Sequence, SwapIn, SwapOut,
     VllmScheduler, split_across_replicas,
 )
 from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
@@ -332,14 +331,8 @@ def _make_scheduler(policy, cost: CostModel, replica: int):
             f"({node.host_memory_bytes / 2**30:.0f} GiB - {model.weight_bytes / 2**30:.1f} GiB)"
         )
     host_blocks = int(host_bytes / dp // (model.kv_bytes_per_token * policy.block_size))
-    return SeesawScheduler(
-        prefill_tokens // policy.block_size, host_blocks, policy.prefill_layout, policy.decode_layout,
-        num_decode_blocks=decode_tokens // policy.block_size,
-        block_size=policy.block_size, max_num_seqs=policy.max_num_seqs,
-        max_num_batched_tokens=policy.max_num_batched_tokens,
-        host_full_watermark=policy.host_full_watermark,
-        decode_low_watermark=policy.decode_low_watermark, replica=replica,
-    )
+    return SeesawScheduler.from_policy(policy, prefill_tokens // policy.block_size, replica,
+                                       num_host_blocks=host_blocks, num_decode_blocks=decode_tokens // policy.block_size)
 
 
 def _collect(sim: _Simulation, policy, requests) -> SimResult:

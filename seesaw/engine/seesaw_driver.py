@@ -93,12 +93,9 @@ class SeesawDriver(Driver):
 
     def _make_scheduler(self, d: int) -> SeesawScheduler:
         cfg = self.config
-        return SeesawScheduler(
-            self.blocks_by_layout[str(cfg.layout)], self.host_blocks, cfg.layout, cfg.decode_layout,
-            num_decode_blocks=self.blocks_by_layout[str(cfg.decode_layout)], block_size=cfg.block_size,
-            max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
-            host_full_watermark=cfg.policy.host_full_watermark, decode_low_watermark=cfg.policy.decode_low_watermark,
-            replica=d)
+        return SeesawScheduler.from_policy(
+            cfg.policy, self.blocks_by_layout[str(cfg.layout)], replica=d, num_host_blocks=self.host_blocks,
+            num_decode_blocks=self.blocks_by_layout[str(cfg.decode_layout)])
 
     def run(self) -> dict:
         try:

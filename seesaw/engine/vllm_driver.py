@@ -126,11 +126,7 @@ class Driver:
                 self.tokens[sid] = list(item.prompt_ids)
 
     def _make_scheduler(self, d: int) -> VllmScheduler:
-        cfg = self.config
-        return VllmScheduler(self.num_blocks, block_size=cfg.block_size, max_num_seqs=cfg.max_num_seqs,
-                             max_num_batched_tokens=cfg.max_num_batched_tokens,
-                             enable_chunked_prefill=cfg.enable_chunked_prefill, pipeline_depth=self.layout.pp,
-                             replica=d)
+        return VllmScheduler.from_policy(self.config.policy, self.num_blocks, replica=d)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> dict:

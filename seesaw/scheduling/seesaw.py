@@ -107,6 +107,19 @@ class SeesawScheduler(VllmScheduler):
         self.swapped_out_tokens = 0
         self.swapped_in_tokens = 0
 
+    @classmethod
+    def from_policy(cls, policy, num_device_blocks: int, replica: int = 0, *, num_host_blocks: int,
+                    num_decode_blocks: int | None = None) -> "SeesawScheduler":
+        """The scheduler of a ``SeesawPolicy``: ``num_device_blocks`` KV blocks under the prefill
+        layout (``num_decode_blocks`` under the decode layout, default the same), ``num_host_blocks``
+        in the replica's host pool."""
+        return cls(
+            num_device_blocks, num_host_blocks, policy.prefill_layout, policy.decode_layout,
+            num_decode_blocks=num_decode_blocks, block_size=policy.block_size, max_num_seqs=policy.max_num_seqs,
+            max_num_batched_tokens=policy.max_num_batched_tokens, host_full_watermark=policy.host_full_watermark,
+            decode_low_watermark=policy.decode_low_watermark, replica=replica,
+        )
+
     # ------------------------------------------------------------------ requests
     def check_servable(self, seq: Sequence) -> None:
         super().check_servable(seq)
