@@ -59,33 +59,38 @@ class Roofline:
         rows = shape.sampled_seqs if c.head_flops_per_row else 0
         if not n and not rows:
             return 0.0
+        book = parts is not None
         t = c.overhead_s
-        if parts is not None:
+        if book:
             parts["overhead_s"] = c.overhead_s
         if n:
             comp = c.lin_flops_per_token * (n + self.n0) / self.flops_per_s
             lin = (comp if comp > c.lin_read_s else c.lin_read_s) + c.lin_kernel_s
             ar = c.ar_s_per_token * n
             t += lin + ar + c.ar_fixed_s
-            if parts is not None:
+            if book:
                 parts["compute_s" if comp > c.lin_read_s else "weight_read_s"] += lin
                 parts["comm_s"] += ar + c.ar_fixed_s
+        # attention terms written out here (the hot path, once per stage per simulated step);
+        # prefill_attention_s / decode_attention_s are the same terms for the measured fallback
         if shape.prefill_tokens:
-            attn = self.prefill_attention_s(c, shape)
+            comp = c.attn_flops_per_pair * shape.prefill_attn_pairs / self.flops_per_s
+            mem = c.attn_bytes_per_prefill_token * shape.prefill_tokens / self.hbm_bytes_per_s
+            attn = (comp if comp > mem else mem) + c.attn_kernel_s
             t += attn
-            if parts is not None:
+            if book:
                 parts["attention_s"] += attn
         if shape.decode_seqs:
-            attn = self.decode_attention_s(c, shape)
+            attn = c.kv_bytes_per_token * shape.decode_context_tokens / self.hbm_bytes_per_s + c.attn_kernel_s
             t += attn
-            if parts is not None:
+            if book:
                 parts["attention_s"] += attn
         if rows:
             comp = c.head_flops_per_row * (rows + self.n0) / self.flops_per_s
             head = (comp if comp > c.head_read_s else c.head_read_s) + self.kernel_s
             gather = c.head_gather_s_per_row * rows
             t += head + gather + c.head_gather_fixed_s
-            if parts is not None:
+            if book:
                 parts["compute_s" if comp > c.head_read_s else "weight_read_s"] += head
                 parts["comm_s"] += gather + c.head_gather_fixed_s
         return t
