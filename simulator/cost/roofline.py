@@ -179,6 +179,5 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
                                    if last and tp > 1 else 0.0),
             head_gather_fixed_s=node.p2p_latency_s if last and tp > 1 else 0.0,
             overhead_s=node.step_overhead_s * layers / L,
-            overhead_frac=layers / L,
         ))
     return out

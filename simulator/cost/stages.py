@@ -98,6 +98,5 @@ class StageConstants:
     head_gather_s_per_row: float  # gathering one row of logits to one rank
     head_gather_fixed_s: float
     overhead_s: float  # share of the per-step overhead
-    overhead_frac: float = 1.0  # this stage's share of one step's overhead (layers / L)
     measured: MeasuredStage | None = None  # tables of a measured profile, if any
 

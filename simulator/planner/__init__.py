@@ -13,12 +13,11 @@ plans a CPU box like a GPU node: estimates and simulations then use its tables.
 
 from simulator.planner.enumerate import (
     COMPARE_SPACE, Candidate, SearchSpace, enumerate_candidates, enumerate_layouts, layout_grid,
-    sample_requests, shardable_layouts,
+    sample_requests,
 )
 from simulator.planner.estimate import ReplicaWork, estimate_makespan_s, replica_works
 from simulator.planner.search import DEFAULT_REFINE, DEFAULT_SCREEN, KNOBS, Objective, PlanResult, plan
 
 __all__ = ["COMPARE_SPACE", "DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "Candidate", "Objective",
            "PlanResult", "ReplicaWork", "SearchSpace", "enumerate_candidates", "enumerate_layouts",
-           "estimate_makespan_s", "layout_grid", "plan", "replica_works", "sample_requests",
-           "shardable_layouts"]
+           "estimate_makespan_s", "layout_grid", "plan", "replica_works", "sample_requests"]

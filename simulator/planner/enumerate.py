@@ -1,9 +1,9 @@
 """What the planner tries: layouts, policy variants and their knobs.
 
 Every static ``DdTtPp`` with ``d*t*p`` = the node's GPUs (``layout_grid``, the one enumeration of
-layouts: ``seesaw.app.autotune`` uses it too) whose tensor degree shards the model
-(``ParallelConfig.check_model``) and, for the planner, whose weights plus one full-length sequence
-of KV fit (``CostModel.check_fits``); each rejected layout is kept with its one-line reason. vLLM
+layouts; ``seesaw run --auto`` plans through ``plan()`` too) whose tensor degree shards the model
+(``ParallelConfig.check_model``) and whose weights plus one full-length sequence of KV fit
+(``CostModel.check_fits``); each rejected layout is kept with its one-line reason. vLLM
 variants per feasible layout: chunked prefill off, or on with each chunk size, times each
 ``max_num_seqs``. Every Seesaw pair ``c_p -> c_d`` (``c_p != c_d``, equal DP) times host-pool
 sizes (fractions of ``simulator.sim.default_host_kv_bytes``) times the watermarks.
@@ -21,7 +21,7 @@ from simulator.cost import CostModel
 from simulator.sim import default_host_kv_bytes
 
 __all__ = ["COMPARE_SPACE", "Candidate", "SearchSpace", "enumerate_candidates", "enumerate_layouts",
-           "layout_grid", "sample_requests", "shardable_layouts"]
+           "layout_grid", "sample_requests"]
 
 
 @dataclass(frozen=True)
@@ -75,22 +75,6 @@ def layout_grid(n: int):
         for t in range(1, n // d + 1):
             if (n // d) % t == 0:
                 yield ParallelConfig(dp=d, tp=t, pp=n // d // t)
-
-
-def shardable_layouts(
-    model: ModelSpec, num_gpus: int
-) -> tuple[list[ParallelConfig], list[tuple[ParallelConfig, SpecError]]]:
-    """Every ``DdTtPp`` of ``num_gpus`` that shards ``model`` evenly (``ParallelConfig.check_model``),
-    no memory check: (shardable, [(layout, error), ...]), both in ``layout_grid`` order."""
-    ok, rejected = [], []
-    for c in layout_grid(num_gpus):
-        try:
-            c.check_model(model)
-        except SpecError as e:
-            rejected.append((c, e))
-        else:
-            ok.append(c)
-    return ok, rejected
 
 
 def enumerate_layouts(model: ModelSpec, node: NodeSpec, cost: CostModel | None = None,
