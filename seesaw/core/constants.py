@@ -11,6 +11,10 @@ GiB = 1024**3
 # Time by phase of a run, simulated or real, in this order (summary.json, reports, plots).
 PHASES = ("prefill", "decode", "mixed", "reshard", "swap_stall", "idle")
 
+# The engine's control-plane message: every step is pickled into a buffer of this size, broadcast
+# from rank 0 to its replica (``seesaw.engine.control``); the cost model and the profiler price it.
+CONTROL_MESSAGE_BYTES = 1 << 15
+
 # Bytes per element of the dtypes the engine and the profiles use.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

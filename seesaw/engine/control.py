@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from seesaw.engine.messages import Message
-from seesaw.core import ParallelConfig
+from seesaw.core import CONTROL_MESSAGE_BYTES, ParallelConfig
 
 __all__ = ["ControlPlane"]
 
@@ -37,7 +37,7 @@ class ControlPlane:
     TP rank 0) may differ between them, so a result group is built for each, and ``use(d,
     layout)`` switches replica ``d`` after a re-shard."""
 
-    def __init__(self, layouts, rank: int, timeout_s: float, capacity: int = 1 << 15):
+    def __init__(self, layouts, rank: int, timeout_s: float, capacity: int = CONTROL_MESSAGE_BYTES):
         layouts = [layouts] if isinstance(layouts, ParallelConfig) else list(layouts)
         layout = self.layout = layouts[0]
         self.rank, self.capacity = rank, capacity

@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from seesaw.engine.model import Shard
-from seesaw.core import DTYPE_BYTES, ModelSpec, ParallelConfig, SpecError
+from seesaw.core import DEFAULT_BLOCK_SIZE, DTYPE_BYTES, ModelSpec, ParallelConfig, SpecError
 
 __all__ = ["Grid", "Task", "BLOCK_SIZE", "plan_tasks", "shard_keys", "swap_box", "attention_points"]
 
-BLOCK_SIZE = 16  # the engine's default KV block (ModelRunner, run_layout)
+BLOCK_SIZE = DEFAULT_BLOCK_SIZE  # the engine's default KV block (ModelRunner, run_layout)
 _DTYPE_BYTES_MAX = max(DTYPE_BYTES.values())  # the swap grid's byte cap: the widest dtype (fp32) bounds the rest
 
 

@@ -22,12 +22,11 @@ from seesaw.engine.runner import ModelRunner
 from seesaw.profiling.grid import BLOCK_SIZE, Task, swap_box
 from seesaw.profiling.records import Table, center
 from seesaw.profiling.timing import Rank
-from seesaw.core import ModelSpec
+from seesaw.core import CONTROL_MESSAGE_BYTES, ModelSpec
 
 __all__ = ["swap_tables", "reshard_table"]
 
 _SWAP_SEQ_TOKENS = 256  # tokens of each sequence in a timed swap step
-_MSG_BYTES = 1 << 15  # the control plane's message buffer (``worker.ControlPlane``)
 
 
 def swap_tables(r: Rank, task: Task) -> list[Table]:
@@ -66,7 +65,7 @@ def swap_tables(r: Rank, task: Task) -> list[Table]:
         x.normal_()
     pf = Prefetcher(pool, filled, layers, heads, name=f"seesaw-profile-prefetch-{r.rank}")
     agree = ReplicaCompletions(ctrl, int_ids=True)
-    msg = torch.zeros(_MSG_BYTES, dtype=torch.uint8)
+    msg = torch.zeros(CONTROL_MESSAGE_BYTES, dtype=torch.uint8)
 
     def step(kind: str, tokens: int) -> None:
         n = min(tokens, seq)
@@ -127,7 +126,7 @@ def reshard_table(r: Rank, task: Task) -> Table:
     comm = _ReplicaComm(r.ctrl[k])
     store = _random_store(spec, r)
     model = build_shard(store, a, r.rank, comm, dtype=r.dtype, device=r.device)
-    msg = torch.zeros(_MSG_BYTES, dtype=torch.uint8)
+    msg = torch.zeros(CONTROL_MESSAGE_BYTES, dtype=torch.uint8)
     samples: dict[str, list[float]] = {"ab": [], "ba": []}
     loaded = {"ab": 0, "ba": 0}
     g = r.grid

@@ -11,11 +11,11 @@ behind these choices are in ``docs/cost-model.md``.
 
 from __future__ import annotations
 
-from seesaw.core import ModelSpec, ParallelConfig
+from seesaw.core import CONTROL_MESSAGE_BYTES, ModelSpec, ParallelConfig
 from simulator.cost.roofline import Roofline
 from simulator.cost.shapes import BatchShape
 from simulator.cost.stages import MeasuredStage, StageConstants, gemm_shapes, kv_heads_per_gpu
-from simulator.cost.tables import CONTROL_MESSAGE_BYTES, Curve, MeasuredTables
+from simulator.cost.tables import Curve, MeasuredTables
 
 __all__ = ["control_s", "measured_parts", "measured_stage"]
 

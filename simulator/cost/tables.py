@@ -16,7 +16,7 @@ from typing import Sequence
 
 from seesaw.core import MeasuredProfile
 
-__all__ = ["CONTROL_MESSAGE_BYTES", "Curve", "MeasuredTables", "Surface", "pooled_curve"]
+__all__ = ["Curve", "MeasuredTables", "Surface", "pooled_curve"]
 
 
 def _running_max(values: Sequence[float]) -> list[float]:
@@ -119,9 +119,6 @@ def pooled_curve(points: dict[float, list[float]]) -> Curve:
     xs = sorted(points)
     return Curve(xs, [sum(points[x]) / len(points[x]) for x in xs])
 
-
-# the engine driver's step message buffer (seesaw.engine.control.ControlPlane capacity, 32 KiB)
-CONTROL_MESSAGE_BYTES = 1 << 15
 
 
 class MeasuredTables:

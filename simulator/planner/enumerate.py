@@ -16,7 +16,7 @@ from typing import Sequence as Seq
 
 import numpy as np
 
-from seesaw.core import GiB, ModelSpec, NodeSpec, ParallelConfig, SeesawPolicy, SpecError, VllmPolicy
+from seesaw.core import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_NUM_BATCHED_TOKENS, GiB, ModelSpec, NodeSpec, ParallelConfig, SeesawPolicy, SpecError, VllmPolicy
 from simulator.cost import CostModel
 from simulator.sim import default_host_kv_bytes
 
@@ -34,9 +34,9 @@ class SearchSpace:
     host_pool_fractions: tuple[float, ...] = (1.0, 0.5, 0.25)   # of default_host_kv_bytes
     host_full_watermarks: tuple[float, ...] = (1.0, 0.5)
     decode_low_watermarks: tuple[float, ...] = (0.5, 1.0)        # 1.0 = the paper's switch-back rule
-    max_num_batched_tokens: int = 8192                           # prefill budget without chunking
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # prefill budget without chunking
     gpu_memory_utilization: float = 0.9
-    block_size: int = 16                                         # tokens per KV block (the engine's)
+    block_size: int = DEFAULT_BLOCK_SIZE                         # tokens per KV block (the engine's)
 
 
 # ``seesaw compare``: every layout and pair, defaults elsewhere (no batch-cap or pool sweep).

@@ -13,12 +13,13 @@ simulation. ``exhaustive=True`` simulates everything (``seesaw compare``, and th
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import pandas as pd
 
-from seesaw.core import PHASES, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
+from seesaw.core import PHASES, VERSION, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
 from simulator.cost import CostModel
 from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts, sample_requests
 from simulator.planner.estimate import ReplicaWork, equivalence_key, estimate_makespan_s, replica_works
@@ -159,10 +160,6 @@ def plan(
     within this fraction of the kind's best. progress(done, total_so_far, what) is called after
     each simulation. workers: simulation processes (1 = in this process).
     """
-    import time
-
-    from seesaw.core import VERSION as __version__
-
     if objective not in ("throughput", "cost"):
         raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
     if not requests:
@@ -246,7 +243,7 @@ def plan(
             explanation=explain(sim.iloc[0], vllm.iloc[0] if len(vllm) else None, sim),
             provenance={
                 "model_profile": model.name, "node_profile": node.name, "gpu_profile": node.gpu.name,
-                "seesaw_version": __version__, "simulated_requests": str(len(sample)),
+                "seesaw_version": VERSION, "simulated_requests": str(len(sample)),
                 "workload_requests": str(len(requests)), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
                 "cost_model": f"measured profile {measured.name or measured.device_name!r}" if measured is not None
