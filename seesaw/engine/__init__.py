@@ -22,7 +22,7 @@ outside the engine):
   (``StepWorker``, every rank; ``warm_up``), ``vllm_driver`` (rank 0's loop running the shared
   ``vllm`` policy), ``seesaw_driver`` and ``seesaw_worker`` (the same for the shared ``seesaw``
   policy: prefill, swaps, re-shard, decode), ``host_pools`` (a Seesaw run's host KV pools),
-  ``progress`` (the progress bar; time by phase is ``seesaw.scheduling.PhaseClock``), ``launch``
+  ``launch``
   (``run_batch``, ``rank_main``: spawn the ranks and pick the driver);
 - ``batch_io``: OpenAI batch JSONL in and out, errors file, resume;
 - ``reshard``: in-place re-sharding of a rank's model from the host weight store, layer by layer;

@@ -10,7 +10,7 @@ the stages (receive from the previous stage, run local layers, send to the next)
 samples and broadcasts the next tokens to every rank of the replica. With a ``LocalComm`` (single
 process) the same code runs the whole model. ``generate`` is the single-process reference path.
 
-``run_tables`` is the driver's entry point (``seesaw.engine.worker``): one micro-batch whose block
+``run_tables`` is the step worker's entry point (``seesaw.engine.worker.StepWorker``): one micro-batch whose block
 tables the driver allocated and sent, so the runner keeps no bookkeeping of its own and the
 scheduler's block counts are the engine's.
 """

@@ -82,7 +82,8 @@ class Driver:
     """Rank 0's loop: schedule, send, execute its own part, collect tokens, write outputs.
 
     Subclasses (``seesaw_driver.SeesawDriver``) plug in through ``_make_scheduler``,
-    ``_dispatch`` (non-forward steps), ``_after_send``, ``_wait_for_copies`` and ``_extra``."""
+    ``_after_schedule``, ``_dispatch`` (non-forward steps), ``_before_send``, ``_after_send``,
+    ``_wait_for_copies``, ``_replica_done``, ``_stop_replica``, ``_finish`` and ``_extra``."""
 
     policy = "vllm"
     warmup_s = 0.0  # rank 0's warm-up before the clock (``worker.warm_up``), reported in the summary

@@ -12,7 +12,7 @@ Modules, by what they time:
   copies, the driver's step overhead, Seesaw's swap steps and re-shards;
 - ``run``: the ranks and the whole run (``profile``); ``write``: the YAML and its summary.
 
-It drives the engine, so it imports torch; ``seesaw.cli.profile`` imports it lazily.
+It drives the engine, so it imports torch; ``seesaw.app.profile`` imports it lazily.
 """
 
 from seesaw.profiling.attention import prefill_seqs

@@ -1,4 +1,4 @@
-"""Step overhead: the engine's driver loop (``driver.Driver`` over a ``StepWorker``: scheduler,
+"""Step overhead: the engine's driver loop (``vllm_driver.Driver`` over a ``StepWorker``: scheduler,
 block tables, step messages, attention metadata, sampling) for decoding sequences, its model
 replaced by a stub that returns logits: an engine step minus the model's forward pass.
 

@@ -30,8 +30,9 @@ def write_profile(prof: MeasuredProfile, path: str | Path, header: str = "") -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = round_times(prof.model_dump(mode="json"))
+    raw = prof.model_dump()
     for key in ("memory_bytes", "device_memory_bytes", "wall_time_s"):
-        data[key] = prof.model_dump()[key]
+        data[key] = raw[key]
     comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
     tmp = path.with_name(path.name + ".tmp")

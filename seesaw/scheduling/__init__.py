@@ -12,11 +12,11 @@ from seesaw.scheduling.steps import (
 from seesaw.scheduling.vllm import VllmScheduler, split_across_replicas
 from seesaw.scheduling.seesaw import SeesawScheduler
 from seesaw.scheduling.protocol import Scheduler
-from seesaw.scheduling.phases import FORWARD_KINDS, PhaseClock, phase_of
+from seesaw.scheduling.phases import PhaseClock, phase_of
 
 __all__ = [
     "BlockPool", "SchedulerError", "Sequence", "SeqStatus", "blocks_for",
     "Step", "Forward", "Prefill", "Decode", "Mixed", "Reshard", "SwapIn", "SwapOut",
     "VllmScheduler", "SeesawScheduler", "Scheduler", "split_across_replicas",
-    "FORWARD_KINDS", "PhaseClock", "phase_of",
+    "PhaseClock", "phase_of",
 ]

@@ -25,7 +25,9 @@ __all__ = ["Scheduler"]
 
 @runtime_checkable
 class Scheduler(Protocol):
-    """What an executor may call on a policy; nothing else is part of the contract."""
+    """What an executor calls on a policy to drive it. The executors also read a few counters
+    and pools for their reports (``blocks``, ``num_in_flight``, ``seqs``, a Seesaw policy's
+    ``stats()``); those are the policies' own attributes, not part of this contract."""
 
     num_preemptions: int
     num_finished: int
