@@ -220,9 +220,8 @@ def failure_line(e) -> str:
 
 def _launch(store, items, config, torchrun: bool):
     from seesaw.engine.dist import RankError
-    from seesaw.engine.devices import run_torchrun_rank
     from seesaw.engine.config import EngineError
-    from seesaw.engine.launch import run_batch
+    from seesaw.engine.launch import run_batch, run_torchrun_rank
 
     try:
         if torchrun:

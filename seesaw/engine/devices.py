@@ -1,8 +1,7 @@
-"""Where a run's ranks go: the devices this machine has, and joining a ``torchrun`` job.
+"""The devices a run's ranks get: whether this node has them, and what CUDA calls them.
 
-Without ``torchrun`` the launcher spawns one process per rank on this machine; under ``torchrun``
-(``RANK`` and ``WORLD_SIZE`` set) this process is one rank, joins through ``env://`` and runs that
-rank's part (rank 0 drives and returns the result).
+Launching the ranks (spawned here, or this process as one rank of a ``torchrun`` job) is
+``seesaw.engine.launch``'s.
 """
 
 from __future__ import annotations
@@ -26,23 +25,6 @@ def check_device(device: str, world: int, torchrun: bool) -> None:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", world)) if torchrun else world
     if local > n:
         raise SpecError(f"--device cuda: {local} ranks on this node but only {n} CUDA device(s)")
-
-
-def run_torchrun_rank(store, items, config):
-    """This process is one rank of a torchrun job: join it, run the rank, leave it."""
-    import torch.distributed as dist
-
-    from seesaw.engine.dist import init_process
-    from seesaw.engine.launch import rank_main
-
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    backend = "nccl" if config.device == "cuda" else "gloo"
-    device = init_process(rank, world, "env://", backend, config.timeout_s)
-    try:
-        return rank_main(rank, world, device, store, config, items)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def cuda_device_name(index: int = 0) -> str:

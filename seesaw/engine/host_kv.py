@@ -143,7 +143,7 @@ class HostKVPool:
 
     @property
     def bytes_per_block(self) -> int:
-        elem = torch.empty((), dtype=self.dtype).element_size()
+        elem = self.dtype.itemsize
         return KVCache.bytes_per_block(self.block_size, self.num_layers, self.num_kv_heads, self.head_dim, elem)
 
     @property

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import uuid
 
-import torch
 import torch.distributed as dist
 
 from seesaw.engine.batch_io import BatchItem
@@ -28,7 +27,7 @@ __all__ = ["host_blocks_for", "make_host_pools", "named_host_pools"]
 
 
 def _host_bytes_per_block(spec, config: EngineConfig) -> int:
-    elem = torch.empty((), dtype=config.torch_dtype).element_size()
+    elem = config.torch_dtype.itemsize
     return KVCache.bytes_per_block(config.block_size, spec.num_hidden_layers, spec.num_key_value_heads,
                                    spec.d_head, elem)
 

@@ -29,7 +29,7 @@ def kv_blocks_for_budget(model, budget_bytes: float, block_size: int, shard=None
     ``shard``, default the model's own)."""
     spec, shard = model.spec, shard or model.shard
     per_block = KVCache.bytes_per_block(block_size, len(shard.layers), len(shard.kv_heads(spec)),
-                                        spec.d_head, torch.tensor([], dtype=model.dtype).element_size())
+                                        spec.d_head, model.dtype.itemsize)
     return int(budget_bytes // per_block)
 
 

@@ -35,7 +35,12 @@ from seesaw.engine.vllm_driver import Driver
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.engine.worker import StepWorker, warm_up
 
-__all__ = ["run_batch", "rank_main", "seesaw_rank_main"]
+__all__ = ["run_batch", "run_torchrun_rank", "rank_main", "seesaw_rank_main", "backend_for"]
+
+
+def backend_for(device: str) -> str:
+    """The torch.distributed backend of a device kind: NCCL on CUDA, gloo on CPU."""
+    return "nccl" if device == "cuda" else "gloo"
 
 
 def _load_items(rank: int, requests) -> list[BatchItem] | None:
@@ -124,7 +129,7 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
     ``config.model_dir``). Raises ``SpecError`` before starting anything when a Seesaw host pool
     cannot hold a request, and ``dist.RankError`` when a rank fails (rank 0's ``EngineError``
     line is its ``last_line``)."""
-    backend = "nccl" if config.device == "cuda" else "gloo"
+    backend = backend_for(config.device)
     pools = None
     if config.seesaw:
         pools = make_host_pools(config, store.spec if store is not None else None, items)
@@ -136,3 +141,19 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
                         backend=backend, timeout_s=launch_timeout_s or 10 * 24 * 3600.0,
                         collective_timeout_s=config.timeout_s, prefer_rank=0)
     return results[0]
+
+
+def run_torchrun_rank(store, items, config: EngineConfig):
+    """This process is one rank of a torchrun job (``RANK``, ``WORLD_SIZE`` set): join it through
+    ``env://``, run the rank (rank 0 drives and returns the result), leave it."""
+    import torch.distributed as dist
+
+    from seesaw.engine.dist import init_process
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = init_process(rank, world, "env://", backend_for(config.device), config.timeout_s)
+    try:
+        return rank_main(rank, world, device, store, config, items)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -27,7 +27,7 @@ from seesaw.profiling.collectives import TPComm
 from seesaw.profiling.grid import BLOCK_SIZE, Task, attention_points
 from seesaw.profiling.probe import Probe
 from seesaw.profiling.records import Point, Table, center
-from seesaw.profiling.timing import Rank, init_weights, itemsize
+from seesaw.profiling.timing import Rank, init_weights
 
 __all__ = ["forward_tables", "steps_for"]
 
@@ -71,7 +71,7 @@ def forward_tables(r: Rank, task: Task, attention: Callable = paged_attention) -
     a, g = task.args, r.grid
     spec, tp, busy = a["model"], a["tp"], task.ranks  # busy: ranks running forward passes at once
     (k_in, k_out), (_, k2) = a["gemms"]["qkv"], a["gemms"]["gate_up"]
-    layer_bytes = (k_in * k_out + a["gemms"]["o"][0] * k_in + k_in * k2 + k2 // 2 * k_in) * itemsize(r.dtype)
+    layer_bytes = (k_in * k_out + a["gemms"]["o"][0] * k_in + k_in * k2 + k2 // 2 * k_in) * r.dtype.itemsize
     layers = r.copies(layer_bytes, spec.num_hidden_layers)
     shard = Shard(spec.num_hidden_layers, 0, layers, r.rank % tp, tp, 0, 1)  # first and last stage
     comm = TPComm(r.groups[tp], tp) if tp > 1 else LocalComm()

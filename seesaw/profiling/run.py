@@ -25,6 +25,7 @@ import torch.distributed as dist
 from seesaw.engine.attention import paged_attention
 from seesaw.engine.dist import spawn
 from seesaw.engine.dtypes import TORCH_DTYPES
+from seesaw.engine.launch import backend_for
 from seesaw.profiling.collectives import comm_table
 from seesaw.profiling.copies import copy_table
 from seesaw.profiling.forward import forward_tables
@@ -163,7 +164,7 @@ def profile(
     start = time.monotonic()
     try:
         results = spawn(rank_main, world, (tasks, grid, dtype, queue),
-                        backend="nccl" if device == "cuda" else "gloo", timeout_s=timeout_s,
+                        backend=backend_for(device), timeout_s=timeout_s,
                         collective_timeout_s=600.0, threads_per_rank=threads)
     finally:
         stop.set()

@@ -24,14 +24,10 @@ from torch import nn
 from seesaw.profiling.grid import Grid
 from seesaw.profiling.records import center
 
-__all__ = ["Rank", "cache_bytes", "itemsize", "init_weights"]
+__all__ = ["Rank", "cache_bytes", "init_weights"]
 
 K = TypeVar("K", bound=Hashable)
 _COLD_FACTOR = 2  # cycle through at least this many last-level caches' worth of weights / KV
-
-
-def itemsize(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
 
 
 def cache_bytes(device: torch.device) -> float:
