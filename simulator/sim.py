@@ -30,7 +30,7 @@ from seesaw.scheduling import (
 from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
 from simulator.cost import BatchShape, CostModel
 
-__all__ = ["SimResult", "simulate", "batch_shape"]
+__all__ = ["SimResult", "simulate", "batch_shape", "default_host_kv_bytes", "host_blocks_per_replica"]
 
 
 @dataclass
@@ -314,13 +314,17 @@ def default_host_kv_bytes(model: ModelSpec, node: NodeSpec, fraction: float = 0.
     return max(0.0, fraction * node.host_memory_bytes - model.weight_bytes)
 
 
+def host_blocks_per_replica(model: ModelSpec, policy, host_bytes: float) -> int:
+    """KV blocks of one DP replica's share of a host pool of ``host_bytes``."""
+    return int(host_bytes / policy.prefill_layout.dp // (model.kv_bytes_per_token * policy.block_size))
+
+
 def _make_scheduler(policy, cost: CostModel, replica: int):
     util = policy.gpu_memory_utilization
     if isinstance(policy, VllmPolicy):
         tokens = cost.kv_capacity_tokens(policy.layout, util)
         return VllmScheduler.from_policy(policy, tokens // policy.block_size, replica=replica)
     model, node = cost.model, cost.node
-    dp = policy.prefill_layout.dp
     prefill_tokens = cost.kv_capacity_tokens(policy.prefill_layout, util)
     decode_tokens = cost.kv_capacity_tokens(policy.decode_layout, util)
     available = node.host_memory_bytes - model.weight_bytes
@@ -330,7 +334,7 @@ def _make_scheduler(policy, cost: CostModel, replica: int):
             f"host KV pool {host_bytes / 2**30:.1f} GiB exceeds the host memory left after weights "
             f"({node.host_memory_bytes / 2**30:.0f} GiB - {model.weight_bytes / 2**30:.1f} GiB)"
         )
-    host_blocks = int(host_bytes / dp // (model.kv_bytes_per_token * policy.block_size))
+    host_blocks = host_blocks_per_replica(model, policy, host_bytes)
     return SeesawScheduler.from_policy(policy, prefill_tokens // policy.block_size, replica,
                                        num_host_blocks=host_blocks, num_decode_blocks=decode_tokens // policy.block_size)
 

@@ -18,6 +18,7 @@ from seesaw.scheduling import split_across_replicas
 from seesaw.core import ParallelConfig, SeesawPolicy, VllmPolicy
 from simulator.cost import BatchShape, CostModel
 from simulator.planner.enumerate import Candidate
+from simulator.sim import host_blocks_per_replica
 
 __all__ = ["ReplicaWork", "equivalence_key", "estimate_makespan_s", "host_limit_tokens", "replica_works"]
 
@@ -176,9 +177,8 @@ def replica_works(requests: list, dp: int) -> list[ReplicaWork]:
 
 def host_limit_tokens(policy: SeesawPolicy, cost: CostModel) -> int:
     """Tokens one replica may park in the host pool before it counts as full (as ``sim`` sizes it)."""
-    bs = policy.block_size
-    blocks = int(policy.host_kv_bytes / policy.prefill_layout.dp // (cost.model.kv_bytes_per_token * bs))
-    return int(policy.host_full_watermark * blocks) * bs
+    blocks = host_blocks_per_replica(cost.model, policy, policy.host_kv_bytes)
+    return int(policy.host_full_watermark * blocks) * policy.block_size
 
 
 def equivalence_key(cand: Candidate, works: list[ReplicaWork], cost: CostModel) -> tuple | None:
@@ -196,7 +196,7 @@ def equivalence_key(cand: Candidate, works: list[ReplicaWork], cost: CostModel) 
 
     prompts = max(tokens(w.prompts) for w in works)
     full = max(tokens(w.prompts + w.outputs) for w in works)
-    pool = int(p.host_kv_bytes / p.prefill_layout.dp // (cost.model.kv_bytes_per_token * bs)) * bs
+    pool = host_blocks_per_replica(cost.model, p, p.host_kv_bytes) * bs
     if host_limit_tokens(p, cost) < prompts or pool < full:
         return None
     return (p.prefill_layout, p.decode_layout, p.max_num_seqs, p.max_num_batched_tokens, "pool holds all")
