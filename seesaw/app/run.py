@@ -214,6 +214,17 @@ def _check_ranks(par: ParallelConfig, num_ranks: int | None, torchrun: bool) -> 
         raise RunInputError(f"torchrun started {world} processes; layout {par} needs {par.world_size}")
 
 
+def _check_layout(spec, c_p: ParallelConfig, c_d: ParallelConfig | None, device: str, torchrun: bool) -> None:
+    """The layouts shard the model, and the device has their ranks."""
+    from seesaw.engine.devices import check_device
+    from seesaw.engine.model import check_shardable
+
+    for c in (c_p, c_d):
+        if c is not None:
+            check_shardable(spec, c)
+    check_device(device, c_p.world_size, torchrun)
+
+
 def _fault_from_env() -> dict | None:
     text = os.environ.get("SEESAW_FAULT", "").strip()
     if not text:
@@ -292,8 +303,6 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     from seesaw.app.outputs import OutputLock, check_output
     from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
-    from seesaw.engine.devices import check_device
-    from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
 
@@ -312,7 +321,8 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     rank = int(os.environ.get("RANK", 0))
     ranks = c_p.world_size if c_p is not None else o.num_ranks or 2
     what = f"--auto --num-ranks {ranks}" if o.auto else f"{'the plan' if plan else 'layout'} {o.layout or c_p}"
-    check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
+    if o.auto:  # before planning; a layout's ranks after its own checks, below
+        check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
     mach, forced = (None, False)
     if plan is not None:
         mach, forced = plan_machine(plan, ranks, o.device, o.force, o.plan_file, events.warn)
@@ -320,8 +330,6 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
             events.warn(f"--force: {plan_mismatch(plan, mach)}; its layout is re-predicted for this machine")
     output_dir, output = run_paths(o.output, o.output_dir)
     o = replace(o, output_dir=output_dir)
-    if rank == 0:  # one run, one folder: never into an earlier run's folder unless asked
-        check_folder(output_dir, overwrite=o.overwrite, resume=o.resume, also=(output,), resumable=True)
 
     model_dir = resolve_checkpoint(model, plan.model.name if plan is not None else None)
     name = checkpoint_name(model, model_dir)
@@ -337,6 +345,8 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     err_file = errors_path(output)
     if rank == 0:
         check_output(output, err_file, source)  # before anything is written or any rank starts
+        # one run, one folder: never into an earlier run's folder (or over its outputs) unless asked
+        check_folder(output_dir, overwrite=o.overwrite, resume=o.resume, also=(output,), resumable=True)
         if output.exists():
             held.enter_context(OutputLock(output))
         write_errors(err_file, errors)
@@ -351,6 +361,9 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     if not items and not o.resume:
         raise RunInputError(f"{source}: no valid requests to run")
 
+    if c_p is not None:  # a layout or a plan: checked before the run's folder is touched
+        _check_layout(store.spec, c_p, c_d, o.device, torchrun)
+        check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
     if rank == 0:
         start_folder(output_dir, "run", overwrite=o.overwrite, keep=(output, err_file))
         record_files(output_dir, [output, err_file])
@@ -370,10 +383,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
         plan = _auto_plan(o, model_spec, mach, items, source, events, quiet=rank != 0)
         c_p, c_d = policy_layouts(plan.policy)
         _check_ranks(c_p, None, torchrun)
-    for c in (c_p, c_d):
-        if c is not None:
-            check_shardable(store.spec, c)
-    check_device(o.device, c_p.world_size, torchrun)
+        _check_layout(store.spec, c_p, c_d, o.device, torchrun)
     if not items:
         return BatchRun(result=empty_result(c_p, c_d), output=output, errors_file=err_file, plan=plan)
 

@@ -40,11 +40,12 @@ class FolderInUse(SpecError):
 
     def __str__(self) -> str:
         shown = ", ".join(self.names[:3]) + (", ..." if len(self.names) > 3 else "")
+        where, other = f"{self.folder}/ already holds a run ({shown})", "--output-dir"
+        if all("/" in n for n in self.names):  # only an output file outside the folder
+            where, other = f"{shown} already holds a run's outputs", "--output"
         fix = f"type `{self.again}` to replace it" if self.again else "add --overwrite to replace it"
         rest = ", --resume to finish it," if self.resumable else ""
-        return (f"{self.folder}/ already holds a run ({shown}): {fix}{rest} or give another "
-                f"{'--output-dir' if self.resumable else '-o/--output-dir'}")
-
+        return f"{where}: {fix}{rest} or give another {other if self.resumable else '-o/--output-dir'}"
 
 def _marker(folder: Path) -> dict | None:
     try:

@@ -8,6 +8,8 @@ it out.
 
 from __future__ import annotations
 
+import textwrap
+
 from seesaw.report.calibration import speed_phrase
 
 __all__ = ["comparison_lines", "speed_lines"]
@@ -27,21 +29,17 @@ def comparison_lines(comp: dict) -> list[str]:
     return lines + speed_lines(comp)
 
 
-def speed_lines(comp: dict) -> list[str]:
-    """How fast the machine ran against its profile and how much of the gap that explains."""
+def speed_lines(comp: dict, width: int = 76) -> list[str]:
+    """How fast the machine ran against its profile and how much of the gap that explains,
+    wrapped at ``width`` columns."""
     s = comp.get("speed_check")
     if not s:
         return []
-    line = (f"Machine speed: {speed_phrase(s['speed_ratio'])} than profile {s['profile']!r} assumes; "
-            f"at this speed the plan predicts {s['predicted_at_speed_tok_s']:.1f} tokens/s")
+    text = (f"Machine speed: {speed_phrase(s['speed_ratio'])} than profile {s['profile']!r} assumes; "
+            f"at this speed the plan predicts {s['predicted_at_speed_tok_s']:.1f} tokens/s.")
     gap, share = s.get("gap"), s.get("explained_by_speed")
-    if gap is None or share is None or abs(gap - 1) < 0.05:
-        return [line + "."]
-    if share <= 0:
-        why = "the machine's speed explains none of the gap"
-    elif share >= 1:
-        why = "the machine's speed explains all of the gap"
-    else:
-        why = f"the machine's speed explains {100 * share:.0f}% of the gap"
-    return [line + ".", f"Measured/predicted {gap:.2f}x, {s['gap_at_speed']:.2f}x at this speed: {why} "
-                        "(log scale); the rest is the cost model's error or noise."]
+    if gap is not None and share is not None and abs(gap - 1) >= 0.05:
+        how = "none" if share <= 0 else "all" if share >= 1 else f"{100 * share:.0f}%"
+        text += (f" Measured/predicted {gap:.2f}x, {s['gap_at_speed']:.2f}x at this speed: the machine's "
+                 f"speed explains {how} of the gap (log scale); the rest is the cost model's error or noise.")
+    return textwrap.wrap(text, width)
