@@ -32,9 +32,9 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 
     Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
     ``tokens_per_second``, ``time_by_phase``, the step timeline); with ``output_dir`` also writes
-    the run folder as ``seesaw simulate -o`` (one that holds a run only with ``overwrite``). For research, any input may be given as an object
-    instead of a name: ``model`` a ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a
-    ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
+    the run folder as ``seesaw simulate -o`` (a folder that holds a run only with ``overwrite``).
+    For research, any input may be given as an object instead of a name: ``model`` a
+    ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
     a ``MeasuredProfile`` of ``node``)."""
     from seesaw.app.simulate import simulate as run
     from seesaw.report.claim import check_folder, start_folder
