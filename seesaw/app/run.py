@@ -1,10 +1,12 @@
 """The batch-run use case: an offline batch through the real engine, as ``seesaw run`` does it.
 
 ``run(RunOptions(...))`` checks everything that can be checked before ranks start (model,
-checkpoint, layout against the model, ranks against devices, input, plan, host KV pool), plans for
-this machine with ``auto``, launches the ranks (spawned here, or this process as one rank of a
-``torchrun`` job), writes the run's folder (``config.yaml``, ``summary.json`` and with a plan
-``plan.json`` and ``comparison.json``) and returns a ``BatchRun``. It prints nothing: progress notes go to the
+checkpoint, layout against the model, ranks against devices and CPU cores, input, the plan's
+hardware against this machine, host KV pool, a folder holding an earlier run), times this machine
+against its measured profile (``seesaw.app.machine_check``), plans for it with ``auto``, launches
+the ranks (spawned here, or this process as one rank of a ``torchrun`` job), writes the run's
+folder (``run_paths``; ``config.yaml``, ``summary.json`` and with a plan ``plan.json`` and
+``comparison.json``; ``seesaw.report.claim``: one run, one folder) and returns a ``BatchRun``. It prints nothing: progress notes go to the
 ``RunEvents`` it is given. Bad input raises a ``SpecError`` (one line); a run that fails once
 started raises ``RunFailed`` (one line); what finished is already in the output file either way.
 
