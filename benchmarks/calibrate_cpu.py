@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("-r", "--repeat", type=int, default=5,
                     help="engine runs per pair (in rounds over all pairs), median kept, range reported")
     ap.add_argument("-o", "--output-dir", default="bench-calibrate")
+    ap.add_argument("--overwrite", action="store_true", help="replace the earlier run in the -o folder")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -52,7 +53,8 @@ def main() -> None:
     wls = cal.parse_workloads(args.workloads)
     rows = cal.calibrate(args.model, args.layouts.split(","), wls, profile=args.profile,
                          num_requests=args.num_requests, repeat=args.repeat, output_dir=Path(args.output_dir),
-                         check_speed=True, progress=lambda m: print(m, file=sys.stderr, flush=True))
+                         check_speed=True, progress=lambda m: print(m, file=sys.stderr, flush=True),
+                         overwrite=args.overwrite)
     prof = load_measured(args.profile)
     meta = {"benchmark": "calibrate_cpu", "model": args.model, "profile": args.profile,
             "profile_load_average": prof.load_average, "load_average_start": load0,

@@ -26,17 +26,21 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str = "T4P2",
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
-             progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None):
+             progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None,
+             overwrite: bool = False):
     """Simulate a workload on a node under one layout (``T4P2``) or Seesaw pair (``P8->T4P2``).
 
     Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
     ``tokens_per_second``, ``time_by_phase``, the step timeline); with ``output_dir`` also writes
-    the run folder as ``seesaw simulate -o``. For research, any input may be given as an object
-    instead of a name: ``model`` a ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a
-    ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
+    the run folder as ``seesaw simulate -o`` (a folder that holds a run only with ``overwrite``).
+    For research, any input may be given as an object instead of a name: ``model`` a
+    ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
     a ``MeasuredProfile`` of ``node``)."""
     from seesaw.app.simulate import simulate as run
+    from seesaw.report.claim import check_folder, start_folder
 
+    if output_dir is not None:
+        check_folder(output_dir, overwrite=overwrite)
     done = run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
                chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
@@ -45,7 +49,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     if output_dir is not None:
         from seesaw.report import write_sim_folder
 
-        write_sim_folder(Path(output_dir), done.config, done.result)
+        write_sim_folder(start_folder(output_dir, "simulate", overwrite=overwrite), done.config, done.result)
     return done.result
 
 
@@ -89,7 +93,7 @@ def whatif(model: str = "llama2-70b", gpu: str | Sequence[str] = "a10,l4,a100-40
            num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
            seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
            sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,
-           progress: Callable | None = None):
+           progress: Callable | None = None, overwrite: bool = False):
     """Hardware options for one model and workload, each planned: a ``WhatIfResult`` (``table()``,
     ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png)."""
     from seesaw.app.whatif import whatif as run
@@ -97,7 +101,7 @@ def whatif(model: str = "llama2-70b", gpu: str | Sequence[str] = "a10,l4,a100-40
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
-               workers=workers, output_dir=output_dir, progress=progress).result
+               workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress).result
 
 
 def run_batch(model: str | None = None, input: str | None = None, output: str | Path | None = None, *,

@@ -1,4 +1,4 @@
-"""Tiny factories for scheduler tests (CPU only, no torch, no simpy)."""
+"""Tiny factories for scheduler tests (CPU only, no torch, no simpy) and a tiny plan file."""
 
 from __future__ import annotations
 
@@ -45,3 +45,19 @@ def drive(sched, max_steps: int = 100_000):
         sched.on_step_done(step)
         done.append(step)
     raise AssertionError("did not finish")
+
+
+def tiny_plan_file(path, layout: str = "T1", node=None, predicted: float = 100.0):
+    """A plan.json for the built-in ``tiny`` model as the CPU engine runs it (fp32), under a vllm
+    ``layout`` on ``node`` (default: the measured CPU profile's node), predicting ``predicted``
+    tokens/s; returns ``path``."""
+    from seesaw import catalog
+    from seesaw.core import Plan, VllmPolicy, parse_parallel
+
+    spec = catalog.load_model("tiny").model_copy(update={"dtype_bytes": 4})
+    par = parse_parallel(layout)
+    plan = Plan(model=spec, node=node or catalog.measured_node("cpu-2core", par.world_size),
+                policy=VllmPolicy(layout=par), workload="test",
+                predicted={"throughput_tok_s": predicted, "makespan_s": 1.0})
+    path.write_text(plan.model_dump_json())
+    return path

@@ -218,7 +218,7 @@ def test_cli_runs_a_plan_file(ckpt, tmp_path, seesaw):
     inp = write_prompts(tmp_path / "in.jsonl", n=8)
     outdir = tmp_path / "out"
     code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--plan", tmp_path / "plan.json",
-                            "--output-dir", outdir, "--json")
+                            "--output-dir", outdir, "--no-speed-check", "--json")
     assert code == 0, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["layout"] == "P2->T2" and summary["host_kv_blocks_per_replica"] == 20
@@ -237,6 +237,8 @@ def test_cli_auto_plans_for_this_machine_then_runs(ckpt, tmp_path, seesaw):
     code, out, err = seesaw("run", "--auto", "--model", ckpt, "--input", inp, "--output-dir", outdir, "--json")
     assert code == 0, err
     assert "Plan for " in out and "measured profile 'cpu-2core'" in out and "Chosen: " in out
+    # the machine's speed checked before planning, its share of the gap in the comparison
+    assert err.index("machine speed: ") < err.index("Running ") and "Machine speed: " in out
     for cand in ("vllm T2", "vllm P2", "vllm D2", "seesaw P2->T2", "seesaw T2->P2"):
         assert cand in out, out
     from seesaw.core import Plan
@@ -245,6 +247,7 @@ def test_cli_auto_plans_for_this_machine_then_runs(ckpt, tmp_path, seesaw):
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["policy"] == plan.policy.kind and summary["comparison"]["policy"] == plan.policy.describe()
     assert (outdir / "comparison.json").is_file() and (outdir / "summary.json").is_file()
+    assert json.loads((outdir / "comparison.json").read_text())["speed_check"]["profile"] == "cpu-2core"
     assert len(stable_outputs(outdir / "outputs.jsonl")) == 6
 
 

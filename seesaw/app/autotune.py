@@ -26,7 +26,7 @@ from seesaw.core import (
 )
 
 __all__ = ["Machine", "machine", "engine_space", "plan_for_machine", "load_plan", "comparison",
-           "policy_layouts", "plan_host_kv_bytes", "MEASURED_CPU_PROFILE"]
+           "policy_layouts", "plan_host_kv_bytes", "plan_machine", "MEASURED_CPU_PROFILE"]
 
 MEASURED_CPU_PROFILE = "cpu-2core"
 # catalog GPU profiles by a distinctive part of ``torch.cuda.get_device_name()``, most specific first
@@ -61,6 +61,24 @@ def machine(num_ranks: int, device: str = "cpu", gpu_name: str | None = None) ->
             return Machine(node, None, f"{num_ranks} x {gpu_name}: datasheet profile {name!r} ({node.name})")
     raise SpecError(f"no GPU profile matches {gpu_name!r} (known: a10, a10g, l4, a100-40g, a100-80g, h100); "
                     "plan with `seesaw plan --gpu ...` and pass --plan plan.json")
+
+
+def plan_machine(plan: Plan, ranks: int, device: str, force: bool, plan_file, warn):
+    """(the machine a ``--plan`` run runs on, whether the plan was made for other hardware).
+    ``SpecError`` naming both when it was and ``force`` is not given; (None, False) where this
+    machine has no profile to check against (a GPU the catalog does not know: a warning)."""
+    from seesaw.app.machine_check import plan_mismatch
+
+    try:
+        mach = machine(ranks, device)
+    except SpecError as e:
+        warn(f"the plan's hardware is not checked: {e}")
+        return None, False
+    why = plan_mismatch(plan, mach)
+    if why and not force:
+        raise SpecError(f"{plan_file}: {why}; plan for this machine (seesaw run --auto) or add --force to "
+                        "re-predict the plan's layout here")
+    return mach, why is not None
 
 
 def engine_space(max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, block_size: int = 16):
@@ -130,8 +148,12 @@ def policy_layouts(policy) -> tuple[ParallelConfig, ParallelConfig | None]:
     return policy.layout, None
 
 
-def comparison(plan: Plan, result: dict) -> dict:
-    """Predicted (the plan) and measured (the engine run) side by side; ratio = measured/predicted."""
+def comparison(plan: Plan, result: dict, speed=None) -> dict:
+    """Predicted (the plan) and measured (the engine run) side by side; ratio = measured/predicted.
+    ``speed`` (a ``machine_check.SpeedCheck``): also each main metric predicted at the machine's
+    speed now, and a ``speed_check`` section saying how much of the gap that speed explains."""
+    from seesaw.app.machine_check import speed_section
+
     pred = plan.predicted
     rows = {
         "tokens_per_second": (pred.throughput_tok_s, result["tokens_per_second"]),
@@ -143,5 +165,12 @@ def comparison(plan: Plan, result: dict) -> dict:
         if p or v:
             rows[f"{k}_s"] = (p, v)
     out = {k: {"predicted": p, "measured": m, "ratio": (m / p if p else None)} for k, (p, m) in rows.items()}
-    return {"policy": plan.policy.describe(), "layout": result["layout"], "machine": plan.provenance.get("machine", ""),
+    comp = {"policy": plan.policy.describe(), "layout": result["layout"], "machine": plan.provenance.get("machine", ""),
             "metrics": out}
+    if "re_predicted_for" in plan.provenance:
+        comp.update(machine=plan.provenance["re_predicted_for"], planned_for=plan.provenance["planned_for"])
+    if speed is not None and speed.predicted_at_speed:
+        for k, at in speed.predicted_at_speed.items():
+            out[k].update(predicted_at_speed=at, ratio_at_speed=out[k]["measured"] / at if at else None)
+        comp["speed_check"] = speed_section(speed, pred.throughput_tok_s, result["tokens_per_second"])
+    return comp

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Callable
 
 from seesaw.report.calibration import speed_phrase, write_calibration_folder
+from seesaw.report.claim import check_folder, record_files, start_folder
+from seesaw.app.machine_check import speed_check
 from seesaw.core import GiB, SpecError
 
 __all__ = ["CalibrationError", "WorkloadArg", "Row", "parse_workloads", "calibrate", "regret", "summary",
@@ -156,7 +158,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
               num_requests: int | None = None, max_tokens: int | None = None, seed: int = 0,
               output_dir: Path | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
               block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, check_speed: bool = False,
-              progress: Callable[[str], None] | None = None) -> list[Row]:
+              progress: Callable[[str], None] | None = None, overwrite: bool = False) -> list[Row]:
     """Run every (layout, workload) pair through the engine and the simulator; rows in that order.
 
     ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
@@ -185,6 +187,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     from simulator.sim import simulate
 
     progress = progress or (lambda _m: None)
+    if output_dir is not None:  # one run, one folder (seesaw.report.claim): refused before any work
+        check_folder(output_dir, overwrite=overwrite)
     parsed = [(text.strip(), *parse_run_layout(text.strip())) for text in layouts if text.strip()]
     if not parsed:
         raise CalibrationError("--layouts: give at least one layout")
@@ -199,8 +203,6 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     tok = load_tokenizer(model_dir)
     model_spec = store.spec.model_copy(update={"name": name, "dtype_bytes": 4})  # fp32 on CPU
     out_dir = Path(output_dir) if output_dir is not None else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="seesaw-calibrate-")) if out_dir is None else None
     pairs = []  # (layout text, c_p, c_d, workload, items, tag, engine config)
     for wl in workloads:
@@ -229,6 +231,10 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
 
     # Rounds: every pair runs once per round, so a slow spell of a shared machine (its speed
     # drifts over seconds to minutes) falls on all pairs alike instead of on one pair's repeats.
+    if out_dir is not None:
+        start_folder(out_dir, "calibrate", overwrite=overwrite)
+        record_files(out_dir, [p for *_, tag, config in pairs
+                               for p in (Path(config.output), Path(config.errors_output), out_dir / f"steps-{tag}.jsonl")])
     runs: list[list[tuple[dict, Path | None]]] = [[] for _ in pairs]
     walls = [0.0] * len(pairs)
     rounds = max(1, repeat)
@@ -312,45 +318,6 @@ def _engine_run(store, items, config) -> dict:
         return run_batch(store, items, config)
     except (RankError, EngineError, TimeoutError) as e:
         raise RunFailed(f"engine run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-
-
-def speed_check(profile: str, ranks: int = 2, warn: Callable[[str], None] | None = None) -> dict:
-    """How fast this machine runs now against when ``profile`` was measured: the tiny model's
-    GEMM and layer tables (``seesaw profile``'s own code, a quick grid, one rank and ``ranks``
-    busy at once) timed again and divided by the profile's tables at the same rows. On a shared
-    VM whose speed drifts, a ``speed_ratio`` of 1.3 says every step now takes ~30% longer than
-    the predictions assume (``calibrate(check_speed=True)`` reports a second prediction at that
-    speed). ``{}`` for a CUDA profile, one without these tables, or a check that failed (a
-    one-line warning to ``warn``)."""
-    from seesaw import catalog, profiling as profiler
-    from simulator.cost import Curve
-
-    prof = catalog.load_measured(profile)
-    if prof.device != "cpu":
-        return {}
-    spec = catalog.load_model("tiny")
-    ranks = max(1, min(ranks, prof.num_ranks))
-    grid = profiler.Grid.quick(models=("tiny",), tp=(1,), tokens=(16, 256, 2048, 8192),
-                               busy=(ranks,) if ranks > 1 else (), repeats=6)
-    t0 = time.perf_counter()
-    try:
-        now = profiler.profile(grid, ranks=ranks, models=[spec], dtype=prof.dtype, kinds=("forward",),
-                               threads=prof.threads_per_rank)
-    except Exception as e:  # noqa: BLE001 - an optional check: say why and go on
-        if warn is not None:
-            warn(f"warning: speed check skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-        return {}
-    ref = {(t.op, tuple(t.dims), t.ranks): t for t in prof.ops}
-    ratios = []
-    for t in now.ops:
-        old = ref.get((t.op, tuple(t.dims), t.ranks))
-        if t.op in ("linear", "layer_misc") and old is not None:
-            curve = Curve(old.tokens, old.time_s)
-            ratios += [sec / curve(n) for n, sec in zip(t.tokens, t.time_s)]
-    if not ratios:
-        return {}
-    return {"speed_ratio": math.exp(statistics.fmean(math.log(r) for r in ratios)), "speed_points": len(ratios),
-            "speed_check_s": time.perf_counter() - t0}
 
 
 def regret(rows: list[Row]) -> dict:

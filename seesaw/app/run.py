@@ -1,10 +1,12 @@
 """The batch-run use case: an offline batch through the real engine, as ``seesaw run`` does it.
 
 ``run(RunOptions(...))`` checks everything that can be checked before ranks start (model,
-checkpoint, layout against the model, ranks against devices, input, plan, host KV pool), plans for
-this machine with ``auto``, launches the ranks (spawned here, or this process as one rank of a
-``torchrun`` job), writes the run's folder (``config.yaml``, ``summary.json`` and with a plan
-``plan.json`` and ``comparison.json``) and returns a ``BatchRun``. It prints nothing: progress notes go to the
+checkpoint, layout against the model, ranks against devices and CPU cores, input, the plan's
+hardware against this machine, host KV pool, a folder holding an earlier run), times this machine
+against its measured profile (``seesaw.app.machine_check``), plans for it with ``auto``, launches
+the ranks (spawned here, or this process as one rank of a ``torchrun`` job), writes the run's
+folder (``run_paths``; ``config.yaml``, ``summary.json`` and with a plan ``plan.json`` and
+``comparison.json``; ``seesaw.report.claim``: one run, one folder) and returns a ``BatchRun``. It prints nothing: progress notes go to the
 ``RunEvents`` it is given. Bad input raises a ``SpecError`` (one line); a run that fails once
 started raises ``RunFailed`` (one line); what finished is already in the output file either way.
 
@@ -21,12 +23,13 @@ import json
 import os
 import re
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from seesaw.report import json_text, write_run_folder
+from seesaw.report.claim import check_folder, record_files, start_folder
 
 from seesaw.core import (
     DEFAULT_BLOCK_SIZE,
@@ -63,7 +66,7 @@ class RunOptions:
     model: str | None = None  # tiny | smollm2-135m | a .gguf file | a HF dir (default: tiny; smollm2 with auto)
     input: str | None = None  # batch JSONL, ShareGPT .json, length .csv, or a generator name
     output: Path | None = None  # default OUTPUT_DIR/outputs.jsonl
-    output_dir: Path = DEFAULT_OUTPUT_DIR
+    output_dir: Path | None = None  # the run's folder: see run_paths
     layout: str | None = None  # static (T2) or a Seesaw pair (P2->T2); default T1
     plan_file: Path | None = None
     auto: bool = False
@@ -92,6 +95,10 @@ class RunOptions:
     step_trace: Path | None = None
     warmup: bool = True
     progress: bool = False  # the engine's own progress bar on stderr
+    overwrite: bool = False  # replace the earlier run in the run's folder (seesaw.report.claim)
+    oversubscribe: bool = False  # allow more CPU ranks than cores
+    force: bool = False  # run a plan made for other hardware, re-predicted for this machine
+    speed_check: bool = True  # auto / plan on a measured CPU profile: time the machine against it first
 
 
 class RunEvents:
@@ -122,6 +129,16 @@ class BatchRun:
     def run_result(self) -> RunResult:
         """``result`` typed: the vLLM-style figures, with ``engine`` and ``seesaw`` sections."""
         return RunResult(**{k: v for k, v in self.result.items() if k != "output_token_ids"})
+
+
+def run_paths(output: Path | None, output_dir: Path | None) -> tuple[Path, Path]:
+    """(the run's folder, its output file). The folder is ``output_dir``; without it, one named
+    after an explicit ``output`` beside it (``out.jsonl`` -> ``out-run/``), else ``seesaw-run/``.
+    The output defaults to ``FOLDER/outputs.jsonl``; an explicit one is written where it is named."""
+    if output_dir is None:
+        output_dir = DEFAULT_OUTPUT_DIR if output is None else Path(output).with_name(Path(output).stem + "-run")
+    output_dir = Path(output_dir)
+    return output_dir, Path(output) if output is not None else output_dir / "outputs.jsonl"
 
 
 def default_input() -> str:
@@ -185,6 +202,10 @@ def _check_options(o: RunOptions) -> None:
         raise RunInputError("--host-kv-gib must be positive")
     if o.kv_cache_gib is not None and o.kv_cache_gib <= 0:
         raise RunInputError("--kv-cache-gib must be positive")
+    if o.overwrite and o.resume:
+        raise RunInputError("--overwrite and --resume exclude each other: --resume continues the folder's run")
+    if o.force and o.plan_file is None:
+        raise RunInputError("--force goes with --plan: it runs a plan made for other hardware")
 
 
 def _check_ranks(par: ParallelConfig, num_ranks: int | None, torchrun: bool) -> None:
@@ -193,6 +214,17 @@ def _check_ranks(par: ParallelConfig, num_ranks: int | None, torchrun: bool) -> 
         raise RunInputError(f"--num-ranks {num_ranks} does not match layout {par} ({par.world_size} ranks)")
     if world != par.world_size:
         raise RunInputError(f"torchrun started {world} processes; layout {par} needs {par.world_size}")
+
+
+def _check_layout(spec, c_p: ParallelConfig, c_d: ParallelConfig | None, device: str, torchrun: bool) -> None:
+    """The layouts shard the model, and the device has their ranks."""
+    from seesaw.engine.devices import check_device
+    from seesaw.engine.model import check_shardable
+
+    for c in (c_p, c_d):
+        if c is not None:
+            check_shardable(spec, c)
+    check_device(device, c_p.world_size, torchrun)
 
 
 def _fault_from_env() -> dict | None:
@@ -238,12 +270,10 @@ def _plan_text(plan: Plan) -> str:
     return json_text(json.loads(plan.model_dump_json()))
 
 
-def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, events: RunEvents, quiet: bool):
+def _auto_plan(o: RunOptions, model_spec, mach, items, source: str, events: RunEvents, quiet: bool):
     """Plan for this machine (``seesaw.app.autotune``); write ``OUTPUT_DIR/plan.json``."""
-    from seesaw.app.autotune import machine, plan_for_machine
+    from seesaw.app.autotune import plan_for_machine
 
-    model_spec = spec.model_copy(update={"name": name, "dtype_bytes": DTYPE_BYTES[dtype]})
-    mach = machine(o.num_ranks or 2, o.device)
     plan, table, rejected = plan_for_machine(
         model_spec, mach, items, workload=f"{len(items)} requests from {source}",
         max_num_seqs=o.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
@@ -254,6 +284,7 @@ def _auto_plan(o: RunOptions, spec, name: str, dtype: str, items, source: str, e
     events.planned(plan, table, rejected, mach.description)
     Path(o.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(o.output_dir) / "plan.json").write_text(_plan_text(plan))
+    record_files(o.output_dir, [Path(o.output_dir) / "plan.json"])
     return plan
 
 
@@ -268,12 +299,12 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
 
 
 def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
-    from seesaw.app.autotune import comparison, load_plan, policy_layouts
+    from seesaw.app.autotune import comparison, load_plan, machine, plan_machine, policy_layouts
+    from seesaw.app.machine_check import check_cores, check_speed, plan_mismatch, repredict, scale_prediction
+    from seesaw.report.calibration import speed_phrase
     from seesaw.app.outputs import OutputLock, check_output
     from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
-    from seesaw.engine.devices import check_device
-    from seesaw.engine.model import check_shardable
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
 
@@ -290,13 +321,22 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     if c_p is not None:
         _check_ranks(c_p, o.num_ranks, torchrun)
     rank = int(os.environ.get("RANK", 0))
+    ranks = c_p.world_size if c_p is not None else o.num_ranks or 2
+    what = f"--auto --num-ranks {ranks}" if o.auto else f"{'the plan' if plan else 'layout'} {o.layout or c_p}"
+    if o.auto:  # before planning; a layout's ranks after its own checks, below
+        check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
+    mach, forced = (None, False)
+    if plan is not None:
+        mach, forced = plan_machine(plan, ranks, o.device, o.force, o.plan_file, events.warn)
+        if forced and rank == 0:
+            events.warn(f"--force: {plan_mismatch(plan, mach)}; its layout is re-predicted for this machine")
+    output_dir, output = run_paths(o.output, o.output_dir)
+    o = replace(o, output_dir=output_dir)
 
     model_dir = resolve_checkpoint(model, plan.model.name if plan is not None else None)
     name = checkpoint_name(model, model_dir)
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
     tokenizer = load_tokenizer(model_dir)
-    output_dir = Path(o.output_dir)
-    output = Path(o.output) if o.output is not None else output_dir / "outputs.jsonl"
     if output.parent == output_dir and rank == 0:
         output_dir.mkdir(parents=True, exist_ok=True)
     source = o.input or default_input()
@@ -307,6 +347,8 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     err_file = errors_path(output)
     if rank == 0:
         check_output(output, err_file, source)  # before anything is written or any rank starts
+        # one run, one folder: never into an earlier run's folder (or over its outputs) unless asked
+        check_folder(output_dir, overwrite=o.overwrite, resume=o.resume, also=(output,), resumable=True)
         if output.exists():
             held.enter_context(OutputLock(output))
         write_errors(err_file, errors)
@@ -321,14 +363,29 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     if not items and not o.resume:
         raise RunInputError(f"{source}: no valid requests to run")
 
+    if c_p is not None:  # a layout or a plan: checked before the run's folder is touched
+        _check_layout(store.spec, c_p, c_d, o.device, torchrun)
+        check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
+    if rank == 0:
+        start_folder(output_dir, "run", overwrite=o.overwrite, keep=(output, err_file))
+        record_files(output_dir, [output, err_file])
+    model_spec = store.spec.model_copy(update={"name": name, "dtype_bytes": DTYPE_BYTES[dtype]})
     if o.auto:
-        plan = _auto_plan(o, store.spec, name, dtype, items, source, events, quiet=rank != 0)
+        mach = machine(o.num_ranks or 2, o.device)
+    speed = None
+    if rank == 0 and mach is not None and o.speed_check and items:  # before planning, as calibrate does
+        speed = check_speed(mach, ranks, events.warn)
+        if speed is not None:
+            events.note(f"machine speed: {speed_phrase(speed.speed_ratio)} than measured profile "
+                        f"{speed.profile!r} (its GEMM and layer tables timed again)")
+            if speed.stale:
+                events.warn(f"this machine runs {speed_phrase(speed.speed_ratio)} than when {speed.profile!r} was "
+                            "measured: predictions are off by that much; `seesaw profile` measures it again")
+    if o.auto:
+        plan = _auto_plan(o, model_spec, mach, items, source, events, quiet=rank != 0)
         c_p, c_d = policy_layouts(plan.policy)
         _check_ranks(c_p, None, torchrun)
-    for c in (c_p, c_d):
-        if c is not None:
-            check_shardable(store.spec, c)
-    check_device(o.device, c_p.world_size, torchrun)
+        _check_layout(store.spec, c_p, c_d, o.device, torchrun)
     if not items:
         return BatchRun(result=empty_result(c_p, c_d), output=output, errors_file=err_file, plan=plan)
 
@@ -348,6 +405,10 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
         from seesaw.engine.host_pools import host_blocks_for
 
         host_blocks_for(config, store.spec, items)  # a pool that cannot hold a request: fail now
+    if rank == 0 and forced:
+        plan = repredict(plan, model_spec, mach, policy, items, f"{len(items)} requests from {source}")
+    if speed is not None:
+        scale_prediction(speed, plan, model_spec, mach, policy, items)
     if rank == 0 and plan is not None:
         events.note(f"Running {config.layout_name} ({'seesaw' if config.seesaw else 'vllm'}) on {c_p.world_size} "
                     f"rank(s): {len(items)} request(s) -> {output}")
@@ -362,14 +423,14 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     run_ = BatchRun(result=result, output=output, errors_file=err_file, plan=plan)
     files = {}
     if plan is not None:
-        run_.comparison = comparison(plan, result)
+        run_.comparison = comparison(plan, result, speed)
         if not o.auto:  # auto wrote its plan.json before the run
             files["plan.json"] = _plan_text(plan)
         files["comparison.json"] = json_text(run_.comparison)
-    if plan is not None or output.parent == output_dir:  # the run's folder: its figures beside the outputs
-        resolved = {"command": "run", "model": name, "model_dir": str(model_dir), "output": str(output),
-                    "device": o.device, "dtype": dtype, "policy": policy.model_dump(mode="json"),
-                    "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()}}
-        summary = {k: v for k, v in result.items() if k != "output_token_ids"}
-        run_.files = write_run_folder(output_dir, summary, config=resolved, files=files)
+    # the run's folder: its config, figures, plan and comparison
+    resolved = {"command": "run", "model": name, "model_dir": str(model_dir), "output": str(output),
+                "device": o.device, "dtype": dtype, "policy": policy.model_dump(mode="json"),
+                "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()}}
+    summary = {k: v for k, v in result.items() if k != "output_token_ids"}
+    run_.files = write_run_folder(output_dir, summary, config=resolved, files=files)
     return run_

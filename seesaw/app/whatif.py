@@ -223,15 +223,19 @@ def _split(value, what: str) -> list[str]:
 def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, interconnect: str | None = None,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
-           sample_size: int = 1000, workers: int = 2, output_dir=None,
+           sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
            progress: Callable[[str, int, int, str], None] | None = None) -> WhatIf:
     """Compare hardware options (``gpu`` x ``num_gpus``, comma-separated or lists) for one model and
-    workload; with ``output_dir`` write the report folder (md, html, csv, png)."""
+    workload; with ``output_dir`` write the report folder (md, html, csv, png): a folder that holds
+    an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``)."""
     from seesaw import catalog as cat
     from seesaw.app.simulate import check_objective, load_inputs
+    from seesaw.report.claim import check_folder, start_folder
     from seesaw.report.whatif import write_report
 
     check_objective(objective)
+    if output_dir is not None:
+        check_folder(output_dir, overwrite=overwrite)
     gpus = _split(gpu, "--gpu")
     try:
         counts = [int(x) for x in _split(num_gpus, "--num-gpus")]
@@ -251,5 +255,6 @@ def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, 
               "objective": objective, "prices": prices, "sample_size": sample_size}
     done = WhatIf(result=result, config=config, model=model_spec, num_requests=len(reqs))
     if output_dir is not None:
+        start_folder(output_dir, "whatif", overwrite=overwrite)
         done.paths = write_report(result, Path(output_dir), config)
     return done

@@ -41,6 +41,7 @@ def calibrate_cmd(
                                      help="time a few of the profile's tables again before every round and after the "
                                           "last (~3 s each), and predict also at the machine's speed then"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the earlier run in the -o folder"),
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
     from rich.console import Console
@@ -52,7 +53,7 @@ def calibrate_cmd(
     lay = [x for x in layouts.split(",") if x.strip()]
     rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
                          seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
-                         check_speed=check_speed, progress=_say)  # a failed engine run: RunFailed, exit 1
+                         check_speed=check_speed, progress=_say, overwrite=overwrite)  # a failed engine run: RunFailed, exit 1
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)

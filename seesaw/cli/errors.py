@@ -9,11 +9,13 @@ traceback.
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 from pydantic import ValidationError
 
 from seesaw.core import RunFailed, SpecError
+from seesaw.report.claim import FolderInUse
 
 __all__ = ["exit_code", "one_line", "run_with_error_map"]
 
@@ -47,5 +49,7 @@ def run_with_error_map(app) -> None:
         code = exit_code(e)
         if code is None:
             raise
+        if isinstance(e, FolderInUse):  # say exactly what to type
+            e.again = shlex.join(["seesaw", *sys.argv[1:], "--overwrite"])
         print(f"error: {one_line(e)}", file=sys.stderr)
         sys.exit(code)

@@ -16,6 +16,7 @@ from seesaw.cli import options as opt
 from seesaw.cli.console import err, fmt, out, print_json, show
 from seesaw.progress import Progress
 from seesaw.core import SpecError
+from seesaw.report.claim import check_folder, start_folder
 
 __all__ = ["register", "print_notes"]
 
@@ -67,10 +68,14 @@ def compare(
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write candidates.csv and summary.json"),
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate every feasible static layout (vLLM, chunked prefill on/off) and every Seesaw pair."""
     from seesaw.app.simulate import compare as run_compare
     from seesaw.report import write_plan_folder
+
+    if out_dir is not None:
+        check_folder(out_dir, overwrite=overwrite)
 
     with Progress("simulating") as bar:
         done = run_compare(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
@@ -90,7 +95,7 @@ def compare(
                      f"({w['speedup_vs_best_vllm']:.2f}x)")
         print(line)
     if out_dir is not None:
-        write_plan_folder(out_dir, result, done.config)
+        write_plan_folder(start_folder(out_dir, "compare", overwrite=overwrite), result, done.config)
         err.print(f"wrote {out_dir}/")
     if as_json:
         print_json({"config": done.config, **result.summary()})
@@ -116,10 +121,14 @@ def plan_cmd(
     top: int = typer.Option(10, "--top", min=1, help="rows of the ranked table to print"),
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write plan.json, candidates.csv, summary.json"),
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Search layouts, policies and host-pool settings; print why the winner wins, write plan.json."""
     from seesaw.app.simulate import plan as run_plan
     from seesaw.report import write_plan_folder
+
+    if out_dir is not None:
+        check_folder(out_dir, overwrite=overwrite)
 
     with Progress("planning") as bar:
         done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
@@ -142,7 +151,7 @@ def plan_cmd(
     _print_ranked(result, "best variant of each layout (simulated first; all candidates in candidates.csv)",
                   top, per_layout=True)
     if out_dir is not None:
-        write_plan_folder(out_dir, result, done.config)
+        write_plan_folder(start_folder(out_dir, "plan", overwrite=overwrite), result, done.config)
         err.print(f"wrote {out_dir}/plan.json, candidates.csv, summary.json")
     if as_json:
         print_json({"config": done.config, **result.summary()})

@@ -53,8 +53,9 @@ def run(
     output: Optional[Path] = typer.Option(None, "--output", "-o",
                                           help="batch-output JSONL, one line per finished request "
                                                "(default: OUTPUT_DIR/outputs.jsonl)"),
-    output_dir: Path = typer.Option(DEFAULT_OUTPUT_DIR, "--output-dir", "-d",
-                                    help="folder for the default output file, plan.json, comparison.json, summary.json"),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-d",
+                                              help=f"run folder (default {DEFAULT_OUTPUT_DIR}/, or OUT-run/)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the earlier run in the run's folder"),
     layout: Optional[str] = typer.Option(None, "--layout", "-l",
                                          help="static layout (T1, T2, P2, D2, T2P2) or a Seesaw pair (P2->T2); default T1"),
     plan_file: Optional[Path] = typer.Option(None, "--plan", help="run the Plan in this plan.json (from seesaw plan)"),
@@ -90,6 +91,10 @@ def run(
     output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="replace every request's output length"),
     prompt_format: str = typer.Option("auto", "--prompt-format", help="plain prompt lines: auto | chat | raw"),
     resume: bool = typer.Option(False, "--resume", help="skip requests already in the output file"),
+    oversubscribe: bool = typer.Option(False, "--oversubscribe", help="allow more CPU ranks than cores"),
+    force: bool = typer.Option(False, "--force", help="run a plan made for other hardware"),
+    speed_check: bool = typer.Option(True, "--speed-check/--no-speed-check",
+                                     help="--auto/--plan: time this CPU vs its profile"),
     timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="collective/step timeout in seconds"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
     step_trace: Optional[Path] = typer.Option(None, "--step-trace",
@@ -108,7 +113,8 @@ def run(
         kv_blocks=kv_blocks, kv_cache_gib=kv_cache_gib, host_kv_gib=host_kv_gib, host_kv_blocks=host_kv_blocks,
         host_full_watermark=host_full_watermark, decode_low_watermark=decode_low_watermark,
         num_requests=num_requests, input_len=input_len, output_len=output_len, prompt_format=prompt_format,
-        resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=sys.stderr.isatty())
+        resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=sys.stderr.isatty(),
+        overwrite=overwrite, oversubscribe=oversubscribe, force=force, speed_check=speed_check)
     done = run_batch(options, _Printer())
     if done is not None:
         _print_result(done.run_result, done.output, as_json, done.comparison)

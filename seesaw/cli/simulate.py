@@ -35,10 +35,15 @@ def simulate(
     host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0.0, help="Seesaw host KV pool"),
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write config, summary, CSVs"),
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate a workload on a node under one layout and policy; print vLLM-style throughput."""
     from seesaw.app.simulate import simulate as run_sim
     from seesaw.report import write_sim_folder
+    from seesaw.report.claim import check_folder, start_folder
+
+    if out_dir is not None:  # one run, one folder: refused before the work when it holds a run
+        check_folder(out_dir, overwrite=overwrite)
 
     with Progress(f"simulating {layout}") as bar:  # the simulator ticks (done, total)
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
@@ -51,7 +56,7 @@ def simulate(
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in result.time_by_phase.items() if v > 0]
     print(f"Elapsed: {result.elapsed_time:.2f}s simulated; " + ", ".join(parts))
     if out_dir is not None:
-        write_sim_folder(out_dir, done.config, result)
+        write_sim_folder(start_folder(out_dir, "simulate", overwrite=overwrite), done.config, result)
         err.print(f"wrote {out_dir}/")
     if as_json:
         print_json(result.summary())

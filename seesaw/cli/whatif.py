@@ -39,6 +39,7 @@ def whatif(
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
     out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", help="report folder"),
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Compare hardware options for one model and workload; write a report folder (md, html, csv, png).
 
@@ -50,7 +51,7 @@ def whatif(
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
-                          output_dir=out_dir, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"))
+                          output_dir=out_dir, overwrite=overwrite, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"))
     result, paths = done.result, done.paths
     df = result.table()
     table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")

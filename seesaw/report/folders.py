@@ -3,7 +3,8 @@
 ``write_run_folder`` is the one writer: ``config.yaml`` (the fully resolved inputs, when the
 command has them apart from its summary), ``summary.json`` (the metrics, JSON of
 ``json_text``), then the command's own files in the order given. Written explicitly at the end
-of the work, never from ``atexit``; ``summary.json`` goes before the slower files (plots), so a
+of the work, never from ``atexit``; every file written is recorded in the folder's marker
+(``seesaw.report.claim``: one run, one folder); ``summary.json`` goes before the slower files (plots), so a
 plot that fails leaves the numbers behind.
 
 The folders of the simple commands are here too: ``seesaw simulate`` (``write_sim_folder``:
@@ -21,6 +22,7 @@ from typing import Callable, Mapping, Union
 
 import yaml
 
+from seesaw.report.claim import record_files
 from seesaw.report.plots import plot_timeline
 
 __all__ = ["write_run_folder", "json_text", "write_sim_folder", "write_plan_folder", "FileContent"]
@@ -41,6 +43,9 @@ def write_run_folder(out_dir: Path, summary: dict, *, config: dict | None = None
     content) into ``out_dir`` (created); the paths written, in that order."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the folder's marker lists this run's files (seesaw.report.claim), recorded before they are written
+    record_files(out_dir, [out_dir / n for n in ("config.yaml", "summary.json", *(files or {}))
+                           if n != "config.yaml" or config is not None])
     paths = []
     if config is not None:
         paths.append(out_dir / "config.yaml")
