@@ -11,6 +11,9 @@ from typing import Optional
 
 import typer
 
+from seesaw.cli.console import show
+from seesaw.progress import Progress
+
 __all__ = ["register", "calibrate_cmd"]
 
 
@@ -43,21 +46,19 @@ def calibrate_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
-    from rich.console import Console
-
     from seesaw.app import calibrate as cal
     from seesaw.report import calibration as cal_report
 
     wls = cal.parse_workloads(workload, input_len, output_len)
     lay = [x for x in layouts.split(",") if x.strip()]
-    rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
-                         seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
-                         check_speed=check_speed, progress=_say)  # a failed engine run: RunFailed, exit 1
+    with Progress("calibrate", unit="engine runs") as bar:  # a failed engine run: RunFailed, exit 1
+        rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
+                             seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
+                             check_speed=check_speed, progress=_say, tick=bar)
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
-    con = Console(width=max(Console().width, 160))
-    con.print(cal_report.table(rows))
+    show(cal_report.table(rows))
     for line in cal_report.summary_lines(summ, repeat):
         print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)

@@ -1,6 +1,6 @@
 """``seesaw compare`` and ``seesaw plan``: the planner's commands (``seesaw.app.simulate``).
 
-Progress bars go to stderr and vanish when stderr is not a terminal; ``--json`` prints the
+Progress goes to stderr (a bar in a terminal, a plain line every few seconds otherwise); ``--json`` prints the
 summary last; ``-o DIR`` writes the plan folder (``plan.json``, ``candidates.csv``, ``summary.json``).
 """
 
@@ -72,7 +72,7 @@ def compare(
     from seesaw.app.simulate import compare as run_compare
     from seesaw.report import write_plan_folder
 
-    with Progress("simulating") as bar:
+    with Progress("compare", unit="simulations") as bar:
         done = run_compare(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                            num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                            sample_size=sample_size, workers=workers, progress=bar)
@@ -121,7 +121,7 @@ def plan_cmd(
     from seesaw.app.simulate import plan as run_plan
     from seesaw.report import write_plan_folder
 
-    with Progress("planning") as bar:
+    with Progress("plan", unit="simulations") as bar:
         done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                         num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                         objective=objective, price_per_gpu_hour=price, sample_size=sample_size,

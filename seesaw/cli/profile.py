@@ -45,7 +45,7 @@ def profile_command(
     from seesaw.app.profile import profile
 
     command = "seesaw " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "seesaw profile"
-    with Progress("profiling", every_s=30.0, eta=True, unit=" samples") as bar:  # bad input: one line, exit 2
+    with Progress("profile", unit="samples") as bar:  # bad input: one line, exit 2
         done = profile(output, device=device, ranks=ranks, models=model, tp=tp, quick=quick, threads=threads,
                        dtype=dtype, repeats=repeats, passes=passes, command=command, progress=bar)
     prof, path, figures = done.profile, done.path, done.figures

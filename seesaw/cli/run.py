@@ -17,6 +17,7 @@ import typer
 
 from seesaw.app.run import DEFAULT_OUTPUT_DIR, RunEvents, RunOptions
 from seesaw.app.run import run as run_batch
+from seesaw.progress import Progress
 
 __all__ = ["register", "run"]
 
@@ -26,7 +27,10 @@ def register(app: typer.Typer) -> None:
 
 
 class _Printer(RunEvents):
-    """A run's notes and warnings on stderr, the plan of ``--auto`` on stdout."""
+    """A run's notes and warnings on stderr, the plan of ``--auto`` on stdout, the planner's
+    progress on stderr (the engine's own progress comes from rank 0)."""
+
+    bar: Progress | None = None
 
     def warn(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
@@ -34,7 +38,19 @@ class _Printer(RunEvents):
     def note(self, message: str) -> None:
         print(message, file=sys.stderr)
 
+    def planning(self, done: int, total: int, what: str) -> None:
+        if self.bar is None:
+            self.bar = Progress("plan", unit="simulations").__enter__()
+        self.bar(done, total, what)
+
+    def planned_or_failed(self) -> None:
+        """Close the planner's display (the terminal's cursor comes back)."""
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
     def planned(self, plan, table, rejected, machine: str) -> None:
+        self.planned_or_failed()
         print(f"Plan for {plan.model.name} on {machine}:")
         for row in table:
             print(f"  {row['candidate']:<22} predicted {row['throughput_tok_s']:10.1f} tokens/s, "
@@ -108,8 +124,12 @@ def run(
         kv_blocks=kv_blocks, kv_cache_gib=kv_cache_gib, host_kv_gib=host_kv_gib, host_kv_blocks=host_kv_blocks,
         host_full_watermark=host_full_watermark, decode_low_watermark=decode_low_watermark,
         num_requests=num_requests, input_len=input_len, output_len=output_len, prompt_format=prompt_format,
-        resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=sys.stderr.isatty())
-    done = run_batch(options, _Printer())
+        resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=True)
+    printer = _Printer()
+    try:
+        done = run_batch(options, printer)
+    finally:
+        printer.planned_or_failed()
     if done is not None:
         _print_result(done.run_result, done.output, as_json, done.comparison)
 

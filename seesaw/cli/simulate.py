@@ -40,7 +40,7 @@ def simulate(
     from seesaw.app.simulate import simulate as run_sim
     from seesaw.report import write_sim_folder
 
-    with Progress(f"simulating {layout}") as bar:  # the simulator ticks (done, total)
+    with Progress(f"simulate {layout}", unit="requests") as bar:  # the simulator ticks (done, total)
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,

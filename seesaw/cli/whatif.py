@@ -23,6 +23,27 @@ def register(app: typer.Typer) -> None:
     app.command("whatif")(whatif)
 
 
+def _count_options(gpu: str, num_gpus: str) -> int | None:
+    """GPU x count options, as the use case splits them (None if it will reject them anyway)."""
+    gpus = {g.strip().lower() for g in gpu.split(",") if g.strip()}
+    counts = {c.strip() for c in num_gpus.split(",") if c.strip()}
+    return len(gpus) * len(counts) or None
+
+
+class _OptionTicks:
+    """The use case's ``progress(option, done, total, what)`` as options done on one display: an
+    option counts as done when the next one starts; its simulations show as the detail."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.seen = bar, []
+
+    def __call__(self, option: str, done: int, total: int, what: str) -> None:
+        if option not in self.seen:
+            self.seen.append(option)
+        total_options = max(self.bar.total or 0, len(self.seen))
+        self.bar(len(self.seen) - 1, total_options, f"{option}: {done}/{total} {what}")
+
+
 def whatif(
     model: str = opt.MODEL,
     gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", help="comma-separated GPU names"),
@@ -46,11 +67,11 @@ def whatif(
     """
     from seesaw.app.whatif import whatif as run_whatif
 
-    with Progress("what-if") as bar:
+    with Progress("whatif", _count_options(gpu, num_gpus), unit="options") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
-                          output_dir=out_dir, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"))
+                          output_dir=out_dir, progress=_OptionTicks(bar))
     result, paths = done.result, done.paths
     df = result.table()
     table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")

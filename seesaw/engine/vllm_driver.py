@@ -136,7 +136,7 @@ class Driver:
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
         self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
-        bar = Progress(f"seesaw run {cfg.layout_name}", len(self.seqs), enabled=cfg.progress)
+        bar = Progress(f"run {cfg.layout_name}", len(self.seqs), unit="requests", enabled=cfg.progress)
         self._bar = bar
         self._t0 = time.perf_counter()
         self.clocks = [PhaseClock(self._t0) for _ in range(self.layout.dp)]
@@ -316,7 +316,7 @@ class Driver:
         self.finished.append((sid, len(out_ids)))
         if self.config.return_token_ids:
             self.output_ids[item.custom_id] = out_ids
-        self._bar.advance()
+        self._bar.advance(tokens=item.prompt_len + len(out_ids))  # total tokens, as the throughput line
         if self.writer is None:
             return
         text_ids = [t for t in out_ids if t not in self.eos] if seq.finish_reason == "stop" else out_ids

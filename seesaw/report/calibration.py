@@ -76,8 +76,15 @@ def table(rows: list, title: str = "Calibration: simulator vs engine"):
     cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged else []), "pred tok/s", "err",
             *(["beyond range"] if ranged else []), *(["slowdown", "pred @speed", "err @speed"] if sped else []),
             "prefill meas s", "prefill pred s", "prefill err", "decode meas s", "decode pred s", "decode err"]
+    # what tells rows apart is never cut: the identifying columns keep their full width and the
+    # figures' headers wrap instead
+    widths = {"layout": max([len("layout")] + [len(r.layout) for r in rows]),
+              "workload": max([len("workload")] + [len(r.workload) for r in rows])}
     for col in cols:
-        t.add_column(col, justify="left" if col in ("layout", "workload") else "right")
+        if col in widths:
+            t.add_column(col, justify="left", no_wrap=True, min_width=widths[col])
+        else:
+            t.add_column(col, justify="right")
 
     def pct(x):
         return "-" if x is None else f"{100 * x:+.1f}%"
