@@ -63,10 +63,11 @@ def compare(
     input_len: Optional[int] = opt.INPUT_LEN,
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
-    sample_size: int = typer.Option(2000, "--sample-size", min=1, help="simulate at most this many requests"),
+    sample_size: int = opt.SAMPLE_SIZE,
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
-    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write candidates.csv and summary.json"),
+    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
+                                           help="write candidates.csv, summary.json here"),
 ) -> None:
     """Simulate every feasible static layout (vLLM, chunked prefill on/off) and every Seesaw pair."""
     from seesaw.app.simulate import compare as run_compare
@@ -109,13 +110,17 @@ def plan_cmd(
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
     objective: str = opt.OBJECTIVE,
-    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour (default: catalog)"),
-    sample_size: int = typer.Option(2000, "--sample-size", min=1, help="simulate at most this many requests"),
-    exhaustive: bool = typer.Option(False, "--exhaustive", help="simulate every candidate (no pruning)"),
+    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", min=0, metavar="USD",
+                                         rich_help_panel=opt.SEARCH_PANEL, help="price per GPU-hour (default: catalog)"),
+    sample_size: int = opt.SAMPLE_SIZE,
+    exhaustive: bool = typer.Option(False, "--exhaustive", rich_help_panel=opt.SEARCH_PANEL,
+                                    help="simulate every candidate (no pruning)"),
     workers: int = opt.WORKERS,
-    top: int = typer.Option(10, "--top", min=1, help="rows of the ranked table to print"),
+    top: int = typer.Option(10, "--top", min=1, metavar="N", rich_help_panel=opt.OUTPUT_PANEL,
+                            help="rows of the ranked table to print"),
     as_json: bool = opt.JSON,
-    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write plan.json, candidates.csv, summary.json"),
+    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
+                                           help="write plan.json, candidates.csv, ... here"),
 ) -> None:
     """Search layouts, policies and host-pool settings; print why the winner wins, write plan.json."""
     from seesaw.app.simulate import plan as run_plan

@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from seesaw.cli import options as opt
+from seesaw.core import SpecError
 from seesaw.app.run import DEFAULT_OUTPUT_DIR, RunEvents, RunOptions
 from seesaw.app.run import run as run_batch
 from seesaw.progress import Progress
@@ -61,61 +63,93 @@ class _Printer(RunEvents):
 
 
 def run(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="tiny | smollm2-135m | a .gguf file | a HF "
-                                        "safetensors dir (default: tiny; smollm2-135m with --auto; the plan's model)"),
-    input: Optional[str] = typer.Option(None, "--input", "-i",
-                                        help="batch JSONL (OpenAI Batch API or {id, prompt}), ShareGPT .json, length "
-                                             ".csv, or sharegpt|arxiv|constant|uniform (default: examples/prompts.jsonl)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="batch-output JSONL, one line per finished request "
-                                               "(default: OUTPUT_DIR/outputs.jsonl)"),
-    output_dir: Path = typer.Option(DEFAULT_OUTPUT_DIR, "--output-dir", "-d",
-                                    help="folder for the default output file, plan.json, comparison.json, summary.json"),
-    layout: Optional[str] = typer.Option(None, "--layout", "-l",
-                                         help="static layout (T1, T2, P2, D2, T2P2) or a Seesaw pair (P2->T2); default T1"),
-    plan_file: Optional[Path] = typer.Option(None, "--plan", help="run the Plan in this plan.json (from seesaw plan)"),
-    auto: bool = typer.Option(False, "--auto", help="plan for this machine first (simulator with the measured CPU "
-                              "profile, or the GPU's datasheet profile), run, compare measured with predicted"),
-    num_ranks: Optional[int] = typer.Option(None, "--num-ranks", min=1,
-                                            help="must equal the layout's world size; with --auto the ranks to plan for "
-                                                 "(default 2)"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every request's max_tokens"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="override every request's"),
-    seed: int = typer.Option(0, "--seed", min=0, help="sampling and synthetic-prompt seed"),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, help="default 256 (or the plan's)"),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1,
-                                                         help="default 8192 (or the plan's)"),
-    chunked_prefill: Optional[bool] = typer.Option(None, "--chunked-prefill/--no-chunked-prefill",
-                                                   help="vLLM chunked prefill (static layouts; default off or the plan's)"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", min=1, help="tokens per KV block (default 16)"),
-    kv_blocks: Optional[int] = typer.Option(None, "--kv-blocks", min=1, help="KV blocks per replica (default: from memory)"),
-    kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", min=0.0, help="per-rank KV budget on CPU (default 1)"),
-    host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0.0,
-                                                help="Seesaw: host KV pool of the run in GiB (default 1, or the plan's; "
-                                                     "capped at what the workload fills)"),
-    host_kv_blocks: Optional[int] = typer.Option(None, "--host-kv-blocks", min=1,
-                                                 help="Seesaw: host KV blocks per replica (instead of --host-kv-gib)"),
-    host_full_watermark: Optional[float] = typer.Option(None, "--host-full-watermark", min=0.0, max=1.0,
-                                                        help="Seesaw: switch to decode when the host pool is this full"),
-    decode_low_watermark: Optional[float] = typer.Option(None, "--decode-low-watermark", min=0.0, max=1.0,
-                                                         help="Seesaw: switch back once device KV use is below this"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="for constant/uniform"),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="replace every request's output length"),
-    prompt_format: str = typer.Option("auto", "--prompt-format", help="plain prompt lines: auto | chat | raw"),
-    resume: bool = typer.Option(False, "--resume", help="skip requests already in the output file"),
-    timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="collective/step timeout in seconds"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
-    step_trace: Optional[Path] = typer.Option(None, "--step-trace",
-                                              help="write one JSON line per engine step here (launch and "
-                                                   "completion times, sequences and their new tokens)"),
-    warmup: bool = typer.Option(True, "--warmup/--no-warmup",
-                                help="run one dummy prefill step of the workload's largest size on every rank "
-                                     "before the clock starts (as vLLM does; not counted in the throughput)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
+                                        help="tiny | smollm2-135m | .gguf | HF dir "
+                                             "(default tiny; --auto: smollm2-135m)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", metavar="TYPE", rich_help_panel=opt.MODEL_PANEL,
+                                        help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)"),
+    input: Optional[str] = typer.Option(None, "--input", "-i", metavar="SRC", rich_help_panel=opt.WORKLOAD_PANEL,
+                                        help="batch JSONL, ShareGPT .json, .csv or a generator "
+                                             "(default: the sample prompts)"),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1, metavar="N",
+                                               rich_help_panel=opt.WORKLOAD_PANEL,
+                                               help="requests (default: the whole file, or 1000)"),
+    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, metavar="TOK",
+                                            rich_help_panel=opt.WORKLOAD_PANEL, help="prompt tokens (constant, uniform)"),
+    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, metavar="TOK",
+                                             rich_help_panel=opt.WORKLOAD_PANEL, help="output tokens of every request"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="TOK",
+                                             rich_help_panel=opt.WORKLOAD_PANEL, help="cap every request's max_tokens"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0, max=2, metavar="T",
+                                                rich_help_panel=opt.WORKLOAD_PANEL,
+                                                help="override every request's temperature"),
+    seed: int = typer.Option(0, "--seed", min=0, metavar="N", rich_help_panel=opt.WORKLOAD_PANEL,
+                             help="sampling and synthetic-prompt seed"),
+    prompt_format: str = typer.Option("auto", "--prompt-format", metavar="FMT", rich_help_panel=opt.WORKLOAD_PANEL,
+                                      help="plain prompt lines: auto | chat | raw"),
+    layout: Optional[str] = typer.Option(None, "--layout", "-l", metavar="LAYOUT", rich_help_panel=opt.LAYOUT_PANEL,
+                                         help="T1, T2, P2, D2, T2P2 or a pair P2->T2 (default: T1)"),
+    plan_file: Optional[Path] = typer.Option(None, "--plan", metavar="FILE", rich_help_panel=opt.LAYOUT_PANEL,
+                                             help="run this plan.json (from seesaw plan)"),
+    auto: bool = typer.Option(False, "--auto", rich_help_panel=opt.LAYOUT_PANEL,
+                              help="plan for this machine, run, compare with the plan"),
+    num_ranks: Optional[int] = typer.Option(None, "--num-ranks", min=1, metavar="N",
+                                            rich_help_panel=opt.LAYOUT_PANEL,
+                                            help="the layout's world size; --auto plans for it (default: 2)"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", min=1, metavar="N",
+                                               rich_help_panel=opt.POLICY_PANEL,
+                                               help="sequences per step (default: 256 or the plan's)"),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1, metavar="TOK",
+                                                         rich_help_panel=opt.POLICY_PANEL,
+                                                         help="tokens per step (default: 8192 or the plan's)"),
+    chunked_prefill_on: bool = typer.Option(False, "--chunked-prefill", rich_help_panel=opt.POLICY_PANEL,
+                                            help="vLLM chunked prefill on (static layouts)"),
+    chunked_prefill_off: bool = typer.Option(False, "--no-chunked-prefill", rich_help_panel=opt.POLICY_PANEL,
+                                             help="chunked prefill off (even if the plan has it)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", min=1, metavar="TOK",
+                                             rich_help_panel=opt.POLICY_PANEL, help="tokens per KV block (default: 16)"),
+    kv_blocks: Optional[int] = typer.Option(None, "--kv-blocks", min=1, metavar="N", rich_help_panel=opt.POLICY_PANEL,
+                                            help="KV blocks per replica (default: from memory)"),
+    kv_cache_gib: Optional[float] = typer.Option(None, "--kv-cache-gib", min=0, metavar="GIB",
+                                                 rich_help_panel=opt.POLICY_PANEL,
+                                                 help="KV budget per rank on CPU (default: 1)"),
+    host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0, metavar="GIB",
+                                                rich_help_panel=opt.SEESAW_PANEL,
+                                                help="host KV pool (default: 1 or the plan's)"),
+    host_kv_blocks: Optional[int] = typer.Option(None, "--host-kv-blocks", min=1, metavar="N",
+                                                 rich_help_panel=opt.SEESAW_PANEL,
+                                                 help="host KV blocks per replica (not GiB)"),
+    host_full_watermark: Optional[float] = typer.Option(None, "--host-full-watermark", min=0, max=1, metavar="FRAC",
+                                                        rich_help_panel=opt.SEESAW_PANEL,
+                                                        help="decode once the host pool is this full"),
+    decode_low_watermark: Optional[float] = typer.Option(None, "--decode-low-watermark", min=0, max=1,
+                                                         metavar="FRAC", rich_help_panel=opt.SEESAW_PANEL,
+                                                         help="prefill again below this device KV use"),
+    device: str = typer.Option("cpu", "--device", metavar="DEV", rich_help_panel=opt.ENGINE_PANEL,
+                               help="cpu | cuda"),
+    timeout_s: float = typer.Option(120.0, "--timeout", min=1, metavar="S", rich_help_panel=opt.ENGINE_PANEL,
+                                    help="collective and step timeout, seconds"),
+    no_warmup: bool = typer.Option(False, "--no-warmup", rich_help_panel=opt.ENGINE_PANEL,
+                                   help="skip the untimed warm-up step"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", rich_help_panel=opt.OUTPUT_PANEL,
+                                          help="batch-output JSONL (default: DIR/outputs.jsonl)"),
+    output_dir: Path = typer.Option(DEFAULT_OUTPUT_DIR, "--output-dir", "-d", metavar="DIR",
+                                    rich_help_panel=opt.OUTPUT_PANEL, help="the run's folder (plan, summary, ...)"),
+    resume: bool = typer.Option(False, "--resume", rich_help_panel=opt.OUTPUT_PANEL,
+                                help="skip requests already in the output"),
+    step_trace: Optional[Path] = typer.Option(None, "--step-trace", metavar="FILE", rich_help_panel=opt.OUTPUT_PANEL,
+                                              help="one JSON line per engine step"),
+    as_json: bool = opt.JSON,
 ) -> None:
-    """Run a batch of requests through the engine; print vLLM-style throughput."""
+    """Run a batch of requests through the engine; print vLLM-style throughput.
+
+    Input lines: OpenAI Batch API ({custom_id, body}) or {id, prompt}.
+    The warm-up (one dummy prefill per rank) is not timed, as in vLLM.
+    """
+    if chunked_prefill_on and chunked_prefill_off:
+        raise SpecError("--chunked-prefill and --no-chunked-prefill: give one of them")
+    chunked_prefill = True if chunked_prefill_on else (False if chunked_prefill_off else None)
+    warmup = not no_warmup
     options = RunOptions(
         model=model, input=input, output=output, output_dir=output_dir, layout=layout, plan_file=plan_file,
         auto=auto, num_ranks=num_ranks, device=device, dtype=dtype, max_tokens=max_tokens,
