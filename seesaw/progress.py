@@ -5,7 +5,7 @@ Two renderings of the same counts:
 - stderr is a terminal: a transient Rich bar with the count, tokens/s (when the work reports
   tokens), elapsed time and ETA;
 - stderr is a file or a pipe: one plain line every ``every_s`` seconds (default 5, or the
-  ``SEESAW_PROGRESS_EVERY_S`` environment variable), such as
+  ``SEESAW_PROGRESS_EVERY_S`` environment variable; 0: a line at every update), such as
   ``run T1: 12/64 requests, 1,234 tok/s, ETA 0:41``, and a last line when the work ends if any
   line was printed. A helper thread keeps the lines coming while nothing finishes (a long
   prefill); work shorter than ``every_s`` prints nothing.

@@ -92,3 +92,27 @@ def test_the_terminal_bar_shows_count_rate_and_eta():
 
 def test_format_eta():
     assert [format_eta(s) for s in (0, 41, 725, 3723)] == ["0:00", "0:41", "12:05", "1:02:03"]
+
+
+def test_a_run_off_a_terminal_prints_progress_lines_on_stderr_only(ckpt, tmp_path):
+    """``seesaw run`` with stderr a pipe: plain progress lines from rank 0 on stderr (one per update
+    here), the results alone on stdout."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.engine_helpers import write_prompts
+
+    inp, out = write_prompts(tmp_path / "in.jsonl", n=8), tmp_path / "out.jsonl"
+    env = {**os.environ, "SEESAW_PROGRESS_EVERY_S": "0"}  # a line at every finished request
+    r = subprocess.run([sys.executable, "-m", "seesaw.cli", "run", "--model", str(ckpt), "--input", str(inp),
+                        "--output", str(out), "--output-dir", str(tmp_path / "run"), "--max-tokens", "24"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    progress = [x for x in lines if x.startswith("run T1: ")]
+    assert progress, r.stderr
+    assert all(re.fullmatch(r"run T1: \d+/8 requests, .*", x) for x in progress), progress
+    assert re.fullmatch(r"run T1: 8/8 requests, [\d,]+ tok/s, done in \d+:\d\d", progress[-1]), progress
+    assert "run T1" not in r.stdout and r.stdout.startswith("Throughput: "), r.stdout

@@ -18,6 +18,14 @@ def register(app: typer.Typer) -> None:
     app.command()(simulate)
 
 
+def describe_run(done, workload: str, seed: int) -> str:
+    """What was simulated, before the result: model, node, policy and layout, workload."""
+    node = done.node
+    return (f"Simulated {done.model.name} on {node.name} ({node.num_gpus} x {node.gpu.name.upper()}, "
+            f"{node.interconnect}), {done.policy.describe()}; workload {workload}: "
+            f"{done.num_requests:,} requests, seed {seed}")
+
+
 def simulate(
     model: str = opt.MODEL,
     gpu: str = opt.GPU,
@@ -52,6 +60,7 @@ def simulate(
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
                        max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar)
     result = done.result
+    print(describe_run(done, workload, seed))
     print(result.to_run_result().throughput_line())
     total = result.elapsed_time or 1.0
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in result.time_by_phase.items() if v > 0]
