@@ -6,9 +6,11 @@ Two renderings of the same counts:
   tokens), elapsed time and ETA;
 - stderr is a file or a pipe: one plain line every ``every_s`` seconds (default 5, or the
   ``SEESAW_PROGRESS_EVERY_S`` environment variable; 0: a line at every update), such as
-  ``run T1: 12/64 requests, 1,234 tok/s, ETA 0:41``, and a last line when the work ends if any
-  line was printed. A helper thread keeps the lines coming while nothing finishes (a long
-  prefill); work shorter than ``every_s`` prints nothing.
+  ``run T1: 12/64 requests, 1,234 tok/s, ETA 0:41``, and a last line when the work ends well if
+  any line was printed. Once the work has reported (``bar(0)`` says it started), a helper thread
+  keeps the lines coming while nothing finishes (a long prefill); before that nothing is
+  printed, so input checked up front still fails in one line. Work shorter than ``every_s``
+  prints nothing.
 
 The total may be unknown at first or change (the planner knows it only after pruning). Call as
 ``bar(done, total=None, what="", tokens=None)`` (``tokens``: the running token count) or
@@ -60,6 +62,7 @@ class Progress:
         self.stream = stream
         self.terminal = (self._stream().isatty() if terminal is None else terminal) and enabled
         self.done, self.tokens, self.detail = 0, None, ""
+        self.started = False  # the work reported once: the helper thread may print
         self.start = self.last = clock()
         self.lines = 0
         self.bar = None
@@ -111,6 +114,7 @@ class Progress:
 
     def __call__(self, done: int, total: int | None = None, what: str = "", *, tokens: int | None = None) -> None:
         with self._lock:
+            self.started = True
             self.done = done
             if total is not None:
                 self.total = total
@@ -135,7 +139,7 @@ class Progress:
             if self.total is not None and exc[0] is None:
                 self.bar.update(self.task, completed=self.total)
             self.bar.stop()
-        elif self.lines and self.enabled:
+        elif self.lines and self.enabled and exc[0] is None:
             self._print(self.line(final=True))
         return False
 
@@ -155,7 +159,8 @@ class Progress:
     def _beat(self) -> None:
         while not self._stop.wait(min(1.0, self.every_s)):
             with self._lock:
-                self._maybe_print()
+                if self.started:
+                    self._maybe_print()
 
     # -- the Rich bar -------------------------------------------------------------------------
     def _start_bar(self) -> None:

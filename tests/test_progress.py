@@ -65,16 +65,33 @@ def test_short_work_prints_nothing_and_a_disabled_display_never_prints():
     assert buf.getvalue() == "" and bar.done == 4 and bar.tokens == 10
 
 
-def test_the_heartbeat_prints_while_nothing_finishes():
-    """A real (short) interval: the helper thread prints without any update."""
+def test_the_heartbeat_prints_once_started_while_nothing_finishes():
+    """A real (short) interval: before the work reports, the helper thread prints nothing (input
+    checked up front fails in one line); after ``bar(0)`` it prints without further updates."""
     import time
 
     buf = io.StringIO()
-    with Progress("run", 8, unit="requests", stream=buf, terminal=False, every_s=0.05):
+    with Progress("run", 8, unit="requests", stream=buf, terminal=False, every_s=0.05) as bar:
+        time.sleep(0.3)
+        assert buf.getvalue() == ""
+        bar(0)
         deadline = time.monotonic() + 30
         while "run: 0/8 requests" not in buf.getvalue() and time.monotonic() < deadline:
             time.sleep(0.01)
     assert "run: 0/8 requests" in buf.getvalue()
+
+
+def test_no_last_line_when_the_work_fails():
+    clock = FakeClock()
+    bar, buf = _plain(clock, every_s=1.0)
+    try:
+        with bar:
+            clock.now += 2
+            bar(3)
+            raise ValueError("bad")
+    except ValueError:
+        pass
+    assert buf.getvalue().splitlines() == ["run: 3/64, ETA 0:41"]
 
 
 def test_the_terminal_bar_shows_count_rate_and_eta():

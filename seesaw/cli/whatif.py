@@ -79,6 +79,7 @@ def whatif(
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
                           output_dir=out_dir, progress=_OptionTicks(bar))
+        bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths
     df = result.table()
     table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")

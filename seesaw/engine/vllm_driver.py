@@ -142,6 +142,7 @@ class Driver:
         self.clocks = [PhaseClock(self._t0) for _ in range(self.layout.dp)]
         try:
             with bar:
+                bar(0)  # started: plain lines from here on, even before a request finishes
                 self._loop()
             self._stop_workers()
         except (RuntimeError, TimeoutError) as e:
