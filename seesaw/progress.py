@@ -14,7 +14,9 @@ Two renderings of the same counts:
 
 The total may be unknown at first or change (the planner knows it only after pruning). Call as
 ``bar(done, total=None, what="", tokens=None)`` (``tokens``: the running token count) or
-``bar.advance(n, tokens=k)``. Rich is imported only when a bar is shown. Used by the CLI and,
+``bar.advance(n, tokens=k)``; with ``tokens_total`` (the most tokens the work can count: an
+engine run counts output tokens, ``rate_label="output tok/s"``) the ETA comes from the token rate,
+so it is known before the first request finishes. Rich is imported only when a bar is shown. Used by the CLI and,
 inside rank 0's process, by the engine; the use cases (``seesaw.app``) only call callbacks.
 """
 
@@ -53,10 +55,12 @@ class Progress:
     stream / clock / terminal / heartbeat: for tests (a fake clock, a string buffer, no thread).
     """
 
-    def __init__(self, what: str, total: int | None = None, *, unit: str = "", every_s: float | None = None,
+    def __init__(self, what: str, total: int | None = None, *, unit: str = "", tokens_total: int | None = None,
+                 rate_label: str = "tok/s", every_s: float | None = None,
                  enabled: bool = True, stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
                  terminal: bool | None = None, heartbeat: bool = True):
-        self.what, self.total, self.unit = what, total, unit
+        self.what, self.total, self.unit, self.tokens_total = what, total, unit, tokens_total
+        self.rate_label = rate_label
         self.every_s = _every_s_from_env() if every_s is None else every_s
         self.enabled, self.clock, self.heartbeat = enabled, clock, heartbeat
         self.stream = stream
@@ -80,11 +84,16 @@ class Progress:
         return self.tokens / elapsed if self.tokens is not None and elapsed > 0 else None
 
     def eta_s(self, now: float | None = None) -> float | None:
-        """Seconds left at the pace so far, or None while the total or the pace is unknown."""
+        """Seconds left at the pace so far (of tokens when ``tokens_total`` is known, else of the
+        count), or None while the total or the pace is unknown."""
         elapsed = (self.clock() if now is None else now) - self.start
-        if self.total is None or self.done <= 0 or elapsed <= 0:
+        if self.tokens_total is not None and self.tokens:
+            done, total = self.tokens, self.tokens_total
+        else:
+            done, total = self.done, self.total
+        if total is None or done <= 0 or elapsed <= 0:
             return None
-        return elapsed * max(0, self.total - self.done) / self.done
+        return elapsed * max(0, total - done) / done
 
     def line(self, now: float | None = None, final: bool = False) -> str:
         """The plain line: ``what: done/total unit, N tok/s, ETA m:ss (detail)``."""
@@ -93,7 +102,7 @@ class Progress:
         parts = [count + (f" {self.unit}" if self.unit else "")]
         rate = self.rate(now)
         if rate is not None:
-            parts.append(f"{rate:,.0f} tok/s")
+            parts.append(f"{rate:,.0f} {self.rate_label}")
         if final:
             parts.append(f"done in {format_eta(now - self.start)}")
         else:
@@ -165,22 +174,23 @@ class Progress:
     # -- the Rich bar -------------------------------------------------------------------------
     def _start_bar(self) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
         from rich.progress import Progress as Bar
 
         columns = [TextColumn("{task.description}"), BarColumn(bar_width=24),
                    TextColumn("{task.fields[count]}"), TextColumn("{task.fields[rate]}"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+                   TimeElapsedColumn(), TextColumn("{task.fields[eta]}")]
         console = Console(file=self.stream, stderr=self.stream is None)
         self.bar = Bar(*columns, console=console, transient=True)
-        self.task = self.bar.add_task(self.what, total=self.total, count="", rate="")
+        self.task = self.bar.add_task(self.what, total=self.total, count="", rate="", eta="")
         self._update_bar()
         self.bar.start()
 
     def _update_bar(self) -> None:
-        rate = self.rate()
+        rate, eta = self.rate(), self.eta_s()
         count = f"{self.done:,}" + (f"/{self.total:,}" if self.total is not None else "")
         desc = self.what + (f" ({self.detail})" if self.detail else "")
         self.bar.update(self.task, completed=self.done, total=self.total, description=desc[:40],
                         count=count + (f" {self.unit}" if self.unit else ""),
-                        rate=f"{rate:,.0f} tok/s" if rate is not None else "")
+                        rate=f"{rate:,.0f} {self.rate_label}" if rate is not None else "",
+                        eta=f"ETA {format_eta(eta)}" if eta is not None else "")

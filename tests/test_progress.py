@@ -107,6 +107,15 @@ def test_the_terminal_bar_shows_count_rate_and_eta():
         assert task.completed == 16 and task.total == 64
 
 
+def test_the_eta_follows_the_tokens_when_their_total_is_known():
+    clock = FakeClock()
+    bar, buf = _plain(clock, total=8, unit="requests", tokens_total=10_000, every_s=5.0)
+    with bar:
+        clock.now += 5
+        bar.advance(0, tokens=2_500)       # no request finished yet: a quarter of the tokens in 5 s
+    assert buf.getvalue().splitlines()[0] == "run: 0/8 requests, 500 tok/s, ETA 0:15"
+
+
 def test_format_eta():
     assert [format_eta(s) for s in (0, 41, 725, 3723)] == ["0:00", "0:41", "12:05", "1:02:03"]
 
@@ -131,5 +140,5 @@ def test_a_run_off_a_terminal_prints_progress_lines_on_stderr_only(ckpt, tmp_pat
     progress = [x for x in lines if x.startswith("run T1: ")]
     assert progress, r.stderr
     assert all(re.fullmatch(r"run T1: \d+/8 requests, .*", x) for x in progress), progress
-    assert re.fullmatch(r"run T1: 8/8 requests, [\d,]+ tok/s, done in \d+:\d\d", progress[-1]), progress
+    assert re.fullmatch(r"run T1: 8/8 requests, [\d,]+ output tok/s, done in \d+:\d\d", progress[-1]), progress
     assert "run T1" not in r.stdout and r.stdout.startswith("Throughput: "), r.stdout

@@ -136,7 +136,8 @@ class Driver:
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
         self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
-        bar = Progress(f"run {cfg.layout_name}", len(self.seqs), unit="requests", enabled=cfg.progress)
+        bar = Progress(f"run {cfg.layout_name}", len(self.seqs), unit="requests", enabled=cfg.progress,
+                       rate_label="output tok/s", tokens_total=sum(self.items[sid].max_tokens for sid in self.seqs))
         self._bar = bar
         self._t0 = time.perf_counter()
         self.clocks = [PhaseClock(self._t0) for _ in range(self.layout.dp)]
@@ -289,14 +290,17 @@ class Driver:
         self.num_inflight[d] -= 1
         tokens = flight.result.tolist()
         stopped = []
+        sampled = 0  # for the progress display (output tokens/s and the ETA)
         for (sid, _, _, _, sample, _, _), tok in zip(flight.entries, tokens):
             if not sample:
                 continue
             assert tok >= 0, (sid, tok)
             self.tokens[sid].append(tok)
             self.first_token_s.setdefault(sid, now - self._t0)
+            sampled += 1
             if tok in self.eos and not self.items[sid].ignore_eos:
                 stopped.append(str(sid))
+        self._bar.advance(0, tokens=sampled)
         for seq in self.scheds[d].on_step_done(flight.step, stopped=stopped):
             self._finish(d, seq, now)
         if self._replica_done(d):
@@ -317,7 +321,7 @@ class Driver:
         self.finished.append((sid, len(out_ids)))
         if self.config.return_token_ids:
             self.output_ids[item.custom_id] = out_ids
-        self._bar.advance(tokens=item.prompt_len + len(out_ids))  # total tokens, as the throughput line
+        self._bar.advance()
         if self.writer is None:
             return
         text_ids = [t for t in out_ids if t not in self.eos] if seq.finish_reason == "stop" else out_ids
