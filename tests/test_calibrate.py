@@ -213,3 +213,24 @@ def test_a_scaled_profile_slows_compute_not_communication():
          for p in (prof, slow)]
     assert 1.05 < t[1] / t[0] < 2.0
 
+
+
+def test_the_table_keeps_the_columns_that_tell_rows_apart_at_80_columns():
+    """Layout and workload are never cut (they were: ``constant…``); for a narrow terminal the
+    less important figures are left out instead of being cut to ``…``."""
+    import io
+
+    from rich.console import Console
+
+    from seesaw.app.calibrate import Row
+    from seesaw.report import calibration as cal_report
+
+    rows = [Row(lay, wl, 8, 100.0, 110.0, 1.0, 1.0, measured_runs=[90.0, 100.0, 105.0], speed_ratio=1.2,
+                predicted_at_speed_tok_s=95.0) for wl in ("constant:256/8", "uniform:128/32") for lay in ("T2", "P2->T2")]
+    for width in (80, 120, 200):
+        buf = io.StringIO()
+        Console(file=buf, width=width).print(cal_report.table(rows, width=width))
+        text = buf.getvalue()
+        assert text.count("constant:256/8") == 2 and text.count("uniform:128/32") == 2, text
+        assert text.count("P2->T2") == 2 and "…" not in text, text
+        assert ("prefill" in text) == (width >= 150), text

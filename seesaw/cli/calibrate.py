@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from seesaw.cli import options as opt
-from seesaw.cli.console import show
+from seesaw.cli.console import out, show
 from seesaw.progress import Progress
 
 __all__ = ["register", "calibrate_cmd"]
@@ -74,7 +74,7 @@ def calibrate_cmd(
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
-    show(cal_report.table(rows))
+    show(cal_report.table(rows, width=out.width if out.is_terminal else None))
     for line in cal_report.summary_lines(summ, repeat):
         print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)
