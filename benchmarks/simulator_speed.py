@@ -2,7 +2,7 @@
 
 Targets (issue: simulator): 2000 requests well under 1 s and 10,000 under 3 s on one core, for the
 static T4P2 layout and for Seesaw P8->T4P2. Prints one line per case; the last line is one JSON
-object. Usage: python benchmarks/simulator_speed.py [--repeats N]
+object (with the cost model's per-call time, once timed in a unit test). Usage: python benchmarks/simulator_speed.py [--repeats N]
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import json
 import time
 
 from seesaw.catalog import load_model, load_node
-from seesaw.core import SeesawPolicy, VllmPolicy
+from seesaw.core import SeesawPolicy, VllmPolicy, parse_parallel
 from seesaw.workload import load_workload
+from simulator.cost import BatchShape, CostModel
 from simulator.sim import simulate
 
 CASES = [
@@ -44,7 +45,25 @@ def main() -> None:
         rows.append(row)
         print(f"{name:18s} {n:6d} requests: {best_wall:6.3f} s wall, {best_cpu:6.3f} s CPU, "
               f"{res.num_steps} steps ({row['steps_per_s']} steps/s CPU); simulated makespan {res.elapsed_time:.0f} s")
-    print(json.dumps({"benchmark": "simulator_speed", "model": "llama2-70b", "node": "8xl4", "rows": rows}))
+    stage_us = _stage_time_call_us(model, node)
+    print(f"CostModel.stage_time_s: {stage_us:.2f} us per call (T4P2, a mixed step)")
+    print(json.dumps({"benchmark": "simulator_speed", "model": "llama2-70b", "node": "8xl4", "rows": rows,
+                      "stage_time_call_us": round(stage_us, 3)}))
+
+
+def _stage_time_call_us(model, node, n: int = 20_000) -> float:
+    """Wall time of one cost-model call, the simulator's inner loop (best of three rounds)."""
+    cm = CostModel(model, node)
+    layout = parse_parallel("T4P2")
+    shape = BatchShape(prefill_tokens=512, prefill_attn_pairs=512 * 256.5, decode_seqs=64,
+                       decode_context_tokens=64_000, sampled_seqs=65)
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(n):
+            cm.stage_time_s(layout, 1, shape)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best * 1e6
 
 
 if __name__ == "__main__":

@@ -69,3 +69,13 @@ def test_bad_input_is_one_line_and_exit_2(seesaw, tmp_path, args, fragment):
     # our own errors are exactly one line; click usage errors may draw a small box
     if lines[0].startswith("error:"):
         assert len(lines) == 1, r.stderr
+
+
+def test_simulate_says_what_it_simulated_before_the_result(seesaw):
+    r = seesaw("simulate", "--model", "llama2-13b", "--gpu", "l4", "-N", 4, "--layout", "P4->T4",
+               "--workload", "constant", "--input-len", 64, "--output-len", 8, "-n", 20, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    first, second = r.stdout.splitlines()[:2]
+    assert first == ("Simulated llama2-13b on 4xl4 (4 x L4, pcie), seesaw P4->T4; workload constant: "
+                     "20 requests, seed 3")
+    assert second.startswith("Throughput: ")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -233,18 +232,6 @@ def test_comm_monotone(a, b, tp):
     lo, hi = sorted((a, b))
     assert cm.allreduce_s(lo, tp) <= cm.allreduce_s(hi, tp)
     assert cm.pp_send_s(T4P2, lo) <= cm.pp_send_s(T4P2, hi)
-
-
-def test_stage_time_is_fast(cm):
-    shape = BatchShape(prefill_tokens=512, prefill_attn_pairs=512 * 256.5, decode_seqs=64,
-                       decode_context_tokens=64_000, sampled_seqs=65)
-    cm.stage_time_s(T4P2, 1, shape)
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        cm.stage_time_s(T4P2, 1, shape)
-    per_call_s = (time.perf_counter() - start) / n
-    assert per_call_s < 20e-6  # ~1-2 us on a laptop; generous for slow CI
 
 
 # ------------------------------------------------------------------------------------------

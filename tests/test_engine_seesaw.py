@@ -181,17 +181,14 @@ def test_cli_seesaw_resume_completes_a_partial_file(ckpt, tmp_path, seesaw):
 
 def test_cli_seesaw_dead_rank_is_one_line_then_resume_equals_a_full_run(ckpt, tmp_path, seesaw, monkeypatch):
     """Rank 1 dies after 12 forward steps, mid-run of P2->T2 (after at least one re-shard):
-    one line naming the failed step, exit 1, finished outputs kept; --resume completes the batch."""
-    import time
-
+    one line naming the failed step, exit 1, finished outputs kept; --resume completes the batch.
+    "a peer closed its connection" (not a timeout) shows it did not wait for the 20 s timeout."""
     inp = write_prompts(tmp_path / "in.jsonl", n=8)
     full, part = tmp_path / "full.jsonl", tmp_path / "part.jsonl"
     flags = ["--layout", "P2->T2", "--host-kv-blocks", 20, "--max-num-seqs", 2]
     assert seesaw(*_base(ckpt, inp, full), *flags)[0] == 0
     monkeypatch.setenv("SEESAW_FAULT", "rank=1,after=12,action=exit")
-    t0 = time.monotonic()
     code, _, err = seesaw(*_base(ckpt, inp, part), *flags, "--timeout", 20)
-    assert time.monotonic() - t0 < 60
     assert code == 1 and err.count("\n") == 1, err
     assert re.match(r"error: .*(replica 0 \(ranks 0, 1\) failed|rank 1 \(replica 0, last stage\) failed)", err), err
     assert "a peer closed its connection" in err and "--resume" in err, err

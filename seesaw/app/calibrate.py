@@ -158,7 +158,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
               num_requests: int | None = None, max_tokens: int | None = None, seed: int = 0,
               output_dir: Path | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
               block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, check_speed: bool = False,
-              progress: Callable[[str], None] | None = None, overwrite: bool = False) -> list[Row]:
+               progress: Callable[[str], None] | None = None,
+               tick: Callable[[int, int, str], None] | None = None, overwrite: bool = False) -> list[Row]:
     """Run every (layout, workload) pair through the engine and the simulator; rows in that order.
 
     ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
@@ -174,7 +175,10 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     around its round, or the one that worked: ``run_speeds``), and each row a second prediction
     with the profile's compute tables scaled to the kept run's speed (``MeasuredProfile.scaled``;
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
-    second says how much of an error the machine's drift since the profile explains."""
+    second says how much of an error the machine's drift since the profile explains.
+
+    ``progress(message)`` gets a line per engine run and per finished pair; ``tick(done, total,
+    what)`` counts the engine runs (for a progress bar)."""
     from seesaw import catalog
     from seesaw.app.run import parse_run_layout, run_policy
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
@@ -189,6 +193,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     progress = progress or (lambda _m: None)
     if output_dir is not None:  # one run, one folder (seesaw.report.claim): refused before any work
         check_folder(output_dir, overwrite=overwrite)
+    tick = tick or (lambda _d, _t, _w: None)
     parsed = [(text.strip(), *parse_run_layout(text.strip())) for text in layouts if text.strip()]
     if not parsed:
         raise CalibrationError("--layouts: give at least one layout")
@@ -239,9 +244,11 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     walls = [0.0] * len(pairs)
     rounds = max(1, repeat)
     checks: list[float | None] = []  # speed ratios: before each round, then after the last
+    rnd_done = [0]  # engine runs finished
 
     def check(when: str) -> None:
         if check_speed and prof.device == "cpu":
+            tick(rnd_done[0], rounds * len(pairs), f"speed check {when}")
             checks.append(speed_check(profile, warn=progress).get("speed_ratio"))
             if checks[-1]:
                 progress(f"machine speed against the profile's {when}: {speed_phrase(checks[-1])}")
@@ -254,9 +261,11 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                 config = replace(config, step_trace=str(trace))
             progress(f"[{i + 1}/{len(pairs)}] engine {text} on {wl.label} ({len(items)} requests, "
                      f"{c_p.world_size} rank(s)){f', run {rnd + 1} of {rounds}' if rounds > 1 else ''}...")
+            tick(rnd_done[0], rounds * len(pairs), f"engine {text} on {wl.label}")
             t0 = time.perf_counter()
             runs[i].append((_engine_run(store, items, config), trace))
             walls[i] += time.perf_counter() - t0
+            rnd_done[0] += 1
     check("after the engine runs")
     # a run's speed: the geometric mean of the checks before and after its round (the one that
     # worked, when the other failed)

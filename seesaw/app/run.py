@@ -110,6 +110,9 @@ class RunEvents:
     def note(self, message: str) -> None:
         """Progress (resume counts, what is about to run)."""
 
+    def planning(self, done: int, total: int, what: str) -> None:
+        """``auto``: the planner simulated ``done`` of ``total`` candidates so far (``what``: the latest)."""
+
     def planned(self, plan: Plan, table: list[dict], rejected: list[tuple[str, str]], machine: str) -> None:
         """``auto``: the plan made for this machine, before the run starts."""
 
@@ -278,7 +281,7 @@ def _auto_plan(o: RunOptions, model_spec, mach, items, source: str, events: RunE
         model_spec, mach, items, workload=f"{len(items)} requests from {source}",
         max_num_seqs=o.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
         max_num_batched_tokens=o.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS,
-        block_size=o.block_size or DEFAULT_BLOCK_SIZE)
+        block_size=o.block_size or DEFAULT_BLOCK_SIZE, progress=None if quiet else events.planning)
     if quiet:
         return plan
     events.planned(plan, table, rejected, mach.description)

@@ -11,6 +11,10 @@ from typing import Optional
 
 import typer
 
+from seesaw.cli import options as opt
+from seesaw.cli.console import out, show
+from seesaw.progress import Progress
+
 __all__ = ["register", "calibrate_cmd"]
 
 
@@ -23,42 +27,55 @@ def register(app: typer.Typer) -> None:
 
 
 def calibrate_cmd(
-    model: str = typer.Option("tiny", "--model", "-m", help="tiny | smollm2-135m | a checkpoint dir"),
-    profile: str = typer.Option("cpu-2core", "--profile", "-p", help="measured profile (name or YAML path)"),
-    layouts: str = typer.Option("T2,P2,P2->T2", "--layouts", "-l", help="comma-separated layouts / Seesaw pairs"),
-    workload: str = typer.Option("constant", "--workload", "-w",
-                                 help="comma-separated seesaw-run sources; NAME:IN/OUT sets lengths (constant:256/8)"),
-    num_requests: Optional[int] = typer.Option(8, "--num-requests", "-n", min=1),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="default prompt length (constant/uniform)"),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="default output length"),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="cap every request's max_tokens"),
-    seed: int = typer.Option(0, "--seed", min=0),
-    output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o",
-                                    help="folder for calibration.csv, calibration.png, summary.json"),
-    timeout_s: float = typer.Option(120.0, "--timeout", min=1.0, help="engine collective/step timeout (s)"),
-    repeat: int = typer.Option(1, "--repeat", "-r", min=1, help="engine runs per pair, in rounds over all pairs; the median run is kept and the range reported (noisy machines)"),
-    check_speed: bool = typer.Option(True, "--speed-check/--no-speed-check",
-                                     help="time a few of the profile's tables again before every round and after the "
-                                          "last (~3 s each), and predict also at the machine's speed then"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace the earlier run in the -o folder"),
+    model: str = typer.Option("tiny", "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
+                              help="tiny | smollm2-135m | a checkpoint dir"),
+    profile: str = typer.Option("cpu-2core", "--profile", "-p", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
+                                help="measured profile (name or YAML path)"),
+    layouts: str = typer.Option("T2,P2,P2->T2", "--layouts", "-l", metavar="LIST", rich_help_panel=opt.LAYOUT_PANEL,
+                                help="comma-separated layouts and Seesaw pairs"),
+    workload: str = typer.Option("constant", "--workload", "-w", metavar="LIST", rich_help_panel=opt.WORKLOAD_PANEL,
+                                 help="comma-separated sources; constant:256/8 sets lengths"),
+    num_requests: Optional[int] = typer.Option(8, "--num-requests", "-n", min=1, metavar="N",
+                                               rich_help_panel=opt.WORKLOAD_PANEL, help="requests per workload"),
+    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, metavar="TOK", rich_help_panel=opt.WORKLOAD_PANEL,
+                                            help="default prompt tokens (constant, uniform)"),
+    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, metavar="TOK",
+                                             rich_help_panel=opt.WORKLOAD_PANEL, help="default output tokens"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, metavar="TOK",
+                                             rich_help_panel=opt.WORKLOAD_PANEL, help="cap every request's max_tokens"),
+    seed: int = typer.Option(0, "--seed", min=0, metavar="N", rich_help_panel=opt.WORKLOAD_PANEL,
+                             help="sampling and synthetic-prompt seed"),
+    timeout_s: float = typer.Option(120.0, "--timeout", min=1, metavar="S", rich_help_panel=opt.ENGINE_PANEL,
+                                    help="collective and step timeout, seconds"),
+    repeat: int = typer.Option(1, "--repeat", "-r", min=1, max=100, metavar="N", rich_help_panel=opt.ENGINE_PANEL,
+                               help="engine runs per pair; the median is kept"),
+    no_speed_check: bool = typer.Option(False, "--no-speed-check", rich_help_panel=opt.ENGINE_PANEL,
+                                        help="skip timing the machine against the profile"),
+    output_dir: Path = typer.Option(Path("seesaw-calibrate"), "--output-dir", "-o", metavar="DIR",
+                                    rich_help_panel=opt.OUTPUT_PANEL, help="folder for the CSV, plot and summary"),
+    as_json: bool = opt.JSON,
+    overwrite: bool = opt.OVERWRITE,
 ) -> None:
-    """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload."""
-    from rich.console import Console
+    """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload.
 
+    Engine runs go in rounds over all pairs (--repeat).
+    The speed check times a few profile tables (~3 s) before every round
+    and after the last, and predicts again at the machine's speed then.
+    """
+    check_speed = not no_speed_check
     from seesaw.app import calibrate as cal
     from seesaw.report import calibration as cal_report
 
     wls = cal.parse_workloads(workload, input_len, output_len)
     lay = [x for x in layouts.split(",") if x.strip()]
-    rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
-                         seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
-                         check_speed=check_speed, progress=_say, overwrite=overwrite)  # a failed engine run: RunFailed, exit 1
+    with Progress("calibrate", unit="engine runs") as bar:  # a failed engine run: RunFailed, exit 1
+        rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
+                             seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
+                             check_speed=check_speed, progress=_say, tick=bar, overwrite=overwrite)
     meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
-    con = Console(width=max(Console().width, 160))
-    con.print(cal_report.table(rows))
+    show(cal_report.table(rows, width=out.width if out.is_terminal else None))
     for line in cal_report.summary_lines(summ, repeat):
         print(line)
     print(f"wrote {output_dir}/calibration.csv, calibration.png, summary.json", file=sys.stderr)

@@ -18,7 +18,8 @@ def register(app: typer.Typer, workload_app: typer.Typer) -> None:
     workload_app.command("describe")(workload_describe)
 
 
-def catalog(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
+def catalog(as_json: bool = typer.Option(False, "--json", rich_help_panel=opt.OUTPUT_PANEL,
+                                         help="print one JSON object")) -> None:
     """List the built-in GPUs, nodes and models with their key figures."""
     from seesaw import catalog as cat
 
@@ -37,12 +38,13 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="print one JSON o
 
 
 def workload_describe(
-    source: str = typer.Argument(..., help="file (.json ShareGPT, .csv lengths, .jsonl batch) or sharegpt|arxiv|constant|uniform"),
-    num_requests: Optional[int] = typer.Option(None, "--num-requests", "-n", min=1, help="sample this many"),
-    input_len: Optional[int] = typer.Option(None, "--input-len", min=1, help="for constant/uniform"),
-    output_len: Optional[int] = typer.Option(None, "--output-len", min=1, help="for constant/uniform"),
+    source: str = typer.Argument(..., metavar="SRC",
+                                 help=".json, .csv, .jsonl, or sharegpt | arxiv | constant | uniform"),
+    num_requests: Optional[int] = opt.NUM_REQUESTS,
+    input_len: Optional[int] = opt.INPUT_LEN,
+    output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", rich_help_panel=opt.OUTPUT_PANEL, help="print one JSON object"),
 ) -> None:
     """Count, length percentiles and prefill:decode ratio of a workload."""
     from seesaw.workload import describe, load_workload

@@ -1,6 +1,6 @@
 """``seesaw compare`` and ``seesaw plan``: the planner's commands (``seesaw.app.simulate``).
 
-Progress bars go to stderr and vanish when stderr is not a terminal; ``--json`` prints the
+Progress goes to stderr (a bar in a terminal, a plain line every few seconds otherwise); ``--json`` prints the
 summary last; ``-o DIR`` writes the plan folder (``plan.json``, ``candidates.csv``, ``summary.json``).
 """
 
@@ -64,10 +64,11 @@ def compare(
     input_len: Optional[int] = opt.INPUT_LEN,
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
-    sample_size: int = typer.Option(2000, "--sample-size", min=1, help="simulate at most this many requests"),
+    sample_size: int = opt.SAMPLE_SIZE,
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
-    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write candidates.csv and summary.json"),
+    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
+                                           help="write candidates.csv, summary.json here"),
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate every feasible static layout (vLLM, chunked prefill on/off) and every Seesaw pair."""
@@ -77,7 +78,7 @@ def compare(
     if out_dir is not None:
         check_folder(out_dir, overwrite=overwrite)
 
-    with Progress("simulating") as bar:
+    with Progress("compare", unit="simulations") as bar:
         done = run_compare(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                            num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                            sample_size=sample_size, workers=workers, progress=bar)
@@ -114,13 +115,17 @@ def plan_cmd(
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
     objective: str = opt.OBJECTIVE,
-    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour (default: catalog)"),
-    sample_size: int = typer.Option(2000, "--sample-size", min=1, help="simulate at most this many requests"),
-    exhaustive: bool = typer.Option(False, "--exhaustive", help="simulate every candidate (no pruning)"),
+    price: Optional[float] = typer.Option(None, "--price-per-gpu-hour", min=0, metavar="USD",
+                                         rich_help_panel=opt.SEARCH_PANEL, help="price per GPU-hour (default: catalog)"),
+    sample_size: int = opt.SAMPLE_SIZE,
+    exhaustive: bool = typer.Option(False, "--exhaustive", rich_help_panel=opt.SEARCH_PANEL,
+                                    help="simulate every candidate (no pruning)"),
     workers: int = opt.WORKERS,
-    top: int = typer.Option(10, "--top", min=1, help="rows of the ranked table to print"),
+    top: int = typer.Option(10, "--top", min=1, metavar="N", rich_help_panel=opt.OUTPUT_PANEL,
+                            help="rows of the ranked table to print"),
     as_json: bool = opt.JSON,
-    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write plan.json, candidates.csv, summary.json"),
+    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
+                                           help="write plan.json, candidates.csv, ... here"),
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Search layouts, policies and host-pool settings; print why the winner wins, write plan.json."""
@@ -130,7 +135,7 @@ def plan_cmd(
     if out_dir is not None:
         check_folder(out_dir, overwrite=overwrite)
 
-    with Progress("planning") as bar:
+    with Progress("plan", unit="simulations") as bar:
         done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                         num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                         objective=objective, price_per_gpu_hour=price, sample_size=sample_size,

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import typer
 
+from seesaw.cli import options as opt
 from seesaw.cli.console import err
 from seesaw.progress import Progress
 
@@ -25,27 +26,37 @@ def register(app: typer.Typer) -> None:
 
 
 def profile_command(
-    output: Path = typer.Option(..., "--output", "-o", help="profile YAML to write, e.g. profiles/measured/NAME.yaml"),
-    device: str = typer.Option("cpu", "--device", "-d", help="cpu | cuda"),
-    ranks: Optional[int] = typer.Option(None, "--ranks", "-r", min=1,
-                                        help="ranks at once (TP degrees and collectives up to it); default 3 on CPU, every GPU on CUDA"),
-    model: Optional[List[str]] = typer.Option(None, "--model", "-m",
-                                              help="catalog model whose shapes to time (repeatable); default tiny and smollm2-135m"),
-    tp: Optional[List[int]] = typer.Option(None, "--tp", min=1, help="TP degrees to time (repeatable); default 1 2 3"),
-    quick: bool = typer.Option(False, "--quick", help="a small grid that takes seconds (CI)"),
-    threads: int = typer.Option(1, "--threads", min=1, help="torch threads per rank (the engine's ranks use 1)"),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16 (the engine's CPU default: float32)"),
-    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, help="timed repeats per grid point, over all passes"),
-    passes: Optional[int] = typer.Option(None, "--passes", min=1,
-                                         help="rounds over all tables, the repeats split among them (default 3; --quick 1)"),
-    as_json: bool = typer.Option(False, "--json", help="print one JSON object last"),
+    output: Path = typer.Option(..., "--output", "-o", metavar="FILE", rich_help_panel=opt.OUTPUT_PANEL,
+                                help="profile YAML, e.g. profiles/measured/NAME.yaml"),
+    device: str = typer.Option("cpu", "--device", "-d", metavar="DEV", rich_help_panel=opt.HARDWARE_PANEL,
+                               help="cpu | cuda"),
+    ranks: Optional[int] = typer.Option(None, "--ranks", "-r", min=1, metavar="N", rich_help_panel=opt.HARDWARE_PANEL,
+                                        help="ranks at once (default: 3 on CPU, all GPUs)"),
+    threads: int = typer.Option(1, "--threads", min=1, max=1024, metavar="N", rich_help_panel=opt.HARDWARE_PANEL,
+                                help="torch threads per rank (the engine uses 1)"),
+    model: Optional[List[str]] = typer.Option(None, "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
+                                              help="model whose shapes to time (repeatable)"),
+    dtype: str = typer.Option("float32", "--dtype", metavar="TYPE", rich_help_panel=opt.MODEL_PANEL,
+                              help="float32 | bfloat16 | float16"),
+    tp: Optional[List[int]] = typer.Option(None, "--tp", min=1, metavar="N", rich_help_panel=opt.GRID_PANEL,
+                                           help="TP degrees to time (repeatable; default 1 2 3)"),
+    quick: bool = typer.Option(False, "--quick", rich_help_panel=opt.GRID_PANEL,
+                               help="a small grid that takes seconds (CI)"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", min=1, metavar="N", rich_help_panel=opt.GRID_PANEL,
+                                          help="timed repeats per grid point"),
+    passes: Optional[int] = typer.Option(None, "--passes", min=1, metavar="N", rich_help_panel=opt.GRID_PANEL,
+                                         help="rounds over all tables (default 3; --quick 1)"),
+    as_json: bool = opt.JSON,
 ) -> None:
-    """Time the engine's linear layers, attention, collectives, copies and step overhead over a grid
-    of shapes; write a measured profile for the cost model (CostModel(..., measured=...))."""
+    """Time the engine's pieces over a grid of shapes; write a measured profile.
+
+    Linear layers, attention, collectives, copies and step overhead.
+    Default models: tiny and smollm2-135m. The repeats are split among the passes.
+    """
     from seesaw.app.profile import profile
 
     command = "seesaw " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "seesaw profile"
-    with Progress("profiling", every_s=30.0, eta=True, unit=" samples") as bar:  # bad input: one line, exit 2
+    with Progress("profile", unit="samples") as bar:  # bad input: one line, exit 2
         done = profile(output, device=device, ranks=ranks, models=model, tp=tp, quick=quick, threads=threads,
                        dtype=dtype, repeats=repeats, passes=passes, command=command, progress=bar)
     prof, path, figures = done.profile, done.path, done.figures

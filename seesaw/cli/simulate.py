@@ -18,6 +18,14 @@ def register(app: typer.Typer) -> None:
     app.command()(simulate)
 
 
+def describe_run(done, workload: str, seed: int) -> str:
+    """What was simulated, before the result: model, node, policy and layout, workload."""
+    node = done.node
+    return (f"Simulated {done.model.name} on {node.name} ({node.num_gpus} x {node.gpu.name.upper()}, "
+            f"{node.interconnect}), {done.policy.describe()}; workload {workload}: "
+            f"{done.num_requests:,} requests, seed {seed}")
+
+
 def simulate(
     model: str = opt.MODEL,
     gpu: str = opt.GPU,
@@ -28,13 +36,19 @@ def simulate(
     input_len: Optional[int] = opt.INPUT_LEN,
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
-    layout: str = typer.Option("T4P2", "--layout", "-l", help="static (T4P2, D2T4) or Seesaw (P8->T4P2)"),
-    chunked_prefill: bool = typer.Option(False, "--chunked-prefill", help="vLLM chunked prefill"),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=16, help="token budget per step"),
-    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
-    host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0.0, help="Seesaw host KV pool"),
+    layout: str = typer.Option("T4P2", "--layout", "-l", metavar="LAYOUT", rich_help_panel=opt.LAYOUT_PANEL,
+                               help="static (T4P2, D2T4) or Seesaw (P8->T4P2)"),
+    chunked_prefill: bool = typer.Option(False, "--chunked-prefill", rich_help_panel=opt.POLICY_PANEL,
+                                         help="vLLM chunked prefill"),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=16, metavar="TOK",
+                                             rich_help_panel=opt.POLICY_PANEL, help="token budget per step"),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, metavar="N", rich_help_panel=opt.POLICY_PANEL,
+                                     help="sequences per step"),
+    host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0, metavar="GIB",
+                                                rich_help_panel=opt.SEESAW_PANEL, help="Seesaw host KV pool"),
     as_json: bool = opt.JSON,
-    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write config, summary, CSVs"),
+    out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
+                                           help="write config, summary, CSVs here"),
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate a workload on a node under one layout and policy; print vLLM-style throughput."""
@@ -45,12 +59,13 @@ def simulate(
     if out_dir is not None:  # one run, one folder: refused before the work when it holds a run
         check_folder(out_dir, overwrite=overwrite)
 
-    with Progress(f"simulating {layout}") as bar:  # the simulator ticks (done, total)
+    with Progress(f"simulate {layout}", unit="requests") as bar:  # the simulator ticks (done, total)
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
                        max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar)
     result = done.result
+    print(describe_run(done, workload, seed))
     print(result.to_run_result().throughput_line())
     total = result.elapsed_time or 1.0
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in result.time_by_phase.items() if v > 0]

@@ -23,22 +23,50 @@ def register(app: typer.Typer) -> None:
     app.command("whatif")(whatif)
 
 
+def _count_options(gpu: str, num_gpus: str) -> int | None:
+    """GPU x count options, as the use case splits them (None if it will reject them anyway)."""
+    gpus = {g.strip().lower() for g in gpu.split(",") if g.strip()}
+    counts = {c.strip() for c in num_gpus.split(",") if c.strip()}
+    return len(gpus) * len(counts) or None
+
+
+class _OptionTicks:
+    """The use case's ``progress(option, done, total, what)`` as options done on one display: an
+    option counts as done when the next one starts; its simulations show as the detail."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.seen = bar, []
+
+    def __call__(self, option: str, done: int, total: int, what: str) -> None:
+        if option not in self.seen:
+            self.seen.append(option)
+        total_options = max(self.bar.total or 0, len(self.seen))
+        self.bar(len(self.seen) - 1, total_options, f"{option}: {done}/{total} {what}")
+
+
 def whatif(
     model: str = opt.MODEL,
-    gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", help="comma-separated GPU names"),
-    num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", help="comma-separated GPU counts"),
-    interconnect: Optional[str] = typer.Option(None, "--interconnect", help="pcie | nvlink (default: per GPU)"),
+    gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
+                            help="comma-separated GPU names"),
+    num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
+                                 help="comma-separated GPU counts"),
+    interconnect: Optional[str] = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=opt.HARDWARE_PANEL,
+                                               help="pcie | nvlink (default: per GPU)"),
     workload: str = opt.WORKLOAD,
-    num_requests: Optional[int] = typer.Option(1_000_000, "--num-requests", "-n", min=1),
+    num_requests: Optional[int] = typer.Option(1_000_000, "--num-requests", "-n", min=1, metavar="N",
+                                               rich_help_panel=opt.WORKLOAD_PANEL, help="requests in the batch"),
     input_len: Optional[int] = opt.INPUT_LEN,
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
     objective: str = opt.OBJECTIVE,
-    price: Optional[str] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
-    sample_size: int = typer.Option(1000, "--sample-size", min=1, help="simulate at most this many requests per option"),
+    price: Optional[str] = typer.Option(None, "--price-per-gpu-hour", metavar="USD", rich_help_panel=opt.SEARCH_PANEL,
+                                        help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
+    sample_size: int = typer.Option(1000, "--sample-size", min=1, metavar="N", rich_help_panel=opt.SEARCH_PANEL,
+                                    help="simulate at most this many per option"),
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
-    out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", help="report folder"),
+    out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", metavar="DIR",
+                                 rich_help_panel=opt.OUTPUT_PANEL, help="the report folder"),
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Compare hardware options for one model and workload; write a report folder (md, html, csv, png).
@@ -47,11 +75,12 @@ def whatif(
     """
     from seesaw.app.whatif import whatif as run_whatif
 
-    with Progress("what-if") as bar:
+    with Progress("whatif", _count_options(gpu, num_gpus), unit="options") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
-                          output_dir=out_dir, overwrite=overwrite, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"))
+                          output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar))
+        bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths
     df = result.table()
     table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")

@@ -136,12 +136,14 @@ class Driver:
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
         self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
-        bar = Progress(f"seesaw run {cfg.layout_name}", len(self.seqs), enabled=cfg.progress)
+        bar = Progress(f"run {cfg.layout_name}", len(self.seqs), unit="requests", enabled=cfg.progress,
+                       rate_label="output tok/s", tokens_total=sum(self.items[sid].max_tokens for sid in self.seqs))
         self._bar = bar
         self._t0 = time.perf_counter()
         self.clocks = [PhaseClock(self._t0) for _ in range(self.layout.dp)]
         try:
             with bar:
+                bar(0)  # started: plain lines from here on, even before a request finishes
                 self._loop()
             self._stop_workers()
         except (RuntimeError, TimeoutError) as e:
@@ -288,14 +290,17 @@ class Driver:
         self.num_inflight[d] -= 1
         tokens = flight.result.tolist()
         stopped = []
+        sampled = 0  # for the progress display (output tokens/s and the ETA)
         for (sid, _, _, _, sample, _, _), tok in zip(flight.entries, tokens):
             if not sample:
                 continue
             assert tok >= 0, (sid, tok)
             self.tokens[sid].append(tok)
             self.first_token_s.setdefault(sid, now - self._t0)
+            sampled += 1
             if tok in self.eos and not self.items[sid].ignore_eos:
                 stopped.append(str(sid))
+        self._bar.advance(0, tokens=sampled)
         for seq in self.scheds[d].on_step_done(flight.step, stopped=stopped):
             self._finish(d, seq, now)
         if self._replica_done(d):

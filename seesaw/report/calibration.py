@@ -66,36 +66,51 @@ def speed_line(summ: dict) -> str | None:
             f"worst {100 * summ['worst_abs_rel_error_at_speed']:.1f}% ({summ['worst_pair_at_speed']}){stale}")
 
 
-def table(rows: list, title: str = "Calibration: simulator vs engine"):
-    """A Rich table: throughput and prefill/decode seconds, measured vs predicted."""
+def table(rows: list, title: str = "Calibration: simulator vs engine", width: int | None = None):
+    """A Rich table: throughput and prefill/decode seconds, measured vs predicted. For a terminal
+    ``width`` columns wide, the less important figures are left out so the rest stay readable
+    (under 150: the phase seconds; under 110: the runs' range, beyond-range error and slowdown);
+    calibration.csv has them all."""
     from rich.table import Table
 
-    t = Table(title=title)
+    wide, mid = width is None or width >= 150, width is None or width >= 110
+    t = Table(title=title, caption=None if wide else "(more columns in calibration.csv)")
     ranged = any(len(r.measured_runs) > 1 for r in rows)
     sped = any(r.predicted_at_speed_tok_s is not None for r in rows)
-    cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged else []), "pred tok/s", "err",
-            *(["beyond range"] if ranged else []), *(["slowdown", "pred @speed", "err @speed"] if sped else []),
-            "prefill meas s", "prefill pred s", "prefill err", "decode meas s", "decode pred s", "decode err"]
+    cols = ["layout", "workload", "meas tok/s", *(["runs min-max"] if ranged and mid else []), "pred tok/s", "err",
+            *(["beyond range"] if ranged and mid else []), *(["slowdown"] if sped and mid else []),
+            *(["pred @speed", "err @speed"] if sped else []),
+            *(["prefill meas s", "prefill pred s", "prefill err", "decode meas s", "decode pred s", "decode err"]
+              if wide else [])]
+    # what tells rows apart is never cut: the identifying columns keep their full width and the
+    # figures' headers wrap instead
+    widths = {"layout": max([len("layout")] + [len(r.layout) for r in rows]),
+              "workload": max([len("workload")] + [len(r.workload) for r in rows])}
     for col in cols:
-        t.add_column(col, justify="left" if col in ("layout", "workload") else "right")
+        if col in widths:
+            t.add_column(col, justify="left", no_wrap=True, min_width=widths[col])
+        else:
+            t.add_column(col, justify="right")
 
     def pct(x):
         return "-" if x is None else f"{100 * x:+.1f}%"
 
     for r in rows:
         cells = [r.layout, r.workload, f"{r.measured_tok_s:,.1f}"]
-        if ranged:
+        if ranged and mid:
             cells.append(f"{r.measured_min_tok_s:,.0f}-{r.measured_max_tok_s:,.0f}")
         cells += [f"{r.predicted_tok_s:,.1f}", pct(r.rel_error)]
-        if ranged:
+        if ranged and mid:
             cells.append(pct(r.error_beyond_range))
         if sped:
             at = r.predicted_at_speed_tok_s
-            cells += [f"{r.speed_ratio:.2f}x" if r.speed_ratio else "-", "-" if at is None else f"{at:,.1f}",
-                      pct(r.rel_error_at_speed)]
-        for ph in ("prefill", "decode"):
-            cells += [f"{r.measured_phases.get(ph, 0.0):.3f}", f"{r.predicted_phases.get(ph, 0.0):.3f}",
-                      pct(r.phase_error(ph))]
+            if mid:
+                cells.append(f"{r.speed_ratio:.2f}x" if r.speed_ratio else "-")
+            cells += ["-" if at is None else f"{at:,.1f}", pct(r.rel_error_at_speed)]
+        if wide:
+            for ph in ("prefill", "decode"):
+                cells += [f"{r.measured_phases.get(ph, 0.0):.3f}", f"{r.predicted_phases.get(ph, 0.0):.3f}",
+                          pct(r.phase_error(ph))]
         t.add_row(*cells)
     return t
 

@@ -9,11 +9,12 @@ imported only when a figure is drawn.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from seesaw.core import PHASES
 
-__all__ = ["plot_timeline", "plot_throughput_cost", "plot_vs_vllm", "plot_time_by_phase", "plot_calibration"]
+__all__ = ["plot_timeline", "timeline_figure", "calibration_figure", "plot_throughput_cost", "plot_vs_vllm", "plot_time_by_phase", "plot_calibration"]
 
 _PHASE_COLORS = {"prefill": "#4C72B0", "decode": "#DD8452", "mixed": "#55A868", "reshard": "#C44E52",
                  "swap_stall": "#8172B3", "idle": "#BBBBBB"}
@@ -33,11 +34,16 @@ def _pyplot():
 
 def plot_timeline(result, path: Path) -> Path:
     """Phase over time and device/host KV occupancy (the seesaw pattern)."""
+    return _save(timeline_figure(result), path, dpi=110)
+
+
+def timeline_figure(result):
+    """The figure of ``plot_timeline``; the legends sit right of the axes, clear of the data."""
     plt = _pyplot()
     steps = result.steps
     colors = {"prefill": "tab:blue", "decode": "tab:orange", "mixed": "tab:green",
               "reshard": "tab:red", "swapin": "tab:purple", "swapout": "tab:brown"}
-    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(10, 5), sharex=True,
+    fig, (ax0, ax1) = plt.subplots(2, 1, figsize=(11, 5), sharex=True, layout="constrained",
                                    gridspec_kw={"height_ratios": [1, 2]})
     rep0 = steps[steps["replica"] == 0]
     for kind, grp in rep0.groupby("kind"):
@@ -45,18 +51,21 @@ def plot_timeline(result, path: Path) -> Path:
                         facecolors=colors.get(kind, "grey"), label=kind)
     ax0.set_yticks([])
     ax0.set_ylabel("phase")
-    ax0.legend(loc="upper right", ncol=6, fontsize=8)
-    ax1.plot(rep0["end_s"], 100 * rep0["kv_usage"], label="device KV used (%)", lw=1)
+    ax0.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2, fontsize=8, frameon=False)
+    ax1.plot(rep0["end_s"], 100 * rep0["kv_usage"], label="device KV used", lw=1)
     if "host_kv_usage" in rep0:
-        ax1.plot(rep0["end_s"], 100 * rep0["host_kv_usage"], label="host KV pool used (%)", lw=1)
+        ax1.plot(rep0["end_s"], 100 * rep0["host_kv_usage"], label="host KV pool used", lw=1)
     ax1.set_xlabel("simulated time (s)")
     ax1.set_ylabel("occupancy (%)")
     ax1.set_ylim(0, 105)
-    ax1.legend(loc="upper right", fontsize=8)
+    ax1.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.suptitle(f"{result.policy} {result.layout}: replica 0 timeline")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
     return path
 
 
@@ -151,41 +160,63 @@ def plot_calibration(rows: list, path: Path) -> Path:
     """Predicted against measured throughput, one point per (layout, workload) row of
     ``seesaw calibrate`` (the measured runs' range as error bars; hollow: the prediction at the
     machine's speed), y = x and a +-10% band."""
+    return _save(calibration_figure(rows), path, dpi=120)
+
+
+def _log_ticks(ax, lo: float, hi: float) -> None:
+    """Plain-number ticks on both log axes, as many as the span leaves room for (no 2x10^2)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    span = math.log10(hi / lo)
+    subs = (1.0, 2.0, 5.0) if span > 1.5 else (1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if span > 0.6 else \
+        (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(base=10, subs=subs))
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 10 else f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
+
+
+def calibration_figure(rows: list):
+    """The figure of ``plot_calibration``: colour = workload, marker = layout (no text beside the
+    points, so no label can cover another); the legend sits right of the axes."""
+    from matplotlib.lines import Line2D
+
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     wls = list(dict.fromkeys(r.workload for r in rows))
-    markers = "osD^v<>p*"
-    for j, wl in enumerate(wls):
-        rs = [r for r in rows if r.workload == wl]
-        pts = ax.scatter([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs],
-                         marker=markers[j % len(markers)], label=wl, s=40)
-        if any(len(r.measured_runs) > 1 for r in rs):  # the measured runs' range
-            ax.errorbar([r.measured_tok_s for r in rs], [r.predicted_tok_s for r in rs],
-                        xerr=[[r.measured_tok_s - r.measured_min_tok_s for r in rs],
-                              [r.measured_max_tok_s - r.measured_tok_s for r in rs]],
-                        fmt="none", ecolor=pts.get_facecolor()[0], elinewidth=1, capsize=2)
-        for r in rs:
-            ax.annotate(r.layout, (r.measured_tok_s, r.predicted_tok_s), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
-        sped = [r for r in rs if r.predicted_at_speed_tok_s is not None]
-        if sped:  # hollow: the same prediction at the machine's speed during the kept run
-            ax.scatter([r.measured_tok_s for r in sped], [r.predicted_at_speed_tok_s for r in sped],
-                       marker=markers[j % len(markers)], s=40, facecolors="none",
-                       edgecolors=pts.get_facecolor()[0], label=f"{wl}, at the run's speed")
+    lays = list(dict.fromkeys(r.layout for r in rows))
+    markers = "osD^v<>p*hX"
+    mark = {lay: markers[i % len(markers)] for i, lay in enumerate(lays)}
+    color = {wl: f"C{j % 10}" for j, wl in enumerate(wls)}
+    for r in rows:
+        c, m = color[r.workload], mark[r.layout]
+        ax.scatter([r.measured_tok_s], [r.predicted_tok_s], marker=m, color=c, s=45, zorder=3)
+        if len(r.measured_runs) > 1:  # the measured runs' range
+            ax.errorbar([r.measured_tok_s], [r.predicted_tok_s],
+                        xerr=[[r.measured_tok_s - r.measured_min_tok_s], [r.measured_max_tok_s - r.measured_tok_s]],
+                        fmt="none", ecolor=c, elinewidth=1, capsize=2, zorder=2)
+        if r.predicted_at_speed_tok_s is not None:  # hollow: the prediction at the kept run's speed
+            ax.scatter([r.measured_tok_s], [r.predicted_at_speed_tok_s], marker=m, s=45, facecolors="none",
+                       edgecolors=c, zorder=3)
     vals = [v for r in rows for v in (r.measured_min_tok_s, r.measured_max_tok_s, r.predicted_tok_s,
                                       r.predicted_at_speed_tok_s or 0.0) if v > 0] or [1.0]
     lo, hi = min(vals) * 0.8, max(vals) * 1.25
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
+    _log_ticks(ax, lo, hi)
     ax.set_xlabel("measured throughput (tokens/s, engine)")
     ax.set_ylabel("predicted throughput (tokens/s, simulator)")
     ax.set_title("seesaw calibrate: predicted vs measured")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    handles = [Line2D([], [], ls="none", marker="s", color=color[wl], label=f"workload {wl}") for wl in wls]
+    handles += [Line2D([], [], ls="none", marker=mark[lay], color="0.3", label=f"layout {lay}") for lay in lays]
+    if any(r.predicted_at_speed_tok_s is not None for r in rows):
+        handles.append(Line2D([], [], ls="none", marker="o", markerfacecolor="none", color="0.3",
+                              label="hollow: at the run's speed"))
+    handles += [Line2D([], [], ls="--", color="k", lw=1, label="y = x"),
+                Line2D([], [], lw=6, color="grey", alpha=0.3, label="±10%")]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    return fig
