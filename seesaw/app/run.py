@@ -49,7 +49,7 @@ __all__ = ["RunOptions", "RunEvents", "BatchRun", "RunInputError", "RunFailed", 
            "default_input", "parse_run_layout", "run_policy", "empty_result"]
 
 DEFAULT_OUTPUT_DIR = Path("seesaw-run")
-SAMPLE_INPUT = Path(__file__).resolve().parent.parent.parent / "examples" / "prompts.jsonl"
+SAMPLE_INPUT = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"  # package data (any install)
 
 
 class RunInputError(SpecError):
@@ -125,9 +125,10 @@ class BatchRun:
 
 
 def default_input() -> str:
-    """The sample prompts shipped with the repository (``examples/prompts.jsonl``)."""
+    """The sample prompts shipped as package data (``seesaw/data/prompts.jsonl``; ``examples/prompts.jsonl``
+    in a clone links to it), so ``seesaw run`` without ``--input`` works however Seesaw is installed."""
     if not SAMPLE_INPUT.is_file():
-        raise RunInputError("no --input given and the sample examples/prompts.jsonl is not installed")
+        raise RunInputError(f"no --input given and the sample prompts {SAMPLE_INPUT} are missing from this install")
     return str(SAMPLE_INPUT)
 
 
