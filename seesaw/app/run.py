@@ -92,6 +92,7 @@ class RunOptions:
     step_trace: Path | None = None
     warmup: bool = True
     progress: bool = False  # the engine's own progress bar on stderr
+    include_timing: bool = False  # output lines carry a "timing" object (an extra outside OpenAI's format)
 
 
 class RunEvents:
@@ -294,6 +295,9 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
 
     model_dir = resolve_checkpoint(model, plan.model.name if plan is not None else None)
     name = checkpoint_name(model, model_dir)
+    if rank == 0 and name.lower() == "tiny":
+        events.note("model tiny: seeded random weights (for plumbing and tests), so its output text is noise; "
+                    "--model smollm2-135m answers in words")
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
     tokenizer = load_tokenizer(model_dir)
     output_dir = Path(o.output_dir)
@@ -344,7 +348,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
         dtype=dtype, device=o.device, seed=o.seed, timeout_s=o.timeout_s,
         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)), output=str(output), errors_output=str(err_file),
         append=o.resume, progress=o.progress, fault=_fault_from_env(),
-        step_trace=str(o.step_trace) if o.step_trace else "", warmup=o.warmup)
+        step_trace=str(o.step_trace) if o.step_trace else "", warmup=o.warmup, include_timing=o.include_timing)
     if config.seesaw:
         from seesaw.engine.host_pools import host_blocks_for
 

@@ -95,6 +95,9 @@ def run(
     step_trace: Optional[Path] = typer.Option(None, "--step-trace",
                                               help="write one JSON line per engine step here (launch and "
                                                    "completion times, sequences and their new tokens)"),
+    include_timing: bool = typer.Option(False, "--include-timing",
+                                        help="add a 'timing' object to each output line (first_token_s, "
+                                             "finished_s: seconds since the run started; not OpenAI's format)"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup",
                                 help="run one dummy prefill step of the workload's largest size on every rank "
                                      "before the clock starts (as vLLM does; not counted in the throughput)"),
@@ -108,7 +111,8 @@ def run(
         kv_blocks=kv_blocks, kv_cache_gib=kv_cache_gib, host_kv_gib=host_kv_gib, host_kv_blocks=host_kv_blocks,
         host_full_watermark=host_full_watermark, decode_low_watermark=decode_low_watermark,
         num_requests=num_requests, input_len=input_len, output_len=output_len, prompt_format=prompt_format,
-        resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=sys.stderr.isatty())
+        resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=sys.stderr.isatty(),
+        include_timing=include_timing)
     done = run_batch(options, _Printer())
     if done is not None:
         _print_result(done.run_result, done.output, as_json, done.comparison)
