@@ -35,6 +35,9 @@ def whatif(
     seed: int = opt.SEED,
     objective: str = opt.OBJECTIVE,
     price: Optional[str] = typer.Option(None, "--price-per-gpu-hour", help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
+    deadline: Optional[str] = typer.Option(None, "--deadline",
+                                           help="also name the cheapest option that finishes by then: 24h, 90m, "
+                                                "1h30m or seconds"),
     sample_size: int = typer.Option(1000, "--sample-size", min=1, help="simulate at most this many requests per option"),
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
@@ -45,12 +48,13 @@ def whatif(
     With no arguments: LLaMA2-70B, 1M ShareGPT-like requests, 4 and 8 x A10 / L4 / A100-40G.
     """
     from seesaw.app.whatif import whatif as run_whatif
+    from seesaw.report.whatif import headline
 
     with Progress("what-if") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
-                          output_dir=out_dir, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"))
+                          output_dir=out_dir, progress=lambda o, d, t, w: bar(d, t, f"{o}: {w}"), deadline=deadline)
     result, paths = done.result, done.paths
     df = result.table()
     table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")
@@ -65,6 +69,8 @@ def whatif(
     for r in df.to_dict("records"):
         if not r["feasible"]:
             out.print(f"infeasible {r['option']}: {r['reason']}", highlight=False)
+    for line in headline(result):
+        out.print(line.replace("**", ""), highlight=False)
     print_notes(result.notes)
     err.print(f"wrote {', '.join(str(p) for p in paths[:4])} and {len(paths) - 4} plots ({result.wall_s:.1f} s)",
               highlight=False)
