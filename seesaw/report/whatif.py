@@ -142,12 +142,12 @@ def headline(result) -> list[str]:
     if result.deadline_s is not None:
         deadline = format_duration(result.deadline_s)
         best = result.within_deadline()
-        if best is not None and cheapest is not None and best["option"] == cheapest["option"]:
-            lines.append(f"Best within the {deadline} deadline: **{best['option']}**, the cheapest option, "
-                         f"finishes in {_fmt(best['makespan_s'], 'dur')}.")
-        elif best is not None:
-            lines.append(f"Best within the {deadline} deadline (the cheapest option that finishes in time): "
-                         f"{_option_text(best)}.")
+        same = [what for what, r in (("the cheapest option", cheapest), ("the fastest option", fastest))
+                if best is not None and r is not None and r["option"] == best["option"]]
+        if best is not None:
+            what = (f"**{best['option']}**, {same[0]} above: the whole workload in {_fmt(best['makespan_s'], 'dur')}"
+                    if same else _option_text(best))
+            lines.append(f"Best within the {deadline} deadline (the cheapest option that finishes in time): {what}.")
         else:
             lines.append(f"Deadline {deadline}: no option finishes in time; the fastest, {fastest['option']}, "
                          f"takes {_fmt(fastest['makespan_s'], 'dur')}.")
