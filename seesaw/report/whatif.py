@@ -78,6 +78,8 @@ def _fmt(v, kind: str) -> str:
         return "-"
     if kind == "dur":
         return format_duration(v)
+    if kind == "h":                             # GPU-hours: 3 significant digits below 100
+        return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
     spec = {"tok": "{:,.0f}", "usd": "${:,.3f}", "h": "{:,.1f}", "x": "{:.2f}x", "int": "{:,.0f}"}
     return spec[kind].format(v) if kind in spec else str(v)
 
