@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# building, installing and a real run take 3-5 minutes on a shared 2-core box: more than the suite's 300 s
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "seesaw", "simulator", "profiles")
