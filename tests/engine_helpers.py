@@ -154,11 +154,11 @@ def write_prompts(path: Path, n: int = 6, bad=()) -> Path:
 
 
 def stable_outputs(path: Path) -> dict:
-    """Output lines without the fields that differ between runs (timing, creation time)."""
+    """Output lines without the fields that differ between runs (opt-in timing, creation time)."""
     out = {}
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        r.pop("timing")
+        r.pop("timing", None)
         r["response"]["body"].pop("created")
         out[r["custom_id"]] = r
     return out

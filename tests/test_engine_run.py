@@ -120,13 +120,13 @@ def test_sampling_follows_the_request_not_the_layout(store, ckpt, reference):
 
 def test_output_file_is_batch_output_jsonl(store, ckpt, reference, tmp_path):
     prompts, ref = reference
-    _run(store, ckpt, prompts, "P2", tmp_path)
+    _run(store, ckpt, prompts, "P2", tmp_path, include_timing=True)
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert len(lines) == len(prompts)
     recs = [json.loads(x) for x in lines]
     assert sorted(r["custom_id"] for r in recs) == sorted(ref)
     for r in recs:
-        assert r["error"] is None and r["id"].startswith("batch_req_")
+        assert r["error"] is None and r["id"].startswith("batch_req_") and r["response"]["body"]["id"].startswith("cmpl-")
         assert r["response"]["status_code"] == 200
         body = r["response"]["body"]
         assert body["object"] == "text_completion"
@@ -225,6 +225,7 @@ def test_cli_chat_batch_lines_use_the_chat_template(ckpt, tmp_path, seesaw):
     assert code == 0, err
     recs = stable_outputs(tmp_path / "o.jsonl")
     assert recs["c1"]["response"]["body"]["object"] == "chat.completion"
+    assert recs["c1"]["response"]["body"]["id"].startswith("chatcmpl-")
     assert "content" in recs["c1"]["response"]["body"]["choices"][0]["message"]
     assert recs["c1"]["response"]["body"]["usage"]["prompt_tokens"] == len(b"user: hi\nassistant: ") + 1  # + BOS
     assert recs["c2"]["response"]["body"]["object"] == "text_completion"

@@ -52,7 +52,7 @@ __all__ = ["RunOptions", "RunEvents", "BatchRun", "RunInputError", "RunFailed", 
            "default_input", "parse_run_layout", "run_policy", "empty_result"]
 
 DEFAULT_OUTPUT_DIR = Path("seesaw-run")
-SAMPLE_INPUT = Path(__file__).resolve().parent.parent.parent / "examples" / "prompts.jsonl"
+SAMPLE_INPUT = Path(__file__).resolve().parent.parent / "data" / "prompts.jsonl"  # package data (any install)
 
 
 class RunInputError(SpecError):
@@ -99,6 +99,7 @@ class RunOptions:
     oversubscribe: bool = False  # allow more CPU ranks than cores
     force: bool = False  # run a plan made for other hardware, re-predicted for this machine
     speed_check: bool = True  # auto / plan on a measured CPU profile: time the machine against it first
+    include_timing: bool = False  # output lines carry a "timing" object (an extra outside OpenAI's format)
 
 
 class RunEvents:
@@ -145,9 +146,10 @@ def run_paths(output: Path | None, output_dir: Path | None) -> tuple[Path, Path]
 
 
 def default_input() -> str:
-    """The sample prompts shipped with the repository (``examples/prompts.jsonl``)."""
+    """The sample prompts shipped as package data (``seesaw/data/prompts.jsonl``; ``examples/prompts.jsonl``
+    in a clone links to it), so ``seesaw run`` without ``--input`` works however Seesaw is installed."""
     if not SAMPLE_INPUT.is_file():
-        raise RunInputError("no --input given and the sample examples/prompts.jsonl is not installed")
+        raise RunInputError(f"no --input given and the sample prompts {SAMPLE_INPUT} are missing from this install")
     return str(SAMPLE_INPUT)
 
 
@@ -338,6 +340,9 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
 
     model_dir = resolve_checkpoint(model, plan.model.name if plan is not None else None)
     name = checkpoint_name(model, model_dir)
+    if rank == 0 and name.lower() == "tiny":
+        events.note("model tiny: seeded random weights (for plumbing and tests), so its output text is noise; "
+                    "--model smollm2-135m answers in words")
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
     tokenizer = load_tokenizer(model_dir)
     if output.parent == output_dir and rank == 0:
@@ -403,7 +408,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
         dtype=dtype, device=o.device, seed=o.seed, timeout_s=o.timeout_s,
         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)), output=str(output), errors_output=str(err_file),
         append=o.resume, progress=o.progress, fault=_fault_from_env(),
-        step_trace=str(o.step_trace) if o.step_trace else "", warmup=o.warmup)
+        step_trace=str(o.step_trace) if o.step_trace else "", warmup=o.warmup, include_timing=o.include_timing)
     if config.seesaw:
         from seesaw.engine.host_pools import host_blocks_for
 

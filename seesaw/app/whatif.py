@@ -2,7 +2,9 @@
 
 ``run_whatif`` plans every (GPU, count) option with ``simulator.planner.plan`` (an option where no
 layout fits is kept with the reason) and returns a ``WhatIfResult``: the options ranked by the
-objective (``table()``), the best one, and a JSON-ready ``summary()``. Nothing is printed or
+objective (``table()``), the best one, the planner's answers (``fastest()``, ``cheapest()``, and with a
+deadline ``within_deadline()``: the cheapest option that finishes in time), and a JSON-ready
+``summary()``. Nothing is printed or
 written here: ``seesaw.report.whatif.write_report`` writes the report folder. ``whatif`` is the use
 case with the CLI's option names (resolve, validate, run, optionally write the report).
 
@@ -13,6 +15,7 @@ GPU-hour price (catalog list price unless overridden); GPU-hours = GPUs x makesp
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +24,9 @@ import pandas as pd
 
 from seesaw.core import ModelSpec, NodeSpec, SpecError
 
-__all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices"]
+__all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices", "parse_duration"]
+
+_DURATION_UNITS_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
 
 @dataclass
@@ -52,6 +57,7 @@ class WhatIfResult:
     options: list[WhatIfOption]
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    deadline_s: float | None = None     # ``within_deadline``: the workload must finish by then
 
     def table(self) -> pd.DataFrame:
         """One row per option, feasible ones ranked by the objective, infeasible ones last."""
@@ -77,6 +83,8 @@ class WhatIfResult:
         df = pd.DataFrame(rows)
         if "throughput_tok_s" not in df:
             return df
+        if self.deadline_s is not None:
+            df["meets_deadline"] = df["makespan_s"].le(self.deadline_s) & df["feasible"]
         cost_first = self.objective == "cost" and df["cost_per_mtok_usd"].notna().any()
         keys = ["cost_per_mtok_usd", "throughput_tok_s"] if cost_first else ["throughput_tok_s", "cost_per_mtok_usd"]
         asc = [True, False] if cost_first else [False, True]
@@ -86,11 +94,39 @@ class WhatIfResult:
         df = self.table()
         return df.iloc[0].to_dict() if len(df) and df.iloc[0]["feasible"] else None
 
+    def _feasible(self) -> pd.DataFrame:
+        df = self.table()
+        return df[df["feasible"]] if len(df) and "throughput_tok_s" in df else df.iloc[0:0]
+
+    def fastest(self) -> dict | None:
+        """The feasible option that finishes the workload first (highest throughput); the cheaper on a tie."""
+        df = self._feasible()
+        return df.sort_values(["makespan_s", "cost_per_mtok_usd"], kind="stable").iloc[0].to_dict() if len(df) else None
+
+    def cheapest(self) -> dict | None:
+        """The feasible option with the lowest cost per million tokens (priced options only); the
+        faster on a tie."""
+        df = self._feasible()
+        df = df[df["cost_per_mtok_usd"].notna()] if len(df) else df
+        return df.sort_values(["cost_per_mtok_usd", "makespan_s"], kind="stable").iloc[0].to_dict() if len(df) else None
+
+    def within_deadline(self) -> dict | None:
+        """With ``deadline_s``: the cheapest feasible option whose makespan is at most the deadline
+        (unpriced options after priced ones, fewer GPU-hours first); None when none finishes in time."""
+        df = self._feasible()
+        if self.deadline_s is None or not len(df):
+            return None
+        df = df[df["makespan_s"] <= self.deadline_s].assign(_unpriced=lambda d: d["cost_per_mtok_usd"].isna())
+        keys = ["_unpriced", "cost_per_mtok_usd", "gpu_hours", "makespan_s"]
+        return df.sort_values(keys, kind="stable").drop(columns="_unpriced").iloc[0].to_dict() if len(df) else None
+
     def summary(self) -> dict:
         df = self.table()
         return {
             "model": self.model.name, "workload": self.workload, "num_requests": self.num_requests,
             "objective": self.objective, "best": _clean(self.best()),
+            "fastest": _clean(self.fastest()), "cheapest": _clean(self.cheapest()), "deadline_s": self.deadline_s,
+            "best_within_deadline": _clean(self.within_deadline()),
             "options": [_clean(r) for r in df.to_dict("records")],
             "plans": {o.name: o.result.summary() for o in self.options if o.feasible},
             "workload_stats": self.workload_stats, "notes": self.notes, "wall_s": round(self.wall_s, 2),
@@ -130,6 +166,23 @@ def parse_prices(text: str | None, gpus: list[str]) -> dict[str, float]:
     return prices
 
 
+def parse_duration(text: str | float | int) -> float:
+    """A duration in seconds from ``"24h"``, ``"90m"``, ``"1h30m"``, ``"2d"``, ``"3600"`` or ``"3600s"``
+    (units s, m/min, h, d; a bare number is seconds)."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        t = str(text).strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"(?:\d+(?:\.\d*)?(?:sec|min|hr|s|m|h|d))+|\d+(?:\.\d*)?", t) and \
+            re.findall(r"(\d+(?:\.\d*)?)(sec|min|hr|s|m|h|d)?", t)
+        if not parts:
+            raise SpecError(f"--deadline {text!r}: expected a duration such as 24h, 90m, 1h30m or 3600 (seconds)")
+        value = sum(float(n) * _DURATION_UNITS_S[u or "s"] for n, u in parts)
+    if not value > 0 or math.isinf(value):
+        raise SpecError(f"--deadline {text!r}: must be a positive duration")
+    return value
+
+
 def run_whatif(
     model: ModelSpec,
     gpus: list[str],
@@ -147,9 +200,11 @@ def run_whatif(
     seed: int = 0,
     workers: int = 2,
     progress: Callable[[str, int, int, str], None] | None = None,
+    deadline_s: float | None = None,
 ) -> WhatIfResult:
     """Plan ``model`` on every ``gpu`` x ``count`` node (``simulator.planner.plan`` with ``space``,
-    ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what)."""
+    ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what). ``deadline_s``:
+    the result also names the cheapest option that finishes within it."""
     import time
 
     from seesaw import catalog as cat
@@ -175,7 +230,7 @@ def run_whatif(
             options.append(opt)
     stats = describe(requests)
     out = WhatIfResult(model, workload_name, stats, len(requests), objective, options,
-                       wall_s=time.perf_counter() - t0)
+                       wall_s=time.perf_counter() - t0, deadline_s=deadline_s)
     sampled = [o.result.extrapolated_from for o in options if o.feasible and o.result.extrapolated_from]
     if sampled:
         out.notes.append(
@@ -224,10 +279,12 @@ def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, 
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
            sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
-           progress: Callable[[str, int, int, str], None] | None = None) -> WhatIf:
+           progress: Callable[[str, int, int, str], None] | None = None, deadline=None) -> WhatIf:
     """Compare hardware options (``gpu`` x ``num_gpus``, comma-separated or lists) for one model and
     workload; with ``output_dir`` write the report folder (md, html, csv, png): a folder that holds
-    an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``)."""
+    an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``).
+    ``deadline`` (``"24h"``, ``"90m"``, seconds): also name the cheapest option that finishes the
+    workload by then."""
     from seesaw import catalog as cat
     from seesaw.app.simulate import check_objective, load_inputs
     from seesaw.report.claim import check_folder, start_folder
@@ -244,15 +301,17 @@ def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, 
     if any(c < 1 for c in counts):
         raise SpecError(f"--num-gpus: counts must be positive, got {num_gpus!r}")
     prices = parse_prices(None if price_per_gpu_hour is None else str(price_per_gpu_hour), gpus)
+    deadline_s = None if deadline is None else parse_duration(deadline)
     for g in gpus:
         cat.load_gpu(g)                          # unknown GPU names fail before any work
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
     result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
                         objective=objective, prices=prices, sample_size=sample_size, seed=seed,
-                        workers=workers, progress=progress)
+                        workers=workers, progress=progress, deadline_s=deadline_s)
     config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts,
               "interconnect": interconnect, "workload": workload, "num_requests": len(reqs), "seed": seed,
-              "objective": objective, "prices": prices, "sample_size": sample_size}
+              "objective": objective, "prices": prices, "sample_size": sample_size,
+              "deadline_s": deadline_s}
     done = WhatIf(result=result, config=config, model=model_spec, num_requests=len(reqs))
     if output_dir is not None:
         start_folder(output_dir, "whatif", overwrite=overwrite)

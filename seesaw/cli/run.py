@@ -148,6 +148,8 @@ def run(
                                 help="skip requests already in the output"),
     step_trace: Optional[Path] = typer.Option(None, "--step-trace", metavar="FILE", rich_help_panel=opt.OUTPUT_PANEL,
                                               help="one JSON line per engine step"),
+    include_timing: bool = typer.Option(False, "--include-timing", rich_help_panel=opt.OUTPUT_PANEL,
+                                        help="add a timing object to each line (not OpenAI)"),
     as_json: bool = opt.JSON,
 ) -> None:
     """Run a batch of requests through the engine; print vLLM-style throughput.
@@ -168,7 +170,8 @@ def run(
         host_full_watermark=host_full_watermark, decode_low_watermark=decode_low_watermark,
         num_requests=num_requests, input_len=input_len, output_len=output_len, prompt_format=prompt_format,
         resume=resume, timeout_s=timeout_s, step_trace=step_trace, warmup=warmup, progress=True,
-        overwrite=overwrite, oversubscribe=oversubscribe, force=force, speed_check=not no_speed_check)
+        overwrite=overwrite, oversubscribe=oversubscribe, force=force, speed_check=not no_speed_check,
+        include_timing=include_timing)
     printer = _Printer()
     try:
         done = run_batch(options, printer)

@@ -63,6 +63,8 @@ def whatif(
                                         help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
     sample_size: int = typer.Option(1000, "--sample-size", min=1, metavar="N", rich_help_panel=opt.SEARCH_PANEL,
                                     help="simulate at most this many per option"),
+    deadline: Optional[str] = typer.Option(None, "--deadline", metavar="TIME", rich_help_panel=opt.SEARCH_PANEL,
+                                           help="cheapest option done by then: 24h, 90m, 1h30m, s"),
     workers: int = opt.WORKERS,
     as_json: bool = opt.JSON,
     out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", metavar="DIR",
@@ -74,12 +76,14 @@ def whatif(
     With no arguments: LLaMA2-70B, 1M ShareGPT-like requests, 4 and 8 x A10 / L4 / A100-40G.
     """
     from seesaw.app.whatif import whatif as run_whatif
+    from seesaw.report.whatif import headline
 
     with Progress("whatif", _count_options(gpu, num_gpus), unit="options") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
-                          output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar))
+                          output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar),
+                          deadline=deadline)
         bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths
     df = result.table()
@@ -95,6 +99,8 @@ def whatif(
     for r in df.to_dict("records"):
         if not r["feasible"]:
             out.print(f"infeasible {r['option']}: {r['reason']}", highlight=False)
+    for line in headline(result):
+        out.print(line.replace("**", ""), highlight=False)
     print_notes(result.notes)
     err.print(f"wrote {', '.join(str(p) for p in paths[:4])} and {len(paths) - 4} plots ({result.wall_s:.1f} s)",
               highlight=False)

@@ -17,7 +17,12 @@ Malformed lines do not stop the run: they come back as ``(line, message)`` error
 ``OUT.errors.jsonl`` by ``write_errors``, and the rest run.
 
 Output (``OutputWriter``): one line per request as it finishes, in the Batch API output format
-plus a ``timing`` object (seconds since the run started), appended, flushed at once, and fsynced
+(``id``, ``custom_id``, ``response`` {``status_code``, ``request_id``, ``body``}, ``error``): a chat
+request's body is a ``chat.completion`` (``chatcmpl-`` id, ``choices[].message``), a prompt's a
+``text_completion`` (``cmpl-`` id, ``choices[].text``), both with ``finish_reason`` and ``usage``.
+With ``EngineConfig.include_timing`` (``seesaw run --include-timing``) a line also carries a
+``timing`` object (seconds since the run started), an extra outside the OpenAI format. Lines are
+appended, flushed at once, and fsynced
 every ``fsync_every_s`` and at close, so a crash loses at most the last lines the OS had not
 written. ``done_ids`` reads the ``custom_id`` of every complete line of an existing output file
 (``--resume`` skips them; a torn last line from a crash is cut off before appending).
@@ -176,21 +181,26 @@ def prepare_requests(
 
 
 def response_record(item: BatchItem, output_ids: list[int], text: str, finish_reason: str,
-                    model: str, timing: dict) -> dict:
-    """One batch-output line (OpenAI Batch API shape) for a finished request."""
+                    model: str, timing: dict | None = None) -> dict:
+    """One batch-output line (the OpenAI Batch API's request output object) for a finished request:
+    a ``chat.completion`` body for a chat request, a ``text_completion`` body otherwise. ``timing``
+    (opt-in, not part of the OpenAI format) is added as a top-level ``timing`` key when given."""
     digest = hashlib.sha1(item.custom_id.encode()).hexdigest()[:24]  # stable across runs
-    choice = {"index": 0, "finish_reason": finish_reason}
     if item.chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                  "logprobs": None, "finish_reason": finish_reason}
     else:
-        choice["text"] = text
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
     usage = {"prompt_tokens": item.prompt_len, "completion_tokens": len(output_ids),
              "total_tokens": item.prompt_len + len(output_ids)}
-    body = {"id": f"cmpl-{digest}", "object": "chat.completion" if item.chat else "text_completion",
+    body = {"id": f"{'chatcmpl' if item.chat else 'cmpl'}-{digest}",
+            "object": "chat.completion" if item.chat else "text_completion",
             "created": int(time.time()), "model": model, "choices": [choice], "usage": usage}
-    return {"id": f"batch_req_{digest}", "custom_id": item.custom_id,
-            "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body},
-            "error": None, "timing": timing}
+    record = {"id": f"batch_req_{digest}", "custom_id": item.custom_id,
+              "response": {"status_code": 200, "request_id": f"req_{digest}", "body": body}, "error": None}
+    if timing is not None:
+        record["timing"] = timing
+    return record
 
 
 class OutputWriter:

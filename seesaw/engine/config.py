@@ -52,6 +52,7 @@ class EngineConfig:
     step_trace: str = ""                   # JSONL file: one record per forward step (rank 0's clock)
     warmup: bool = True                    # a dummy max-size prefill on every rank before the clock
     host_kv_blocks: int | None = None      # Seesaw: host blocks per replica (instead of host_kv_bytes)
+    include_timing: bool = False           # output lines carry a "timing" object (not OpenAI's format)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -326,9 +326,10 @@ class Driver:
             return
         text_ids = [t for t in out_ids if t not in self.eos] if seq.finish_reason == "stop" else out_ids
         text = self.tokenizer.decode(text_ids) if self.tokenizer is not None else ""
-        timing = {"first_token_s": round(self.first_token_s.pop(sid, now - self._t0), 6),
-                  "finished_s": round(now - self._t0, 6), "replica": seq.replica,
-                  "num_preemptions": seq.num_preemptions}
+        first_token_s = self.first_token_s.pop(sid, now - self._t0)
+        timing = None if not self.config.include_timing else {
+            "first_token_s": round(first_token_s, 6), "finished_s": round(now - self._t0, 6),
+            "replica": seq.replica, "num_preemptions": seq.num_preemptions}
         self.writer.write(response_record(item, out_ids, text, seq.finish_reason or "length",
                                           self.config.model_name, timing))
 

@@ -100,7 +100,8 @@ def plot_throughput_cost(df, path: Path) -> Path:
     ax0.set_title("best plan: throughput (total tokens/s)")
     ax1.set_title("best plan: cost per million tokens (USD)")
     for ax in (ax0, ax1):
-        ax.tick_params(axis="x", labelrotation=20)
+        ax.tick_params(axis="x", labelrotation=25)
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")  # long names end under their bar
         ax.set_ylim(0, ax.get_ylim()[1] * 1.3)         # headroom for the labels and the legend
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -123,7 +124,7 @@ def plot_vs_vllm(df, path: Path) -> Path:
             if pd.notna(s):
                 ax.annotate(f"{s:.2f}x", (i + 0.2, v), ha="center", va="bottom", fontsize=8)
         ax.legend(fontsize=8, loc="upper right")
-    ax.set_xticks(list(x), names, rotation=20)
+    ax.set_xticks(list(x), names, rotation=25, ha="right", rotation_mode="anchor")
     ax.set_ylabel("total tokens/s")
     ax.set_title("best plan vs best static vLLM layout, per option")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.3)

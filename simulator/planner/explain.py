@@ -15,7 +15,7 @@ from seesaw.core import PHASES, Predicted, SeesawPolicy, VllmPolicy
 from simulator.cost import CostModel
 from simulator.planner.estimate import ReplicaWork, host_limit_tokens
 
-__all__ = ["brief", "explain", "predicted", "unservable_reason"]
+__all__ = ["brief", "explain", "format_duration", "predicted", "unservable_reason"]
 
 
 def unservable_reason(policy, works: list[ReplicaWork], cost: CostModel) -> str | None:
@@ -56,7 +56,7 @@ def predicted(row, best_vllm: dict | None, output_fraction: float, num_requests:
         **{f"{k}_s": float(row[f"{k}_s"]) for k in PHASES if row[f"{k}_s"]})
 
 
-def _dur(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     """A duration in the unit a reader wants: seconds, minutes or hours."""
     if seconds < 600:
         return f"{seconds:,.0f} s"
@@ -65,20 +65,20 @@ def _dur(seconds: float) -> str:
 
 def _vllm_text(r) -> str:
     pf = r["prefill_s"] + r["mixed_s"]
-    return f"{r['candidate']}: prefill in flight {_dur(pf)}, decode only {_dur(r['decode_s'])}"
+    return f"{r['candidate']}: prefill in flight {format_duration(pf)}, decode only {format_duration(r['decode_s'])}"
 
 
 def _seesaw_text(r) -> str:
     n = int(r["num_transitions"] or 0)
     extra = r["reshard_s"] + r["swap_stall_s"] + r["mixed_s"] + r["idle_s"]
-    return (f"{r['candidate']}: prefill {_dur(r['prefill_s'])} under {r['prefill_layout']}, decode "
-            f"{_dur(r['decode_s'])} under {r['decode_layout']}, re-shard and swap stalls {_dur(extra)} "
+    return (f"{r['candidate']}: prefill {format_duration(r['prefill_s'])} under {r['prefill_layout']}, decode "
+            f"{format_duration(r['decode_s'])} under {r['decode_layout']}, re-shard and swap stalls {format_duration(extra)} "
             f"({n} transition{'s' if n != 1 else ''})")
 
 
 def explain(win, vllm, sim: pd.DataFrame) -> str:
     """Why the winner wins, from simulated time by phase against the best static vLLM layout."""
-    head = f"{win['candidate']} wins: {win['throughput_tok_s']:,.0f} tok/s over {_dur(win['makespan_s'])}"
+    head = f"{win['candidate']} wins: {win['throughput_tok_s']:,.0f} tok/s over {format_duration(win['makespan_s'])}"
     if vllm is None:
         return head + "; no static vLLM layout could be simulated to compare with."
     if win["kind"] == "vllm":
@@ -91,14 +91,14 @@ def explain(win, vllm, sim: pd.DataFrame) -> str:
         return (head + f"; the best Seesaw pair, {s['candidate']}, is "
                 f"{100 * (1 - s['throughput_tok_s'] / win['throughput_tok_s']):.1f}% slower. Time by phase "
                 f"(simulated): {_vllm_text(win)}; {_seesaw_text(s)}. Seesaw's separate prefill phase takes "
-                f"{_dur(s['prefill_s'])} against {_dur(v_pf)} with prefill in flight, and its decode "
-                f"phase {_dur(s['decode_s'])} against {_dur(win['decode_s'])}: re-sharding does not pay here.")
+                f"{format_duration(s['prefill_s'])} against {format_duration(v_pf)} with prefill in flight, and its decode "
+                f"phase {format_duration(s['decode_s'])} against {format_duration(win['decode_s'])}: re-sharding does not pay here.")
     v_pf = vllm["prefill_s"] + vllm["mixed_s"]
     saved, more = v_pf - win["prefill_s"], win["decode_s"] - vllm["decode_s"]
     return (head + f", {win['speedup_vs_best_vllm']:.2f}x the best static vLLM layout, {vllm['candidate']} "
-            f"({vllm['throughput_tok_s']:,.0f} tok/s over {_dur(vllm['makespan_s'])}). Time by phase "
+            f"({vllm['throughput_tok_s']:,.0f} tok/s over {format_duration(vllm['makespan_s'])}). Time by phase "
             f"(simulated): {_seesaw_text(win)}; {_vllm_text(vllm)}. Prefilling under {win['prefill_layout']} "
-            f"{'saves' if saved >= 0 else 'costs'} {_dur(abs(saved))} against the time {vllm['layout']} has "
-            f"prefill in flight, and decoding under {win['decode_layout']} takes {_dur(abs(more))} "
+            f"{'saves' if saved >= 0 else 'costs'} {format_duration(abs(saved))} against the time {vllm['layout']} has "
+            f"prefill in flight, and decoding under {win['decode_layout']} takes {format_duration(abs(more))} "
             f"{'more' if more >= 0 else 'less'} than its decode-only time (the decode phase also does the "
             "decodes vLLM overlaps with prefill).")
