@@ -340,9 +340,6 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
 
     model_dir = resolve_checkpoint(model, plan.model.name if plan is not None else None)
     name = checkpoint_name(model, model_dir)
-    if rank == 0 and name.lower() == "tiny":
-        events.note("model tiny: seeded random weights (for plumbing and tests), so its output text is noise; "
-                    "--model smollm2-135m answers in words")
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
     tokenizer = load_tokenizer(model_dir)
     if output.parent == output_dir and rank == 0:
@@ -374,6 +371,9 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
     if c_p is not None:  # a layout or a plan: checked before the run's folder is touched
         _check_layout(store.spec, c_p, c_d, o.device, torchrun)
         check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
+    if rank == 0 and name.lower() == "tiny":
+        events.note("model tiny: seeded random weights (for plumbing and tests), so its output text is noise; "
+                    "--model smollm2-135m answers in words")
     if rank == 0:
         start_folder(output_dir, "run", overwrite=o.overwrite, keep=(output, err_file))
         record_files(output_dir, [output, err_file])
