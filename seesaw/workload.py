@@ -340,28 +340,29 @@ def _jsonl_record(obj, i: int, tokenizer) -> Request:
 
 def _load_jsonl(path: Path, name: str, tokenizer, errors) -> tuple[list[Request], bool]:
     reqs, seen, approx, i = [], set(), False, 0
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+    with path.open("rb") as f:  # decoded line by line: one bad line is that line's error only
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
                 try:
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise _Bad(f"malformed JSON: {e.msg}") from None
-                    r = _jsonl_record(obj, i, tokenizer)
-                    if r.id in seen:
-                        raise _Bad(f"duplicate id {r.id!r}")
-                except _Bad as e:
-                    _report(errors, line_no, f"{name} line {line_no}: {e}")
-                else:
-                    seen.add(r.id)
-                    reqs.append(r)
-                    approx |= tokenizer is None and r.prompt_token_ids is None
-                i += 1
-    except UnicodeDecodeError as e:
-        raise WorkloadError(f"{name}: not UTF-8 text: {e.reason}") from None
+                    line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise _Bad(f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)") from None
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _Bad(f"malformed JSON: {e.msg}") from None
+                r = _jsonl_record(obj, i, tokenizer)
+                if r.id in seen:
+                    raise _Bad(f"duplicate id {r.id!r}")
+            except _Bad as e:
+                _report(errors, line_no, f"{name} line {line_no}: {e}")
+            else:
+                seen.add(r.id)
+                reqs.append(r)
+                approx |= tokenizer is None and r.prompt_token_ids is None
+            i += 1
     return reqs, approx
 
 
