@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from seesaw.core import SIMULATE_SAMPLE_SIZE
+
 __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
            "load_model", "load_gpu", "load_node", "load_measured", "make_node", "list_catalog", "default_host_kv_bytes"]
 
@@ -26,7 +28,8 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str = "T4P2",
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
-             progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None):
+             progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None,
+             sample_size: int | None = SIMULATE_SAMPLE_SIZE):
     """Simulate a workload on a node under one layout (``T4P2``) or Seesaw pair (``P8->T4P2``).
 
     Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
@@ -34,14 +37,16 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     the run folder as ``seesaw simulate -o``. For research, any input may be given as an object
     instead of a name: ``model`` a ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a
     ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
-    a ``MeasuredProfile`` of ``node``)."""
+    a ``MeasuredProfile`` of ``node``). More than ``sample_size`` requests (None: no limit) are
+    simulated on a seeded sample and the result extrapolated to all of them, as ``plan`` does
+    (``summary()["extrapolated_from"]`` is then the sample size)."""
     from seesaw.app.simulate import simulate as run
 
     done = run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
                chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
                host_kv_gib=host_kv_gib, progress=progress, node=node, policy=policy, requests=requests,
-               cost=cost, measured=measured)
+               cost=cost, measured=measured, sample_size=sample_size)
     if output_dir is not None:
         from seesaw.report import write_sim_folder
 

@@ -9,6 +9,7 @@ import typer
 
 from seesaw.cli import options as opt
 from seesaw.cli.console import err, print_json
+from seesaw.core import SIMULATE_SAMPLE_SIZE
 from seesaw.progress import Progress
 
 __all__ = ["register"]
@@ -33,6 +34,8 @@ def simulate(
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=16, help="token budget per step"),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1),
     host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0.0, help="Seesaw host KV pool"),
+    sample_size: int = typer.Option(SIMULATE_SAMPLE_SIZE, "--sample-size", min=1,
+                                    help="simulate at most this many requests; more are extrapolated"),
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="write config, summary, CSVs"),
 ) -> None:
@@ -44,8 +47,10 @@ def simulate(
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
-                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar)
+                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar, sample_size=sample_size)
     result = done.result
+    for note in done.notes:
+        err.print(f"note: {note}", highlight=False)
     print(result.to_run_result().throughput_line())
     total = result.elapsed_time or 1.0
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in result.time_by_phase.items() if v > 0]
