@@ -75,6 +75,16 @@ def test_a_billion_requests_from_a_generator_builds_only_the_sample(name):
     assert stats["num_requests"] == BILLION and stats["sample_size"] == 500 and stats["total_prompt_tokens"] == p
 
 
+def test_cli_workload_describe_a_billion_reads_a_sample(seesaw):
+    import json
+
+    res = seesaw("workload", "describe", "sharegpt", "-n", str(BILLION), "--json")
+    assert res.returncode == 0, res.stderr
+    stats = json.loads(res.stdout.strip().splitlines()[-1])
+    assert stats["num_requests"] == BILLION and stats["sample_size"] == 100_000
+    assert stats["total_tokens"] == pytest.approx(BILLION * (stats["input_len_mean"] + stats["output_len_mean"]))
+
+
 def test_a_workload_that_fits_is_built_whole_as_before():
     w = load_workload("sharegpt", num_requests=2000, seed=0, sample_size=200)
     assert len(w) == w.represents == 2000 and w.sample_of is None
