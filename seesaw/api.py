@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from seesaw.core import SIMULATE_SAMPLE_SIZE
+
 __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
            "load_model", "load_gpu", "load_node", "load_measured", "make_node", "list_catalog", "default_host_kv_bytes"]
 
@@ -27,15 +29,18 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
              progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None,
-             overwrite: bool = False):
+             overwrite: bool = False, sample_size: int | None = SIMULATE_SAMPLE_SIZE):
     """Simulate a workload on a node under one layout (``T4P2``) or Seesaw pair (``P8->T4P2``).
 
     Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
     ``tokens_per_second``, ``time_by_phase``, the step timeline); with ``output_dir`` also writes
     the run folder as ``seesaw simulate -o`` (a folder that holds a run only with ``overwrite``).
-    For research, any input may be given as an object instead of a name: ``model`` a
-    ``ModelSpec``, ``node`` a ``NodeSpec``, ``policy`` a ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list, ``cost`` a ``CostModel`` (or ``measured``
-    a ``MeasuredProfile`` of ``node``)."""
+    For research, any input may be given as an object instead of a name: ``model`` a ``ModelSpec``,
+    ``node`` a ``NodeSpec``, ``policy`` a ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list,
+    ``cost`` a ``CostModel`` (or ``measured`` a ``MeasuredProfile`` of ``node``). More than
+    ``sample_size`` requests (None: no limit) are simulated on a seeded sample and the result
+    extrapolated to all of them, as ``plan`` does (``summary()["extrapolated_from"]`` is then the
+    sample size)."""
     from seesaw.app.simulate import simulate as run
     from seesaw.report.claim import check_folder, start_folder
 
@@ -45,7 +50,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
                chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
                host_kv_gib=host_kv_gib, progress=progress, node=node, policy=policy, requests=requests,
-               cost=cost, measured=measured)
+               cost=cost, measured=measured, sample_size=sample_size)
     if output_dir is not None:
         from seesaw.report import write_sim_folder
 

@@ -38,6 +38,7 @@ from typing import Callable
 import numpy as np
 
 from seesaw.core import SpecError
+from seesaw.sampling import MAX_BUILT, draw_requests, sample_positions
 
 __all__ = ["Request", "Workload", "WorkloadError", "load_workload", "describe", "approx_token_count",
            "sample_lengths", "SYNTHETIC_NAMES", "DEFAULT_MAX_TOKENS"]
@@ -95,12 +96,29 @@ class Request:
 
 
 class Workload(list):
-    """A ``list[Request]`` that remembers where it came from and whether lengths are estimates."""
+    """A ``list[Request]`` that remembers where it came from and whether lengths are estimates.
 
-    def __init__(self, requests=(), name: str = "", approximate_lengths: bool = False):
+    A sample of a workload too large to build (``load_workload(sample_size=...)``) ``represents``
+    more requests than it holds; ``totals`` are the (prompt, output) tokens of all of them."""
+
+    def __init__(self, requests=(), name: str = "", approximate_lengths: bool = False,
+                 represents: int | None = None, totals: tuple[int, int] | None = None):
         super().__init__(requests)
         self.name = name
         self.approximate_lengths = approximate_lengths
+        self.sample_of = (represents, totals) if represents is not None else None
+
+    @property
+    def represents(self) -> int:
+        """How many requests this list stands for: its length, or the whole a sample was drawn from."""
+        return len(self) if self.sample_of is None else self.sample_of[0]
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        """(prompt, output) tokens of the requests it ``represents`` (a generator's: the sample's mean x N)."""
+        if self.sample_of is None:
+            return sum(r.prompt_len for r in self), sum(r.output_len for r in self)
+        return self.sample_of[1]
 
     def __getitem__(self, i):
         out = super().__getitem__(i)
@@ -175,25 +193,32 @@ def sample_lengths(name: str, n: int, rng: np.random.Generator, table: dict | No
     return inp, out
 
 
-def _synthetic(name, n, seed, input_len, output_len) -> Workload:
+def _synthetic(name, n, seed, input_len, output_len, sample_size=None) -> Workload:
+    """``n`` requests; or, when ``n`` is too large to build, ``sample_size`` of them drawn directly."""
+    k = n if sample_size is None or n <= max(sample_size, MAX_BUILT) else sample_size
     rng = np.random.default_rng(seed)
     if name in TRACE_NAMES:
         if input_len is not None:
             raise WorkloadError(f"input_len applies to constant and uniform workloads, not {name!r}")
-        inp, out = sample_lengths(name, n, rng)
+        inp, out = sample_lengths(name, k, rng)
         if output_len is not None:
-            out = np.full(n, output_len)
+            out = np.full(k, output_len)
         label = f"{name} (lengths drawn from the {name} trace's distribution, {n} requests, seed {seed})"
     else:
         i_len = DEFAULT_INPUT_LEN if input_len is None else input_len
         o_len = DEFAULT_OUTPUT_LEN if output_len is None else output_len
         if name == "constant":
-            inp, out = np.full(n, i_len), np.full(n, o_len)
+            inp, out = np.full(k, i_len), np.full(k, o_len)
         else:  # uniform: integers in [x // 2, x + x // 2], at least 1
-            inp, out = (rng.integers(max(1, x // 2), x + x // 2 + 1, size=n) for x in (i_len, o_len))
+            inp, out = (rng.integers(max(1, x // 2), x + x // 2 + 1, size=k) for x in (i_len, o_len))
         label = f"{name} (input {i_len}, output {o_len}, {n} requests, seed {seed})"
-    reqs = [Request(f"req-{i}", p, o) for i, (p, o) in enumerate(zip(inp.tolist(), out.tolist()))]
-    return Workload(reqs, label, approximate_lengths=False)
+    ids = range(n) if k == n else sample_positions(n, k, seed).tolist()
+    reqs = [Request(f"req-{i}", p, o) for i, p, o in zip(ids, inp.tolist(), out.tolist())]
+    if k == n:
+        return Workload(reqs, label, approximate_lengths=False)
+    totals = (round(n * int(inp.sum()) / k), round(n * int(out.sum()) / k))  # the sample's mean x n
+    return Workload(reqs, label.replace(f"{n} requests", f"a seeded sample of {k} of {n} requests"),
+                    represents=n, totals=totals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,53 +365,34 @@ def _jsonl_record(obj, i: int, tokenizer) -> Request:
 
 def _load_jsonl(path: Path, name: str, tokenizer, errors) -> tuple[list[Request], bool]:
     reqs, seen, approx, i = [], set(), False, 0
-    try:
-        with path.open(encoding="utf-8-sig") as f:
-            for line_no, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+    with path.open("rb") as f:  # decoded line by line: one bad line is that line's error only
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
                 try:
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise _Bad(f"malformed JSON: {e.msg}") from None
-                    r = _jsonl_record(obj, i, tokenizer)
-                    if r.id in seen:
-                        raise _Bad(f"duplicate id {r.id!r}")
-                except _Bad as e:
-                    _report(errors, line_no, f"{name} line {line_no}: {e}")
-                else:
-                    seen.add(r.id)
-                    reqs.append(r)
-                    approx |= tokenizer is None and r.prompt_token_ids is None
-                i += 1
-    except UnicodeDecodeError as e:
-        raise WorkloadError(f"{name}: not UTF-8 text: {e.reason}") from None
+                    line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise _Bad(f"not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)") from None
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise _Bad(f"malformed JSON: {e.msg}") from None
+                r = _jsonl_record(obj, i, tokenizer)
+                if r.id in seen:
+                    raise _Bad(f"duplicate id {r.id!r}")
+            except _Bad as e:
+                _report(errors, line_no, f"{name} line {line_no}: {e}")
+            else:
+                seen.add(r.id)
+                reqs.append(r)
+                approx |= tokenizer is None and r.prompt_token_ids is None
+            i += 1
     return reqs, approx
 
 
 # --------------------------------------------------------------------------------------------
 # Entry points
-
-
-def _sample(reqs: list[Request], n: int | None, rng: np.random.Generator) -> list[Request]:
-    """``n`` requests from ``reqs``, in source order (arrival times stay sorted).
-
-    Without replacement when ``n <= len(reqs)``. Otherwise with replacement, drawn so every
-    request appears ``n // len(reqs)`` times and the remainder without replacement: copy ``k``
-    gets id ``<id>#k`` and arrives ``k`` trace spans later.
-    """
-    m = len(reqs)
-    if n is None or n == m:
-        return reqs
-    if n < m:
-        return [reqs[i] for i in np.sort(rng.choice(m, n, replace=False))]
-    reps, rest = divmod(n, m)
-    extra = set(rng.choice(m, rest, replace=False).tolist())
-    times = [r.arrival_time_s for r in reqs]
-    span = (max(times) - min(times)) * (1 + 1 / max(1, m - 1))  # + one mean gap between copies
-    return [r if k == 0 else replace(r, id=f"{r.id}#{k}", arrival_time_s=r.arrival_time_s + k * span)
-            for k in range(reps + 1) for i, r in enumerate(reqs) if k < reps or i in extra]
 
 
 def load_workload(
@@ -397,6 +403,7 @@ def load_workload(
     output_len: int | None = None,
     tokenizer: Tokenizer | None = None,
     errors: list | None = None,
+    sample_size: int | None = None,
 ) -> Workload:
     """Load a workload from a built-in name (``SYNTHETIC_NAMES``) or a ``.csv``/``.json``/``.jsonl`` file.
 
@@ -411,16 +418,22 @@ def load_workload(
     errors: a list to collect ``(where, message)`` for bad lines (1-based line number in CSV and
         JSONL) or entries (0-based index in JSON), which are then skipped; without it the first
         bad one raises ``WorkloadError``.
+    sample_size: for a simulation. A workload of more than ``max(sample_size, MAX_BUILT)`` requests
+        is then never built: the result holds ``sample_size`` of them (``Workload.represents`` the
+        whole, ``totals`` its tokens). From a file, the very requests the planner would sample
+        from the built list (``seesaw.sampling.draw_requests``), with exact totals; from a generator, lengths
+        drawn directly (seeded), with the sample's mean as the totals' estimate.
     Ids: ``req-{i}`` for synthetic and CSV (i = data row), ``custom_id``/``id`` for JSON(L).
     """
-    for arg, val in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len)):
+    for arg, val in (("num_requests", num_requests), ("input_len", input_len), ("output_len", output_len),
+                     ("sample_size", sample_size)):
         if val is not None and (isinstance(val, bool) or not isinstance(val, numbers.Integral) or val < 1):
             raise WorkloadError(f"{arg} must be a positive integer, got {val!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise WorkloadError(f"seed must be a non-negative integer, got {seed!r}")
     source = os.fspath(source)
     if source in SYNTHETIC_NAMES:
-        return _synthetic(source, num_requests or DEFAULT_NUM_SYNTHETIC, seed, input_len, output_len)
+        return _synthetic(source, num_requests or DEFAULT_NUM_SYNTHETIC, seed, input_len, output_len, sample_size)
     path = Path(source)
     loaders = {".csv": lambda: _load_csv(path, source, errors),
                ".json": lambda: _load_json(path, source, tokenizer, errors),
@@ -441,8 +454,11 @@ def load_workload(
         raise WorkloadError(f"{source}: no requests in the workload")
     if output_len is not None:
         reqs = [replace(r, output_len=output_len) for r in reqs]
-    reqs = _sample(reqs, num_requests, np.random.default_rng(seed))
+    reqs, whole = draw_requests(reqs, num_requests, np.random.default_rng(seed), sample_size, seed)
     seeded = "" if num_requests is None else f", seed {seed}"
+    if whole is not None:
+        return Workload(reqs, f"{source} (a seeded sample of {len(reqs)} of {whole[0]} requests{seeded})",
+                        approx, whole[0], whole[1])
     return Workload(reqs, f"{source} ({len(reqs)} requests{seeded})", approximate_lengths=approx)
 
 
@@ -455,12 +471,15 @@ def describe(requests: list[Request]) -> dict:
         raise WorkloadError("cannot describe an empty workload")
     p = np.array([r.prompt_len for r in requests], dtype=np.int64)
     o = np.array([r.output_len for r in requests], dtype=np.int64)
-    out: dict = {"num_requests": len(requests)}
+    sample_of = getattr(requests, "sample_of", None)  # a sample: percentiles are the sample's
+    out: dict = {"num_requests": len(requests) if sample_of is None else sample_of[0]}
+    if sample_of is not None:
+        out["sample_size"] = len(requests)
     for key, x in (("input_len", p), ("output_len", o)):
         out[f"{key}_mean"] = float(x.mean())
         out.update({f"{key}_p{q}": float(np.percentile(x, q)) for q in (50, 90, 99)})
         out[f"{key}_max"] = int(x.max())
-    tp, to = int(p.sum()), int(o.sum())
+    tp, to = (int(p.sum()), int(o.sum())) if sample_of is None else sample_of[1]
     out.update(total_prompt_tokens=tp, total_output_tokens=to, total_tokens=tp + to, pd_ratio=tp / to,
                approximate_lengths=bool(getattr(requests, "approximate_lengths", False)))
     return out

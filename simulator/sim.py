@@ -30,7 +30,8 @@ from seesaw.scheduling import (
 from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
 from simulator.cost import BatchShape, CostModel
 
-__all__ = ["SimResult", "simulate", "batch_shape", "default_host_kv_bytes", "host_blocks_per_replica"]
+__all__ = ["SimResult", "simulate", "batch_shape", "default_host_kv_bytes", "host_blocks_per_replica",
+           "over_context_note"]
 
 
 @dataclass
@@ -309,6 +310,17 @@ def simulate(
     return _collect(sim, policy, requests)
 
 
+def over_context_note(model: ModelSpec, requests: list) -> str | None:
+    """A warning when some requests (prompt + output) exceed the model's context
+    (``max_position_embeddings``): a real server rejects them, the simulation serves them."""
+    ctx = model.max_position_embeddings
+    over = sum(1 for r in requests if r.prompt_len + r.output_len > ctx)
+    if not over:
+        return None
+    return (f"{over:,} of {len(requests):,} simulated requests are longer (prompt + output) than {model.name}'s "
+            f"context of {ctx:,} tokens: a real server would reject them; the simulation serves them anyway")
+
+
 def default_host_kv_bytes(model: ModelSpec, node: NodeSpec, fraction: float = 0.8) -> float:
     """Host KV pool for the whole node: a fraction of host memory minus the host weight store."""
     return max(0.0, fraction * node.host_memory_bytes - model.weight_bytes)
@@ -335,6 +347,10 @@ def _make_scheduler(policy, cost: CostModel, replica: int):
             f"({node.host_memory_bytes / 2**30:.0f} GiB - {model.weight_bytes / 2**30:.1f} GiB)"
         )
     host_blocks = host_blocks_per_replica(model, policy, host_bytes)
+    if host_blocks < 1:
+        block_bytes = model.kv_bytes_per_token * policy.block_size * policy.prefill_layout.dp
+        raise SpecError(f"host KV pool of {host_bytes / 2**30:.6g} GiB holds no KV block of {policy.block_size} "
+                        f"tokens per replica; give at least {block_bytes / 2**30:.6g} GiB (--host-kv-gib)")
     return SeesawScheduler.from_policy(policy, prefill_tokens // policy.block_size, replica,
                                        num_host_blocks=host_blocks, num_decode_blocks=decode_tokens // policy.block_size)
 

@@ -199,6 +199,19 @@ def test_cli_malformed_lines_go_to_the_errors_file(ckpt, tmp_path, seesaw):
     assert sorted(stable_outputs(out_path)) == ["q0", "q1", "q2", "q3"]
 
 
+def test_cli_a_line_that_is_not_utf8_is_that_lines_error_only(ckpt, tmp_path, seesaw):
+    inp = write_prompts(tmp_path / "in.jsonl", n=3)
+    lines = inp.read_bytes().splitlines(keepends=True)
+    inp.write_bytes(lines[0] + b'{"id": "bad", "prompt": "caf\xe9"}\n' + b"".join(lines[1:]))
+    out_path = tmp_path / "o.jsonl"
+    code, out, err = seesaw("run", "--model", ckpt, "--input", inp, "--output", out_path, "--layout", "T1")
+    assert code == 0, err
+    assert "1 bad input line(s)" in err
+    (e,) = [json.loads(x) for x in errors_path(out_path).read_text().splitlines()]
+    assert e["line"] == 2 and "not UTF-8" in e["error"]
+    assert sorted(stable_outputs(out_path)) == ["q0", "q1", "q2"]
+
+
 def test_cli_request_that_never_fits_goes_to_the_errors_file(ckpt, tmp_path, seesaw):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "short", "prompt": "hi", "max_tokens": 4}) + "\n"

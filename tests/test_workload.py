@@ -210,6 +210,18 @@ def test_jsonl_bad_lines(tmp_path, line, fragment):
     assert len(errors) == 1 and errors[0][0] == 2 and fragment in errors[0][1]
 
 
+def test_jsonl_a_line_that_is_not_utf8_is_that_lines_error(tmp_path, seesaw):
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "ok"}\n{"id": "x", "prompt": "caf\xe9"}\n{"id": "b", "prompt": "ok"}\n')
+    errors = []
+    assert [r.id for r in load_workload(str(src), errors=errors)] == ["a", "b"]  # the BOM still goes
+    assert errors == [(2, f"{src} line 2: not UTF-8 text (invalid continuation byte at byte 27 of the line)")]
+    with pytest.raises(WorkloadError, match="line 2: not UTF-8"):
+        load_workload(str(src))
+    code, _, err = seesaw("workload", "describe", src)
+    assert code == 2 and err.count("\n") == 1 and "line 2: not UTF-8 text" in err, err
+
+
 # --------------------------------------------------------------------------------------------
 # Sources, names and arguments
 

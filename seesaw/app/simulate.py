@@ -9,14 +9,14 @@ passed through to the simulator and the planner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seesaw.core import GiB, ModelSpec, NodeSpec, SeesawPolicy, SpecError, VllmPolicy, parse_layout
+from seesaw.core import SIMULATE_SAMPLE_SIZE, GiB, ModelSpec, NodeSpec, SeesawPolicy, SpecError, VllmPolicy, parse_layout
 
 __all__ = ["Simulated", "Planned", "resolve_node", "resolve_hardware", "measured_profile", "build_policy", "load_inputs", "simulate", "compare", "plan",
-           "OBJECTIVES"]
+           "OBJECTIVES", "check_counts"]
 
 OBJECTIVES = ("throughput", "cost")
 
@@ -31,6 +31,8 @@ class Simulated:
     node: NodeSpec
     policy: VllmPolicy | SeesawPolicy
     num_requests: int
+    sampled: Any = None  # simulator.extrapolate.Sampled: what was simulated of the whole
+    notes: list[str] = field(default_factory=list)  # one-line warnings (sampled, requests over the context)
 
 
 @dataclass
@@ -88,7 +90,17 @@ def build_policy(layout: str, *, chunked_prefill: bool = False, chunk_size: int 
                  max_num_seqs: int | None = None, host_kv_gib: float | None = None, watermark: float = 1.0,
                  max_num_batched_tokens: int | None = None) -> VllmPolicy | SeesawPolicy:
     """The policy a layout string names: static -> vllm, ``P8->T4P2`` -> seesaw."""
-    configs = parse_layout(layout)
+    from pydantic import ValidationError
+
+    try:
+        return _policy(parse_layout(layout), chunked_prefill, chunk_size, max_num_seqs, host_kv_gib, watermark,
+                       max_num_batched_tokens)
+    except ValidationError as e:  # an out-of-range knob given through the API: one line
+        err = e.errors()[0]
+        raise SpecError(f"{e.title}: {'.'.join(map(str, err['loc'])) or 'value'}: {err['msg']}") from None
+
+
+def _policy(configs, chunked_prefill, chunk_size, max_num_seqs, host_kv_gib, watermark, max_num_batched_tokens):
     budget = chunk_size or max_num_batched_tokens
     common: dict = {} if max_num_seqs is None else {"max_num_seqs": max_num_seqs}
     if budget:
@@ -112,19 +124,30 @@ def resolve_model(model) -> ModelSpec:
 
 
 def resolve_requests(workload: str, num_requests: int | None = None, seed: int = 0, input_len: int | None = None,
-                     output_len: int | None = None, requests=None):
-    """The requests given, or a sample of the workload (a file or a built-in generator)."""
+                     output_len: int | None = None, requests=None, sample_size: int | None = None):
+    """The requests given, or the workload (a file or a built-in generator); one too large to
+    build is loaded as a ``sample_size`` sample that ``represents`` it (``load_workload``)."""
     from seesaw.workload import load_workload
 
     if requests is not None:
         return requests
-    return load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
+    return load_workload(workload, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len,
+                         sample_size=sample_size)
 
 
 def load_inputs(model, workload: str, num_requests: int | None = None, seed: int = 0,
-                input_len: int | None = None, output_len: int | None = None, requests=None):
+                input_len: int | None = None, output_len: int | None = None, requests=None,
+                sample_size: int | None = None):
     """(model spec, requests): a catalog model (or a spec) and a workload sample (or the requests given)."""
-    return resolve_model(model), resolve_requests(workload, num_requests, seed, input_len, output_len, requests)
+    return resolve_model(model), resolve_requests(workload, num_requests, seed, input_len, output_len, requests,
+                                                  sample_size)
+
+
+def check_counts(**counts) -> None:
+    """Each given count (``num_gpus``, ``sample_size``, ``workers``, ...) is None or an integer >= 1."""
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise SpecError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _hardware(gpu: str, num_gpus, interconnect, model_spec: ModelSpec, node: NodeSpec | None, measured):
@@ -143,7 +166,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
              output_len: int | None = None, seed: int = 0, layout: str = "T4P2", chunked_prefill: bool = False,
              chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
-             progress: Callable | None = None, *,
+             progress: Callable | None = None, *, sample_size: int | None = SIMULATE_SAMPLE_SIZE,
              node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None) -> Simulated:
     """Simulate ``workload`` on a node under one layout and policy.
 
@@ -151,27 +174,37 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     ``num_gpus``, ``interconnect``), ``policy`` a ``VllmPolicy``/``SeesawPolicy`` (instead of
     ``layout`` and its knobs), ``requests`` a list (instead of ``workload``), ``cost`` a
     ``CostModel`` or ``measured`` a profile of ``node``.
+    A workload of more than ``sample_size`` requests (None: no limit) is simulated on a seeded
+    sample and the result extrapolated to the whole (``simulator.extrapolate``, as ``plan`` does).
     ``progress(done, total)`` is called as requests finish."""
+    from simulator.extrapolate import sample_workload
+    from simulator.sim import over_context_note
     from simulator.sim import simulate as run_sim
 
+    check_counts(num_gpus=num_gpus, sample_size=sample_size)
     model_spec = resolve_model(model)  # checked in the CLI's order: model, node, policy, workload
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
     if policy is None:
         policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
                               max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
-    reqs = resolve_requests(workload, num_requests, seed, input_len, output_len, requests)
+    reqs = resolve_requests(workload, num_requests, seed, input_len, output_len, requests, sample_size)
+    sampled = sample_workload(reqs, sample_size, seed)
     if cost is None and measured is not None:
         from simulator.cost import CostModel
 
         cost = CostModel(model_spec, node, measured=measured)
-    result = run_sim(model_spec, node, policy, reqs, cost=cost, progress=progress)
+    result = sampled.extrapolate(run_sim(model_spec, node, policy, sampled.requests, cost=cost, progress=progress))
     config = {
         "command": "simulate", "model": model_spec.model_dump(), "node": node.model_dump(),
-        "policy": policy.model_dump(), "workload": workload, "num_requests": len(reqs), "seed": seed,
+        "policy": policy.model_dump(), "workload": workload, "num_requests": sampled.num_requests, "seed": seed,
         "input_len": input_len, "output_len": output_len,
     }
+    if sampled.extrapolated:
+        config["simulated_requests"] = len(sampled.requests)
+    notes = [sampled.note()] if sampled.extrapolated else []
+    notes += [n for n in (over_context_note(model_spec, sampled.requests),) if n]
     return Simulated(result=result, config=config, model=model_spec, node=node, policy=policy,
-                     num_requests=len(reqs))
+                     num_requests=sampled.num_requests, sampled=sampled, notes=notes)
 
 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
@@ -186,15 +219,16 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
     from simulator.planner import COMPARE_SPACE
     from simulator.planner import plan as search
 
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests)
+    check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
     search_options.setdefault("space", COMPARE_SPACE)
     result = search(model_spec, node, reqs, exhaustive=True, sample_size=sample_size, seed=seed, workers=workers,
                     workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
                     **search_options)
     config = {"command": "compare", "model": model_spec.name, "node": node.name, "workload": workload,
-              "num_requests": len(reqs), "seed": seed, "sample_size": sample_size}
-    return Planned(result=result, config=config, model=model_spec, node=node, num_requests=len(reqs))
+              "num_requests": result.num_requests, "seed": seed, "sample_size": sample_size}
+    return Planned(result=result, config=config, model=model_spec, node=node, num_requests=result.num_requests)
 
 
 def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
@@ -210,13 +244,14 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
     from simulator.planner import plan as search
 
     check_objective(objective)
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests)
+    check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
     result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
                     exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
                     workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
                     **search_options)
     config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
-              "num_requests": len(reqs), "seed": seed, "objective": objective,
+              "num_requests": result.num_requests, "seed": seed, "objective": objective,
               "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive}
-    return Planned(result=result, config=config, model=model_spec, node=node, num_requests=len(reqs))
+    return Planned(result=result, config=config, model=model_spec, node=node, num_requests=result.num_requests)

@@ -209,6 +209,7 @@ def run_whatif(
 
     from seesaw import catalog as cat
     from seesaw.workload import describe
+    from simulator.extrapolate import sample_workload
     from simulator.planner import SearchSpace, plan
 
     t0 = time.perf_counter()
@@ -229,15 +230,11 @@ def run_whatif(
             opt.result = res
             options.append(opt)
     stats = describe(requests)
-    out = WhatIfResult(model, workload_name, stats, len(requests), objective, options,
+    sampled = sample_workload(requests, sample_size, seed)  # what each option's plan simulated
+    out = WhatIfResult(model, workload_name, stats, sampled.num_requests, objective, options,
                        wall_s=time.perf_counter() - t0, deadline_s=deadline_s)
-    sampled = [o.result.extrapolated_from for o in options if o.feasible and o.result.extrapolated_from]
-    if sampled:
-        out.notes.append(
-            f"Large request counts are extrapolated: each option was simulated on a seeded sample of "
-            f"{sampled[0]:,} of the {len(requests):,} requests and its makespan scaled by the ratio of "
-            f"total tokens, so throughput is the sample's throughput, its start-up and final drain included "
-            f"(which makes a long run look slightly slower than it is).")
+    if any(o.feasible and o.result.extrapolated_from for o in options):
+        out.notes.append(f"Each option {sampled.note()}.")
     if objective == "cost" and any(o.price_per_gpu_hour is None for o in options):
         out.notes.append("Some GPUs have no price: their cost columns are empty.")
     return out
@@ -286,7 +283,7 @@ def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, 
     ``deadline`` (``"24h"``, ``"90m"``, seconds): also name the cheapest option that finishes the
     workload by then."""
     from seesaw import catalog as cat
-    from seesaw.app.simulate import check_objective, load_inputs
+    from seesaw.app.simulate import check_counts, check_objective, load_inputs
     from seesaw.report.claim import check_folder, start_folder
     from seesaw.report.whatif import write_report
 
@@ -304,15 +301,16 @@ def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, 
     deadline_s = None if deadline is None else parse_duration(deadline)
     for g in gpus:
         cat.load_gpu(g)                          # unknown GPU names fail before any work
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len)
+    check_counts(sample_size=sample_size, workers=workers)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
     result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
                         objective=objective, prices=prices, sample_size=sample_size, seed=seed,
                         workers=workers, progress=progress, deadline_s=deadline_s)
     config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts,
-              "interconnect": interconnect, "workload": workload, "num_requests": len(reqs), "seed": seed,
+              "interconnect": interconnect, "workload": workload, "num_requests": result.num_requests, "seed": seed,
               "objective": objective, "prices": prices, "sample_size": sample_size,
               "deadline_s": deadline_s}
-    done = WhatIf(result=result, config=config, model=model_spec, num_requests=len(reqs))
+    done = WhatIf(result=result, config=config, model=model_spec, num_requests=result.num_requests)
     if output_dir is not None:
         start_folder(output_dir, "whatif", overwrite=overwrite)
         done.paths = write_report(result, Path(output_dir), config)

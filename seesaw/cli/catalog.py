@@ -12,6 +12,8 @@ from seesaw.cli.console import out, print_json
 
 __all__ = ["register"]
 
+DESCRIBE_SAMPLE_SIZE = 100_000  # workload describe: a workload too large to build is described from a sample
+
 
 def register(app: typer.Typer, workload_app: typer.Typer) -> None:
     app.command()(catalog)
@@ -49,7 +51,8 @@ def workload_describe(
     """Count, length percentiles and prefill:decode ratio of a workload."""
     from seesaw.workload import describe, load_workload
 
-    reqs = load_workload(source, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len)
+    reqs = load_workload(source, num_requests=num_requests, seed=seed, input_len=input_len, output_len=output_len,
+                         sample_size=DESCRIBE_SAMPLE_SIZE)  # a larger workload is described from a sample
     stats = describe(reqs)
     if as_json:
         print_json(stats)

@@ -9,6 +9,7 @@ import typer
 
 from seesaw.cli import options as opt
 from seesaw.cli.console import err, print_json
+from seesaw.core import SIMULATE_SAMPLE_SIZE
 from seesaw.progress import Progress
 
 __all__ = ["register"]
@@ -46,6 +47,8 @@ def simulate(
                                      help="sequences per step"),
     host_kv_gib: Optional[float] = typer.Option(None, "--host-kv-gib", min=0, metavar="GIB",
                                                 rich_help_panel=opt.SEESAW_PANEL, help="Seesaw host KV pool"),
+    sample_size: int = typer.Option(SIMULATE_SAMPLE_SIZE, "--sample-size", min=1, metavar="N",
+                                    rich_help_panel=opt.SEARCH_PANEL, help="simulate at most N; more extrapolated"),
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
                                            help="write config, summary, CSVs here"),
@@ -63,9 +66,11 @@ def simulate(
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
-                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar)
+                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar, sample_size=sample_size)
     result = done.result
     print(describe_run(done, workload, seed))
+    for note in done.notes:
+        err.print(f"note: {note}", highlight=False)
     print(result.to_run_result().throughput_line())
     total = result.elapsed_time or 1.0
     parts = [f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in result.time_by_phase.items() if v > 0]

@@ -18,4 +18,8 @@ CONTROL_MESSAGE_BYTES = 1 << 15
 # Bytes per element of the dtypes the engine and the profiles use.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
+# simulate: a workload of more requests is simulated on a seeded sample of this many and the result
+# extrapolated (``simulator.extrapolate``); about a CPU-second of simulation
+SIMULATE_SAMPLE_SIZE = 10_000
+
 VERSION = "0.1.0"  # the distribution's version (pyproject.toml says the same)

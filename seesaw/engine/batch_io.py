@@ -85,11 +85,11 @@ def _line_kinds(path: Path) -> dict[str, tuple[int, str | None]]:
     parse. The workload loader validates; this only recovers what it does not keep."""
     out: dict[str, tuple[int, str | None]] = {}
     try:
-        with path.open(encoding="utf-8-sig") as f:
+        with path.open("rb") as f:  # bytes: a line that is not UTF-8 is skipped, not the rest
             for i, line in enumerate(f, 1):
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     continue
                 if not isinstance(obj, dict):
                     continue
@@ -97,7 +97,7 @@ def _line_kinds(path: Path) -> dict[str, tuple[int, str | None]]:
                     out.setdefault(str(obj.get("custom_id")), (i, obj.get("url")))
                 elif "id" in obj:
                     out.setdefault(str(obj["id"]), (i, None))
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         pass  # load_workload reports these
     return out
 

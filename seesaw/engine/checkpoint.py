@@ -69,7 +69,11 @@ def _convert_once(gguf_path: Path, out_dir: Path) -> Path:
         return out_dir
     tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    gguf.convert_gguf(gguf_path, tmp)
-    (tmp / ".complete").write_text(str(gguf_path) + "\n")
+    try:
+        gguf.convert_gguf(gguf_path, tmp)
+        (tmp / ".complete").write_text(str(gguf_path) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed conversion leaves nothing in the cache
+        raise
     publish_dir(tmp, out_dir)
     return out_dir

@@ -29,6 +29,7 @@ import torch
 
 from seesaw.engine.dtypes import dtype_name
 from seesaw.engine.files import CheckpointError
+from seesaw.engine.hf_config import expected_shapes, spec_from_config
 
 __all__ = ["find_smollm2_gguf", "convert_gguf", "gguf_config"]
 
@@ -74,7 +75,20 @@ def _reader(path: Path):
         raise CheckpointError("converting GGUF files needs the gguf package: pip install gguf") from None
     if not path.is_file():
         raise CheckpointError(f"GGUF file {path} does not exist")
-    return gguf.GGUFReader(str(path))
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - the reader parses an untrusted file: any failure means a bad one
+        raise CheckpointError(f"{path}: not a readable GGUF file (truncated or corrupt?): {_reason(e)}") from None
+    size = path.stat().st_size
+    for t in reader.tensors:  # the reader maps the data lazily: a truncated file shows here
+        if t.data_offset + t.n_bytes > size:
+            raise CheckpointError(f"{path}: truncated: tensor {t.name} needs bytes up to "
+                                  f"{t.data_offset + t.n_bytes:,} but the file has {size:,}")
+    return reader
+
+
+def _reason(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0] or type(e).__name__
 
 
 def _fields(reader) -> dict:
@@ -98,6 +112,9 @@ def gguf_config(meta: dict, tensor_names: set[str]) -> dict:
     def get(key, default=None):
         return meta.get(f"llama.{key}", default)
 
+    for key in ("attention.head_count", "embedding_length", "block_count", "feed_forward_length"):
+        if not isinstance(get(key), (int, np.integer)) or get(key) < 1:
+            raise CheckpointError(f"GGUF metadata llama.{key} is missing or not a positive integer: {get(key)!r}")
     heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     vocab = get("vocab_size") or len(meta.get("tokenizer.ggml.tokens", []))
@@ -208,6 +225,18 @@ def _tokenizer_files(meta: dict, config: dict, out: Path) -> None:
     (out / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
 
 
+def _check_shapes(gguf_path: Path, config: dict, state: dict) -> None:
+    """Every tensor its metadata implies, each of the implied shape, before anything is written."""
+    expected = expected_shapes(spec_from_config(config, gguf_path.name, source=gguf_path))
+    missing = [n for n in expected if n not in state]
+    if missing:
+        raise CheckpointError(f"{gguf_path}: missing {len(missing)} tensor(s): {', '.join(missing[:4])}")
+    for n, shape in expected.items():
+        if tuple(state[n].shape) != shape:
+            raise CheckpointError(f"{gguf_path}: tensor {n} has shape {list(state[n].shape)}, expected "
+                                  f"{list(shape)} for its metadata")
+
+
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32,
                  tokenizer: bool = True) -> Path:
     """Convert ``gguf_path`` into a HF safetensors directory ``out_dir``; returns ``out_dir``."""
@@ -219,7 +248,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype 
     reader = _reader(gguf_path)
     meta = _fields(reader)
     names = {t.name for t in reader.tensors}
-    config = gguf_config(meta, names)
+    try:
+        config = gguf_config(meta, names)
+    except CheckpointError as e:
+        raise CheckpointError(f"{gguf_path}: {e}") from None
     config["torch_dtype"] = dtype_name(dtype)
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
     state: dict[str, torch.Tensor] = {}
@@ -227,13 +259,18 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: torch.dtype 
         hf = _hf_name(t.name)
         if hf is None:
             raise CheckpointError(f"{gguf_path.name}: unexpected tensor {t.name} for a LLaMA model")
-        w = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        w = w.reshape(tuple(int(s) for s in reversed(t.shape)))  # GGUF lists dims innermost first
-        if t.name.endswith("attn_q.weight"):
-            w = _unpermute(w, heads)
-        elif t.name.endswith("attn_k.weight"):
-            w = _unpermute(w, kv_heads)
+        try:
+            w = np.asarray(quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+            w = w.reshape(tuple(int(s) for s in reversed(t.shape)))  # GGUF lists dims innermost first
+            if t.name.endswith("attn_q.weight"):
+                w = _unpermute(w, heads)
+            elif t.name.endswith("attn_k.weight"):
+                w = _unpermute(w, kv_heads)
+        except (ValueError, NotImplementedError, KeyError) as e:  # a corrupt block, or a shape its heads cannot split
+            raise CheckpointError(f"{gguf_path}: tensor {t.name} of shape {[int(x) for x in reversed(t.shape)]}: "
+                                  f"cannot decode it for this model: {_reason(e)}") from None
         state[hf] = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True)).to(dtype)
+    _check_shapes(gguf_path, config, state)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")

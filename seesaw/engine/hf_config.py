@@ -29,22 +29,29 @@ def read_config(model_dir: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{model_dir} has no config.json")
     try:
-        return json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config
 
 
-def spec_from_config(config: dict, name: str = "model") -> ModelSpec:
+def spec_from_config(config: dict, name: str = "model", source: str | Path | None = None) -> ModelSpec:
     """ModelSpec of a HF LLaMA ``config.json`` dict (old ``rope_scaling`` or new
-    ``rope_parameters`` style); CheckpointError for other architectures or unsupported options."""
+    ``rope_parameters`` style); CheckpointError for other architectures or unsupported options.
+    ``source``: the file the errors name (default ``NAME: config.json``)."""
+    where_from = str(source) if source is not None else f"{name}: config.json"
     model_type = config.get("model_type", "llama")
     if model_type != "llama":
-        raise CheckpointError(f"{name}: model_type {model_type!r} is not supported (llama only)")
+        raise CheckpointError(f"{where_from}: model_type {model_type!r} is not supported (llama only)")
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):
-            raise CheckpointError(f"{name}: {key}=true is not supported")
+            raise CheckpointError(f"{where_from}: {key}=true is not supported")
     cfg = dict(config)
-    rope = cfg.get("rope_parameters") or {}
+    rope = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
     if "rope_theta" not in cfg and "rope_theta" in rope:
         cfg["rope_theta"] = rope["rope_theta"]
     if cfg.get("rope_scaling") is None and rope.get("rope_type", "default") != "default":
@@ -56,7 +63,7 @@ def spec_from_config(config: dict, name: str = "model") -> ModelSpec:
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
-        raise CheckpointError(f"{name}: config.json {where}: {err['msg']}") from None
+        raise CheckpointError(f"{where_from}: {where}: {err['msg']}") from None
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:

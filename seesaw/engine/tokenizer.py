@@ -56,11 +56,13 @@ class HFTokenizer:
         except ModuleNotFoundError:
             raise CheckpointError("this model's tokenizer needs the tokenizers package: pip install tokenizers") from None
         model_dir = Path(model_dir)
-        self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        cfg_path = model_dir / "tokenizer_config.json"
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        model_cfg_path = model_dir / "config.json"
-        model_cfg = json.loads(model_cfg_path.read_text()) if model_cfg_path.is_file() else {}
+        try:
+            self.tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - the library parses an untrusted file; any failure means a bad one
+            raise CheckpointError(f"{model_dir / 'tokenizer.json'}: not a readable tokenizer "
+                                  f"({(str(e).splitlines() or [''])[0]})") from None
+        cfg = _json_object(model_dir / "tokenizer_config.json")
+        model_cfg = _json_object(model_dir / "config.json")
         self.chat_template = cfg.get("chat_template") or CHATML_TEMPLATE
         self.add_bos = bool(cfg.get("add_bos_token", False))
         self.bos_token = _content(cfg.get("bos_token"))
@@ -116,15 +118,31 @@ def write_byte_tokenizer(model_dir: str | Path, bos_token_id: int = 256, eos_tok
     (Path(model_dir) / "seesaw_tokenizer.json").write_text(json.dumps(spec, indent=2) + "\n")
 
 
+def _json_object(path: Path) -> dict:
+    """A JSON object file ({} when absent); anything else is a one-line ``CheckpointError``."""
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or not UTF-8
+        raise CheckpointError(f"{path}: not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
 def load_tokenizer(model_dir: str | Path):
     """The tokenizer of a model directory (see the module docstring)."""
     model_dir = Path(model_dir)
     marker = model_dir / "seesaw_tokenizer.json"
     if marker.is_file():
-        spec = json.loads(marker.read_text())
+        spec = _json_object(marker)
         if spec.get("kind") != "bytes":
             raise CheckpointError(f"{marker}: unknown tokenizer kind {spec.get('kind')!r}")
-        return ByteTokenizer(spec["bos_token_id"], spec["eos_token_id"], spec["pad_token_id"])
+        ids = [spec.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")]
+        if not all(isinstance(i, int) and i >= 0 for i in ids):
+            raise CheckpointError(f"{marker}: bos_token_id, eos_token_id and pad_token_id must be token ids")
+        return ByteTokenizer(*ids)
     if (model_dir / "tokenizer.json").is_file():
         return HFTokenizer(model_dir)
     raise CheckpointError(f"{model_dir} has no tokenizer.json (nor seesaw_tokenizer.json)")

@@ -22,6 +22,7 @@ model name ("tiny", "smollm2-135m", a ``.gguf`` file, a directory) to a checkpoi
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,13 +89,29 @@ class WeightStore:
         self.tensors.update(state["loose"])
 
 
+@contextmanager
+def _open_safetensors(path: Path):
+    """``safe_open(path)``; a truncated or garbage file is a one-line ``CheckpointError`` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        f = safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+    with f:
+        yield f
+
+
 def _safetensors_files(model_dir: Path) -> dict[str, Path]:
     """Tensor name -> file holding it."""
-    from safetensors import safe_open
-
     index = model_dir / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        except (ValueError, AttributeError) as e:  # bad JSON or UTF-8, or not an object
+            raise CheckpointError(f"{index}: not a safetensors index ({str(e) or type(e).__name__})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to file names")
         files = {name: model_dir / f for name, f in weight_map.items()}
         for f in sorted(set(files.values())):
             if not f.is_file():
@@ -105,7 +122,7 @@ def _safetensors_files(model_dir: Path) -> dict[str, Path]:
         raise CheckpointError(f"{model_dir} has no model.safetensors (nor an index of shards)")
     files = {}
     for path in paths:
-        with safe_open(path, framework="pt") as f:
+        with _open_safetensors(path) as f:
             files.update({name: path for name in f.keys()})
     return files
 
@@ -119,11 +136,9 @@ def load_checkpoint(
     dtype: convert every tensor to it (default: keep the checkpoint's). share_memory: place the
     buffers in shared memory so spawned ranks map rather than copy them.
     """
-    from safetensors import safe_open
-
     model_dir = Path(model_dir)
     config = read_config(model_dir)
-    spec = spec_from_config(config, name=name or model_dir.name)
+    spec = spec_from_config(config, name=name or model_dir.name, source=model_dir / "config.json")
     files = _safetensors_files(model_dir)
     expected = expected_shapes(spec)
     if spec.tie_word_embeddings:
@@ -143,15 +158,16 @@ def load_checkpoint(
     for n in expected:
         by_file.setdefault(files[n], []).append(n)
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as f:
+        with _open_safetensors(path) as f:
             for n in names:
                 sl = f.get_slice(n)
                 shape = tuple(sl.get_shape())
                 if shape != expected[n]:
                     raise CheckpointError(
-                        f"{path.name}: tensor {n} has shape {list(shape)}, expected {list(expected[n])}"
+                        f"{path}: tensor {n} has shape {list(shape)}, expected {list(expected[n])} for its config.json"
                     )
-                meta[n] = (shape, dtype or _safetensors_dtype(sl.get_dtype()))
+                stored = _safetensors_dtype(sl.get_dtype(), path, n)
+                meta[n] = (shape, dtype or stored)
 
     # one flat buffer per dtype; every tensor is a view into it
     sizes: dict[torch.dtype, int] = {}
@@ -169,16 +185,16 @@ def load_checkpoint(
         tensors[n] = buffers[dt][offsets[dt]:offsets[dt] + k].view(shape)
         offsets[dt] += k
     for path, names in by_file.items():
-        with safe_open(path, framework="pt") as f:
+        with _open_safetensors(path) as f:
             for n in names:
                 tensors[n].copy_(f.get_tensor(n))
     return WeightStore(spec, config, tensors, model_dir, list(buffers.values()))
 
 
-def _safetensors_dtype(name: str) -> torch.dtype:
+def _safetensors_dtype(name: str, path: Path, tensor: str) -> torch.dtype:
     table = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
     if name not in table:
-        raise CheckpointError(f"unsupported safetensors dtype {name}")
+        raise CheckpointError(f"{path}: tensor {tensor} has dtype {name}; a weight must be one of {', '.join(table)}")
     return table[name]
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from seesaw.core import SpecError
+
 __all__ = ["SeqStatus", "Sequence", "BlockPool", "SchedulerError", "blocks_for"]
 
 
-class SchedulerError(ValueError):
-    """A request or configuration the scheduler cannot serve (one-line message)."""
+class SchedulerError(SpecError):
+    """A request or configuration the scheduler cannot serve (one-line message; bad input, exit 2)."""
 
 
 class SeqStatus(enum.Enum):

@@ -1,7 +1,7 @@
 """Planner: search layouts, policies and thresholds for one model, node and workload -> ``Plan``.
 
 - ``enumerate``  the search space: layouts (``layout_grid``, the one enumeration), vLLM and
-                 Seesaw candidates, the workload sample
+                 Seesaw candidates (the workload sample: ``simulator.extrapolate``)
 - ``estimate``   the closed-form makespan estimate that ranks candidates before simulating
 - ``runner``     simulations in worker processes
 - ``search``     ``plan``: estimate all, simulate the promising, rank, build the ``Plan``
@@ -11,9 +11,9 @@ A measured profile (``plan(..., measured=profile)``, ``node`` from ``catalog.mea
 plans a CPU box like a GPU node: estimates and simulations then use its tables.
 """
 
+from simulator.extrapolate import sample_requests
 from simulator.planner.enumerate import (
     COMPARE_SPACE, Candidate, SearchSpace, enumerate_candidates, enumerate_layouts, layout_grid,
-    sample_requests,
 )
 from simulator.planner.estimate import ReplicaWork, estimate_makespan_s, replica_works
 from simulator.planner.search import DEFAULT_REFINE, DEFAULT_SCREEN, KNOBS, Objective, PlanResult, plan

@@ -14,14 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence as Seq
 
-import numpy as np
 
 from seesaw.core import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_NUM_BATCHED_TOKENS, GiB, ModelSpec, NodeSpec, ParallelConfig, SeesawPolicy, SpecError, VllmPolicy
 from simulator.cost import CostModel
 from simulator.sim import default_host_kv_bytes
 
 __all__ = ["COMPARE_SPACE", "Candidate", "SearchSpace", "enumerate_candidates", "enumerate_layouts",
-           "layout_grid", "sample_requests"]
+           "layout_grid"]
 
 
 @dataclass(frozen=True)
@@ -123,12 +122,3 @@ def enumerate_candidates(model: ModelSpec, node: NodeSpec, layouts: Seq[Parallel
                             block_size=space.block_size),
                             host_fraction=frac))
     return out, rejected
-
-
-def sample_requests(requests: list, sample_size: int | None, seed: int = 0) -> list:
-    """At most ``sample_size`` requests drawn without replacement (seeded), in source order."""
-    if not sample_size or len(requests) <= sample_size:
-        return list(requests)
-    idx = np.sort(np.random.default_rng(seed).choice(len(requests), sample_size, replace=False))
-    return [requests[i] for i in idx]
-

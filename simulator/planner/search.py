@@ -7,7 +7,7 @@ processes). Seesaw variants that provably behave alike (the host pool never fill
 simulation. ``exhaustive=True`` simulates everything (``seesaw compare``, and the regret check in
 ``benchmarks/planner_speed.py``). Large workloads are planned on a seeded sample of at most
 ``sample_size`` requests; makespans are scaled by the full/sample token ratio
-(``extrapolated_from`` says so). Throughput is total (prompt + output) tokens per second, as
+(``simulator.extrapolate``, the one definition; ``extrapolated_from`` says so). Throughput is total (prompt + output) tokens per second, as
 ``vllm bench throughput`` counts it; cost is per million total tokens.
 """
 
@@ -21,10 +21,12 @@ import pandas as pd
 
 from seesaw.core import PHASES, VERSION, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
 from simulator.cost import CostModel
-from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts, sample_requests
+from simulator.extrapolate import sample_workload
+from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts
 from simulator.planner.estimate import ReplicaWork, equivalence_key, estimate_makespan_s, replica_works
 from simulator.planner.explain import brief, explain, predicted, unservable_reason
 from simulator.planner.runner import SimRunner
+from simulator.sim import over_context_note
 
 __all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "Objective", "PlanResult", "plan"]
 
@@ -168,10 +170,11 @@ def plan(
     price = _price(node, price_per_gpu_hour)
     if objective == "cost" and price is None:
         raise SpecError(f"no price for GPU '{node.gpu.name}': give a price per GPU-hour for the cost objective")
-    sample = sample_requests(requests, sample_size, seed)
-    full_tokens = sum(r.prompt_len + r.output_len for r in requests)
-    output_fraction = sum(r.output_len for r in requests) / full_tokens if full_tokens else 0.0
-    scale = full_tokens / sum(r.prompt_len + r.output_len for r in sample)
+    sampled = sample_workload(requests, sample_size, seed)
+    sample, num_requests = sampled.requests, sampled.num_requests
+    full_tokens = sampled.total_tokens
+    output_fraction = sampled.output_tokens / full_tokens if full_tokens else 0.0
+    scale = sampled.scale
     cost = CostModel(model, node, measured=measured)
     layouts, rejected = enumerate_layouts(model, node, cost, space)
     candidates, more = enumerate_candidates(model, node, layouts, space)
@@ -212,8 +215,8 @@ def plan(
         if r["error"]:
             rejected.append((r["candidate"], r["error"]))
     table = _table(rows, full_tokens, node.num_gpus, price, objective)
-    result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=len(requests),
-                        extrapolated_from=len(sample) if len(sample) < len(requests) else None,
+    result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=num_requests,
+                        extrapolated_from=len(sample) if sampled.extrapolated else None,
                         num_simulated=runner.done, num_shared=len(runner.same_as),
                         num_estimated=int((table["source"] == "estimated").sum()) if len(table) else 0)
     same = len(runner.same_as)
@@ -221,9 +224,9 @@ def plan(
         result.notes.append(f"{same} Seesaw variants share a simulation with an equivalent one: their host "
                             "pool holds the whole sample, so pool size and watermark cannot matter")
     if result.extrapolated_from:
-        result.notes.append(
-            f"simulated a seeded sample of {len(sample)} of {len(requests)} requests; makespans scaled "
-            f"by the token ratio {scale:.1f}x (one sample's prefill/decode cycles stand for the whole run)")
+        result.notes.append(sampled.note())
+    if (note := over_context_note(model, sample)) is not None:
+        result.notes.append(note)
     sim = table[table["source"] == "simulated"] if len(table) else table
     if len(sim):
         result.winner = brief(sim.iloc[0])
@@ -237,14 +240,14 @@ def plan(
                 100 * (1 - runner_up["throughput_tok_s"] / result.winner["throughput_tok_s"]), 2)
         result.plan = Plan(
             model=model, node=node, policy=candidates[int(sim.iloc[0]["index"])].policy,
-            workload=workload_name or f"{len(requests)} requests", objective=objective,
-            predicted=predicted(sim.iloc[0], result.best_vllm, output_fraction, len(requests)),
+            workload=workload_name or f"{num_requests} requests", objective=objective,
+            predicted=predicted(sim.iloc[0], result.best_vllm, output_fraction, num_requests),
             runner_up=runner_up, search_space_size=len(candidates),
             explanation=explain(sim.iloc[0], vllm.iloc[0] if len(vllm) else None, sim),
             provenance={
                 "model_profile": model.name, "node_profile": node.name, "gpu_profile": node.gpu.name,
                 "seesaw_version": VERSION, "simulated_requests": str(len(sample)),
-                "workload_requests": str(len(requests)), "sample_seed": str(seed),
+                "workload_requests": str(num_requests), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
                 "cost_model": f"measured profile {measured.name or measured.device_name!r}" if measured is not None
                 else "roofline",

@@ -1,0 +1,78 @@
+"""A large workload simulated on a sample, its times scaled to the whole: the one definition that
+``simulate``, ``compare``, ``plan`` and ``whatif`` share.
+
+``sample_workload(requests, sample_size, seed)`` keeps at most ``sample_size`` requests
+(``sample_requests``: seeded, without replacement, in source order) and returns a ``Sampled``: the
+sample, the size of the whole and its token totals. A ``seesaw.workload.Workload`` that is
+already a sample of a workload too large to build (``load_workload(sample_size=...)``) says so
+itself: it ``represents`` more requests than it holds, with their ``totals``.
+
+Extrapolation scales every time of the sample (makespan, time by phase) by the ratio of the whole
+workload's tokens (prompt + output) to the sample's, so throughput in tokens/s is the sample's,
+its start-up and final drain included (which makes a long run look slightly slower than it is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from seesaw.sampling import sample_positions
+
+__all__ = ["Sampled", "sample_requests", "sample_workload"]
+
+
+def sample_requests(requests: list, sample_size: int | None, seed: int = 0) -> list:
+    """At most ``sample_size`` requests drawn without replacement (seeded), in source order."""
+    if not sample_size or len(requests) <= sample_size:
+        return list(requests)
+    return [requests[i] for i in sample_positions(len(requests), sample_size, seed)]
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """The requests to simulate and the workload they stand for."""
+
+    requests: list        # the sample (the whole workload when it is small enough)
+    num_requests: int     # requests in the whole workload
+    prompt_tokens: int    # of the whole workload (a generator's beyond what is built: the sample's mean x N)
+    output_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.output_tokens
+
+    @property
+    def extrapolated(self) -> bool:
+        return len(self.requests) < self.num_requests
+
+    @property
+    def scale(self) -> float:
+        """What a time of the sample is multiplied by to stand for the whole: the token ratio."""
+        return self.total_tokens / sum(r.prompt_len + r.output_len for r in self.requests)
+
+    def note(self) -> str:
+        return (f"simulated a seeded sample of {len(self.requests):,} of {self.num_requests:,} requests, extrapolated "
+                f"to all: times scaled by the token ratio {self.scale:,.1f}x, so throughput is the sample's (start-up and final "
+                "drain included: a long run looks slightly slower than it is)")
+
+    def extrapolate(self, result):
+        """A ``simulator.sim.SimResult`` of the sample as one of the whole: makespan and time by phase
+        scaled, counts and tokens of the whole, ``extrapolated_from`` = the sample size in its
+        summary. The step and request tables stay the sample's."""
+        if not self.extrapolated:
+            return result
+        k = self.scale
+        return replace(result, elapsed_time=result.elapsed_time * k, num_requests=self.num_requests,
+                       total_prompt_tokens=self.prompt_tokens, total_output_tokens=self.output_tokens,
+                       time_by_phase={p: v * k for p, v in result.time_by_phase.items()},
+                       extra={**result.extra, "extrapolated_from": len(self.requests)})
+
+
+def sample_workload(requests: list, sample_size: int | None, seed: int = 0) -> Sampled:
+    """At most ``sample_size`` of ``requests`` and the whole they stand for (module docstring)."""
+    sample = sample_requests(requests, sample_size, seed)
+    if getattr(requests, "sample_of", None) is not None:
+        prompt, output = requests.totals
+        return Sampled(sample, requests.represents, prompt, output)
+    prompt = sum(r.prompt_len for r in requests)
+    return Sampled(sample, len(requests), prompt, sum(r.output_len for r in requests))
