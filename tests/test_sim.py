@@ -111,7 +111,8 @@ def test_cli_simulate_json_and_output_folder(tmp_path):
     ])
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
-    assert lines[0].startswith("Throughput: ") and "requests/s" in lines[0] and "output tokens/s" in lines[0]
+    assert lines[0].startswith("Simulated llama2-13b on 8xl4") and "T2P4" in lines[0]  # what it simulated, first
+    assert lines[1].startswith("Throughput: ") and "requests/s" in lines[1] and "output tokens/s" in lines[1]
     obj = json.loads(lines[-1])
     for key in ("elapsed_time", "num_requests", "total_num_tokens", "requests_per_second",
                 "tokens_per_second", "output_tokens_per_second", "layout", "policy", "time_by_phase"):
