@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gemm, att, ew = gemm_errors(args.data), attention_errors(args.data), elementwise_errors(args.data)
     ar, sr = allreduce_errors(args.data), sendrecv_errors(args.data)
-    pd.set_option("display.width", 160)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", None)
     regime = pd.cut(gemm.num_tokens, [0, 64, 512, 1 << 20], labels=["1-64", "65-512", ">512"])
     print(f"GEMMs on {GEMM_GPU} vs Vidur A100 medians\n")
     print(error_table(gemm, ["op"]).round(3), "\n")
