@@ -1,16 +1,27 @@
-"""Check the cost model's A100 predictions against Vidur's measured operator times.
+"""Check (and fit) the cost model's A100 predictions against Vidur's measured operator times.
 
-Reads the reference data in ``../shared/data/vidur-a100-profiling`` (or ``$SEESAW_SHARED_DATA``):
-- ``compute/<org>/<model>/mlp.csv``: median GPU time (ms) of each projection GEMM by ``num_tokens``
-  and ``num_tensor_parallel_workers``; compared with ``CostModel.gemm_time_s`` for LLaMA2-70B and
-  CodeLLaMA-34B at TP 1/2/4/8 on the ``a100-80g`` profile. The profile was taken on 80 GB parts:
-  its small-batch GEMMs stream weights at up to 1.62 TB/s, above the 40 GB part's 1.555 TB/s peak.
-- ``network/a100_dgx/all_reduce.csv``: median all-reduce time (ms) by message ``size`` in bytes
-  (Vidur reads it as ``size / hidden / 2`` fp16 tokens) over 2/4/8 GPUs of one DGX A100 (NVSwitch);
-  compared with ``CostModel.allreduce_s`` on the ``8xa100-40g-nvlink`` node.
+Reads the reference data in ``../shared/data/vidur-a100-profiling`` (or ``$SEESAW_SHARED_DATA``),
+every operator class the cost model prices, each against the catalog profile it calibrates:
+- GEMMs, ``compute/<org>/<model>/mlp.csv``: median time (ms) of each projection GEMM by
+  ``num_tokens`` and ``num_tensor_parallel_workers``; compared with ``CostModel.gemm_time_s`` for
+  LLaMA2-70B and CodeLLaMA-34B at TP 1/2/4/8 on the ``a100-80g`` profile (Vidur's profiles were
+  taken on 80 GB parts: their small-batch GEMMs stream weights at up to 1.62 TB/s, above the
+  40 GB part's 1.555 TB/s peak).
+- Attention, ``compute/attention/attention.csv``: FlashAttention prefill (one sequence, a chunk of
+  ``prefill_chunk_size`` new tokens after ``kv_cache_size`` cached ones) and decode (``batch_size``
+  sequences of ``kv_cache_size`` tokens) for the LLaMA2-70B shape at TP 2 (32 query heads, 4 KV
+  heads of 128 per GPU); compared with one layer of ``Roofline.prefill_attention_s`` /
+  ``decode_attention_s`` on ``a100-80g``.
+- All-reduce and send/recv, ``network/a100_dgx/*.csv``: median times (ms) by message ``size`` in
+  bytes over 2/4/8 GPUs of one DGX A100 (NVSwitch); compared with ``CostModel.allreduce_s`` and
+  ``Roofline.send_s`` on the ``8xa100-40g-nvlink`` node.
 
-Usage: ``python benchmarks/calibrate_a100.py [--data DIR]``. Prints the per-operator error table
-(relative error = predicted / measured - 1); the last line is one JSON object.
+``--fit`` also prints the constants that fit these data best (median absolute relative error,
+by iteratively reweighted least squares): the profile values in ``profiles/gpus/a100-*.yaml`` and
+``profiles/nodes/8xa100-40g-nvlink.yaml`` are these fits, rounded.
+
+Usage: ``python benchmarks/calibrate_a100.py [--data DIR] [--fit]``. Prints the per-operator error
+tables (relative error = predicted / measured - 1); the last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ import numpy as np
 import pandas as pd
 
 from seesaw.catalog import load_gpu, load_model, load_node
-from simulator.cost import CostModel
+from seesaw.core import GpuSpec, ParallelConfig
+from simulator.cost import BatchShape, CostModel
+from simulator.cost.roofline import ELEMENTWISE_KERNELS, elementwise_bytes_per_token
 
 VIDUR = "vidur-a100-profiling"
 # our catalog name -> Vidur's model folder
@@ -42,17 +55,28 @@ OPS = {
 }
 GEMM_GPU = "a100-80g"
 ALLREDUCE_NODE = "8xa100-40g-nvlink"
+ATTENTION_MODEL, ATTENTION_TP = "llama2-70b", 2  # n_q_head 64, n_kv_head 8, head dim 128 at TP 2
 
 
 def shared_data_dir() -> Path:
-    """``$SEESAW_SHARED_DATA``, else ``shared/data`` beside the repository."""
+    """``$SEESAW_SHARED_DATA``, else the first ``shared/data`` beside the checkout or a folder above."""
     env = os.environ.get("SEESAW_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for up in here.parents[1:4]:
+        if (up / "shared" / "data").is_dir():
+            return up / "shared" / "data"
+    return here.parents[2] / "shared" / "data"
 
 
-def gemm_errors(data: Path, gpu: str = GEMM_GPU) -> pd.DataFrame:
+def _node(gpu: str | GpuSpec):
+    return load_node(ALLREDUCE_NODE).model_copy(update={"gpu": load_gpu(gpu) if isinstance(gpu, str) else gpu})
+
+
+def gemm_errors(data: Path, gpu: str | GpuSpec = GEMM_GPU) -> pd.DataFrame:
     """One row per (model, operator, tp, num_tokens): measured and predicted seconds."""
-    node = load_node(ALLREDUCE_NODE).model_copy(update={"gpu": load_gpu(gpu)})
+    node = _node(gpu)
     rows = []
     for name, folder in COMPUTE_MODELS.items():
         cm = CostModel(load_model(name), node)
@@ -64,17 +88,63 @@ def gemm_errors(data: Path, gpu: str = GEMM_GPU) -> pd.DataFrame:
                 k, m = cm.gemm_shapes(int(tp))[ours]
                 rows.append(dict(model=name, op=op, tp=int(tp), num_tokens=int(n),
                                  measured_s=measured_ms * 1e-3, predicted_s=cm.gemm_time_s(int(n), k, m)))
-    out = pd.DataFrame(rows)
-    return _with_error(out)
+    return _with_error(pd.DataFrame(rows))
+
+
+# Vidur's small per-layer operators (``add`` runs twice per layer: after attention and after the MLP)
+MISC_OPS = ("input_layernorm", "post_attention_layernorm", "attn_rope", "mlp_act", "add", "add")
+
+
+def elementwise_errors(data: Path, gpu: str | GpuSpec = GEMM_GPU) -> pd.DataFrame:
+    """One row per (model, tp, num_tokens): a layer's small kernels (norms, RoPE, activation, adds),
+    measured (sum of Vidur's medians) and predicted seconds."""
+    node = _node(gpu)
+    rf = CostModel(load_model("llama2-70b"), node).roofline
+    rows = []
+    for name, folder in COMPUTE_MODELS.items():
+        m = load_model(name)
+        df = pd.read_csv(data / VIDUR / "compute" / folder / "mlp.csv")
+        df = df.groupby(["num_tokens", "num_tensor_parallel_workers"], as_index=False).median(numeric_only=True)
+        measured = sum(df[f"time_stats.{op}.median"] for op in MISC_OPS) * 1e-3
+        for n, tp, y in zip(df.num_tokens, df.num_tensor_parallel_workers, measured):
+            pred = ELEMENTWISE_KERNELS * rf.kernel_s + n * elementwise_bytes_per_token(m, int(tp)) / rf.elementwise_bytes_per_s
+            rows.append(dict(model=name, tp=int(tp), num_tokens=int(n), measured_s=y, predicted_s=pred))
+    return _with_error(pd.DataFrame(rows))
+
+
+def attention_errors(data: Path, gpu: str = GEMM_GPU) -> pd.DataFrame:
+    """One row per measured attention call (``kind`` prefill or decode): measured and predicted
+    seconds of one layer."""
+    cm = CostModel(load_model(ATTENTION_MODEL), _node(gpu))
+    c = cm.stages(ParallelConfig(tp=ATTENTION_TP))[0]
+    rf = cm.roofline
+    df = pd.read_csv(data / VIDUR / "compute" / "attention" / "attention.csv")
+    pre, dec = df[df.is_prefill.astype(bool)], df[~df.is_prefill.astype(bool)]
+    rows = []
+    for n, past, ms in zip(pre.prefill_chunk_size, pre.kv_cache_size, pre["time_stats.attn_prefill.median"]):
+        shape = BatchShape.prefill([int(n)], [int(past)])
+        rows.append(dict(kind="prefill", seqs=1, new_tokens=int(n), context=int(past), measured_s=ms * 1e-3,
+                         predicted_s=rf.prefill_attention_s(c, shape) / c.layers))
+    for b, ctx, ms in zip(dec.batch_size, dec.kv_cache_size, dec["time_stats.attn_decode.median"]):
+        shape = BatchShape.decode([int(ctx)] * int(b))
+        rows.append(dict(kind="decode", seqs=int(b), new_tokens=int(b), context=int(ctx), measured_s=ms * 1e-3,
+                         predicted_s=rf.decode_attention_s(c, shape) / c.layers))
+    return _with_error(pd.DataFrame(rows))
+
+
+def _network(data: Path, op: str, same_node: bool = True) -> pd.DataFrame:
+    df = pd.read_csv(data / VIDUR / "network" / "a100_dgx" / f"{op}.csv")
+    if same_node:  # every rank in one node: devices_per_node == num_workers
+        df = df[df.devices_per_node == df.num_workers]
+    return df.groupby(["num_workers", "size"], as_index=False)[f"time_stats.{op}.median"].median()
 
 
 def allreduce_errors(data: Path, node: str = ALLREDUCE_NODE) -> pd.DataFrame:
     """One row per (num_workers, size) within one node: measured and predicted seconds."""
     spec = load_node(node)
     cm = CostModel(load_model("llama2-70b"), spec)
-    df = pd.read_csv(data / VIDUR / "network" / "a100_dgx" / "all_reduce.csv")
-    df = df[(df.devices_per_node == df.num_workers) & (df.num_workers <= spec.num_gpus)]
-    df = df.groupby(["num_workers", "size"], as_index=False)["time_stats.all_reduce.median"].median()
+    df = _network(data, "all_reduce")
+    df = df[df.num_workers <= spec.num_gpus]
     out = pd.DataFrame(dict(
         op="all_reduce", tp=df.num_workers, size_bytes=df["size"],
         measured_s=df["time_stats.all_reduce.median"] * 1e-3,
@@ -83,13 +153,91 @@ def allreduce_errors(data: Path, node: str = ALLREDUCE_NODE) -> pd.DataFrame:
     return _with_error(out)
 
 
-def fit_ring(ar: pd.DataFrame) -> tuple[float, float]:
-    """Bus bandwidth (B/s) and per-step latency (s) of the ring model that best fit the measured
-    all-reduces (least squares on relative error): the node values these data suggest."""
+def sendrecv_errors(data: Path, node: str = ALLREDUCE_NODE) -> pd.DataFrame:
+    """One row per size of a send/recv between two GPUs of one node: measured and predicted s."""
+    rf = CostModel(load_model("llama2-70b"), load_node(node)).roofline
+    df = _network(data, "send_recv")
+    out = pd.DataFrame(dict(
+        op="send_recv", tp=df.num_workers, size_bytes=df["size"],
+        measured_s=df["time_stats.send_recv.median"] * 1e-3,
+        predicted_s=[rf.send_s(s) for s in df["size"]],
+    ))
+    return _with_error(out)
+
+
+# -------------------------------------------------------------------------------------------
+# fits: the constants these data suggest (median absolute relative error)
+
+
+def fit_l1(x: np.ndarray, y: np.ndarray, iters: int = 40) -> np.ndarray:
+    """Coefficients c of ``y ~ x @ c`` that minimise the median-like sum of |x @ c / y - 1|
+    (iteratively reweighted least squares on relative error)."""
+    a = x / y[:, None]
+    w = np.ones_like(y)
+    for _ in range(iters):
+        c, *_ = np.linalg.lstsq(a * w[:, None], w, rcond=None)
+        w = 1 / np.sqrt(np.maximum(np.abs(a @ c - 1), 1e-3))
+    return c
+
+
+def fit_attention(att: pd.DataFrame, cm_gpu: str = GEMM_GPU) -> dict[str, float]:
+    """Prefill: floor + (pairs + k0 * queries) * FLOPs per pair / F, best k0 on a grid; decode:
+    floor + KV bytes / bandwidth. Returned as the profile's fractions of the GPU's peaks."""
+    gpu = load_gpu(cm_gpu)
+    m = load_model(ATTENTION_MODEL)
+    hq, kv, d, B = m.num_attention_heads / ATTENTION_TP, m.num_key_value_heads / ATTENTION_TP, m.d_head, m.dtype_bytes
+    pre = att[att.kind == "prefill"]
+    n, past, y = (pre[k].to_numpy(float) for k in ("new_tokens", "context", "measured_s"))
+    pairs = n * (past + (n + 1) / 2)
+    best = None
+    for k0 in np.arange(0, 4097, 128.0):
+        x = np.stack([np.ones_like(y), 4 * hq * d * (pairs + k0 * n)], axis=1)
+        c = fit_l1(x, y)
+        err = float(np.median(np.abs(x @ c / y - 1)))
+        if best is None or err < best[0]:
+            best = (err, k0, c)
+    _, k0, (floor, inv_f) = best
+    dec = att[att.kind == "decode"]
+    y = dec.measured_s.to_numpy(float)
+    nbytes = dec.seqs.to_numpy(float) * dec.context.to_numpy(float) * 2 * kv * d * B
+    dfloor, inv_bw = fit_l1(np.stack([np.ones_like(y), nbytes], axis=1), y)
+    return dict(attention_compute_efficiency=1 / inv_f / gpu.peak_flops, attention_saturation_keys=k0,
+                prefill_floor_s=floor,
+                decode_attention_memory_efficiency=1 / inv_bw / gpu.hbm_bandwidth_bytes_per_s,
+                decode_attention_floor_s=dfloor)
+
+
+def fit_collectives(ar: pd.DataFrame, sr: pd.DataFrame) -> dict[str, float]:
+    """All-reduce: base + 2(t-1) * step + 2(t-1)/t * size / bus bandwidth; send/recv: floor +
+    size / bandwidth."""
     t, s, y = ar.tp.to_numpy(float), ar.size_bytes.to_numpy(float), ar.measured_s.to_numpy(float)
-    a = np.stack([2 * (t - 1) / t * s / y, 2 * (t - 1) / y], axis=1)
-    (inv_bw, lat), *_ = np.linalg.lstsq(a, np.ones_like(y), rcond=None)
-    return 1 / inv_bw, lat
+    base, step, inv_bw = fit_l1(np.stack([np.ones_like(y), 2 * (t - 1), 2 * (t - 1) / t * s], axis=1), y)
+    s, y = sr.size_bytes.to_numpy(float), sr.measured_s.to_numpy(float)
+    p2p, inv_p2p = fit_l1(np.stack([np.ones_like(y), s], axis=1), y)
+    return dict(allreduce_base_s=base, allreduce_latency_s=step, gpu_link_bandwidth_bytes_per_s=1 / inv_bw,
+                p2p_latency_s=p2p, p2p_bandwidth_bytes_per_s=1 / inv_p2p)
+
+
+def fit_elementwise(ew: pd.DataFrame, gpu: str = GEMM_GPU) -> float:
+    """The fraction of HBM bandwidth of the small kernels that fits best (0.01 grid), their fixed
+    time held at the GPU's kernel_overhead_s."""
+    g = load_gpu(gpu)
+    fixed = ELEMENTWISE_KERNELS * g.kernel_overhead_s
+    nbytes = (ew.predicted_s - fixed) * g.hbm_bandwidth_bytes_per_s * g.elementwise_memory_efficiency
+    errs = {float(e): float(((fixed + nbytes / (g.hbm_bandwidth_bytes_per_s * e)) / ew.measured_s - 1).abs().median())
+            for e in np.arange(0.30, 1.001, 0.01)}
+    return min(errs, key=errs.get)
+
+
+def fit_gemm_kernel(data: Path, gpu: str = GEMM_GPU) -> float:
+    """The fixed time per GEMM kernel that fits the GEMMs best (0.5 us grid), the other constants held."""
+    base = load_gpu(gpu)
+    errs = {float(k): float(gemm_errors(data, base.model_copy(update={"kernel_overhead_s": float(k)})).abs_err.median())
+            for k in np.arange(2e-6, 7.01e-6, 0.5e-6)}
+    return min(errs, key=errs.get)
+
+
+# -------------------------------------------------------------------------------------------
 
 
 def _with_error(df: pd.DataFrame) -> pd.DataFrame:
@@ -100,40 +248,67 @@ def _with_error(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def error_table(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Median and worst absolute relative error, and the median signed error, per group."""
-    g = df.groupby(by)
+    """Median, 95th percentile and worst absolute relative error, and the median signed error."""
+    g = df.groupby(by, observed=True)
     return pd.DataFrame(dict(
-        n=g.size(), median_abs_err=g.abs_err.median(), worst_abs_err=g.abs_err.max(),
-        median_signed_err=g.rel_err.median(),
+        n=g.size(), median_abs_err=g.abs_err.median(), p95_abs_err=g.abs_err.quantile(0.95),
+        worst_abs_err=g.abs_err.max(), median_signed_err=g.rel_err.median(),
     ))
+
+
+def _r(x) -> float:
+    return round(float(x), 4)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=shared_data_dir(), help="the shared data folder")
+    ap.add_argument("--fit", action="store_true", help="also print the constants that fit these data best")
     args = ap.parse_args(argv)
     if not (args.data / VIDUR).is_dir():
         print(f"no Vidur profiling data under {args.data}", file=sys.stderr)
         return 2
-    gemm, ar = gemm_errors(args.data), allreduce_errors(args.data)
-    pd.set_option("display.width", 160)
+    gemm, att, ew = gemm_errors(args.data), attention_errors(args.data), elementwise_errors(args.data)
+    ar, sr = allreduce_errors(args.data), sendrecv_errors(args.data)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", None)
     regime = pd.cut(gemm.num_tokens, [0, 64, 512, 1 << 20], labels=["1-64", "65-512", ">512"])
     print(f"GEMMs on {GEMM_GPU} vs Vidur A100 medians\n")
     print(error_table(gemm, ["op"]).round(3), "\n")
     print(error_table(gemm.assign(tokens=regime), ["tokens", "tp"]).round(3), "\n")
-    print(f"all-reduce on {ALLREDUCE_NODE} vs Vidur DGX A100 medians\n")
-    print(error_table(ar, ["tp"]).round(3), "\n")
-    bw, lat = fit_ring(ar)
-    print(f"best ring fit to these data: bus bandwidth {bw / 1e9:.0f} GB/s, {lat * 1e6:.1f} us per step\n")
+    print(f"small kernels of one layer (norms, RoPE, activation, adds) on {GEMM_GPU} vs Vidur A100 medians\n")
+    print(error_table(ew.assign(tokens=pd.cut(ew.num_tokens, [0, 64, 512, 1 << 20], labels=["1-64", "65-512", ">512"])),
+                      ["tokens"]).round(3), "\n")
+    print(f"attention (one layer, {ATTENTION_MODEL} shape at TP {ATTENTION_TP}) on {GEMM_GPU} vs Vidur A100 medians\n")
+    size = pd.cut(att.new_tokens * (att.context + 1), [0, 1 << 14, 1 << 18, 1 << 30], labels=["small", "mid", "large"])
+    print(error_table(att.assign(size=size), ["kind", "size"]).round(3), "\n")
+    print(f"all-reduce and send/recv on {ALLREDUCE_NODE} vs Vidur DGX A100 medians\n")
+    msg = pd.cut(ar.size_bytes, [0, 1 << 20, 1 << 24, 1 << 40], labels=["<1MiB", "1-16MiB", ">16MiB"])
+    print(error_table(ar.assign(size=msg), ["tp", "size"]).round(3), "\n")
+    print(error_table(sr, ["op"]).round(3), "\n")
     summary = {
-        "gemm_median_abs_err": round(float(gemm.abs_err.median()), 4),
-        "gemm_worst_abs_err": round(float(gemm.abs_err.max()), 4),
-        "allreduce_median_abs_err": round(float(ar.abs_err.median()), 4),
-        "allreduce_worst_abs_err": round(float(ar.abs_err.max()), 4),
-        "allreduce_fit_bus_bandwidth_bytes_per_s": float(f"{bw:.3g}"),
-        "allreduce_fit_latency_s": float(f"{lat:.3g}"),
-        **{f"{op}_median_abs_err": round(float(v), 4) for op, v in gemm.groupby("op").abs_err.median().items()},
+        "gemm_median_abs_err": _r(gemm.abs_err.median()),
+        "gemm_worst_abs_err": _r(gemm.abs_err.max()),
+        "allreduce_median_abs_err": _r(ar.abs_err.median()),
+        "allreduce_p95_abs_err": _r(ar.abs_err.quantile(0.95)),
+        "allreduce_worst_abs_err": _r(ar.abs_err.max()),
+        "sendrecv_median_abs_err": _r(sr.abs_err.median()),
+        "sendrecv_worst_abs_err": _r(sr.abs_err.max()),
+        "elementwise_median_abs_err": _r(ew.abs_err.median()),
+        "elementwise_worst_abs_err": _r(ew.abs_err.max()),
+        "attention_prefill_median_abs_err": _r(att[att.kind == "prefill"].abs_err.median()),
+        "attention_prefill_worst_abs_err": _r(att[att.kind == "prefill"].abs_err.max()),
+        "attention_decode_median_abs_err": _r(att[att.kind == "decode"].abs_err.median()),
+        "attention_decode_worst_abs_err": _r(att[att.kind == "decode"].abs_err.max()),
+        **{f"{op}_median_abs_err": _r(v) for op, v in gemm.groupby("op").abs_err.median().items()},
     }
+    if args.fit:
+        fits = {**fit_attention(att), **fit_collectives(ar, sr), "kernel_overhead_s": fit_gemm_kernel(args.data),
+                "elementwise_memory_efficiency": fit_elementwise(ew)}
+        print("best fits to these data (profile fields):")
+        for k, v in fits.items():
+            print(f"  {k}: {v:.4g}")
+        summary["fit"] = {k: float(f"{v:.4g}") for k, v in fits.items()}
     print(json.dumps(summary))
     return 0
 

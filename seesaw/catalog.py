@@ -328,7 +328,11 @@ def measured_node(
     gpu = GpuSpec(
         name=name, memory_bytes=device_mem, hbm_bandwidth_bytes_per_s=stream, peak_flops=peak,
         compute_efficiency=1.0, memory_efficiency=1.0, compute_saturation_tokens=0.0,
-        kernel_overhead_s=kernel_s, source=f"measured profile {name}: {p.device_name}, {p.date}",
+        kernel_overhead_s=kernel_s,
+        # attention outside the measured tables: the measured rates, no fitted GPU curve
+        attention_compute_efficiency=1.0, attention_saturation_keys=0.0,
+        decode_attention_memory_efficiency=1.0, decode_attention_floor_s=kernel_s,
+        elementwise_memory_efficiency=1.0, source=f"measured profile {name}: {p.device_name}, {p.date}",
     )
     return NodeSpec(
         name=f"{ranks}x{name}", gpu=gpu, num_gpus=ranks,

@@ -17,11 +17,14 @@ from simulator.cost import BatchShape, CostModel, attn_pairs
 L4 = GpuSpec(
     name="l4", memory_bytes=24 * GiB, hbm_bandwidth_bytes_per_s=300e9, peak_flops=121e12,
     compute_efficiency=0.5, memory_efficiency=0.8, compute_saturation_tokens=100, kernel_overhead_s=5e-6,
+    attention_compute_efficiency=0.25, attention_saturation_keys=1000, decode_attention_memory_efficiency=0.75,
+    decode_attention_floor_s=10e-6, elementwise_memory_efficiency=0.5,
 )
 NODE = NodeSpec(
     name="8xl4", gpu=L4, num_gpus=8, interconnect="pcie", gpu_link_bandwidth_bytes_per_s=10e9,
     host_link_bandwidth_bytes_per_s=12.5e9, host_memory_bytes_per_gpu=80 * GiB,
-    allreduce_latency_s=5e-6, p2p_latency_s=10e-6, step_overhead_s=2e-3,
+    allreduce_latency_s=5e-6, allreduce_base_s=20e-6, p2p_latency_s=10e-6, p2p_bandwidth_bytes_per_s=20e9,
+    step_overhead_s=2e-3,
 )
 LLAMA2_70B = ModelSpec(
     name="llama2-70b", num_hidden_layers=80, hidden_size=8192, num_attention_heads=64,
@@ -35,6 +38,13 @@ T4P2 = parse_parallel("T4P2")
 LIN_PARAMS_T4 = 2 * 8192 * 2048 + 2 * 8192 * 256 + 3 * 8192 * 7168  # = 213,909,504
 FLOPS = 121e12 * 0.5  # peak x compute_efficiency
 HBM = 300e9 * 0.8  # bandwidth x memory_efficiency
+ATTN_FLOPS = 121e12 * 0.25  # prefill attention on long contexts: peak x attention_compute_efficiency
+KV_BW = 300e9 * 0.75  # decode attention's KV reads: bandwidth x decode_attention_memory_efficiency
+EW_BW = 300e9 * 0.5  # norms, RoPE, activation, adds: bandwidth x elementwise_memory_efficiency
+# bytes of one 70B layer's 6 small kernels per token at tp=4: 2 RMSNorms read + write [8192],
+# 2 residual adds read 2 and write 1 [8192], RoPE rewrites Q (16 heads) and K (2 heads) of 128,
+# SiLU-and-mul reads [2 x 7168] and writes [7168]; fp16
+EW_BYTES_T4 = (2 * 2 * 8192 + 2 * 3 * 8192 + 2 * (16 + 2) * 128 + 3 * 7168) * 2  # = 216,064
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +64,21 @@ def test_decode_step_70b_t4p2_by_hand(cm):
     weight_read = layers * LIN_PARAMS_T4 * 2 / HBM  # 17.11 GB / 240 GB/s = 71.3 ms
     compute = 2 * layers * LIN_PARAMS_T4 * (32 + 100) / FLOPS  # 37.3 ms: memory bound
     assert compute < weight_read
-    gemm_kernels = 4 * layers * 5e-6
-    kv_read = 32 * 1000 * layers * 2 * 2 * 128 * 2 / HBM  # K and V, 2 KV heads per GPU: 5.46 ms
-    attn_kernels = layers * 5e-6
-    # 2 all-reduces per layer + 1 after the embedding, ring over 4 GPUs of 32 x 8192 x 2 bytes
-    allreduce = (2 * layers + 1) * (2 * 3 / 4 * 32 * 8192 * 2 / 10e9 + 2 * 3 * 5e-6)  # 81 x 109 us
+    gemm_kernels = (4 + 6) * layers * 5e-6  # 4 GEMMs and 6 small kernels per layer: 2 ms
+    small = 32 * layers * EW_BYTES_T4 / EW_BW  # 276.6 MB / 150 GB/s = 1.84 ms
+    kv_read = 32 * 1000 * layers * 2 * 2 * 128 * 2 / KV_BW  # K and V, 2 KV heads per GPU: 5.83 ms
+    attn_floor = layers * 10e-6  # one decode-attention call per layer
+    # 2 all-reduces per layer + 1 after the embedding, over 4 GPUs of 32 x 8192 x 2 bytes: the
+    # floor (20 us + 2 x 3 ring steps of 5 us) plus the ring's bus bytes
+    allreduce = (2 * layers + 1) * (2 * 3 / 4 * 32 * 8192 * 2 / 10e9 + 20e-6 + 2 * 3 * 5e-6)  # 81 x 129 us
     overhead = 2e-3 * 40 / 80
-    expected = weight_read + gemm_kernels + kv_read + attn_kernels + allreduce + overhead
-    assert expected == pytest.approx(0.0876, abs=1e-3)
+    expected = weight_read + gemm_kernels + small + kv_read + attn_floor + allreduce + overhead
+    assert expected == pytest.approx(0.0928, abs=1e-3)
     assert cm.stage_time_s(T4P2, 0, shape) == pytest.approx(expected, rel=1e-9)
     parts = cm.stage_breakdown(T4P2, 0, shape)
-    assert parts["weight_read_s"] == pytest.approx(weight_read + gemm_kernels, rel=1e-9)
+    assert parts["weight_read_s"] == pytest.approx(weight_read + gemm_kernels + small, rel=1e-9)
     assert parts["compute_s"] == 0
-    assert parts["attention_s"] == pytest.approx(kv_read + attn_kernels, rel=1e-9)
+    assert parts["attention_s"] == pytest.approx(kv_read + attn_floor, rel=1e-9)
     assert parts["comm_s"] == pytest.approx(allreduce, rel=1e-9)
     assert parts["overhead_s"] == pytest.approx(overhead, rel=1e-9)
 
@@ -77,28 +89,33 @@ def test_prefill_step_70b_t4p2_by_hand(cm):
     layers, n = 40, 2000
     compute = 2 * layers * LIN_PARAMS_T4 * (n + 100) / FLOPS  # 594 ms: compute bound
     assert compute > layers * LIN_PARAMS_T4 * 2 / HBM
-    gemm_kernels = 4 * layers * 5e-6
+    gemm_kernels = (4 + 6) * layers * 5e-6
+    small = n * layers * EW_BYTES_T4 / EW_BW  # 17.3 GB / 150 GB/s = 115 ms
     pairs = 2000 * 2001 / 2  # causal query-key pairs
-    attn_flops = 4 * 16 * 128 * pairs * layers  # QK^T + PV, 16 query heads per GPU
+    # QK^T + PV, 16 query heads per GPU, on the efficiency curve k / (k + 1000): the work of
+    # pairs + 1000 per query at the long-context rate
+    attn_flops = 4 * 16 * 128 * (pairs + 1000 * n) * layers
     attn_bytes = n * (2 * 16 + 2 * 2) * 128 * 2 * layers  # Q, O (16 heads), K, V (2 heads)
-    attention = max(attn_flops / FLOPS, attn_bytes / HBM) + layers * 5e-6
-    allreduce = 2 * layers * (2 * 3 / 4 * n * 8192 * 2 / 10e9 + 2 * 3 * 5e-6)  # 396 ms on PCIe
+    attention = max(attn_flops / ATTN_FLOPS, attn_bytes / HBM) + layers * 5e-6  # 43.5 ms
+    allreduce = 2 * layers * (2 * 3 / 4 * n * 8192 * 2 / 10e9 + 20e-6 + 2 * 3 * 5e-6)  # 397 ms on PCIe
     head_params = 32000 / 4 * 8192  # vocab-parallel LM head
     head = max(2 * head_params * (1 + 100) / FLOPS, head_params * 2 / HBM) + 5e-6
     gather = 3 / 4 * 32000 * 2 / 10e9 + 10e-6  # logits of the sampled row gathered to one rank
     overhead = 1e-3
-    expected = compute + gemm_kernels + attention + allreduce + head + gather + overhead
-    assert expected == pytest.approx(1.003, abs=2e-3)
+    expected = compute + gemm_kernels + small + attention + allreduce + head + gather + overhead
+    assert expected == pytest.approx(1.154, abs=2e-3)
     assert cm.stage_time_s(T4P2, 1, shape) == pytest.approx(expected, rel=1e-9)
     parts = cm.stage_breakdown(T4P2, 1, shape)
-    assert parts["compute_s"] == pytest.approx(compute + gemm_kernels, rel=1e-9)
+    assert parts["compute_s"] == pytest.approx(compute + gemm_kernels + small, rel=1e-9)
+    assert parts["attention_s"] == pytest.approx(attention, rel=1e-9)
     assert parts["weight_read_s"] == pytest.approx(head, rel=1e-9)  # one sampled row: head is read bound
     assert parts["comm_s"] == pytest.approx(allreduce + gather, rel=1e-9)
     assert parts["total_s"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_pp_send_and_pipeline_time(cm):
-    assert cm.pp_send_s(T4P2, 2000) == pytest.approx(2000 * 8192 * 2 / 10e9 + 10e-6)
+    # point-to-point bandwidth 20 GB/s, 10 us floor
+    assert cm.pp_send_s(T4P2, 2000) == pytest.approx(2000 * 8192 * 2 / 20e9 + 10e-6)
     shape = BatchShape.decode([500] * 8)
     s0, s1 = (cm.stage_time_s(T4P2, s, shape) for s in (0, 1))
     # (pp + m - 1) stage slots with the slowest stage repeating, plus one boundary crossing
@@ -144,8 +161,10 @@ def test_swap_bytes_per_token(cm):
 
 def test_allreduce_and_copies(cm):
     assert cm.allreduce_s(1e6, 1) == 0
-    assert cm.allreduce_s(1e6, 4) == pytest.approx(2 * 3 / 4 * 1e6 / 10e9 + 6 * 5e-6)
-    assert cm.allreduce_s(1e6, 8) == pytest.approx(2 * 7 / 8 * 1e6 / 10e9 + 14 * 5e-6)
+    # the floor (20 us + 2(t-1) ring steps of 5 us) plus 2(t-1)/t of the bytes at 10 GB/s
+    assert cm.allreduce_s(1e6, 4) == pytest.approx(2 * 3 / 4 * 1e6 / 10e9 + 20e-6 + 6 * 5e-6)
+    assert cm.allreduce_s(1e6, 8) == pytest.approx(2 * 7 / 8 * 1e6 / 10e9 + 20e-6 + 14 * 5e-6)
+    assert cm.allreduce_s(16, 2) == pytest.approx(16 / 10e9 + 20e-6 + 2 * 5e-6)  # small: the floor
     assert cm.host_copy_s(12.5e9) == pytest.approx(1.0)
 
 

@@ -13,8 +13,17 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(os.environ.get("SEESAW_SHARED_DATA")
-            or Path(__file__).resolve().parents[2] / "shared" / "data")
+def _data() -> Path:
+    """``$SEESAW_SHARED_DATA``, else ``shared/data`` beside the checkout or a folder above it (as
+    ``benchmarks/calibrate_a100.py`` looks for it)."""
+    if os.environ.get("SEESAW_SHARED_DATA"):
+        return Path(os.environ["SEESAW_SHARED_DATA"])
+    here = Path(__file__).resolve()
+    found = [up / "shared" / "data" for up in here.parents[1:4] if (up / "shared" / "data").is_dir()]
+    return found[0] if found else here.parents[2] / "shared" / "data"
+
+
+DATA = _data()
 pytestmark = pytest.mark.skipif(
     not (DATA / "vidur-a100-profiling").is_dir(), reason=f"no reference data under {DATA}"
 )
@@ -59,12 +68,34 @@ def test_gemm_errors_per_regime(calib, gemm):
 def test_allreduce_against_dgx_a100(calib):
     ar = calib.allreduce_errors(DATA)
     assert set(ar.tp) == {2, 4, 8}
-    # the shipped 8xa100-40g-nvlink profile (fitted to this data) is within 25% of the medians ...
-    assert ar.abs_err.median() <= 0.25
-    # ... and the ring model itself fits the data well with its best bandwidth and latency
-    bw, lat = calib.fit_ring(ar)
-    t, s = ar.tp.to_numpy(float), ar.size_bytes.to_numpy(float)
-    fitted = 2 * (t - 1) / t * s / bw + 2 * (t - 1) * lat
-    rel = abs(fitted / ar.measured_s.to_numpy() - 1)
-    assert float(sorted(rel)[len(rel) // 2]) <= 0.25
-    assert 50e9 <= bw <= 300e9  # below NVLink 3's 300 GB/s per direction
+    # the shipped 8xa100-40g-nvlink profile (fitted to this data): floor + ring bytes
+    assert ar.abs_err.median() <= 0.10
+    # small-message medians are bimodal (~20 us and ~60 us runs), so the tail is loose
+    assert ar.abs_err.quantile(0.9) <= 0.40
+    # the fit reproduces the shipped constants' regime: a tens-of-us floor, bandwidth under NVLink 3's
+    # 300 GB/s per direction
+    fit = calib.fit_collectives(ar, calib.sendrecv_errors(DATA))
+    assert 10e-6 <= fit["allreduce_base_s"] <= 80e-6
+    assert 50e9 <= fit["gpu_link_bandwidth_bytes_per_s"] <= 300e9
+
+
+def test_sendrecv_against_dgx_a100(calib):
+    sr = calib.sendrecv_errors(DATA)
+    assert sr.abs_err.median() <= 0.15
+
+
+def test_attention_against_vidur_a100(calib):
+    att = calib.attention_errors(DATA)
+    assert set(att.kind) == {"prefill", "decode"}
+    table = calib.error_table(att, ["kind"])
+    assert (table.median_abs_err <= 0.15).all(), table
+    assert (table.median_signed_err.abs() <= 0.10).all(), table
+    # the fit lands on the shipped profile's curve
+    fit = calib.fit_attention(att)
+    assert 0.40 <= fit["attention_compute_efficiency"] <= 0.55
+    assert 0.70 <= fit["decode_attention_memory_efficiency"] <= 0.85
+
+
+def test_small_kernels_against_vidur_a100(calib):
+    ew = calib.elementwise_errors(DATA)
+    assert ew.abs_err.median() <= 0.15

@@ -33,7 +33,32 @@ class GpuSpec(Spec):
     )
     kernel_overhead_s: float = Field(
         default=5e-6, ge=0,
-        description="fixed GPU time per GEMM/attention kernel (launch, ramp-up, tail), added to its roofline time",
+        description="fixed GPU time per GEMM and prefill-attention kernel (launch, ramp-up, tail), added to its "
+        "roofline time",
+    )
+    elementwise_memory_efficiency: float = Field(
+        default=0.55, gt=0, le=1,
+        description="fraction of HBM bandwidth reached by a layer's small memory-bound kernels (RMSNorms, "
+        "RoPE, SiLU-and-mul, residual adds); each also costs kernel_overhead_s",
+    )
+    # attention (defaults: the A100 fit of benchmarks/calibrate_a100.py, carried to other GPUs as
+    # fractions of their datasheet peaks; see profiles/README.md)
+    attention_compute_efficiency: float = Field(
+        default=0.476, gt=0, le=1,
+        description="fraction of peak_flops that prefill attention (FlashAttention-2) reaches on long "
+        "contexts; fitted to Vidur's A100 attention kernels",
+    )
+    attention_saturation_keys: float = Field(
+        default=1408.0, ge=0,
+        description="k0 of the prefill-attention efficiency curve attention_compute_efficiency * k / (k + k0), "
+        "k = mean keys per query: each query costs k0 extra key-pairs of work (per-query-tile fixed work)",
+    )
+    decode_attention_memory_efficiency: float = Field(
+        default=0.777, gt=0, le=1,
+        description="fraction of HBM bandwidth at which decode attention reads the KV cache",
+    )
+    decode_attention_floor_s: float = Field(
+        default=15e-6, ge=0, description="fixed GPU time of one decode-attention kernel call (per layer)",
     )
     price_per_hour_usd: float | None = Field(
         default=None, gt=0, description="on-demand price per GPU-hour, for cost objectives"
@@ -58,7 +83,16 @@ class NodeSpec(Spec):
     )
     host_memory_bytes_per_gpu: float = Field(gt=0, description="CPU DRAM per GPU")
     allreduce_latency_s: float = Field(default=10e-6, ge=0, description="per ring step latency")
+    allreduce_base_s: float = Field(
+        default=0.0, ge=0,
+        description="small-message floor of one all-reduce independent of the GPU count (NCCL launch and "
+        "synchronisation), added to the 2(t-1) ring steps",
+    )
     p2p_latency_s: float = Field(default=10e-6, ge=0, description="one send/recv latency")
+    p2p_bandwidth_bytes_per_s: float | None = Field(
+        default=None, gt=0,
+        description="one send/recv's bandwidth between two GPUs (default: gpu_link_bandwidth_bytes_per_s)",
+    )
     step_overhead_s: float = Field(default=2e-3, ge=0, description="fixed CPU/launch cost per step")
     source: str = ""
 

@@ -12,7 +12,7 @@ behind these choices are in ``docs/cost-model.md``.
 from __future__ import annotations
 
 from seesaw.core import CONTROL_MESSAGE_BYTES, ModelSpec, ParallelConfig
-from simulator.cost.roofline import Roofline
+from simulator.cost.roofline import ELEMENTWISE_KERNELS, Roofline
 from simulator.cost.shapes import BatchShape
 from simulator.cost.stages import MeasuredStage, StageConstants, gemm_shapes, kv_heads_per_gpu
 from simulator.cost.tables import Curve, MeasuredTables
@@ -47,6 +47,7 @@ def measured_stage(model: ModelSpec, tb: MeasuredTables, layout: ParallelConfig,
     return MeasuredStage(
         layers_curve=layers_curve,
         missing_gemms=[shapes[k] for k, f in found.items() if f is None],
+        misc_missing=misc is None,
         embed=tb.op("embed_rope", (h, d, cols), busy) if first else None,
         prefill=tb.attention("prefill", heads, kv, d, busy),
         decode=tb.attention("decode", heads, kv, d, busy),
@@ -121,6 +122,8 @@ def measured_parts(model: ModelSpec, rf: Roofline, c: StageConstants,
             lin += m.layers_curve(n)
         for k_in, k_out in m.missing_gemms:
             lin += c.layers * rf.gemm_s(n, k_in, k_out, B)
+        if m.misc_missing:  # no layer_misc table: the roofline's small kernels
+            lin += c.layers * ELEMENTWISE_KERNELS * rf.kernel_s + c.misc_s_per_token * n
         if m.embed is not None:
             lin += m.embed(n)
         if m.allreduce_in_place is not None:

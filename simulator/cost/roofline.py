@@ -1,12 +1,13 @@
 """The datasheet roofline: a stage's time from FLOPs, bytes and the node's rates.
 
 Every term is ``max(flops / (peak * eff_compute), bytes / (bw * eff_mem))`` plus a fixed kernel
-time, with the rates of ``GpuSpec``/``NodeSpec`` (see ``docs/cost-model.md`` for the sources and
+time, with the rates of ``GpuSpec``/``NodeSpec`` (attention and collectives with their own fitted
+efficiencies and floors) (see ``docs/cost-model.md`` for the sources and
 what each efficiency stands for). ``Roofline.stage_s`` is the one roofline of a pipeline stage:
 the simulator's hot path calls it for a time, ``CostModel.stage_breakdown`` for the same time
 split into parts. It assumes: all four GEMMs of a layer see the same rows, so a layer's linear
 time is one max over their summed FLOPs and bytes; one attention kernel per layer and kind;
-ring all-reduces; the per-step overhead shared among stages in proportion to their layers.
+ring all-reduces with a small-message floor; the per-step overhead shared among stages in proportion to their layers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,18 @@ from seesaw.core import ModelSpec, NodeSpec, ParallelConfig
 from simulator.cost.shapes import BatchShape
 from simulator.cost.stages import StageConstants, gemm_shapes, kv_heads_per_gpu, layers_per_stage
 
-__all__ = ["Roofline", "build_stages"]
+__all__ = ["ELEMENTWISE_KERNELS", "Roofline", "build_stages", "elementwise_bytes_per_token"]
+
+ELEMENTWISE_KERNELS = 6  # per layer: 2 RMSNorms, RoPE, SiLU-and-mul, 2 residual adds (vLLM's Llama)
+
+
+def elementwise_bytes_per_token(model: ModelSpec, tp: int) -> float:
+    """Bytes one GPU's small kernels of one layer read and write per token: each RMSNorm reads and
+    writes [h], each residual add reads two [h] and writes one, RoPE rewrites this GPU's Q and K
+    heads, SiLU-and-mul reads [2i/tp] and writes [i/tp]."""
+    m = model
+    qk = (m.num_attention_heads / tp + kv_heads_per_gpu(m, tp)) * m.d_head
+    return (2 * 2 * m.hidden_size + 2 * 3 * m.hidden_size + 2 * qk + 3 * m.intermediate_size / tp) * m.dtype_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +44,14 @@ class Roofline:
     host_bytes_per_s: float  # GPU-host link per GPU
     allreduce_latency_s: float  # per ring step
     p2p_latency_s: float
+    # prefill attention: FLOP/s reached on long contexts, and k0 of its efficiency curve k / (k + k0)
+    attn_flops_per_s: float = 0.0
+    attn_keys0: float = 0.0
+    decode_bytes_per_s: float = 0.0  # decode attention's KV read rate
+    decode_floor_s: float = 0.0  # one decode-attention call
+    elementwise_bytes_per_s: float = 0.0  # norms, RoPE, activation, residual adds
+    allreduce_base_s: float = 0.0  # one all-reduce's floor besides the ring steps
+    p2p_bytes_per_s: float = 0.0  # send/recv bandwidth
 
     @classmethod
     def of(cls, node: NodeSpec) -> "Roofline":
@@ -45,6 +65,13 @@ class Roofline:
             host_bytes_per_s=node.host_link_bandwidth_bytes_per_s,
             allreduce_latency_s=node.allreduce_latency_s,
             p2p_latency_s=node.p2p_latency_s,
+            attn_flops_per_s=gpu.peak_flops * gpu.attention_compute_efficiency,
+            attn_keys0=gpu.attention_saturation_keys,
+            decode_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s * gpu.decode_attention_memory_efficiency,
+            decode_floor_s=gpu.decode_attention_floor_s,
+            elementwise_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s * gpu.elementwise_memory_efficiency,
+            allreduce_base_s=node.allreduce_base_s,
+            p2p_bytes_per_s=node.p2p_bandwidth_bytes_per_s or node.gpu_link_bandwidth_bytes_per_s,
         )
 
     # ---------------------------------------------------------------------------------------
@@ -65,7 +92,7 @@ class Roofline:
             parts["overhead_s"] = c.overhead_s
         if n:
             comp = c.lin_flops_per_token * (n + self.n0) / self.flops_per_s
-            lin = (comp if comp > c.lin_read_s else c.lin_read_s) + c.lin_kernel_s
+            lin = (comp if comp > c.lin_read_s else c.lin_read_s) + c.lin_kernel_s + c.misc_s_per_token * n
             ar = c.ar_s_per_token * n
             t += lin + ar + c.ar_fixed_s
             if book:
@@ -74,14 +101,14 @@ class Roofline:
         # attention terms written out here (the hot path, once per stage per simulated step);
         # prefill_attention_s / decode_attention_s are the same terms for the measured fallback
         if shape.prefill_tokens:
-            comp = c.attn_flops_per_pair * shape.prefill_attn_pairs / self.flops_per_s
-            mem = c.attn_bytes_per_prefill_token * shape.prefill_tokens / self.hbm_bytes_per_s
+            comp = c.attn_s_per_pair * shape.prefill_attn_pairs + c.attn_s_per_query * shape.prefill_tokens
+            mem = c.attn_read_s_per_prefill_token * shape.prefill_tokens
             attn = (comp if comp > mem else mem) + c.attn_kernel_s
             t += attn
             if book:
                 parts["attention_s"] += attn
         if shape.decode_seqs:
-            attn = c.kv_bytes_per_token * shape.decode_context_tokens / self.hbm_bytes_per_s + c.attn_kernel_s
+            attn = c.decode_s_per_token * shape.decode_context_tokens + c.decode_kernel_s
             t += attn
             if book:
                 parts["attention_s"] += attn
@@ -96,16 +123,18 @@ class Roofline:
         return t
 
     def prefill_attention_s(self, c: StageConstants, shape: BatchShape) -> float:
-        """Prefill attention of the stage: QK^T and PV FLOPs over the causal pairs against reading
-        Q, K, V and writing O (FlashAttention-2's forward reaches GEMM-like utilisation)."""
-        comp = c.attn_flops_per_pair * shape.prefill_attn_pairs / self.flops_per_s
-        mem = c.attn_bytes_per_prefill_token * shape.prefill_tokens / self.hbm_bytes_per_s
+        """Prefill attention of the stage: QK^T and PV FLOPs over the causal pairs at the fitted
+        efficiency curve ``attn_flops_per_s * k / (k + k0)``, k = keys per query (so the work of
+        ``pairs + k0 * queries`` pairs at ``attn_flops_per_s``), against reading Q, K, V and
+        writing O; plus one kernel's fixed time per layer."""
+        comp = c.attn_s_per_pair * shape.prefill_attn_pairs + c.attn_s_per_query * shape.prefill_tokens
+        mem = c.attn_read_s_per_prefill_token * shape.prefill_tokens
         return (comp if comp > mem else mem) + c.attn_kernel_s
 
     def decode_attention_s(self, c: StageConstants, shape: BatchShape) -> float:
         """Decode attention is memory bound: every context token's K and V of this GPU's KV heads
-        are read once."""
-        return c.kv_bytes_per_token * shape.decode_context_tokens / self.hbm_bytes_per_s + c.attn_kernel_s
+        are read once at the fitted decode bandwidth, plus one call's floor per layer."""
+        return c.decode_s_per_token * shape.decode_context_tokens + c.decode_kernel_s
 
     # ---------------------------------------------------------------------------------------
     # single kernels and transfers
@@ -117,12 +146,14 @@ class Roofline:
         return max(comp, read) + self.kernel_s
 
     def allreduce_s(self, nbytes: float, tp: int) -> float:
-        # NCCL ring: bus bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md), 2(t-1) steps
+        """A floor (NCCL's launch and synchronisation, plus 2(t-1) ring steps) plus the ring's bus
+        bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md) at the link's bandwidth."""
         return (2 * (tp - 1) / tp * nbytes / self.link_bytes_per_s
-                + 2 * (tp - 1) * self.allreduce_latency_s)
+                + self.allreduce_base_s + 2 * (tp - 1) * self.allreduce_latency_s)
 
     def send_s(self, nbytes: float) -> float:
-        return nbytes / self.link_bytes_per_s + self.p2p_latency_s
+        """One send/recv between two GPUs: a floor plus the bytes at the point-to-point bandwidth."""
+        return nbytes / self.p2p_bytes_per_s + self.p2p_latency_s
 
     def host_copy_s(self, nbytes: float) -> float:
         return nbytes / self.host_bytes_per_s
@@ -140,7 +171,7 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
     layer_params = lin_params + 2 * h  # + two replicated RMSNorm vectors
     # ring all-reduce (NCCL): each GPU moves 2(t-1)/t of the buffer; 2(t-1) latency steps
     ring_frac = 2 * (tp - 1) / tp
-    ar_latency_s = 2 * (tp - 1) * node.allreduce_latency_s
+    ar_latency_s = node.allreduce_base_s + 2 * (tp - 1) * node.allreduce_latency_s
     gather_frac = (tp - 1) / tp  # gather to one rank: it receives the other (t-1)/t shards
     parts = layers_per_stage(m, layout)
     L = m.num_hidden_layers
@@ -157,6 +188,7 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             weight_params -= vocab_gpu * h  # one shared matrix
         # two all-reduces per layer (attention O, MLP down), one after the embedding
         n_ar = (2 * layers + (1 if first else 0)) if tp > 1 else 0
+        attn_pair_s = 4.0 * hq_gpu * d * layers / rf.attn_flops_per_s
         out.append(StageConstants(
             layers=layers,
             weight_bytes=weight_params * B,
@@ -164,13 +196,19 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             # 2 FLOPs per multiply-accumulate per weight per token (Kaplan et al. 2020, PaLM App. B)
             lin_flops_per_token=2.0 * lin_params * layers,
             lin_read_s=lin_params * layers * B / rf.hbm_bytes_per_s,
-            # fused QKV, O, fused gate/up, down: 4 GEMM kernels per layer, as in vLLM
-            lin_kernel_s=4 * layers * rf.kernel_s,
+            # fused QKV, O, fused gate/up, down: 4 GEMM kernels per layer, as in vLLM; plus the
+            # layer's 6 small kernels (2 RMSNorms, RoPE, SiLU-and-mul, 2 residual adds)
+            lin_kernel_s=(4 + ELEMENTWISE_KERNELS) * layers * rf.kernel_s,
+            misc_s_per_token=layers * elementwise_bytes_per_token(m, tp) / rf.elementwise_bytes_per_s,
             attn_kernel_s=layers * rf.kernel_s,
-            # QK^T and PV: 2 x 2d FLOPs per (query, key) pair per head (FlashAttention paper)
-            attn_flops_per_pair=4.0 * hq_gpu * d * layers,
+            # QK^T and PV: 2 x 2d FLOPs per (query, key) pair per head (FlashAttention paper), at
+            # the fitted curve: the work of pairs + k0 pairs per query at attn_flops_per_s
+            attn_s_per_pair=attn_pair_s,
+            attn_s_per_query=attn_pair_s * rf.attn_keys0,
             # Seesaw App. A attention KV movement: read Q, K, V, write O once per token
-            attn_bytes_per_prefill_token=(2 * hq_gpu + 2 * kv_gpu) * d * B * layers,
+            attn_read_s_per_prefill_token=(2 * hq_gpu + 2 * kv_gpu) * d * B * layers / rf.hbm_bytes_per_s,
+            decode_s_per_token=layers * 2 * kv_gpu * d * B / rf.decode_bytes_per_s,
+            decode_kernel_s=layers * rf.decode_floor_s,
             ar_s_per_token=n_ar * ring_frac * h * B / rf.link_bytes_per_s,
             ar_fixed_s=n_ar * ar_latency_s,
             head_flops_per_row=2.0 * head_params,

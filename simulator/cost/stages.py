@@ -58,6 +58,7 @@ class MeasuredStage:
 
     layers_curve: Curve | None  # all decoder layers of the stage: GEMMs + misc, by tokens
     missing_gemms: list[tuple[float, float]]  # (in, out) of GEMMs with no table: roofline
+    misc_missing: bool  # no table of the layer's small kernels: roofline
     embed: Curve | None  # embedding + RoPE tables (first stage), by tokens
     prefill: Surface | None  # one layer, one sequence: (query tokens, context)
     decode: Surface | None  # one layer: (sequences, context summed over them)
@@ -87,10 +88,14 @@ class StageConstants:
     kv_bytes_per_token: float  # this GPU's K and V for one token, all its layers
     lin_flops_per_token: float  # decoder-layer GEMM FLOPs per token
     lin_read_s: float  # time to stream the decoder layers' weights once
-    lin_kernel_s: float  # fixed time of the GEMM kernels (4 per layer)
-    attn_kernel_s: float  # fixed time of one attention kernel per layer
-    attn_flops_per_pair: float  # prefill attention FLOPs per query-key pair
-    attn_bytes_per_prefill_token: float  # Q, K, V read + O written per prefill token
+    lin_kernel_s: float  # fixed time of the GEMM kernels (4 per layer) and small kernels (6 per layer)
+    misc_s_per_token: float  # the small kernels' bytes per token (norms, RoPE, activation, adds)
+    attn_kernel_s: float  # fixed time of one prefill-attention kernel per layer
+    attn_s_per_pair: float  # prefill attention seconds per causal query-key pair (all layers)
+    attn_s_per_query: float  # prefill attention's fixed work per query (k0 pairs), all layers
+    attn_read_s_per_prefill_token: float  # Q, K, V read + O written per prefill token
+    decode_s_per_token: float  # decode attention: one context token's K and V read, all layers
+    decode_kernel_s: float  # decode attention's per-call floor, all layers
     ar_s_per_token: float  # TP all-reduce bandwidth time per token (all all-reduces)
     ar_fixed_s: float  # TP all-reduce latency per step (all all-reduces)
     head_flops_per_row: float  # LM head GEMM FLOPs per sampled row (last stage only)
