@@ -25,7 +25,7 @@ __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "l
 
 def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
              interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
-             input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str = "T4P2",
+             input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str | None = None,
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
              progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None,

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
 
 __all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
-           "measured_node", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
+           "measured_node", "scale_node", "is_node", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
 
 KINDS = ("gpus", "nodes", "models", "measured")
 _LABEL = {"gpus": "GPU", "nodes": "node", "models": "model", "measured": "measured profile"}
@@ -106,10 +106,21 @@ def _build(kind: str, data: dict, file) -> Any:
     data.setdefault("name", Path(str(file)).stem.lower())
     if kind == "nodes" and isinstance(data.get("gpu"), str):
         try:
-            data["gpu"] = load_gpu(data["gpu"])
+            data["gpu"] = load_gpu(_beside(data["gpu"], file))
         except CatalogError as e:
             raise CatalogError(f"{file}: field 'gpu': {e}") from None
     return _validate(_SPEC[kind], data, file)
+
+
+def _is_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
+
+
+def _beside(name: str, file) -> str:
+    """A node file's ``gpu:`` as given, or, when it is a relative path, relative to the node file."""
+    if _is_path(name) and isinstance(file, Path) and not Path(name).expanduser().is_absolute():
+        return str(file.parent / name)
+    return name
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,7 +131,7 @@ def _load_named(kind: str, key: str) -> Any:
 
 def _load(kind: str, name: str | Path) -> Any:
     text = str(name)
-    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+    if _is_path(text):
         path = Path(text).expanduser()
         if not path.is_file():
             raise CatalogError(f"{_LABEL[kind]} file {text!r} not found")
@@ -188,13 +199,14 @@ def _from_hf_dir(folder: Path) -> ModelSpec:
 
 
 _NODE_COUNT = re.compile(r"^\d+x")
+INTERCONNECTS = ("nvlink", "xgmi", "pcie")  # what make_node accepts, fastest first: the default order
 
 
 def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeSpec:
     """A node of ``num_gpus`` GPUs built from the catalog node template of that GPU and interconnect.
 
     Per-GPU figures (links, host memory, latencies) are the template's. ``interconnect`` defaults to
-    the GPU's usual one: ``nvlink`` when an NVLink template exists for it, else ``pcie``.
+    the GPU's own fabric: ``nvlink`` (or AMD's ``xgmi``) when such a template exists for it, else ``pcie``.
     ``make_node("a10", 4)`` is the paper's 4xA10.
     """
     gpu_spec = load_gpu(gpu)
@@ -204,26 +216,50 @@ def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeS
         count = 0
     if count < 1 or isinstance(num_gpus, bool):
         raise CatalogError(f"num_gpus must be a positive integer, got {num_gpus!r}")
-    if interconnect is not None and str(interconnect).lower() not in ("pcie", "nvlink"):
-        raise CatalogError(f"unknown interconnect {interconnect!r}; known: nvlink, pcie")
+    if interconnect is not None and str(interconnect).lower() not in INTERCONNECTS:
+        raise CatalogError(f"unknown interconnect {interconnect!r}; known: {', '.join(INTERCONNECTS)}")
     nodes = [load_node(n) for n in list_catalog()["nodes"]]
     templates: dict[str, NodeSpec] = {}
     for node in nodes:  # sorted by name: the first template per interconnect wins
         if node.gpu.name == gpu_spec.name:
             templates.setdefault(node.interconnect, node)
-    link = str(interconnect).lower() if interconnect else ("nvlink" if "nvlink" in templates else "pcie")
+    fastest = [k for k in INTERCONNECTS if k in templates]  # a GPU's own fabric before PCIe
+    link = str(interconnect).lower() if interconnect else (fastest[0] if fastest else "pcie")
     if link not in templates:
         wanted = f" with {link}" if interconnect else ""
         have = ", ".join(sorted(f"{n.gpu.name} ({n.interconnect})" for n in nodes))
-        raise CatalogError(f"no node template for GPU '{gpu_spec.name}'{wanted}; templates: {have}")
-    template = templates[link]
+        own = (" (for your own GPU, write a node YAML: `seesaw catalog --template node`)"
+               if _is_path(str(gpu)) else "")
+        raise CatalogError(f"no node template for GPU '{gpu_spec.name}'{wanted}; templates: {have}{own}")
+    return scale_node(templates[link], count)
+
+
+def scale_node(template: NodeSpec, num_gpus: int) -> NodeSpec:
+    """``template`` with ``num_gpus`` GPUs, keeping its per-GPU figures (the same node when equal)."""
+    if num_gpus == template.num_gpus:
+        return template
     data = template.model_dump()
     data.update(
-        name=_NODE_COUNT.sub(f"{count}x", template.name),
-        num_gpus=count,
-        source=f"{template.source}; scaled from {template.name} to {count} GPUs",
+        name=_NODE_COUNT.sub(f"{num_gpus}x", template.name) if _NODE_COUNT.match(template.name)
+        else f"{num_gpus}x{template.name}",
+        num_gpus=num_gpus,
+        source=f"{template.source}; scaled from {template.name} to {num_gpus} GPUs",
     )
     return NodeSpec.model_validate(data)
+
+
+def is_node(name: str | Path) -> bool:
+    """Whether ``name`` names a node (a catalog node, or a YAML file with a ``gpu:`` field) rather
+    than a GPU. A file that cannot be read says so when it is loaded."""
+    text = str(name).strip()
+    if not _is_path(text):
+        return text.lower() in _index("nodes")
+    path = Path(text).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "gpu" in data
 
 
 def clear_cache() -> None:

@@ -30,7 +30,7 @@ GPU = typer.Option("l4", "--gpu", "-g", metavar="NAME", rich_help_panel=HARDWARE
 NUM_GPUS = typer.Option(None, "--num-gpus", "-N", min=1, max=1024, metavar="N", rich_help_panel=HARDWARE_PANEL,
                         help="GPUs in the node (default 8)")
 INTERCONNECT = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=HARDWARE_PANEL,
-                            help="pcie | nvlink (default: the GPU's)")
+                            help="pcie | nvlink | xgmi (default: the GPU's)")
 WORKLOAD = typer.Option("sharegpt", "--workload", "-w", metavar="SRC", rich_help_panel=WORKLOAD_PANEL,
                         help="file, or sharegpt | arxiv | constant | uniform")
 NUM_REQUESTS = typer.Option(None, "--num-requests", "-n", min=1, metavar="N", rich_help_panel=WORKLOAD_PANEL,

@@ -51,7 +51,7 @@ def whatif(
     num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
                                  help="comma-separated GPU counts"),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=opt.HARDWARE_PANEL,
-                                               help="pcie | nvlink (default: per GPU)"),
+                                               help="pcie | nvlink | xgmi (default: per GPU)"),
     workload: str = opt.WORKLOAD,
     num_requests: Optional[int] = typer.Option(1_000_000, "--num-requests", "-n", min=1, metavar="N",
                                                rich_help_panel=opt.WORKLOAD_PANEL, help="requests in the batch"),
