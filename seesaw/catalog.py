@@ -15,6 +15,7 @@ import functools
 import json
 import operator
 import re
+import textwrap
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
 
 __all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
-           "measured_node", "scale_node", "is_node", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
+           "measured_node", "scale_node", "is_node", "template", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
 
 KINDS = ("gpus", "nodes", "models", "measured")
 _LABEL = {"gpus": "GPU", "nodes": "node", "models": "model", "measured": "measured profile"}
@@ -231,14 +232,19 @@ def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeS
         own = (" (for your own GPU, write a node YAML: `seesaw catalog --template node`)"
                if _is_path(str(gpu)) else "")
         raise CatalogError(f"no node template for GPU '{gpu_spec.name}'{wanted}; templates: {have}{own}")
-    return scale_node(templates[link], count)
+    return scale_node(templates[link], count, gpu=gpu_spec)
 
 
-def scale_node(template: NodeSpec, num_gpus: int) -> NodeSpec:
-    """``template`` with ``num_gpus`` GPUs, keeping its per-GPU figures (the same node when equal)."""
-    if num_gpus == template.num_gpus:
+def scale_node(template: NodeSpec, num_gpus: int, gpu: GpuSpec | None = None) -> NodeSpec:
+    """``template`` with ``num_gpus`` GPUs (and ``gpu``, e.g. a user's edited copy of its GPU),
+    keeping its per-GPU figures; the same node when nothing changes."""
+    if num_gpus == template.num_gpus and (gpu is None or gpu == template.gpu):
         return template
     data = template.model_dump()
+    if gpu is not None:
+        data["gpu"] = gpu
+    if num_gpus == template.num_gpus:
+        return NodeSpec.model_validate({**data, "source": f"{template.source}; GPU {gpu.source or gpu.name}"})
     data.update(
         name=_NODE_COUNT.sub(f"{num_gpus}x", template.name) if _NODE_COUNT.match(template.name)
         else f"{num_gpus}x{template.name}",
@@ -260,6 +266,47 @@ def is_node(name: str | Path) -> bool:
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and "gpu" in data
+
+
+_TEMPLATE_FROM = {"gpu": ("gpus", "l4"), "node": ("nodes", "8xl4")}
+_TEMPLATE_NOTES = {
+    "name": "the name shown in reports (default: the file's stem)",
+    "gpu": "a catalog GPU name (seesaw catalog), or a GPU YAML file, relative to this file",
+    "num_gpus": "GPUs in the node (--num-gpus rescales it, keeping the per-GPU figures)",
+    "source": "where the figures come from",
+}
+
+
+def template(kind: str) -> str:
+    """A commented YAML ``GpuSpec`` (``kind="gpu"``) or ``NodeSpec`` (``"node"``) to start one's own
+    hardware file from: every field with its meaning and unit, filled with the catalog's L4 figures
+    (``8xl4`` for a node); optional fields are commented out at their defaults. It loads as is."""
+    if kind not in _TEMPLATE_FROM:
+        raise CatalogError(f"unknown template {kind!r}; known: {', '.join(_TEMPLATE_FROM)}")
+    folder, example = _TEMPLATE_FROM[kind]
+    data = _read_yaml(profile_path(folder, example))
+    data.update(name=f"my-{kind}", source=f"my own {kind}: say where each figure comes from")
+    lines = [f"# A {_LABEL[folder]} profile for seesaw (--gpu FILE): the {example} figures as an",
+             "# example. Units are SI (bytes, B/s, FLOP/s, s, decimal 1e9); cite each figure's source.",
+             "# Unknown fields are errors. See profiles/README.md for the schema."]
+    for field, info in _SPEC[folder].model_fields.items():
+        note = _TEMPLATE_NOTES.get(field) or info.description or field
+        optional = not info.is_required() and field not in data
+        default = info.get_default(call_default_factory=True)
+        note += f" (optional; default {_yaml_value(default)})" if optional else ""
+        lines += textwrap.wrap(note, 98, initial_indent="# ", subsequent_indent="# ")
+        value = default if optional else data.get(field, default)
+        lines.append(("# " if optional else "") + f"{field}: {_yaml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(value: Any) -> str:
+    """One YAML scalar as the profiles write it: floats as ``300.0e+9``-style numbers PyYAML reads."""
+    if isinstance(value, float) and value and not 1e-3 <= abs(value) < 1e4:
+        mantissa, exp = f"{value:.6e}".split("e")
+        mantissa = mantissa.rstrip("0")
+        return f"{mantissa}0e{exp}" if mantissa.endswith(".") else f"{mantissa}e{exp}"
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
 def clear_cache() -> None:

@@ -119,7 +119,7 @@ def test_run_folder_writes_config_summary_then_files_in_order(tmp_path):
     (["plan", "--gpu", "v100", "-n", "5"], "v100"),
     (["plan", "--workload", "nosuchgen", "-n", "5"], "sharegpt"),
     (["plan", "--objective", "speed", "-n", "5"], "objective"),
-    (["compare", "--gpu", "h200", "-n", "5"], "h200"),
+    (["compare", "--gpu", "h800", "-n", "5"], "h800"),
     (["compare", "--workload", "missing.jsonl"], "missing.jsonl"),
     (["whatif", "--gpu", "l4,v100", "-n", "5"], "v100"),
     (["whatif", "--num-gpus", "4,x", "-n", "5"], "num-gpus"),

@@ -46,8 +46,8 @@ class _OptionTicks:
 
 def whatif(
     model: str = opt.MODEL,
-    gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
-                            help="comma-separated GPU names"),
+    gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", metavar="NAMES",
+                            rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML)"),
     num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
                                  help="comma-separated GPU counts"),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=opt.HARDWARE_PANEL,
