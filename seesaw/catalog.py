@@ -33,7 +33,7 @@ _LABEL = {"gpus": "GPU", "nodes": "node", "models": "model", "measured": "measur
 _SPEC: dict[str, type[BaseModel]] = {"gpus": GpuSpec, "nodes": NodeSpec, "models": ModelSpec,
                                      "measured": MeasuredProfile}
 _HF_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-_LLAMA_LIKE = {"llama"}  # LLaMA 2/3, CodeLlama and SmolLM2 all say model_type "llama"
+_LLAMA_LIKE = {"llama", "mistral", "qwen2"}  # LLaMA 2/3, CodeLlama, SmolLM2 say "llama"; Mistral; Qwen2/2.5
 _HINT = {"models": " (or a path to a HF model directory or a YAML file)"}
 
 
@@ -181,7 +181,8 @@ def _from_hf_dir(folder: Path) -> ModelSpec:
         raise CatalogError(f"{file}: cannot read JSON ({e})") from None
     if not isinstance(config, dict):
         raise CatalogError(f"{file}: expected a JSON object")
-    model_type = config.get("model_type", "llama")
+    config.setdefault("model_type", "llama")
+    model_type = config["model_type"]
     if model_type not in _LLAMA_LIKE:
         raise CatalogError(f"{file}: field 'model_type': {model_type!r} is not a LLaMA-family model "
                            f"(supported: {', '.join(sorted(_LLAMA_LIKE))})")
@@ -347,7 +348,8 @@ def _figures(spec: Any) -> str:
                 f"{spec.host_memory_bytes / GiB:.0f} GiB")
     n = spec.num_parameters
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-    return (f"{size} params, L={spec.num_hidden_layers} h={spec.hidden_size} "
+    arch = "" if spec.model_type == "llama" else f"{spec.model_type}, "
+    return (f"{arch}{size} params, L={spec.num_hidden_layers} h={spec.hidden_size} "
             f"heads={spec.num_attention_heads}/{spec.num_key_value_heads}, "
             f"KV {spec.kv_bytes_per_token / 1024:g} KiB/token")
 

@@ -31,7 +31,8 @@ def test_catalog_lists_the_expected_profiles():
                                  "8xa100-80g-nvlink", "8xa100-80g-pcie", "8xh100-pcie", "8xh200", "8xb200",
                                  "8xl40s", "8xmi300x", "8xrtx4090"}
     assert set(cat["models"]) == {"llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b",
-                                  "codellama-34b", "llama3-15b", "smollm2-135m", "tiny"}
+                                  "codellama-34b", "llama3-15b", "smollm2-135m", "tiny", "llama3.1-8b",
+                                  "llama3.1-70b", "llama3.3-70b", "qwen2.5-7b", "qwen2.5-72b", "mistral-7b"}
     assert isinstance(cat["measured"], list)  # the folder may be empty
 
 
@@ -286,6 +287,32 @@ def test_load_model_from_transformers_v5_config(tmp_path):
         dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 100000.0})))
     m = load_model(str(tmp_path))
     assert (m.rope_theta, m.rope_scaling, m.dtype_bytes) == (100000.0, None, 2)
+
+
+def test_issue22_models_parameters_context_and_architecture():
+    # published totals: Llama 3.1 8B 8.03e9, 70B 70.6e9; Qwen2.5-7B 7.62e9 (with Q/K/V biases),
+    # Qwen2.5-72B 72.7e9; Mistral-7B-v0.3 7.25e9
+    for name, params in [("llama3.1-8b", 8.03e9), ("llama3.1-70b", 70.55e9), ("llama3.3-70b", 70.55e9),
+                         ("qwen2.5-7b", 7.62e9), ("qwen2.5-72b", 72.71e9), ("mistral-7b", 7.25e9)]:
+        assert load_model(name).num_parameters == pytest.approx(params, rel=2e-3), name
+    q = load_model("qwen2.5-7b")
+    assert (q.model_type, q.qkv_bias, q.kv_bytes_per_token, q.max_position_embeddings) == ("qwen2", True, 56 * 1024, 32768)
+    assert q.params_per_layer - load_model("qwen2.5-7b").model_copy(update={"model_type": "llama"}).params_per_layer \
+        == 3584 + 2 * 512  # the biases
+    assert load_model("llama3.1-8b").rope_scaling["rope_type"] == "llama3"
+    assert load_model("llama3.1-70b").max_position_embeddings == 131072
+    m = load_model("mistral-7b")
+    assert (m.model_type, m.sliding_window, m.qkv_bias) == ("mistral", None, False)
+
+
+def test_load_model_reads_qwen2_and_mistral_configs(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config(
+        model_type="qwen2", sliding_window=131072, use_sliding_window=False)))
+    q = load_model(tmp_path)
+    assert (q.model_type, q.qkv_bias, q.sliding_window) == ("qwen2", True, None)
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config(model_type="mistral", sliding_window=4096)))
+    m = load_model(tmp_path)
+    assert (m.model_type, m.sliding_window, m.context_len) == ("mistral", 4096, 512)
 
 
 def test_load_model_rejects_non_llama_and_bad_configs(tmp_path):
