@@ -22,7 +22,7 @@ from typing import Callable
 
 import pandas as pd
 
-from seesaw.core import ModelSpec, NodeSpec, SpecError
+from seesaw.core import WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS, ModelSpec, NodeSpec, SpecError
 
 __all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices", "parse_duration"]
 
@@ -272,7 +272,7 @@ def _split(value, what: str) -> list[str]:
     return items
 
 
-def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, interconnect: str | None = None,
+def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS, *, interconnect: str | None = None,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
            sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
