@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from seesaw.core import SIMULATE_SAMPLE_SIZE
+from seesaw.core import SIMULATE_SAMPLE_SIZE, WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS
 
 __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
            "load_model", "load_gpu", "load_node", "load_measured", "make_node", "list_catalog", "default_host_kv_bytes"]
@@ -25,7 +25,7 @@ __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "l
 
 def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
              interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
-             input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str = "T4P2",
+             input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str | None = None,
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
              progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None,
@@ -93,8 +93,8 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
                measured=measured, **search_options).result
 
 
-def whatif(model: str = "llama2-70b", gpu: str | Sequence[str] = "a10,l4,a100-40g",
-           num_gpus: str | Sequence[int] = "4,8", *, interconnect: str | None = None, workload: str = "sharegpt",
+def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
+           num_gpus: str | Sequence[int] = WHATIF_NUM_GPUS, *, interconnect: str | None = None, workload: str = "sharegpt",
            num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
            seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
            sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,

@@ -15,6 +15,7 @@ import functools
 import json
 import operator
 import re
+import textwrap
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,14 @@ from pydantic import BaseModel, ValidationError
 from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
 
 __all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
-           "measured_node", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
+           "measured_node", "scale_node", "is_node", "template", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
 
 KINDS = ("gpus", "nodes", "models", "measured")
 _LABEL = {"gpus": "GPU", "nodes": "node", "models": "model", "measured": "measured profile"}
 _SPEC: dict[str, type[BaseModel]] = {"gpus": GpuSpec, "nodes": NodeSpec, "models": ModelSpec,
                                      "measured": MeasuredProfile}
 _HF_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-_LLAMA_LIKE = {"llama"}  # LLaMA 2/3, CodeLlama and SmolLM2 all say model_type "llama"
+_LLAMA_LIKE = {"llama", "mistral", "qwen2"}  # LLaMA 2/3, CodeLlama, SmolLM2 say "llama"; Mistral; Qwen2/2.5
 _HINT = {"models": " (or a path to a HF model directory or a YAML file)"}
 
 
@@ -106,10 +107,21 @@ def _build(kind: str, data: dict, file) -> Any:
     data.setdefault("name", Path(str(file)).stem.lower())
     if kind == "nodes" and isinstance(data.get("gpu"), str):
         try:
-            data["gpu"] = load_gpu(data["gpu"])
+            data["gpu"] = load_gpu(_beside(data["gpu"], file))
         except CatalogError as e:
             raise CatalogError(f"{file}: field 'gpu': {e}") from None
     return _validate(_SPEC[kind], data, file)
+
+
+def _is_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text
+
+
+def _beside(name: str, file) -> str:
+    """A node file's ``gpu:`` as given, or, when it is a relative path, relative to the node file."""
+    if _is_path(name) and isinstance(file, Path) and not Path(name).expanduser().is_absolute():
+        return str(file.parent / name)
+    return name
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,7 +132,7 @@ def _load_named(kind: str, key: str) -> Any:
 
 def _load(kind: str, name: str | Path) -> Any:
     text = str(name)
-    if text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text:
+    if _is_path(text):
         path = Path(text).expanduser()
         if not path.is_file():
             raise CatalogError(f"{_LABEL[kind]} file {text!r} not found")
@@ -169,7 +181,8 @@ def _from_hf_dir(folder: Path) -> ModelSpec:
         raise CatalogError(f"{file}: cannot read JSON ({e})") from None
     if not isinstance(config, dict):
         raise CatalogError(f"{file}: expected a JSON object")
-    model_type = config.get("model_type", "llama")
+    config.setdefault("model_type", "llama")
+    model_type = config["model_type"]
     if model_type not in _LLAMA_LIKE:
         raise CatalogError(f"{file}: field 'model_type': {model_type!r} is not a LLaMA-family model "
                            f"(supported: {', '.join(sorted(_LLAMA_LIKE))})")
@@ -188,13 +201,14 @@ def _from_hf_dir(folder: Path) -> ModelSpec:
 
 
 _NODE_COUNT = re.compile(r"^\d+x")
+INTERCONNECTS = ("nvlink", "xgmi", "pcie")  # what make_node accepts, fastest first: the default order
 
 
 def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeSpec:
     """A node of ``num_gpus`` GPUs built from the catalog node template of that GPU and interconnect.
 
     Per-GPU figures (links, host memory, latencies) are the template's. ``interconnect`` defaults to
-    the GPU's usual one: ``nvlink`` when an NVLink template exists for it, else ``pcie``.
+    the GPU's own fabric: ``nvlink`` (or AMD's ``xgmi``) when such a template exists for it, else ``pcie``.
     ``make_node("a10", 4)`` is the paper's 4xA10.
     """
     gpu_spec = load_gpu(gpu)
@@ -204,26 +218,96 @@ def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeS
         count = 0
     if count < 1 or isinstance(num_gpus, bool):
         raise CatalogError(f"num_gpus must be a positive integer, got {num_gpus!r}")
-    if interconnect is not None and str(interconnect).lower() not in ("pcie", "nvlink"):
-        raise CatalogError(f"unknown interconnect {interconnect!r}; known: nvlink, pcie")
+    if interconnect is not None and str(interconnect).lower() not in INTERCONNECTS:
+        raise CatalogError(f"unknown interconnect {interconnect!r}; known: {', '.join(INTERCONNECTS)}")
     nodes = [load_node(n) for n in list_catalog()["nodes"]]
     templates: dict[str, NodeSpec] = {}
     for node in nodes:  # sorted by name: the first template per interconnect wins
         if node.gpu.name == gpu_spec.name:
             templates.setdefault(node.interconnect, node)
-    link = str(interconnect).lower() if interconnect else ("nvlink" if "nvlink" in templates else "pcie")
+    fastest = [k for k in INTERCONNECTS if k in templates]  # a GPU's own fabric before PCIe
+    link = str(interconnect).lower() if interconnect else (fastest[0] if fastest else "pcie")
     if link not in templates:
         wanted = f" with {link}" if interconnect else ""
         have = ", ".join(sorted(f"{n.gpu.name} ({n.interconnect})" for n in nodes))
-        raise CatalogError(f"no node template for GPU '{gpu_spec.name}'{wanted}; templates: {have}")
-    template = templates[link]
+        own = (" (for your own GPU, write a node YAML: `seesaw catalog --template node`)"
+               if _is_path(str(gpu)) else "")
+        raise CatalogError(f"no node template for GPU '{gpu_spec.name}'{wanted}; templates: {have}{own}")
+    return scale_node(templates[link], count, gpu=gpu_spec)
+
+
+def scale_node(template: NodeSpec, num_gpus: int, gpu: GpuSpec | None = None) -> NodeSpec:
+    """``template`` with ``num_gpus`` GPUs (and ``gpu``, e.g. a user's edited copy of its GPU),
+    keeping its per-GPU figures; the same node when nothing changes."""
+    if num_gpus == template.num_gpus and (gpu is None or gpu == template.gpu):
+        return template
     data = template.model_dump()
+    if gpu is not None:
+        data["gpu"] = gpu
+    if num_gpus == template.num_gpus:
+        return NodeSpec.model_validate({**data, "source": f"{template.source}; GPU {gpu.source or gpu.name}"})
     data.update(
-        name=_NODE_COUNT.sub(f"{count}x", template.name),
-        num_gpus=count,
-        source=f"{template.source}; scaled from {template.name} to {count} GPUs",
+        name=_NODE_COUNT.sub(f"{num_gpus}x", template.name) if _NODE_COUNT.match(template.name)
+        else f"{num_gpus}x{template.name}",
+        num_gpus=num_gpus,
+        source=f"{template.source}; scaled from {template.name} to {num_gpus} GPUs",
     )
     return NodeSpec.model_validate(data)
+
+
+def is_node(name: str | Path) -> bool:
+    """Whether ``name`` names a node (a catalog node, or a YAML file with a ``gpu:`` field) rather
+    than a GPU. A file that cannot be read says so when it is loaded."""
+    text = str(name).strip()
+    if not _is_path(text):
+        return text.lower() in _index("nodes")
+    path = Path(text).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "gpu" in data
+
+
+_TEMPLATE_FROM = {"gpu": ("gpus", "l4"), "node": ("nodes", "8xl4")}
+_TEMPLATE_NOTES = {
+    "name": "the name shown in reports (default: the file's stem)",
+    "gpu": "a catalog GPU name (seesaw catalog), or a GPU YAML file, relative to this file",
+    "num_gpus": "GPUs in the node (--num-gpus rescales it, keeping the per-GPU figures)",
+    "source": "where the figures come from",
+}
+
+
+def template(kind: str) -> str:
+    """A commented YAML ``GpuSpec`` (``kind="gpu"``) or ``NodeSpec`` (``"node"``) to start one's own
+    hardware file from: every field with its meaning and unit, filled with the catalog's L4 figures
+    (``8xl4`` for a node); optional fields are commented out at their defaults. It loads as is."""
+    if kind not in _TEMPLATE_FROM:
+        raise CatalogError(f"unknown template {kind!r}; known: {', '.join(_TEMPLATE_FROM)}")
+    folder, example = _TEMPLATE_FROM[kind]
+    data = _read_yaml(profile_path(folder, example))
+    data.update(name=f"my-{kind}", source=f"my own {kind}: say where each figure comes from")
+    lines = [f"# A {_LABEL[folder]} profile for seesaw (--gpu FILE): the {example} figures as an",
+             "# example. Units are SI (bytes, B/s, FLOP/s, s, decimal 1e9); cite each figure's source.",
+             "# Unknown fields are errors. See profiles/README.md for the schema."]
+    for field, info in _SPEC[folder].model_fields.items():
+        note = _TEMPLATE_NOTES.get(field) or info.description or field
+        optional = not info.is_required() and field not in data
+        default = info.get_default(call_default_factory=True)
+        note += f" (optional; default {_yaml_value(default)})" if optional else ""
+        lines += textwrap.wrap(note, 98, initial_indent="# ", subsequent_indent="# ")
+        value = default if optional else data.get(field, default)
+        lines.append(("# " if optional else "") + f"{field}: {_yaml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_value(value: Any) -> str:
+    """One YAML scalar as the profiles write it: floats as ``300.0e+9``-style numbers PyYAML reads."""
+    if isinstance(value, float) and value and not 1e-3 <= abs(value) < 1e4:
+        mantissa, exp = f"{value:.6e}".split("e")
+        mantissa = mantissa.rstrip("0")
+        return f"{mantissa}0e{exp}" if mantissa.endswith(".") else f"{mantissa}e{exp}"
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
 
 
 def clear_cache() -> None:
@@ -264,7 +348,8 @@ def _figures(spec: Any) -> str:
                 f"{spec.host_memory_bytes / GiB:.0f} GiB")
     n = spec.num_parameters
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-    return (f"{size} params, L={spec.num_hidden_layers} h={spec.hidden_size} "
+    arch = "" if spec.model_type == "llama" else f"{spec.model_type}, "
+    return (f"{arch}{size} params, L={spec.num_hidden_layers} h={spec.hidden_size} "
             f"heads={spec.num_attention_heads}/{spec.num_key_value_heads}, "
             f"KV {spec.kv_bytes_per_token / 1024:g} KiB/token")
 

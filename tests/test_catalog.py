@@ -25,10 +25,14 @@ LOADERS = {"gpus": load_gpu, "nodes": load_node, "models": load_model}
 def test_catalog_lists_the_expected_profiles():
     cat = catalog.list_catalog()
     assert set(cat) == {"gpus", "nodes", "models", "measured"}
-    assert cat["gpus"] == sorted(["a10", "a10g", "l4", "a100-40g", "a100-80g", "h100"])
-    assert set(cat["nodes"]) == {"8xa10", "8xa10g", "8xl4", "8xa100-40g-nvlink", "8xa100-40g-pcie", "8xh100"}
+    assert cat["gpus"] == sorted(["a10", "a10g", "l4", "a100-40g", "a100-80g", "h100", "a100-80g-pcie",
+                                  "h100-pcie", "h200", "b200", "l40s", "mi300x", "rtx4090"])
+    assert set(cat["nodes"]) == {"8xa10", "8xa10g", "8xl4", "8xa100-40g-nvlink", "8xa100-40g-pcie", "8xh100",
+                                 "8xa100-80g-nvlink", "8xa100-80g-pcie", "8xh100-pcie", "8xh200", "8xb200",
+                                 "8xl40s", "8xmi300x", "8xrtx4090"}
     assert set(cat["models"]) == {"llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b",
-                                  "codellama-34b", "llama3-15b", "smollm2-135m", "tiny"}
+                                  "codellama-34b", "llama3-15b", "smollm2-135m", "tiny", "llama3.1-8b",
+                                  "llama3.1-70b", "llama3.3-70b", "qwen2.5-7b", "qwen2.5-72b", "mistral-7b"}
     assert isinstance(cat["measured"], list)  # the folder may be empty
 
 
@@ -175,6 +179,20 @@ def test_gpu_figures_are_dense_and_decimal():
     assert load_gpu("h100").hbm_bandwidth_bytes_per_s == 3.35e12
     assert load_gpu("a10").memory_bytes == 23028 * 2**20  # nvidia-smi total, ECC on
     assert load_gpu("a100-40g").memory_bytes == 40 * GiB
+    # issue 22's GPUs: the datasheets' sparse figures halved, or the dense one as printed
+    assert load_gpu("h100-pcie").peak_flops == 1513e12 / 2
+    assert load_gpu("h200").peak_flops == load_gpu("h100").peak_flops  # the same GH100 tensor cores
+    assert load_gpu("b200").peak_flops == 36e15 / 8 / 2  # HGX B200: 36 PF sparse over 8 GPUs
+    assert load_gpu("l40s").peak_flops == 362.05e12  # datasheet "362.05 | 733*": the dense figure
+    assert load_gpu("mi300x").peak_flops == 1307.4e12  # datasheet dense (2614.9 with sparsity)
+    assert load_gpu("rtx4090").peak_flops == 330.4e12 / 2  # Ada whitepaper, FP32 accumulate
+    assert load_gpu("a100-80g-pcie").hbm_bandwidth_bytes_per_s == 1935e9
+    assert load_gpu("h200").hbm_bandwidth_bytes_per_s == 4.8e12
+    assert load_gpu("l40s").memory_bytes == 46068 * 2**20  # nvidia-smi total, ECC on
+    assert load_gpu("b200").memory_bytes == 183359 * 2**20
+    assert load_gpu("rtx4090").memory_bytes == 24564 * 2**20
+    for name in ("h100-pcie", "h200", "b200", "l40s", "mi300x", "rtx4090", "a100-80g-pcie"):
+        assert load_gpu(name).price_per_hour_usd > 0, f"{name}: every new GPU has a cited price"
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,8 +214,12 @@ def test_make_node_interconnect_default_and_choice():
     assert make_node("a100-40g", 4, "PCIe").gpu_link_bandwidth_bytes_per_s == 8.5e9
     with pytest.raises(CatalogError, match="no node template for GPU 'a10' with nvlink; templates: "):
         make_node("a10", 4, "nvlink")
-    with pytest.raises(CatalogError, match="no node template for GPU 'a100-80g'"):
-        make_node("a100-80g", 8)
+    assert make_node("a100-80g", 4, "nvlink").name == "4xa100-80g-nvlink"  # issue 22: it had no template
+    assert make_node("a100-80g", 4) == make_node("a100-80g", 4, "nvlink")
+    assert make_node("mi300x", 8).interconnect == "xgmi"  # a GPU's own fabric before PCIe
+    assert make_node("l40s", 2).interconnect == "pcie"
+    with pytest.raises(CatalogError, match="no node template for GPU 'a100-80g' with pcie"):
+        make_node("a100-80g", 8, "pcie")
     with pytest.raises(CatalogError, match="unknown interconnect"):
         make_node("a10", 4, "infiniband")
     with pytest.raises(CatalogError, match="positive integer"):
@@ -219,6 +241,22 @@ def test_node_link_figures_are_unidirectional_and_below_the_raw_link():
         assert node.gpu_link_bandwidth_bytes_per_s < raw_pcie4_x8
     assert load_node("8xa100-40g-nvlink").gpu_link_bandwidth_bytes_per_s <= 600e9 / 2
     assert load_node("8xh100").gpu_link_bandwidth_bytes_per_s <= 900e9 / 2
+    assert load_node("8xh200").gpu_link_bandwidth_bytes_per_s <= 900e9 / 2
+    assert load_node("8xb200").gpu_link_bandwidth_bytes_per_s <= 1800e9 / 2
+    assert load_node("8xmi300x").gpu_link_bandwidth_bytes_per_s <= 896e9 / 2
+    raw_pcie5_x16 = 32e9 * 16 * 128 / 130 / 8  # 63.0e9 B/s per direction
+    for name in ("8xh200", "8xb200", "8xmi300x", "8xh100-pcie"):
+        assert load_node(name).host_link_bandwidth_bytes_per_s < raw_pcie5_x16
+    for name in ("8xa100-80g-pcie", "8xl40s", "8xrtx4090"):
+        node = load_node(name)
+        assert node.gpu_link_bandwidth_bytes_per_s < raw_pcie4_x8 and node.host_link_bandwidth_bytes_per_s < raw_pcie4_x8
+
+
+def test_every_node_is_sold_with_eight_gpus_and_names_its_gpu():
+    for name in catalog.list_catalog()["nodes"]:
+        node = load_node(name)
+        assert node.num_gpus == 8 and node.name.startswith(f"8x{node.gpu.name}"), name
+        assert node.host_memory_bytes_per_gpu >= 80 * GiB, name
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +287,32 @@ def test_load_model_from_transformers_v5_config(tmp_path):
         dtype="bfloat16", rope_parameters={"rope_type": "default", "rope_theta": 100000.0})))
     m = load_model(str(tmp_path))
     assert (m.rope_theta, m.rope_scaling, m.dtype_bytes) == (100000.0, None, 2)
+
+
+def test_issue22_models_parameters_context_and_architecture():
+    # published totals: Llama 3.1 8B 8.03e9, 70B 70.6e9; Qwen2.5-7B 7.62e9 (with Q/K/V biases),
+    # Qwen2.5-72B 72.7e9; Mistral-7B-v0.3 7.25e9
+    for name, params in [("llama3.1-8b", 8.03e9), ("llama3.1-70b", 70.55e9), ("llama3.3-70b", 70.55e9),
+                         ("qwen2.5-7b", 7.62e9), ("qwen2.5-72b", 72.71e9), ("mistral-7b", 7.25e9)]:
+        assert load_model(name).num_parameters == pytest.approx(params, rel=2e-3), name
+    q = load_model("qwen2.5-7b")
+    assert (q.model_type, q.qkv_bias, q.kv_bytes_per_token, q.max_position_embeddings) == ("qwen2", True, 56 * 1024, 32768)
+    assert q.params_per_layer - load_model("qwen2.5-7b").model_copy(update={"model_type": "llama"}).params_per_layer \
+        == 3584 + 2 * 512  # the biases
+    assert load_model("llama3.1-8b").rope_scaling["rope_type"] == "llama3"
+    assert load_model("llama3.1-70b").max_position_embeddings == 131072
+    m = load_model("mistral-7b")
+    assert (m.model_type, m.sliding_window, m.qkv_bias) == ("mistral", None, False)
+
+
+def test_load_model_reads_qwen2_and_mistral_configs(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config(
+        model_type="qwen2", sliding_window=131072, use_sliding_window=False)))
+    q = load_model(tmp_path)
+    assert (q.model_type, q.qkv_bias, q.sliding_window) == ("qwen2", True, None)
+    (tmp_path / "config.json").write_text(json.dumps(_llama_config(model_type="mistral", sliding_window=4096)))
+    m = load_model(tmp_path)
+    assert (m.model_type, m.sliding_window, m.context_len) == ("mistral", 4096, 512)
 
 
 def test_load_model_rejects_non_llama_and_bad_configs(tmp_path):

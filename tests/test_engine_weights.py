@@ -75,11 +75,14 @@ def test_wrong_shape_names_tensor_expected_and_got(tmp_path):
 
 
 def test_unsupported_configs(tmp_path):
-    cfg = tiny_config(model_type="mistral")
+    cfg = tiny_config(model_type="gemma")
     path = write_random_checkpoint(tmp_path / "m", cfg)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
-    assert "mistral" in _one_line(err)
+    assert "gemma" in _one_line(err) and "llama, mistral, qwen2" in _one_line(err)
+    path = write_random_checkpoint(tmp_path / "q", tiny_config(model_type="qwen2"))  # no Q/K/V biases
+    with pytest.raises(CheckpointError, match=r"missing 12 tensor\(s\): model.layers.0.self_attn.q_proj.bias"):
+        load_checkpoint(path)
     path = write_random_checkpoint(tmp_path / "b", tiny_config(attention_bias=True))
     with pytest.raises(CheckpointError, match="attention_bias"):
         load_checkpoint(path)

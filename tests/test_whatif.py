@@ -119,7 +119,7 @@ def test_run_folder_writes_config_summary_then_files_in_order(tmp_path):
     (["plan", "--gpu", "v100", "-n", "5"], "v100"),
     (["plan", "--workload", "nosuchgen", "-n", "5"], "sharegpt"),
     (["plan", "--objective", "speed", "-n", "5"], "objective"),
-    (["compare", "--gpu", "h200", "-n", "5"], "h200"),
+    (["compare", "--gpu", "h800", "-n", "5"], "h800"),
     (["compare", "--workload", "missing.jsonl"], "missing.jsonl"),
     (["whatif", "--gpu", "l4,v100", "-n", "5"], "v100"),
     (["whatif", "--num-gpus", "4,x", "-n", "5"], "num-gpus"),
@@ -166,3 +166,28 @@ def test_whatif_cli_writes_the_report(seesaw, tmp_path):
     assert obj["report"] == str(out) and {o["option"] for o in obj["options"]} == {"1xa10", "2xa10"}
     assert (out / "report.html").is_file() and (out / "options.csv").is_file()
     assert "1xa10" in r.stdout or "1xa10" in (out / "report.md").read_text()
+
+
+def test_no_argument_whatif_compares_current_servers():
+    """Issue 22 item 6: the no-argument report is LLaMA-3.1-70B on 8-GPU servers sold now; every
+    entry point shares the one default, and each GPU has its 8-GPU catalog node."""
+    import inspect
+
+    import typer
+
+    from seesaw import api, catalog
+    from seesaw.app import whatif as app_whatif
+    from seesaw.cli.whatif import whatif as cli_whatif
+    from seesaw.core import WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS
+
+    assert (WHATIF_MODEL, WHATIF_GPUS, WHATIF_NUM_GPUS) == ("llama3.1-70b", "h100,h200,l40s,a100-80g", "8")
+    for fn in (api.whatif, app_whatif.whatif):
+        params = inspect.signature(fn).parameters
+        assert (params["model"].default, params["gpu"].default, params["num_gpus"].default) == (
+            WHATIF_MODEL, WHATIF_GPUS, WHATIF_NUM_GPUS)
+    cli = {name: p.default.default for name, p in inspect.signature(cli_whatif).parameters.items()
+           if isinstance(p.default, typer.models.OptionInfo)}
+    assert (cli["model"], cli["gpu"], cli["num_gpus"]) == (WHATIF_MODEL, WHATIF_GPUS, WHATIF_NUM_GPUS)
+    nodes = [catalog.make_node(g, 8) for g in WHATIF_GPUS.split(",")]
+    assert [n.name for n in nodes] == ["8xh100", "8xh200", "8xl40s", "8xa100-80g-nvlink"]
+    assert all(n.gpu.price_per_hour_usd for n in nodes)

@@ -211,7 +211,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     scratch = Path(tempfile.mkdtemp(prefix="seesaw-calibrate-")) if out_dir is None else None
     pairs = []  # (layout text, c_p, c_d, workload, items, tag, engine config)
     for wl in workloads:
-        items, errors = prepare_requests(wl.source, tok, max_position=store.spec.max_position_embeddings,
+        items, errors = prepare_requests(wl.source, tok, max_position=store.spec.context_len,
                                          seed=seed, num_requests=num_requests, input_len=wl.input_len,
                                          output_len=wl.output_len, max_tokens=max_tokens)
         if not items:

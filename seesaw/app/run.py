@@ -346,7 +346,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
         output_dir.mkdir(parents=True, exist_ok=True)
     source = o.input or default_input()
     items, errors = prepare_requests(
-        source, tokenizer, max_position=store.spec.max_position_embeddings, seed=o.seed,
+        source, tokenizer, max_position=store.spec.context_len, seed=o.seed,
         num_requests=o.num_requests, input_len=o.input_len, output_len=o.output_len, max_tokens=o.max_tokens,
         temperature=o.temperature, prompt_format=o.prompt_format)
     err_file = errors_path(output)

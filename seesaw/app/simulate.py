@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from seesaw.core import SIMULATE_SAMPLE_SIZE, GiB, ModelSpec, NodeSpec, SeesawPolicy, SpecError, VllmPolicy, parse_layout
 
-__all__ = ["Simulated", "Planned", "resolve_node", "resolve_hardware", "measured_profile", "build_policy", "load_inputs", "simulate", "compare", "plan",
+__all__ = ["Simulated", "Planned", "default_layout", "resolve_node", "resolve_hardware", "measured_profile", "build_policy", "load_inputs", "simulate", "compare", "plan",
            "OBJECTIVES", "check_counts"]
 
 OBJECTIVES = ("throughput", "cost")
@@ -78,12 +78,25 @@ def resolve_hardware(gpu: str, num_gpus: int | None = None, interconnect: str | 
 
 
 def resolve_node(gpu: str, num_gpus: int | None = None, interconnect: str | None = None) -> NodeSpec:
-    """A catalog node name (``8xl4``) or a GPU name plus a count (default 8)."""
+    """A node (catalog name ``8xl4`` or node YAML file; ``num_gpus`` rescales it) or a GPU (catalog
+    name or GPU YAML file) plus a count (default 8) on its catalog node template."""
     from seesaw import catalog as cat
 
-    if num_gpus is None and "x" in gpu.lower() and gpu.lower().split("x", 1)[0].isdigit():
-        return cat.load_node(gpu)
+    if cat.is_node(gpu):
+        node = cat.load_node(gpu)
+        if interconnect is not None and interconnect.lower() != node.interconnect:
+            raise SpecError(f"--interconnect {interconnect}: node {node.name} is {node.interconnect}; "
+                            "give a GPU name to choose the interconnect")
+        return node if num_gpus is None else cat.scale_node(node, num_gpus)
     return cat.make_node(gpu, num_gpus or 8, interconnect)
+
+
+def default_layout(num_gpus: int) -> str:
+    """The layout ``simulate`` uses when none is given: TP over up to 4 GPUs, PP over the rest
+    (``T4P2`` on 8 GPUs, ``T4`` on 4, ``T2P3`` on 6)."""
+    tp = next(t for t in (4, 2, 1) if num_gpus % t == 0)
+    pp = num_gpus // tp
+    return f"T{tp}" + (f"P{pp}" if pp > 1 else "")
 
 
 def build_policy(layout: str, *, chunked_prefill: bool = False, chunk_size: int | None = None,
@@ -164,7 +177,7 @@ def check_objective(objective: str) -> None:
 
 def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
              workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
-             output_len: int | None = None, seed: int = 0, layout: str = "T4P2", chunked_prefill: bool = False,
+             output_len: int | None = None, seed: int = 0, layout: str | None = None, chunked_prefill: bool = False,
              chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
              progress: Callable | None = None, *, sample_size: int | None = SIMULATE_SAMPLE_SIZE,
              node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None) -> Simulated:
@@ -172,7 +185,8 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 
     Research use: ``model`` may be a ``ModelSpec``, ``node`` a ``NodeSpec`` (instead of ``gpu``,
     ``num_gpus``, ``interconnect``), ``policy`` a ``VllmPolicy``/``SeesawPolicy`` (instead of
-    ``layout`` and its knobs), ``requests`` a list (instead of ``workload``), ``cost`` a
+    ``layout`` and its knobs; None: ``default_layout`` of the node), ``requests`` a list (instead
+    of ``workload``), ``cost`` a
     ``CostModel`` or ``measured`` a profile of ``node``.
     A workload of more than ``sample_size`` requests (None: no limit) is simulated on a seeded
     sample and the result extrapolated to the whole (``simulator.extrapolate``, as ``plan`` does).
@@ -185,8 +199,8 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     model_spec = resolve_model(model)  # checked in the CLI's order: model, node, policy, workload
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
     if policy is None:
-        policy = build_policy(layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
-                              max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
+        policy = build_policy(layout or default_layout(node.num_gpus), chunked_prefill=chunked_prefill,
+                              chunk_size=chunk_size, max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
     reqs = resolve_requests(workload, num_requests, seed, input_len, output_len, requests, sample_size)
     sampled = sample_workload(reqs, sample_size, seed)
     if cost is None and measured is not None:

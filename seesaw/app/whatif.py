@@ -22,7 +22,7 @@ from typing import Callable
 
 import pandas as pd
 
-from seesaw.core import ModelSpec, NodeSpec, SpecError
+from seesaw.core import WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS, ModelSpec, NodeSpec, SpecError
 
 __all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices", "parse_duration"]
 
@@ -207,7 +207,7 @@ def run_whatif(
     the result also names the cheapest option that finishes within it."""
     import time
 
-    from seesaw import catalog as cat
+    from seesaw.app.simulate import resolve_node
     from seesaw.workload import describe
     from simulator.extrapolate import sample_workload
     from simulator.planner import SearchSpace, plan
@@ -215,10 +215,10 @@ def run_whatif(
     t0 = time.perf_counter()
     prices = prices or {}
     options = []
-    for gpu in dict.fromkeys(g.lower() for g in gpus):
+    for gpu in dict.fromkeys(g if Path(g).suffix in (".yaml", ".yml") else g.lower() for g in gpus):
         for n in dict.fromkeys(counts):
-            node = cat.make_node(gpu, n, interconnect)
-            price = prices.get(gpu.lower(), node.gpu.price_per_hour_usd)
+            node = resolve_node(gpu, n, interconnect)
+            price = prices.get(gpu.lower(), prices.get(node.gpu.name, node.gpu.price_per_hour_usd))
             opt = WhatIfOption(gpu, n, node, price_per_gpu_hour=price)
             tick = None if progress is None else (lambda d, t, w, _o=opt.name: progress(_o, d, t, w))
             res = plan(model, node, requests, objective=objective, price_per_gpu_hour=price,
@@ -272,7 +272,7 @@ def _split(value, what: str) -> list[str]:
     return items
 
 
-def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, interconnect: str | None = None,
+def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS, *, interconnect: str | None = None,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
            sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
@@ -299,8 +299,8 @@ def whatif(model: str = "llama2-70b", gpu="a10,l4,a100-40g", num_gpus="4,8", *, 
         raise SpecError(f"--num-gpus: counts must be positive, got {num_gpus!r}")
     prices = parse_prices(None if price_per_gpu_hour is None else str(price_per_gpu_hour), gpus)
     deadline_s = None if deadline is None else parse_duration(deadline)
-    for g in gpus:
-        cat.load_gpu(g)                          # unknown GPU names fail before any work
+    for g in gpus:                               # unknown GPUs, nodes and bad files fail before any work
+        (cat.load_node if cat.is_node(g) else cat.load_gpu)(g)
     check_counts(sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
     result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,

@@ -21,10 +21,17 @@ def register(app: typer.Typer, workload_app: typer.Typer) -> None:
 
 
 def catalog(as_json: bool = typer.Option(False, "--json", rich_help_panel=opt.OUTPUT_PANEL,
-                                         help="print one JSON object")) -> None:
-    """List the built-in GPUs, nodes and models with their key figures."""
+                                         help="print one JSON object"),
+            template: Optional[str] = typer.Option(None, "--template", metavar="KIND",
+                                                   rich_help_panel=opt.OUTPUT_PANEL,
+                                                   help="print a commented gpu | node YAML")) -> None:
+    """List the built-in GPUs, nodes and models with their key figures and sources; ``--template``
+    prints a commented GPU or node file to describe your own hardware (``--gpu FILE``)."""
     from seesaw import catalog as cat
 
+    if template is not None:
+        print(cat.template(template.strip().lower()), end="")
+        return
     rows = cat.catalog_table()
     if as_json:
         print_json({"profiles": rows})

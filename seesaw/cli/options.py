@@ -26,11 +26,11 @@ OUTPUT_PANEL = "Output"
 MODEL = typer.Option("llama2-70b", "--model", "-m", metavar="NAME", rich_help_panel=MODEL_PANEL,
                      help="catalog model or HF config dir")
 GPU = typer.Option("l4", "--gpu", "-g", metavar="NAME", rich_help_panel=HARDWARE_PANEL,
-                   help="GPU (a10, l4, a100-40g, ...) or node (8xl4)")
+                   help="GPU or node: name (l4, 8xh100) or YAML file")
 NUM_GPUS = typer.Option(None, "--num-gpus", "-N", min=1, max=1024, metavar="N", rich_help_panel=HARDWARE_PANEL,
                         help="GPUs in the node (default 8)")
 INTERCONNECT = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=HARDWARE_PANEL,
-                            help="pcie | nvlink (default: the GPU's)")
+                            help="pcie | nvlink | xgmi (default: the GPU's)")
 WORKLOAD = typer.Option("sharegpt", "--workload", "-w", metavar="SRC", rich_help_panel=WORKLOAD_PANEL,
                         help="file, or sharegpt | arxiv | constant | uniform")
 NUM_REQUESTS = typer.Option(None, "--num-requests", "-n", min=1, metavar="N", rich_help_panel=WORKLOAD_PANEL,

@@ -37,8 +37,8 @@ def simulate(
     input_len: Optional[int] = opt.INPUT_LEN,
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
-    layout: str = typer.Option("T4P2", "--layout", "-l", metavar="LAYOUT", rich_help_panel=opt.LAYOUT_PANEL,
-                               help="static (T4P2, D2T4) or Seesaw (P8->T4P2)"),
+    layout: Optional[str] = typer.Option(None, "--layout", "-l", metavar="LAYOUT", rich_help_panel=opt.LAYOUT_PANEL,
+                                         help="T4P2, D2T4 or P8->T4P2 (default T4 x PP)"),
     chunked_prefill: bool = typer.Option(False, "--chunked-prefill", rich_help_panel=opt.POLICY_PANEL,
                                          help="vLLM chunked prefill"),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", min=16, metavar="TOK",
@@ -62,7 +62,7 @@ def simulate(
     if out_dir is not None:  # one run, one folder: refused before the work when it holds a run
         check_folder(out_dir, overwrite=overwrite)
 
-    with Progress(f"simulate {layout}", unit="requests") as bar:  # the simulator ticks (done, total)
+    with Progress(f"simulate {layout or ''}".rstrip(), unit="requests") as bar:  # the simulator ticks (done, total)
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,

@@ -12,6 +12,7 @@ from rich.table import Table
 from seesaw.cli import options as opt
 from seesaw.cli.console import err, fmt, out, print_json, show
 from seesaw.cli.plan import print_notes
+from seesaw.core import WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS
 from seesaw.progress import Progress
 
 __all__ = ["register", "DEFAULT_WHATIF_DIR"]
@@ -45,13 +46,14 @@ class _OptionTicks:
 
 
 def whatif(
-    model: str = opt.MODEL,
-    gpu: str = typer.Option("a10,l4,a100-40g", "--gpu", "-g", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
-                            help="comma-separated GPU names"),
-    num_gpus: str = typer.Option("4,8", "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
+    model: str = typer.Option(WHATIF_MODEL, "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
+                              help="catalog model or HF config dir"),
+    gpu: str = typer.Option(WHATIF_GPUS, "--gpu", "-g", metavar="NAMES",
+                            rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML)"),
+    num_gpus: str = typer.Option(WHATIF_NUM_GPUS, "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
                                  help="comma-separated GPU counts"),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=opt.HARDWARE_PANEL,
-                                               help="pcie | nvlink (default: per GPU)"),
+                                               help="pcie | nvlink | xgmi (default: per GPU)"),
     workload: str = opt.WORKLOAD,
     num_requests: Optional[int] = typer.Option(1_000_000, "--num-requests", "-n", min=1, metavar="N",
                                                rich_help_panel=opt.WORKLOAD_PANEL, help="requests in the batch"),

@@ -5,7 +5,10 @@ policy specs (the one definition of every knob and default); typed results and p
 profile tables; the error every layer's user errors derive from; shared constants.
 """
 
-from seesaw.core.constants import CONTROL_MESSAGE_BYTES, DTYPE_BYTES, PHASES, SIMULATE_SAMPLE_SIZE, VERSION, GiB
+from seesaw.core.constants import (
+    CONTROL_MESSAGE_BYTES, DTYPE_BYTES, PHASES, SIMULATE_SAMPLE_SIZE, VERSION, WHATIF_GPUS, WHATIF_MODEL,
+    WHATIF_NUM_GPUS, GiB,
+)
 from seesaw.core.errors import RunFailed, SpecError
 from seesaw.core.base import Spec
 from seesaw.core.model import ModelSpec
@@ -33,7 +36,8 @@ from seesaw.core.measured import (
 )
 
 __all__ = [
-    "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "SIMULATE_SAMPLE_SIZE", "VERSION", "GiB", "RunFailed", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
+    "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "SIMULATE_SAMPLE_SIZE", "VERSION", "GiB", "WHATIF_GPUS",
+    "WHATIF_MODEL", "WHATIF_NUM_GPUS", "RunFailed", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
     "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
     "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
     "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult", "SeesawStats", "EngineStats",

@@ -22,4 +22,8 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # extrapolated (``simulator.extrapolate``); about a CPU-second of simulation
 SIMULATE_SAMPLE_SIZE = 10_000
 
+# whatif with no arguments: a current model on the 8-GPU servers people buy or rent now (catalog
+# names). The paper's study stays a flag away: --model llama2-70b --gpu a10,l4,a100-40g --num-gpus 4,8.
+WHATIF_MODEL, WHATIF_GPUS, WHATIF_NUM_GPUS = "llama3.1-70b", "h100,h200,l40s,a100-80g", "8"
+
 VERSION = "0.1.0"  # the distribution's version (pyproject.toml says the same)

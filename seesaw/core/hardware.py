@@ -72,9 +72,9 @@ class NodeSpec(Spec):
     name: str
     gpu: GpuSpec
     num_gpus: int = Field(gt=0)
-    interconnect: Literal["pcie", "nvlink", "loopback"] = Field(
-        description="how collectives travel; loopback: ranks of one host talking through the OS "
-        "(gloo over TCP on a CPU 'node' built from a measured profile)")
+    interconnect: Literal["pcie", "nvlink", "xgmi", "loopback"] = Field(
+        description="how collectives travel; xgmi: AMD Infinity Fabric; loopback: ranks of one host "
+        "talking through the OS (gloo over TCP on a CPU 'node' built from a measured profile)")
     gpu_link_bandwidth_bytes_per_s: float = Field(
         gt=0, description="per-GPU unidirectional GPU-GPU bandwidth used by collectives"
     )

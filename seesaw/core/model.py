@@ -1,10 +1,14 @@
 """A LLaMA-family decoder's shape and what follows from it (parameters, bytes, FLOPs per token).
 
 Field names follow HF ``LlamaConfig`` so a ``config.json`` loads directly. Units are in the names
-(``_bytes``); one weight and one KV element take ``dtype_bytes``.
+(``_bytes``); one weight and one KV element take ``dtype_bytes``. Three HF architectures share this
+shape: ``llama`` (LLaMA 2/3/3.1/3.3, CodeLlama, SmolLM2), ``mistral`` (the same layers; its
+``sliding_window`` is recorded, not modelled) and ``qwen2`` (Qwen2/Qwen2.5: a bias on Q, K and V).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +32,12 @@ class ModelSpec(Spec):
     rms_norm_eps: float = Field(default=1e-5, gt=0)
     max_position_embeddings: int = Field(default=4096, gt=0)
     dtype_bytes: int = Field(default=2, gt=0, description="bytes per weight/KV element (fp16=2)")
+    model_type: Literal["llama", "mistral", "qwen2"] = Field(
+        default="llama", description="HF architecture: llama, mistral, or qwen2 (bias on Q, K, V)")
+    sliding_window: int | None = Field(
+        default=None, gt=0, description="sliding-window attention span (Mistral v0.1; Qwen2 with "
+        "use_sliding_window): recorded, not modelled: attention is costed over the whole context, and "
+        "the engine refuses a sequence longer than the window")
     source: str = Field(default="", description="where the shape comes from")
 
     @model_validator(mode="after")
@@ -45,6 +55,8 @@ class ModelSpec(Spec):
     def from_hf_config(cls, config: dict, name: str, dtype_bytes: int = 2) -> "ModelSpec":
         """Build from a HF ``config.json`` dict, ignoring keys this model does not use."""
         keys = set(cls.model_fields) - {"name", "dtype_bytes", "source"}
+        if config.get("model_type") == "qwen2" and not config.get("use_sliding_window", False):
+            config = {**config, "sliding_window": None}  # Qwen2.5 lists a window it does not use
         return cls(
             name=name,
             dtype_bytes=dtype_bytes,
@@ -76,9 +88,21 @@ class ModelSpec(Spec):
         return 3 * self.hidden_size * self.intermediate_size
 
     @property
+    def context_len(self) -> int:
+        """The longest sequence (prompt + output) the engine runs: the context, or the sliding window
+        when one is set (attention over a window is not implemented, so longer ones are refused)."""
+        return min(self.max_position_embeddings, self.sliding_window or self.max_position_embeddings)
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether Q, K and V projections carry a bias (Qwen2; HF ``Qwen2Attention``)."""
+        return self.model_type == "qwen2"
+
+    @property
     def params_per_layer(self) -> int:
-        # two RMSNorm weight vectors per layer
-        return self.attn_params_per_layer + self.mlp_params_per_layer + 2 * self.hidden_size
+        # two RMSNorm weight vectors per layer; Qwen2's Q, K, V biases
+        bias = self.q_size + 2 * self.kv_size if self.qkv_bias else 0
+        return self.attn_params_per_layer + self.mlp_params_per_layer + 2 * self.hidden_size + bias
 
     @property
     def embedding_params(self) -> int:

@@ -1,7 +1,8 @@
-"""A HF LLaMA ``config.json``: reading it, its ``ModelSpec``, the tensors a checkpoint must hold.
+"""A HF LLaMA-family ``config.json``: reading it, its ``ModelSpec``, the tensors a checkpoint must hold.
 
 ``read_config(dir)`` reads and parses the file, ``spec_from_config`` turns the dict into a
-``ModelSpec`` (old ``rope_scaling`` and new ``rope_parameters`` styles; LLaMA only, no biases),
+``ModelSpec`` (old ``rope_scaling`` and new ``rope_parameters`` styles; ``model_type`` llama,
+mistral or qwen2, whose Q, K, V projections carry biases; LLaMA's ``attention_bias`` is refused),
 ``expected_shapes`` lists the HF tensor names and shapes of a full checkpoint of a spec. Bad input
 gives a one-line ``CheckpointError``.
 """
@@ -16,9 +17,9 @@ from pydantic import ValidationError
 from seesaw.engine.files import CheckpointError
 from seesaw.core import DTYPE_BYTES, ModelSpec
 
-__all__ = ["read_config", "spec_from_config", "expected_shapes"]
+__all__ = ["SUPPORTED", "read_config", "spec_from_config", "expected_shapes"]
 
-
+SUPPORTED = ("llama", "mistral", "qwen2")  # HF model_type values with the LLaMA layer structure
 
 
 def read_config(model_dir: str | Path) -> dict:
@@ -45,8 +46,9 @@ def spec_from_config(config: dict, name: str = "model", source: str | Path | Non
     ``source``: the file the errors name (default ``NAME: config.json``)."""
     where_from = str(source) if source is not None else f"{name}: config.json"
     model_type = config.get("model_type", "llama")
-    if model_type != "llama":
-        raise CheckpointError(f"{where_from}: model_type {model_type!r} is not supported (llama only)")
+    if model_type not in SUPPORTED:
+        raise CheckpointError(f"{where_from}: model_type {model_type!r} is not supported "
+                              f"({', '.join(SUPPORTED)})")
     for key in ("attention_bias", "mlp_bias"):
         if config.get(key):
             raise CheckpointError(f"{where_from}: {key}=true is not supported")
@@ -67,7 +69,7 @@ def spec_from_config(config: dict, name: str = "model", source: str | Path | Non
 
 
 def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
-    """HF tensor names and shapes of a full LLaMA checkpoint for ``spec``."""
+    """HF tensor names and shapes of a full checkpoint for ``spec`` (Qwen2: with Q, K, V biases)."""
     h, i, d = spec.hidden_size, spec.intermediate_size, spec.d_head
     shapes = {"model.embed_tokens.weight": (spec.vocab_size, h), "model.norm.weight": (h,)}
     for layer in range(spec.num_hidden_layers):
@@ -79,6 +81,9 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
             p + "self_attn.k_proj.weight": (spec.num_key_value_heads * d, h),
             p + "self_attn.v_proj.weight": (spec.num_key_value_heads * d, h),
             p + "self_attn.o_proj.weight": (h, spec.num_attention_heads * d),
+            **({p + "self_attn.q_proj.bias": (spec.num_attention_heads * d,),
+                p + "self_attn.k_proj.bias": (spec.num_key_value_heads * d,),
+                p + "self_attn.v_proj.bias": (spec.num_key_value_heads * d,)} if spec.qkv_bias else {}),
             p + "mlp.gate_proj.weight": (i, h),
             p + "mlp.up_proj.weight": (i, h),
             p + "mlp.down_proj.weight": (h, i),

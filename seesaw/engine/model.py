@@ -1,4 +1,4 @@
-"""A LLaMA-family decoder (LLaMA 2/3, CodeLLaMA, SmolLM2) in plain PyTorch, one shard per rank.
+"""A LLaMA-family decoder (LLaMA 2/3, CodeLLaMA, SmolLM2, Mistral, Qwen2) in plain PyTorch, one shard per rank.
 
 One ``LlamaShard`` holds whatever part of the model a rank owns under a ``ParallelConfig``:
 - a contiguous range of decoder layers (a pipeline stage); the token embedding lives only on the
@@ -11,7 +11,7 @@ The collectives go through a ``Comm``; ``LocalComm`` is the single-process no-op
 module runs alone and under torch.distributed (``seesaw.engine.dist``).
 
 Parameter names are HF-like but fused per rank (``layers.{i}.attn.qkv_proj.weight`` holds the rank's
-Q, K and V rows; ``layers.{i}.mlp.gate_up_proj.weight`` its gate and up rows), with ``i`` the
+Q, K and V rows, ``qkv_proj.bias`` the same rows of Qwen2's biases; ``layers.{i}.mlp.gate_up_proj.weight`` its gate and up rows), with ``i`` the
 global layer index. ``seesaw.engine.weights.materialize`` produces exactly these names.
 
 Forward takes a flat, varlen batch: the new tokens of several sequences back to back (a prefill
@@ -220,14 +220,15 @@ def _weight(*shape: int, **kw) -> nn.Parameter:
 
 
 class Linear(nn.Module):
-    """``x @ W.T`` without bias."""
+    """``x @ W.T`` (``+ b`` with ``bias``: Qwen2's Q, K, V projections)."""
 
-    def __init__(self, in_features: int, out_features: int, **kw):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, **kw):
         super().__init__()
         self.weight = _weight(out_features, in_features, **kw)
+        self.bias = _weight(out_features, **kw) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return F.linear(x, self.weight, self.bias)
 
 
 class Embedding(nn.Module):
@@ -260,7 +261,7 @@ class Attention(nn.Module):
         self.d = spec.d_head
         self.h_q = len(shard.q_heads(spec))
         self.h_kv = len(shard.kv_heads(spec))
-        self.qkv_proj = Linear(spec.hidden_size, (self.h_q + 2 * self.h_kv) * self.d, **kw)
+        self.qkv_proj = Linear(spec.hidden_size, (self.h_q + 2 * self.h_kv) * self.d, bias=spec.qkv_bias, **kw)
         self.o_proj = Linear(self.h_q * self.d, spec.hidden_size, **kw)
 
     def forward(self, x, cos, sin, meta, k_cache, v_cache):

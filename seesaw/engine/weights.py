@@ -8,6 +8,7 @@ rank)`` slices the shard one rank holds, under the parameter names of ``model.Ll
 
 - ``layers.{i}.attn.qkv_proj.weight``: the rank's Q heads, then its KV heads (GQA: a contiguous
   range of KV heads, or one replicated head when tp > num_key_value_heads), stacked by rows;
+  ``qkv_proj.bias`` (Qwen2) the same rows of the Q, K and V biases;
 - ``layers.{i}.attn.o_proj.weight``: the columns of its Q heads (row-parallel);
 - ``layers.{i}.mlp.gate_up_proj.weight``: its intermediate rows of gate then up; ``down_proj``
   the same columns; norms replicated;
@@ -150,7 +151,7 @@ def load_checkpoint(
     unexpected = [n for n in files if n not in expected and not n.endswith("rotary_emb.inv_freq")]
     if unexpected:
         shown = ", ".join(unexpected[:4]) + (" ..." if len(unexpected) > 4 else "")
-        raise CheckpointError(f"{model_dir}: unexpected tensor(s) for a LLaMA model: {shown}")
+        raise CheckpointError(f"{model_dir}: unexpected tensor(s) for a {spec.model_type} model: {shown}")
 
     # pass 1: shapes and dtypes from the headers
     meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
@@ -251,6 +252,12 @@ def materialize(
             _rows(t[p + "self_attn.k_proj.weight"], kv_heads, d),
             _rows(t[p + "self_attn.v_proj.weight"], kv_heads, d),
         ]))
+        if spec.qkv_bias:  # Qwen2: the bias rows of the same heads, column-parallel like the weight
+            put(o + "attn.qkv_proj.bias", torch.cat([
+                _rows(t[p + "self_attn.q_proj.bias"], q_heads, d),
+                _rows(t[p + "self_attn.k_proj.bias"], kv_heads, d),
+                _rows(t[p + "self_attn.v_proj.bias"], kv_heads, d),
+            ]))
         put(o + "attn.o_proj.weight", t[p + "self_attn.o_proj.weight"][:, q_heads.start * d:q_heads.stop * d])
         put(o + "mlp.gate_up_proj.weight", torch.cat([
             _rows(t[p + "mlp.gate_proj.weight"], cols), _rows(t[p + "mlp.up_proj.weight"], cols),
