@@ -6,7 +6,7 @@ profile tables; the error every layer's user errors derive from; shared constant
 """
 
 from seesaw.core.constants import CONTROL_MESSAGE_BYTES, DTYPE_BYTES, PHASES, VERSION, GiB
-from seesaw.core.errors import RunFailed, SpecError
+from seesaw.core.errors import Interrupted, RunFailed, RunInterrupted, SpecError, interrupt_on_signals
 from seesaw.core.base import Spec
 from seesaw.core.model import ModelSpec
 from seesaw.core.hardware import GpuSpec, NodeSpec
@@ -33,7 +33,8 @@ from seesaw.core.measured import (
 )
 
 __all__ = [
-    "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "VERSION", "GiB", "RunFailed", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
+    "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "VERSION", "GiB", "Interrupted", "RunFailed", "RunInterrupted", "SpecError",
+    "interrupt_on_signals", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
     "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
     "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
     "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult", "SeesawStats", "EngineStats",

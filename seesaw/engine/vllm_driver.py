@@ -28,7 +28,8 @@ Faults: every wait has a deadline (``timeout_s``; the process groups have the sa
 rank that dies closes its sockets, so the driver's next exchange with it fails at once. The
 driver then raises ``EngineError`` with one line naming the rank or replica, after fsyncing every
 finished output. Finished requests are appended to the output file as they finish
-(``batch_io.OutputWriter``), so ``--resume`` continues where a failed run stopped.
+(``batch_io.OutputWriter``), so ``--resume`` continues where a failed run stopped; a write that
+fails (a full disk) ends the run the same way, its torn line cut off.
 """
 
 from __future__ import annotations
@@ -324,8 +325,12 @@ class Driver:
         timing = {"first_token_s": round(self.first_token_s.pop(sid, now - self._t0), 6),
                   "finished_s": round(now - self._t0, 6), "replica": seq.replica,
                   "num_preemptions": seq.num_preemptions}
-        self.writer.write(response_record(item, out_ids, text, seq.finish_reason or "length",
-                                          self.config.model_name, timing))
+        try:
+            self.writer.write(response_record(item, out_ids, text, seq.finish_reason or "length",
+                                              self.config.model_name, timing))
+        except OSError as e:  # a full disk: the writer cut its torn line; this request is not saved
+            self.finished.pop()
+            raise EngineError(f"cannot write {self.config.output}: {e.strerror or e}") from None
 
     def _stop_replica(self, d: int) -> None:
         if not self.stopped[d] and self.plane.remote(d):
