@@ -11,8 +11,9 @@
 - ``resume_output``: ``--resume`` reads what is done and rewrites a file with torn lines,
   fragments or repeated ids clean (temp file, fsync, ``os.replace``), so each id is there once.
 - ``RunWatch``: around a run, turns how it stops into one line once the ranks are gone: a signal
-  (``Interrupted``) becomes ``RunInterrupted`` (saved of total, where; exit 130 / 143) and a full
-  disk a ``RunFailed`` (exit 1), after the launcher sealed the output (torn last line cut, fsync).
+  (``Interrupted``) becomes ``RunInterrupted`` (saved of total, where; exit 130 / 143), a full
+  disk a ``RunFailed`` (exit 1), and a failure that does not say what is saved (the driver rank
+  itself killed) gains the count, after the launcher sealed the output (torn last line cut, fsync).
 Errors are one-line ``SpecError``s (exit 2).
 """
 
@@ -186,6 +187,9 @@ class RunWatch:
         if isinstance(exc, (Interrupted, KeyboardInterrupt)):
             signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
             raise RunInterrupted(signum, self._saved(), len(self.ids), str(self.output)) from None
+        if isinstance(exc, RunFailed) and " saved" not in str(exc):  # e.g. the driver itself was killed
+            raise RunFailed(f"{exc}; {self._saved()} of {len(self.ids)} requests saved in {self.output} "
+                            "(rerun with --resume)") from None
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             where = f" writing {exc.filename}" if exc.filename else ""
             raise RunFailed(f"{exc.strerror or exc}{where}: {self._saved()} of {len(self.ids)} requests saved "
