@@ -5,8 +5,10 @@ ignored: it works without root, unlike a small tmpfs), a read-only directory (a 
 mount: root ignores chmod; skipped where mounting is not allowed). Each ends with one line (or
 none for SIGKILL, which nothing can catch), no rank alive 10 s later, nothing of ours left in
 /dev/shm, and ``--resume`` gives exactly the uninterrupted run's outputs, each id once.
-Plus the pieces alone: the signal-to-exception switch, the parent-death binding, the writer's
-cut of a torn line, and ``--resume``'s atomic clean rewrite under the lock."""
+No room in shared memory for the weights is one line too. Plus the pieces alone: the
+signal-to-exception switch, the parent-death binding, the writer's cut of a torn line, and
+``--resume``'s atomic clean rewrite under the lock. (The read-only case that needs no mount, /sys,
+and two runs on one output are in ``test_bad_input``.)"""
 
 from __future__ import annotations
 
@@ -275,6 +277,16 @@ def test_a_full_disk_ends_with_one_line_and_resume_completes(ckpt, tmp_path):
     assert ids[:len(saved)] == saved and len(ids) == len(set(ids)) == 1200
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_no_room_for_the_weights_in_shared_memory_is_one_line(ckpt, tmp_path):
+    inp = _write_input(tmp_path / "in.jsonl", n=3)
+    shm_before = _shm()
+    res = _run(_argv(ckpt, inp, tmp_path / "out.jsonl"), preexec_fn=_limit_file_size(100_000))
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: cannot place the weights") and "shared memory" in res.stderr, res.stderr
+    assert _leftovers(shm_before, wait_s=0) == set()  # torch's half-made file is removed
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A folder with one file, bind-mounted read-only (root too is refused writes there)."""
@@ -412,3 +424,12 @@ def test_resume_rewrites_a_torn_file_clean_and_keeps_the_lock(tmp_path):
             OutputLock(out).__enter__()  # the new file is locked too
         assert resume_output(out, lock) == ({"r0", "r1", "r2"}, 0)
     assert not list(tmp_path.glob(".o.jsonl.*"))  # no temp file left
+
+
+def test_the_resume_command_is_the_same_command_with_resume():
+    from seesaw.cli.errors import resume_command
+
+    argv = ["/venv/bin/seesaw", "run", "--input", "my prompts.jsonl", "-o", "out.jsonl"]
+    assert resume_command(argv) == "seesaw run --input 'my prompts.jsonl' -o out.jsonl --resume"
+    assert resume_command([*argv, "--resume"]) == resume_command(argv)
+    assert resume_command([*argv, "--overwrite"]) == resume_command(argv)  # it would drop what was saved

@@ -24,8 +24,9 @@ __all__ = ["exit_code", "one_line", "resume_command", "run_with_error_map"]
 
 
 def resume_command(argv: list[str]) -> str:
-    """The command line that continues an interrupted ``seesaw run ARGS``: the same, with ``--resume``."""
-    args = list(argv[1:])
+    """The command line that continues an interrupted ``seesaw run ARGS``: the same, with ``--resume``
+    (and without ``--overwrite``, which would throw away what was saved)."""
+    args = [a for a in argv[1:] if a != "--overwrite"]
     if "--resume" not in args:
         args.append("--resume")
     return shlex.join(["seesaw", *args])
