@@ -433,3 +433,15 @@ def test_the_resume_command_is_the_same_command_with_resume():
     assert resume_command(argv) == "seesaw run --input 'my prompts.jsonl' -o out.jsonl --resume"
     assert resume_command([*argv, "--resume"]) == resume_command(argv)
     assert resume_command([*argv, "--overwrite"]) == resume_command(argv)  # it would drop what was saved
+
+
+def test_interrupted_is_rebuilt_from_its_args():
+    import pickle
+
+    from seesaw.core import RunInterrupted
+
+    for e in (Interrupted(signal.SIGINT), RunInterrupted(signal.SIGTERM, 3, 8, "o.jsonl")):
+        again = type(e)(*e.args)  # as simpy re-raises an exception from a process
+        assert str(again) == str(e) and again.exit_code == e.exit_code
+        assert str(pickle.loads(pickle.dumps(e))) == str(e)
+    assert str(RunInterrupted(signal.SIGTERM, 3, 8, "o.jsonl")) == "interrupted by SIGTERM: 3 of 8 requests saved in o.jsonl"

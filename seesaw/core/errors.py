@@ -27,17 +27,24 @@ class RunFailed(RuntimeError):
 class Interrupted(BaseException):
     """SIGINT or SIGTERM arrived (``interrupt_on_signals``). A ``BaseException`` like
     ``KeyboardInterrupt``, so ``except Exception`` does not swallow it, but not one, so Typer does
-    not turn it into a silent exit."""
+    not turn it into a silent exit. Built from its ``args`` alone (simpy and pickling re-create
+    exceptions as ``type(e)(*e.args)``)."""
 
-    def __init__(self, signum: int, message: str = ""):
-        self.signum = signum
-        self.signal_name = signal.Signals(signum).name
-        super().__init__(message or f"interrupted by {self.signal_name}")
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
 
     @property
     def exit_code(self) -> int:
         """The shell's convention: 128 + the signal number (SIGINT 130, SIGTERM 143)."""
         return 128 + self.signum
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}"
 
 
 class RunInterrupted(Interrupted):
@@ -45,9 +52,11 @@ class RunInterrupted(Interrupted):
     of ``total`` requests are in ``output`` (each once); ``--resume`` runs the rest."""
 
     def __init__(self, signum: int, saved: int, total: int, output: str):
-        self.saved, self.total, self.output = saved, total, output
-        super().__init__(signum, f"interrupted by {signal.Signals(signum).name}: {saved} of {total} "
-                                 f"requests saved in {output}")
+        BaseException.__init__(self, signum, saved, total, output)
+        self.signum, self.saved, self.total, self.output = int(signum), saved, total, output
+
+    def __str__(self) -> str:
+        return f"interrupted by {self.signal_name}: {self.saved} of {self.total} requests saved in {self.output}"
 
 
 @contextmanager
