@@ -203,8 +203,9 @@ class OutputWriter:
     at close. A write that fails (a full disk, a file-size limit) cuts the file back to its last
     complete line before the ``OSError`` goes up, so no torn line is left behind."""
 
-    def __init__(self, path: str | Path, append: bool = False, fsync_every_s: float = 1.0):
+    def __init__(self, path: str | Path, append: bool = False, fsync_every_s: float = 1.0, guard=None):
         self.path = Path(path)
+        self.guard = guard  # called before each line (a spawned rank 0: exit if the launcher is gone)
         if self.path.parent and not self.path.parent.is_dir():
             raise WorkloadError(f"output directory {self.path.parent} does not exist")
         if append:
@@ -222,6 +223,8 @@ class OutputWriter:
 
     def write(self, record: dict) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        if self.guard is not None:
+            self.guard()
         try:
             view = memoryview(data)
             while view:

@@ -13,6 +13,7 @@ same ``EngineConfig``; only rank 0 needs the requests.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -132,6 +133,7 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
     line is its ``last_line``), and ``core.Interrupted`` on SIGINT or SIGTERM (in the main
     thread), once every rank has stopped."""
     backend = backend_for(config.device)
+    config = dataclasses.replace(config, launcher_pid=os.getpid())  # rank 0 stops writing if this process dies
     pools = None
     if config.seesaw:
         pools = make_host_pools(config, store.spec if store is not None else None, items)

@@ -12,6 +12,8 @@
 - SIGINT is ignored: a terminal's Ctrl-C reaches the whole process group, and the launcher, not
   each rank, decides how the run stops (it stops the ranks and seals the output).
 
+Rank 0 also checks the launcher before each output line (``exit_if_orphaned``): the kernel's
+signal comes only once the forkserver has exited, a few hundred milliseconds on a busy machine.
 A rank ended this way exits at once (``os._exit``): rank 0 has written every finished request to
 the output with one ``write`` each, so nothing finished is lost, and the launcher that would have
 cleaned up is gone anyway (the kernel closes the rank's files and sockets; shared-memory tensors
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 
-__all__ = ["bind_to_launcher", "set_parent_death_signal", "launcher_alive", "ORPHAN_EXIT_CODE"]
+__all__ = ["bind_to_launcher", "set_parent_death_signal", "launcher_alive", "exit_if_orphaned", "ORPHAN_EXIT_CODE"]
 
 ORPHAN_EXIT_CODE = 125  # a rank that found its launcher gone
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -58,6 +60,14 @@ def launcher_alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True  # no /proc: kill(pid, 0) is all we know
+
+
+def exit_if_orphaned(launcher_pid: int) -> None:
+    """End this rank at once if ``launcher_pid`` is gone. Rank 0 calls it before each output line
+    (a few microseconds): between the launcher's death and the rank's (the forkserver has to exit
+    first) no line is added to an output that a new run may already hold."""
+    if not launcher_alive(launcher_pid):
+        os._exit(ORPHAN_EXIT_CODE)
 
 
 def bind_to_launcher(launcher_pid: int, poll_s: float = 0.5) -> None:

@@ -40,6 +40,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import TypeVar
 
 import torch
@@ -47,6 +48,7 @@ import torch
 from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, response_record
 from seesaw.engine.config import EngineConfig, EngineError, reason
 from seesaw.engine.kv import ReplicaBlocks
+from seesaw.engine.lifecycle import exit_if_orphaned
 from seesaw.engine.messages import ForwardMsg, Message, SeqChunk, StopMsg
 from seesaw.progress import Progress
 from seesaw.engine.worker import StepWorker
@@ -136,7 +138,8 @@ class Driver:
         cfg = self.config
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
-        self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
+        guard = partial(exit_if_orphaned, cfg.launcher_pid) if cfg.launcher_pid else None
+        self.writer = OutputWriter(cfg.output, append=cfg.append, guard=guard) if cfg.output else None
         bar = Progress(f"seesaw run {cfg.layout_name}", len(self.seqs), enabled=cfg.progress)
         self._bar = bar
         self._t0 = time.perf_counter()
