@@ -134,6 +134,7 @@ class Launcher:
     rank would hold open."""
 
     def __init__(self, argv, tmp_path: Path, **kw):
+        self.tree: list[int] = []
         self.err_path = tmp_path / "stderr.txt"
         self.err = self.err_path.open("w")
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self.err, cwd=ROOT, env=_env(),
@@ -147,9 +148,11 @@ class Launcher:
             time.sleep(0.05)
 
     def ranks(self) -> list[int]:
-        """The rank processes: the launcher's grandchildren (children of the forkserver)."""
-        direct = [c for c in _descendants(self.proc.pid) if (_stat(c) or [0, 0])[1] == str(self.proc.pid)]
-        return [p for p in _descendants(self.proc.pid) if p not in direct]
+        """The rank processes: the launcher's grandchildren (children of the forkserver). Also
+        notes the whole tree (with the forkserver and the resource tracker) for ``close``."""
+        self.tree = _descendants(self.proc.pid)
+        direct = [c for c in self.tree if (_stat(c) or [0, 0])[1] == str(self.proc.pid)]
+        return [p for p in self.tree if p not in direct]
 
     def holder_of(self, path: Path) -> int:
         """The rank that has ``path`` open: the driver (rank 0) writing the output."""
@@ -166,6 +169,9 @@ class Launcher:
         return self.err_path.read_text()
 
     def close(self) -> None:
+        # the helpers end on their own once the ranks are gone: the resource tracker unlinks the
+        # semaphores of a SIGKILLed launcher then, so it must not be killed before it has
+        _no_survivor(self.tree, within_s=15)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever is left of the session
         except OSError:
@@ -221,7 +227,8 @@ def test_a_stopped_run_leaves_no_rank_and_resumes_to_the_full_outputs(ckpt, batc
         err = run.stderr()
     finally:
         run.close()
-    assert _leftovers(shm_before) == set()
+    left = _leftovers(shm_before)
+    assert left == set(), f"left in /dev/shm: {sorted(left)}"
     assert saved < N, "the signal landed after the run had finished: make the batch longer"
     if how == "SIGKILL":
         assert code == -signal.SIGKILL
