@@ -33,6 +33,7 @@ from seesaw.core import (
     ParallelConfig,
     Plan,
     RunFailed,
+    RunInterrupted,
     RunResult,
     SeesawPolicy,
     SpecError,
@@ -58,6 +59,6 @@ def __getattr__(name: str):
 __all__ = [
     "simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "load_workload", "describe_workload",
     "load_model", "load_gpu", "load_node", "make_node", "load_measured", "list_catalog", "default_host_kv_bytes",
-    "PHASES", "GiB", "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunFailed", "RunResult", "SeesawPolicy",
+    "PHASES", "GiB", "GpuSpec", "MeasuredProfile", "ModelSpec", "NodeSpec", "ParallelConfig", "Plan", "RunFailed", "RunInterrupted", "RunResult", "SeesawPolicy",
     "SpecError", "VllmPolicy", "parse_layout", "__version__", *_LAZY,
 ]

@@ -115,7 +115,10 @@ def run_batch(model: str | None = None, input: str | None = None, output: str | 
     """The real engine: spawn the ranks as ``seesaw run`` does, run the batch, return a ``BatchRun``
     (``result`` with the vLLM-style figures, ``output`` file, ``plan`` and ``comparison`` when
     planned). Other keywords are ``seesaw run``'s options (``num_requests``, ``input_len``,
-    ``output_len``, ``max_tokens``, ``host_kv_gib``, ``device``, ``output_dir``, ...)."""
+    ``output_len``, ``max_tokens``, ``host_kv_gib``, ``device``, ``output_dir``, ...). Raises
+    ``SpecError`` for bad input, ``RunFailed`` when the run fails once started, and
+    ``RunInterrupted`` on Ctrl-C or SIGTERM (the ranks stopped; ``saved`` of ``total`` requests in
+    ``output``; ``resume=True`` continues)."""
     from seesaw.app.run import RunOptions, run
 
     for key in ("output_dir", "step_trace"):

@@ -297,18 +297,22 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
     """Run one batch; None on a torchrun rank other than 0 (rank 0 returns the run).
 
     The output file is locked (``seesaw.app.outputs.OutputLock``) by rank 0's launcher from the
-    moment it exists (at once for an existing file, which ``resume`` reads; else just before the
-    ranks start) until the run ends."""
-    with ExitStack() as held:
-        return _run(options, events or RunEvents(), held)
+    moment it exists (at once for an existing file, which ``resume`` reads and rewrites clean;
+    else just before the ranks start) until the run ends. SIGINT / SIGTERM stop the ranks and
+    raise ``RunInterrupted`` (what is saved, where); a full disk raises ``RunFailed``
+    (``outputs.RunWatch``)."""
+    from seesaw.app.outputs import RunWatch
+
+    with ExitStack() as held, RunWatch() as watch:
+        return _run(options, events or RunEvents(), held, watch)
 
 
-def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
+def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun | None:
     from seesaw.app.autotune import comparison, load_plan, machine, plan_machine, policy_layouts
     from seesaw.app.machine_check import check_cores, check_speed, plan_mismatch, repredict, scale_prediction
     from seesaw.report.calibration import speed_phrase
-    from seesaw.app.outputs import OutputLock, check_output
-    from seesaw.engine.batch_io import done_ids, errors_path, prepare_requests, write_errors
+    from seesaw.app.outputs import OutputLock, check_output, resume_output
+    from seesaw.engine.batch_io import errors_path, prepare_requests, write_errors
     from seesaw.engine.checkpoint import checkpoint_name, resolve_checkpoint
     from seesaw.engine.tokenizer import load_tokenizer
     from seesaw.engine.weights import load_checkpoint
@@ -350,17 +354,22 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
         num_requests=o.num_requests, input_len=o.input_len, output_len=o.output_len, max_tokens=o.max_tokens,
         temperature=o.temperature, prompt_format=o.prompt_format)
     err_file = errors_path(output)
+    lock = None
     if rank == 0:
         check_output(output, err_file, source)  # before anything is written or any rank starts
         # one run, one folder: never into an earlier run's folder (or over its outputs) unless asked
         check_folder(output_dir, overwrite=o.overwrite, resume=o.resume, also=(output,), resumable=True)
+        watch.output, watch.ids = output, {it.custom_id for it in items}
         if output.exists():
-            held.enter_context(OutputLock(output))
+            lock = held.enter_context(OutputLock(output))
+            watch.locked = True
         write_errors(err_file, errors)
         if errors:
             events.warn(f"{len(errors)} bad input line(s) skipped, listed in {err_file}")
     if o.resume:
-        done = done_ids(output)
+        done, dropped = resume_output(output, lock)
+        if lock is not None and dropped:
+            events.note(f"resume: dropped {dropped} torn, invalid or repeated line(s) from {output}")
         skipped = sum(it.custom_id in done for it in items)
         items = [it for it in items if it.custom_id not in done]
         if rank == 0 and skipped:
@@ -422,6 +431,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack) -> BatchRun | None:
                     f"rank(s): {len(items)} request(s) -> {output}")
     if rank == 0 and not output.exists():
         held.enter_context(OutputLock(output))
+        watch.locked = True
     result = _launch(store, items, config, torchrun)
     if result is None:
         return None  # a torchrun rank other than 0

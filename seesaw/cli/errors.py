@@ -4,7 +4,11 @@ traceback.
 - 2: bad input (``SpecError`` and everything derived from it: catalog, workload, scheduler,
   checkpoint, plan errors; a missing or unreadable file; a pydantic validation error);
 - 1: a batch run that failed once its ranks had started (``RunFailed``);
-- 130: interrupted.
+- 130 / 143: interrupted by SIGINT (Ctrl-C) / SIGTERM (``Interrupted``; a batch run's line says
+  what is saved and the exact command that continues it).
+
+SIGINT and SIGTERM raise ``Interrupted`` for the whole command (``core.interrupt_on_signals``):
+not ``KeyboardInterrupt``, which Typer would turn into a silent exit 130 before this map runs.
 """
 
 from __future__ import annotations
@@ -14,10 +18,19 @@ import sys
 
 from pydantic import ValidationError
 
-from seesaw.core import RunFailed, SpecError
+from seesaw.core import Interrupted, RunFailed, RunInterrupted, SpecError, interrupt_on_signals
 from seesaw.report.claim import FolderInUse
 
-__all__ = ["exit_code", "one_line", "run_with_error_map"]
+__all__ = ["exit_code", "one_line", "resume_command", "run_with_error_map"]
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted ``seesaw run ARGS``: the same, with ``--resume``
+    (and without ``--overwrite``, which would throw away what was saved)."""
+    args = [a for a in argv[1:] if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join(["seesaw", *args])
 
 
 def one_line(e: BaseException) -> str:
@@ -27,6 +40,8 @@ def one_line(e: BaseException) -> str:
         return f"{e.title}: {loc}: {first.get('msg')}"
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
+    if isinstance(e, RunInterrupted):
+        return f"{e}; continue with: {resume_command(sys.argv)}"
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
@@ -36,6 +51,8 @@ def exit_code(e: BaseException) -> int | None:
         return 2
     if isinstance(e, RunFailed):
         return 1
+    if isinstance(e, Interrupted):
+        return e.exit_code
     if isinstance(e, KeyboardInterrupt):
         return 130
     return None
@@ -44,8 +61,9 @@ def exit_code(e: BaseException) -> int | None:
 def run_with_error_map(app) -> None:
     """Run the Typer ``app``; an error the map knows becomes one line and its exit code."""
     try:
-        app()
-    except (Exception, KeyboardInterrupt) as e:
+        with interrupt_on_signals():
+            app()
+    except (Exception, KeyboardInterrupt, Interrupted) as e:
         code = exit_code(e)
         if code is None:
             raise

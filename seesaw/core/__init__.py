@@ -9,7 +9,7 @@ from seesaw.core.constants import (
     CONTROL_MESSAGE_BYTES, DTYPE_BYTES, PHASES, SIMULATE_SAMPLE_SIZE, VERSION, WHATIF_GPUS, WHATIF_MODEL,
     WHATIF_NUM_GPUS, GiB,
 )
-from seesaw.core.errors import RunFailed, SpecError
+from seesaw.core.errors import Interrupted, RunFailed, RunInterrupted, SpecError, interrupt_on_signals
 from seesaw.core.base import Spec
 from seesaw.core.model import ModelSpec
 from seesaw.core.hardware import GpuSpec, NodeSpec
@@ -37,7 +37,8 @@ from seesaw.core.measured import (
 
 __all__ = [
     "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "SIMULATE_SAMPLE_SIZE", "VERSION", "GiB", "WHATIF_GPUS",
-    "WHATIF_MODEL", "WHATIF_NUM_GPUS", "RunFailed", "SpecError", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
+    "WHATIF_MODEL", "WHATIF_NUM_GPUS", "Interrupted", "RunFailed", "RunInterrupted", "SpecError",
+    "interrupt_on_signals", "Spec", "ModelSpec", "GpuSpec", "NodeSpec",
     "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
     "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
     "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult", "SeesawStats", "EngineStats",

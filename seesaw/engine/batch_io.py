@@ -21,11 +21,12 @@ Output (``OutputWriter``): one line per request as it finishes, in the Batch API
 request's body is a ``chat.completion`` (``chatcmpl-`` id, ``choices[].message``), a prompt's a
 ``text_completion`` (``cmpl-`` id, ``choices[].text``), both with ``finish_reason`` and ``usage``.
 With ``EngineConfig.include_timing`` (``seesaw run --include-timing``) a line also carries a
-``timing`` object (seconds since the run started), an extra outside the OpenAI format. Lines are
-appended, flushed at once, and fsynced
-every ``fsync_every_s`` and at close, so a crash loses at most the last lines the OS had not
-written. ``done_ids`` reads the ``custom_id`` of every complete line of an existing output file
-(``--resume`` skips them; a torn last line from a crash is cut off before appending).
+``timing`` object (seconds since the run started), an extra outside the OpenAI format. Each line is
+written with one ``write`` at once and fsynced every ``fsync_every_s`` and at close, so a killed
+process loses nothing finished (a power cut at most the last lines the OS had not written); a write
+that fails (full disk) cuts its torn line off again. ``scan_output`` reads an existing output file
+for ``--resume``: the ids done (each once) and the lines worth keeping, dropping torn lines,
+fragments and repeated ids (``done_ids``: just the ids).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ __all__ = [
     "response_record",
     "OutputWriter",
     "done_ids",
+    "OutputScan",
+    "scan_output",
     "errors_path",
     "write_errors",
     "append_errors",
@@ -204,35 +207,56 @@ def response_record(item: BatchItem, output_ids: list[int], text: str, finish_re
 
 
 class OutputWriter:
-    """Append-only JSONL writer: every line flushed at once, fsynced at intervals and at close."""
+    """Append-only JSONL writer: each line goes to the file in one ``write`` as the request finishes
+    (nothing waits in a buffer: a killed process loses no finished line), fsynced at intervals and
+    at close. A write that fails (a full disk, a file-size limit) cuts the file back to its last
+    complete line before the ``OSError`` goes up, so no torn line is left behind."""
 
-    def __init__(self, path: str | Path, append: bool = False, fsync_every_s: float = 1.0):
+    def __init__(self, path: str | Path, append: bool = False, fsync_every_s: float = 1.0, guard=None):
         self.path = Path(path)
+        self.guard = guard  # called before each line (a spawned rank 0: exit if the launcher is gone)
         if self.path.parent and not self.path.parent.is_dir():
             raise WorkloadError(f"output directory {self.path.parent} does not exist")
         if append:
             _cut_torn_line(self.path)
-        self.f = self.path.open("a" if append else "w", encoding="utf-8")
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        self.fd: int | None = os.open(self.path, flags, 0o644)
+        self.size = os.fstat(self.fd).st_size  # end of the last complete line
         self.fsync_every_s = fsync_every_s
         self._synced = time.monotonic()
         self.num_written = 0
 
+    @property
+    def closed(self) -> bool:
+        return self.fd is None
+
     def write(self, record: dict) -> None:
-        self.f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self.f.flush()
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        if self.guard is not None:
+            self.guard()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError:
+            os.ftruncate(self.fd, self.size)  # shrinking needs no space: the torn line goes
+            raise
+        self.size += len(data)
         self.num_written += 1
         if time.monotonic() - self._synced >= self.fsync_every_s:
             self.sync()
 
     def sync(self) -> None:
-        os.fsync(self.f.fileno())
+        os.fsync(self.fd)
         self._synced = time.monotonic()
 
     def close(self) -> None:
-        if not self.f.closed:
-            self.f.flush()
-            self.sync()
-            self.f.close()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def __enter__(self):
         return self
@@ -252,23 +276,45 @@ def _cut_torn_line(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
+@dataclass
+class OutputScan:
+    """What ``scan_output`` found in an output file: its ``lines`` worth keeping (complete, valid
+    JSON objects with a string ``custom_id`` and no error, the first line of each id, in file
+    order, with their newline), those ids (``done``), and how many lines it ``dropped``: a torn
+    last line (no newline), lines that are not such objects, failed requests (run again) and
+    repeated ids."""
+
+    lines: list[bytes]
+    done: set[str]
+    dropped: int
+
+
+def scan_output(path: str | Path) -> OutputScan:
+    """Read an existing output file for ``--resume`` (an empty scan if there is none)."""
+    path = Path(path)
+    scan = OutputScan([], set(), 0)
+    if not path.is_file():
+        return scan
+    with path.open("rb") as f:
+        for raw in f:
+            rec = None
+            if raw.endswith(b"\n"):
+                try:
+                    rec = json.loads(raw)
+                except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                    pass
+            cid = rec.get("custom_id") if isinstance(rec, dict) and rec.get("error") is None else None
+            if not isinstance(cid, str) or cid in scan.done:
+                scan.dropped += 1
+                continue
+            scan.done.add(cid)
+            scan.lines.append(raw)
+    return scan
+
+
 def done_ids(path: str | Path) -> set[str]:
     """``custom_id`` of every complete, successful line of an existing output file."""
-    path = Path(path)
-    done: set[str] = set()
-    if not path.is_file():
-        return done
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.endswith("\n"):
-                break  # torn last line: that request runs again
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("error") is None and isinstance(rec.get("custom_id"), str):
-                done.add(rec["custom_id"])
-    return done
+    return scan_output(path).done
 
 
 def errors_path(output: str | Path) -> Path:

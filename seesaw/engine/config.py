@@ -48,6 +48,7 @@ class EngineConfig:
     append: bool = False                   # resume: append to an existing output file
     progress: bool = False
     fault: dict | None = None              # test hook: {"rank", "after_steps", "action": exit|hang}
+    launcher_pid: int | None = None        # spawned ranks: rank 0 writes no output line once it is gone
     return_token_ids: bool = False         # add {custom_id: output token ids} to the result
     step_trace: str = ""                   # JSONL file: one record per forward step (rank 0's clock)
     warmup: bool = True                    # a dummy max-size prefill on every rank before the clock

@@ -4,7 +4,8 @@ forward pass of a batch under a layout across ranks.
 - Launch: ``spawn(fn, world_size, args)`` starts one process per rank with a ``forkserver`` (or
   ``spawn``) context, rendezvous through a ``file://`` in a fresh temp dir (never a port), waits
   with a deadline, kills every rank as soon as one fails, and re-raises that rank's traceback as
-  ``RankError``. Multi-node runs go through ``torchrun`` + ``init_process(..., "env://")`` instead.
+  ``RankError``. Each rank is bound to the launcher (``lifecycle.bind_to_launcher``: it dies with
+  it) and ignores SIGINT; an exception in the launcher (``Interrupted`` by a signal) stops them. Multi-node runs go through ``torchrun`` + ``init_process(..., "env://")`` instead.
 - Each rank's C heap keeps the memory it frees (``keep_freed_memory``, from ``init_process``): a
   CPU step's activations otherwise come back as fresh zero-filled pages at every step.
 - Backends: gloo on CPU; NCCL when the ranks own CUDA devices (guarded: needs CUDA). A gloo group
@@ -31,6 +32,7 @@ from multiprocessing import get_context
 import torch
 import torch.distributed as dist
 
+from seesaw.engine.lifecycle import bind_to_launcher
 from seesaw.engine.model import Comm
 from seesaw.engine.runner import ModelRunner, run_generation
 from seesaw.engine.weights import WeightStore, build_shard
@@ -170,7 +172,10 @@ class TorchComm(Comm):
 # Launch
 
 
-def _rank_entry(fn, rank, world_size, init_method, backend, coll_timeout_s, threads, args, results):
+def _rank_entry(fn, rank, world_size, init_method, backend, coll_timeout_s, threads, args, results,
+                launcher_pid=None):
+    if launcher_pid is not None:
+        bind_to_launcher(launcher_pid)  # first: never outlive the launcher, whatever kills it
     try:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a local launch talks over loopback
         torch.set_num_threads(threads)
@@ -208,7 +213,7 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeo
         procs = [
             ctx.Process(target=_rank_entry, daemon=True, name=f"seesaw-rank{r}", args=(
                 fn, r, world_size, init_method, backend, collective_timeout_s, threads_per_rank,
-                args, results))
+                args, results, os.getpid()))
             for r in range(world_size)
         ]
         done: dict[int, object] = {}
@@ -257,7 +262,8 @@ def spawn(fn, world_size: int, args: tuple = (), *, backend: str = "gloo", timeo
                     continue
                 done[rank] = torch.load(io.BytesIO(payload), weights_only=False, map_location="cpu")
             ok = True
-        finally:
+        finally:  # also on Interrupted (a signal to the launcher): no rank outlives this call
+            procs = [p for p in procs if p.pid is not None]  # started
             for p in procs:
                 if ok:
                     p.join(timeout=10)

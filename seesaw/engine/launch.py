@@ -13,6 +13,7 @@ same ``EngineConfig``; only rank 0 needs the requests.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from seesaw.core import interrupt_on_signals
 from seesaw.engine.batch_io import BatchItem
 from seesaw.engine.config import EngineConfig, EngineError
 from seesaw.engine.control import ControlPlane
@@ -127,9 +129,11 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
     ranks (spawned; gloo on CPU, NCCL on CUDA) and return rank 0's ``RunResult`` dict. ``store``:
     a ``WeightStore`` loaded in this process (shared with the ranks) or None (each rank loads
     ``config.model_dir``). Raises ``SpecError`` before starting anything when a Seesaw host pool
-    cannot hold a request, and ``dist.RankError`` when a rank fails (rank 0's ``EngineError``
-    line is its ``last_line``)."""
+    cannot hold a request, ``dist.RankError`` when a rank fails (rank 0's ``EngineError``
+    line is its ``last_line``), and ``core.Interrupted`` on SIGINT or SIGTERM (in the main
+    thread), once every rank has stopped."""
     backend = backend_for(config.device)
+    config = dataclasses.replace(config, launcher_pid=os.getpid())  # rank 0 stops writing if this process dies
     pools = None
     if config.seesaw:
         pools = make_host_pools(config, store.spec if store is not None else None, items)
@@ -137,9 +141,10 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
         path = Path(tmp) / "requests.pkl"
         with path.open("wb") as f:
             pickle.dump(items, f, protocol=pickle.HIGHEST_PROTOCOL)
-        results = spawn(_spawned_rank, config.layout.world_size, (store, config, str(path), pools),
-                        backend=backend, timeout_s=launch_timeout_s or 10 * 24 * 3600.0,
-                        collective_timeout_s=config.timeout_s, prefer_rank=0)
+        with interrupt_on_signals():  # SIGINT/SIGTERM: spawn stops the ranks, then Interrupted goes up
+            results = spawn(_spawned_rank, config.layout.world_size, (store, config, str(path), pools),
+                            backend=backend, timeout_s=launch_timeout_s or 10 * 24 * 3600.0,
+                            collective_timeout_s=config.timeout_s, prefer_rank=0)
     return results[0]
 
 

@@ -28,7 +28,8 @@ Faults: every wait has a deadline (``timeout_s``; the process groups have the sa
 rank that dies closes its sockets, so the driver's next exchange with it fails at once. The
 driver then raises ``EngineError`` with one line naming the rank or replica, after fsyncing every
 finished output. Finished requests are appended to the output file as they finish
-(``batch_io.OutputWriter``), so ``--resume`` continues where a failed run stopped.
+(``batch_io.OutputWriter``), so ``--resume`` continues where a failed run stopped; a write that
+fails (a full disk) ends the run the same way, its torn line cut off.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import TypeVar
 
 import torch
@@ -46,6 +48,7 @@ import torch
 from seesaw.engine.batch_io import BatchItem, OutputWriter, append_errors, response_record
 from seesaw.engine.config import EngineConfig, EngineError, reason
 from seesaw.engine.kv import ReplicaBlocks
+from seesaw.engine.lifecycle import exit_if_orphaned
 from seesaw.engine.messages import ForwardMsg, Message, SeqChunk, StopMsg
 from seesaw.progress import Progress
 from seesaw.engine.worker import StepWorker
@@ -135,7 +138,8 @@ class Driver:
         cfg = self.config
         if self.rejected and cfg.errors_output:
             append_errors(cfg.errors_output, self.rejected)
-        self.writer = OutputWriter(cfg.output, append=cfg.append) if cfg.output else None
+        guard = partial(exit_if_orphaned, cfg.launcher_pid) if cfg.launcher_pid else None
+        self.writer = OutputWriter(cfg.output, append=cfg.append, guard=guard) if cfg.output else None
         bar = Progress(f"run {cfg.layout_name}", len(self.seqs), unit="requests", enabled=cfg.progress,
                        rate_label="output tok/s", tokens_total=sum(self.items[sid].max_tokens for sid in self.seqs))
         self._bar = bar
@@ -330,8 +334,12 @@ class Driver:
         timing = None if not self.config.include_timing else {
             "first_token_s": round(first_token_s, 6), "finished_s": round(now - self._t0, 6),
             "replica": seq.replica, "num_preemptions": seq.num_preemptions}
-        self.writer.write(response_record(item, out_ids, text, seq.finish_reason or "length",
-                                          self.config.model_name, timing))
+        try:
+            self.writer.write(response_record(item, out_ids, text, seq.finish_reason or "length",
+                                              self.config.model_name, timing))
+        except OSError as e:  # a full disk: the writer cut its torn line; this request is not saved
+            self.finished.pop()
+            raise EngineError(f"cannot write {self.config.output}: {e.strerror or e}") from None
 
     def _stop_replica(self, d: int) -> None:
         if not self.stopped[d] and self.plane.remote(d):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import torch
 from seesaw.engine.files import CheckpointError
 from seesaw.engine.hf_config import expected_shapes, read_config, spec_from_config
 from seesaw.engine.model import Comm, LlamaShard, Shard
-from seesaw.core import ModelSpec, ParallelConfig
+from seesaw.core import ModelSpec, ParallelConfig, RunFailed
 
 __all__ = [
     "WeightStore",
@@ -128,6 +129,20 @@ def _safetensors_files(model_dir: Path) -> dict[str, Path]:
     return files
 
 
+def _share(buf: torch.Tensor) -> None:
+    """``buf.share_memory_()``, or one line (``RunFailed``, exit 1) when shared memory has no room:
+    a full ``/dev/shm`` or a file-size limit (torch leaves its half-made file there; it goes)."""
+    try:
+        buf.share_memory_()
+    except RuntimeError as e:
+        made = re.search(r"<(/torch_[\w]+)>", str(e))
+        if made and Path("/dev/shm").is_dir():
+            Path("/dev/shm" + made.group(1)).unlink(missing_ok=True)
+        why = str(e).splitlines()[0]
+        raise RunFailed(f"cannot place the weights ({buf.numel() * buf.element_size() / 1e6:.1f} MB) in shared "
+                        f"memory: {why} (is /dev/shm full, or a file-size limit set?)") from None
+
+
 def load_checkpoint(
     model_dir: str | Path, dtype: torch.dtype | None = None, share_memory: bool = True,
     name: str | None = None,
@@ -177,7 +192,7 @@ def load_checkpoint(
     buffers = {dt: torch.empty(n, dtype=dt) for dt, n in sizes.items()}
     if share_memory:
         for b in buffers.values():
-            b.share_memory_()
+            _share(b)
     offsets = dict.fromkeys(sizes, 0)
     tensors: dict[str, torch.Tensor] = {}
     for n in expected:  # canonical order

@@ -76,6 +76,8 @@ class SimRunner:
         if self.progress:
             self.progress(self.done, self.planned, pol.describe())
 
-    def close(self) -> None:
+    def close(self, cancel: bool = False) -> None:
+        """Shut the pool down; ``cancel`` (Ctrl-C, a failure): drop the queued simulations instead of
+        waiting for them."""
         if self.pool is not None:
-            self.pool.shutdown()
+            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)

@@ -199,8 +199,10 @@ def plan(
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
         else:
             _search(rows, candidates, runner, screen, refine, keep_within)
-    finally:
-        runner.close()
+    except BaseException:  # Ctrl-C or a failure: do not wait for the queued simulations
+        runner.close(cancel=True)
+        raise
+    runner.close()
     for i, res in runner.results.items():
         row = rows[i]
         if "error" in res:
