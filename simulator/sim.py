@@ -131,6 +131,10 @@ class _Replica:
     def run(self):
         env = self.sim.env
         pending = 0
+        # forwards launched in this round; their stage recurrence runs once the round is over (as
+        # a process's first step would, after the driver yields), with one timeout and no process
+        launched: list = []
+        direct = not self.sim.cost.handoffs_rendezvous
         while self.sched.has_unfinished() or pending:
             while True:
                 step = self.sched.schedule()
@@ -138,17 +142,36 @@ class _Replica:
                     break
                 self.clock.start(self._kind(step), env.now)
                 pending += 1
-                env.process(self._execute(step))
+                if direct and isinstance(step, Forward):
+                    launched.append(step)
+                else:
+                    env.process(self._execute(step))
             if not pending:
                 raise SchedulerError(
                     f"replica {self.index}: scheduler stalled with {self.sched.num_unfinished} "
                     "unfinished requests"
                 )
+            if launched:
+                for step in launched:
+                    self._launch(step)
+                launched.clear()
             step = yield self.done.get()
             pending -= 1
             self.clock.end(self._kind(step), env.now)
             self._complete(step)
         self.clock.advance(env.now)
+
+    def _launch(self, step: Forward) -> None:
+        """Start a forward without a process: its end time is known at launch (no rendezvous)."""
+        env = self.sim.env
+        end = self._stage_walk(step)
+        timeout = env.timeout(end - env.now, (step, env.now))
+        timeout.callbacks.append(self._forward_done)
+
+    def _forward_done(self, event) -> None:
+        step, start = event.value
+        self.sim.record_step(self, step, start, self.sim.env.now)
+        self.done.put(step)
 
     @staticmethod
     def _kind(step) -> str:
@@ -177,17 +200,8 @@ class _Replica:
         self.sim.record_step(self, step, start, env.now)
         yield self.done.put(step)
 
-    def _forward(self, step: Forward):
-        """Walk the micro-batch through the stages; each stage serves micro-batches in order.
-
-        ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
-        starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
-        resource per stage would give, computed at launch with one timeout instead of three
-        events per stage. Bubbles and stage imbalance emerge from this recurrence. With
-        rendezvous hand-offs (``CostModel.handoffs_rendezvous``: measured profiles) a stage starts
-        at max(its input sent, the stage free) plus the hand-off, and the sampled ids reach the
-        driver after it finishes its own queued work (``pp_reply_s``).
-        """
+    def _stage_walk(self, step: Forward) -> float:
+        """When ``step`` leaves the last stage, launched now (see ``_forward``); books the stages."""
         env = self.sim.env
         cost = self.sim.cost
         layout = self.layout
@@ -211,8 +225,24 @@ class _Replica:
             t = free[stage] = start + cost.stage_time_s(layout, stage, shape, alone)
             if stage < last and not rendezvous:
                 t += send
-        yield env.timeout(t - env.now)
-        if rendezvous:
+        return t
+
+    def _forward(self, step: Forward):
+        """Walk the micro-batch through the stages; each stage serves micro-batches in order.
+
+        ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
+        starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
+        resource per stage would give, computed at launch with one timeout instead of three
+        events per stage. Bubbles and stage imbalance emerge from this recurrence. With
+        rendezvous hand-offs (``CostModel.handoffs_rendezvous``: measured profiles) a stage starts
+        at max(its input sent, the stage free) plus the hand-off, and the sampled ids reach the
+        driver after it finishes its own queued work (``pp_reply_s``).
+        """
+        env = self.sim.env
+        yield env.timeout(self._stage_walk(step) - env.now)
+        if self.sim.cost.handoffs_rendezvous and self.layout.pp > 1:
+            layout, cost, free = self.layout, self.sim.cost, self.stage_free_s
+            shape = self.sim.shapes[id(step)]
             # the sampled ids reach the driver (stage 0's rank) once it is done with the
             # micro-batches it is computing; it waits through the hand-off
             reply = cost.pp_reply_s(layout, shape.sampled_seqs)
