@@ -255,8 +255,8 @@ class _Replica:
         if isinstance(step, Forward):
             now = self.sim.env.now
             finished = self.sched.on_step_done(step)
-            for seq in step.seqs:
-                if seq.first_token_time_s is None and seq.num_output_tokens > 0:
+            for seq in [s for s in step.seqs if s.first_token_time_s is None]:
+                if seq.num_output_tokens > 0:
                     seq.first_token_time_s = now
             for seq in finished:
                 seq.finish_time_s = now
