@@ -24,7 +24,7 @@ import pandas as pd
 import simpy
 
 from seesaw.scheduling import (
-    Decode, Forward, PhaseClock, Reshard, SchedulerError, SeesawScheduler, SeqStatus, Sequence, SwapIn, SwapOut,
+    Decode, Forward, Mixed, PhaseClock, Prefill, Reshard, SchedulerError, SeesawScheduler, SeqStatus, Sequence, SwapIn, SwapOut,
     VllmScheduler, split_across_replicas,
 )
 from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
@@ -113,6 +113,44 @@ def batch_shape(step: Forward) -> BatchShape:
     return shape
 
 
+class _Mailbox:
+    """A replica's completed steps, in order: ``simpy.Store``'s event order with plain events.
+
+    A put appends at once and schedules one event that hands the oldest item to a waiting getter
+    when processed; a get takes an item at once when there is one, else waits for that hand-off
+    (the same events at the same places in simpy's queue as ``Store``, so the same outcomes,
+    without its request bookkeeping on every micro-batch).
+    """
+
+    __slots__ = ("env", "items", "getter")
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.items: list = []
+        self.getter: simpy.Event | None = None
+
+    def put(self, item) -> simpy.Event:
+        self.items.append(item)
+        event = simpy.Event(self.env)
+        event.callbacks.append(self._hand_over)
+        event.succeed()
+        return event
+
+    def _hand_over(self, _event) -> None:
+        getter = self.getter
+        if getter is not None and self.items:
+            self.getter = None
+            getter.succeed(self.items.pop(0))
+
+    def get(self) -> simpy.Event:
+        event = simpy.Event(self.env)
+        if self.items:
+            event.succeed(self.items.pop(0))
+        else:
+            self.getter = event
+        return event
+
+
 class _Replica:
     """One DP replica: its scheduler, pipeline stages and bookkeeping."""
 
@@ -124,7 +162,7 @@ class _Replica:
         env = sim.env
         self.stage_free_s = [0.0] * max_pp
         self.host_link = simpy.Resource(env, capacity=1)
-        self.done = simpy.Store(env)
+        self.done = _Mailbox(env)
         # time by phase (``seesaw.scheduling.phase_of``): between events, the phase of what is in flight
         self.clock = PhaseClock(0.0)
 
@@ -175,11 +213,7 @@ class _Replica:
 
     @staticmethod
     def _kind(step) -> str:
-        if isinstance(step, Forward):
-            return step.kind
-        if isinstance(step, Reshard):
-            return "reshard"
-        return "swap_stall"
+        return _PHASE_KIND[type(step)]
 
     def _execute(self, step):
         env = self.sim.env
@@ -291,6 +325,9 @@ class _Simulation:
 
 
 _EMPTY = BatchShape()
+# the phase each kind of step books while in flight (``seesaw.scheduling.phase_of``)
+_PHASE_KIND = {Prefill: "prefill", Decode: "decode", Mixed: "mixed", Reshard: "reshard",
+               SwapIn: "swap_stall", SwapOut: "swap_stall"}
 
 
 def _check_layout(model: ModelSpec, node: NodeSpec, layout: ParallelConfig) -> None:
