@@ -7,9 +7,11 @@ regret of the planner's winner and of its best static vLLM layout (0% = the same
 exhaustive best). Target: under 30 s on 2 cores with zero regret.
 
 CPU seconds (this process plus its workers) are printed beside wall time: on a shared machine the
-wall time depends on the load, which is printed too. Last line: one JSON object.
+wall time depends on the load, which is printed too. Issue 23's keys: ``plan_cpu_s`` (target <= 4),
+``plan_regret`` (the winner's regret in %, target 0) and ``whatif_wall_s`` (``seesaw whatif`` with
+no arguments, into a temporary folder; target <= 20 s). Last line: one JSON object.
 
-    .venv/bin/python benchmarks/planner_speed.py [--no-exhaustive] [-n 2000] [--gpu l4] ...
+    .venv/bin/python benchmarks/planner_speed.py [--no-exhaustive] [--no-whatif] [-n 2000] [--gpu l4] ...
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import argparse
 import json
 import os
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 
 from seesaw import catalog as cat
@@ -46,6 +52,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive regret check")
+    ap.add_argument("--no-whatif", action="store_true", help="skip timing `seesaw whatif` with no arguments")
     args = ap.parse_args()
 
     model = cat.load_model(args.model)
@@ -82,8 +89,21 @@ def main() -> None:
         print(f"regret: winner {regret:.4f}%, best vLLM {vregret:.4f}%")
         out.update(exhaustive_wall_s=round(ewall, 2), exhaustive_cpu_s=round(ecpu, 2),
                    exhaustive_simulations=full.num_simulated, exhaustive_winner=full.winner["candidate"],
-                   regret_pct=round(regret, 6), best_vllm_regret_pct=round(vregret, 6))
+                   regret_pct=round(regret, 6), best_vllm_regret_pct=round(vregret, 6), plan_regret=round(regret, 6))
+    if not args.no_whatif:
+        wall, cpu = _whatif_default()
+        print(f"seesaw whatif (no arguments): {wall:.1f} s wall, {cpu:.1f} s CPU")
+        out.update(whatif_wall_s=round(wall, 2), whatif_cpu_s=round(cpu, 2))
     print(json.dumps(out))
+
+
+def _whatif_default() -> tuple[float, float]:
+    """Wall and CPU seconds of ``seesaw whatif`` with no arguments (its report in a temporary folder)."""
+    exe = shutil.which("seesaw", path=os.path.dirname(sys.executable)) or shutil.which("seesaw")
+    with tempfile.TemporaryDirectory() as tmp:
+        wall, cpu = time.perf_counter(), _cpu_s()
+        subprocess.run([exe, "whatif", "-o", os.path.join(tmp, "report")], check=True, capture_output=True)
+        return time.perf_counter() - wall, _cpu_s() - cpu
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pandas as pd
 import simpy
 
 from seesaw.scheduling import (
-    Decode, Forward, PhaseClock, Reshard, SchedulerError, SeesawScheduler, SeqStatus, Sequence, SwapIn, SwapOut,
+    Decode, Forward, Mixed, PhaseClock, Prefill, Reshard, SchedulerError, SeesawScheduler, SeqStatus, Sequence, SwapIn, SwapOut,
     VllmScheduler, split_across_replicas,
 )
 from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
@@ -113,6 +113,44 @@ def batch_shape(step: Forward) -> BatchShape:
     return shape
 
 
+class _Mailbox:
+    """A replica's completed steps, in order: ``simpy.Store``'s event order with plain events.
+
+    A put appends at once and schedules one event that hands the oldest item to a waiting getter
+    when processed; a get takes an item at once when there is one, else waits for that hand-off
+    (the same events at the same places in simpy's queue as ``Store``, so the same outcomes,
+    without its request bookkeeping on every micro-batch).
+    """
+
+    __slots__ = ("env", "items", "getter")
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.items: list = []
+        self.getter: simpy.Event | None = None
+
+    def put(self, item) -> simpy.Event:
+        self.items.append(item)
+        event = simpy.Event(self.env)
+        event.callbacks.append(self._hand_over)
+        event.succeed()
+        return event
+
+    def _hand_over(self, _event) -> None:
+        getter = self.getter
+        if getter is not None and self.items:
+            self.getter = None
+            getter.succeed(self.items.pop(0))
+
+    def get(self) -> simpy.Event:
+        event = simpy.Event(self.env)
+        if self.items:
+            event.succeed(self.items.pop(0))
+        else:
+            self.getter = event
+        return event
+
+
 class _Replica:
     """One DP replica: its scheduler, pipeline stages and bookkeeping."""
 
@@ -124,13 +162,17 @@ class _Replica:
         env = sim.env
         self.stage_free_s = [0.0] * max_pp
         self.host_link = simpy.Resource(env, capacity=1)
-        self.done = simpy.Store(env)
+        self.done = _Mailbox(env)
         # time by phase (``seesaw.scheduling.phase_of``): between events, the phase of what is in flight
         self.clock = PhaseClock(0.0)
 
     def run(self):
         env = self.sim.env
         pending = 0
+        # forwards launched in this round; their stage recurrence runs once the round is over (as
+        # a process's first step would, after the driver yields), with one timeout and no process
+        launched: list = []
+        direct = not self.sim.cost.handoffs_rendezvous
         while self.sched.has_unfinished() or pending:
             while True:
                 step = self.sched.schedule()
@@ -138,25 +180,40 @@ class _Replica:
                     break
                 self.clock.start(self._kind(step), env.now)
                 pending += 1
-                env.process(self._execute(step))
+                if direct and isinstance(step, Forward):
+                    launched.append(step)
+                else:
+                    env.process(self._execute(step))
             if not pending:
                 raise SchedulerError(
                     f"replica {self.index}: scheduler stalled with {self.sched.num_unfinished} "
                     "unfinished requests"
                 )
+            if launched:
+                for step in launched:
+                    self._launch(step)
+                launched.clear()
             step = yield self.done.get()
             pending -= 1
             self.clock.end(self._kind(step), env.now)
             self._complete(step)
         self.clock.advance(env.now)
 
+    def _launch(self, step: Forward) -> None:
+        """Start a forward without a process: its end time is known at launch (no rendezvous)."""
+        env = self.sim.env
+        end = self._stage_walk(step)
+        timeout = env.timeout(end - env.now, (step, env.now))
+        timeout.callbacks.append(self._forward_done)
+
+    def _forward_done(self, event) -> None:
+        step, start = event.value
+        self.sim.record_step(self, step, start, self.sim.env.now)
+        self.done.put(step)
+
     @staticmethod
     def _kind(step) -> str:
-        if isinstance(step, Forward):
-            return step.kind
-        if isinstance(step, Reshard):
-            return "reshard"
-        return "swap_stall"
+        return _PHASE_KIND[type(step)]
 
     def _execute(self, step):
         env = self.sim.env
@@ -177,17 +234,8 @@ class _Replica:
         self.sim.record_step(self, step, start, env.now)
         yield self.done.put(step)
 
-    def _forward(self, step: Forward):
-        """Walk the micro-batch through the stages; each stage serves micro-batches in order.
-
-        ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
-        starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
-        resource per stage would give, computed at launch with one timeout instead of three
-        events per stage. Bubbles and stage imbalance emerge from this recurrence. With
-        rendezvous hand-offs (``CostModel.handoffs_rendezvous``: measured profiles) a stage starts
-        at max(its input sent, the stage free) plus the hand-off, and the sampled ids reach the
-        driver after it finishes its own queued work (``pp_reply_s``).
-        """
+    def _stage_walk(self, step: Forward) -> float:
+        """When ``step`` leaves the last stage, launched now (see ``_forward``); books the stages."""
         env = self.sim.env
         cost = self.sim.cost
         layout = self.layout
@@ -211,8 +259,24 @@ class _Replica:
             t = free[stage] = start + cost.stage_time_s(layout, stage, shape, alone)
             if stage < last and not rendezvous:
                 t += send
-        yield env.timeout(t - env.now)
-        if rendezvous:
+        return t
+
+    def _forward(self, step: Forward):
+        """Walk the micro-batch through the stages; each stage serves micro-batches in order.
+
+        ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
+        starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
+        resource per stage would give, computed at launch with one timeout instead of three
+        events per stage. Bubbles and stage imbalance emerge from this recurrence. With
+        rendezvous hand-offs (``CostModel.handoffs_rendezvous``: measured profiles) a stage starts
+        at max(its input sent, the stage free) plus the hand-off, and the sampled ids reach the
+        driver after it finishes its own queued work (``pp_reply_s``).
+        """
+        env = self.sim.env
+        yield env.timeout(self._stage_walk(step) - env.now)
+        if self.sim.cost.handoffs_rendezvous and self.layout.pp > 1:
+            layout, cost, free = self.layout, self.sim.cost, self.stage_free_s
+            shape = self.sim.shapes[id(step)]
             # the sampled ids reach the driver (stage 0's rank) once it is done with the
             # micro-batches it is computing; it waits through the hand-off
             reply = cost.pp_reply_s(layout, shape.sampled_seqs)
@@ -225,8 +289,8 @@ class _Replica:
         if isinstance(step, Forward):
             now = self.sim.env.now
             finished = self.sched.on_step_done(step)
-            for seq in step.seqs:
-                if seq.first_token_time_s is None and seq.num_output_tokens > 0:
+            for seq in [s for s in step.seqs if s.first_token_time_s is None]:
+                if seq.num_output_tokens > 0:
                     seq.first_token_time_s = now
             for seq in finished:
                 seq.finish_time_s = now
@@ -261,6 +325,9 @@ class _Simulation:
 
 
 _EMPTY = BatchShape()
+# the phase each kind of step books while in flight (``seesaw.scheduling.phase_of``)
+_PHASE_KIND = {Prefill: "prefill", Decode: "decode", Mixed: "mixed", Reshard: "reshard",
+               SwapIn: "swap_stall", SwapOut: "swap_stall"}
 
 
 def _check_layout(model: ModelSpec, node: NodeSpec, layout: ParallelConfig) -> None:

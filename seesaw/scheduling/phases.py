@@ -20,9 +20,11 @@ IN_FLIGHT_KINDS = (*FORWARD_KINDS, "reshard", "swap_stall")
 
 def phase_of(live: Mapping[str, int]) -> str:
     """Phase of an interval from the count of steps of each kind in flight."""
-    kinds = [k for k in FORWARD_KINDS if live[k]]
-    if kinds:
-        return kinds[0] if len(kinds) == 1 else "mixed"
+    prefill, decode, mixed = live["prefill"], live["decode"], live["mixed"]
+    if prefill or decode or mixed:
+        if mixed or (prefill and decode):
+            return "mixed"                   # a mixed step, or two kinds of forward at once
+        return "prefill" if prefill else "decode"
     if live["reshard"]:
         return "reshard"
     if live["swap_stall"]:
@@ -40,8 +42,9 @@ class PhaseClock:
 
     def advance(self, now: float) -> None:
         """Book the time since the last event to the phase in force until ``now``."""
-        self.seconds[phase_of(self.live)] += now - self.last
-        self.last = now
+        if now != self.last:                 # events at one instant book nothing (+0.0 is a no-op)
+            self.seconds[phase_of(self.live)] += now - self.last
+            self.last = now
 
     def start(self, kind: str, now: float) -> None:
         self.advance(now)

@@ -180,29 +180,39 @@ class VllmScheduler:
         return budget
 
     def _take_decodes(self, limit: int) -> list[Sequence]:
-        """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out."""
+        """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out.
+
+        The batch is always a prefix of the candidates (oldest first): a candidate is taken unless
+        it is itself preempted, which ends the batch, so only the candidates at a block boundary
+        need a look of their own (one pass; the hot path of a decode step).
+        """
         cands = [s for s in self.running.values()
                  if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
-        batch: list[Sequence] = []
-        pool = self.blocks
         bs = self.block_size
-        i = 0
-        while i < len(cands) and len(batch) < limit:
-            seq = cands[i]
-            i += 1
-            # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
-            if seq.num_computed_tokens >= seq.num_blocks * bs:
-                need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
-                while need > pool.num_free:
-                    victim = cands.pop() if len(cands) > i else self._partial_prefill_victim()
-                    if victim is None:
-                        self._preempt(seq)
-                        return batch
-                    self._preempt(victim)
-                pool.allocate(need)
-                seq.num_blocks += need
-            batch.append(seq)
-        return batch
+        end = len(cands)                 # cands[end:] were preempted as victims
+        if limit > end:
+            limit = end
+        # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
+        edges = [j for j, s in enumerate(cands[:limit]) if s.num_computed_tokens >= s.num_blocks * bs]
+        pool = self.blocks
+        for j in edges:
+            if j >= limit or j >= end:
+                break
+            seq = cands[j]
+            need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
+            while need > pool.num_free:
+                if end > j + 1:
+                    end -= 1
+                    victim = cands[end]
+                else:
+                    victim = self._partial_prefill_victim()
+                if victim is None:
+                    self._preempt(seq)
+                    return cands[:j]
+                self._preempt(victim)
+            pool.allocate(need)
+            seq.num_blocks += need
+        return cands[:min(limit, end)]
 
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
@@ -271,12 +281,12 @@ class VllmScheduler:
         finished: list[Sequence] = []
         for seq, n in zip(step.seqs, step.num_new_tokens):
             seq.in_flight = False
-            seq.num_computed_tokens += n
-            if seq.num_computed_tokens < seq.num_tokens:
+            computed = seq.num_computed_tokens = seq.num_computed_tokens + n
+            if computed < seq.num_tokens:
                 continue  # a prefill chunk: no token sampled yet
-            seq.num_output_tokens += 1
+            out = seq.num_output_tokens = seq.num_output_tokens + 1
             seq.num_tokens += 1
-            if seq.num_output_tokens >= seq.max_output_len or (stopped and seq.req_id in stopped):
+            if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
                 seq.finish_reason = "stop" if seq.req_id in stopped else "length"
                 self._finish(seq)
                 finished.append(seq)
