@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull, build_metadata
+from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull
+from seesaw.engine.step_inputs import StepInputs
 from seesaw.engine.model import LlamaShard
 
 __all__ = ["ModelRunner", "split_micro_batches", "run_generation", "generate", "WARMUP_SEQ_LEN"]
@@ -58,6 +59,7 @@ class ModelRunner:
         self.shard = model.shard
         self.blocks = BlockManager(num_blocks, block_size)
         self.kv = KVCache.for_model(model, num_blocks, block_size)
+        self.inputs = StepInputs(model.device, block_size)  # the step's input tensors, reused
         self.num_micro_batches = num_micro_batches
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self._sending: list = []  # send handles of the last micro-batch's activations, see run_tables
@@ -79,11 +81,12 @@ class ModelRunner:
     def num_cached_tokens(self, seq_id) -> int:
         return self.blocks.num_tokens.get(seq_id, 0)
 
-    def _allocate(self, step_tokens: dict) -> dict:
+    def _allocate(self, step_tokens: dict) -> None:
         need = sum(self.blocks.blocks_needed(s, len(t)) for s, t in step_tokens.items())
         if need > self.blocks.num_free_blocks:
             raise KVCacheFull(f"step needs {need} KV blocks, {self.blocks.num_free_blocks} free")
-        return {s: self.blocks.allocate(s, len(t)) for s, t in step_tokens.items()}
+        for s, t in step_tokens.items():
+            self.blocks.allocate(s, len(t))
 
     @torch.inference_mode()
     def step_logits(self, step_tokens: dict[object, list[int]], all_tokens: bool = False,
@@ -95,7 +98,7 @@ class ModelRunner:
             return {}
         if any(len(t) == 0 for t in step_tokens.values()):
             raise ValueError("every sequence in a step needs at least one new token")
-        slots = self._allocate(step_tokens)
+        self._allocate(step_tokens)
         query_lens = [len(step_tokens[s]) for s in seq_ids]
         groups = split_micro_batches(query_lens, num_micro_batches or self.num_micro_batches)
         out: dict[object, torch.Tensor] = {}
@@ -103,8 +106,10 @@ class ModelRunner:
         for group in groups:
             ids = [seq_ids[i] for i in group]
             lens = [query_lens[i] for i in group]
-            y, handle = self._forward_group(self.blocks, ids, lens, torch.cat([slots[s] for s in ids]),
-                                            step_tokens, None if all_tokens else ids)
+            starts = [self.blocks.num_tokens[s] - n for s, n in zip(ids, lens)]
+            y, handle = self._forward_group(ids, starts, [step_tokens[s] for s in ids],
+                                            [self.blocks.block_tables[s] for s in ids],
+                                            None if all_tokens else list(range(len(ids))))
             pending.append(handle)
             if y is None:
                 continue
@@ -114,26 +119,22 @@ class ModelRunner:
                 handle.wait()
         return out
 
-    def _forward_group(self, blocks, ids: list, lens: list[int], slot_mapping: torch.Tensor,
-                       step_tokens: dict, logits_for: list | None):
-        """One micro-batch through this rank's layers. ``blocks`` gives each sequence's context
-        (``num_tokens`` after the step, ``slots``). Returns (logits, None) on the last stage --
-        last-token logits [N, V] of ``logits_for`` (in ``ids`` order), or every token's [T, V]
-        when None -- and (None, send handle) on the other stages."""
-        dev = self.device
-        meta = build_metadata(blocks, ids, lens, slot_mapping, dev)
-        positions = torch.cat([torch.arange(c - n, c) for c, n in zip(meta.context_lens, lens)]).to(dev)
-        if self.shard.is_first:
-            x = torch.tensor([t for s in ids for t in step_tokens[s]], dtype=torch.long, device=dev)
+    def _forward_group(self, ids: list, starts: list[int], tokens: list[list[int]], tables: list[list[int]],
+                       logits_for: list[int] | None):
+        """One micro-batch through this rank's layers: sequence ``ids[i]`` has ``starts[i]``
+        tokens cached, new tokens ``tokens[i]`` and its blocks in ``tables[i]``. Returns
+        (logits, None) on the last stage -- last-token logits [N, V] of the sequences at indices
+        ``logits_for``, or every token's [T, V] when None -- and (None, send handle) on the
+        other stages."""
+        lens = [len(t) for t in tokens]
+        first, last = self.shard.is_first, self.shard.is_last
+        batch = self.inputs.build(tokens if first else None, starts, lens, tables, logits_for if last else None)
+        if first:
+            x = batch.token_ids
         else:
-            x = self.comm.recv_prev((meta.num_tokens, self.model.hidden_size), self.model.dtype)
-        rows = None
-        if logits_for is not None and self.shard.is_last:
-            wanted = set(logits_for)
-            last = torch.tensor(lens).cumsum(0) - 1  # last new token of each sequence
-            rows = last[[i for i, s in enumerate(ids) if s in wanted]].to(dev)
-        y = self.model(x, positions, meta, self.kv, rows)  # [T, H] or logits [N, V]
-        if not self.shard.is_last:
+            x = self.comm.recv_prev((sum(lens), self.model.hidden_size), self.model.dtype)
+        y = self.model(x, batch.positions, batch.meta, self.kv, batch.logits_rows)  # [T, H] or logits [N, V]
+        if not last:
             return None, self.comm.send_next(y.contiguous())
         return y, None
 
@@ -148,15 +149,13 @@ class ModelRunner:
         (default: all); {} on other stages (after the activations are sent on)."""
         if not seqs:
             return {}
-        view = _TableView(self.blocks.block_size, block_tables,
-                          {s: start + len(toks) for s, start, toks in seqs})
         ids = [s for s, _, _ in seqs]
-        lens = [len(toks) for _, _, toks in seqs]
-        if min(lens) == 0:
+        if min(len(toks) for _, _, toks in seqs) == 0:
             raise ValueError("every sequence in a step needs at least one new token")
-        slot_mapping = torch.cat([view.slots(s, start, start + len(toks)) for s, start, toks in seqs])
-        y, handle = self._forward_group(view, ids, lens, slot_mapping, {s: t for s, _, t in seqs},
-                                        ids if logits_for is None else list(logits_for))
+        wanted = set(ids if logits_for is None else logits_for)
+        rows = [i for i, s in enumerate(ids) if s in wanted]
+        y, handle = self._forward_group(ids, [start for _, start, _ in seqs], [toks for _, _, toks in seqs],
+                                        [block_tables[s] for s in ids], rows)
         if handle is not None:
             # A send completes only once the next stage posts its receive (gloo's send is a
             # rendezvous), i.e. once that stage has finished its previous micro-batch. Waiting
@@ -167,8 +166,7 @@ class ModelRunner:
             self._sending.append(handle)
         if y is None:
             return {}
-        wanted = set(ids if logits_for is None else logits_for)
-        return dict(zip([s for s in ids if s in wanted], y))
+        return dict(zip([ids[i] for i in rows], y))
 
     @torch.inference_mode()
     def warmup(self, num_tokens: int, max_seq_len: int = WARMUP_SEQ_LEN, max_seqs: int | None = None) -> int:
@@ -199,18 +197,15 @@ class ModelRunner:
             lens.append(n)
         if not lens:
             return 0
-        view = _TableView(bs, tables, dict(enumerate(lens)))
-        ids = list(range(len(lens)))
-        slot_mapping = torch.cat([view.slots(s, 0, n) for s, n in enumerate(lens)])
         dev = self.device
-        meta = build_metadata(view, ids, lens, slot_mapping, dev)
-        positions = torch.cat([torch.arange(n) for n in lens]).to(dev)
-        if self.shard.is_first:
-            x = torch.zeros(total, dtype=torch.long, device=dev)
+        first, last = self.shard.is_first, self.shard.is_last
+        batch = self.inputs.build([[0] * n for n in lens] if first else None, [0] * len(lens), lens,
+                                  [tables[i] for i in range(len(lens))], list(range(len(lens))) if last else None)
+        if first:
+            x = batch.token_ids
         else:
             x = torch.zeros((total, self.model.hidden_size), dtype=self.model.dtype, device=dev)
-        rows = (torch.tensor(lens).cumsum(0) - 1).to(dev) if self.shard.is_last else None
-        self.model(x, positions, meta, self.kv, rows)
+        self.model(x, batch.positions, batch.meta, self.kv, batch.logits_rows)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return total
@@ -240,17 +235,6 @@ class ModelRunner:
         if self.shard.pp_size > 1:
             ids = self.comm.broadcast_from_last_stage(ids.to(self.device)).cpu()
         return dict(zip(seq_ids, ids.tolist()))
-
-
-class _TableView:
-    """Read side of ``BlockManager`` (``num_tokens``, ``slots``) over tables held by a caller."""
-
-    def __init__(self, block_size: int, block_tables: dict, num_tokens: dict):
-        self.block_size = block_size
-        self.block_tables = block_tables
-        self.num_tokens = num_tokens
-
-    slots = BlockManager.slots
 
 
 def run_generation(
