@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from seesaw.engine.cuda_graphs import DecodeGraphs, graphs_enabled
 from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull
 from seesaw.engine.step_inputs import StepInputs
 from seesaw.engine.model import LlamaShard
@@ -53,13 +54,16 @@ class ModelRunner:
     """One rank's shard + KV cache + block tables; executes steps."""
 
     def __init__(self, model: LlamaShard, num_blocks: int, block_size: int = 16,
-                 num_micro_batches: int = 1, seed: int = 0):
+                 num_micro_batches: int = 1, seed: int = 0, max_graph_batch: int = 256):
         self.model = model
         self.comm = model.comm
         self.shard = model.shard
         self.blocks = BlockManager(num_blocks, block_size)
-        self.kv = KVCache.for_model(model, num_blocks, block_size)
+        graphs = graphs_enabled(model, block_size)  # CUDA only; one scratch block more for its padding rows
+        self.kv = KVCache.for_model(model, num_blocks + graphs, block_size)
         self.inputs = StepInputs(model.device, block_size)  # the step's input tensors, reused
+        self.graphs = DecodeGraphs(model, self.kv, block_size, max_graph_batch,
+                                   model.spec.max_position_embeddings) if graphs else None
         self.num_micro_batches = num_micro_batches
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self._sending: list = []  # send handles of the last micro-batch's activations, see run_tables
@@ -93,16 +97,25 @@ class ModelRunner:
                     num_micro_batches: int | None = None) -> dict[object, torch.Tensor]:
         """Run one step; on the last stage return fp32 logits per sequence: [V] for its last new
         token, or [n, V] for every new token when ``all_tokens``. Other stages return {}."""
+        out: dict[object, torch.Tensor] = {}
+        for ids, lens, y in self._step(step_tokens, all_tokens, num_micro_batches):
+            out.update(zip(ids, y.split(lens)) if all_tokens else zip(ids, y))
+        return out
+
+    @torch.inference_mode()
+    def _step(self, step_tokens: dict[object, list[int]], all_tokens: bool = False,
+              num_micro_batches: int | None = None) -> list[tuple[list, list[int], torch.Tensor]]:
+        """Run one step; on the last stage ``(seq ids, new token counts, logits)`` per micro-batch
+        (last-token logits [N, V], or every token's [T, V] when ``all_tokens``)."""
         seq_ids = list(step_tokens)
         if not seq_ids:
-            return {}
+            return []
         if any(len(t) == 0 for t in step_tokens.values()):
             raise ValueError("every sequence in a step needs at least one new token")
         self._allocate(step_tokens)
         query_lens = [len(step_tokens[s]) for s in seq_ids]
         groups = split_micro_batches(query_lens, num_micro_batches or self.num_micro_batches)
-        out: dict[object, torch.Tensor] = {}
-        pending = []
+        out, pending = [], []
         for group in groups:
             ids = [seq_ids[i] for i in group]
             lens = [query_lens[i] for i in group]
@@ -111,9 +124,8 @@ class ModelRunner:
                                             [self.blocks.block_tables[s] for s in ids],
                                             None if all_tokens else list(range(len(ids))))
             pending.append(handle)
-            if y is None:
-                continue
-            out.update(zip(ids, y.split(lens)) if all_tokens else zip(ids, y))
+            if y is not None:
+                out.append((ids, lens, y))
         for handle in pending:
             if handle is not None:
                 handle.wait()
@@ -129,6 +141,10 @@ class ModelRunner:
         lens = [len(t) for t in tokens]
         first, last = self.shard.is_first, self.shard.is_last
         batch = self.inputs.build(tokens if first else None, starts, lens, tables, logits_for if last else None)
+        if self.graphs is not None and self.graphs.fits(batch.meta):  # a whole-model decode step on CUDA
+            y = self.graphs.run(batch.token_ids, batch.positions, batch.meta)
+            if y is not None:
+                return (y if batch.logits_rows is None else y[batch.logits_rows]), None
         if first:
             x = batch.token_ids
         else:
@@ -138,7 +154,6 @@ class ModelRunner:
             return None, self.comm.send_next(y.contiguous())
         return y, None
 
-    @torch.inference_mode()
     def run_tables(self, seqs: list[tuple], block_tables: dict[object, list[int]],
                    logits_for: list | None = None) -> dict[object, torch.Tensor]:
         """One micro-batch whose KV placement the caller decides (a driver that owns the block
@@ -147,8 +162,17 @@ class ModelRunner:
         ``block_tables[seq_id]`` must cover them. The runner's own ``blocks`` are not used.
         On the last stage returns last-token fp32 logits [V] of the sequences in ``logits_for``
         (default: all); {} on other stages (after the activations are sent on)."""
+        ids, y = self.run_tables_logits(seqs, block_tables, logits_for)
+        return {} if y is None else dict(zip(ids, y))
+
+    @torch.inference_mode()
+    def run_tables_logits(self, seqs: list[tuple], block_tables: dict[object, list[int]],
+                          logits_for: list | None = None) -> tuple[list, torch.Tensor | None]:
+        """``run_tables`` with the logits as one tensor: (the ids of its rows in ``seqs`` order,
+        last-token logits [N, V]) on the last stage, ([], None) on the others. A decode-only
+        micro-batch replays a captured CUDA graph where the runner has them (``cuda_graphs``)."""
         if not seqs:
-            return {}
+            return [], None
         ids = [s for s, _, _ in seqs]
         if min(len(toks) for _, _, toks in seqs) == 0:
             raise ValueError("every sequence in a step needs at least one new token")
@@ -165,8 +189,8 @@ class ModelRunner:
             self.finish_sends()
             self._sending.append(handle)
         if y is None:
-            return {}
-        return dict(zip([ids[i] for i in rows], y))
+            return [], None
+        return [ids[i] for i in rows], y
 
     @torch.inference_mode()
     def warmup(self, num_tokens: int, max_seq_len: int = WARMUP_SEQ_LEN, max_seqs: int | None = None) -> int:
@@ -206,6 +230,8 @@ class ModelRunner:
         else:
             x = torch.zeros((total, self.model.hidden_size), dtype=self.model.dtype, device=dev)
         self.model(x, batch.positions, batch.meta, self.kv, batch.logits_rows)
+        if self.graphs is not None:  # capture the decode steps now, before the run's clock
+            self.graphs.capture_all(max_seqs)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return total
@@ -224,16 +250,24 @@ class ModelRunner:
 
     def execute(self, step_tokens: dict[object, list[int]], temperature: float | dict = 0.0,
                 num_micro_batches: int | None = None) -> dict[object, int]:
-        """Run one step and return ``{seq_id: next_token}`` on every rank of the replica."""
-        logits = self.step_logits(step_tokens, num_micro_batches=num_micro_batches)
+        """Run one step and return ``{seq_id: next_token}`` on every rank of the replica. Greedy
+        rows are chosen on the device, with one host sync for the step."""
+        groups = self._step(step_tokens, num_micro_batches=num_micro_batches)
         seq_ids = list(step_tokens)
         if self.shard.is_last:
-            chosen = self.sample(logits, temperature)
-            ids = torch.tensor([chosen[s] for s in seq_ids], dtype=torch.long)
+            ids = torch.cat([y.argmax(-1) for _, _, y in groups])  # [S] in step order (groups are contiguous)
+            hot = {s: t for s in seq_ids
+                   if (t := temperature.get(s, 0.0) if isinstance(temperature, dict) else temperature) > 0}
+            if hot:
+                rows = {s: y[i] for g_ids, _, y in groups for i, s in enumerate(g_ids) if s in hot}
+                chosen = self.sample(rows, hot)
+                for i, s in enumerate(seq_ids):
+                    if s in chosen:
+                        ids[i] = chosen[s]
         else:
-            ids = torch.zeros(len(seq_ids), dtype=torch.long)
+            ids = torch.zeros(len(seq_ids), dtype=torch.long, device=self.device)
         if self.shard.pp_size > 1:
-            ids = self.comm.broadcast_from_last_stage(ids.to(self.device)).cpu()
+            ids = self.comm.broadcast_from_last_stage(ids.to(self.device))
         return dict(zip(seq_ids, ids.tolist()))
 
 
