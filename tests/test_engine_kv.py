@@ -136,3 +136,13 @@ def test_step_inputs_hold_every_sequence_in_order(block_size):
             assert meta.block_table[i, :nb].tolist() == blocks.block_tables[s][:nb]
             assert (meta.block_table[i, nb:] == 0).all()
         assert batch.logits_rows.tolist() == [query[0] - 1, sum(query) - 1]
+
+
+def test_cpu_runners_never_take_the_cuda_graph_path(model):
+    from seesaw.engine.cuda_graphs import graphs_enabled
+    from seesaw.engine.runner import ModelRunner
+
+    for bs in (16, 256):
+        assert not graphs_enabled(model, bs)
+        runner = ModelRunner(model, 8, bs)
+        assert runner.graphs is None and runner.kv.k[0].shape[0] == 8  # no scratch block either

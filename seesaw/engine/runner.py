@@ -10,6 +10,10 @@ the stages (receive from the previous stage, run local layers, send to the next)
 samples and broadcasts the next tokens to every rank of the replica. With a ``LocalComm`` (single
 process) the same code runs the whole model. ``generate`` is the single-process reference path.
 
+A step's inputs (ids, positions, KV slots, block tables) are built once per micro-batch into
+reused buffers (``step_inputs``) that every layer reads; on CUDA a one-rank runner replays its
+decode steps from CUDA graphs (``cuda_graphs``); greedy tokens are chosen on the device.
+
 ``run_tables`` is the step worker's entry point (``seesaw.engine.worker.StepWorker``): one micro-batch whose block
 tables the driver allocated and sent, so the runner keeps no bookkeeping of its own and the
 scheduler's block counts are the engine's.
