@@ -31,7 +31,7 @@ few thousand tokens.
 
 from __future__ import annotations
 
-import logging
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -41,13 +41,14 @@ from seesaw.engine import cpu_kernel
 
 __all__ = ["AttnMetadata", "paged_attention", "attention_backend"]
 
-log = logging.getLogger(__name__)
-
 _SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
 _FLASH_PAGE = 256  # FlashAttention-2's paged KV needs pages of a multiple of 256 tokens
 
-try:  # PyTorch >= 2.9 (block_table and seqused_k since 2.10)
+try:  # PyTorch >= 2.9; a paged cache (block_table, seqused_k) in later versions only
     from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+
+    if not {"block_table", "seqused_k"} <= set(inspect.signature(_varlen_attn).parameters):
+        _varlen_attn = None
 except ImportError:  # pragma: no cover - older torch
     _varlen_attn = None
 
