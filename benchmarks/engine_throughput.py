@@ -14,7 +14,8 @@ decode and prefill steps against this machine's roofline. One run; every ratio i
    same useful output tokens (each request's own length), so ``vs_transformers`` is the ratio of
    output tokens/s.
 4. This machine: fp32 GEMM FLOP/s (a 2048^3 matmul, one thread, best of 5) and memory bandwidth
-   (a 256 MB tensor copy: read + write bytes / time, best of 5).
+   (a 256 MB tensor copy: read + write bytes / time, best of 5), measured right before the two
+   fixed-shape steps they judge (``--no-e2e``: only those three, without the workload runs).
 5. A fixed-shape decode step: 64 sequences with ``--decode-context`` tokens of context each (the
    workload's mean context during decode by default), in the engine's ``ModelRunner``. Its
    roofline: max(FLOPs / GEMM rate, bytes / bandwidth), FLOPs = 2 per weight per token (layers
@@ -182,6 +183,7 @@ def main() -> None:
     ap.add_argument("--prefill-prompts", type=int, default=8)
     ap.add_argument("--prefill-len", type=int, default=512)
     ap.add_argument("--max-output", type=int, default=None, help="cap every output length (smoke runs)")
+    ap.add_argument("--no-e2e", action="store_true", help="only the machine and the fixed-shape steps (no workload runs)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script, not a measurement")
     args = ap.parse_args()
     if args.quick:
@@ -205,20 +207,23 @@ def main() -> None:
     print(f"workload: {len(items)} requests, prompt mean {np.mean(prompt_lens):.0f} (max {max(prompt_lens)}), "
           f"output mean {np.mean(out_lens):.0f} (max {max(out_lens)}), {sum(out_lens)} output tokens", flush=True)
 
+    vs, eng, hf = None, None, None
+    if not args.no_e2e:
+        kv_bytes = 1.2 * sum(p + o for p, o in zip(prompt_lens, out_lens)) * spec.num_hidden_layers * 2 * \
+            spec.num_key_value_heads * spec.d_head * 4 + 64 * 2 ** 20
+        eng = engine_run(model_dir, store, items, kv_bytes)
+        assert eng["total_output_tokens"] == sum(out_lens), eng["total_output_tokens"]
+        print(f"engine T1: {eng['output_tokens_per_second']:.1f} output tok/s ({eng['elapsed_time']:.1f} s)",
+              flush=True)
+        hf = hf_run(model_dir, items)
+        vs = eng["output_tokens_per_second"] / hf["output_tokens_per_second"]
+        print(f"transformers.generate (batches of {HF_BATCH}): {hf['output_tokens_per_second']:.1f} output tok/s "
+              f"({hf['elapsed_time']:.1f} s) -> engine {vs:.2f}x", flush=True)
+
+    # the machine's rates right before the steps they judge (a shared machine's speed drifts)
     gemm = gemm_flops_per_s()
     bw = copy_bytes_per_s()
     print(f"machine: fp32 GEMM {gemm / 1e9:.1f} GFLOP/s, copy bandwidth {bw / 1e9:.1f} GB/s (one thread)", flush=True)
-
-    kv_bytes = 1.2 * sum(p + o for p, o in zip(prompt_lens, out_lens)) * spec.num_hidden_layers * 2 * \
-        spec.num_key_value_heads * spec.d_head * 4 + 64 * 2 ** 20
-    eng = engine_run(model_dir, store, items, kv_bytes)
-    assert eng["total_output_tokens"] == sum(out_lens), eng["total_output_tokens"]
-    print(f"engine T1: {eng['output_tokens_per_second']:.1f} output tok/s ({eng['elapsed_time']:.1f} s)", flush=True)
-    hf = hf_run(model_dir, items)
-    vs = eng["output_tokens_per_second"] / hf["output_tokens_per_second"]
-    print(f"transformers.generate (batches of {HF_BATCH}): {hf['output_tokens_per_second']:.1f} output tok/s "
-          f"({hf['elapsed_time']:.1f} s) -> engine {vs:.2f}x", flush=True)
-
     dec = decode_step(store, args.decode_batch, context, args.decode_steps)
     roof = max(dec["flops"] / gemm, dec["bytes"] / bw)
     print(f"decode step, batch {dec['batch']} x context {dec['context']}: {1e3 * dec['step_s']:.1f} ms, roofline "
@@ -231,12 +236,12 @@ def main() -> None:
     load.append(os.getloadavg()[0])
     print(f"load average {load[0]:.2f} before, {load[1]:.2f} after ({os.cpu_count()} cores)")
     print(json.dumps({
-        "vs_transformers": round(vs, 3), "decode_roofline_ratio": round(dec["step_s"] / roof, 3),
+        "vs_transformers": None if vs is None else round(vs, 3), "decode_roofline_ratio": round(dec["step_s"] / roof, 3),
         "prefill_gemm_efficiency": round(eff, 3),
-        "engine": {"output_tokens_per_s": round(eng["output_tokens_per_second"], 2),
-                   "elapsed_s": round(eng["elapsed_time"], 3), "time_by_phase": eng.get("time_by_phase")},
-        "transformers": {"output_tokens_per_s": round(hf["output_tokens_per_second"], 2),
-                         "elapsed_s": round(hf["elapsed_time"], 3), "batch": HF_BATCH},
+        "engine": eng and {"output_tokens_per_s": round(eng["output_tokens_per_second"], 2),
+                           "elapsed_s": round(eng["elapsed_time"], 3), "time_by_phase": eng.get("time_by_phase")},
+        "transformers": hf and {"output_tokens_per_s": round(hf["output_tokens_per_second"], 2),
+                                "elapsed_s": round(hf["elapsed_time"], 3), "batch": HF_BATCH},
         "decode": {"batch": dec["batch"], "context": dec["context"], "step_ms": round(1e3 * dec["step_s"], 2),
                    "roofline_ms": round(1e3 * roof, 2), "gflop": round(dec["flops"] / 1e9, 2),
                    "mbytes": round(dec["bytes"] / 1e6, 1)},
