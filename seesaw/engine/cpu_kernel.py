@@ -133,8 +133,8 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
           const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
           const float *kb = kc + ((int64_t)tab[b] * bs * hkv + h) * d;
           const float *vb = vc + ((int64_t)tab[b] * bs * hkv + h) * d;
-          for (int64_t t = 0; t < nt; t++)
-            for (int64_t c = 0; c < d; c++) ktb[c * bsp + t] = kb[t * tok + c];
+          for (int64_t c = 0; c < d; c++) /* transpose K: contiguous writes */
+            for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
           for (int64_t r = 0; r < padded;) { /* scores: each K column load feeds 8 or 4 rows */
             if (padded - r >= 8) { scores(qp + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
             else { scores(qp + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
