@@ -1,211 +1,257 @@
-"""Engine throughput: the real executor against ``transformers.generate`` on the same workload.
+"""Engine throughput on this CPU: the real executor against ``transformers.generate``, and the
+decode and prefill steps against this machine's roofline. One run; every ratio is taken within it.
 
-CPU part: the tiny random model and SmolLM2-135M under T1, T2 and P2 (SmolLM2's 9 heads do not
-split in two, so it runs T3 instead of T2) through ``seesaw.engine.launch.run_batch`` (spawned
-gloo ranks, one torch thread each), on a fixed workload: ``--num-prompts`` prompts of
-``--prompt-len`` seeded random tokens, exactly ``--new-tokens`` greedy new tokens each (EOS
-ignored). The yardstick is ``transformers`` ``generate`` on the same prompts (one batch, greedy,
-one torch thread, same dtype). Engine time is the driver's measured makespan (model loading and
-process start excluded); the transformers time is the ``generate`` call.
+1. Workload: ``--num-requests`` (64) requests with ShareGPT-like prompt and output lengths drawn
+   from the built-in trace (``seesaw.workload.sample_lengths("sharegpt")``, seeded), capped so
+   that prompt + output fits the model's context; prompts are seeded random token ids, outputs
+   exactly their length (greedy, EOS ignored).
+2. The engine: SmolLM2-135M, fp32, T1 (one spawned rank, one torch thread) through
+   ``seesaw.engine.launch.run_batch``; its time is the driver's makespan (process start and model
+   loading excluded, as ``vllm bench throughput`` does).
+3. The yardstick: ``transformers.generate`` run as people run it offline: batches of 16
+   left-padded prompts in request order, each batch generating until its longest output
+   (``max_new_tokens = min_new_tokens`` = the batch's longest), one torch thread. Both count the
+   same useful output tokens (each request's own length), so ``vs_transformers`` is the ratio of
+   output tokens/s.
+4. This machine: fp32 GEMM FLOP/s (a 2048^3 matmul, one thread, best of 5) and memory bandwidth
+   (a 256 MB tensor copy: read + write bytes / time, best of 5), measured right before the two
+   fixed-shape steps they judge (``--no-e2e``: only those three, without the workload runs).
+5. A fixed-shape decode step: 64 sequences with ``--decode-context`` tokens of context each (the
+   workload's mean context during decode by default), in the engine's ``ModelRunner``. Its
+   roofline: max(FLOPs / GEMM rate, bytes / bandwidth), FLOPs = 2 per weight per token (layers
+   and LM head) + attention ``4 ctx d h_q`` per token and layer (PaLM Appendix B), bytes = the
+   weights read once + every sequence's K/V context read once. ``decode_roofline_ratio`` =
+   measured step time / roofline step time (target <= 1.5).
+6. A fixed-shape prefill step (8 prompts x 512 tokens): ``prefill_gemm_efficiency`` = its FLOPs
+   (matmuls of every token, LM head of the last ones, causal attention ``2 n^2 d h_q`` per layer)
+   / time / the GEMM rate (target >= 0.8).
 
-CUDA part (skipped without a CUDA device): T1 with a LLaMA-3-8B-shaped random bf16 model built
-on the device: prefill FLOP/s against the GPU's peak (dense matmul FLOPs ``2 N`` per token per
-parameter plus causal attention ``2 n^2 d h_q`` per layer and sequence, see PaLM Appendix B), and
-decode tokens/s with the achieved memory bandwidth (weights + KV read per step / step time)
-as a fraction of the HBM roofline from the catalog's GPU profile.
-
-Prints a table, then one JSON object as the last line.
+The machine may be shared: the load average (``os.getloadavg``) before and after is printed.
+Prints a table, then one JSON object as the last line. ``--quick`` shrinks everything (a smoke
+run, not a measurement).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 import torch
 
+HF_BATCH = 16
 
-def _items(n: int, prompt_len: int, new_tokens: int, vocab: tuple[int, int], seed: int):
+
+def workload(n: int, seed: int, max_len: int, vocab: tuple[int, int], max_output: int | None = None) -> list:
+    """``n`` requests with ShareGPT-like lengths (prompt + output <= ``max_len``)."""
     from seesaw.engine.batch_io import BatchItem
+    from seesaw.workload import sample_lengths
 
     rng = np.random.default_rng(seed)
-    return [BatchItem(f"b{i}", rng.integers(*vocab, prompt_len).tolist(), new_tokens, ignore_eos=True)
-            for i in range(n)]
+    prompts, outputs = sample_lengths("sharegpt", n, rng)
+    items = []
+    for i, (p, o) in enumerate(zip(prompts.tolist(), outputs.tolist())):
+        p = min(p, max_len - 1)
+        o = max(1, min(o, max_len - p, max_output or o))
+        items.append(BatchItem(f"r{i}", rng.integers(*vocab, p).tolist(), o, ignore_eos=True))
+    return items
 
 
-def engine_run(model_dir, store, items, layout: str, timeout_s: float = 600.0) -> dict:
+def gemm_flops_per_s(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def copy_bytes_per_s(nbytes: int = 256 * 2 ** 20, repeats: int = 5) -> float:
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * nbytes / best  # read + write
+
+
+def engine_run(model_dir, store, items, kv_bytes: float) -> dict:
+    from seesaw.core import VllmPolicy, parse_parallel
     from seesaw.engine.config import EngineConfig
     from seesaw.engine.launch import run_batch
-    from seesaw.core import VllmPolicy, parse_parallel
 
-    cfg = EngineConfig(VllmPolicy(layout=parse_parallel(layout)), model_dir=str(model_dir), timeout_s=timeout_s)
+    cfg = EngineConfig(VllmPolicy(layout=parse_parallel("T1")), model_dir=str(model_dir), timeout_s=3600.0,
+                       kv_cache_bytes=kv_bytes)
     return run_batch(store, items, cfg)
 
 
-def hf_run(model_dir, items, new_tokens: int) -> dict:
+@torch.inference_mode()
+def hf_run(model_dir, items) -> dict:
     import transformers
 
-    torch.set_num_threads(1)
     model = transformers.LlamaForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    ids = torch.tensor([it.prompt_ids for it in items])  # [B, S], equal lengths: no padding
-    with torch.inference_mode():
+    elapsed, n_out = 0.0, 0
+    for b in range(0, len(items), HF_BATCH):
+        batch = items[b:b + HF_BATCH]
+        width = max(len(it.prompt_ids) for it in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, it in enumerate(batch):  # left padding, as for generation
+            ids[i, width - len(it.prompt_ids):] = torch.tensor(it.prompt_ids)
+            mask[i, width - len(it.prompt_ids):] = 1
+        new = max(it.max_tokens for it in batch)
         t0 = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        elapsed = time.perf_counter() - t0
-    n_out = int((out.shape[1] - ids.shape[1]) * out.shape[0])
-    total = n_out + ids.numel()
-    return {"elapsed_time": elapsed, "tokens_per_second": total / elapsed, "output_tokens_per_second": n_out / elapsed}
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                             pad_token_id=0)
+        elapsed += time.perf_counter() - t0
+        assert out.shape[1] == width + new
+        n_out += sum(it.max_tokens for it in batch)  # the tokens each request asked for
+    return {"elapsed_time": elapsed, "output_tokens_per_second": n_out / elapsed, "total_output_tokens": n_out}
 
 
-def cpu_table(args) -> list[dict]:
-    from seesaw.engine.checkpoint import resolve_model
-    from seesaw.engine.weights import load_checkpoint
-
-    rows = []
-    plans = [("tiny", ("T1", "T2", "P2"), (0, 256)), ("smollm2-135m", ("T1", "P2", "T3"), (100, 49000))]
-    for name, layouts, vocab in plans:
-        if args.models and name not in args.models:
-            continue
-        model_dir = resolve_model(name)
-        store = load_checkpoint(model_dir)
-        items = _items(args.num_prompts, args.prompt_len, args.new_tokens, vocab, args.seed)
-        hf = hf_run(model_dir, items, args.new_tokens)
-        rows.append({"model": name, "runner": "transformers", "layout": "-", "ranks": 1, **_rates(hf), "vs_hf": 1.0})
-        print(f"{name} transformers: {hf['output_tokens_per_second']:.1f} output tok/s", flush=True)
-        if name == "smollm2-135m":
-            rows.append({"model": name, "runner": "seesaw", "layout": "T2", "ranks": 2, "elapsed_s": None,
-                         "tokens_per_s": None, "output_tokens_per_s": None, "vs_hf": None,
-                         "note": "n/a: 9 attention heads do not split over 2 ranks"})
-        for layout in layouts:
-            res = engine_run(model_dir, store, items, layout)
-            assert res["total_output_tokens"] == args.num_prompts * args.new_tokens
-            ratio = res["output_tokens_per_second"] / hf["output_tokens_per_second"]
-            from seesaw.core import parse_parallel
-
-            rows.append({"model": name, "runner": "seesaw", "layout": layout,
-                         "ranks": parse_parallel(layout).world_size, **_rates(res), "vs_hf": round(ratio, 3),
-                         "time_by_phase": res["time_by_phase"]})
-            print(f"{name} {layout}: {res['output_tokens_per_second']:.1f} output tok/s ({ratio:.2f}x transformers)",
-                  flush=True)
-    return rows
-
-
-def _rates(r: dict) -> dict:
-    return {"elapsed_s": round(r["elapsed_time"], 4), "tokens_per_s": round(r["tokens_per_second"], 1),
-            "output_tokens_per_s": round(r["output_tokens_per_second"], 1)}
-
-
-# --------------------------------------------------------------------------------------------
-# CUDA
-
-
-def _gpu_profile():
-    from seesaw import catalog
-
-    name = torch.cuda.get_device_name().lower()
-    for key, prof in (("h100", "h100"), ("a100", "a100-80g" if "80" in name else "a100-40g"), ("l4", "l4"),
-                      ("a10g", "a10g"), ("a10", "a10")):
-        if key in name:
-            return catalog.load_gpu(prof)
-    return None
+def _matmul_weights(spec) -> int:
+    """Weights every token multiplies with: the layers' projections and the LM head."""
+    return spec.num_hidden_layers * (spec.attn_params_per_layer + spec.mlp_params_per_layer) + \
+        spec.vocab_size * spec.hidden_size
 
 
 @torch.inference_mode()
-def cuda_report(args) -> dict:
-    if not torch.cuda.is_available():
-        return {"skipped": "no CUDA device"}
-    from seesaw import catalog
-    from seesaw.engine.model import LlamaShard
+def decode_step(store, batch: int, context: int, steps: int) -> dict:
+    """Mean time of a decode step of ``batch`` sequences at ``context`` tokens each (their KV
+    slots claimed without running the prompts: a step's time does not depend on KV values)."""
     from seesaw.engine.runner import ModelRunner
+    from seesaw.engine.weights import build_shard
 
-    spec = catalog.load_model("llama3-8b")
-    dev = torch.device("cuda")
-    model = LlamaShard(spec, dtype=torch.bfloat16, device=dev)
-    for p in model.parameters():
-        p.normal_(0.0, 0.02)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    B, S, steps, bs = args.cuda_batch, args.cuda_prompt_len, args.cuda_decode_steps, 16
-    num_blocks = B * -(-(S + steps + 1) // bs)
-    runner = ModelRunner(model, num_blocks, bs)
-    g = torch.Generator().manual_seed(0)
-    prompts = {i: torch.randint(0, spec.vocab_size, (S,), generator=g).tolist() for i in range(B)}
-
-    torch.cuda.synchronize()
+    model = build_shard(store)
+    spec, bs = store.spec, 16
+    runner = ModelRunner(model, batch * -(-(context + steps + 2) // bs), bs)
+    for s in range(batch):
+        runner.blocks.allocate(s, context)
+    tokens = {s: 1 + s for s in range(batch)}
+    tokens = runner.execute({s: [t] for s, t in tokens.items()})  # warm-up step
     t0 = time.perf_counter()
-    nxt = runner.execute(prompts)  # one prefill step of B * S tokens
-    torch.cuda.synchronize()
-    prefill_s = time.perf_counter() - t0
-    L, h_q, d = spec.num_hidden_layers, spec.num_attention_heads, spec.d_head
-    # matmuls: 2 FLOPs per parameter per token (LM head only for the B sampled rows) + causal attention
-    flops = (2 * L * (spec.attn_params_per_layer + spec.mlp_params_per_layer) * B * S
-             + 2 * spec.vocab_size * spec.hidden_size * B + 2 * L * h_q * d * B * S * S)
-    gpu = _gpu_profile()
-    out = {"device": torch.cuda.get_device_name(), "model": "llama3-8b-shaped random bf16", "batch": B,
-           "prompt_len": S, "prefill_s": round(prefill_s, 4), "prefill_tflops": round(flops / prefill_s / 1e12, 1)}
-    if gpu is not None:
-        out["prefill_fraction_of_peak"] = round(flops / prefill_s / gpu.peak_flops, 3)
-
-    runner.execute({s: [t] for s, t in nxt.items()})  # warm-up decode
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    kv_read = 0
-    cur = runner.execute({s: [t] for s, t in nxt.items()})
-    for _ in range(steps - 1):
-        cur = runner.execute({s: [t] for s, t in cur.items()})
-    torch.cuda.synchronize()
-    decode_s = time.perf_counter() - t0
-    for k in range(steps):
-        kv_read += B * (S + 2 + k) * spec.kv_bytes_per_token  # every decode reads each context once
-    step_s = decode_s / steps
-    bytes_per_s = (weight_bytes * steps + kv_read) / decode_s
-    out.update({"decode_tokens_per_s": round(B * steps / decode_s, 1), "decode_step_ms": round(1e3 * step_s, 2),
-                "decode_bandwidth_gb_per_s": round(bytes_per_s / 1e9, 1)})
-    if gpu is not None:
-        out["decode_fraction_of_hbm_roofline"] = round(bytes_per_s / gpu.hbm_bandwidth_bytes_per_s, 3)
-    return out
+    for _ in range(steps):
+        tokens = runner.execute({s: [t] for s, t in tokens.items()})
+    step_s = (time.perf_counter() - t0) / steps
+    ctx = context + 1 + steps / 2  # mean context over the timed steps
+    L, d, h_q = spec.num_hidden_layers, spec.d_head, spec.num_attention_heads
+    flops = 2 * _matmul_weights(spec) * batch + 4 * ctx * d * h_q * L * batch
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
+    if spec.tie_word_embeddings:  # the LM head reads the tied embedding
+        weight_bytes += spec.vocab_size * spec.hidden_size * model.dtype.itemsize
+    kv_bytes = batch * ctx * L * 2 * spec.num_key_value_heads * d * model.dtype.itemsize
+    return {"batch": batch, "context": context, "step_s": step_s, "flops": flops,
+            "bytes": weight_bytes + kv_bytes, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes}
 
 
-# --------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def prefill_step(store, prompts: int, length: int) -> dict:
+    from seesaw.engine.runner import ModelRunner
+    from seesaw.engine.weights import build_shard
+
+    model = build_shard(store)
+    spec, bs = store.spec, 16
+    runner = ModelRunner(model, prompts * -(-length // bs), bs)
+    rng = np.random.default_rng(0)
+    step = {s: rng.integers(100, spec.vocab_size, length).tolist() for s in range(prompts)}
+    times = []
+    for _ in range(2):  # the first one warms up
+        t0 = time.perf_counter()
+        runner.execute(step)
+        times.append(time.perf_counter() - t0)
+        for s in step:
+            runner.free(s)
+    L, d, h_q = spec.num_hidden_layers, spec.d_head, spec.num_attention_heads
+    linear = 2 * (_matmul_weights(spec) - spec.vocab_size * spec.hidden_size) * prompts * length
+    flops = linear + 2 * spec.vocab_size * spec.hidden_size * prompts + 2 * L * h_q * d * length * (length + 1) * prompts
+    return {"prompts": prompts, "length": length, "step_s": times[-1], "flops": flops}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-prompts", type=int, default=16)
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--models", nargs="*", default=None, help="tiny smollm2-135m (default: both)")
-    ap.add_argument("--no-cpu", action="store_true", help="skip the CPU table")
-    ap.add_argument("--cuda-batch", type=int, default=64)
-    ap.add_argument("--cuda-prompt-len", type=int, default=512)
-    ap.add_argument("--cuda-decode-steps", type=int, default=32)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--decode-batch", type=int, default=64)
+    ap.add_argument("--decode-context", type=int, default=None, help="default: the workload's mean decode context")
+    ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--prefill-prompts", type=int, default=8)
+    ap.add_argument("--prefill-len", type=int, default=512)
+    ap.add_argument("--max-output", type=int, default=None, help="cap every output length (smoke runs)")
+    ap.add_argument("--no-e2e", action="store_true", help="only the machine and the fixed-shape steps (no workload runs)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of the script, not a measurement")
     args = ap.parse_args()
+    if args.quick:
+        args.num_requests, args.max_output, args.decode_batch = 4, 8, 4
+        args.decode_steps, args.prefill_prompts, args.prefill_len = 2, 2, 64
+        args.decode_context = args.decode_context or 64
 
-    import os
+    from seesaw.engine.checkpoint import resolve_model
+    from seesaw.engine.weights import load_checkpoint
 
-    load_before = os.getloadavg()[0]
-    rows = [] if args.no_cpu else cpu_table(args)
-    load = round((load_before + os.getloadavg()[0]) / 2, 2)  # a shared machine: say how busy it was
-    if rows:
-        print(f"\nworkload: {args.num_prompts} prompts x {args.prompt_len} tokens, {args.new_tokens} new tokens "
-              f"each (greedy, EOS ignored); CPU ({os.cpu_count()} cores, load average ~{load}), fp32, "
-              f"1 torch thread per rank")
-        print(f"{'model':<14}{'runner':<14}{'layout':<8}{'ranks':>6}{'elapsed s':>11}{'tok/s':>10}{'out tok/s':>11}"
-              f"{'vs HF':>8}")
-        for r in rows:
-            if r.get("note"):
-                print(f"{r['model']:<14}{r['runner']:<14}{r['layout']:<8}{r['ranks']:>6}  {r['note']}")
-                continue
-            print(f"{r['model']:<14}{r['runner']:<14}{r['layout']:<8}{r['ranks']:>6}{r['elapsed_s']:>11.3f}"
-                  f"{r['tokens_per_s']:>10.1f}{r['output_tokens_per_s']:>11.1f}{r['vs_hf']:>7.2f}x")
-    cuda = cuda_report(args)
-    print("\ncuda:", ", ".join(f"{k}={v}" for k, v in cuda.items()))
-    print(json.dumps({"cpu": rows, "cuda": cuda, "load_average": load, "cpu_count": os.cpu_count(),
-                      "workload": {"num_prompts": args.num_prompts, "prompt_len": args.prompt_len,
-                                   "new_tokens": args.new_tokens}}))
+    torch.set_num_threads(1)
+    load = [os.getloadavg()[0]]
+    model_dir = resolve_model(args.model)
+    store = load_checkpoint(model_dir)
+    spec = store.spec
+    items = workload(args.num_requests, args.seed, spec.max_position_embeddings, (100, spec.vocab_size - 100),
+                     args.max_output)
+    prompt_lens = [len(it.prompt_ids) for it in items]
+    out_lens = [it.max_tokens for it in items]
+    context = args.decode_context or int(np.mean(prompt_lens) + np.mean(out_lens) / 2)
+    print(f"workload: {len(items)} requests, prompt mean {np.mean(prompt_lens):.0f} (max {max(prompt_lens)}), "
+          f"output mean {np.mean(out_lens):.0f} (max {max(out_lens)}), {sum(out_lens)} output tokens", flush=True)
+
+    vs, eng, hf = None, None, None
+    if not args.no_e2e:
+        kv_bytes = 1.2 * sum(p + o for p, o in zip(prompt_lens, out_lens)) * spec.num_hidden_layers * 2 * \
+            spec.num_key_value_heads * spec.d_head * 4 + 64 * 2 ** 20
+        eng = engine_run(model_dir, store, items, kv_bytes)
+        assert eng["total_output_tokens"] == sum(out_lens), eng["total_output_tokens"]
+        print(f"engine T1: {eng['output_tokens_per_second']:.1f} output tok/s ({eng['elapsed_time']:.1f} s)",
+              flush=True)
+        hf = hf_run(model_dir, items)
+        vs = eng["output_tokens_per_second"] / hf["output_tokens_per_second"]
+        print(f"transformers.generate (batches of {HF_BATCH}): {hf['output_tokens_per_second']:.1f} output tok/s "
+              f"({hf['elapsed_time']:.1f} s) -> engine {vs:.2f}x", flush=True)
+
+    # the machine's rates right before the steps they judge (a shared machine's speed drifts)
+    gemm = gemm_flops_per_s()
+    bw = copy_bytes_per_s()
+    print(f"machine: fp32 GEMM {gemm / 1e9:.1f} GFLOP/s, copy bandwidth {bw / 1e9:.1f} GB/s (one thread)", flush=True)
+    dec = decode_step(store, args.decode_batch, context, args.decode_steps)
+    roof = max(dec["flops"] / gemm, dec["bytes"] / bw)
+    print(f"decode step, batch {dec['batch']} x context {dec['context']}: {1e3 * dec['step_s']:.1f} ms, roofline "
+          f"{1e3 * roof:.1f} ms (compute {1e3 * dec['flops'] / gemm:.1f}, memory {1e3 * dec['bytes'] / bw:.1f}) -> "
+          f"{dec['step_s'] / roof:.2f}x", flush=True)
+    pre = prefill_step(store, args.prefill_prompts, args.prefill_len)
+    eff = pre["flops"] / pre["step_s"] / gemm
+    print(f"prefill step, {pre['prompts']} x {pre['length']} tokens: {pre['step_s']:.2f} s, "
+          f"{pre['flops'] / pre['step_s'] / 1e9:.1f} GFLOP/s = {eff:.2f} of the GEMM rate", flush=True)
+    load.append(os.getloadavg()[0])
+    print(f"load average {load[0]:.2f} before, {load[1]:.2f} after ({os.cpu_count()} cores)")
+    print(json.dumps({
+        "vs_transformers": None if vs is None else round(vs, 3), "decode_roofline_ratio": round(dec["step_s"] / roof, 3),
+        "prefill_gemm_efficiency": round(eff, 3),
+        "engine": eng and {"output_tokens_per_s": round(eng["output_tokens_per_second"], 2),
+                           "elapsed_s": round(eng["elapsed_time"], 3), "time_by_phase": eng.get("time_by_phase")},
+        "transformers": hf and {"output_tokens_per_s": round(hf["output_tokens_per_second"], 2),
+                                "elapsed_s": round(hf["elapsed_time"], 3), "batch": HF_BATCH},
+        "decode": {"batch": dec["batch"], "context": dec["context"], "step_ms": round(1e3 * dec["step_s"], 2),
+                   "roofline_ms": round(1e3 * roof, 2), "gflop": round(dec["flops"] / 1e9, 2),
+                   "mbytes": round(dec["bytes"] / 1e6, 1)},
+        "prefill": {"prompts": pre["prompts"], "length": pre["length"], "step_s": round(pre["step_s"], 3),
+                    "gflop_per_s": round(pre["flops"] / pre["step_s"] / 1e9, 2)},
+        "machine": {"gemm_gflop_per_s": round(gemm / 1e9, 2), "copy_gb_per_s": round(bw / 1e9, 2),
+                    "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in load]},
+        "workload": {"requests": len(items), "output_tokens": sum(out_lens), "seed": args.seed,
+                     "model": args.model, "dtype": "float32", "layout": "T1", "quick": args.quick},
+    }))
 
 
 if __name__ == "__main__":

@@ -98,35 +98,51 @@ def test_split_micro_batches():
 
 
 @pytest.mark.parametrize("block_size", [1, 4, 16])
-def test_decode_metadata_holds_every_context_slot_in_order(block_size):
-    """The batched decode metadata equals each sequence's slots one by one: slot ``j`` of row ``r``
-    is the slot of position ``j`` (zero and masked past the sequence's context), for ragged
-    contexts, tables that own more blocks than the longest context needs, and mixed steps."""
+def test_step_inputs_hold_every_sequence_in_order(block_size):
+    """The step's inputs equal each sequence's one by one: positions continue its cache, each new
+    token's slot is the block manager's, the block table row lists its blocks (zero past its
+    context, also for tables that own more blocks than the context needs), query offsets and
+    context lengths add up; for ragged contexts and mixed steps, with the buffers reused."""
     import random
 
-    from seesaw.engine.kv import build_metadata
+    from seesaw.engine.step_inputs import StepInputs
 
     rng = random.Random(block_size)
+    inputs = StepInputs(torch.device("cpu"), block_size)
     for _ in range(50):
         blocks = BlockManager(4096, block_size)
         ids = list(range(rng.randint(1, 10)))
         for s in ids:
             blocks.allocate(s, rng.randint(1, 90))
         query = [rng.choice([1, 1, 1, 3]) for _ in ids]
-        for s, q in zip(ids, query):
-            blocks.allocate(s, q)
-        slot_mapping = torch.cat([blocks.slots(s, blocks.num_tokens[s] - q, blocks.num_tokens[s])
-                                  for s, q in zip(ids, query)])
-        meta = build_metadata(blocks, ids, query, slot_mapping)
-        decode = [i for i, q in enumerate(query) if q == 1]
-        assert meta.decode_seqs == (decode or meta.decode_seqs)
-        if not decode:
-            continue
-        lens = [blocks.num_tokens[ids[i]] for i in decode]
-        assert meta.decode_slots.shape == (len(decode), max(lens)) and meta.decode_mask.dtype == torch.bool
-        for row, (i, n) in enumerate(zip(decode, lens)):
-            assert torch.equal(meta.decode_slots[row, :n], blocks.slots(ids[i], 0, n))
-            assert (meta.decode_slots[row, n:] == 0).all()
-            assert meta.decode_mask[row, 0, 0, :n].all() and not meta.decode_mask[row, 0, 0, n:].any()
-        starts = [0, *torch.tensor(query).cumsum(0).tolist()]
-        assert meta.decode_rows.tolist() == [starts[i] for i in decode]
+        slots = [blocks.allocate(s, q) for s, q in zip(ids, query)]
+        starts = [blocks.num_tokens[s] - q for s, q in zip(ids, query)]
+        ctx = [st + q for st, q in zip(starts, query)]
+        if rng.random() < 0.3:
+            blocks.allocate(ids[0], 2 * block_size)  # the table owns blocks past this step's context
+        toks = [[rng.randint(0, 99) for _ in range(q)] for q in query]
+        batch = inputs.build(toks, starts, query, [blocks.block_tables[s] for s in ids], [0, len(ids) - 1])
+        meta = batch.meta
+        assert batch.token_ids.tolist() == sum(toks, [])
+        assert batch.positions.tolist() == sum((list(range(st, c)) for st, c in zip(starts, ctx)), [])
+        assert torch.equal(meta.slot_mapping, torch.cat(slots))
+        assert meta.cu_query.tolist() == [0, *torch.tensor(query).cumsum(0).tolist()]
+        assert meta.seq_lens.tolist() == ctx == meta.context_lens
+        assert meta.cu_keys.tolist() == [0, *torch.tensor(ctx).cumsum(0).tolist()]
+        width = -(-max(ctx) // block_size)
+        assert meta.block_table.shape == (len(ids), width) and meta.block_table.dtype == torch.int32
+        for i, s in enumerate(ids):
+            nb = -(-ctx[i] // block_size)
+            assert meta.block_table[i, :nb].tolist() == blocks.block_tables[s][:nb]
+            assert (meta.block_table[i, nb:] == 0).all()
+        assert batch.logits_rows.tolist() == [query[0] - 1, sum(query) - 1]
+
+
+def test_cpu_runners_never_take_the_cuda_graph_path(model):
+    from seesaw.engine.cuda_graphs import graphs_enabled
+    from seesaw.engine.runner import ModelRunner
+
+    for bs in (16, 256):
+        assert not graphs_enabled(model, bs)
+        runner = ModelRunner(model, 8, bs)
+        assert runner.graphs is None and runner.kv.k[0].shape[0] == 8  # no scratch block either

@@ -4,7 +4,10 @@ Modules (import them directly; importing this package loads nothing, so ``seesaw
 outside the engine):
 
 - ``model``: ``LlamaShard`` (one rank's layers / TP slice), ``Comm``, ``Shard``, RoPE;
-- ``attention``: varlen causal attention over the paged KV cache (``AttnMetadata``);
+- ``attention``: varlen causal attention over the paged KV cache, read in place through the
+  block tables (``AttnMetadata``); ``cpu_kernel``: its compiled CPU kernel; ``step_inputs``: a
+  step's inputs built into reused buffers; ``cuda_graphs``: decode steps replayed from CUDA
+  graphs; ``sampling``: next tokens chosen on the device;
 - ``kv``: ``BlockManager`` (block tables, allocate/free), ``ReplicaBlocks`` (the driver's) and
   ``KVCache`` (per-layer K/V blocks); ``kv_sizing``: how many blocks each rank holds;
 - checkpoints: ``files`` (``CheckpointError``, the model cache), ``hf_config`` (``config.json`` ->

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from seesaw.engine.attention import AttnMetadata
-
-__all__ = ["KVCacheFull", "BlockManager", "ReplicaBlocks", "KVCache", "block_slots", "build_metadata"]
+__all__ = ["KVCacheFull", "BlockManager", "ReplicaBlocks", "KVCache", "block_slots"]
 
 
 class KVCacheFull(RuntimeError):
@@ -152,42 +150,3 @@ class KVCache:
         slots = slots.to(k.device)
         k.view(-1, k.shape[2], d)[slots, heads] = k_new.to(k)
         v.view(-1, v.shape[2], d)[slots, heads] = v_new.to(v)
-
-
-def build_metadata(
-    blocks: BlockManager, seq_ids: list, query_lens: list[int], slot_mapping: torch.Tensor,
-    device: str | torch.device = "cpu",
-) -> AttnMetadata:
-    """Attention metadata for sequences ``seq_ids`` whose last ``query_lens`` tokens are this
-    step's (already allocated in ``blocks``; ``slot_mapping`` [T] are their slots)."""
-    context_lens = [blocks.num_tokens[s] for s in seq_ids]
-    context_slots = [None] * len(seq_ids)
-    decode = [i for i, n in enumerate(query_lens) if n == 1]
-    is_decode = set(decode)
-    for i, s in enumerate(seq_ids):
-        if i not in is_decode:
-            context_slots[i] = blocks.slots(s, 0, context_lens[i]).to(device)
-    meta = AttnMetadata(list(query_lens), context_lens, slot_mapping.to(device), context_slots)
-    if decode:
-        # every decoding sequence's context slots at once (a few tensor ops for the batch, not
-        # several per sequence: on a CPU this bookkeeping was ~0.6 ms of a 16-sequence step):
-        # block tables padded to the longest, expanded to slots, positions past a context zeroed
-        bs = blocks.block_size
-        lens = torch.tensor([context_lens[i] for i in decode], dtype=torch.long)
-        l_max = int(lens.max())
-        nb = -(-l_max // bs)
-        rows = []
-        for i in decode:
-            t = blocks.block_tables[seq_ids[i]][:nb]
-            rows.append(t + [0] * (nb - len(t)))
-        table = torch.tensor(rows, dtype=torch.long)  # [S_d, nb]
-        slots = (table[:, :, None] * bs + torch.arange(bs)).reshape(len(decode), nb * bs)[:, :l_max]
-        valid = torch.arange(l_max)[None, :] < lens[:, None]
-        slots = slots * valid
-        mask = valid[:, None, None, :]
-        starts = torch.tensor([0] + list(query_lens)).cumsum(0)
-        meta.decode_seqs = decode
-        meta.decode_rows = starts[decode].to(device)
-        meta.decode_slots = slots.to(device)
-        meta.decode_mask = mask.to(device)
-    return meta

@@ -10,6 +10,10 @@ the stages (receive from the previous stage, run local layers, send to the next)
 samples and broadcasts the next tokens to every rank of the replica. With a ``LocalComm`` (single
 process) the same code runs the whole model. ``generate`` is the single-process reference path.
 
+A step's inputs (ids, positions, KV slots, block tables) are built once per micro-batch into
+reused buffers (``step_inputs``) that every layer reads; on CUDA a one-rank runner replays its
+decode steps from CUDA graphs (``cuda_graphs``); greedy tokens are chosen on the device.
+
 ``run_tables`` is the step worker's entry point (``seesaw.engine.worker.StepWorker``): one micro-batch whose block
 tables the driver allocated and sent, so the runner keeps no bookkeeping of its own and the
 scheduler's block counts are the engine's.
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull, build_metadata
+from seesaw.engine.cuda_graphs import DecodeGraphs, graphs_enabled
+from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull
+from seesaw.engine.step_inputs import StepInputs
 from seesaw.engine.model import LlamaShard
 
 __all__ = ["ModelRunner", "split_micro_batches", "run_generation", "generate", "WARMUP_SEQ_LEN"]
@@ -52,12 +58,16 @@ class ModelRunner:
     """One rank's shard + KV cache + block tables; executes steps."""
 
     def __init__(self, model: LlamaShard, num_blocks: int, block_size: int = 16,
-                 num_micro_batches: int = 1, seed: int = 0):
+                 num_micro_batches: int = 1, seed: int = 0, max_graph_batch: int = 256):
         self.model = model
         self.comm = model.comm
         self.shard = model.shard
         self.blocks = BlockManager(num_blocks, block_size)
-        self.kv = KVCache.for_model(model, num_blocks, block_size)
+        graphs = graphs_enabled(model, block_size)  # CUDA only; one scratch block more for its padding rows
+        self.kv = KVCache.for_model(model, num_blocks + graphs, block_size)
+        self.inputs = StepInputs(model.device, block_size)  # the step's input tensors, reused
+        self.graphs = DecodeGraphs(model, self.kv, block_size, max_graph_batch,
+                                   model.spec.max_position_embeddings) if graphs else None
         self.num_micro_batches = num_micro_batches
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self._sending: list = []  # send handles of the last micro-batch's activations, see run_tables
@@ -79,65 +89,75 @@ class ModelRunner:
     def num_cached_tokens(self, seq_id) -> int:
         return self.blocks.num_tokens.get(seq_id, 0)
 
-    def _allocate(self, step_tokens: dict) -> dict:
+    def _allocate(self, step_tokens: dict) -> None:
         need = sum(self.blocks.blocks_needed(s, len(t)) for s, t in step_tokens.items())
         if need > self.blocks.num_free_blocks:
             raise KVCacheFull(f"step needs {need} KV blocks, {self.blocks.num_free_blocks} free")
-        return {s: self.blocks.allocate(s, len(t)) for s, t in step_tokens.items()}
+        for s, t in step_tokens.items():
+            self.blocks.allocate(s, len(t))
 
     @torch.inference_mode()
     def step_logits(self, step_tokens: dict[object, list[int]], all_tokens: bool = False,
                     num_micro_batches: int | None = None) -> dict[object, torch.Tensor]:
         """Run one step; on the last stage return fp32 logits per sequence: [V] for its last new
         token, or [n, V] for every new token when ``all_tokens``. Other stages return {}."""
+        out: dict[object, torch.Tensor] = {}
+        for ids, lens, y in self._step(step_tokens, all_tokens, num_micro_batches):
+            out.update(zip(ids, y.split(lens)) if all_tokens else zip(ids, y))
+        return out
+
+    @torch.inference_mode()
+    def _step(self, step_tokens: dict[object, list[int]], all_tokens: bool = False,
+              num_micro_batches: int | None = None) -> list[tuple[list, list[int], torch.Tensor]]:
+        """Run one step; on the last stage ``(seq ids, new token counts, logits)`` per micro-batch
+        (last-token logits [N, V], or every token's [T, V] when ``all_tokens``)."""
         seq_ids = list(step_tokens)
         if not seq_ids:
-            return {}
+            return []
         if any(len(t) == 0 for t in step_tokens.values()):
             raise ValueError("every sequence in a step needs at least one new token")
-        slots = self._allocate(step_tokens)
+        self._allocate(step_tokens)
         query_lens = [len(step_tokens[s]) for s in seq_ids]
         groups = split_micro_batches(query_lens, num_micro_batches or self.num_micro_batches)
-        out: dict[object, torch.Tensor] = {}
-        pending = []
+        out, pending = [], []
         for group in groups:
             ids = [seq_ids[i] for i in group]
             lens = [query_lens[i] for i in group]
-            y, handle = self._forward_group(self.blocks, ids, lens, torch.cat([slots[s] for s in ids]),
-                                            step_tokens, None if all_tokens else ids)
+            starts = [self.blocks.num_tokens[s] - n for s, n in zip(ids, lens)]
+            y, handle = self._forward_group(ids, starts, [step_tokens[s] for s in ids],
+                                            [self.blocks.block_tables[s] for s in ids],
+                                            None if all_tokens else list(range(len(ids))))
             pending.append(handle)
-            if y is None:
-                continue
-            out.update(zip(ids, y.split(lens)) if all_tokens else zip(ids, y))
+            if y is not None:
+                out.append((ids, lens, y))
         for handle in pending:
             if handle is not None:
                 handle.wait()
         return out
 
-    def _forward_group(self, blocks, ids: list, lens: list[int], slot_mapping: torch.Tensor,
-                       step_tokens: dict, logits_for: list | None):
-        """One micro-batch through this rank's layers. ``blocks`` gives each sequence's context
-        (``num_tokens`` after the step, ``slots``). Returns (logits, None) on the last stage --
-        last-token logits [N, V] of ``logits_for`` (in ``ids`` order), or every token's [T, V]
-        when None -- and (None, send handle) on the other stages."""
-        dev = self.device
-        meta = build_metadata(blocks, ids, lens, slot_mapping, dev)
-        positions = torch.cat([torch.arange(c - n, c) for c, n in zip(meta.context_lens, lens)]).to(dev)
-        if self.shard.is_first:
-            x = torch.tensor([t for s in ids for t in step_tokens[s]], dtype=torch.long, device=dev)
+    def _forward_group(self, ids: list, starts: list[int], tokens: list[list[int]], tables: list[list[int]],
+                       logits_for: list[int] | None):
+        """One micro-batch through this rank's layers: sequence ``ids[i]`` has ``starts[i]``
+        tokens cached, new tokens ``tokens[i]`` and its blocks in ``tables[i]``. Returns
+        (logits, None) on the last stage -- last-token logits [N, V] of the sequences at indices
+        ``logits_for``, or every token's [T, V] when None -- and (None, send handle) on the
+        other stages."""
+        lens = [len(t) for t in tokens]
+        first, last = self.shard.is_first, self.shard.is_last
+        batch = self.inputs.build(tokens if first else None, starts, lens, tables, logits_for if last else None)
+        if self.graphs is not None and self.graphs.fits(batch.meta):  # a whole-model decode step on CUDA
+            y = self.graphs.run(batch.token_ids, batch.positions, batch.meta)
+            if y is not None:
+                return (y if batch.logits_rows is None else y[batch.logits_rows]), None
+        if first:
+            x = batch.token_ids
         else:
-            x = self.comm.recv_prev((meta.num_tokens, self.model.hidden_size), self.model.dtype)
-        rows = None
-        if logits_for is not None and self.shard.is_last:
-            wanted = set(logits_for)
-            last = torch.tensor(lens).cumsum(0) - 1  # last new token of each sequence
-            rows = last[[i for i, s in enumerate(ids) if s in wanted]].to(dev)
-        y = self.model(x, positions, meta, self.kv, rows)  # [T, H] or logits [N, V]
-        if not self.shard.is_last:
+            x = self.comm.recv_prev((sum(lens), self.model.hidden_size), self.model.dtype)
+        y = self.model(x, batch.positions, batch.meta, self.kv, batch.logits_rows)  # [T, H] or logits [N, V]
+        if not last:
             return None, self.comm.send_next(y.contiguous())
         return y, None
 
-    @torch.inference_mode()
     def run_tables(self, seqs: list[tuple], block_tables: dict[object, list[int]],
                    logits_for: list | None = None) -> dict[object, torch.Tensor]:
         """One micro-batch whose KV placement the caller decides (a driver that owns the block
@@ -146,17 +166,24 @@ class ModelRunner:
         ``block_tables[seq_id]`` must cover them. The runner's own ``blocks`` are not used.
         On the last stage returns last-token fp32 logits [V] of the sequences in ``logits_for``
         (default: all); {} on other stages (after the activations are sent on)."""
+        ids, y = self.run_tables_logits(seqs, block_tables, logits_for)
+        return {} if y is None else dict(zip(ids, y))
+
+    @torch.inference_mode()
+    def run_tables_logits(self, seqs: list[tuple], block_tables: dict[object, list[int]],
+                          logits_for: list | None = None) -> tuple[list, torch.Tensor | None]:
+        """``run_tables`` with the logits as one tensor: (the ids of its rows in ``seqs`` order,
+        last-token logits [N, V]) on the last stage, ([], None) on the others. A decode-only
+        micro-batch replays a captured CUDA graph where the runner has them (``cuda_graphs``)."""
         if not seqs:
-            return {}
-        view = _TableView(self.blocks.block_size, block_tables,
-                          {s: start + len(toks) for s, start, toks in seqs})
+            return [], None
         ids = [s for s, _, _ in seqs]
-        lens = [len(toks) for _, _, toks in seqs]
-        if min(lens) == 0:
+        if min(len(toks) for _, _, toks in seqs) == 0:
             raise ValueError("every sequence in a step needs at least one new token")
-        slot_mapping = torch.cat([view.slots(s, start, start + len(toks)) for s, start, toks in seqs])
-        y, handle = self._forward_group(view, ids, lens, slot_mapping, {s: t for s, _, t in seqs},
-                                        ids if logits_for is None else list(logits_for))
+        wanted = set(ids if logits_for is None else logits_for)
+        rows = [i for i, s in enumerate(ids) if s in wanted]
+        y, handle = self._forward_group(ids, [start for _, start, _ in seqs], [toks for _, _, toks in seqs],
+                                        [block_tables[s] for s in ids], rows)
         if handle is not None:
             # A send completes only once the next stage posts its receive (gloo's send is a
             # rendezvous), i.e. once that stage has finished its previous micro-batch. Waiting
@@ -166,9 +193,8 @@ class ModelRunner:
             self.finish_sends()
             self._sending.append(handle)
         if y is None:
-            return {}
-        wanted = set(ids if logits_for is None else logits_for)
-        return dict(zip([s for s in ids if s in wanted], y))
+            return [], None
+        return [ids[i] for i in rows], y
 
     @torch.inference_mode()
     def warmup(self, num_tokens: int, max_seq_len: int = WARMUP_SEQ_LEN, max_seqs: int | None = None) -> int:
@@ -199,18 +225,17 @@ class ModelRunner:
             lens.append(n)
         if not lens:
             return 0
-        view = _TableView(bs, tables, dict(enumerate(lens)))
-        ids = list(range(len(lens)))
-        slot_mapping = torch.cat([view.slots(s, 0, n) for s, n in enumerate(lens)])
         dev = self.device
-        meta = build_metadata(view, ids, lens, slot_mapping, dev)
-        positions = torch.cat([torch.arange(n) for n in lens]).to(dev)
-        if self.shard.is_first:
-            x = torch.zeros(total, dtype=torch.long, device=dev)
+        first, last = self.shard.is_first, self.shard.is_last
+        batch = self.inputs.build([[0] * n for n in lens] if first else None, [0] * len(lens), lens,
+                                  [tables[i] for i in range(len(lens))], list(range(len(lens))) if last else None)
+        if first:
+            x = batch.token_ids
         else:
             x = torch.zeros((total, self.model.hidden_size), dtype=self.model.dtype, device=dev)
-        rows = (torch.tensor(lens).cumsum(0) - 1).to(dev) if self.shard.is_last else None
-        self.model(x, positions, meta, self.kv, rows)
+        self.model(x, batch.positions, batch.meta, self.kv, batch.logits_rows)
+        if self.graphs is not None:  # capture the decode steps now, before the run's clock
+            self.graphs.capture_all(max_seqs)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return total
@@ -229,28 +254,25 @@ class ModelRunner:
 
     def execute(self, step_tokens: dict[object, list[int]], temperature: float | dict = 0.0,
                 num_micro_batches: int | None = None) -> dict[object, int]:
-        """Run one step and return ``{seq_id: next_token}`` on every rank of the replica."""
-        logits = self.step_logits(step_tokens, num_micro_batches=num_micro_batches)
+        """Run one step and return ``{seq_id: next_token}`` on every rank of the replica. Greedy
+        rows are chosen on the device, with one host sync for the step."""
+        groups = self._step(step_tokens, num_micro_batches=num_micro_batches)
         seq_ids = list(step_tokens)
         if self.shard.is_last:
-            chosen = self.sample(logits, temperature)
-            ids = torch.tensor([chosen[s] for s in seq_ids], dtype=torch.long)
+            ids = torch.cat([y.argmax(-1) for _, _, y in groups])  # [S] in step order (groups are contiguous)
+            hot = {s: t for s in seq_ids
+                   if (t := temperature.get(s, 0.0) if isinstance(temperature, dict) else temperature) > 0}
+            if hot:
+                rows = {s: y[i] for g_ids, _, y in groups for i, s in enumerate(g_ids) if s in hot}
+                chosen = self.sample(rows, hot)
+                for i, s in enumerate(seq_ids):
+                    if s in chosen:
+                        ids[i] = chosen[s]
         else:
-            ids = torch.zeros(len(seq_ids), dtype=torch.long)
+            ids = torch.zeros(len(seq_ids), dtype=torch.long, device=self.device)
         if self.shard.pp_size > 1:
-            ids = self.comm.broadcast_from_last_stage(ids.to(self.device)).cpu()
+            ids = self.comm.broadcast_from_last_stage(ids.to(self.device))
         return dict(zip(seq_ids, ids.tolist()))
-
-
-class _TableView:
-    """Read side of ``BlockManager`` (``num_tokens``, ``slots``) over tables held by a caller."""
-
-    def __init__(self, block_size: int, block_tables: dict, num_tokens: dict):
-        self.block_size = block_size
-        self.block_tables = block_tables
-        self.num_tokens = num_tokens
-
-    slots = BlockManager.slots
 
 
 def run_generation(

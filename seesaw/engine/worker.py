@@ -22,6 +22,7 @@ from seesaw.engine.control import ControlPlane
 from seesaw.engine.kv_sizing import replica_buckets
 from seesaw.engine.messages import ForwardMsg, Message, StopMsg
 from seesaw.engine.runner import WARMUP_SEQ_LEN, ModelRunner
+from seesaw.engine.sampling import sample_rows
 
 __all__ = ["StepWorker", "warmup_shape", "warm_up"]
 
@@ -78,27 +79,18 @@ class StepWorker:
             self.tables[sid].extend(new_blocks)
             seqs.append((sid, start, toks))
         wanted = [e[0] for e in msg.seqs if e[4]]
-        logits = self.runner.run_tables(seqs, self.tables, wanted)
+        rows, logits = self.runner.run_tables_logits(seqs, self.tables, wanted)
         if not self.is_sampler:
             return None
         out = torch.full((len(seqs),), -1, dtype=torch.long)
-        for i, (sid, start, toks, _, sample, temp, seed) in enumerate(msg.seqs):
-            if sample:
-                out[i] = self._sample(logits[sid], temp, seed, start + len(toks))
+        if rows:
+            picked = [e for e in msg.seqs if e[4]]  # the rows of ``logits``, in order
+            tokens = sample_rows(logits, [e[5] for e in picked], [e[6] for e in picked],
+                                 [e[1] + len(e[2]) for e in picked])
+            out[[i for i, e in enumerate(msg.seqs) if e[4]]] = tokens.cpu()  # the step's one host sync
         if self.rank != 0:
             self.plane.send_tokens(self.replica, out)
         return out
-
-    @staticmethod
-    def _sample(row: torch.Tensor, temperature: float, seed: int, position: int) -> int:
-        """Greedy at temperature 0; otherwise a draw seeded by the request's seed and the sampled
-        token's position, so samples depend on neither batching, nor layout, nor which rank
-        samples (Seesaw moves the sampling rank at every re-shard), nor preemption."""
-        if temperature <= 0:
-            return int(row.argmax())
-        gen = torch.Generator(device=row.device).manual_seed((seed << 24) + position)
-        probs = torch.softmax(row.float() / temperature, dim=-1)
-        return int(torch.multinomial(probs, 1, generator=gen))
 
     def _maybe_fault(self) -> None:
         self.num_forward += 1

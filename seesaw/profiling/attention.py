@@ -2,9 +2,9 @@
 and decode (sequences by summed context), timed at the engine's ``paged_attention`` call inside
 real forward passes (``seesaw.profiling.forward``).
 
-Assumes the engine's attention call of a prefill step runs one SDPA per sequence, back to back,
-so a prefill point's step holds ``prefill_seqs`` sequences and its figure is the call's time per
-sequence. Why several (measurements): docs/profiling.md.
+The engine's attention call of a prefill step attends all its sequences at once (one kernel call
+per layer), so a prefill point's step holds ``prefill_seqs`` sequences and its figure is the
+call's time per sequence. Why several (measurements): docs/profiling.md.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def prefill_seqs(size: int, context: int) -> int:
     ``_PREFILL_STEP_CONTEXT`` context tokens and ``_PREFILL_STEP_PAIRS`` attention pairs, at most
     ``_PREFILL_STEP_SEQS``, at least one.
 
-    The engine's attention call of a prefill step runs one SDPA per sequence, back to back (32
-    prompts of 256 tokens in an 8192-token step). A lone call in its step is crowded by the
+    The engine's attention call of a prefill step attends every sequence of the step (32 prompts
+    of 256 tokens in an 8192-token step). A lone call in its step is crowded by the
     step's all-reduces (and the other rank's traffic), a run of them is not. Large points stay
     alone: their call dwarfs that cost, and every sequence adds a forward pass's worth of GEMM
     rows to the profile's time."""

@@ -1,0 +1,252 @@
+"""The CPU kernel of paged attention: a small C function built with the system compiler, called
+through ctypes on the tensors' memory.
+
+``paged_attention_cpu`` attends every query token of a step (prefill chunks and decodes alike)
+to its sequence's context where the context lives, in the paged cache, following the block table:
+no per-step gather into a padded tensor, one call per layer. Per (sequence, KV head, tile of up
+to 16 queries) it walks the sequence's blocks in order with an online softmax (flash-attention
+style); a block's K is transposed into a 4 KiB scratch tile so that the scores of all the tile's
+rows (queries x the KV head's GQA group) are vector FMAs over the block's tokens, and the P.V
+update is a vector FMA over the head dimension. A row's result depends only on its own sequence
+(batch-composition invariant), so every layout computes exactly what the single process does.
+
+The C source is compiled once per machine (``cc -O3 -march=native``) into
+``$SEESAW_CACHE_DIR`` (default ``~/.cache/seesaw``) under a name keyed by the source and the
+host, written atomically so that ranks starting together do not race. Without a compiler, or with
+``SEESAW_CPU_KERNEL=0``, ``available()`` is False and attention falls back to the portable torch
+path (``seesaw.engine.attention``). fp32 only; single-threaded (the engine runs one torch thread
+per CPU rank).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "paged_attention_cpu"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define QT 16 /* queries of one sequence attended together */
+#define W 16  /* floats per vector chunk: one AVX-512 register, two AVX2 ones */
+
+/* exp(x) for x <= 0: 2^k * e^y, y = x - k ln2 in [-ln2/2, ln2/2], Taylor to y^6 (rel. error
+   ~1e-7); plain arithmetic so that the compiler vectorizes the softmax loops. */
+static inline float exp_neg(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float k = rintf(x * 1.44269504f), y = x - k * 0.693147181f;
+  const float p = 1.0f + y * (1.0f + y * (0.5f + y * (0.166666667f + y * (0.0416666667f +
+                  y * (0.00833333333f + y * 0.00138888889f)))));
+  int32_t bits = ((int32_t)k + 127) << 23;
+  float two_k;
+  memcpy(&two_k, &bits, sizeof two_k);
+  return p * two_k;
+}
+
+/* scores of R rows against a transposed K block: s[j][t] = q_j . k_t */
+static inline __attribute__((always_inline)) void scores(const float **qp, const float *ktb, float *sc,
+                                                         const int R, int64_t d, int64_t nt, int64_t bsp) {
+  for (int64_t t0 = 0; t0 < nt; t0 += W) {
+    float x[8][W];
+    for (int j = 0; j < R; j++)
+      for (int t = 0; t < W; t++) x[j][t] = 0.0f;
+    for (int64_t c = 0; c < d; c++) {
+      const float *kt = ktb + c * bsp + t0;
+      for (int j = 0; j < R; j++) {
+        const float a = qp[j][c];
+#pragma omp simd
+        for (int t = 0; t < W; t++) x[j][t] += a * kt[t];
+      }
+    }
+    for (int j = 0; j < R; j++) memcpy(sc + j * bsp + t0, x[j], sizeof x[j]);
+  }
+}
+
+/* acc[j] = acc[j] * alpha[j] + sum_t p[j][t] v_t for R rows */
+static inline __attribute__((always_inline)) void pv(float *acc, const float *alpha, const float *sc,
+                                                     const float *vb, const int R, int64_t d, int64_t tr,
+                                                     int64_t tok, int64_t bsp) {
+  for (int64_t c0 = 0; c0 < d; c0 += W) {
+    float y[8][W];
+    for (int j = 0; j < R; j++)
+#pragma omp simd
+      for (int c = 0; c < W; c++) y[j][c] = acc[j * d + c0 + c] * alpha[j];
+    for (int64_t t = 0; t < tr; t++) {
+      const float *vt = vb + t * tok + c0;
+      for (int j = 0; j < R; j++) {
+        const float p = sc[j * bsp + t];
+#pragma omp simd
+        for (int c = 0; c < W; c++) y[j][c] += p * vt[c];
+      }
+    }
+    for (int j = 0; j < R; j++) memcpy(acc + j * d + c0, y[j], sizeof y[j]);
+  }
+}
+
+/* q [T, hq, d], caches [blocks, bs, hkv, d], out [T, hq, d]; cu_q [S+1], ctx [S] int32,
+   table [S, tstride] int32. Query i of sequence s sits at position ctx[s] - n + i and sees
+   positions 0..that. Row r of a tile = query r / g, head h*g + r % g (GQA: g = hq / hkv); rows
+   are padded to a multiple of 4 by repeating the last (its results are not stored). */
+int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
+                               const int32_t *cu_q, const int32_t *ctx, const int32_t *table,
+                               int64_t S, int64_t tstride, int64_t hq, int64_t hkv, int64_t d,
+                               int64_t bs, float scale, float *out) {
+  const int64_t g = hq / hkv, rows_max = QT * g + 8, tok = hkv * d, bsp = (bs + W - 1) / W * W;
+  if (d % W) return 2;
+  float *ktb = calloc(d * bsp + rows_max * bsp + rows_max * d + 3 * rows_max, sizeof(float));
+  const float **qp = malloc(sizeof(float *) * rows_max);
+  int64_t *vis = malloc(sizeof(int64_t) * rows_max);
+  if (!ktb || !qp || !vis) { free(ktb); free(qp); free(vis); return 1; }
+  float *sc = ktb + d * bsp, *acc = sc + rows_max * bsp, *m = acc + rows_max * d, *l = m + rows_max;
+  float *alpha = l + rows_max;
+  for (int64_t s = 0; s < S; s++) {
+    const int64_t q0s = cu_q[s], n = cu_q[s + 1] - cu_q[s], first = ctx[s] - n;
+    const int32_t *tab = table + s * tstride;
+    for (int64_t h = 0; h < hkv; h++) {
+      for (int64_t i0 = 0; i0 < n; i0 += QT) {
+        const int64_t nq = n - i0 < QT ? n - i0 : QT, rows = nq * g;
+        const int64_t padded = (rows + 3) / 4 * 4;
+        const int64_t pos0 = first + i0, last = pos0 + nq - 1;
+        for (int64_t r = 0; r < padded; r++) {
+          const int64_t rr = r < rows ? r : rows - 1;
+          qp[r] = q + ((q0s + i0 + rr / g) * hq + h * g + rr % g) * d;
+          m[r] = -INFINITY;
+          l[r] = 0.0f;
+          memset(acc + r * d, 0, sizeof(float) * d);
+        }
+        for (int64_t b = 0; b <= last / bs; b++) {
+          const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
+          const float *kb = kc + ((int64_t)tab[b] * bs * hkv + h) * d;
+          const float *vb = vc + ((int64_t)tab[b] * bs * hkv + h) * d;
+          for (int64_t c = 0; c < d; c++) /* transpose K: contiguous writes */
+            for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
+          for (int64_t r = 0; r < padded;) { /* scores: each K column load feeds 8 or 4 rows */
+            if (padded - r >= 8) { scores(qp + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
+            else { scores(qp + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
+          }
+          for (int64_t r = 0; r < padded; r++) { /* online softmax; masked and skipped: p = 0 */
+            const int64_t rr = r < rows ? r : rows - 1, v0 = pos0 + rr / g - base + 1;
+            const int64_t vr = v0 < 0 ? 0 : (v0 < nt ? v0 : nt);
+            float *sr = sc + r * bsp;
+            vis[r] = vr;
+            if (vr == 0) {
+              alpha[r] = 1.0f;
+              for (int64_t t = 0; t < bsp; t++) sr[t] = 0.0f;
+              continue;
+            }
+            float mx = m[r];
+            for (int64_t t = 0; t < vr; t++) {
+              sr[t] *= scale;
+              mx = sr[t] > mx ? sr[t] : mx;
+            }
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t t = 0; t < vr; t++) {
+              sr[t] = exp_neg(sr[t] - mx);
+              sum += sr[t];
+            }
+            for (int64_t t = vr; t < bsp; t++) sr[t] = 0.0f;
+            alpha[r] = m[r] == -INFINITY ? 0.0f : exp_neg(m[r] - mx);
+            l[r] = l[r] * alpha[r] + sum;
+            m[r] = mx;
+          }
+          for (int64_t r = 0; r < padded;) { /* P.V: each V row load feeds 8 or 4 rows */
+            const int nr = padded - r >= 8 ? 8 : 4;
+            int64_t tr = 0;
+            for (int j = 0; j < nr; j++) tr = vis[r + j] > tr ? vis[r + j] : tr;
+            if (nr == 8) pv(acc + r * d, alpha + r, sc + r * bsp, vb, 8, d, tr, tok, bsp);
+            else pv(acc + r * d, alpha + r, sc + r * bsp, vb, 4, d, tr, tok, bsp);
+            r += nr;
+          }
+        }
+        for (int64_t r = 0; r < rows; r++) {
+          float *o = out + ((q0s + i0 + r / g) * hq + h * g + r % g) * d;
+          const float inv = 1.0f / l[r];
+          for (int64_t c = 0; c < d; c++) o[c] = acc[r * d + c] * inv;
+        }
+      }
+    }
+  }
+  free(ktb);
+  free(qp);
+  free(vis);
+  return 0;
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+_lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SEESAW_CACHE_DIR") or Path.home() / ".cache" / "seesaw")
+
+
+def _build() -> ctypes.CDLL | bool:
+    if os.environ.get("SEESAW_CPU_KERNEL", "1") == "0":
+        return False
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.warning("no C compiler found: CPU attention uses the portable torch path")
+        return False
+    key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + platform.node() + platform.machine()).encode()).hexdigest()
+    so = _cache_dir() / f"paged_attention_{key[:16]}.so"
+    try:
+        if not so.exists():
+            so.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=so.parent) as tmp:
+                src = Path(tmp) / "paged_attention.c"
+                src.write_text(_SOURCE)
+                out = Path(tmp) / so.name
+                subprocess.run([cc, *_FLAGS, str(src), "-o", str(out), "-lm"], check=True,
+                               capture_output=True, timeout=120)
+                os.replace(out, so)  # atomic: ranks building at once each install a whole file
+        lib = ctypes.CDLL(str(so))
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("CPU attention kernel unavailable (%s): using the portable torch path", e)
+        return False
+    fn = lib.seesaw_paged_attention_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_void_p]
+    return lib
+
+
+def available() -> bool:
+    """Whether the compiled kernel can be used (built on the first call)."""
+    global _lib
+    if _lib is None:
+        _lib = _build()
+    return _lib is not False
+
+
+def paged_attention_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_query: torch.Tensor,
+                        context_lens: torch.Tensor, block_table: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of a varlen batch over the paged cache. q [T, Hq, d] fp32; caches
+    [blocks, block_size, Hkv, d] fp32 (the step's K/V already written); cu_query [S+1],
+    context_lens [S] and block_table [S, max_blocks] int32. Returns [T, Hq, d]."""
+    assert available() and q.dtype == k_cache.dtype == torch.float32
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    S, width = block_table.shape
+    _, bs, h_kv, d = k_cache.shape
+    rc = _lib.seesaw_paged_attention_f32(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), cu_query.data_ptr(), context_lens.data_ptr(),
+        block_table.data_ptr(), S, width, q.shape[1], h_kv, d, bs, scale, out.data_ptr())
+    if rc:
+        raise MemoryError("CPU attention kernel: out of memory for its scratch tile")
+    return out
