@@ -61,3 +61,11 @@ def tiny_plan_file(path, layout: str = "T1", node=None, predicted: float = 100.0
                 predicted={"throughput_tok_s": predicted, "makespan_s": 1.0})
     path.write_text(plan.model_dump_json())
     return path
+
+
+def assert_one_line_exit_2(res, *words):
+    """A CLI result that is bad input: exit 2, one ``error:`` line on stderr, naming each of ``words``."""
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), res.stderr
+    for w in words:
+        assert w in res.stderr, res.stderr

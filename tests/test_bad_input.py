@@ -11,17 +11,12 @@ import pytest
 
 from seesaw.app.outputs import OutputError, OutputLock, check_output
 from tests.engine_helpers import stable_outputs, write_prompts
+from tests.factories import assert_one_line_exit_2
 
 
 def _run(seesaw, ckpt, inp, out, *extra):
     return seesaw("run", "--model", ckpt, "--input", inp, "--output", out, "--layout", "T1", *extra)
 
-
-def _one_line_exit_2(res, *words):
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), res.stderr
-    for w in words:
-        assert w in res.stderr, res.stderr
 
 
 def test_a_second_run_on_a_locked_output_exits_2_naming_the_holder(ckpt, tmp_path, seesaw):
@@ -33,7 +28,7 @@ def test_a_second_run_on_a_locked_output_exits_2_naming_the_holder(ckpt, tmp_pat
     try:
         assert holder.stdout.readline().strip() == "locked"
         res = _run(seesaw, ckpt, inp, out)
-        _one_line_exit_2(res, str(out), "in use", f"pid {holder.pid}")
+        assert_one_line_exit_2(res, str(out), "in use", f"pid {holder.pid}")
         assert out.read_text() == ""  # the holder's file, untouched
     finally:
         holder.communicate("", timeout=30)
@@ -61,7 +56,7 @@ def test_output_equal_to_input_is_refused(ckpt, tmp_path, seesaw):
     inp = write_prompts(tmp_path / "in.jsonl", n=3)
     before = inp.read_text()
     res = _run(seesaw, ckpt, inp, inp)
-    _one_line_exit_2(res, "is the input file")
+    assert_one_line_exit_2(res, "is the input file")
     assert inp.read_text() == before
 
 
@@ -77,7 +72,7 @@ def test_an_output_that_cannot_be_written_fails_before_any_rank_starts(ckpt, tmp
         if os.path.exists(out):
             pytest.skip("unexpected file in /sys")
     res = _run(seesaw, ckpt, inp, out)
-    _one_line_exit_2(res, *words)
+    assert_one_line_exit_2(res, *words)
     assert not (tmp_path / "in.jsonl.errors.jsonl").exists()
 
 

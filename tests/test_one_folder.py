@@ -8,18 +8,12 @@ import shlex
 import pytest
 import yaml
 
-from tests.factories import tiny_plan_file
+from tests.factories import assert_one_line_exit_2, tiny_plan_file
 from seesaw.report.claim import MARKER, check_folder, record_files, start_folder, used_files
 
 TINY_RUN = ["run", "--model", "tiny", "--input", "constant", "-n", 2, "--input-len", 8, "--output-len", 2,
             "--layout", "T1", "--no-warmup"]
 
-
-def _refused(res, folder_words=()):
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), res.stderr
-    for w in folder_words:
-        assert w in res.stderr, res.stderr
 
 
 def test_the_default_folder_twice_asks_for_overwrite_and_says_what_to_type(seesaw, tmp_path):
@@ -35,7 +29,7 @@ def test_the_default_folder_twice_asks_for_overwrite_and_says_what_to_type(seesa
                                                    "plan.json", "comparison.json"}
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     again = seesaw(*TINY_RUN, cwd=tmp_path)
-    _refused(again, ["seesaw-run/ already holds a run", "--resume"])
+    assert_one_line_exit_2(again, "seesaw-run/ already holds a run", "--resume")
     typed = again.stderr.split("`")[1]
     assert shlex.split(typed) == ["seesaw", *map(str, TINY_RUN), "--overwrite"]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
@@ -47,7 +41,7 @@ def test_the_default_folder_twice_asks_for_overwrite_and_says_what_to_type(seesa
     assert len((folder / "outputs.jsonl").read_text().splitlines()) == 2
     # --resume continues the same folder; --overwrite and --resume exclude each other
     assert seesaw(*TINY_RUN, "--resume", cwd=tmp_path).returncode == 0
-    _refused(seesaw(*TINY_RUN, "--resume", "--overwrite", cwd=tmp_path), ["exclude each other"])
+    assert_one_line_exit_2(seesaw(*TINY_RUN, "--resume", "--overwrite", cwd=tmp_path), "exclude each other")
 
 
 def test_an_explicit_output_gets_its_own_folder_beside_it(seesaw, tmp_path):
@@ -66,7 +60,7 @@ def test_an_explicit_output_gets_its_own_folder_beside_it(seesaw, tmp_path):
     # the same output again: its results would be overwritten, so it is refused
     again = seesaw("run", "--plan", plan, "--input", "constant", "-n", 2, "--input-len", 8, "--output-len", 2,
                    "--output", "out.jsonl", "--no-speed-check", cwd=work)
-    _refused(again, ["out-run/ already holds a run", "--overwrite"])
+    assert_one_line_exit_2(again, "out-run/ already holds a run", "--overwrite")
 
 
 def test_an_explicit_output_dir_holds_outputs_and_errors(seesaw, tmp_path):
@@ -92,7 +86,7 @@ def test_simulator_commands_refuse_a_used_folder(seesaw, tmp_path, command, args
         base = [command, "--model", "llama2-7b", "--workload", "sharegpt", "-n", "10", *args, "-o", tmp_path / "out"]
     assert seesaw(*base).returncode == 0
     written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()}
-    _refused(seesaw(*base), ["out/ already holds a run", "--overwrite`"])
+    assert_one_line_exit_2(seesaw(*base), "out/ already holds a run", "--overwrite`")
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").iterdir()} == written
     assert seesaw(*base, "--overwrite").returncode == 0
 
@@ -112,7 +106,7 @@ def test_calibrate_refuses_a_used_folder_before_any_engine_run(seesaw, tmp_path)
     out.mkdir()
     (out / "summary.json").write_text("{}")  # a folder written before the marker existed
     res = seesaw("calibrate", "--model", "tiny", "--layouts", "T1", "-o", out)
-    _refused(res, ["cal/ already holds a run (summary.json)", "--overwrite`"])
+    assert_one_line_exit_2(res, "cal/ already holds a run (summary.json)", "--overwrite`")
     assert [p.name for p in out.iterdir()] == ["summary.json"]
 
 

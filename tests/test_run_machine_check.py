@@ -11,23 +11,17 @@ from seesaw.app import machine_check
 from seesaw.app.autotune import comparison
 from seesaw.app.machine_check import SpeedCheck, speed_section
 from seesaw.report.comparison import comparison_lines
-from tests.factories import tiny_plan_file
+from tests.factories import assert_one_line_exit_2, tiny_plan_file
 
 SMALL = ["--input", "constant", "-n", 3, "--input-len", 8, "--output-len", 3, "--no-warmup"]
 
 
-def _one_line(res, *words):
-    assert res.returncode == 2, (res.stdout, res.stderr)
-    assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: "), res.stderr
-    for w in words:
-        assert w in res.stderr, res.stderr
-
 
 def test_more_ranks_than_cores_is_refused_unless_oversubscribe(seesaw, tmp_path, monkeypatch):
     monkeypatch.setattr(machine_check, "usable_cores", lambda: 1)
-    _one_line(seesaw("run", "--model", "tiny", "--layout", "P2", *SMALL, "-d", tmp_path / "a"),
+    assert_one_line_exit_2(seesaw("run", "--model", "tiny", "--layout", "P2", *SMALL, "-d", tmp_path / "a"),
               "layout P2 would run 2 CPU ranks on 1 core(s)", "--num-ranks 1", "--oversubscribe")
-    _one_line(seesaw("run", "--auto", "--model", "tiny", "--num-ranks", 3, *SMALL, "-d", tmp_path / "b"),
+    assert_one_line_exit_2(seesaw("run", "--auto", "--model", "tiny", "--num-ranks", 3, *SMALL, "-d", tmp_path / "b"),
               "--auto --num-ranks 3 would run 3 CPU ranks on 1 core(s)")
     for d in ("a", "b"):  # refused before anything was written
         assert not (tmp_path / d).exists() or not list((tmp_path / d).iterdir())
@@ -39,7 +33,7 @@ def test_a_plan_for_other_hardware_is_refused_and_force_repredicts_it_here(seesa
     from seesaw import catalog
 
     plan = tiny_plan_file(tmp_path / "l4.json", "P2", node=catalog.make_node("l4", 2), predicted=2263.3)
-    _one_line(seesaw("run", "--plan", plan, *SMALL, "-d", tmp_path / "a"),
+    assert_one_line_exit_2(seesaw("run", "--plan", plan, *SMALL, "-d", tmp_path / "a"),
               "the plan is for 2xl4 (2 x l4) but this run is on 2xcpu-2core (2 x cpu-2core)", "--force")
     assert not (tmp_path / "a").exists()
     res = seesaw("run", "--plan", plan, *SMALL, "-d", tmp_path / "b", "--force", "--no-speed-check", "--json")
