@@ -75,7 +75,7 @@ def sample_positions(n: int, k: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, k, replace=False))
 
 
-def draw_requests(reqs: list, n: int | None, rng: np.random.Generator, sample_size: int | None = None,
+def draw_requests(reqs: list, n: int | None, sample_size: int | None = None,
                   seed: int = 0) -> tuple[list, tuple[int, tuple[int, int]] | None]:
     """``n`` of the requests ``reqs`` (dataclasses with ``id``, ``arrival_time_s``, ``prompt_len``,
     ``output_len``) as ``load_workload`` draws them, in source order: (requests, None).
@@ -85,7 +85,7 @@ def draw_requests(reqs: list, n: int | None, rng: np.random.Generator, sample_si
     at ``sample_positions(n, sample_size, seed)`` are built: (sample, (n, (prompt, output) tokens
     of all n)).
     """
-    draw = Draw.of(len(reqs), n, rng)
+    draw = Draw.of(len(reqs), n, np.random.default_rng(seed))
     if draw.n == len(reqs) and draw.picked is None:
         return reqs, None
     sampled = sample_size is not None and draw.n > max(sample_size, MAX_BUILT)

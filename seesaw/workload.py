@@ -454,7 +454,7 @@ def load_workload(
         raise WorkloadError(f"{source}: no requests in the workload")
     if output_len is not None:
         reqs = [replace(r, output_len=output_len) for r in reqs]
-    reqs, whole = draw_requests(reqs, num_requests, np.random.default_rng(seed), sample_size, seed)
+    reqs, whole = draw_requests(reqs, num_requests, sample_size, seed)
     seeded = "" if num_requests is None else f", seed {seed}"
     if whole is not None:
         return Workload(reqs, f"{source} (a seeded sample of {len(reqs)} of {whole[0]} requests{seeded})",

@@ -71,8 +71,6 @@ class Sampled:
 def sample_workload(requests: list, sample_size: int | None, seed: int = 0) -> Sampled:
     """At most ``sample_size`` of ``requests`` and the whole they stand for (module docstring)."""
     sample = sample_requests(requests, sample_size, seed)
-    if getattr(requests, "sample_of", None) is not None:
-        prompt, output = requests.totals
-        return Sampled(sample, requests.represents, prompt, output)
-    prompt = sum(r.prompt_len for r in requests)
-    return Sampled(sample, len(requests), prompt, sum(r.output_len for r in requests))
+    if hasattr(requests, "totals"):  # a Workload: what it represents (a sample's whole, or itself)
+        return Sampled(sample, requests.represents, *requests.totals)
+    return Sampled(sample, len(requests), sum(r.prompt_len for r in requests), sum(r.output_len for r in requests))
