@@ -151,15 +151,11 @@ def resume_output(output: Path, lock: OutputLock | None) -> tuple[set[str], int]
 def seal_output(output: Path) -> set[str]:
     """After the ranks have stopped (the launcher holds the lock): cut a torn last line, fsync, and
     return the ids the file holds."""
-    from seesaw.engine.batch_io import scan_output
+    from seesaw.engine.batch_io import cut_torn_line, scan_output
 
     if not output.is_file():
         return set()
-    with output.open("rb+") as f:
-        data = f.read()
-        if data and not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-        os.fsync(f.fileno())
+    cut_torn_line(output, fsync=True)
     return scan_output(output).done
 
 

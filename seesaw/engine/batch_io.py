@@ -43,6 +43,7 @@ import numpy as np
 from seesaw.workload import CHAT_URL, SYNTHETIC_NAMES, WorkloadError, load_workload
 
 __all__ = [
+    "cut_torn_line",
     "BatchItem",
     "prepare_requests",
     "response_record",
@@ -218,7 +219,7 @@ class OutputWriter:
         if self.path.parent and not self.path.parent.is_dir():
             raise WorkloadError(f"output directory {self.path.parent} does not exist")
         if append:
-            _cut_torn_line(self.path)
+            cut_torn_line(self.path)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
         self.fd: int | None = os.open(self.path, flags, 0o644)
         self.size = os.fstat(self.fd).st_size  # end of the last complete line
@@ -266,14 +267,16 @@ class OutputWriter:
         return False
 
 
-def _cut_torn_line(path: Path) -> None:
-    """Drop a partial last line (no newline) left by a crash mid-write."""
+def cut_torn_line(path: Path, fsync: bool = False) -> None:
+    """Drop a partial last line (no newline) left by a crash mid-write; ``fsync`` the file after."""
     if not path.is_file():
         return
     with path.open("rb+") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):
             f.truncate(data.rfind(b"\n") + 1)
+        if fsync:
+            os.fsync(f.fileno())
 
 
 @dataclass
