@@ -156,11 +156,13 @@ def check_speed(mach, ranks: int, warn) -> SpeedCheck | None:
     return SpeedCheck(mach.measured.name, ratio, stale=ratio >= STALE_SPEED or ratio <= 1 / STALE_SPEED)
 
 
-def scale_prediction(check: SpeedCheck, plan: Plan, model, mach, policy, requests) -> None:
+def scale_prediction(check: SpeedCheck, plan: Plan, model, mach, policy, requests,
+                     base_tok_s: float | None = None) -> None:
     """Fill ``check.effect`` and ``check.predicted_at_speed``: the policy simulated on the run's
     requests with the profile as measured and scaled to the machine's speed; their ratio applied to
-    the plan's prediction (so a plan made for another workload scales the same way)."""
-    base = simulate_policy(model, mach, policy, requests).tokens_per_second
+    the plan's prediction (so a plan made for another workload scales the same way). ``base_tok_s``:
+    the first of the two, when the caller has just simulated it (``repredict``)."""
+    base = base_tok_s if base_tok_s is not None else simulate_policy(model, mach, policy, requests).tokens_per_second
     now = simulate_policy(model, mach, policy, requests, measured=mach.measured.scaled(check.speed_ratio))
     check.effect = float(now.tokens_per_second / base) if base > 0 else 1.0
     pred = plan.predicted

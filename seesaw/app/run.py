@@ -287,7 +287,6 @@ def _auto_plan(o: RunOptions, model_spec, mach, items, source: str, events: RunE
     if quiet:
         return plan
     events.planned(plan, table, rejected, mach.description)
-    Path(o.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(o.output_dir) / "plan.json").write_text(_plan_text(plan))
     record_files(o.output_dir, [Path(o.output_dir) / "plan.json"])
     return plan
@@ -425,7 +424,8 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
     if rank == 0 and forced:
         plan = repredict(plan, model_spec, mach, policy, items, f"{len(items)} requests from {source}")
     if speed is not None:
-        scale_prediction(speed, plan, model_spec, mach, policy, items)
+        scale_prediction(speed, plan, model_spec, mach, policy, items,  # --force has just simulated it as measured
+                         base_tok_s=plan.predicted.throughput_tok_s if forced else None)
     if rank == 0 and plan is not None:
         events.note(f"Running {config.layout_name} ({'seesaw' if config.seesaw else 'vllm'}) on {c_p.world_size} "
                     f"rank(s): {len(items)} request(s) -> {output}")
