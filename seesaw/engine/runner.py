@@ -240,17 +240,11 @@ class ModelRunner:
             torch.cuda.synchronize(dev)
         return total
 
-    def sample(self, logits: dict[object, torch.Tensor], temperature: float | dict = 0.0) -> dict:
-        """Next token per sequence from last-token logits [V]: greedy when temperature is 0."""
-        out = {}
-        for s, row in logits.items():
-            temp = temperature.get(s, 0.0) if isinstance(temperature, dict) else temperature
-            if temp <= 0:
-                out[s] = int(row.argmax())
-            else:
-                probs = torch.softmax(row / temp, dim=-1)
-                out[s] = int(torch.multinomial(probs, 1, generator=self.generator))
-        return out
+    def sample(self, logits: dict[object, torch.Tensor], temperature: dict[object, float]) -> dict:
+        """Next token per sequence from last-token logits [V], drawn at its temperature (> 0; greedy
+        rows are chosen on the device by ``execute`` and never come here)."""
+        return {s: int(torch.multinomial(torch.softmax(row / temperature[s], dim=-1), 1, generator=self.generator))
+                for s, row in logits.items()}
 
     def execute(self, step_tokens: dict[object, list[int]], temperature: float | dict = 0.0,
                 num_micro_batches: int | None = None) -> dict[object, int]:
