@@ -255,6 +255,26 @@ def scale_node(template: NodeSpec, num_gpus: int, gpu: GpuSpec | None = None) ->
     return NodeSpec.model_validate(data)
 
 
+def make_cluster(node: NodeSpec, num_nodes: int) -> NodeSpec:
+    """``num_nodes`` identical copies of ``node`` joined by its ``network`` (``node`` itself when its
+    count is already that): named ``<num_nodes>x<node>`` (``2x8xl4``). A node without a network
+    section cannot be repeated: one line says so."""
+    try:
+        count = operator.index(num_nodes)
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(num_nodes, bool):
+        raise CatalogError(f"num_nodes must be a positive integer, got {num_nodes!r}")
+    if count == node.num_nodes:
+        return node
+    base = node.name.removeprefix(f"{node.num_nodes}x") if node.num_nodes > 1 else node.name
+    if count > 1 and node.network is None:
+        raise CatalogError(f"{count} nodes of {base}: the node has no inter-node link (no 'network' section); "
+                           "give one in a node YAML (`seesaw catalog --template node`)")
+    return NodeSpec.model_validate({**node.model_dump(), "num_nodes": count,
+                                    "name": f"{count}x{base}" if count > 1 else base})
+
+
 def is_node(name: str | Path) -> bool:
     """Whether ``name`` names a node (a catalog node, or a YAML file with a ``gpu:`` field) rather
     than a GPU. A file that cannot be read says so when it is loaded."""
@@ -342,10 +362,14 @@ def _figures(spec: Any) -> str:
         return (f"{spec.memory_bytes / GiB:.1f} GiB, {spec.hbm_bandwidth_bytes_per_s / 1e9:.0f} GB/s, "
                 f"{spec.peak_flops / 1e12:.0f} TFLOP/s{price}")
     if isinstance(spec, NodeSpec):
-        return (f"{spec.num_gpus}x {spec.gpu.name}, {spec.interconnect} "
+        net = spec.network
+        between = (f", {net.kind} {net.bandwidth_bytes_per_s * 8 / 1e9:.0f} Gb/s per GPU to other nodes"
+                   if net is not None else "")
+        nodes = f"{spec.num_nodes} nodes of " if spec.num_nodes > 1 else ""
+        return (f"{nodes}{spec.num_gpus}x {spec.gpu.name}, {spec.interconnect} "
                 f"{spec.gpu_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host link "
                 f"{spec.host_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host "
-                f"{spec.host_memory_bytes / GiB:.0f} GiB")
+                f"{spec.host_memory_bytes / GiB:.0f} GiB{between}")
     n = spec.num_parameters
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
     arch = "" if spec.model_type == "llama" else f"{spec.model_type}, "
