@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
+from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NetworkSpec, NodeSpec, SpecError
 
 __all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
            "measured_node", "scale_node", "is_node", "template", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
@@ -294,6 +294,7 @@ _TEMPLATE_NOTES = {
     "name": "the name shown in reports (default: the file's stem)",
     "gpu": "a catalog GPU name (seesaw catalog), or a GPU YAML file, relative to this file",
     "num_gpus": "GPUs in the node (--num-gpus rescales it, keeping the per-GPU figures)",
+    "network": "each GPU's link to other nodes (needed for --num-nodes > 1 or num_nodes > 1)",
     "source": "where the figures come from",
 }
 
@@ -317,6 +318,12 @@ def template(kind: str) -> str:
         note += f" (optional; default {_yaml_value(default)})" if optional else ""
         lines += textwrap.wrap(note, 98, initial_indent="# ", subsequent_indent="# ")
         value = default if optional else data.get(field, default)
+        if isinstance(value, dict) and field == "network":  # a section: each key with its meaning
+            lines.append(f"{field}:")
+            for key, sub in NetworkSpec.model_fields.items():
+                lines += textwrap.wrap(sub.description or key, 96, initial_indent="  # ", subsequent_indent="  # ")
+                lines.append(f"  {key}: {_yaml_value(value.get(key, sub.get_default()))}")
+            continue
         lines.append(("# " if optional else "") + f"{field}: {_yaml_value(value)}")
     return "\n".join(lines) + "\n"
 
