@@ -163,3 +163,16 @@ def test_host_pool_error_counts_one_weight_copy_per_node():
                           host_kv_bytes=too_big)
     with pytest.raises(SpecError, match=f"- {2 * model.weight_bytes / GiB:.1f} GiB"):
         simulate(model, node, policy, load_workload("constant", 4))
+
+
+def test_whatif_compares_one_node_with_a_cluster_entry_and_node_counts():
+    import seesaw
+
+    kw = dict(model="llama2-13b", workload="constant", num_requests=40, input_len=256, output_len=16,
+              sample_size=40, workers=1)
+    res = seesaw.whatif(gpu="8xl4,2x8xl4", num_gpus="8", **kw)
+    rows = {r["option"]: r for r in res.table().to_dict("records")}
+    assert {k: rows[k]["num_gpus"] for k in rows} == {"8xl4": 8, "2x8xl4": 16}
+    two = rows["2x8xl4"]
+    assert two["gpu_hours"] == pytest.approx(16 * two["makespan_s"] / 3600)
+    assert [o.name for o in seesaw.whatif(gpu="l4", num_gpus="4", num_nodes="1,2", **kw).options] == ["4xl4", "2x4xl4"]
