@@ -24,7 +24,7 @@ __all__ = ["simulate", "compare", "plan", "whatif", "run_batch", "calibrate", "l
 
 
 def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
-             interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
+             num_nodes: int | None = None, interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
              input_len: int | None = None, output_len: int | None = None, seed: int = 0, layout: str | None = None,
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
@@ -35,7 +35,8 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
     ``tokens_per_second``, ``time_by_phase``, the step timeline); with ``output_dir`` also writes
     the run folder as ``seesaw simulate -o`` (a folder that holds a run only with ``overwrite``).
-    For research, any input may be given as an object instead of a name: ``model`` a ``ModelSpec``,
+    ``num_nodes``: that many nodes (a cluster; the node needs a ``network`` section), one DP
+    replica per node by default. For research, any input may be given as an object instead of a name: ``model`` a ``ModelSpec``,
     ``node`` a ``NodeSpec``, ``policy`` a ``VllmPolicy``/``SeesawPolicy``, ``requests`` a list,
     ``cost`` a ``CostModel`` (or ``measured`` a ``MeasuredProfile`` of ``node``). More than
     ``sample_size`` requests (None: no limit) are simulated on a seeded sample and the result
@@ -50,7 +51,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
                chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
                host_kv_gib=host_kv_gib, progress=progress, node=node, policy=policy, requests=requests,
-               cost=cost, measured=measured, sample_size=sample_size)
+               cost=cost, measured=measured, sample_size=sample_size, num_nodes=num_nodes)
     if output_dir is not None:
         from seesaw.report import write_sim_folder
 
@@ -59,7 +60,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 
 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
-            interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
+            num_nodes: int | None = None, interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
             input_len: int | None = None, output_len: int | None = None, seed: int = 0, sample_size: int = 2000,
             workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
             **search_options):
@@ -71,11 +72,11 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                sample_size=sample_size, workers=workers, progress=progress, node=node, requests=requests,
-               measured=measured, **search_options).result
+               measured=measured, num_nodes=num_nodes, **search_options).result
 
 
 def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
-         interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
+         num_nodes: int | None = None, interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
          input_len: int | None = None, output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
          workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
@@ -90,21 +91,24 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
                exhaustive=exhaustive, workers=workers, progress=progress, node=node, requests=requests,
-               measured=measured, **search_options).result
+               measured=measured, num_nodes=num_nodes, **search_options).result
 
 
 def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
-           num_gpus: str | Sequence[int] = WHATIF_NUM_GPUS, *, interconnect: str | None = None, workload: str = "sharegpt",
+           num_gpus: str | Sequence[int] = WHATIF_NUM_GPUS, *, num_nodes: str | Sequence[int] | None = None,
+           interconnect: str | None = None, workload: str = "sharegpt",
            num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
            seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
            sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,
            progress: Callable | None = None, overwrite: bool = False):
     """Hardware options for one model and workload, each planned: a ``WhatIfResult`` (``table()``,
-    ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png)."""
+    ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png).
+    ``num_nodes`` (counts, like ``num_gpus``) makes clusters of each option; an entry of ``gpu``
+    may carry its own counts (``8xa100-80g``, ``2x8xl4``)."""
     from seesaw.app.whatif import whatif as run
 
-    return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
-               num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+    return run(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect,
+               workload=workload, num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
                workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress).result
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NodeSpec, SpecError
+from seesaw.core import GiB, GpuSpec, MeasuredProfile, ModelSpec, NetworkSpec, NodeSpec, SpecError
 
 __all__ = ["CatalogError", "load_gpu", "load_node", "load_model", "load_measured", "make_node",
            "measured_node", "scale_node", "is_node", "template", "list_catalog", "catalog_table", "profile_path", "clear_cache"]
@@ -255,6 +255,26 @@ def scale_node(template: NodeSpec, num_gpus: int, gpu: GpuSpec | None = None) ->
     return NodeSpec.model_validate(data)
 
 
+def make_cluster(node: NodeSpec, num_nodes: int) -> NodeSpec:
+    """``num_nodes`` identical copies of ``node`` joined by its ``network`` (``node`` itself when its
+    count is already that): named ``<num_nodes>x<node>`` (``2x8xl4``). A node without a network
+    section cannot be repeated: one line says so."""
+    try:
+        count = operator.index(num_nodes)
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(num_nodes, bool):
+        raise CatalogError(f"num_nodes must be a positive integer, got {num_nodes!r}")
+    if count == node.num_nodes:
+        return node
+    base = node.name.removeprefix(f"{node.num_nodes}x") if node.num_nodes > 1 else node.name
+    if count > 1 and node.network is None:
+        raise CatalogError(f"{count} nodes of {base}: the node has no inter-node link (no 'network' section); "
+                           "give one in a node YAML (`seesaw catalog --template node`)")
+    return NodeSpec.model_validate({**node.model_dump(), "num_nodes": count,
+                                    "name": f"{count}x{base}" if count > 1 else base})
+
+
 def is_node(name: str | Path) -> bool:
     """Whether ``name`` names a node (a catalog node, or a YAML file with a ``gpu:`` field) rather
     than a GPU. A file that cannot be read says so when it is loaded."""
@@ -274,6 +294,7 @@ _TEMPLATE_NOTES = {
     "name": "the name shown in reports (default: the file's stem)",
     "gpu": "a catalog GPU name (seesaw catalog), or a GPU YAML file, relative to this file",
     "num_gpus": "GPUs in the node (--num-gpus rescales it, keeping the per-GPU figures)",
+    "network": "each GPU's link to other nodes (needed for --num-nodes > 1 or num_nodes > 1)",
     "source": "where the figures come from",
 }
 
@@ -297,6 +318,12 @@ def template(kind: str) -> str:
         note += f" (optional; default {_yaml_value(default)})" if optional else ""
         lines += textwrap.wrap(note, 98, initial_indent="# ", subsequent_indent="# ")
         value = default if optional else data.get(field, default)
+        if isinstance(value, dict) and field == "network":  # a section: each key with its meaning
+            lines.append(f"{field}:")
+            for key, sub in NetworkSpec.model_fields.items():
+                lines += textwrap.wrap(sub.description or key, 96, initial_indent="  # ", subsequent_indent="  # ")
+                lines.append(f"  {key}: {_yaml_value(value.get(key, sub.get_default()))}")
+            continue
         lines.append(("# " if optional else "") + f"{field}: {_yaml_value(value)}")
     return "\n".join(lines) + "\n"
 
@@ -342,10 +369,14 @@ def _figures(spec: Any) -> str:
         return (f"{spec.memory_bytes / GiB:.1f} GiB, {spec.hbm_bandwidth_bytes_per_s / 1e9:.0f} GB/s, "
                 f"{spec.peak_flops / 1e12:.0f} TFLOP/s{price}")
     if isinstance(spec, NodeSpec):
-        return (f"{spec.num_gpus}x {spec.gpu.name}, {spec.interconnect} "
+        net = spec.network
+        between = (f", {net.kind} {net.bandwidth_bytes_per_s * 8 / 1e9:.0f} Gb/s per GPU to other nodes"
+                   if net is not None else "")
+        nodes = f"{spec.num_nodes} nodes of " if spec.num_nodes > 1 else ""
+        return (f"{nodes}{spec.num_gpus}x {spec.gpu.name}, {spec.interconnect} "
                 f"{spec.gpu_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host link "
                 f"{spec.host_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host "
-                f"{spec.host_memory_bytes / GiB:.0f} GiB")
+                f"{spec.host_memory_bytes / GiB:.0f} GiB{between}")
     n = spec.num_parameters
     size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
     arch = "" if spec.model_type == "llama" else f"{spec.model_type}, "

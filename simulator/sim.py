@@ -243,7 +243,7 @@ class _Replica:
         self.sim.shapes[id(step)] = shape
         free = self.stage_free_s
         last = layout.pp - 1
-        send = cost.pp_send_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else 0.0
+        sends = cost.pp_sends_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else ()
         rendezvous = last and cost.handoffs_rendezvous
         # the only step in flight: no other micro-batch can start before it completes (steps
         # are issued at completions; a swap completing meanwhile could free blocks or bring
@@ -255,10 +255,10 @@ class _Replica:
         for stage in range(layout.pp):
             start = t if t > free[stage] else free[stage]
             if stage and rendezvous:
-                start += send  # the receiving stage waits through the hand-off
+                start += sends[stage - 1]  # the receiving stage waits through the hand-off
             t = free[stage] = start + cost.stage_time_s(layout, stage, shape, alone)
             if stage < last and not rendezvous:
-                t += send
+                t += sends[stage]
         return t
 
     def _forward(self, step: Forward):
@@ -331,9 +331,9 @@ _PHASE_KIND = {Prefill: "prefill", Decode: "decode", Mixed: "mixed", Reshard: "r
 
 
 def _check_layout(model: ModelSpec, node: NodeSpec, layout: ParallelConfig) -> None:
-    if layout.world_size != node.num_gpus:
+    if layout.world_size != node.total_gpus:
         raise SpecError(
-            f"layout {layout} uses {layout.world_size} GPUs but the node {node.name} has {node.num_gpus}"
+            f"layout {layout} uses {layout.world_size} GPUs but the node {node.name} has {node.total_gpus}"
         )
     layout.check_model(model)
 
@@ -389,8 +389,9 @@ def over_context_note(model: ModelSpec, requests: list) -> str | None:
 
 
 def default_host_kv_bytes(model: ModelSpec, node: NodeSpec, fraction: float = 0.8) -> float:
-    """Host KV pool for the whole node: a fraction of host memory minus the host weight store."""
-    return max(0.0, fraction * node.host_memory_bytes - model.weight_bytes)
+    """Host KV pool for the whole node (all nodes of a cluster): a fraction of host memory minus the
+    host weight store (one full copy per node)."""
+    return max(0.0, fraction * node.host_memory_bytes - model.weight_bytes * node.num_nodes)
 
 
 def host_blocks_per_replica(model: ModelSpec, policy, host_bytes: float) -> int:
@@ -406,12 +407,12 @@ def _make_scheduler(policy, cost: CostModel, replica: int):
     model, node = cost.model, cost.node
     prefill_tokens = cost.kv_capacity_tokens(policy.prefill_layout, util)
     decode_tokens = cost.kv_capacity_tokens(policy.decode_layout, util)
-    available = node.host_memory_bytes - model.weight_bytes
+    available = node.host_memory_bytes - model.weight_bytes * node.num_nodes
     host_bytes = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
     if host_bytes > available:
         raise SpecError(
             f"host KV pool {host_bytes / 2**30:.1f} GiB exceeds the host memory left after weights "
-            f"({node.host_memory_bytes / 2**30:.0f} GiB - {model.weight_bytes / 2**30:.1f} GiB)"
+            f"({node.host_memory_bytes / 2**30:.0f} GiB - {model.weight_bytes * node.num_nodes / 2**30:.1f} GiB)"
         )
     host_blocks = host_blocks_per_replica(model, policy, host_bytes)
     if host_blocks < 1:

@@ -9,6 +9,7 @@ passed through to the simulator and the planner.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -60,7 +61,7 @@ def measured_profile(gpu: str):
 
 
 def resolve_hardware(gpu: str, num_gpus: int | None = None, interconnect: str | None = None,
-                     model: ModelSpec | None = None):
+                     model: ModelSpec | None = None, num_nodes: int | None = None):
     """(node, measured profile or None, model): a GPU or node name, or a measured machine.
 
     A measured profile (``--gpu cpu-2core``) is planned like a GPU node: its node has one "GPU" per
@@ -70,18 +71,40 @@ def resolve_hardware(gpu: str, num_gpus: int | None = None, interconnect: str | 
 
     prof = measured_profile(gpu)
     if prof is None:
-        return resolve_node(gpu, num_gpus, interconnect), None, model
+        return resolve_node(gpu, num_gpus, interconnect, num_nodes), None, model
     node = cat.measured_node(prof, num_gpus, interconnect=interconnect)
+    if num_nodes is not None:
+        node = cat.make_cluster(node, num_nodes)
     if model is not None:
         model = model.model_copy(update={"dtype_bytes": prof.dtype_bytes})
     return node, prof, model
 
 
-def resolve_node(gpu: str, num_gpus: int | None = None, interconnect: str | None = None) -> NodeSpec:
-    """A node (catalog name ``8xl4`` or node YAML file; ``num_gpus`` rescales it) or a GPU (catalog
-    name or GPU YAML file) plus a count (default 8) on its catalog node template."""
+_COUNT_X = re.compile(r"^(\d+)x(.+)$")
+
+
+def resolve_node(gpu: str, num_gpus: int | None = None, interconnect: str | None = None,
+                 num_nodes: int | None = None) -> NodeSpec:
+    """A node (catalog name ``8xl4`` or node/cluster YAML file; ``num_gpus`` rescales it), a GPU
+    (catalog name or GPU YAML file) plus a count (default 8) on its catalog node template, or an
+    entry with its counts: ``8xa100-80g`` (8 GPUs of a catalog GPU; ``num_gpus`` still wins) or
+    ``2x8xl4`` (2 nodes). ``num_nodes`` makes a cluster of that many nodes (``num_gpus`` per node;
+    the node needs a ``network`` section)."""
     from seesaw import catalog as cat
 
+    node = _node(str(gpu), num_gpus, interconnect)
+    return node if num_nodes is None else cat.make_cluster(node, num_nodes)
+
+
+def _node(gpu: str, num_gpus: int | None, interconnect: str | None) -> NodeSpec:
+    from seesaw import catalog as cat
+
+    entry = _COUNT_X.match(gpu.strip().lower())
+    if entry and not cat.is_node(gpu) and not Path(gpu).suffix and gpu.strip().lower() not in cat.list_catalog()["gpus"]:
+        count, rest = int(entry[1]), entry[2]
+        if cat.is_node(rest) or (_COUNT_X.match(rest) and rest not in cat.list_catalog()["gpus"]):
+            return cat.make_cluster(_node(rest, num_gpus, interconnect), count)  # 2x8xl4: nodes
+        return _node(rest, num_gpus or count, interconnect)  # 8xa100-80g: GPUs
     if cat.is_node(gpu):
         node = cat.load_node(gpu)
         if interconnect is not None and interconnect.lower() != node.interconnect:
@@ -91,12 +114,13 @@ def resolve_node(gpu: str, num_gpus: int | None = None, interconnect: str | None
     return cat.make_node(gpu, num_gpus or 8, interconnect)
 
 
-def default_layout(num_gpus: int) -> str:
-    """The layout ``simulate`` uses when none is given: TP over up to 4 GPUs, PP over the rest
-    (``T4P2`` on 8 GPUs, ``T4`` on 4, ``T2P3`` on 6)."""
+def default_layout(num_gpus: int, num_nodes: int = 1) -> str:
+    """The layout ``simulate`` uses when none is given: TP over up to 4 GPUs, PP over the rest of a
+    node (``T4P2`` on 8 GPUs, ``T4`` on 4, ``T2P3`` on 6), one DP replica per node (``D2T4P2`` on 2
+    nodes of 8)."""
     tp = next(t for t in (4, 2, 1) if num_gpus % t == 0)
     pp = num_gpus // tp
-    return f"T{tp}" + (f"P{pp}" if pp > 1 else "")
+    return (f"D{num_nodes}" if num_nodes > 1 else "") + f"T{tp}" + (f"P{pp}" if pp > 1 else "")
 
 
 def build_policy(layout: str, *, chunked_prefill: bool = False, chunk_size: int | None = None,
@@ -163,10 +187,16 @@ def check_counts(**counts) -> None:
             raise SpecError(f"{name} must be a positive integer, got {value!r}")
 
 
-def _hardware(gpu: str, num_gpus, interconnect, model_spec: ModelSpec, node: NodeSpec | None, measured):
+def _hardware(gpu: str, num_gpus, interconnect, model_spec: ModelSpec, node: NodeSpec | None, measured,
+              num_nodes: int | None = None):
     """``resolve_hardware``, unless a node (and optionally its measured profile) is given."""
+    check_counts(num_nodes=num_nodes)
     if node is None:
-        return resolve_hardware(gpu, num_gpus, interconnect, model_spec)
+        return resolve_hardware(gpu, num_gpus, interconnect, model_spec, num_nodes)
+    if num_nodes is not None:
+        from seesaw import catalog as cat
+
+        node = cat.make_cluster(node, num_nodes)
     return node, measured, model_spec
 
 
@@ -180,7 +210,8 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              output_len: int | None = None, seed: int = 0, layout: str | None = None, chunked_prefill: bool = False,
              chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
              progress: Callable | None = None, *, sample_size: int | None = SIMULATE_SAMPLE_SIZE,
-             node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None) -> Simulated:
+             node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None,
+             num_nodes: int | None = None) -> Simulated:
     """Simulate ``workload`` on a node under one layout and policy.
 
     Research use: ``model`` may be a ``ModelSpec``, ``node`` a ``NodeSpec`` (instead of ``gpu``,
@@ -197,9 +228,9 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 
     check_counts(num_gpus=num_gpus, sample_size=sample_size)
     model_spec = resolve_model(model)  # checked in the CLI's order: model, node, policy, workload
-    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
+    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
     if policy is None:
-        policy = build_policy(layout or default_layout(node.num_gpus), chunked_prefill=chunked_prefill,
+        policy = build_policy(layout or default_layout(node.num_gpus, node.num_nodes), chunked_prefill=chunked_prefill,
                               chunk_size=chunk_size, max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
     reqs = resolve_requests(workload, num_requests, seed, input_len, output_len, requests, sample_size)
     sampled = sample_workload(reqs, sample_size, seed)
@@ -225,7 +256,7 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
             workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
             output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int = 2,
             progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None, measured=None,
-            **search_options) -> Planned:
+            num_nodes: int | None = None, **search_options) -> Planned:
     """Simulate every feasible static layout (chunked prefill on and off) and every Seesaw pair.
 
     ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
@@ -235,7 +266,7 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
 
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
-    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
+    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
     search_options.setdefault("space", COMPARE_SPACE)
     result = search(model_spec, node, reqs, exhaustive=True, sample_size=sample_size, seed=seed, workers=workers,
                     workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
@@ -250,7 +281,7 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
          workers: int = 2, progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None,
-         measured=None, **search_options) -> Planned:
+         measured=None, num_nodes: int | None = None, **search_options) -> Planned:
     """Search layouts, policies and host-pool settings for the best plan (``result.plan``).
 
     ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
@@ -260,7 +291,7 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
     check_objective(objective)
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
-    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
+    node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
     result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
                     exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
                     workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,

@@ -191,6 +191,7 @@ def run_whatif(
     *,
     workload_name: str = "",
     interconnect: str | None = None,
+    node_counts: list[int] | None = None,
     objective: str = "throughput",
     prices: dict[str, float] | None = None,
     sample_size: int | None = 2000,
@@ -202,7 +203,8 @@ def run_whatif(
     progress: Callable[[str, int, int, str], None] | None = None,
     deadline_s: float | None = None,
 ) -> WhatIfResult:
-    """Plan ``model`` on every ``gpu`` x ``count`` node (``simulator.planner.plan`` with ``space``,
+    """Plan ``model`` on every ``gpu`` x ``count`` (x ``node_counts``: clusters of that many nodes;
+    None: as the entry says, ``2x8xl4`` is 2 nodes) node (``simulator.planner.plan`` with ``space``,
     ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what). ``deadline_s``:
     the result also names the cheapest option that finishes within it."""
     import time
@@ -216,10 +218,10 @@ def run_whatif(
     prices = prices or {}
     options = []
     for gpu in dict.fromkeys(g if Path(g).suffix in (".yaml", ".yml") else g.lower() for g in gpus):
-        for n in dict.fromkeys(counts):
-            node = resolve_node(gpu, n, interconnect)
+        for n, k in ((n, k) for n in dict.fromkeys(counts) for k in dict.fromkeys(node_counts or [None])):
+            node = resolve_node(gpu, n, interconnect, k)
             price = prices.get(gpu.lower(), prices.get(node.gpu.name, node.gpu.price_per_hour_usd))
-            opt = WhatIfOption(gpu, n, node, price_per_gpu_hour=price)
+            opt = WhatIfOption(gpu, node.total_gpus, node, price_per_gpu_hour=price)
             tick = None if progress is None else (lambda d, t, w, _o=opt.name: progress(_o, d, t, w))
             res = plan(model, node, requests, objective=objective, price_per_gpu_hour=price,
                        space=space or SearchSpace(), screen=screen, refine=refine,
@@ -273,17 +275,18 @@ def _split(value, what: str) -> list[str]:
 
 
 def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS, *, interconnect: str | None = None,
+           num_nodes=None,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
            sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
            progress: Callable[[str, int, int, str], None] | None = None, deadline=None) -> WhatIf:
-    """Compare hardware options (``gpu`` x ``num_gpus``, comma-separated or lists) for one model and
+    """Compare hardware options (``gpu`` x ``num_gpus`` x ``num_nodes``, comma-separated or lists; an
+    entry may carry its counts: ``8xa100-80g``, ``2x8xl4`` = 2 nodes of 8 L4) for one model and
     workload; with ``output_dir`` write the report folder (md, html, csv, png): a folder that holds
     an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``).
     ``deadline`` (``"24h"``, ``"90m"``, seconds): also name the cheapest option that finishes the
     workload by then."""
-    from seesaw import catalog as cat
-    from seesaw.app.simulate import check_counts, check_objective, load_inputs
+    from seesaw.app.simulate import check_counts, check_objective, load_inputs, resolve_node
     from seesaw.report.claim import check_folder, start_folder
     from seesaw.report.whatif import write_report
 
@@ -297,16 +300,26 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
         raise SpecError(f"--num-gpus: expected comma-separated integers, got {num_gpus!r}") from None
     if any(c < 1 for c in counts):
         raise SpecError(f"--num-gpus: counts must be positive, got {num_gpus!r}")
+    node_counts = None
+    if num_nodes is not None:
+        try:
+            node_counts = [int(x) for x in _split(num_nodes, "--num-nodes")]
+        except ValueError:
+            raise SpecError(f"--num-nodes: expected comma-separated integers, got {num_nodes!r}") from None
+        if any(c < 1 for c in node_counts):
+            raise SpecError(f"--num-nodes: counts must be positive, got {num_nodes!r}")
     prices = parse_prices(None if price_per_gpu_hour is None else str(price_per_gpu_hour), gpus)
     deadline_s = None if deadline is None else parse_duration(deadline)
-    for g in gpus:                               # unknown GPUs, nodes and bad files fail before any work
-        (cat.load_node if cat.is_node(g) else cat.load_gpu)(g)
+    for g in gpus:                               # unknown GPUs, nodes, bad files, nodes without a network fail
+        for k in node_counts or [None]:          # before any work
+            resolve_node(g, counts[0], interconnect, k)
     check_counts(sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
     result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
+                        node_counts=node_counts,
                         objective=objective, prices=prices, sample_size=sample_size, seed=seed,
                         workers=workers, progress=progress, deadline_s=deadline_s)
-    config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts,
+    config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts, "num_nodes": node_counts,
               "interconnect": interconnect, "workload": workload, "num_requests": result.num_requests, "seed": seed,
               "objective": objective, "prices": prices, "sample_size": sample_size,
               "deadline_s": deadline_s}

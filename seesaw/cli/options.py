@@ -29,6 +29,8 @@ GPU = typer.Option("l4", "--gpu", "-g", metavar="NAME", rich_help_panel=HARDWARE
                    help="GPU or node: name (l4, 8xh100) or YAML file")
 NUM_GPUS = typer.Option(None, "--num-gpus", "-N", min=1, max=1024, metavar="N", rich_help_panel=HARDWARE_PANEL,
                         help="GPUs in the node (default 8)")
+NUM_NODES = typer.Option(None, "--num-nodes", min=1, max=1024, metavar="N", rich_help_panel=HARDWARE_PANEL,
+                         help="identical nodes, a cluster (default 1)")
 INTERCONNECT = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=HARDWARE_PANEL,
                             help="pcie | nvlink | xgmi (default: the GPU's)")
 WORKLOAD = typer.Option("sharegpt", "--workload", "-w", metavar="SRC", rich_help_panel=WORKLOAD_PANEL,

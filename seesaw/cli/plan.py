@@ -58,6 +58,7 @@ def compare(
     model: str = opt.MODEL,
     gpu: str = opt.GPU,
     num_gpus: Optional[int] = opt.NUM_GPUS,
+    num_nodes: Optional[int] = opt.NUM_NODES,
     interconnect: Optional[str] = opt.INTERCONNECT,
     workload: str = opt.WORKLOAD,
     num_requests: Optional[int] = opt.NUM_REQUESTS,
@@ -79,7 +80,7 @@ def compare(
         check_folder(out_dir, overwrite=overwrite)
 
     with Progress("compare", unit="simulations") as bar:
-        done = run_compare(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+        done = run_compare(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                            num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                            sample_size=sample_size, workers=workers, progress=bar)
     result = done.result
@@ -108,6 +109,7 @@ def plan_cmd(
     model: str = opt.MODEL,
     gpu: str = opt.GPU,
     num_gpus: Optional[int] = opt.NUM_GPUS,
+    num_nodes: Optional[int] = opt.NUM_NODES,
     interconnect: Optional[str] = opt.INTERCONNECT,
     workload: str = opt.WORKLOAD,
     num_requests: Optional[int] = opt.NUM_REQUESTS,
@@ -136,7 +138,7 @@ def plan_cmd(
         check_folder(out_dir, overwrite=overwrite)
 
     with Progress("plan", unit="simulations") as bar:
-        done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+        done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                         num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                         objective=objective, price_per_gpu_hour=price, sample_size=sample_size,
                         exhaustive=exhaustive, workers=workers, progress=bar)

@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 def describe_run(done, workload: str, seed: int) -> str:
     """What was simulated, before the result: model, node, policy and layout, workload."""
     node = done.node
-    return (f"Simulated {done.model.name} on {node.name} ({node.num_gpus} x {node.gpu.name.upper()}, "
+    nodes = f"{node.num_nodes} nodes x " if node.num_nodes > 1 else ""
+    return (f"Simulated {done.model.name} on {node.name} ({nodes}{node.num_gpus} x {node.gpu.name.upper()}, "
             f"{node.interconnect}), {done.policy.describe()}; workload {workload}: "
             f"{done.num_requests:,} requests, seed {seed}")
 
@@ -31,6 +32,7 @@ def simulate(
     model: str = opt.MODEL,
     gpu: str = opt.GPU,
     num_gpus: Optional[int] = opt.NUM_GPUS,
+    num_nodes: Optional[int] = opt.NUM_NODES,
     interconnect: Optional[str] = opt.INTERCONNECT,
     workload: str = opt.WORKLOAD,
     num_requests: Optional[int] = opt.NUM_REQUESTS,
@@ -63,7 +65,7 @@ def simulate(
         check_folder(out_dir, overwrite=overwrite)
 
     with Progress(f"simulate {layout or ''}".rstrip(), unit="requests") as bar:  # the simulator ticks (done, total)
-        done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
+        done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
                        max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar, sample_size=sample_size)

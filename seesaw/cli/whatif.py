@@ -24,11 +24,12 @@ def register(app: typer.Typer) -> None:
     app.command("whatif")(whatif)
 
 
-def _count_options(gpu: str, num_gpus: str) -> int | None:
-    """GPU x count options, as the use case splits them (None if it will reject them anyway)."""
+def _count_options(gpu: str, num_gpus: str, num_nodes: str | None = None) -> int | None:
+    """GPU x count (x node count) options, as the use case splits them (None if it will reject them anyway)."""
     gpus = {g.strip().lower() for g in gpu.split(",") if g.strip()}
     counts = {c.strip() for c in num_gpus.split(",") if c.strip()}
-    return len(gpus) * len(counts) or None
+    nodes = {c.strip() for c in (num_nodes or "1").split(",") if c.strip()}
+    return len(gpus) * len(counts) * len(nodes) or None
 
 
 class _OptionTicks:
@@ -49,9 +50,11 @@ def whatif(
     model: str = typer.Option(WHATIF_MODEL, "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
                               help="catalog model or HF config dir"),
     gpu: str = typer.Option(WHATIF_GPUS, "--gpu", "-g", metavar="NAMES",
-                            rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML)"),
+                            rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML; 2x8xl4: 2 nodes)"),
     num_gpus: str = typer.Option(WHATIF_NUM_GPUS, "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
                                  help="comma-separated GPU counts"),
+    num_nodes: Optional[str] = typer.Option(None, "--num-nodes", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
+                                            help="comma-separated node counts (clusters)"),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=opt.HARDWARE_PANEL,
                                                help="pcie | nvlink | xgmi (default: per GPU)"),
     workload: str = opt.WORKLOAD,
@@ -80,9 +83,9 @@ def whatif(
     from seesaw.app.whatif import whatif as run_whatif
     from seesaw.report.whatif import headline
 
-    with Progress("whatif", _count_options(gpu, num_gpus), unit="options") as bar:
-        done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
-                          num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
+    with Progress("whatif", _count_options(gpu, num_gpus, num_nodes), unit="options") as bar:
+        done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect,
+                          workload=workload, num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
                           output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar),
                           deadline=deadline)

@@ -1,4 +1,11 @@
-"""Hardware as data: one accelerator (``GpuSpec``) and a node of identical ones (``NodeSpec``).
+"""Hardware as data: one accelerator (``GpuSpec``), a node of identical ones (``NodeSpec``) and the
+inter-node link of each of its GPUs (``NetworkSpec``).
+
+A cluster is a ``NodeSpec`` with ``num_nodes > 1``: that many identical nodes joined by their
+``network`` (the one definition of a cluster; ``num_gpus`` stays the GPUs of one node and
+``total_gpus`` counts them all). Ranks fill node 0 first (rank ``r`` sits on node
+``r // num_gpus``), so with the rank order of ``ParallelConfig`` (TP-contiguous, PP-strided, DP
+outermost) TP groups stay inside a node whenever ``tp`` divides ``num_gpus``.
 
 Every figure is a datasheet value or a measurement, cited in the profile YAML that fills it; units
 are SI and in the field names (``_bytes_per_s``, ``_s``, ``peak_flops``).
@@ -8,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from seesaw.core.base import Spec
 
@@ -66,6 +73,19 @@ class GpuSpec(Spec):
     source: str = Field(default="", description="datasheet or measurement this comes from")
 
 
+class NetworkSpec(Spec):
+    """The inter-node link of one GPU: its share of the node's NICs (InfiniBand, EFA, RoCE)."""
+
+    kind: Literal["infiniband", "efa", "roce", "ethernet"] = Field(description="the fabric between nodes")
+    bandwidth_bytes_per_s: float = Field(
+        gt=0, description="per-GPU unidirectional inter-node bandwidth (the node's NIC bandwidth / GPUs)")
+    latency_s: float = Field(default=10e-6, ge=0, description="one small send/recv between two nodes")
+    allreduce_latency_s: float = Field(
+        default=50e-6, ge=0,
+        description="small-message floor of one all-reduce whose ring spans nodes (NCCL over the network)")
+    source: str = Field(default="", description="datasheet, instance page or measurement this comes from")
+
+
 class NodeSpec(Spec):
     """A node of identical GPUs: how they talk to each other and to host memory."""
 
@@ -94,8 +114,28 @@ class NodeSpec(Spec):
         description="one send/recv's bandwidth between two GPUs (default: gpu_link_bandwidth_bytes_per_s)",
     )
     step_overhead_s: float = Field(default=2e-3, ge=0, description="fixed CPU/launch cost per step")
+    network: NetworkSpec | None = Field(
+        default=None, description="each GPU's link to other nodes; needed when num_nodes > 1")
+    num_nodes: int = Field(default=1, gt=0, description="identical nodes of this kind (a cluster when > 1)")
     source: str = ""
+
+    @model_validator(mode="after")
+    def _cluster_has_network(self) -> "NodeSpec":
+        if self.num_nodes > 1 and self.network is None:
+            raise ValueError(f"{self.num_nodes} nodes of {self.name} need a 'network' section (the inter-node "
+                             "link per GPU); see `seesaw catalog --template node`")
+        return self
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs of all nodes."""
+        return self.num_gpus * self.num_nodes
 
     @property
     def host_memory_bytes(self) -> float:
-        return self.host_memory_bytes_per_gpu * self.num_gpus
+        """Host memory of all nodes."""
+        return self.host_memory_bytes_per_gpu * self.total_gpus
+
+    def node_of_rank(self, rank: int) -> int:
+        """The node global rank ``rank`` runs on (ranks fill node 0 first)."""
+        return rank // self.num_gpus

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from seesaw.core import GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, SpecError
+from simulator.cost.cluster import boundary_crosses_nodes, cross_node_send
 from simulator.cost.measured import measured_parts, measured_stage
 from simulator.cost.roofline import Roofline, build_stages
 from simulator.cost.shapes import BatchShape
@@ -43,6 +44,7 @@ class CostModel:
         # large-GEMM throughput and streaming bandwidth actually reached (profile efficiencies)
         self.roofline = Roofline.of(node)
         self._stages: dict[tuple, list[StageConstants]] = {}
+        self._crosses: dict[tuple, list[bool]] = {}  # per layout: which stage boundaries cross nodes
 
     # ---------------------------------------------------------------------------------------
     # layout constants
@@ -108,8 +110,7 @@ class CostModel:
         """(one micro-batch of ``shape`` through all stages plus the sends between them, the
         slowest stage)."""
         times = [self.stage_time_s(layout, s, shape) for s in range(layout.pp)]
-        send = self.pp_send_s(layout, shape.num_tokens) if layout.pp > 1 else 0.0
-        return sum(times) + (layout.pp - 1) * send, max(times)
+        return sum(times) + sum(self.pp_sends_s(layout, shape.num_tokens)), max(times)
 
     def pipeline_time_s(
         self, layout: ParallelConfig, shape: BatchShape, num_microbatches: int | None = None
@@ -159,14 +160,29 @@ class CostModel:
             return 0.0
         return self._handoff(8 * rows)  # int64 token ids
 
-    def pp_send_s(self, layout: ParallelConfig, num_tokens: int) -> float:
-        """Activations ``[tokens, hidden]`` across one stage boundary (each TP rank sends its copy
-        to its peer in parallel, as vLLM does, so the time does not depend on tp)."""
+    def pp_send_s(self, layout: ParallelConfig, num_tokens: int, boundary: int = 0) -> float:
+        """Activations ``[tokens, hidden]`` across stage boundary ``boundary`` (stage ``boundary``
+        to ``boundary + 1``; each TP rank sends its copy to its peer in parallel, as vLLM does, so
+        the time does not depend on tp); over the network when the boundary crosses nodes."""
         nbytes = num_tokens * self.model.hidden_size * self.model.dtype_bytes
+        if self._crossings(layout)[boundary]:
+            bw, latency_s = cross_node_send(self.node)
+            return nbytes / bw + latency_s
         curve = self.tables.handoff() if self.tables is not None else None
         if curve is not None:
             return curve(max(nbytes, 1))
         return self.roofline.send_s(nbytes)
+
+    def _crossings(self, layout: ParallelConfig) -> list[bool]:
+        key = (layout.tp, layout.pp, layout.dp)
+        out = self._crosses.get(key)
+        if out is None:
+            out = self._crosses[key] = [boundary_crosses_nodes(self.node, layout, b) for b in range(layout.pp - 1)]
+        return out
+
+    def pp_sends_s(self, layout: ParallelConfig, num_tokens: int) -> list[float]:
+        """``pp_send_s`` of every stage boundary of ``layout`` (``pp - 1`` of them), in order."""
+        return [self.pp_send_s(layout, num_tokens, b) for b in range(layout.pp - 1)]
 
     def host_copy_s(self, nbytes: float) -> float:
         """Copy ``nbytes`` between one GPU and host memory over that GPU's host link."""
@@ -258,10 +274,9 @@ class CostModel:
         replica (default: one sequence of ``max_position_embeddings``, as vLLM requires)."""
         m, node, gpu = self.model, self.node, self.node.gpu
         layout.check_model(m)
-        if layout.world_size > node.num_gpus:
-            raise SpecError(
-                f"layout {layout}: needs {layout.world_size} GPUs, node {node.name} has {node.num_gpus}"
-            )
+        if layout.world_size > node.total_gpus:
+            where = "node" if node.num_nodes == 1 else f"cluster ({node.num_nodes} nodes)"
+            raise SpecError(f"layout {layout}: needs {layout.world_size} GPUs, {where} {node.name} has {node.total_gpus}")
         budget = gpu.memory_bytes * gpu_memory_utilization
         weights = self.weight_bytes_per_gpu(layout)
         where = f"on {gpu.name} ({gpu.memory_bytes / GiB:.1f} GiB x {gpu_memory_utilization:.2f})"

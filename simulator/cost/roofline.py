@@ -7,7 +7,8 @@ what each efficiency stands for). ``Roofline.stage_s`` is the one roofline of a 
 the simulator's hot path calls it for a time, ``CostModel.stage_breakdown`` for the same time
 split into parts. It assumes: all four GEMMs of a layer see the same rows, so a layer's linear
 time is one max over their summed FLOPs and bytes; one attention kernel per layer and kind;
-ring all-reduces with a small-message floor; the per-step overhead shared among stages in proportion to their layers.
+ring all-reduces with a small-message floor (over the network where a TP group spans nodes:
+``cluster``); the per-step overhead shared among stages in proportion to their layers.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seesaw.core import ModelSpec, NodeSpec, ParallelConfig
+from simulator.cost.cluster import cross_node_allreduce, cross_node_send, tp_spans_nodes
 from simulator.cost.shapes import BatchShape
 from simulator.cost.stages import StageConstants, gemm_shapes, kv_heads_per_gpu, layers_per_stage
 
@@ -178,6 +180,11 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
     out = []
     for s, layers in enumerate(parts):
         first, last = s == 0, s == pp - 1
+        # a TP group spanning nodes all-reduces over the network (simulator.cost.cluster)
+        link_bw, ar_lat_s, gather_lat_s = rf.link_bytes_per_s, ar_latency_s, node.p2p_latency_s
+        if tp_spans_nodes(node, layout, s):
+            link_bw, ar_lat_s = cross_node_allreduce(node, tp)
+            gather_lat_s = cross_node_send(node)[1]
         head_params = vocab_gpu * h if last else 0.0
         weight_params = layers * layer_params + head_params
         if first:
@@ -209,13 +216,13 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             attn_read_s_per_prefill_token=(2 * hq_gpu + 2 * kv_gpu) * d * B * layers / rf.hbm_bytes_per_s,
             decode_s_per_token=layers * 2 * kv_gpu * d * B / rf.decode_bytes_per_s,
             decode_kernel_s=layers * rf.decode_floor_s,
-            ar_s_per_token=n_ar * ring_frac * h * B / rf.link_bytes_per_s,
-            ar_fixed_s=n_ar * ar_latency_s,
+            ar_s_per_token=n_ar * ring_frac * h * B / link_bw,
+            ar_fixed_s=n_ar * ar_lat_s,
             head_flops_per_row=2.0 * head_params,
             head_read_s=head_params * B / rf.hbm_bytes_per_s,
-            head_gather_s_per_row=(gather_frac * m.vocab_size * B / rf.link_bytes_per_s
+            head_gather_s_per_row=(gather_frac * m.vocab_size * B / link_bw
                                    if last and tp > 1 else 0.0),
-            head_gather_fixed_s=node.p2p_latency_s if last and tp > 1 else 0.0,
+            head_gather_fixed_s=gather_lat_s if last and tp > 1 else 0.0,
             overhead_s=node.step_overhead_s * layers / L,
         ))
     return out

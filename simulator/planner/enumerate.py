@@ -1,6 +1,6 @@
 """What the planner tries: layouts, policy variants and their knobs.
 
-Every static ``DdTtPp`` with ``d*t*p`` = the node's GPUs (``layout_grid``, the one enumeration of
+Every static ``DdTtPp`` with ``d*t*p`` = the node's GPUs (all nodes' on a cluster, TP kept inside a node) (``layout_grid``, the one enumeration of
 layouts; ``seesaw run --auto`` plans through ``plan()`` too) whose tensor degree shards the model
 (``ParallelConfig.check_model``) and whose weights plus one full-length sequence of KV fit
 (``CostModel.check_fits``); each rejected layout is kept with its one-line reason. vLLM
@@ -17,6 +17,7 @@ from typing import Sequence as Seq
 
 from seesaw.core import DEFAULT_BLOCK_SIZE, DEFAULT_MAX_NUM_BATCHED_TOKENS, GiB, ModelSpec, NodeSpec, ParallelConfig, SeesawPolicy, SpecError, VllmPolicy
 from simulator.cost import CostModel
+from simulator.cost.cluster import tp_spans_nodes
 from simulator.sim import default_host_kv_bytes
 
 __all__ = ["COMPARE_SPACE", "Candidate", "SearchSpace", "enumerate_candidates", "enumerate_layouts",
@@ -78,10 +79,18 @@ def layout_grid(n: int):
 
 def enumerate_layouts(model: ModelSpec, node: NodeSpec, cost: CostModel | None = None,
                       space: SearchSpace = SearchSpace()) -> tuple[list[ParallelConfig], list[tuple[str, str]]]:
-    """Every ``DdTtPp`` using all GPUs of ``node``: (feasible, [(layout, reason), ...])."""
+    """Every ``DdTtPp`` using all GPUs of ``node`` (of all its nodes when it is a cluster):
+    (feasible, [(layout, reason), ...]). On a cluster a layout whose TP groups span nodes is
+    rejected (TP inside a node, PP and DP across: the usual rule; ``simulate`` still costs such a
+    layout, with its all-reduces over the network)."""
     cost = cost or CostModel(model, node)
     feasible, rejected = [], []
-    for c in layout_grid(node.num_gpus):
+    for c in layout_grid(node.total_gpus):
+        spans = [s for s in range(c.pp) if tp_spans_nodes(node, c, s)]
+        if spans:
+            rejected.append((c.full_name(), f"TP spans nodes (tp={c.tp} over nodes of {node.num_gpus} GPUs): "
+                             "TP stays inside a node, PP and DP go across"))
+            continue
         try:
             cost.check_fits(c, space.gpu_memory_utilization,
                             max_num_batched_tokens=space.max_num_batched_tokens)
@@ -108,7 +117,7 @@ def enumerate_candidates(model: ModelSpec, node: NodeSpec, layouts: Seq[Parallel
     pairs = [(a, b) for a in layouts for b in layouts if a != b and a.dp == b.dp]
     if pairs and pool <= 0:
         rejected.append(("seesaw (all pairs)", f"no host memory left for a KV pool "
-                         f"({node.host_memory_bytes / GiB:.0f} GiB host, weights {model.weight_bytes / GiB:.0f} GiB)"))
+                         f"({node.host_memory_bytes / GiB:.0f} GiB host, weights {model.weight_bytes * node.num_nodes / GiB:.0f} GiB)"))
         pairs = []
     for a, b in pairs:
         for seqs in space.seesaw_max_num_seqs:

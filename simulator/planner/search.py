@@ -216,7 +216,7 @@ def plan(
     for r in rows:
         if r["error"]:
             rejected.append((r["candidate"], r["error"]))
-    table = _table(rows, full_tokens, node.num_gpus, price, objective)
+    table = _table(rows, full_tokens, node.total_gpus, price, objective)
     result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=num_requests,
                         extrapolated_from=len(sample) if sampled.extrapolated else None,
                         num_simulated=runner.done, num_shared=len(runner.same_as),
