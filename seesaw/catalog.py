@@ -339,8 +339,9 @@ def _figures(spec: Any) -> str:
                 f"threads, {spec.date[:10]}")
     if isinstance(spec, GpuSpec):
         price = f", ${spec.price_per_hour_usd:.2f}/h" if spec.price_per_hour_usd else ""
+        fp8 = f" (fp8 {spec.peak_flops_fp8 / 1e12:.0f})" if spec.peak_flops_fp8 else ""
         return (f"{spec.memory_bytes / GiB:.1f} GiB, {spec.hbm_bandwidth_bytes_per_s / 1e9:.0f} GB/s, "
-                f"{spec.peak_flops / 1e12:.0f} TFLOP/s{price}")
+                f"{spec.peak_flops / 1e12:.0f} TFLOP/s{fp8}{price}")
     if isinstance(spec, NodeSpec):
         return (f"{spec.num_gpus}x {spec.gpu.name}, {spec.interconnect} "
                 f"{spec.gpu_link_bandwidth_bytes_per_s / 1e9:.1f} GB/s, host link "
