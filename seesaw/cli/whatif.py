@@ -48,8 +48,12 @@ class _OptionTicks:
 def whatif(
     model: str = typer.Option(WHATIF_MODEL, "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
                               help="catalog model or HF config dir"),
-    gpu: str = typer.Option(WHATIF_GPUS, "--gpu", "-g", metavar="NAMES",
-                            rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML)"),
+    dtype: Optional[str] = opt.DTYPE_SEARCH,
+    kv_cache_dtype: Optional[str] = opt.KV_CACHE_DTYPE,
+    gpu: Optional[str] = typer.Option(None, "--gpu", "-g", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
+                                      help=f"GPUs or nodes, comma-separated (default {WHATIF_GPUS})"),
+    node: Optional[str] = typer.Option(None, "--node", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
+                                       help="node templates or YAMLs, comma-separated"),
     num_gpus: str = typer.Option(WHATIF_NUM_GPUS, "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
                                  help="comma-separated GPU counts"),
     interconnect: Optional[str] = typer.Option(None, "--interconnect", metavar="KIND", rich_help_panel=opt.HARDWARE_PANEL,
@@ -77,15 +81,18 @@ def whatif(
 
     With no arguments: LLaMA2-70B, 1M ShareGPT-like requests, 4 and 8 x A10 / L4 / A100-40G.
     """
+    from seesaw.app.simulate import hardware_option
     from seesaw.app.whatif import whatif as run_whatif
     from seesaw.report.whatif import headline
+
+    gpu = hardware_option(gpu, node, default=WHATIF_GPUS, many=True)
 
     with Progress("whatif", _count_options(gpu, num_gpus), unit="options") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                           num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
                           output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar),
-                          deadline=deadline)
+                          deadline=deadline, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
         bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths
     df = result.table()

@@ -14,6 +14,10 @@ from seesaw.core.base import Spec
 from seesaw.core.errors import SpecError
 
 
+class UnsupportedPrecision(SpecError):
+    """A precision the GPU cannot run (FP8 weights without FP8 tensor cores). One line."""
+
+
 class GpuSpec(Spec):
     """One accelerator, from its datasheet (or a measured profile)."""
 
@@ -79,7 +83,7 @@ class GpuSpec(Spec):
         if not fp8:
             return self.peak_flops
         if self.peak_flops_fp8 is None:
-            raise SpecError(f"GPU {self.name} has no FP8 tensor cores: --dtype fp8 is not supported; it supports "
+            raise UnsupportedPrecision(f"GPU {self.name} has no FP8 tensor cores: --dtype fp8 is not supported; it supports "
                             f"{', '.join(self.dtypes)}")
         return self.peak_flops_fp8
 

@@ -196,6 +196,14 @@ class ModelSpec(Spec):
         return self.linear_bytes_per_param == 1
 
     @property
+    def dtype_label(self) -> str:
+        """The precision as ``Precision.label`` names it, read off the bytes (2 bytes: bf16)."""
+        names = {4: "fp32", 2: "bf16", 1: "fp8"}
+        weights, kv = self.linear_bytes_per_param, self.kv_bytes_per_element
+        label = names.get(weights, f"{weights}-byte")
+        return label + (f" kv-{names.get(kv, f'{kv}-byte')}" if kv != self.dtype_bytes else "")
+
+    @property
     def weight_bytes_per_layer(self) -> int:
         linear = self.attn_params_per_layer + self.mlp_params_per_layer
         return linear * self.linear_bytes_per_param + (self.params_per_layer - linear) * self.dtype_bytes
