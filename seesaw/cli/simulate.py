@@ -86,5 +86,5 @@ def simulate(
         write_sim_folder(start_folder(out_dir, "simulate", overwrite=overwrite), done.config, result)
         err.print(f"wrote {out_dir}/")
     if as_json:
-        print_json(result.summary())
+        print_json({**result.summary(), "dtype": done.config["dtype"]})
 
