@@ -50,8 +50,8 @@ def whatif(
                               help="catalog model or HF config dir"),
     dtype: Optional[str] = opt.DTYPE_SEARCH,
     kv_cache_dtype: Optional[str] = opt.KV_CACHE_DTYPE,
-    gpu: Optional[str] = typer.Option(None, "--gpu", "-g", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
-                                      help=f"GPUs or nodes, comma-separated (default {WHATIF_GPUS})"),
+    gpu: str = typer.Option(WHATIF_GPUS, "--gpu", "-g", metavar="NAMES",
+                            rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML)"),
     node: Optional[str] = typer.Option(None, "--node", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
                                        help="node templates or YAMLs, comma-separated"),
     num_gpus: str = typer.Option(WHATIF_NUM_GPUS, "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
@@ -85,7 +85,8 @@ def whatif(
     from seesaw.app.whatif import whatif as run_whatif
     from seesaw.report.whatif import headline
 
-    gpu = hardware_option(gpu, node, default=WHATIF_GPUS, many=True)
+    # the default GPU list gives way to --node (only a --gpu of one's own conflicts with it)
+    gpu = hardware_option(None if gpu == WHATIF_GPUS else gpu, node, default=WHATIF_GPUS, many=True)
 
     with Progress("whatif", _count_options(gpu, num_gpus), unit="options") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
