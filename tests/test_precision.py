@@ -210,3 +210,13 @@ def test_calibrate_predicts_on_the_gpu_or_node_given(monkeypatch, tmp_path):
 def test_calibrate_takes_one_source_of_prediction(seesaw):
     assert_one_line_exit_2(seesaw("calibrate", "--profile", "cpu-2core", "--gpu", "l4"), "--profile", "--gpu")
     assert_one_line_exit_2(seesaw("calibrate", "--gpu", "l4", "--node", "8xl4"), "--gpu", "--node")
+
+
+def test_run_refuses_a_plan_made_for_fp8(seesaw, tmp_path):
+    from tests.factories import tiny_plan_file
+
+    path = tiny_plan_file(tmp_path / "plan.json")
+    plan = json.loads(path.read_text())
+    plan["model"]["weight_dtype_bytes"] = 1
+    path.write_text(json.dumps(plan))
+    assert_one_line_exit_2(seesaw("run", "--plan", path, "-n", "1", "-o", tmp_path / "run"), "plan.json", "fp8")
