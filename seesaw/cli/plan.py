@@ -162,7 +162,7 @@ def plan_cmd(
         r = result.plan.runner_up
         print(f"Runner-up: {r['candidate']}, {r['worse_by_pct']:.1f}% lower throughput.")
     shared = f" (+{result.num_shared} sharing an equivalent's simulation)" if result.num_shared else ""
-    print(f"Searched {len(result.table)} candidates: {result.num_simulated} simulated{shared}, "
+    print(f"Searched {len(result.table)} candidates ({done.config['dtype']}): {result.num_simulated} simulated{shared}, "
           f"{result.num_estimated} estimated only; {len(result.rejected)} layouts or candidates rejected; "
           f"{result.wall_s:.1f} s.")
     _print_ranked(result, "best variant of each layout (simulated first; all candidates in candidates.csv)",

@@ -97,7 +97,8 @@ def whatif(
         bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths
     df = result.table()
-    table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")
+    precision = f" ({done.config['dtype']})" if dtype or kv_cache_dtype else ""
+    table = Table(title=f"{done.model.name}{precision}, {done.num_requests:,} {workload} requests", title_justify="left")
     for col in ("option", "best plan", "hours", "tokens/s", "$/M tok", "GPU-hours", "best vLLM", "speedup"):
         table.add_column(col, justify="left" if col in ("option", "best plan", "best vLLM") else "right")
     for r in df.to_dict("records"):
