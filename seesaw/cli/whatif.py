@@ -79,7 +79,7 @@ def whatif(
 ) -> None:
     """Compare hardware options for one model and workload; write a report folder (md, html, csv, png).
 
-    With no arguments: LLaMA2-70B, 1M ShareGPT-like requests, 4 and 8 x A10 / L4 / A100-40G.
+    With no arguments: LLaMA-3.1-70B, 1M ShareGPT-like requests, 8 x H100 / H200 / L40S / A100-80G.
     """
     from seesaw.app.simulate import hardware_option
     from seesaw.app.whatif import whatif as run_whatif
