@@ -29,8 +29,12 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              chunked_prefill: bool = False, chunk_size: int | None = None, max_num_seqs: int | None = None,
              host_kv_gib: float | None = None, output_dir: str | Path | None = None,
              progress: Callable | None = None, node=None, policy=None, requests=None, cost=None, measured=None,
-             overwrite: bool = False, sample_size: int | None = SIMULATE_SAMPLE_SIZE):
+             overwrite: bool = False, sample_size: int | None = SIMULATE_SAMPLE_SIZE, dtype: str | None = None,
+             kv_cache_dtype: str | None = None):
     """Simulate a workload on a node under one layout (``T4P2``) or Seesaw pair (``P8->T4P2``).
+
+    ``dtype``: ``bf16`` (default), ``fp16`` or ``fp8`` (FP8 weights and GEMMs); ``kv_cache_dtype``:
+    ``auto`` (16-bit) or ``fp8``. FP8 weights on a GPU without FP8 tensor cores raise ``SpecError``.
 
     Returns the ``SimResult`` (``to_run_result().throughput_line()``, ``summary()``,
     ``tokens_per_second``, ``time_by_phase``, the step timeline); with ``output_dir`` also writes
@@ -51,7 +55,8 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed, layout=layout,
                chunked_prefill=chunked_prefill, chunk_size=chunk_size, max_num_seqs=max_num_seqs,
                host_kv_gib=host_kv_gib, progress=progress, node=node, policy=policy, requests=requests,
-               cost=cost, measured=measured, sample_size=sample_size, num_nodes=num_nodes)
+               cost=cost, measured=measured, sample_size=sample_size, num_nodes=num_nodes, dtype=dtype,
+               kv_cache_dtype=kv_cache_dtype)
     if output_dir is not None:
         from seesaw.report import write_sim_folder
 
@@ -63,16 +68,18 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
             num_nodes: int | None = None, interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
             input_len: int | None = None, output_len: int | None = None, seed: int = 0, sample_size: int = 2000,
             workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
-            **search_options):
+            dtype: str | None = None, kv_cache_dtype: str | None = None, **search_options):
     """Every feasible static layout and Seesaw pair, simulated and ranked: a ``PlanResult``
     (``table``, ``winner``, ``best_vllm``, ``rejected``, ``summary()``). ``node``, ``requests``,
-    ``measured`` as in ``simulate``; other keywords go to the planner (``space``, ...)."""
+    ``measured``, ``dtype``, ``kv_cache_dtype`` as in ``simulate`` (``dtype="auto"``: every precision
+    the GPU runs); other keywords go to the planner (``space``, ...)."""
     from seesaw.app.simulate import compare as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                sample_size=sample_size, workers=workers, progress=progress, node=node, requests=requests,
-               measured=measured, num_nodes=num_nodes, **search_options).result
+               measured=measured, num_nodes=num_nodes, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
+               **search_options).result
 
 
 def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
@@ -80,18 +87,20 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          input_len: int | None = None, output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
          workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
-         **search_options):
+         dtype: str | None = None, kv_cache_dtype: str | None = None, **search_options):
     """The searched best plan: a ``PlanResult`` whose ``plan`` is the winning ``Plan`` (None when
     nothing fits; ``rejected`` says why) and whose ``table`` ranks every candidate. ``gpu`` may
-    name a measured machine (``cpu-2core``). ``node``, ``requests``, ``measured`` as in
-    ``simulate``; other keywords go to the planner (``space``, ``screen``, ``refine``, ...)."""
+    name a measured machine (``cpu-2core``). ``node``, ``requests``, ``measured``, ``dtype``,
+    ``kv_cache_dtype`` as in ``simulate``: the precision given is kept, ``dtype="auto"`` searches
+    the ones the GPU runs; other keywords go to the planner (``space``, ``screen``, ``refine``, ...)."""
     from seesaw.app.simulate import plan as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
                exhaustive=exhaustive, workers=workers, progress=progress, node=node, requests=requests,
-               measured=measured, num_nodes=num_nodes, **search_options).result
+               measured=measured, num_nodes=num_nodes, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
+               **search_options).result
 
 
 def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
@@ -100,17 +109,20 @@ def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
            num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
            seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
            sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,
-           progress: Callable | None = None, overwrite: bool = False):
+           progress: Callable | None = None, overwrite: bool = False, dtype: str | None = None,
+           kv_cache_dtype: str | None = None):
     """Hardware options for one model and workload, each planned: a ``WhatIfResult`` (``table()``,
     ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png).
     ``num_nodes`` (counts, like ``num_gpus``) makes clusters of each option; an entry of ``gpu``
-    may carry its own counts (``8xa100-80g``, ``2x8xl4``)."""
+    may carry its own counts (``8xa100-80g``, ``2x8xl4``). ``dtype``/``kv_cache_dtype`` as in
+    ``plan`` (an option whose GPU lacks FP8 is infeasible)."""
     from seesaw.app.whatif import whatif as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect,
                workload=workload, num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
-               workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress).result
+               workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress, dtype=dtype,
+               kv_cache_dtype=kv_cache_dtype).result
 
 
 def run_batch(model: str | None = None, input: str | None = None, output: str | Path | None = None, *,

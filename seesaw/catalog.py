@@ -366,8 +366,9 @@ def _figures(spec: Any) -> str:
                 f"threads, {spec.date[:10]}")
     if isinstance(spec, GpuSpec):
         price = f", ${spec.price_per_hour_usd:.2f}/h" if spec.price_per_hour_usd else ""
+        fp8 = f" (fp8 {spec.peak_flops_fp8 / 1e12:.0f})" if spec.peak_flops_fp8 else ""
         return (f"{spec.memory_bytes / GiB:.1f} GiB, {spec.hbm_bandwidth_bytes_per_s / 1e9:.0f} GB/s, "
-                f"{spec.peak_flops / 1e12:.0f} TFLOP/s{price}")
+                f"{spec.peak_flops / 1e12:.0f} TFLOP/s{fp8}{price}")
     if isinstance(spec, NodeSpec):
         net = spec.network
         between = (f", {net.kind} {net.bandwidth_bytes_per_s * 8 / 1e9:.0f} Gb/s per GPU to other nodes"

@@ -3,7 +3,9 @@
 For every (layout, workload) pair the workload runs through the real engine (the same code path
 as ``seesaw run``: ``seesaw.engine.launch.run_batch`` on CPU ranks, one per rank of the layout)
 and through ``simulator.sim.simulate`` with the measured profile's cost model and node
-(``catalog.measured_node``), with the same policy (the engine config's; a Seesaw pool sized as
+(``catalog.measured_node``) -- or, given ``hardware`` (``--gpu``/``--node``: a GPU or node name or
+YAML), that hardware's datasheet roofline on a node of the layout's ranks, to check a hand-written
+profile of this machine against it -- with the same policy (the engine config's; a Seesaw pool sized as
 the engine sized it) and the same requests (the engine's ``BatchItem``s, each with the output
 length the engine actually produced; length workloads such as ``constant`` ignore EOS, so these
 equal ``max_tokens``).
@@ -159,7 +161,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
               output_dir: Path | None = None, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192,
               block_size: int = 16, timeout_s: float = 120.0, repeat: int = 1, check_speed: bool = False,
                progress: Callable[[str], None] | None = None,
-               tick: Callable[[int, int, str], None] | None = None, overwrite: bool = False) -> list[Row]:
+               tick: Callable[[int, int, str], None] | None = None, overwrite: bool = False,
+               hardware: str | None = None) -> list[Row]:
     """Run every (layout, workload) pair through the engine and the simulator; rows in that order.
 
     ``repeat`` > 1 runs the engine that many times per pair and keeps the median run by throughput:
@@ -176,6 +179,10 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     with the profile's compute tables scaled to the kept run's speed (``MeasuredProfile.scaled``;
     ``predicted_at_speed_tok_s``). The plain prediction stays the one the errors are about; the
     second says how much of an error the machine's drift since the profile explains.
+
+    ``hardware``: predict with this GPU or node (name or YAML, ``seesaw.app.simulate.resolve_node``,
+    scaled to each layout's ranks; a measured profile's name works as ``profile``) instead of the
+    measured ``profile``; the model is costed in the engine's fp32, and no speed check applies.
 
     ``progress(message)`` gets a line per engine run and per finished pair; ``tick(done, total,
     what)`` counts the engine runs (for a progress bar)."""
@@ -197,7 +204,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     parsed = [(text.strip(), *parse_run_layout(text.strip())) for text in layouts if text.strip()]
     if not parsed:
         raise CalibrationError("--layouts: give at least one layout")
-    prof = catalog.load_measured(profile)
+    prof, node_of = _prediction_hardware(profile, hardware)
     model_dir = resolve_checkpoint(model, None)
     name = checkpoint_name(model, model_dir)
     store = load_checkpoint(model_dir, share_memory=True, name=name)
@@ -247,7 +254,7 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
     rnd_done = [0]  # engine runs finished
 
     def check(when: str) -> None:
-        if check_speed and prof.device == "cpu":
+        if check_speed and prof is not None and prof.device == "cpu":
             tick(rnd_done[0], rounds * len(pairs), f"speed check {when}")
             checks.append(speed_check(profile, warn=progress).get("speed_ratio"))
             if checks[-1]:
@@ -290,6 +297,8 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
             pol = pol.model_copy(update={"host_kv_bytes": float(res.get("host_kv_bytes") or GiB)})
 
         def predict(p):
+            if p is None:  # a datasheet GPU or node: its roofline
+                return simulate(model_spec, node_of(c_p.world_size), pol, reqs)
             node = catalog.measured_node(p, c_p.world_size)
             return simulate(model_spec, node, pol, reqs, cost=CostModel(model_spec, node, measured=p))
 
@@ -314,6 +323,21 @@ def calibrate(model: str, layouts: list[str], workloads: list[WorkloadArg], *, p
                  f"predicted {row.predicted_tok_s:,.1f} tok/s ({100 * row.rel_error:+.1f}%){at_speed}, "
                  f"engine wall {walls[i]:.1f}s")
     return rows
+
+
+def _prediction_hardware(profile: str, hardware: str | None):
+    """(measured profile or None, node of n ranks or None): what the engine runs are predicted on:
+    the measured ``profile``, or ``hardware`` (a measured profile, GPU or node; name or YAML)."""
+    from seesaw import catalog
+    from seesaw.app.simulate import measured_profile, resolve_node
+
+    if hardware is None:
+        return catalog.load_measured(profile), None
+    prof = measured_profile(hardware)
+    if prof is not None:
+        return prof, None
+    resolve_node(hardware, 1)  # an unknown GPU or node, or a bad file: one line, before any engine run
+    return None, lambda ranks: resolve_node(hardware, ranks)
 
 
 def _engine_run(store, items, config) -> dict:

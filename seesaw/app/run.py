@@ -306,6 +306,10 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
         return _run(options, events or RunEvents(), held, watch)
 
 
+# the simulator's short precision names, accepted by the engine too
+_ENGINE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
 def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun | None:
     from seesaw.app.autotune import comparison, load_plan, machine, plan_machine, policy_layouts
     from seesaw.app.machine_check import check_cores, check_speed, plan_mismatch, repredict, scale_prediction
@@ -320,9 +324,14 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
     plan = load_plan(o.plan_file) if o.plan_file is not None else None
     model = o.model or (plan.model.name if plan is not None else "smollm2-135m" if o.auto else "tiny")
     torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    dtype = o.dtype or ("bfloat16" if o.device == "cuda" else "float32")
+    dtype = (_ENGINE_DTYPES.get(o.dtype.lower(), o.dtype) if o.dtype else None) or (
+        "bfloat16" if o.device == "cuda" else "float32")
     if dtype not in DTYPE_BYTES:
-        raise RunInputError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
+        simulated = " (FP8 is simulated and planned only: seesaw simulate/plan --dtype fp8)" if "8" in str(dtype) else ""
+        raise RunInputError(f"--dtype {o.dtype!r}: the engine runs float32, bfloat16 or float16{simulated}")
+    if plan is not None and (plan.model.weight_dtype_bytes or plan.model.kv_dtype_bytes):
+        raise RunInputError(f"{o.plan_file}: the plan was made for {plan.model.dtype_label}, which the engine does "
+                            "not run (float32, bfloat16, float16): plan again without --dtype fp8/--kv-cache-dtype")
     c_p, c_d = (None, None) if plan is not None or o.auto else parse_run_layout(o.layout or "T1")
     if plan is not None:
         c_p, c_d = policy_layouts(plan.policy)

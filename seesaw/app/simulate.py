@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from seesaw.core import SIMULATE_SAMPLE_SIZE, GiB, ModelSpec, NodeSpec, SeesawPolicy, SpecError, VllmPolicy, parse_layout
+from seesaw.core import (
+    SIMULATE_SAMPLE_SIZE, GiB, ModelSpec, NodeSpec, Precision, SeesawPolicy, SpecError, VllmPolicy, parse_layout,
+)
 
 __all__ = ["Simulated", "Planned", "default_layout", "resolve_node", "resolve_hardware", "measured_profile", "build_policy", "load_inputs", "simulate", "compare", "plan",
-           "OBJECTIVES", "check_counts"]
+           "OBJECTIVES", "check_counts", "hardware_option", "resolve_precision", "search_precisions"]
 
 OBJECTIVES = ("throughput", "cost")
 
@@ -78,6 +80,59 @@ def resolve_hardware(gpu: str, num_gpus: int | None = None, interconnect: str | 
     if model is not None:
         model = model.model_copy(update={"dtype_bytes": prof.dtype_bytes})
     return node, prof, model
+
+
+def hardware_option(gpu: str | None = None, node: str | None = None, default: str | None = "l4",
+                    many: bool = False) -> str | None:
+    """The one hardware name of ``--gpu`` (a GPU, node or measured profile: name or YAML) and
+    ``--node`` (a node template name or node YAML; ``many``: comma-separated); both given, or a
+    ``--node`` that names no node, is a one-line error."""
+    if gpu is not None and node is not None:
+        raise SpecError(f"--gpu {gpu} and --node {node}: give one of them (--node names a whole node)")
+    if node is None:
+        return default if gpu is None else gpu
+    from seesaw import catalog as cat
+
+    for name in (node.split(",") if many else [node]):
+        if not cat.is_node(name.strip()):
+            known = ", ".join(cat.list_catalog()["nodes"])
+            raise SpecError(f"--node {name.strip()!r}: not a node template or node YAML (a file with a gpu: "
+                            f"field); known: {known}; a GPU name goes to --gpu")
+    return node
+
+
+def resolve_precision(model: ModelSpec, node: NodeSpec, measured=None, dtype: str | None = None,
+                      kv_cache_dtype: str | None = None) -> tuple[ModelSpec, str]:
+    """(``model`` costed in the precision asked for, its label). ``dtype`` bf16 | fp16 | fp8;
+    ``kv_cache_dtype`` auto (the activations' 16-bit type) | fp8; neither given: the model's own
+    bytes (a catalog model's are bf16). FP8 weights on a GPU without FP8 tensor cores: one line
+    naming the GPU and what it supports. A measured profile is costed in the dtype it was
+    measured in: giving either there is an error."""
+    if measured is not None and (dtype is not None or kv_cache_dtype is not None):
+        raise SpecError(f"--dtype/--kv-cache-dtype: the measured profile {measured.name or measured.device_name!r} "
+                        f"is costed in the dtype it was measured in ({measured.dtype}); leave them out")
+    if dtype is None and kv_cache_dtype is None:
+        return model, model.dtype_label
+    if str(dtype).lower() == "auto":
+        raise SpecError("--dtype auto searches precisions: it applies to plan, compare and whatif")
+    p = Precision.parse(dtype, kv_cache_dtype)
+    node.gpu.gemm_peak_flops(p.dtype == "fp8")
+    return p.apply(model), p.label
+
+
+def search_precisions(model: ModelSpec, node: NodeSpec, requests, measured=None, dtype: str | None = None,
+                      kv_cache_dtype: str | None = None, **options):
+    """(``simulator.planner`` result, precision label): the planner over the precision given (none:
+    the model's own), or over every one the GPU runs with ``dtype="auto"``
+    (``simulator.planner.precision``)."""
+    from simulator.planner import plan_precisions, precisions_to_search
+
+    if measured is not None or (dtype is None and kv_cache_dtype is None):
+        model, label = resolve_precision(model, node, measured, dtype, kv_cache_dtype)
+        return plan_precisions(model, node, requests, [None], measured=measured, **options), label
+    precisions = precisions_to_search(node.gpu, dtype, kv_cache_dtype)
+    label = precisions[0].label if len(precisions) == 1 else "auto: " + ", ".join(p.label for p in precisions)
+    return plan_precisions(model, node, requests, precisions, **options), label
 
 
 _COUNT_X = re.compile(r"^(\d+)x(.+)$")
@@ -211,14 +266,15 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
              chunk_size: int | None = None, max_num_seqs: int | None = None, host_kv_gib: float | None = None,
              progress: Callable | None = None, *, sample_size: int | None = SIMULATE_SAMPLE_SIZE,
              node: NodeSpec | None = None, policy=None, requests=None, cost=None, measured=None,
-             num_nodes: int | None = None) -> Simulated:
+             num_nodes: int | None = None, dtype: str | None = None, kv_cache_dtype: str | None = None) -> Simulated:
     """Simulate ``workload`` on a node under one layout and policy.
 
     Research use: ``model`` may be a ``ModelSpec``, ``node`` a ``NodeSpec`` (instead of ``gpu``,
     ``num_gpus``, ``interconnect``), ``policy`` a ``VllmPolicy``/``SeesawPolicy`` (instead of
     ``layout`` and its knobs; None: ``default_layout`` of the node), ``requests`` a list (instead
     of ``workload``), ``cost`` a
-    ``CostModel`` or ``measured`` a profile of ``node``.
+    ``CostModel`` or ``measured`` a profile of ``node``. ``dtype``/``kv_cache_dtype``: the precision
+    (``resolve_precision``; default bf16 weights and KV).
     A workload of more than ``sample_size`` requests (None: no limit) is simulated on a seeded
     sample and the result extrapolated to the whole (``simulator.extrapolate``, as ``plan`` does).
     ``progress(done, total)`` is called as requests finish."""
@@ -229,6 +285,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     check_counts(num_gpus=num_gpus, sample_size=sample_size)
     model_spec = resolve_model(model)  # checked in the CLI's order: model, node, policy, workload
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
+    model_spec, precision = resolve_precision(model_spec, node, measured, dtype, kv_cache_dtype)
     if policy is None:
         policy = build_policy(layout or default_layout(node.num_gpus, node.num_nodes), chunked_prefill=chunked_prefill,
                               chunk_size=chunk_size, max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib)
@@ -242,7 +299,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     config = {
         "command": "simulate", "model": model_spec.model_dump(), "node": node.model_dump(),
         "policy": policy.model_dump(), "workload": workload, "num_requests": sampled.num_requests, "seed": seed,
-        "input_len": input_len, "output_len": output_len,
+        "input_len": input_len, "output_len": output_len, "dtype": precision,
     }
     if sampled.extrapolated:
         config["simulated_requests"] = len(sampled.requests)
@@ -256,23 +313,24 @@ def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = N
             workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
             output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int = 2,
             progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None, measured=None,
-            num_nodes: int | None = None, **search_options) -> Planned:
+            num_nodes: int | None = None, dtype: str | None = None, kv_cache_dtype: str | None = None,
+            **search_options) -> Planned:
     """Simulate every feasible static layout (chunked prefill on and off) and every Seesaw pair.
 
-    ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
+    ``node``, ``requests``, ``measured``, ``dtype`` and ``kv_cache_dtype`` as in ``simulate``
+    (``dtype="auto"``: every precision the GPU runs, ``search_precisions``); other keywords go to
     ``simulator.planner.plan`` (``space``, ...)."""
     from simulator.planner import COMPARE_SPACE
-    from simulator.planner import plan as search
 
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
     search_options.setdefault("space", COMPARE_SPACE)
-    result = search(model_spec, node, reqs, exhaustive=True, sample_size=sample_size, seed=seed, workers=workers,
-                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
-                    **search_options)
+    result, precision = search_precisions(
+        model_spec, node, reqs, measured, dtype, kv_cache_dtype, exhaustive=True, sample_size=sample_size, seed=seed,
+        workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress, **search_options)
     config = {"command": "compare", "model": model_spec.name, "node": node.name, "workload": workload,
-              "num_requests": result.num_requests, "seed": seed, "sample_size": sample_size}
+              "num_requests": result.num_requests, "seed": seed, "sample_size": sample_size, "dtype": precision}
     return Planned(result=result, config=config, model=model_spec, node=node, num_requests=result.num_requests)
 
 
@@ -281,22 +339,24 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
          workers: int = 2, progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None,
-         measured=None, num_nodes: int | None = None, **search_options) -> Planned:
+         measured=None, num_nodes: int | None = None, dtype: str | None = None, kv_cache_dtype: str | None = None,
+         **search_options) -> Planned:
     """Search layouts, policies and host-pool settings for the best plan (``result.plan``).
 
-    ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
+    ``node``, ``requests``, ``measured``, ``dtype`` and ``kv_cache_dtype`` as in ``compare`` (the
+    given precision is kept; ``dtype="auto"`` searches); other keywords go to
     ``simulator.planner.plan`` (``space``, ``screen``, ``refine``, ...)."""
-    from simulator.planner import plan as search
 
     check_objective(objective)
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
-    result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
-                    exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
-                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
-                    **search_options)
+    result, precision = search_precisions(
+        model_spec, node, reqs, measured, dtype, kv_cache_dtype, objective=objective,
+        price_per_gpu_hour=price_per_gpu_hour, exhaustive=exhaustive, sample_size=sample_size, seed=seed,
+        workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress, **search_options)
     config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": result.num_requests, "seed": seed, "objective": objective,
-              "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive}
+              "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive,
+              "dtype": precision}
     return Planned(result=result, config=config, model=model_spec, node=node, num_requests=result.num_requests)

@@ -22,7 +22,9 @@ from typing import Callable
 
 import pandas as pd
 
-from seesaw.core import WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS, ModelSpec, NodeSpec, SpecError
+from seesaw.core import (
+    WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS, ModelSpec, NodeSpec, Precision, SpecError, UnsupportedPrecision,
+)
 
 __all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices", "parse_duration"]
 
@@ -69,6 +71,7 @@ class WhatIfResult:
                 w, v = o.result.winner, o.result.best_vllm or {}
                 row.update(
                     best_plan=w["candidate"], kind=w["kind"], layout=w["layout"],
+                    dtype=o.result.plan.provenance.get("precision") if o.result.plan else None,
                     makespan_s=w["makespan_s"], makespan_h=w["makespan_s"] / 3600,
                     throughput_tok_s=w["throughput_tok_s"], cost_per_mtok_usd=w["cost_per_mtok_usd"],
                     gpu_hours=w["gpu_hours"], best_vllm=v.get("candidate"),
@@ -202,17 +205,21 @@ def run_whatif(
     workers: int = 2,
     progress: Callable[[str, int, int, str], None] | None = None,
     deadline_s: float | None = None,
+    dtype: str | None = None,
+    kv_cache_dtype: str | None = None,
 ) -> WhatIfResult:
     """Plan ``model`` on every ``gpu`` x ``count`` (x ``node_counts``: clusters of that many nodes;
     None: as the entry says, ``2x8xl4`` is 2 nodes) node (``simulator.planner.plan`` with ``space``,
     ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what). ``deadline_s``:
-    the result also names the cheapest option that finishes within it."""
+    the result also names the cheapest option that finishes within it. ``dtype``/``kv_cache_dtype``:
+    the precision (``seesaw.app.simulate.search_precisions``); an option whose GPU cannot run it is
+    infeasible, with the reason."""
     import time
 
-    from seesaw.app.simulate import resolve_node
+    from seesaw.app.simulate import resolve_node, search_precisions
     from seesaw.workload import describe
     from simulator.extrapolate import sample_workload
-    from simulator.planner import SearchSpace, plan
+    from simulator.planner import SearchSpace
 
     t0 = time.perf_counter()
     prices = prices or {}
@@ -223,10 +230,15 @@ def run_whatif(
             price = prices.get(gpu.lower(), prices.get(node.gpu.name, node.gpu.price_per_hour_usd))
             opt = WhatIfOption(gpu, node.total_gpus, node, price_per_gpu_hour=price)
             tick = None if progress is None else (lambda d, t, w, _o=opt.name: progress(_o, d, t, w))
-            res = plan(model, node, requests, objective=objective, price_per_gpu_hour=price,
-                       space=space or SearchSpace(), screen=screen, refine=refine,
-                       sample_size=sample_size, seed=seed, workers=workers,
-                       workload_name=workload_name, progress=tick)
+            try:
+                res, _ = search_precisions(model, node, requests, None, dtype, kv_cache_dtype, objective=objective,
+                                           price_per_gpu_hour=price, space=space or SearchSpace(), screen=screen,
+                                           refine=refine, sample_size=sample_size, seed=seed, workers=workers,
+                                           workload_name=workload_name, progress=tick)
+            except UnsupportedPrecision as e:  # a precision this GPU cannot run: an infeasible option
+                opt.reason = str(e)
+                options.append(opt)
+                continue
             if res.plan is None:
                 opt.reason = _infeasible_reason(model, node, res.rejected)
             opt.result = res
@@ -279,13 +291,14 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
            sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
-           progress: Callable[[str, int, int, str], None] | None = None, deadline=None) -> WhatIf:
+           progress: Callable[[str, int, int, str], None] | None = None, deadline=None,
+           dtype: str | None = None, kv_cache_dtype: str | None = None) -> WhatIf:
     """Compare hardware options (``gpu`` x ``num_gpus`` x ``num_nodes``, comma-separated or lists; an
     entry may carry its counts: ``8xa100-80g``, ``2x8xl4`` = 2 nodes of 8 L4) for one model and
     workload; with ``output_dir`` write the report folder (md, html, csv, png): a folder that holds
     an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``).
     ``deadline`` (``"24h"``, ``"90m"``, seconds): also name the cheapest option that finishes the
-    workload by then."""
+    workload by then. ``dtype``/``kv_cache_dtype``: the precision (``run_whatif``)."""
     from seesaw.app.simulate import check_counts, check_objective, load_inputs, resolve_node
     from seesaw.report.claim import check_folder, start_folder
     from seesaw.report.whatif import write_report
@@ -314,12 +327,16 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
         for k in node_counts or [None]:          # before any work
             resolve_node(g, counts[0], interconnect, k)
     check_counts(sample_size=sample_size, workers=workers)
+    if dtype is not None or kv_cache_dtype is not None:
+        Precision.parse(None if str(dtype).lower() == "auto" else dtype, kv_cache_dtype)  # bad names before work
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
     result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
                         node_counts=node_counts,
                         objective=objective, prices=prices, sample_size=sample_size, seed=seed,
-                        workers=workers, progress=progress, deadline_s=deadline_s)
+                        workers=workers, progress=progress, deadline_s=deadline_s, dtype=dtype,
+                        kv_cache_dtype=kv_cache_dtype)
     config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts, "num_nodes": node_counts,
+              "dtype": dtype or model_spec.dtype_label, "kv_cache_dtype": kv_cache_dtype or "auto",
               "interconnect": interconnect, "workload": workload, "num_requests": result.num_requests, "seed": seed,
               "objective": objective, "prices": prices, "sample_size": sample_size,
               "deadline_s": deadline_s}

@@ -29,8 +29,11 @@ def register(app: typer.Typer) -> None:
 def calibrate_cmd(
     model: str = typer.Option("tiny", "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
                               help="tiny | smollm2-135m | a checkpoint dir"),
-    profile: str = typer.Option("cpu-2core", "--profile", "-p", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
-                                help="measured profile (name or YAML path)"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
+                                          help="measured profile, name or YAML (default cpu-2core)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", "-g", metavar="NAME", rich_help_panel=opt.HARDWARE_PANEL,
+                                      help="predict on this GPU's datasheet profile instead"),
+    node: Optional[str] = opt.NODE,
     layouts: str = typer.Option("T2,P2,P2->T2", "--layouts", "-l", metavar="LIST", rich_help_panel=opt.LAYOUT_PANEL,
                                 help="comma-separated layouts and Seesaw pairs"),
     workload: str = typer.Option("constant", "--workload", "-w", metavar="LIST", rich_help_panel=opt.WORKLOAD_PANEL,
@@ -58,21 +61,32 @@ def calibrate_cmd(
 ) -> None:
     """Predicted (simulator + measured profile) vs measured (engine) throughput per layout and workload.
 
+    --gpu/--node predict on that hardware's datasheet roofline instead
+    (e.g. a YAML you wrote for this machine), scaled to each layout's ranks.
+
     Engine runs go in rounds over all pairs (--repeat).
     The speed check times a few profile tables (~3 s) before every round
     and after the last, and predicts again at the machine's speed then.
     """
     check_speed = not no_speed_check
     from seesaw.app import calibrate as cal
+    from seesaw.app.simulate import hardware_option
     from seesaw.report import calibration as cal_report
+
+    hardware = hardware_option(gpu, node, default=None)
+    if hardware is not None and profile is not None:
+        raise cal.CalibrationError(f"--profile {profile} and --{'gpu' if gpu else 'node'} {hardware}: "
+                                   "give one (the hardware the engine runs are predicted on)")
+    profile = profile or "cpu-2core"
 
     wls = cal.parse_workloads(workload, input_len, output_len)
     lay = [x for x in layouts.split(",") if x.strip()]
     with Progress("calibrate", unit="engine runs") as bar:  # a failed engine run: RunFailed, exit 1
         rows = cal.calibrate(model, lay, wls, profile=profile, num_requests=num_requests, max_tokens=max_tokens,
                              seed=seed, output_dir=output_dir, timeout_s=timeout_s, repeat=repeat,
-                             check_speed=check_speed, progress=_say, tick=bar, overwrite=overwrite)
-    meta = {"model": model, "profile": profile, "layouts": lay, "workloads": [w.label for w in wls],
+                             check_speed=check_speed, progress=_say, tick=bar, overwrite=overwrite,
+                             hardware=hardware)
+    meta = {"model": model, "profile": profile if hardware is None else None, "hardware": hardware, "layouts": lay, "workloads": [w.label for w in wls],
             "num_requests": num_requests, "repeat": repeat}
     summ = cal.write_outputs(rows, output_dir, meta)
     show(cal_report.table(rows, width=out.width if out.is_terminal else None))

@@ -25,8 +25,17 @@ OUTPUT_PANEL = "Output"
 
 MODEL = typer.Option("llama2-70b", "--model", "-m", metavar="NAME", rich_help_panel=MODEL_PANEL,
                      help="catalog model or HF config dir")
-GPU = typer.Option("l4", "--gpu", "-g", metavar="NAME", rich_help_panel=HARDWARE_PANEL,
-                   help="GPU or node: name (l4, 8xh100) or YAML file")
+GPU = typer.Option(None, "--gpu", "-g", metavar="NAME", rich_help_panel=HARDWARE_PANEL,
+                   help="GPU or node: name or YAML file (default l4)")
+NODE = typer.Option(None, "--node", metavar="NAME", rich_help_panel=HARDWARE_PANEL,
+                    help="node template (8xh100) or node YAML; not with --gpu")
+# precision (``seesaw.core.Precision``): weights / GEMMs, and the KV cache, as vLLM names them
+DTYPE = typer.Option(None, "--dtype", metavar="TYPE", rich_help_panel=MODEL_PANEL,
+                     help="weights: bf16 | fp16 | fp8 (default bf16)")
+DTYPE_SEARCH = typer.Option(None, "--dtype", metavar="TYPE", rich_help_panel=MODEL_PANEL,
+                            help="bf16 | fp16 | fp8 | auto: search (default bf16)")
+KV_CACHE_DTYPE = typer.Option(None, "--kv-cache-dtype", metavar="TYPE", rich_help_panel=MODEL_PANEL,
+                              help="auto (16-bit) | fp8")
 NUM_GPUS = typer.Option(None, "--num-gpus", "-N", min=1, max=1024, metavar="N", rich_help_panel=HARDWARE_PANEL,
                         help="GPUs in the node (default 8)")
 NUM_NODES = typer.Option(None, "--num-nodes", min=1, max=1024, metavar="N", rich_help_panel=HARDWARE_PANEL,

@@ -56,7 +56,10 @@ def print_notes(notes) -> None:
 
 def compare(
     model: str = opt.MODEL,
-    gpu: str = opt.GPU,
+    dtype: Optional[str] = opt.DTYPE_SEARCH,
+    kv_cache_dtype: Optional[str] = opt.KV_CACHE_DTYPE,
+    gpu: Optional[str] = opt.GPU,
+    node: Optional[str] = opt.NODE,
     num_gpus: Optional[int] = opt.NUM_GPUS,
     num_nodes: Optional[int] = opt.NUM_NODES,
     interconnect: Optional[str] = opt.INTERCONNECT,
@@ -74,15 +77,18 @@ def compare(
 ) -> None:
     """Simulate every feasible static layout (vLLM, chunked prefill on/off) and every Seesaw pair."""
     from seesaw.app.simulate import compare as run_compare
+    from seesaw.app.simulate import hardware_option
     from seesaw.report import write_plan_folder
 
+    gpu = hardware_option(gpu, node)
     if out_dir is not None:
         check_folder(out_dir, overwrite=overwrite)
 
     with Progress("compare", unit="simulations") as bar:
         done = run_compare(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                            num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
-                           sample_size=sample_size, workers=workers, progress=bar)
+                           sample_size=sample_size, workers=workers, progress=bar, dtype=dtype,
+                           kv_cache_dtype=kv_cache_dtype)
     result = done.result
     print_notes(result.notes)
     if len(result.table):
@@ -107,7 +113,10 @@ def compare(
 
 def plan_cmd(
     model: str = opt.MODEL,
-    gpu: str = opt.GPU,
+    dtype: Optional[str] = opt.DTYPE_SEARCH,
+    kv_cache_dtype: Optional[str] = opt.KV_CACHE_DTYPE,
+    gpu: Optional[str] = opt.GPU,
+    node: Optional[str] = opt.NODE,
     num_gpus: Optional[int] = opt.NUM_GPUS,
     num_nodes: Optional[int] = opt.NUM_NODES,
     interconnect: Optional[str] = opt.INTERCONNECT,
@@ -131,9 +140,11 @@ def plan_cmd(
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Search layouts, policies and host-pool settings; print why the winner wins, write plan.json."""
+    from seesaw.app.simulate import hardware_option
     from seesaw.app.simulate import plan as run_plan
     from seesaw.report import write_plan_folder
 
+    gpu = hardware_option(gpu, node)
     if out_dir is not None:
         check_folder(out_dir, overwrite=overwrite)
 
@@ -141,7 +152,8 @@ def plan_cmd(
         done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                         num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                         objective=objective, price_per_gpu_hour=price, sample_size=sample_size,
-                        exhaustive=exhaustive, workers=workers, progress=bar)
+                        exhaustive=exhaustive, workers=workers, progress=bar, dtype=dtype,
+                        kv_cache_dtype=kv_cache_dtype)
     result = done.result
     print_notes(result.notes)
     if result.plan is None:
@@ -152,7 +164,7 @@ def plan_cmd(
         r = result.plan.runner_up
         print(f"Runner-up: {r['candidate']}, {r['worse_by_pct']:.1f}% lower throughput.")
     shared = f" (+{result.num_shared} sharing an equivalent's simulation)" if result.num_shared else ""
-    print(f"Searched {len(result.table)} candidates: {result.num_simulated} simulated{shared}, "
+    print(f"Searched {len(result.table)} candidates ({done.config['dtype']}): {result.num_simulated} simulated{shared}, "
           f"{result.num_estimated} estimated only; {len(result.rejected)} layouts or candidates rejected; "
           f"{result.wall_s:.1f} s.")
     _print_ranked(result, "best variant of each layout (simulated first; all candidates in candidates.csv)",

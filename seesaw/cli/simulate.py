@@ -21,16 +21,20 @@ def register(app: typer.Typer) -> None:
 
 def describe_run(done, workload: str, seed: int) -> str:
     """What was simulated, before the result: model, node, policy and layout, workload."""
-    node = done.node
+    node, dtype = done.node, done.config["dtype"]
+    precision = f" ({dtype})" if dtype != "bf16" else ""  # bf16: the default, not repeated
     nodes = f"{node.num_nodes} nodes x " if node.num_nodes > 1 else ""
-    return (f"Simulated {done.model.name} on {node.name} ({nodes}{node.num_gpus} x {node.gpu.name.upper()}, "
-            f"{node.interconnect}), {done.policy.describe()}; workload {workload}: "
+    return (f"Simulated {done.model.name}{precision} on {node.name} ({nodes}{node.num_gpus} x "
+            f"{node.gpu.name.upper()}, {node.interconnect}), {done.policy.describe()}; workload {workload}: "
             f"{done.num_requests:,} requests, seed {seed}")
 
 
 def simulate(
     model: str = opt.MODEL,
-    gpu: str = opt.GPU,
+    dtype: Optional[str] = opt.DTYPE,
+    kv_cache_dtype: Optional[str] = opt.KV_CACHE_DTYPE,
+    gpu: Optional[str] = opt.GPU,
+    node: Optional[str] = opt.NODE,
     num_gpus: Optional[int] = opt.NUM_GPUS,
     num_nodes: Optional[int] = opt.NUM_NODES,
     interconnect: Optional[str] = opt.INTERCONNECT,
@@ -57,10 +61,12 @@ def simulate(
     overwrite: bool = opt.OVERWRITE,
 ) -> None:
     """Simulate a workload on a node under one layout and policy; print vLLM-style throughput."""
+    from seesaw.app.simulate import hardware_option
     from seesaw.app.simulate import simulate as run_sim
     from seesaw.report import write_sim_folder
     from seesaw.report.claim import check_folder, start_folder
 
+    gpu = hardware_option(gpu, node)
     if out_dir is not None:  # one run, one folder: refused before the work when it holds a run
         check_folder(out_dir, overwrite=overwrite)
 
@@ -68,7 +74,8 @@ def simulate(
         done = run_sim(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                        num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                        layout=layout, chunked_prefill=chunked_prefill, chunk_size=chunk_size,
-                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar, sample_size=sample_size)
+                       max_num_seqs=max_num_seqs, host_kv_gib=host_kv_gib, progress=bar, sample_size=sample_size,
+                       dtype=dtype, kv_cache_dtype=kv_cache_dtype)
     result = done.result
     print(describe_run(done, workload, seed))
     for note in done.notes:
@@ -81,5 +88,5 @@ def simulate(
         write_sim_folder(start_folder(out_dir, "simulate", overwrite=overwrite), done.config, result)
         err.print(f"wrote {out_dir}/")
     if as_json:
-        print_json(result.summary())
+        print_json({**result.summary(), "dtype": done.config["dtype"]})
 

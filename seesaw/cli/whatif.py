@@ -49,8 +49,12 @@ class _OptionTicks:
 def whatif(
     model: str = typer.Option(WHATIF_MODEL, "--model", "-m", metavar="NAME", rich_help_panel=opt.MODEL_PANEL,
                               help="catalog model or HF config dir"),
+    dtype: Optional[str] = opt.DTYPE_SEARCH,
+    kv_cache_dtype: Optional[str] = opt.KV_CACHE_DTYPE,
     gpu: str = typer.Option(WHATIF_GPUS, "--gpu", "-g", metavar="NAMES",
                             rich_help_panel=opt.HARDWARE_PANEL, help="GPUs or nodes, comma-separated (or YAML; 2x8xl4: 2 nodes)"),
+    node: Optional[str] = typer.Option(None, "--node", metavar="NAMES", rich_help_panel=opt.HARDWARE_PANEL,
+                                       help="node templates or YAMLs, comma-separated"),
     num_gpus: str = typer.Option(WHATIF_NUM_GPUS, "--num-gpus", "-N", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
                                  help="comma-separated GPU counts"),
     num_nodes: Optional[str] = typer.Option(None, "--num-nodes", metavar="COUNTS", rich_help_panel=opt.HARDWARE_PANEL,
@@ -78,21 +82,26 @@ def whatif(
 ) -> None:
     """Compare hardware options for one model and workload; write a report folder (md, html, csv, png).
 
-    With no arguments: LLaMA2-70B, 1M ShareGPT-like requests, 4 and 8 x A10 / L4 / A100-40G.
+    With no arguments: LLaMA-3.1-70B, 1M ShareGPT-like requests, 8 x H100 / H200 / L40S / A100-80G.
     """
+    from seesaw.app.simulate import hardware_option
     from seesaw.app.whatif import whatif as run_whatif
     from seesaw.report.whatif import headline
+
+    # the default GPU list gives way to --node (only a --gpu of one's own conflicts with it)
+    gpu = hardware_option(None if gpu == WHATIF_GPUS else gpu, node, default=WHATIF_GPUS, many=True)
 
     with Progress("whatif", _count_options(gpu, num_gpus, num_nodes), unit="options") as bar:
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect,
                           workload=workload, num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
                           output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar),
-                          deadline=deadline)
+                          deadline=deadline, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
         bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths
     df = result.table()
-    table = Table(title=f"{done.model.name}, {done.num_requests:,} {workload} requests", title_justify="left")
+    precision = f" ({done.config['dtype']})" if dtype or kv_cache_dtype else ""
+    table = Table(title=f"{done.model.name}{precision}, {done.num_requests:,} {workload} requests", title_justify="left")
     for col in ("option", "best plan", "hours", "tokens/s", "$/M tok", "GPU-hours", "best vLLM", "speedup"):
         table.add_column(col, justify="left" if col in ("option", "best plan", "best vLLM") else "right")
     for r in df.to_dict("records"):

@@ -11,8 +11,8 @@ from seesaw.core.constants import (
 )
 from seesaw.core.errors import Interrupted, RunFailed, RunInterrupted, SpecError, interrupt_on_signals
 from seesaw.core.base import Spec
-from seesaw.core.model import ModelSpec
-from seesaw.core.hardware import GpuSpec, NetworkSpec, NodeSpec
+from seesaw.core.model import DTYPES, KV_CACHE_DTYPES, PRECISION_BYTES, ModelSpec, Precision
+from seesaw.core.hardware import GpuSpec, NetworkSpec, NodeSpec, UnsupportedPrecision
 from seesaw.core.parallel import Layout, ParallelConfig, format_layout, parse_layout, parse_parallel
 from seesaw.core.policy import (
     DEFAULT_BLOCK_SIZE,
@@ -38,7 +38,8 @@ from seesaw.core.measured import (
 __all__ = [
     "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "SIMULATE_SAMPLE_SIZE", "VERSION", "GiB", "WHATIF_GPUS",
     "WHATIF_MODEL", "WHATIF_NUM_GPUS", "Interrupted", "RunFailed", "RunInterrupted", "SpecError",
-    "interrupt_on_signals", "Spec", "ModelSpec", "GpuSpec", "NetworkSpec", "NodeSpec",
+    "interrupt_on_signals", "Spec", "ModelSpec", "Precision", "DTYPES", "KV_CACHE_DTYPES", "PRECISION_BYTES",
+    "GpuSpec", "NetworkSpec", "NodeSpec", "UnsupportedPrecision",
     "Layout", "ParallelConfig", "format_layout", "parse_layout", "parse_parallel",
     "DEFAULT_BLOCK_SIZE", "DEFAULT_MAX_NUM_BATCHED_TOKENS", "DEFAULT_MAX_NUM_SEQS",
     "PolicyBase", "PolicySpec", "SeesawPolicy", "VllmPolicy", "Plan", "Predicted", "RunResult", "SeesawStats", "EngineStats",

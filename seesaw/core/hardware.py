@@ -18,6 +18,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from seesaw.core.base import Spec
+from seesaw.core.errors import SpecError
+
+
+class UnsupportedPrecision(SpecError):
+    """A precision the GPU cannot run (FP8 weights without FP8 tensor cores). One line."""
 
 
 class GpuSpec(Spec):
@@ -27,6 +32,8 @@ class GpuSpec(Spec):
     memory_bytes: float = Field(gt=0, description="device memory usable by the framework")
     hbm_bandwidth_bytes_per_s: float = Field(gt=0, description="peak device-memory bandwidth")
     peak_flops: float = Field(gt=0, description="dense fp16/bf16 tensor-core FLOP/s (no sparsity)")
+    peak_flops_fp8: float | None = Field(
+        default=None, gt=0, description="dense FP8 tensor-core FLOP/s (no sparsity); none: no FP8 tensor cores")
     compute_efficiency: float = Field(
         default=0.7, gt=0, le=1, description="achievable fraction of peak_flops on large GEMMs"
     )
@@ -71,6 +78,21 @@ class GpuSpec(Spec):
         default=None, gt=0, description="on-demand price per GPU-hour, for cost objectives"
     )
     source: str = Field(default="", description="datasheet or measurement this comes from")
+
+    @property
+    def dtypes(self) -> tuple[str, ...]:
+        """The weight precisions this GPU's tensor cores run (``--dtype``)."""
+        return ("bf16", "fp16", "fp8") if self.peak_flops_fp8 else ("bf16", "fp16")
+
+    def gemm_peak_flops(self, fp8: bool = False) -> float:
+        """Dense tensor FLOP/s of a GEMM in 16-bit or (``fp8``) FP8; FP8 on a GPU without FP8
+        tensor cores is a one-line error (weight-only FP8 with 16-bit GEMMs is not modelled)."""
+        if not fp8:
+            return self.peak_flops
+        if self.peak_flops_fp8 is None:
+            raise UnsupportedPrecision(f"GPU {self.name} has no FP8 tensor cores: --dtype fp8 is not supported; it supports "
+                            f"{', '.join(self.dtypes)}")
+        return self.peak_flops_fp8
 
 
 class NetworkSpec(Spec):

@@ -73,7 +73,8 @@ def write_sim_folder(out_dir: Path, config: dict, result) -> Path:
     files = {"requests.csv": result.requests, "steps.csv": result.steps}
     if result.policy == "seesaw":
         files["timeline.png"] = lambda path: plot_timeline(result, path)
-    write_run_folder(out_dir, result.summary(), config=config, files=files)
+    summary = {**result.summary(), **({"dtype": config["dtype"]} if "dtype" in config else {})}
+    write_run_folder(out_dir, summary, config=config, files=files)
     return Path(out_dir)
 
 

@@ -42,7 +42,7 @@ class CostModel:
                 f"model.model_copy(update={{'dtype_bytes': {measured.dtype_bytes}}}) for an engine run in that dtype"
             )
         # large-GEMM throughput and streaming bandwidth actually reached (profile efficiencies)
-        self.roofline = Roofline.of(node)
+        self.roofline = Roofline.of(node, fp8=model.fp8_weights)
         self._stages: dict[tuple, list[StageConstants]] = {}
         self._crosses: dict[tuple, list[bool]] = {}  # per layout: which stage boundaries cross nodes
 
@@ -133,7 +133,7 @@ class CostModel:
             curve = self.tables.op("linear", (in_features, out_features), 1)
             if curve is not None:
                 return curve(tokens)
-        return self.roofline.gemm_s(tokens, in_features, out_features, self.model.dtype_bytes)
+        return self.roofline.gemm_s(tokens, in_features, out_features, self.model.linear_bytes_per_param)
 
     # ---------------------------------------------------------------------------------------
     # communication and copies

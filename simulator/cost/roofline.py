@@ -9,6 +9,9 @@ split into parts. It assumes: all four GEMMs of a layer see the same rows, so a 
 time is one max over their summed FLOPs and bytes; one attention kernel per layer and kind;
 ring all-reduces with a small-message floor (over the network where a TP group spans nodes:
 ``cluster``); the per-step overhead shared among stages in proportion to their layers.
+Precision (``ModelSpec.fp8_weights``): the decoder's GEMMs run at the GPU's FP8 peak and read 1-byte
+weights; the LM head, attention, norms and collectives stay 16-bit; an FP8 KV cache halves the
+KV bytes that decode attention reads and that swaps move.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def elementwise_bytes_per_token(model: ModelSpec, tp: int) -> float:
 class Roofline:
     """Rates actually reached on one node (datasheet peaks times the profile's efficiencies)."""
 
-    flops_per_s: float  # large-GEMM throughput: peak_flops * compute_efficiency
+    flops_per_s: float  # decoder GEMMs: the peak of their precision (16-bit or FP8) * compute_efficiency
     hbm_bytes_per_s: float  # streaming bandwidth: hbm_bandwidth * memory_efficiency
     n0: float  # compute_saturation_tokens: a GEMM of n rows costs n + n0 rows at full efficiency
     kernel_s: float  # fixed launch/ramp/tail time of one kernel
@@ -54,12 +57,16 @@ class Roofline:
     elementwise_bytes_per_s: float = 0.0  # norms, RoPE, activation, residual adds
     allreduce_base_s: float = 0.0  # one all-reduce's floor besides the ring steps
     p2p_bytes_per_s: float = 0.0  # send/recv bandwidth
+    head_flops_per_s: float = 0.0  # the LM head's 16-bit GEMM (0: flops_per_s)
 
     @classmethod
-    def of(cls, node: NodeSpec) -> "Roofline":
+    def of(cls, node: NodeSpec, fp8: bool = False) -> "Roofline":
+        """The rates of ``node``; ``fp8``: the decoder GEMMs at the FP8 tensor peak (one-line error
+        for a GPU without FP8 tensor cores)."""
         gpu = node.gpu
         return cls(
-            flops_per_s=gpu.peak_flops * gpu.compute_efficiency,
+            flops_per_s=gpu.gemm_peak_flops(fp8) * gpu.compute_efficiency,
+            head_flops_per_s=gpu.peak_flops * gpu.compute_efficiency,
             hbm_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s * gpu.memory_efficiency,
             n0=float(gpu.compute_saturation_tokens),
             kernel_s=gpu.kernel_overhead_s,
@@ -115,7 +122,7 @@ class Roofline:
             if book:
                 parts["attention_s"] += attn
         if rows:
-            comp = c.head_flops_per_row * (rows + self.n0) / self.flops_per_s
+            comp = c.head_flops_per_row * (rows + self.n0) / (self.head_flops_per_s or self.flops_per_s)
             head = (comp if comp > c.head_read_s else c.head_read_s) + self.kernel_s
             gather = c.head_gather_s_per_row * rows
             t += head + gather + c.head_gather_fixed_s
@@ -165,7 +172,8 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
     """The roofline constants of every stage of ``layout`` (no measured tables)."""
     m = model
     tp, pp = layout.tp, layout.pp
-    h, d, B = m.hidden_size, m.d_head, m.dtype_bytes
+    h, d, B = m.hidden_size, m.d_head, m.dtype_bytes  # activations (and head, embedding, norms)
+    W, KV = m.linear_bytes_per_param, m.kv_bytes_per_element  # decoder GEMM weights; KV cache
     hq_gpu = m.num_attention_heads / tp
     kv_gpu = kv_heads_per_gpu(m, tp)
     vocab_gpu = m.vocab_size / tp
@@ -186,7 +194,7 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             link_bw, ar_lat_s = cross_node_allreduce(node, tp)
             gather_lat_s = cross_node_send(node)[1]
         head_params = vocab_gpu * h if last else 0.0
-        weight_params = layers * layer_params + head_params
+        weight_params = layers * (layer_params - lin_params) + head_params  # 16-bit: norms, head
         if first:
             weight_params += vocab_gpu * h  # vocab-parallel embedding
         if last:
@@ -198,11 +206,11 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
         attn_pair_s = 4.0 * hq_gpu * d * layers / rf.attn_flops_per_s
         out.append(StageConstants(
             layers=layers,
-            weight_bytes=weight_params * B,
-            kv_bytes_per_token=layers * 2 * kv_gpu * d * B,
+            weight_bytes=weight_params * B + layers * lin_params * W,
+            kv_bytes_per_token=layers * 2 * kv_gpu * d * KV,
             # 2 FLOPs per multiply-accumulate per weight per token (Kaplan et al. 2020, PaLM App. B)
             lin_flops_per_token=2.0 * lin_params * layers,
-            lin_read_s=lin_params * layers * B / rf.hbm_bytes_per_s,
+            lin_read_s=lin_params * layers * W / rf.hbm_bytes_per_s,
             # fused QKV, O, fused gate/up, down: 4 GEMM kernels per layer, as in vLLM; plus the
             # layer's 6 small kernels (2 RMSNorms, RoPE, SiLU-and-mul, 2 residual adds)
             lin_kernel_s=(4 + ELEMENTWISE_KERNELS) * layers * rf.kernel_s,
@@ -214,7 +222,7 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             attn_s_per_query=attn_pair_s * rf.attn_keys0,
             # Seesaw App. A attention KV movement: read Q, K, V, write O once per token
             attn_read_s_per_prefill_token=(2 * hq_gpu + 2 * kv_gpu) * d * B * layers / rf.hbm_bytes_per_s,
-            decode_s_per_token=layers * 2 * kv_gpu * d * B / rf.decode_bytes_per_s,
+            decode_s_per_token=layers * 2 * kv_gpu * d * KV / rf.decode_bytes_per_s,
             decode_kernel_s=layers * rf.decode_floor_s,
             ar_s_per_token=n_ar * ring_frac * h * B / link_bw,
             ar_fixed_s=n_ar * ar_lat_s,
