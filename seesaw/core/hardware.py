@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from seesaw.core.base import Spec
 
@@ -88,13 +88,37 @@ class NodeSpec(Spec):
         description="small-message floor of one all-reduce independent of the GPU count (NCCL launch and "
         "synchronisation), added to the 2(t-1) ring steps",
     )
+    allreduce_small_base_s: float | None = Field(
+        default=None, ge=0,
+        description="floor of NCCL's low-latency protocol (LL/LL128) for small all-reduces, added to the same "
+        "2(t-1) ring steps; an all-reduce takes the faster protocol (default: none, one protocol)",
+    )
+    allreduce_small_bandwidth_bytes_per_s: float | None = Field(
+        default=None, gt=0, description="per-GPU bus bandwidth of that low-latency protocol",
+    )
     p2p_latency_s: float = Field(default=10e-6, ge=0, description="one send/recv latency")
     p2p_bandwidth_bytes_per_s: float | None = Field(
         default=None, gt=0,
         description="one send/recv's bandwidth between two GPUs (default: gpu_link_bandwidth_bytes_per_s)",
     )
+    p2p_small_latency_s: float | None = Field(
+        default=None, ge=0,
+        description="floor of the low-latency protocol for small send/recvs; a send/recv takes the faster "
+        "protocol (default: none, one protocol)",
+    )
+    p2p_small_bandwidth_bytes_per_s: float | None = Field(
+        default=None, gt=0, description="bandwidth of that low-latency send/recv protocol",
+    )
     step_overhead_s: float = Field(default=2e-3, ge=0, description="fixed CPU/launch cost per step")
     source: str = ""
+
+    @model_validator(mode="after")
+    def _small_protocols_paired(self) -> "NodeSpec":
+        for a, b in (("allreduce_small_base_s", "allreduce_small_bandwidth_bytes_per_s"),
+                     ("p2p_small_latency_s", "p2p_small_bandwidth_bytes_per_s")):
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                raise ValueError(f"{a} and {b} go together: give both or neither")
+        return self
 
     @property
     def host_memory_bytes(self) -> float:

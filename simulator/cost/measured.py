@@ -131,7 +131,7 @@ def measured_parts(model: ModelSpec, rf: Roofline, c: StageConstants,
         elif m.allreduce is not None:
             comm += m.num_allreduce * m.allreduce(n * model.hidden_size * B)
         else:
-            comm += c.ar_s_per_token * n + c.ar_fixed_s
+            comm += rf.stage_allreduce_s(c, n)
     if np_:
         if m.prefill is not None:
             attn += c.layers * k * m.prefill(q, ctx)

@@ -7,7 +7,7 @@ what each efficiency stands for). ``Roofline.stage_s`` is the one roofline of a 
 the simulator's hot path calls it for a time, ``CostModel.stage_breakdown`` for the same time
 split into parts. It assumes: all four GEMMs of a layer see the same rows, so a layer's linear
 time is one max over their summed FLOPs and bytes; one attention kernel per layer and kind;
-ring all-reduces with a small-message floor; the per-step overhead shared among stages in proportion to their layers.
+ring all-reduces with a small-message floor, at the faster of NCCL's two protocols where a node has both; the per-step overhead shared among stages in proportion to their layers.
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class Roofline:
     elementwise_bytes_per_s: float = 0.0  # norms, RoPE, activation, residual adds
     allreduce_base_s: float = 0.0  # one all-reduce's floor besides the ring steps
     p2p_bytes_per_s: float = 0.0  # send/recv bandwidth
+    # NCCL's low-latency protocol (LL/LL128): a lower floor at a lower bandwidth (0: none)
+    allreduce_small_base_s: float = 0.0
+    allreduce_small_bytes_per_s: float = 0.0
+    p2p_small_latency_s: float = 0.0
+    p2p_small_bytes_per_s: float = 0.0
 
     @classmethod
     def of(cls, node: NodeSpec) -> "Roofline":
@@ -72,6 +77,10 @@ class Roofline:
             elementwise_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s * gpu.elementwise_memory_efficiency,
             allreduce_base_s=node.allreduce_base_s,
             p2p_bytes_per_s=node.p2p_bandwidth_bytes_per_s or node.gpu_link_bandwidth_bytes_per_s,
+            allreduce_small_base_s=node.allreduce_small_base_s or 0.0,
+            allreduce_small_bytes_per_s=node.allreduce_small_bandwidth_bytes_per_s or 0.0,
+            p2p_small_latency_s=node.p2p_small_latency_s or 0.0,
+            p2p_small_bytes_per_s=node.p2p_small_bandwidth_bytes_per_s or 0.0,
         )
 
     # ---------------------------------------------------------------------------------------
@@ -93,11 +102,15 @@ class Roofline:
         if n:
             comp = c.lin_flops_per_token * (n + self.n0) / self.flops_per_s
             lin = (comp if comp > c.lin_read_s else c.lin_read_s) + c.lin_kernel_s + c.misc_s_per_token * n
-            ar = c.ar_s_per_token * n
-            t += lin + ar + c.ar_fixed_s
+            ar, ar_fixed = c.ar_s_per_token * n, c.ar_fixed_s
+            if c.ar_small_s_per_token:  # the faster protocol for this size (as stage_allreduce_s)
+                small = c.ar_small_s_per_token * n + c.ar_small_fixed_s
+                if small < ar + ar_fixed:
+                    ar, ar_fixed = small, 0.0
+            t += lin + ar + ar_fixed
             if book:
                 parts["compute_s" if comp > c.lin_read_s else "weight_read_s"] += lin
-                parts["comm_s"] += ar + c.ar_fixed_s
+                parts["comm_s"] += ar + ar_fixed
         # attention terms written out here (the hot path, once per stage per simulated step);
         # prefill_attention_s / decode_attention_s are the same terms for the measured fallback
         if shape.prefill_tokens:
@@ -122,6 +135,16 @@ class Roofline:
                 parts["comm_s"] += gather + c.head_gather_fixed_s
         return t
 
+    def stage_allreduce_s(self, c: StageConstants, n: int) -> float:
+        """The stage's TP all-reduces of one step of ``n`` tokens, at the faster protocol (the same
+        terms as ``stage_s`` writes out in its hot path)."""
+        ar = c.ar_s_per_token * n + c.ar_fixed_s
+        if c.ar_small_s_per_token:
+            small = c.ar_small_s_per_token * n + c.ar_small_fixed_s
+            if small < ar:
+                return small
+        return ar
+
     def prefill_attention_s(self, c: StageConstants, shape: BatchShape) -> float:
         """Prefill attention of the stage: QK^T and PV FLOPs over the causal pairs at the fitted
         efficiency curve ``attn_flops_per_s * k / (k + k0)``, k = keys per query (so the work of
@@ -145,15 +168,35 @@ class Roofline:
         read = in_features * out_features * dtype_bytes / self.hbm_bytes_per_s
         return max(comp, read) + self.kernel_s
 
+    def allreduce_protocols(self, tp: int) -> list[tuple[float, float]]:
+        """``(fixed_s, bus_bytes_per_s)`` of each protocol an all-reduce over ``tp`` GPUs may take
+        (NCCL picks the fastest for the size, as its own tuning model does): the bandwidth protocol
+        (Simple), and, where the node has one, the low-latency protocol (LL/LL128: a lower floor at
+        a lower bandwidth). Each costs its floor plus 2(t-1) ring steps (launch and
+        synchronisation), plus the ring's bus bytes 2(t-1)/t * size per GPU (nccl-tests
+        PERFORMANCE.md) at its bandwidth. The one definition of the all-reduce's constants:
+        ``allreduce_s`` and the stages' per-token terms (``build_stages``) both read it."""
+        steps_s = 2 * (tp - 1) * self.allreduce_latency_s
+        out = [(self.allreduce_base_s + steps_s, self.link_bytes_per_s)]
+        if self.allreduce_small_bytes_per_s:
+            out.append((self.allreduce_small_base_s + steps_s, self.allreduce_small_bytes_per_s))
+        return out
+
     def allreduce_s(self, nbytes: float, tp: int) -> float:
-        """A floor (NCCL's launch and synchronisation, plus 2(t-1) ring steps) plus the ring's bus
-        bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md) at the link's bandwidth."""
-        return (2 * (tp - 1) / tp * nbytes / self.link_bytes_per_s
-                + self.allreduce_base_s + 2 * (tp - 1) * self.allreduce_latency_s)
+        """One all-reduce of ``nbytes`` over ``tp`` GPUs: the fastest of ``allreduce_protocols``."""
+        ring = 2 * (tp - 1) / tp * nbytes
+        return min(ring / bw + fixed for fixed, bw in self.allreduce_protocols(tp))
 
     def send_s(self, nbytes: float) -> float:
-        """One send/recv between two GPUs: a floor plus the bytes at the point-to-point bandwidth."""
-        return nbytes / self.p2p_bytes_per_s + self.p2p_latency_s
+        """One send/recv between two GPUs: a floor plus the bytes at the point-to-point bandwidth,
+        or the low-latency protocol's lower floor and bandwidth where the node has one and it is
+        faster for this size."""
+        t = nbytes / self.p2p_bytes_per_s + self.p2p_latency_s
+        if self.p2p_small_bytes_per_s:
+            small = nbytes / self.p2p_small_bytes_per_s + self.p2p_small_latency_s
+            if small < t:
+                return small
+        return t
 
     def host_copy_s(self, nbytes: float) -> float:
         return nbytes / self.host_bytes_per_s
@@ -169,9 +212,9 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
     vocab_gpu = m.vocab_size / tp
     lin_params = sum(k * n for k, n in gemm_shapes(m, tp).values())
     layer_params = lin_params + 2 * h  # + two replicated RMSNorm vectors
-    # ring all-reduce (NCCL): each GPU moves 2(t-1)/t of the buffer; 2(t-1) latency steps
+    # ring all-reduce (NCCL): each GPU moves 2(t-1)/t of the buffer; the protocols' floors and rates
     ring_frac = 2 * (tp - 1) / tp
-    ar_latency_s = node.allreduce_base_s + 2 * (tp - 1) * node.allreduce_latency_s
+    (ar_latency_s, ar_bytes_per_s), *small_ar = rf.allreduce_protocols(tp)
     gather_frac = (tp - 1) / tp  # gather to one rank: it receives the other (t-1)/t shards
     parts = layers_per_stage(m, layout)
     L = m.num_hidden_layers
@@ -209,8 +252,10 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             attn_read_s_per_prefill_token=(2 * hq_gpu + 2 * kv_gpu) * d * B * layers / rf.hbm_bytes_per_s,
             decode_s_per_token=layers * 2 * kv_gpu * d * B / rf.decode_bytes_per_s,
             decode_kernel_s=layers * rf.decode_floor_s,
-            ar_s_per_token=n_ar * ring_frac * h * B / rf.link_bytes_per_s,
+            ar_s_per_token=n_ar * ring_frac * h * B / ar_bytes_per_s,
             ar_fixed_s=n_ar * ar_latency_s,
+            ar_small_s_per_token=n_ar * ring_frac * h * B / small_ar[0][1] if small_ar and n_ar else 0.0,
+            ar_small_fixed_s=n_ar * small_ar[0][0] if small_ar else 0.0,
             head_flops_per_row=2.0 * head_params,
             head_read_s=head_params * B / rf.hbm_bytes_per_s,
             head_gather_s_per_row=(gather_frac * m.vocab_size * B / rf.link_bytes_per_s
