@@ -113,7 +113,8 @@ def elementwise_errors(data: Path, gpu: str | GpuSpec = GEMM_GPU) -> pd.DataFram
         df = df.groupby(["num_tokens", "num_tensor_parallel_workers"], as_index=False).median(numeric_only=True)
         measured = sum(df[f"time_stats.{op}.median"] for op in MISC_OPS) * 1e-3
         for n, tp, y in zip(df.num_tokens, df.num_tensor_parallel_workers, measured):
-            pred = ELEMENTWISE_KERNELS * rf.kernel_s + n * elementwise_bytes_per_token(m, int(tp)) / rf.elementwise_bytes_per_s
+            pred = (ELEMENTWISE_KERNELS * rf.non_gemm_kernel_s
+                    + n * elementwise_bytes_per_token(m, int(tp)) / rf.elementwise_bytes_per_s)
             rows.append(dict(model=name, tp=int(tp), num_tokens=int(n), measured_s=y, predicted_s=pred))
     return _with_error(pd.DataFrame(rows))
 
@@ -278,19 +279,31 @@ def fit_collectives(ar: pd.DataFrame, sr: pd.DataFrame) -> dict[str, float]:
                 p2p_small_latency_s=p2p_small, p2p_small_bandwidth_bytes_per_s=p2p_small_bw)
 
 
-def fit_elementwise(ew: pd.DataFrame, gpu: str = GEMM_GPU) -> float:
-    """The fraction of HBM bandwidth of the small kernels that fits best (0.01 grid), their fixed
-    time held at the GPU's kernel_overhead_s."""
+def fit_elementwise(ew: pd.DataFrame, gpu: str = GEMM_GPU) -> tuple[float, float]:
+    """The (fixed time per small kernel, fraction of HBM bandwidth) of the norms, RoPE, activation
+    and adds: the floor fitted where it dominates (<= 64 tokens, 0.5 us grid), the bandwidth where
+    the bytes do (> 512 tokens, 0.01 grid), each by median absolute relative error, alternately
+    (an overall median would be all large batches, which leave the floor undetermined)."""
     g = load_gpu(gpu)
-    fixed = ELEMENTWISE_KERNELS * g.kernel_overhead_s
-    nbytes = (ew.predicted_s - fixed) * g.hbm_bandwidth_bytes_per_s * g.elementwise_memory_efficiency
-    errs = {float(e): float(((fixed + nbytes / (g.hbm_bandwidth_bytes_per_s * e)) / ew.measured_s - 1).abs().median())
-            for e in np.arange(0.30, 1.001, 0.01)}
-    return min(errs, key=errs.get)
+    rf = CostModel(load_model("llama2-70b"), _node(g)).roofline
+    # the bytes behind each prediction, recovered from the profile's own constants
+    nbytes = ((ew.predicted_s - ELEMENTWISE_KERNELS * rf.non_gemm_kernel_s) * rf.elementwise_bytes_per_s).to_numpy()
+    y, n = ew.measured_s.to_numpy(), ew.num_tokens.to_numpy()
+
+    def err(k: float, e: float, rows: np.ndarray) -> float:
+        pred = ELEMENTWISE_KERNELS * k + nbytes[rows] / (g.hbm_bandwidth_bytes_per_s * e)
+        return float(np.median(np.abs(pred / y[rows] - 1)))
+
+    k, e = rf.non_gemm_kernel_s, g.elementwise_memory_efficiency
+    for _ in range(3):
+        k = min(np.arange(2e-6, 7.01e-6, 0.5e-6), key=lambda k_: err(k_, e, n <= 64))
+        e = min(np.arange(0.30, 1.001, 0.01), key=lambda e_: err(k, e_, n > 512))
+    return float(k), float(e)
 
 
 def fit_gemm_kernel(data: Path, gpu: str = GEMM_GPU) -> float:
-    """The fixed time per GEMM kernel that fits the GEMMs best (0.5 us grid), the other constants held."""
+    """The fixed time per GEMM kernel that fits the GEMMs best (median absolute relative error, 0.5 us
+    grid), the other constants held."""
     base = load_gpu(gpu)
     errs = {float(k): float(gemm_errors(data, base.model_copy(update={"kernel_overhead_s": float(k)})).abs_err.median())
             for k in np.arange(2e-6, 7.01e-6, 0.5e-6)}
@@ -417,8 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         **{f"{op}_median_abs_err": _r(v) for op, v in gemm.groupby("op").abs_err.median().items()},
     }
     if args.fit:
+        ew_kernel, ew_eff = fit_elementwise(ew)
         fits = {**fit_attention(att), **fit_collectives(ar, sr), "kernel_overhead_s": fit_gemm_kernel(args.data),
-                "elementwise_memory_efficiency": fit_elementwise(ew)}
+                "non_gemm_kernel_s": ew_kernel, "elementwise_memory_efficiency": ew_eff}
         print("best fits to these data (profile fields):")
         for k, v in fits.items():
             print(f"  {k}: {v:.4g}")

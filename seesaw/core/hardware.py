@@ -33,13 +33,18 @@ class GpuSpec(Spec):
     )
     kernel_overhead_s: float = Field(
         default=5e-6, ge=0,
-        description="fixed GPU time per GEMM and prefill-attention kernel (launch, ramp-up, tail), added to its "
-        "roofline time",
+        description="fixed GPU time per GEMM kernel (launch, ramp-up, tail), added to its roofline time; also "
+        "every other kernel's unless non_gemm_kernel_s is given",
+    )
+    non_gemm_kernel_s: float | None = Field(
+        default=None, ge=0,
+        description="fixed GPU time of each non-GEMM kernel (a layer's RMSNorms, RoPE, SiLU-and-mul, residual "
+        "adds, and its prefill attention), added to its roofline time (default: kernel_overhead_s)",
     )
     elementwise_memory_efficiency: float = Field(
         default=0.55, gt=0, le=1,
         description="fraction of HBM bandwidth reached by a layer's small memory-bound kernels (RMSNorms, "
-        "RoPE, SiLU-and-mul, residual adds); each also costs kernel_overhead_s",
+        "RoPE, SiLU-and-mul, residual adds); each also costs non_gemm_kernel_s",
     )
     # attention (defaults: the A100 fit of benchmarks/calibrate_a100.py, carried to other GPUs as
     # fractions of their datasheet peaks; see profiles/README.md)

@@ -39,7 +39,7 @@ class Roofline:
     flops_per_s: float  # large-GEMM throughput: peak_flops * compute_efficiency
     hbm_bytes_per_s: float  # streaming bandwidth: hbm_bandwidth * memory_efficiency
     n0: float  # compute_saturation_tokens: a GEMM of n rows costs n + n0 rows at full efficiency
-    kernel_s: float  # fixed launch/ramp/tail time of one kernel
+    kernel_s: float  # fixed launch/ramp/tail time of one GEMM kernel
     link_bytes_per_s: float  # GPU-GPU link per GPU
     host_bytes_per_s: float  # GPU-host link per GPU
     allreduce_latency_s: float  # per ring step
@@ -57,6 +57,7 @@ class Roofline:
     allreduce_small_bytes_per_s: float = 0.0
     p2p_small_latency_s: float = 0.0
     p2p_small_bytes_per_s: float = 0.0
+    non_gemm_kernel_s: float = 0.0  # the same of a norm/RoPE/activation/add or prefill-attention kernel
 
     @classmethod
     def of(cls, node: NodeSpec) -> "Roofline":
@@ -81,6 +82,8 @@ class Roofline:
             allreduce_small_bytes_per_s=node.allreduce_small_bandwidth_bytes_per_s or 0.0,
             p2p_small_latency_s=node.p2p_small_latency_s or 0.0,
             p2p_small_bytes_per_s=node.p2p_small_bandwidth_bytes_per_s or 0.0,
+            non_gemm_kernel_s=(gpu.kernel_overhead_s if gpu.non_gemm_kernel_s is None
+                                  else gpu.non_gemm_kernel_s),
         )
 
     # ---------------------------------------------------------------------------------------
@@ -241,9 +244,12 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             lin_read_s=lin_params * layers * B / rf.hbm_bytes_per_s,
             # fused QKV, O, fused gate/up, down: 4 GEMM kernels per layer, as in vLLM; plus the
             # layer's 6 small kernels (2 RMSNorms, RoPE, SiLU-and-mul, 2 residual adds)
-            lin_kernel_s=(4 + ELEMENTWISE_KERNELS) * layers * rf.kernel_s,
+            # (written as all 10 at the GEMM floor plus the small kernels' difference, which is
+            # exactly 0 when a GPU gives one floor for both)
+            lin_kernel_s=((4 + ELEMENTWISE_KERNELS) * layers * rf.kernel_s
+                          + ELEMENTWISE_KERNELS * layers * (rf.non_gemm_kernel_s - rf.kernel_s)),
             misc_s_per_token=layers * elementwise_bytes_per_token(m, tp) / rf.elementwise_bytes_per_s,
-            attn_kernel_s=layers * rf.kernel_s,
+            attn_kernel_s=layers * rf.non_gemm_kernel_s,
             # QK^T and PV: 2 x 2d FLOPs per (query, key) pair per head (FlashAttention paper), at
             # the fitted curve: the work of pairs + k0 pairs per query at attn_flops_per_s
             attn_s_per_pair=attn_pair_s,
