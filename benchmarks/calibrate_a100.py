@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         "allreduce_p95_abs_err": _r(ar.abs_err.quantile(0.95)),
         "allreduce_worst_abs_err": _r(ar.abs_err.max()),
         "allreduce_worst_abs_err_bound_monotone": _r(max(bound.values())),
+        **{f"allreduce_worst_abs_err_tp{tp}": _r(ar[ar.tp == tp].abs_err.max()) for tp in bound},
+        **{f"allreduce_worst_abs_err_bound_monotone_tp{tp}": _r(b) for tp, b in bound.items()},
         "allreduce_median_outside_range": _r(ar.range_err.median()),
         "allreduce_worst_outside_range": _r(ar.range_err.max()),
         "allreduce_worst_outside_range_bound_monotone": _r(max(bound_range.values())),
