@@ -301,3 +301,16 @@ def test_check_fits_on_catalog_l4():
         cm.check_fits(parse_parallel("T1P2"))
     for text in ("T4P2", "T8", "P8", "T2P4"):
         cm.check_fits(parse_parallel(text))
+
+
+def test_non_gemm_kernels_take_their_own_floor():
+    """With ``non_gemm_kernel_s`` a layer's 4 GEMM kernels keep ``kernel_overhead_s`` while its 6 small
+    kernels and its prefill-attention kernel take the other floor; without it, one floor for all."""
+    split = NODE.model_copy(update={"gpu": L4.model_copy(update={"non_gemm_kernel_s": 2e-6})})
+    one, two = CostModel(LLAMA2_70B, NODE).stages(T4P2)[0], CostModel(LLAMA2_70B, split).stages(T4P2)[0]
+    assert one.lin_kernel_s == pytest.approx(40 * 10 * 5e-6)
+    assert two.lin_kernel_s == pytest.approx(40 * (4 * 5e-6 + 6 * 2e-6))
+    assert (one.attn_kernel_s, two.attn_kernel_s) == (pytest.approx(40 * 5e-6), pytest.approx(40 * 2e-6))
+    # a lone GEMM (and so the LM head) keeps the GEMM floor
+    rf = CostModel(LLAMA2_70B, split).roofline
+    assert rf.gemm_s(1, 8192, 1024, 2) == pytest.approx(8192 * 1024 * 2 / HBM + 5e-6)

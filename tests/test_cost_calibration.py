@@ -70,8 +70,14 @@ def test_allreduce_against_dgx_a100(calib):
     assert set(ar.tp) == {2, 4, 8}
     # the shipped 8xa100-40g-nvlink profile (fitted to this data): floor + ring bytes
     assert ar.abs_err.median() <= 0.10
-    # small-message medians are bimodal (~20 us and ~60 us runs), so the tail is loose
-    assert ar.abs_err.quantile(0.9) <= 0.40
+    # small-message medians are bimodal (~20 us and ~60 us runs), so the tail is loose: no curve
+    # growing with size gets within 0.63 of every tp-2 median; the shipped two-protocol fit is near
+    bounds = calib.monotone_bounds(ar)
+    assert 0.4 <= max(bounds.values()) <= 0.8
+    assert ar.abs_err.max() <= max(bounds.values()) + 0.15
+    assert ar.abs_err.quantile(0.9) <= 0.50
+    # against each row's measured [min, max] the bulk is inside
+    assert ar.range_err.median() <= 0.05
     # the fit reproduces the shipped constants' regime: a tens-of-us floor, bandwidth under NVLink 3's
     # 300 GB/s per direction
     fit = calib.fit_collectives(ar, calib.sendrecv_errors(DATA))
@@ -82,6 +88,7 @@ def test_allreduce_against_dgx_a100(calib):
 def test_sendrecv_against_dgx_a100(calib):
     sr = calib.sendrecv_errors(DATA)
     assert sr.abs_err.median() <= 0.15
+    assert sr.abs_err.max() <= 0.30
 
 
 def test_attention_against_vidur_a100(calib):
@@ -99,3 +106,10 @@ def test_attention_against_vidur_a100(calib):
 def test_small_kernels_against_vidur_a100(calib):
     ew = calib.elementwise_errors(DATA)
     assert ew.abs_err.median() <= 0.15
+
+
+def test_kernel_floors_against_vidur_a100(calib):
+    # the GEMMs want a longer fixed time per kernel than the layers' small kernels (issue 21, II)
+    assert 6e-6 <= calib.fit_gemm_kernel(DATA) <= 7e-6
+    k, eff = calib.fit_elementwise(calib.elementwise_errors(DATA))
+    assert 3e-6 <= k <= 4.5e-6 and 0.5 <= eff <= 0.6

@@ -47,13 +47,18 @@ class GpuSpec(Spec):
     )
     kernel_overhead_s: float = Field(
         default=5e-6, ge=0,
-        description="fixed GPU time per GEMM and prefill-attention kernel (launch, ramp-up, tail), added to its "
-        "roofline time",
+        description="fixed GPU time per GEMM kernel (launch, ramp-up, tail), added to its roofline time; also "
+        "every other kernel's unless non_gemm_kernel_s is given",
+    )
+    non_gemm_kernel_s: float | None = Field(
+        default=None, ge=0,
+        description="fixed GPU time of each non-GEMM kernel (a layer's RMSNorms, RoPE, SiLU-and-mul, residual "
+        "adds, and its prefill attention), added to its roofline time (default: kernel_overhead_s)",
     )
     elementwise_memory_efficiency: float = Field(
         default=0.55, gt=0, le=1,
         description="fraction of HBM bandwidth reached by a layer's small memory-bound kernels (RMSNorms, "
-        "RoPE, SiLU-and-mul, residual adds); each also costs kernel_overhead_s",
+        "RoPE, SiLU-and-mul, residual adds); each also costs non_gemm_kernel_s",
     )
     # attention (defaults: the A100 fit of benchmarks/calibrate_a100.py, carried to other GPUs as
     # fractions of their datasheet peaks; see profiles/README.md)
@@ -130,10 +135,26 @@ class NodeSpec(Spec):
         description="small-message floor of one all-reduce independent of the GPU count (NCCL launch and "
         "synchronisation), added to the 2(t-1) ring steps",
     )
+    allreduce_small_base_s: float | None = Field(
+        default=None, ge=0,
+        description="floor of NCCL's low-latency protocol (LL/LL128) for small all-reduces, added to the same "
+        "2(t-1) ring steps; an all-reduce takes the faster protocol (default: none, one protocol)",
+    )
+    allreduce_small_bandwidth_bytes_per_s: float | None = Field(
+        default=None, gt=0, description="per-GPU bus bandwidth of that low-latency protocol",
+    )
     p2p_latency_s: float = Field(default=10e-6, ge=0, description="one send/recv latency")
     p2p_bandwidth_bytes_per_s: float | None = Field(
         default=None, gt=0,
         description="one send/recv's bandwidth between two GPUs (default: gpu_link_bandwidth_bytes_per_s)",
+    )
+    p2p_small_latency_s: float | None = Field(
+        default=None, ge=0,
+        description="floor of the low-latency protocol for small send/recvs; a send/recv takes the faster "
+        "protocol (default: none, one protocol)",
+    )
+    p2p_small_bandwidth_bytes_per_s: float | None = Field(
+        default=None, gt=0, description="bandwidth of that low-latency send/recv protocol",
     )
     step_overhead_s: float = Field(default=2e-3, ge=0, description="fixed CPU/launch cost per step")
     network: NetworkSpec | None = Field(
@@ -146,6 +167,14 @@ class NodeSpec(Spec):
         if self.num_nodes > 1 and self.network is None:
             raise ValueError(f"{self.num_nodes} nodes of {self.name} need a 'network' section (the inter-node "
                              "link per GPU); see `seesaw catalog --template node`")
+        return self
+
+    @model_validator(mode="after")
+    def _small_protocols_paired(self) -> "NodeSpec":
+        for a, b in (("allreduce_small_base_s", "allreduce_small_bandwidth_bytes_per_s"),
+                     ("p2p_small_latency_s", "p2p_small_bandwidth_bytes_per_s")):
+            if (getattr(self, a) is None) != (getattr(self, b) is None):
+                raise ValueError(f"{a} and {b} go together: give both or neither")
         return self
 
     @property

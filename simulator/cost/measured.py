@@ -123,7 +123,7 @@ def measured_parts(model: ModelSpec, rf: Roofline, c: StageConstants,
         for k_in, k_out in m.missing_gemms:
             lin += c.layers * rf.gemm_s(n, k_in, k_out, B)
         if m.misc_missing:  # no layer_misc table: the roofline's small kernels
-            lin += c.layers * ELEMENTWISE_KERNELS * rf.kernel_s + c.misc_s_per_token * n
+            lin += c.layers * ELEMENTWISE_KERNELS * rf.non_gemm_kernel_s + c.misc_s_per_token * n
         if m.embed is not None:
             lin += m.embed(n)
         if m.allreduce_in_place is not None:
@@ -131,7 +131,7 @@ def measured_parts(model: ModelSpec, rf: Roofline, c: StageConstants,
         elif m.allreduce is not None:
             comm += m.num_allreduce * m.allreduce(n * model.hidden_size * B)
         else:
-            comm += c.ar_s_per_token * n + c.ar_fixed_s
+            comm += rf.stage_allreduce_s(c, n)
     if np_:
         if m.prefill is not None:
             attn += c.layers * k * m.prefill(q, ctx)

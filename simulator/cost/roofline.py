@@ -7,8 +7,9 @@ what each efficiency stands for). ``Roofline.stage_s`` is the one roofline of a 
 the simulator's hot path calls it for a time, ``CostModel.stage_breakdown`` for the same time
 split into parts. It assumes: all four GEMMs of a layer see the same rows, so a layer's linear
 time is one max over their summed FLOPs and bytes; one attention kernel per layer and kind;
-ring all-reduces with a small-message floor (over the network where a TP group spans nodes:
-``cluster``); the per-step overhead shared among stages in proportion to their layers.
+ring all-reduces with a small-message floor, at the faster of NCCL's two protocols where a node has both
+(over the network, one protocol, where a TP group spans nodes: ``cluster``); the per-step overhead
+shared among stages in proportion to their layers.
 Precision (``ModelSpec.fp8_weights``): the decoder's GEMMs run at the GPU's FP8 peak and read 1-byte
 weights; the LM head, attention, norms and collectives stay 16-bit; an FP8 KV cache halves the
 KV bytes that decode attention reads and that swaps move.
@@ -44,7 +45,7 @@ class Roofline:
     flops_per_s: float  # decoder GEMMs: the peak of their precision (16-bit or FP8) * compute_efficiency
     hbm_bytes_per_s: float  # streaming bandwidth: hbm_bandwidth * memory_efficiency
     n0: float  # compute_saturation_tokens: a GEMM of n rows costs n + n0 rows at full efficiency
-    kernel_s: float  # fixed launch/ramp/tail time of one kernel
+    kernel_s: float  # fixed launch/ramp/tail time of one GEMM kernel
     link_bytes_per_s: float  # GPU-GPU link per GPU
     host_bytes_per_s: float  # GPU-host link per GPU
     allreduce_latency_s: float  # per ring step
@@ -58,6 +59,12 @@ class Roofline:
     allreduce_base_s: float = 0.0  # one all-reduce's floor besides the ring steps
     p2p_bytes_per_s: float = 0.0  # send/recv bandwidth
     head_flops_per_s: float = 0.0  # the LM head's 16-bit GEMM (0: flops_per_s)
+    # NCCL's low-latency protocol (LL/LL128): a lower floor at a lower bandwidth (0: none)
+    allreduce_small_base_s: float = 0.0
+    allreduce_small_bytes_per_s: float = 0.0
+    p2p_small_latency_s: float = 0.0
+    p2p_small_bytes_per_s: float = 0.0
+    non_gemm_kernel_s: float = 0.0  # the same of a norm/RoPE/activation/add or prefill-attention kernel
 
     @classmethod
     def of(cls, node: NodeSpec, fp8: bool = False) -> "Roofline":
@@ -81,6 +88,12 @@ class Roofline:
             elementwise_bytes_per_s=gpu.hbm_bandwidth_bytes_per_s * gpu.elementwise_memory_efficiency,
             allreduce_base_s=node.allreduce_base_s,
             p2p_bytes_per_s=node.p2p_bandwidth_bytes_per_s or node.gpu_link_bandwidth_bytes_per_s,
+            allreduce_small_base_s=node.allreduce_small_base_s or 0.0,
+            allreduce_small_bytes_per_s=node.allreduce_small_bandwidth_bytes_per_s or 0.0,
+            p2p_small_latency_s=node.p2p_small_latency_s or 0.0,
+            p2p_small_bytes_per_s=node.p2p_small_bandwidth_bytes_per_s or 0.0,
+            non_gemm_kernel_s=(gpu.kernel_overhead_s if gpu.non_gemm_kernel_s is None
+                                  else gpu.non_gemm_kernel_s),
         )
 
     # ---------------------------------------------------------------------------------------
@@ -102,11 +115,15 @@ class Roofline:
         if n:
             comp = c.lin_flops_per_token * (n + self.n0) / self.flops_per_s
             lin = (comp if comp > c.lin_read_s else c.lin_read_s) + c.lin_kernel_s + c.misc_s_per_token * n
-            ar = c.ar_s_per_token * n
-            t += lin + ar + c.ar_fixed_s
+            ar, ar_fixed = c.ar_s_per_token * n, c.ar_fixed_s
+            if c.ar_small_s_per_token:  # the faster protocol for this size (as stage_allreduce_s)
+                small = c.ar_small_s_per_token * n + c.ar_small_fixed_s
+                if small < ar + ar_fixed:
+                    ar, ar_fixed = small, 0.0
+            t += lin + ar + ar_fixed
             if book:
                 parts["compute_s" if comp > c.lin_read_s else "weight_read_s"] += lin
-                parts["comm_s"] += ar + c.ar_fixed_s
+                parts["comm_s"] += ar + ar_fixed
         # attention terms written out here (the hot path, once per stage per simulated step);
         # prefill_attention_s / decode_attention_s are the same terms for the measured fallback
         if shape.prefill_tokens:
@@ -131,6 +148,16 @@ class Roofline:
                 parts["comm_s"] += gather + c.head_gather_fixed_s
         return t
 
+    def stage_allreduce_s(self, c: StageConstants, n: int) -> float:
+        """The stage's TP all-reduces of one step of ``n`` tokens, at the faster protocol (the same
+        terms as ``stage_s`` writes out in its hot path)."""
+        ar = c.ar_s_per_token * n + c.ar_fixed_s
+        if c.ar_small_s_per_token:
+            small = c.ar_small_s_per_token * n + c.ar_small_fixed_s
+            if small < ar:
+                return small
+        return ar
+
     def prefill_attention_s(self, c: StageConstants, shape: BatchShape) -> float:
         """Prefill attention of the stage: QK^T and PV FLOPs over the causal pairs at the fitted
         efficiency curve ``attn_flops_per_s * k / (k + k0)``, k = keys per query (so the work of
@@ -154,15 +181,35 @@ class Roofline:
         read = in_features * out_features * dtype_bytes / self.hbm_bytes_per_s
         return max(comp, read) + self.kernel_s
 
+    def allreduce_protocols(self, tp: int) -> list[tuple[float, float]]:
+        """``(fixed_s, bus_bytes_per_s)`` of each protocol an all-reduce over ``tp`` GPUs may take
+        (NCCL picks the fastest for the size, as its own tuning model does): the bandwidth protocol
+        (Simple), and, where the node has one, the low-latency protocol (LL/LL128: a lower floor at
+        a lower bandwidth). Each costs its floor plus 2(t-1) ring steps (launch and
+        synchronisation), plus the ring's bus bytes 2(t-1)/t * size per GPU (nccl-tests
+        PERFORMANCE.md) at its bandwidth. The one definition of the all-reduce's constants:
+        ``allreduce_s`` and the stages' per-token terms (``build_stages``) both read it."""
+        steps_s = 2 * (tp - 1) * self.allreduce_latency_s
+        out = [(self.allreduce_base_s + steps_s, self.link_bytes_per_s)]
+        if self.allreduce_small_bytes_per_s:
+            out.append((self.allreduce_small_base_s + steps_s, self.allreduce_small_bytes_per_s))
+        return out
+
     def allreduce_s(self, nbytes: float, tp: int) -> float:
-        """A floor (NCCL's launch and synchronisation, plus 2(t-1) ring steps) plus the ring's bus
-        bytes 2(t-1)/t * size per GPU (nccl-tests PERFORMANCE.md) at the link's bandwidth."""
-        return (2 * (tp - 1) / tp * nbytes / self.link_bytes_per_s
-                + self.allreduce_base_s + 2 * (tp - 1) * self.allreduce_latency_s)
+        """One all-reduce of ``nbytes`` over ``tp`` GPUs: the fastest of ``allreduce_protocols``."""
+        ring = 2 * (tp - 1) / tp * nbytes
+        return min(ring / bw + fixed for fixed, bw in self.allreduce_protocols(tp))
 
     def send_s(self, nbytes: float) -> float:
-        """One send/recv between two GPUs: a floor plus the bytes at the point-to-point bandwidth."""
-        return nbytes / self.p2p_bytes_per_s + self.p2p_latency_s
+        """One send/recv between two GPUs: a floor plus the bytes at the point-to-point bandwidth,
+        or the low-latency protocol's lower floor and bandwidth where the node has one and it is
+        faster for this size."""
+        t = nbytes / self.p2p_bytes_per_s + self.p2p_latency_s
+        if self.p2p_small_bytes_per_s:
+            small = nbytes / self.p2p_small_bytes_per_s + self.p2p_small_latency_s
+            if small < t:
+                return small
+        return t
 
     def host_copy_s(self, nbytes: float) -> float:
         return nbytes / self.host_bytes_per_s
@@ -179,9 +226,9 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
     vocab_gpu = m.vocab_size / tp
     lin_params = sum(k * n for k, n in gemm_shapes(m, tp).values())
     layer_params = lin_params + 2 * h  # + two replicated RMSNorm vectors
-    # ring all-reduce (NCCL): each GPU moves 2(t-1)/t of the buffer; 2(t-1) latency steps
+    # ring all-reduce (NCCL): each GPU moves 2(t-1)/t of the buffer; the protocols' floors and rates
     ring_frac = 2 * (tp - 1) / tp
-    ar_latency_s = node.allreduce_base_s + 2 * (tp - 1) * node.allreduce_latency_s
+    (ar_latency_s, ar_bytes_per_s), *small_ar = rf.allreduce_protocols(tp)
     gather_frac = (tp - 1) / tp  # gather to one rank: it receives the other (t-1)/t shards
     parts = layers_per_stage(m, layout)
     L = m.num_hidden_layers
@@ -189,9 +236,9 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
     for s, layers in enumerate(parts):
         first, last = s == 0, s == pp - 1
         # a TP group spanning nodes all-reduces over the network (simulator.cost.cluster)
-        link_bw, ar_lat_s, gather_lat_s = rf.link_bytes_per_s, ar_latency_s, node.p2p_latency_s
-        if tp_spans_nodes(node, layout, s):
-            link_bw, ar_lat_s = cross_node_allreduce(node, tp)
+        link_bw, ar_lat_s, gather_lat_s, small = ar_bytes_per_s, ar_latency_s, node.p2p_latency_s, small_ar
+        if tp_spans_nodes(node, layout, s):  # the network's one floor and rate replace both protocols
+            (link_bw, ar_lat_s), small = cross_node_allreduce(node, tp), []
             gather_lat_s = cross_node_send(node)[1]
         head_params = vocab_gpu * h if last else 0.0
         weight_params = layers * (layer_params - lin_params) + head_params  # 16-bit: norms, head
@@ -213,9 +260,12 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             lin_read_s=lin_params * layers * W / rf.hbm_bytes_per_s,
             # fused QKV, O, fused gate/up, down: 4 GEMM kernels per layer, as in vLLM; plus the
             # layer's 6 small kernels (2 RMSNorms, RoPE, SiLU-and-mul, 2 residual adds)
-            lin_kernel_s=(4 + ELEMENTWISE_KERNELS) * layers * rf.kernel_s,
+            # (written as all 10 at the GEMM floor plus the small kernels' difference, which is
+            # exactly 0 when a GPU gives one floor for both)
+            lin_kernel_s=((4 + ELEMENTWISE_KERNELS) * layers * rf.kernel_s
+                          + ELEMENTWISE_KERNELS * layers * (rf.non_gemm_kernel_s - rf.kernel_s)),
             misc_s_per_token=layers * elementwise_bytes_per_token(m, tp) / rf.elementwise_bytes_per_s,
-            attn_kernel_s=layers * rf.kernel_s,
+            attn_kernel_s=layers * rf.non_gemm_kernel_s,
             # QK^T and PV: 2 x 2d FLOPs per (query, key) pair per head (FlashAttention paper), at
             # the fitted curve: the work of pairs + k0 pairs per query at attn_flops_per_s
             attn_s_per_pair=attn_pair_s,
@@ -226,6 +276,8 @@ def build_stages(model: ModelSpec, node: NodeSpec, rf: Roofline, layout: Paralle
             decode_kernel_s=layers * rf.decode_floor_s,
             ar_s_per_token=n_ar * ring_frac * h * B / link_bw,
             ar_fixed_s=n_ar * ar_lat_s,
+            ar_small_s_per_token=n_ar * ring_frac * h * B / small[0][1] if small and n_ar else 0.0,
+            ar_small_fixed_s=n_ar * small[0][0] if small else 0.0,
             head_flops_per_row=2.0 * head_params,
             head_read_s=head_params * B / rf.hbm_bytes_per_s,
             head_gather_s_per_row=(gather_frac * m.vocab_size * B / link_bw

@@ -98,6 +98,8 @@ class StageConstants:
     decode_kernel_s: float  # decode attention's per-call floor, all layers
     ar_s_per_token: float  # TP all-reduce bandwidth time per token (all all-reduces)
     ar_fixed_s: float  # TP all-reduce latency per step (all all-reduces)
+    ar_small_s_per_token: float  # the same under the low-latency protocol (0: the node has none)
+    ar_small_fixed_s: float
     head_flops_per_row: float  # LM head GEMM FLOPs per sampled row (last stage only)
     head_read_s: float  # time to stream the LM head shard once
     head_gather_s_per_row: float  # gathering one row of logits to one rank
