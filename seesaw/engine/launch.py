@@ -148,17 +148,46 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
     return results[0]
 
 
-def run_torchrun_rank(store, items, config: EngineConfig):
-    """This process is one rank of a torchrun job (``RANK``, ``WORLD_SIZE`` set): join it through
-    ``env://``, run the rank (rank 0 drives and returns the result), leave it."""
+def run_torchrun_rank(store, items, config: EngineConfig | None, device: str = "cpu", timeout_s: float = 120.0):
+    """This process is one rank of a torchrun job (``RANK``, ``WORLD_SIZE`` set), on one of its nodes.
+
+    It is bound to torchrun's agent, its parent (``lifecycle.bind_to_launcher``: a killed agent takes
+    its ranks with it instead of leaving them to a collective timeout), joins the job through
+    ``env://`` (gloo on CPU, NCCL on CUDA: ``device``; ``timeout_s`` for every collective), and
+    takes the run from rank 0: rank 0 passes its ``EngineConfig`` (None: nothing to run) and the
+    requests; the other ranks pass None for both and never read the input, they get the config from
+    rank 0 (so the layout and policy of ``--auto`` or ``--plan`` are rank 0's) and load the weights
+    from ``config.model_dir`` on their own node. Rank 0 drives and returns the result; the others
+    return None. A failed collective (a node died, a rank never joined) raises ``EngineError``: one
+    line naming this rank and its node."""
     import torch.distributed as dist
 
+    from seesaw.engine.config import reason
     from seesaw.engine.dist import init_process
+    from seesaw.engine.host_pools import node_of_rank
+    from seesaw.engine.lifecycle import bind_to_launcher
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    device = init_process(rank, world, "env://", backend_for(config.device), config.timeout_s)
+    node, _ = node_of_rank()
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent
+        bind_to_launcher(os.getppid(), ignore_sigint=False)
+    if config is not None:
+        device, timeout_s = config.device, config.timeout_s
+    where = f"rank {rank} of {world} (node {node})"
+    stage = "joining the torchrun job"
     try:
-        return rank_main(rank, world, device, store, config, items)
+        dev = init_process(rank, world, "env://", backend_for(device), timeout_s)
+        stage = "receiving the run from rank 0"
+        box = [config if rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        if box[0] is None:
+            return None
+        stage = "running"
+        return rank_main(rank, world, dev, store, box[0], items)
+    except EngineError:
+        raise
+    except (RuntimeError, TimeoutError) as e:  # a DistError (store, gloo) or a collective's timeout
+        raise EngineError(f"{where}: {stage} failed: {reason(e)}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
