@@ -1,0 +1,153 @@
+"""``seesaw run`` across nodes with ``torchrun``: two torchrun agents on this machine play two
+"nodes" of 2 CPU ranks each (``--nnodes 2 --nproc-per-node 2``, static rendezvous on a free port
+found at run time, gloo), each agent in a folder of its own: the input is only in node 0's folder
+and the output goes there, so node 1's folder staying empty shows that the other node reads and
+writes nothing. Layouts put TP inside a node and PP or DP across (``T2P2``, ``D2T2``) and a Seesaw
+pair re-shards within each node's own host KV pool (``P4->T2P2``); each run's outputs equal the
+single-process (``T1``) run's token for token. A rank on node 1 that dies ends both nodes with
+one line on node 0 naming the failed step and what is saved, and ``--resume`` then completes the
+run with the same outputs. Every agent runs in a session of its own under a deadline and is
+killed with its session on failure; its ranks die with it (they are bound to their agent).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from seesaw.core import SpecError, parse_layout
+from seesaw.engine.hf_config import read_config, spec_from_config
+from seesaw.engine.host_pools import check_node_pools
+from tests.engine_helpers import stable_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_S = 240.0
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR",
+                "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SEESAW_FAULT")
+
+
+def _write_input(path: Path, n: int = 8) -> Path:
+    import json
+
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"q{i}", "prompt": f"question {i}: " + "abc" * (i % 5 + 1),
+                                "max_tokens": 12}) + "\n")
+    return path
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_args(ckpt: Path, layout: str, *extra: str) -> list[str]:
+    return ["run", "--model", str(ckpt), "--input", "in.jsonl", "--output", "out.jsonl", "--layout", layout,
+            "--oversubscribe", "--timeout", "60", *extra]
+
+
+def _two_nodes(folder: Path, ckpt: Path, layout: str, *extra: str, env: dict | None = None) -> list[tuple]:
+    """Start one torchrun agent per "node" (cwd ``folder/node0``, ``folder/node1``), wait for both;
+    [(returncode, stdout, stderr)] by node. Kills both sessions past the deadline."""
+    port = _free_port()
+    procs = []
+    try:
+        for node in (0, 1):
+            cwd = folder / f"node{node}"
+            cwd.mkdir(exist_ok=True)
+            argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+                    "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                    "-m", "seesaw.cli", *_run_args(ckpt, layout, *extra)]
+            procs.append(subprocess.Popen(argv, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
+        deadline = time.monotonic() + DEADLINE_S
+        results = []
+        for p in procs:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            results.append((p.returncode, out, err))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)  # the agent's ranks die with it (bound to their parent)
+                p.wait()
+
+
+def _errors(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+
+
+@pytest.fixture(scope="module")
+def reference(ckpt, tmp_path_factory) -> tuple[Path, dict]:
+    """(the input, the single-process T1 run's outputs)."""
+    folder = tmp_path_factory.mktemp("torchrun-ref")
+    inp = _write_input(folder / "in.jsonl")
+    res = subprocess.run([sys.executable, "-m", "seesaw.cli", *_run_args(ckpt, "T1")], cwd=folder, env=_env(),
+                         capture_output=True, text=True, timeout=DEADLINE_S)
+    assert res.returncode == 0, res.stderr
+    return inp, stable_outputs(folder / "out.jsonl")
+
+
+@pytest.mark.parametrize("layout", ["T2P2", "D2T2", "P4->T2P2"])
+def test_two_nodes_equal_one_process(ckpt, reference, tmp_path, layout):
+    inp, ref = reference
+    (tmp_path / "node0").mkdir()
+    (tmp_path / "node0" / "in.jsonl").write_bytes(inp.read_bytes())  # the input on node 0 only
+    (n0, out0, err0), (n1, out1, err1) = _two_nodes(tmp_path, ckpt, layout)
+    print(f"{layout} node 0:", *out0.splitlines(), *err0.splitlines()[-1:], sep="\n  ")
+    assert (n0, n1) == (0, 0), f"node 0: {err0[-2000:]}\nnode 1: {err1[-2000:]}"
+    assert "wrote 8 line(s) to out.jsonl" in err0
+    assert stable_outputs(tmp_path / "node0" / "out.jsonl") == ref
+    assert list((tmp_path / "node1").iterdir()) == []  # node 1 read no input and wrote nothing
+    assert out1.strip() == "" and _errors(err1) == []
+    if "->" in layout:
+        assert "1 transition(s)" in out0
+
+
+def test_a_dead_rank_on_node_1_ends_both_nodes_and_resume_completes(ckpt, reference, tmp_path):
+    inp, ref = reference
+    (tmp_path / "node0").mkdir()
+    (tmp_path / "node0" / "in.jsonl").write_bytes(inp.read_bytes())
+    t0 = time.monotonic()
+    (n0, _, err0), (n1, _, err1) = _two_nodes(tmp_path, ckpt, "T2P2", env=_env(SEESAW_FAULT="rank=3,after=3"))
+    took = time.monotonic() - t0
+    lines = _errors(err0)
+    print("node 0:", *lines, "node 1:", *_errors(err1), f"both ended {took:.1f} s after the start", sep="\n  ")
+    assert n0 != 0 and n1 != 0
+    rank0 = [ln for ln in lines if "requests finished and saved in out.jsonl" in ln]
+    assert len(rank0) == 1 and "failed: a peer closed its connection" in rank0[0], err0[-2000:]
+    assert str(ROOT / "seesaw") not in err0 + err1  # no traceback through our code (torchrun prints its own)
+    (n0, out0, err0), (n1, _, err1) = _two_nodes(tmp_path, ckpt, "T2P2", "--resume")
+    assert (n0, n1) == (0, 0), f"node 0: {err0[-2000:]}\nnode 1: {err1[-2000:]}"
+    assert stable_outputs(tmp_path / "node0" / "out.jsonl") == ref
+
+
+@pytest.mark.parametrize("pair, per_node, ok", [
+    ("P4->T2P2", 2, True),       # TP inside a node, PP across: each node keeps its layers
+    ("D2P2->D2T2", 2, True),     # a replica per node
+    ("P4->T4", 2, False),        # a node's decode ranks need every layer
+    ("P2->T2", 1, False),
+    ("P2->T2", 2, True),         # one node
+])
+def test_node_pools_hold_what_the_node_reads(ckpt, pair, per_node, ok):
+    spec = spec_from_config(read_config(ckpt), "tiny")
+    c_p, c_d = parse_layout(pair)
+    if ok:
+        check_node_pools(spec, c_p, c_d, per_node)
+        return
+    with pytest.raises(SpecError, match=rf"cannot run {pair} on nodes of {per_node} rank.*own host KV pool"):
+        check_node_pools(spec, c_p, c_d, per_node)
