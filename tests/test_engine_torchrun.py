@@ -12,6 +12,7 @@ killed with its session on failure; its ranks die with it (they are bound to the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -34,8 +35,6 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_R
 
 
 def _write_input(path: Path, n: int = 8) -> Path:
-    import json
-
     with path.open("w") as f:
         for i in range(n):
             f.write(json.dumps({"id": f"q{i}", "prompt": f"question {i}: " + "abc" * (i % 5 + 1),
@@ -60,31 +59,43 @@ def _run_args(ckpt: Path, layout: str, *extra: str) -> list[str]:
             "--oversubscribe", "--timeout", "60", *extra]
 
 
-def _two_nodes(folder: Path, ckpt: Path, layout: str, *extra: str, env: dict | None = None) -> list[tuple]:
-    """Start one torchrun agent per "node" (cwd ``folder/node0``, ``folder/node1``), wait for both;
-    [(returncode, stdout, stderr)] by node. Kills both sessions past the deadline."""
+def _start(folder: Path, ckpt: Path, layout: str, *extra: str, env: dict | None = None) -> list[subprocess.Popen]:
+    """One torchrun agent per "node" (cwd ``folder/node0``, ``folder/node1``), each in a session of
+    its own; stdout and stderr go to ``folder/nodeN.out`` / ``.err`` (files, not pipes that a
+    surviving rank would hold open)."""
     port = _free_port()
     procs = []
+    for node in (0, 1):
+        cwd = folder / f"node{node}"
+        cwd.mkdir(exist_ok=True)
+        argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+                "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
+                "-m", "seesaw.cli", *_run_args(ckpt, layout, *extra)]
+        with (folder / f"node{node}.out").open("w") as out, (folder / f"node{node}.err").open("w") as err:
+            procs.append(subprocess.Popen(argv, cwd=cwd, env=env or _env(), stdout=out, stderr=err,
+                                          start_new_session=True))
+    return procs
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)  # the agent's ranks die with it (bound to their parent)
+            p.wait()
+
+
+def _two_nodes(folder: Path, ckpt: Path, layout: str, *extra: str, env: dict | None = None) -> list[tuple]:
+    """Run both agents to the end (``_start``); [(returncode, stdout, stderr)] by node. Kills both
+    sessions past the deadline."""
+    procs = _start(folder, ckpt, layout, *extra, env=env)
     try:
-        for node in (0, 1):
-            cwd = folder / f"node{node}"
-            cwd.mkdir(exist_ok=True)
-            argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
-                    "--node-rank", str(node), "--master-addr", "127.0.0.1", "--master-port", str(port),
-                    "-m", "seesaw.cli", *_run_args(ckpt, layout, *extra)]
-            procs.append(subprocess.Popen(argv, cwd=cwd, env=env or _env(), stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True, start_new_session=True))
         deadline = time.monotonic() + DEADLINE_S
-        results = []
         for p in procs:
-            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            results.append((p.returncode, out, err))
-        return results
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)  # the agent's ranks die with it (bound to their parent)
-                p.wait()
+        _stop(procs)
+    return [(p.returncode, (folder / f"node{n}.out").read_text(), (folder / f"node{n}.err").read_text())
+            for n, p in enumerate(procs)]
 
 
 def _errors(stderr: str) -> list[str]:
@@ -134,6 +145,53 @@ def test_a_dead_rank_on_node_1_ends_both_nodes_and_resume_completes(ckpt, refere
     (n0, out0, err0), (n1, _, err1) = _two_nodes(tmp_path, ckpt, "T2P2", "--resume")
     assert (n0, n1) == (0, 0), f"node 0: {err0[-2000:]}\nnode 1: {err1[-2000:]}"
     assert stable_outputs(tmp_path / "node0" / "out.jsonl") == ref
+
+
+def _procs_in(folder: Path) -> set[int]:
+    """Live processes whose working directory is ``folder`` (an agent and its ranks)."""
+    out = set()
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and os.readlink(f"/proc/{d}/cwd") == str(folder):
+                with open(f"/proc/{d}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                        out.add(int(d))
+        except OSError:
+            continue
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="finds the ranks through /proc")
+def test_kill_9_of_a_node_agent_takes_its_ranks_and_ends_node_0(ckpt, tmp_path):
+    """Without the binding, node 1's ranks would outlive their agent and finish the run."""
+    (tmp_path / "node0").mkdir()
+    out = tmp_path / "node0" / "out.jsonl"
+    with (tmp_path / "node0" / "in.jsonl").open("w") as f:  # long enough to be killed mid-run
+        for i in range(200):
+            f.write(f'{{"id": "q{i}", "prompt": "question {i}", "max_tokens": 48}}\n')
+    procs = _start(tmp_path, ckpt, "T2P2", "--max-num-seqs", "2")
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while not (out.exists() and out.read_bytes().count(b"\n")) and time.monotonic() < deadline:
+            assert procs[0].poll() is None, (tmp_path / "node0.err").read_text()[-2000:]
+            time.sleep(0.2)
+        ranks = _procs_in(tmp_path / "node1") - {procs[1].pid}
+        assert len(ranks) == 2, ranks
+        t0 = time.monotonic()
+        os.killpg(procs[1].pid, signal.SIGKILL)  # the agent alone: torchrun starts each rank in a session of its own
+        code = procs[0].wait(timeout=DEADLINE_S)
+        took = time.monotonic() - t0
+        while _procs_in(tmp_path / "node1") and time.monotonic() - t0 < 10:
+            time.sleep(0.2)
+        left = _procs_in(tmp_path / "node1")
+    finally:
+        _stop(procs)
+    lines = _errors((tmp_path / "node0.err").read_text())
+    print(f"node 0 ended {took:.1f} s after kill -9 of node 1's agent:", *lines, sep="\n  ")
+    assert left == set(), f"node 1's ranks {sorted(left)} outlived their agent"
+    assert code != 0 and any("a peer closed its connection" in ln and "saved in out.jsonl" in ln for ln in lines)
+    saved = out.read_text().splitlines()
+    assert 0 < len(saved) < 200 and all(json.loads(ln)["custom_id"] for ln in saved)
 
 
 @pytest.mark.parametrize("pair, per_node, ok", [
