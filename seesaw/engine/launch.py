@@ -1,14 +1,16 @@
 """Launching a run: one process per rank of the layout, each built into a worker; rank 0 drives.
 
 ``run_batch`` spawns the ranks locally (``dist.spawn``: file:// rendezvous in a temp dir, gloo on
-CPU, NCCL on CUDA) and returns rank 0's ``RunResult`` dict. Under ``torchrun`` every process calls
-``rank_main`` itself after ``dist.init_process(..., "env://")``. ``rank_main`` picks the driver:
+CPU, NCCL on CUDA) and returns rank 0's ``RunResult`` dict. Under ``torchrun`` (one node or many)
+every process calls ``run_torchrun_rank``: it joins through ``dist.init_process(..., "env://")``,
+takes rank 0's ``EngineConfig`` (the other ranks never see the input) and calls ``rank_main``;
+Seesaw's host pools are then one set per node (``host_pools.named_host_pools``). ``rank_main`` picks the driver:
 a ``VllmPolicy`` (one static layout) runs ``vllm_driver.Driver`` over ``worker.StepWorker``s; a
 ``SeesawPolicy`` (``config.seesaw``) runs ``seesaw_driver.SeesawDriver`` over ``SeesawWorker``s, with
 comms and KV block counts for both layouts and one host KV pool per replica.
 
 Assumes the process group is initialised before ``rank_main`` and that every rank is given the
-same ``EngineConfig``; only rank 0 needs the requests.
+same ``EngineConfig`` (under torchrun, rank 0's); only rank 0 needs the requests.
 """
 
 from __future__ import annotations
