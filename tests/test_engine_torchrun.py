@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -192,6 +193,38 @@ def test_kill_9_of_a_node_agent_takes_its_ranks_and_ends_node_0(ckpt, tmp_path):
     assert code != 0 and any("a peer closed its connection" in ln and "saved in out.jsonl" in ln for ln in lines)
     saved = out.read_text().splitlines()
     assert 0 < len(saved) < 200 and all(json.loads(ln)["custom_id"] for ln in saved)
+
+
+def test_a_waiting_rank_outwaits_the_store_timeout_and_ends_when_the_store_goes():
+    """The other ranks wait for rank 0's run however long it takes to post (loading, tokenizing,
+    planning: past the store's own timeout here) and stop as soon as the store is gone."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from seesaw.engine.torchrun_job import wait_for_run
+
+    port = _free_port()
+    server = dist.TCPStore("127.0.0.1", port, 2, True, timeout=timedelta(seconds=1), wait_for_workers=False)
+    client = dist.TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=1))
+    threading.Timer(3.0, server.set, ("run", pickle.dumps({"layout": "T2P2"}))).start()
+    assert wait_for_run(client, "run") == {"layout": "T2P2"}
+    assert server.add("run/read", 0) == 1  # rank 0 (with nothing to run) waits for this count
+
+    port = _free_port()
+    host = subprocess.Popen([sys.executable, "-c", (
+        "import time, datetime, torch.distributed as d; "
+        f"s = d.TCPStore('127.0.0.1', {port}, 2, True, timeout=datetime.timedelta(seconds=30), "
+        "wait_for_workers=False); print('up', flush=True); time.sleep(2)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout.readline().strip() == "up"
+        client = dist.TCPStore("127.0.0.1", port, 2, False, timeout=timedelta(seconds=30))
+        with pytest.raises(dist.DistNetworkError):
+            wait_for_run(client, "run")
+    finally:
+        host.kill()
+        host.wait()
 
 
 @pytest.mark.parametrize("pair, per_node, ok", [

@@ -261,14 +261,15 @@ def failure_line(e) -> str:
     return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _launch(store, items, config, torchrun: bool, device: str = "cpu", timeout_s: float = 120.0):
+def _launch(store, items, config, torchrun: bool, timeout_s: float = 120.0):
     from seesaw.engine.dist import RankError
     from seesaw.engine.config import EngineError
-    from seesaw.engine.launch import run_batch, run_torchrun_rank
+    from seesaw.engine.launch import run_batch
+    from seesaw.engine.torchrun_job import run_torchrun_rank
 
     try:
         if torchrun:
-            return run_torchrun_rank(store, items, config, device, timeout_s)
+            return run_torchrun_rank(store, items, config, timeout_s)
         return run_batch(store, items, config)
     except RankError as e:
         raise RunFailed(failure_line(e)) from None
@@ -278,14 +279,14 @@ def _launch(store, items, config, torchrun: bool, device: str = "cpu", timeout_s
 
 def _follow(o: RunOptions) -> None:
     """A torchrun rank other than 0: check this node (its devices and cores for its ranks) and run
-    what rank 0 sends (``launch.run_torchrun_rank``). It reads no input, plan or output and writes
+    what rank 0 sends (``torchrun_job.run_torchrun_rank``). It reads no input, plan or output and writes
     nothing: those are rank 0's, on its node."""
     from seesaw.app.machine_check import check_cores
     from seesaw.engine.devices import check_device
 
     check_device(o.device, 1, torchrun=True)
     check_cores(1, o.device, o.oversubscribe, torchrun=True)
-    _launch(None, None, None, True, o.device, o.timeout_s)
+    _launch(None, None, None, True, o.timeout_s)
 
 
 def _plan_text(plan: Plan) -> str:
@@ -420,7 +421,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
         _check_layout(store.spec, c_p, c_d, o.device, torchrun)
     if not items:
         if torchrun:  # the other ranks wait for the run: there is none
-            _launch(None, None, None, True, o.device, o.timeout_s)
+            _launch(None, None, None, True, o.timeout_s)
         return BatchRun(result=empty_result(c_p, c_d), output=output, errors_file=err_file, plan=plan)
 
     from seesaw.engine.config import EngineConfig

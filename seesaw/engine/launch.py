@@ -2,9 +2,9 @@
 
 ``run_batch`` spawns the ranks locally (``dist.spawn``: file:// rendezvous in a temp dir, gloo on
 CPU, NCCL on CUDA) and returns rank 0's ``RunResult`` dict. Under ``torchrun`` (one node or many)
-every process calls ``run_torchrun_rank``: it joins through ``dist.init_process(..., "env://")``,
-takes rank 0's ``EngineConfig`` (the other ranks never see the input) and calls ``rank_main``;
-Seesaw's host pools are then one set per node (``host_pools.named_host_pools``). ``rank_main`` picks the driver:
+every process calls ``torchrun_job.run_torchrun_rank``, which takes rank 0's ``EngineConfig``
+(the other ranks never see the input), joins the job and calls ``rank_main``; Seesaw's host
+pools are then one set per node (``host_pools.named_host_pools``). ``rank_main`` picks the driver:
 a ``VllmPolicy`` (one static layout) runs ``vllm_driver.Driver`` over ``worker.StepWorker``s; a
 ``SeesawPolicy`` (``config.seesaw``) runs ``seesaw_driver.SeesawDriver`` over ``SeesawWorker``s, with
 comms and KV block counts for both layouts and one host KV pool per replica.
@@ -39,7 +39,7 @@ from seesaw.engine.vllm_driver import Driver
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.engine.worker import StepWorker, warm_up
 
-__all__ = ["run_batch", "run_torchrun_rank", "rank_main", "seesaw_rank_main", "backend_for"]
+__all__ = ["run_batch", "rank_main", "seesaw_rank_main", "backend_for"]
 
 
 def backend_for(device: str) -> str:
@@ -148,48 +148,3 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
                             backend=backend, timeout_s=launch_timeout_s or 10 * 24 * 3600.0,
                             collective_timeout_s=config.timeout_s, prefer_rank=0)
     return results[0]
-
-
-def run_torchrun_rank(store, items, config: EngineConfig | None, device: str = "cpu", timeout_s: float = 120.0):
-    """This process is one rank of a torchrun job (``RANK``, ``WORLD_SIZE`` set), on one of its nodes.
-
-    It is bound to torchrun's agent, its parent (``lifecycle.bind_to_launcher``: a killed agent takes
-    its ranks with it instead of leaving them to a collective timeout), joins the job through
-    ``env://`` (gloo on CPU, NCCL on CUDA: ``device``; ``timeout_s`` for every collective), and
-    takes the run from rank 0: rank 0 passes its ``EngineConfig`` (None: nothing to run) and the
-    requests; the other ranks pass None for both and never read the input, they get the config from
-    rank 0 (so the layout and policy of ``--auto`` or ``--plan`` are rank 0's) and load the weights
-    from ``config.model_dir`` on their own node. Rank 0 drives and returns the result; the others
-    return None. A failed collective (a node died, a rank never joined) raises ``EngineError``: one
-    line naming this rank and its node."""
-    import torch.distributed as dist
-
-    from seesaw.engine.config import reason
-    from seesaw.engine.dist import init_process
-    from seesaw.engine.host_pools import node_of_rank
-    from seesaw.engine.lifecycle import bind_to_launcher
-
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    node, _ = node_of_rank()
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent
-        bind_to_launcher(os.getppid(), ignore_sigint=False)
-    if config is not None:
-        device, timeout_s = config.device, config.timeout_s
-    where = f"rank {rank} of {world} (node {node})"
-    stage = "joining the torchrun job"
-    try:
-        dev = init_process(rank, world, "env://", backend_for(device), timeout_s)
-        stage = "receiving the run from rank 0"
-        box = [config if rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        if box[0] is None:
-            return None
-        stage = "running"
-        return rank_main(rank, world, dev, store, box[0], items)
-    except EngineError:
-        raise
-    except (RuntimeError, TimeoutError) as e:  # a DistError (store, gloo) or a collective's timeout
-        raise EngineError(f"{where}: {stage} failed: {reason(e)}") from None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
