@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import subprocess
@@ -99,6 +100,12 @@ def _two_nodes(folder: Path, ckpt: Path, layout: str, *extra: str, env: dict | N
             for n, p in enumerate(procs)]
 
 
+def _node_pools() -> set[str]:
+    """Per-node host KV pools in /dev/shm (``host_pools.named_host_pools``: ``seesaw-kv-ID-nNODE-REPLICA``)."""
+    shm = Path("/dev/shm")
+    return {n for n in os.listdir(shm) if re.fullmatch(r"seesaw-kv-\w+-n\d+-\d+", n)} if shm.is_dir() else set()
+
+
 def _errors(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
 
@@ -119,6 +126,7 @@ def test_two_nodes_equal_one_process(ckpt, reference, tmp_path, layout):
     inp, ref = reference
     (tmp_path / "node0").mkdir()
     (tmp_path / "node0" / "in.jsonl").write_bytes(inp.read_bytes())  # the input on node 0 only
+    shm_before = _node_pools()
     (n0, out0, err0), (n1, out1, err1) = _two_nodes(tmp_path, ckpt, layout)
     print(f"{layout} node 0:", *out0.splitlines(), *err0.splitlines()[-1:], sep="\n  ")
     assert (n0, n1) == (0, 0), f"node 0: {err0[-2000:]}\nnode 1: {err1[-2000:]}"
@@ -128,6 +136,7 @@ def test_two_nodes_equal_one_process(ckpt, reference, tmp_path, layout):
     assert out1.strip() == "" and _errors(err1) == []
     if "->" in layout:
         assert "1 transition(s)" in out0
+    assert _node_pools() - shm_before == set()  # each node's host pools are gone from its /dev/shm
 
 
 def test_a_dead_rank_on_node_1_ends_both_nodes_and_resume_completes(ckpt, reference, tmp_path):
