@@ -4,7 +4,9 @@
 checkpoint, layout against the model, ranks against devices and CPU cores, input, the plan's
 hardware against this machine, host KV pool, a folder holding an earlier run), times this machine
 against its measured profile (``seesaw.app.machine_check``), plans for it with ``auto``, launches
-the ranks (spawned here, or this process as one rank of a ``torchrun`` job), writes the run's
+the ranks (spawned here, or this process as one rank of a ``torchrun`` job: there rank 0 does all
+of the above, on its node, and the other ranks only check their node and take the run from rank 0,
+``_follow``), writes the run's
 folder (``run_paths``; ``config.yaml``, ``summary.json`` and with a plan ``plan.json`` and
 ``comparison.json``; ``seesaw.report.claim``: one run, one folder) and returns a ``BatchRun``. It prints nothing: progress notes go to the
 ``RunEvents`` it is given. Bad input raises a ``SpecError`` (one line); a run that fails once
@@ -230,6 +232,10 @@ def _check_layout(spec, c_p: ParallelConfig, c_d: ParallelConfig | None, device:
         if c is not None:
             check_shardable(spec, c)
     check_device(device, c_p.world_size, torchrun)
+    if torchrun and c_d is not None:  # each node has its own host KV pool
+        from seesaw.engine.host_pools import check_node_pools
+
+        check_node_pools(spec, c_p, c_d, int(os.environ.get("LOCAL_WORLD_SIZE", c_p.world_size)))
 
 
 def _fault_from_env() -> dict | None:
@@ -255,14 +261,15 @@ def failure_line(e) -> str:
     return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _launch(store, items, config, torchrun: bool):
+def _launch(store, items, config, torchrun: bool, timeout_s: float = 120.0):
     from seesaw.engine.dist import RankError
     from seesaw.engine.config import EngineError
-    from seesaw.engine.launch import run_batch, run_torchrun_rank
+    from seesaw.engine.launch import run_batch
+    from seesaw.engine.torchrun_job import run_torchrun_rank
 
     try:
         if torchrun:
-            return run_torchrun_rank(store, items, config)
+            return run_torchrun_rank(store, items, config, timeout_s)
         return run_batch(store, items, config)
     except RankError as e:
         raise RunFailed(failure_line(e)) from None
@@ -270,12 +277,24 @@ def _launch(store, items, config, torchrun: bool):
         raise RunFailed(str(e)) from None
 
 
+def _follow(o: RunOptions) -> None:
+    """A torchrun rank other than 0: check this node (its devices and cores for its ranks) and run
+    what rank 0 sends (``torchrun_job.run_torchrun_rank``). It reads no input, plan or output and writes
+    nothing: those are rank 0's, on its node."""
+    from seesaw.app.machine_check import check_cores
+    from seesaw.engine.devices import check_device
+
+    check_device(o.device, 1, torchrun=True)
+    check_cores(1, o.device, o.oversubscribe, torchrun=True)
+    _launch(None, None, None, True, o.timeout_s)
+
+
 def _plan_text(plan: Plan) -> str:
     """``plan.json`` of a run's folder (``load_plan`` reads it back)."""
     return json_text(json.loads(plan.model_dump_json()))
 
 
-def _auto_plan(o: RunOptions, model_spec, mach, items, source: str, events: RunEvents, quiet: bool):
+def _auto_plan(o: RunOptions, model_spec, mach, items, source: str, events: RunEvents):
     """Plan for this machine (``seesaw.app.autotune``); write ``OUTPUT_DIR/plan.json``."""
     from seesaw.app.autotune import plan_for_machine
 
@@ -283,9 +302,7 @@ def _auto_plan(o: RunOptions, model_spec, mach, items, source: str, events: RunE
         model_spec, mach, items, workload=f"{len(items)} requests from {source}",
         max_num_seqs=o.max_num_seqs or DEFAULT_MAX_NUM_SEQS,
         max_num_batched_tokens=o.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS,
-        block_size=o.block_size or DEFAULT_BLOCK_SIZE, progress=None if quiet else events.planning)
-    if quiet:
-        return plan
+        block_size=o.block_size or DEFAULT_BLOCK_SIZE, progress=events.planning)
     events.planned(plan, table, rejected, mach.description)
     (Path(o.output_dir) / "plan.json").write_text(_plan_text(plan))
     record_files(o.output_dir, [Path(o.output_dir) / "plan.json"])
@@ -321,9 +338,12 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
     from seesaw.engine.weights import load_checkpoint
 
     _check_options(o)
+    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", 0))
+    if torchrun and rank != 0:
+        return _follow(o)
     plan = load_plan(o.plan_file) if o.plan_file is not None else None
     model = o.model or (plan.model.name if plan is not None else "smollm2-135m" if o.auto else "tiny")
-    torchrun = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     dtype = (_ENGINE_DTYPES.get(o.dtype.lower(), o.dtype) if o.dtype else None) or (
         "bfloat16" if o.device == "cuda" else "float32")
     if dtype not in DTYPE_BYTES:
@@ -337,7 +357,6 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
         c_p, c_d = policy_layouts(plan.policy)
     if c_p is not None:
         _check_ranks(c_p, o.num_ranks, torchrun)
-    rank = int(os.environ.get("RANK", 0))
     ranks = c_p.world_size if c_p is not None else o.num_ranks or 2
     what = f"--auto --num-ranks {ranks}" if o.auto else f"{'the plan' if plan else 'layout'} {o.layout or c_p}"
     if o.auto:  # before planning; a layout's ranks after its own checks, below
@@ -345,7 +364,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
     mach, forced = (None, False)
     if plan is not None:
         mach, forced = plan_machine(plan, ranks, o.device, o.force, o.plan_file, events.warn)
-        if forced and rank == 0:
+        if forced:
             events.warn(f"--force: {plan_mismatch(plan, mach)}; its layout is re-predicted for this machine")
     output_dir, output = run_paths(o.output, o.output_dir)
     o = replace(o, output_dir=output_dir)
@@ -354,7 +373,7 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
     name = checkpoint_name(model, model_dir)
     store = load_checkpoint(model_dir, share_memory=not torchrun, name=name)
     tokenizer = load_tokenizer(model_dir)
-    if output.parent == output_dir and rank == 0:
+    if output.parent == output_dir:
         output_dir.mkdir(parents=True, exist_ok=True)
     source = o.input or default_input()
     items, errors = prepare_requests(
@@ -363,24 +382,23 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
         temperature=o.temperature, prompt_format=o.prompt_format)
     err_file = errors_path(output)
     lock = None
-    if rank == 0:
-        check_output(output, err_file, source)  # before anything is written or any rank starts
-        # one run, one folder: never into an earlier run's folder (or over its outputs) unless asked
-        check_folder(output_dir, overwrite=o.overwrite, resume=o.resume, also=(output,), resumable=True)
-        watch.output, watch.ids = output, {it.custom_id for it in items}
-        if output.exists():
-            lock = held.enter_context(OutputLock(output))
-            watch.locked = True
-        write_errors(err_file, errors)
-        if errors:
-            events.warn(f"{len(errors)} bad input line(s) skipped, listed in {err_file}")
+    check_output(output, err_file, source)  # before anything is written or any rank starts
+    # one run, one folder: never into an earlier run's folder (or over its outputs) unless asked
+    check_folder(output_dir, overwrite=o.overwrite, resume=o.resume, also=(output,), resumable=True)
+    watch.output, watch.ids = output, {it.custom_id for it in items}
+    if output.exists():
+        lock = held.enter_context(OutputLock(output))
+        watch.locked = True
+    write_errors(err_file, errors)
+    if errors:
+        events.warn(f"{len(errors)} bad input line(s) skipped, listed in {err_file}")
     if o.resume:
         done, dropped = resume_output(output, lock)
         if lock is not None and dropped:
             events.note(f"resume: dropped {dropped} torn, invalid or repeated line(s) from {output}")
         skipped = sum(it.custom_id in done for it in items)
         items = [it for it in items if it.custom_id not in done]
-        if rank == 0 and skipped:
+        if skipped:
             events.note(f"resume: {skipped} request(s) already in {output}, {len(items)} to run")
     if not items and not o.resume:
         raise RunInputError(f"{source}: no valid requests to run")
@@ -388,17 +406,16 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
     if c_p is not None:  # a layout or a plan: checked before the run's folder is touched
         _check_layout(store.spec, c_p, c_d, o.device, torchrun)
         check_cores(ranks, o.device, o.oversubscribe, torchrun, what=what)
-    if rank == 0 and name.lower() == "tiny":
+    if name.lower() == "tiny":
         events.note("model tiny: seeded random weights (for plumbing and tests), so its output text is noise; "
                     "--model smollm2-135m answers in words")
-    if rank == 0:
-        start_folder(output_dir, "run", overwrite=o.overwrite, keep=(output, err_file))
-        record_files(output_dir, [output, err_file])
+    start_folder(output_dir, "run", overwrite=o.overwrite, keep=(output, err_file))
+    record_files(output_dir, [output, err_file])
     model_spec = store.spec.model_copy(update={"name": name, "dtype_bytes": DTYPE_BYTES[dtype]})
     if o.auto:
         mach = machine(o.num_ranks or 2, o.device)
     speed = None
-    if rank == 0 and mach is not None and o.speed_check and items:  # before planning, as calibrate does
+    if mach is not None and o.speed_check and items:  # before planning, as calibrate does
         speed = check_speed(mach, ranks, events.warn)
         if speed is not None:
             events.note(f"machine speed: {speed_phrase(speed.speed_ratio)} than measured profile "
@@ -407,11 +424,13 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
                 events.warn(f"this machine runs {speed_phrase(speed.speed_ratio)} than when {speed.profile!r} was "
                             "measured: predictions are off by that much; `seesaw profile` measures it again")
     if o.auto:
-        plan = _auto_plan(o, model_spec, mach, items, source, events, quiet=rank != 0)
+        plan = _auto_plan(o, model_spec, mach, items, source, events)
         c_p, c_d = policy_layouts(plan.policy)
         _check_ranks(c_p, None, torchrun)
         _check_layout(store.spec, c_p, c_d, o.device, torchrun)
     if not items:
+        if torchrun:  # the other ranks wait for the run: there is none
+            _launch(None, None, None, True, o.timeout_s)
         return BatchRun(result=empty_result(c_p, c_d), output=output, errors_file=err_file, plan=plan)
 
     from seesaw.engine.config import EngineConfig
@@ -430,20 +449,18 @@ def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun |
         from seesaw.engine.host_pools import host_blocks_for
 
         host_blocks_for(config, store.spec, items)  # a pool that cannot hold a request: fail now
-    if rank == 0 and forced:
+    if forced:
         plan = repredict(plan, model_spec, mach, policy, items, f"{len(items)} requests from {source}")
     if speed is not None:
         scale_prediction(speed, plan, model_spec, mach, policy, items,  # --force has just simulated it as measured
                          base_tok_s=plan.predicted.throughput_tok_s if forced else None)
-    if rank == 0 and plan is not None:
+    if plan is not None:
         events.note(f"Running {config.layout_name} ({'seesaw' if config.seesaw else 'vllm'}) on {c_p.world_size} "
                     f"rank(s): {len(items)} request(s) -> {output}")
-    if rank == 0 and not output.exists():
+    if not output.exists():
         held.enter_context(OutputLock(output))
         watch.locked = True
     result = _launch(store, items, config, torchrun)
-    if result is None:
-        return None  # a torchrun rank other than 0
     if result.get("num_rejected"):
         events.warn(f"{result['num_rejected']} request(s) can never fit the KV cache or the token budget; "
                     f"listed in {err_file}")

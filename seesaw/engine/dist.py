@@ -98,10 +98,11 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def init_process(rank: int, world_size: int, init_method: str, backend: str = "gloo",
-                 timeout_s: float = 60.0) -> torch.device:
-    """Join the default process group; returns this rank's device (CUDA under NCCL). Sets up
-    the process's heap first (``keep_freed_memory``)."""
+def init_process(rank: int, world_size: int, init_method: str | None, backend: str = "gloo",
+                 timeout_s: float = 60.0, store=None) -> torch.device:
+    """Join the default process group through ``init_method`` or an existing ``store`` (a
+    torchrun job's); returns this rank's device (CUDA under NCCL). Sets up the process's heap
+    first (``keep_freed_memory``)."""
     keep_freed_memory()
     if backend == "nccl":
         if not torch.cuda.is_available():
@@ -111,7 +112,7 @@ def init_process(rank: int, world_size: int, init_method: str, backend: str = "g
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(backend, init_method=init_method, world_size=world_size, rank=rank,
+    dist.init_process_group(backend, init_method=init_method, store=store, world_size=world_size, rank=rank,
                             timeout=timedelta(seconds=timeout_s))
     return device
 

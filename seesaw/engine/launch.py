@@ -1,14 +1,16 @@
 """Launching a run: one process per rank of the layout, each built into a worker; rank 0 drives.
 
 ``run_batch`` spawns the ranks locally (``dist.spawn``: file:// rendezvous in a temp dir, gloo on
-CPU, NCCL on CUDA) and returns rank 0's ``RunResult`` dict. Under ``torchrun`` every process calls
-``rank_main`` itself after ``dist.init_process(..., "env://")``. ``rank_main`` picks the driver:
+CPU, NCCL on CUDA) and returns rank 0's ``RunResult`` dict. Under ``torchrun`` (one node or many)
+every process calls ``torchrun_job.run_torchrun_rank``, which takes rank 0's ``EngineConfig``
+(the other ranks never see the input), joins the job and calls ``rank_main``; Seesaw's host
+pools are then one set per node (``host_pools.named_host_pools``). ``rank_main`` picks the driver:
 a ``VllmPolicy`` (one static layout) runs ``vllm_driver.Driver`` over ``worker.StepWorker``s; a
 ``SeesawPolicy`` (``config.seesaw``) runs ``seesaw_driver.SeesawDriver`` over ``SeesawWorker``s, with
 comms and KV block counts for both layouts and one host KV pool per replica.
 
 Assumes the process group is initialised before ``rank_main`` and that every rank is given the
-same ``EngineConfig``; only rank 0 needs the requests.
+same ``EngineConfig`` (under torchrun, rank 0's); only rank 0 needs the requests.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from seesaw.engine.vllm_driver import Driver
 from seesaw.engine.weights import build_shard, load_checkpoint
 from seesaw.engine.worker import StepWorker, warm_up
 
-__all__ = ["run_batch", "run_torchrun_rank", "rank_main", "seesaw_rank_main", "backend_for"]
+__all__ = ["run_batch", "rank_main", "seesaw_rank_main", "backend_for"]
 
 
 def backend_for(device: str) -> str:
@@ -146,19 +148,3 @@ def run_batch(store, items: list[BatchItem], config: EngineConfig, launch_timeou
                             backend=backend, timeout_s=launch_timeout_s or 10 * 24 * 3600.0,
                             collective_timeout_s=config.timeout_s, prefer_rank=0)
     return results[0]
-
-
-def run_torchrun_rank(store, items, config: EngineConfig):
-    """This process is one rank of a torchrun job (``RANK``, ``WORLD_SIZE`` set): join it through
-    ``env://``, run the rank (rank 0 drives and returns the result), leave it."""
-    import torch.distributed as dist
-
-    from seesaw.engine.dist import init_process
-
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    device = init_process(rank, world, "env://", backend_for(config.device), config.timeout_s)
-    try:
-        return rank_main(rank, world, device, store, config, items)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()

@@ -10,7 +10,9 @@
 - Everywhere: a watchdog thread polls the launcher's liveness (and a change of parent) every
   ``poll_s`` and ends the rank when it is gone (macOS and others have no parent-death signal).
 - SIGINT is ignored: a terminal's Ctrl-C reaches the whole process group, and the launcher, not
-  each rank, decides how the run stops (it stops the ranks and seals the output).
+  each rank, decides how the run stops (it stops the ranks and seals the output). A ``torchrun``
+  rank is bound to its agent (its parent) with ``ignore_sigint=False``: torchrun starts each rank in
+  a session of its own and stops it with a signal, which rank 0 handles itself (seals the output).
 
 Rank 0 also checks the launcher before each output line (``exit_if_orphaned``): the kernel's
 signal comes only once the forkserver has exited, a few hundred milliseconds on a busy machine.
@@ -70,10 +72,11 @@ def exit_if_orphaned(launcher_pid: int) -> None:
         os._exit(ORPHAN_EXIT_CODE)
 
 
-def bind_to_launcher(launcher_pid: int, poll_s: float = 0.5) -> None:
+def bind_to_launcher(launcher_pid: int, poll_s: float = 0.5, ignore_sigint: bool = True) -> None:
     """Tie this rank's life to ``launcher_pid`` (see the module docstring). Call it first thing
     in the rank."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
     set_parent_death_signal()
     if not launcher_alive(launcher_pid):  # it died before the parent-death signal was armed

@@ -40,7 +40,7 @@ made by ``host_pools``; ``launch`` builds the ranks of a run.
 
 Assumptions: ``c_p`` and ``c_d`` have the same DP degree and world size (a replica's ranks are the
 same under both); one host pool per replica, created by the launching process and shared with
-the spawned ranks (under ``torchrun``: named pools in ``/dev/shm``, one node).
+the spawned ranks (under ``torchrun``: named pools in each node's ``/dev/shm``, one set per node).
 """
 
 from __future__ import annotations
