@@ -176,3 +176,15 @@ def test_whatif_compares_one_node_with_a_cluster_entry_and_node_counts():
     two = rows["2x8xl4"]
     assert two["gpu_hours"] == pytest.approx(16 * two["makespan_s"] / 3600)
     assert [o.name for o in seesaw.whatif(gpu="l4", num_gpus="4", num_nodes="1,2", **kw).options] == ["4xl4", "2x4xl4"]
+
+
+def test_a_cluster_plan_does_not_match_one_node_of_its_kind():
+    """A plan made for 2 x 8 H100 is for 16 GPUs: one 8-GPU machine of the same GPU is other hardware."""
+    from types import SimpleNamespace
+
+    from seesaw.app.machine_check import plan_mismatch
+
+    one, two = resolve_node("8xh100"), resolve_node("8xh100", num_nodes=2)
+    why = plan_mismatch(SimpleNamespace(node=two), SimpleNamespace(node=one))
+    assert why is not None and "2 nodes x 8 x h100" in why
+    assert plan_mismatch(SimpleNamespace(node=one), SimpleNamespace(node=one)) is None

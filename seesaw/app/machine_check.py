@@ -51,13 +51,14 @@ def check_cores(ranks: int, device: str, oversubscribe: bool, torchrun: bool = F
 
 
 def plan_hardware(node) -> str:
-    """A node in words: ``2xl4 (2 x l4)``."""
-    return f"{node.name} ({node.num_gpus} x {node.gpu.name})"
+    """A node in words: ``2xl4 (2 x l4)``; a cluster ``2x8xl4 (2 nodes x 8 x l4)``."""
+    nodes = f"{node.num_nodes} nodes x " if node.num_nodes > 1 else ""
+    return f"{node.name} ({nodes}{node.num_gpus} x {node.gpu.name})"
 
 
 def plan_mismatch(plan: Plan, mach) -> str | None:
     """Why ``plan`` was made for other hardware than ``mach`` (``autotune.Machine``); None if not."""
-    if plan.node.gpu.name == mach.node.gpu.name and plan.node.num_gpus == mach.node.num_gpus:
+    if plan.node.gpu.name == mach.node.gpu.name and plan.node.total_gpus == mach.node.total_gpus:
         return None
     return f"the plan is for {plan_hardware(plan.node)} but this run is on {plan_hardware(mach.node)}"
 
