@@ -18,6 +18,7 @@ plus output tokens; output tokens/s counts generated tokens only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Callable
 
 import pandas as pd
@@ -90,13 +91,16 @@ class SimResult:
         return self.to_run_result().model_dump()
 
 
+_COMPUTED = attrgetter("num_computed_tokens")
+
+
 def batch_shape(step: Forward) -> BatchShape:
     """Aggregate what the cost model needs from a forward step (before it is accounted)."""
     shape = BatchShape()
     if isinstance(step, Decode):
         n = len(step.seqs)
         shape.decode_seqs = shape.sampled_seqs = n
-        shape.decode_context_tokens = sum([s.num_computed_tokens for s in step.seqs]) + n
+        shape.decode_context_tokens = sum(map(_COMPUTED, step.seqs)) + n
         return shape
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens

@@ -186,14 +186,20 @@ class VllmScheduler:
         it is itself preempted, which ends the batch, so only the candidates at a block boundary
         need a look of their own (one pass; the hot path of a decode step).
         """
-        cands = [s for s in self.running.values()
-                 if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
+        if self.chunked:
+            cands = [s for s in self.running.values()
+                     if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
+        else:
+            # whole prefills only: a running sequence not in flight has sampled its last token
+            # (prefilled, decoded or swapped in), so it is a decode candidate
+            cands = [s for s in self.running.values() if not s.in_flight]
         bs = self.block_size
         end = len(cands)                 # cands[end:] were preempted as victims
         if limit > end:
             limit = end
         # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
-        edges = [j for j, s in enumerate(cands[:limit]) if s.num_computed_tokens >= s.num_blocks * bs]
+        edges = [j for j, s in enumerate(cands if limit == end else cands[:limit])
+                 if s.num_computed_tokens >= s.num_blocks * bs]
         pool = self.blocks
         for j in edges:
             if j >= limit or j >= end:
@@ -277,19 +283,32 @@ class VllmScheduler:
 
         Returns the sequences that finished with this step.
         """
-        stopped = set(stopped)
+        stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
-        for seq, n in zip(step.seqs, step.num_new_tokens):
-            seq.in_flight = False
-            computed = seq.num_computed_tokens = seq.num_computed_tokens + n
-            if computed < seq.num_tokens:
-                continue  # a prefill chunk: no token sampled yet
-            out = seq.num_output_tokens = seq.num_output_tokens + 1
-            seq.num_tokens += 1
-            if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
-                seq.finish_reason = "stop" if seq.req_id in stopped else "length"
-                self._finish(seq)
-                finished.append(seq)
+        if type(step) is Decode:
+            # the hot path: every member was scheduled one token short of its num_tokens (a
+            # decode candidate), so that token completes it and a new one is sampled
+            for seq in step.seqs:
+                seq.in_flight = False
+                total = seq.num_computed_tokens = seq.num_tokens
+                seq.num_tokens = total + 1
+                out = seq.num_output_tokens = seq.num_output_tokens + 1
+                if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
+                    finished.append(seq)
+        else:
+            for seq, n in zip(step.seqs, step.num_new_tokens):
+                seq.in_flight = False
+                computed = seq.num_computed_tokens = seq.num_computed_tokens + n
+                total = seq.num_tokens
+                if computed < total:
+                    continue  # a prefill chunk: no token sampled yet
+                seq.num_tokens = total + 1
+                out = seq.num_output_tokens = seq.num_output_tokens + 1
+                if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
+                    finished.append(seq)
+        for seq in finished:
+            seq.finish_reason = "stop" if stopped and seq.req_id in stopped else "length"
+            self._finish(seq)
         self.num_in_flight -= 1
         return finished
 
