@@ -37,12 +37,11 @@ STEP_KIND = {t: t.__name__.lower() for t in PHASE_KIND}
 
 def batch_shape(step: Forward) -> BatchShape:
     """Aggregate what the cost model needs from a forward step (before it is accounted)."""
-    shape = BatchShape()
-    if isinstance(step, Decode):
+    if type(step) is Decode:
         n = len(step.seqs)
-        shape.decode_seqs = shape.sampled_seqs = n
-        shape.decode_context_tokens = sum([s.num_computed_tokens for s in step.seqs]) + n
-        return shape
+        return BatchShape(decode_seqs=n, decode_context_tokens=sum([s.num_computed_tokens for s in step.seqs]) + n,
+                          sampled_seqs=n)
+    shape = BatchShape()
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens
         if n == 1 and seq.num_output_tokens > 0 and past == seq.num_tokens - 1:
@@ -93,6 +92,10 @@ class Replica:
         # time by phase (``seesaw.scheduling.phase_of``): between events, the phase of what is in flight
         self.clock = PhaseClock(0.0)
         self.skip_first_token_check = not getattr(scheduler, "chunked", True)
+        self.host_pool = getattr(scheduler, "host", None)   # Seesaw's host KV pool
+        self._walk_key: tuple | None = None
+        self._timers: list = []
+        self._send: dict[int, float] = {}
 
     def start(self) -> None:
         """Run the driver's first pass once the simulation starts (a process's start event)."""
@@ -181,7 +184,6 @@ class Replica:
         layout = self.layout
         free = self.stage_free_s
         last = layout.pp - 1
-        send = cost.pp_send_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else 0.0
         rendezvous = last and cost.handoffs_rendezvous
         # the only step in flight: no other micro-batch can start before it completes (steps
         # are issued at completions; a swap completing meanwhile could free blocks or bring
@@ -192,13 +194,21 @@ class Replica:
         if last and cost.tables is not None:
             k = self.clock.live
             alone = k["prefill"] + k["decode"] + k["mixed"] == 1 and not k["swap_stall"] and not k["reshard"]
+        if self._walk_key != (layout, alone):
+            # per layout: the stages' time functions and hand-off times by token count
+            self._walk_key, self._timers, self._send = (layout, alone), cost.stage_timers(layout, alone), {}
+        send = 0.0
+        if last:
+            tokens = shape.prefill_tokens + shape.decode_seqs
+            send = self._send.get(tokens)
+            if send is None:
+                send = self._send[tokens] = cost.pp_send_s(layout, tokens)
         t = now
-        stage_time_s = cost.stage_time_s
-        for stage in range(layout.pp):
+        for stage, stage_time_s in enumerate(self._timers):
             start = t if t > free[stage] else free[stage]
             if stage and rendezvous:
                 start += send  # the receiving stage waits through the hand-off
-            t = free[stage] = start + stage_time_s(layout, stage, shape, alone)
+            t = free[stage] = start + stage_time_s(shape)
             if stage < last and not rendezvous:
                 t += send
         return t

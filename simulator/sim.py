@@ -102,16 +102,18 @@ class _Simulation:
         self.replicas: list[Replica] = []
 
     def record_step(self, rep: Replica, step, start: float, end: float) -> None:
-        self.record_forward(rep, step, start, end, self.shapes.pop(id(step), None) or _EMPTY)
+        self.record_forward(rep, step, start, end, self.shapes.pop(id(step), None) or _EMPTY,
+                            self.swap_bytes.pop(id(step), 0))
 
-    def record_forward(self, rep: Replica, step, start: float, end: float, shape: BatchShape) -> None:
+    def record_forward(self, rep: Replica, step, start: float, end: float, shape: BatchShape,
+                       swap_bytes: float = 0) -> None:
         """One row of the step table (``shape``: a forward's, empty for other steps)."""
         sched = rep.sched
-        host = getattr(sched, "host", None)
+        host = rep.host_pool
         self.rows.append((
             rep.index, STEP_KIND[type(step)], start, end, len(getattr(step, "seqs", ())),
             shape.prefill_tokens, shape.decode_seqs, shape.decode_context_tokens,
-            self.swap_bytes.pop(id(step), 0), sched.blocks.usage, host.usage if host else 0.0,
+            swap_bytes, sched.blocks.usage, host.usage if host else 0.0,
         ))
         if self.progress is not None and len(self.rows) % 256 == 0:
             done = sum(r.sched.num_finished for r in self.replicas)
