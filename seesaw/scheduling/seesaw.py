@@ -284,6 +284,7 @@ class SeesawScheduler(VllmScheduler):
         The room is checked per sequence at eviction time: decodes that drained after the
         decision to switch back may have crossed a block boundary.
         """
+        self.idle_known = None
         if self.mode == DECODE and self.host.can_allocate(blocks_for(seq.num_tokens, self.block_size)):
             if not self.leaving_decode:
                 seq.num_preemptions += 1
@@ -314,6 +315,8 @@ class SeesawScheduler(VllmScheduler):
 
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
+        if not isinstance(step, Forward):
+            self.idle_known = None               # swapped-in sequences become idle
         if isinstance(step, Reshard):
             self.reshard_in_flight = False
             self.leaving_decode = False

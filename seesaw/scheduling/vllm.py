@@ -63,6 +63,9 @@ class VllmScheduler:
         self.num_preemptions = 0
         self.num_finished = 0
         self._admit_counter = 0
+        # the running sequences not in flight, in running order, when known without a scan
+        # (see ``_take_decodes``); None when unknown
+        self.idle_known: list[Sequence] | None = None
 
     @classmethod
     def from_policy(cls, policy, num_device_blocks: int, replica: int = 0) -> "VllmScheduler":
@@ -191,8 +194,12 @@ class VllmScheduler:
                      if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
         else:
             # whole prefills only: a running sequence not in flight has sampled its last token
-            # (prefilled, decoded or swapped in), so it is a decode candidate
-            cands = [s for s in self.running.values() if not s.in_flight]
+            # (prefilled, decoded or swapped in), so it is a decode candidate. Usually they are
+            # the last decode's survivors, known without a scan (``idle_known``)
+            cands = self.idle_known
+            if cands is None:
+                cands = [s for s in self.running.values() if not s.in_flight]
+            self.idle_known = None               # a preemption below leaves it unknown
         bs = self.block_size
         end = len(cands)                 # cands[end:] were preempted as victims
         if limit > end:
@@ -218,7 +225,10 @@ class VllmScheduler:
                 self._preempt(victim)
             pool.allocate(need)
             seq.num_blocks += need
-        return cands[:min(limit, end)]
+        taken = min(limit, end)
+        if not self.chunked and end == len(cands):
+            self.idle_known = cands[taken:]      # no victim: the rest stays idle, in order
+        return cands[:taken]
 
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
@@ -228,6 +238,7 @@ class VllmScheduler:
         return None
 
     def _preempt(self, seq: Sequence) -> None:
+        self.idle_known = None
         self.blocks.free(seq.num_blocks)
         seq.num_blocks = 0
         seq.num_computed_tokens = 0
@@ -285,6 +296,8 @@ class VllmScheduler:
         """
         stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
+        idle = self.idle_known
+        self.idle_known = None
         if type(step) is Decode:
             # the hot path: every member was scheduled one token short of its num_tokens (a
             # decode candidate), so that token completes it and a new one is sampled
@@ -309,6 +322,10 @@ class VllmScheduler:
         for seq in finished:
             seq.finish_reason = "stop" if stopped and seq.req_id in stopped else "length"
             self._finish(seq)
+        if idle == [] and type(step) is Decode:
+            # nothing else was idle: now exactly the survivors are, in running order (a decode
+            # takes a prefix of the candidates, which follow the running order)
+            self.idle_known = [s for s in step.seqs if s.status is not SeqStatus.FINISHED] if finished else step.seqs
         self.num_in_flight -= 1
         return finished
 
