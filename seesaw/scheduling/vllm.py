@@ -208,23 +208,28 @@ class VllmScheduler:
         edges = [j for j, s in enumerate(cands if limit == end else cands[:limit])
                  if s.num_computed_tokens >= s.num_blocks * bs]
         pool = self.blocks
+        owed = 0                         # blocks given to edges, allocated in one go
         for j in edges:
             if j >= limit or j >= end:
                 break
             seq = cands[j]
             need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
-            while need > pool.num_free:
-                if end > j + 1:
-                    end -= 1
-                    victim = cands[end]
-                else:
-                    victim = self._partial_prefill_victim()
-                if victim is None:
-                    self._preempt(seq)
-                    return cands[:j]
-                self._preempt(victim)
-            pool.allocate(need)
+            if need > pool.num_free - owed:
+                pool.allocate(owed)
+                owed = 0
+                while need > pool.num_free:
+                    if end > j + 1:
+                        end -= 1
+                        victim = cands[end]
+                    else:
+                        victim = self._partial_prefill_victim()
+                    if victim is None:
+                        self._preempt(seq)
+                        return cands[:j]
+                    self._preempt(victim)
+            owed += need
             seq.num_blocks += need
+        pool.allocate(owed)
         taken = min(limit, end)
         if not self.chunked and end == len(cands):
             self.idle_known = cands[taken:]      # no victim: the rest stays idle, in order
@@ -306,7 +311,9 @@ class VllmScheduler:
                 total = seq.num_computed_tokens = seq.num_tokens
                 seq.num_tokens = total + 1
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
-                if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
+                if out >= seq.max_output_len:
+                    finished.append(seq)
+                elif stopped and seq.req_id in stopped:
                     finished.append(seq)
         else:
             for seq, n in zip(step.seqs, step.num_new_tokens):
