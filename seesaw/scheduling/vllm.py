@@ -303,7 +303,7 @@ class VllmScheduler:
         finished: list[Sequence] = []
         idle = self.idle_known
         self.idle_known = None
-        if type(step) is Decode:
+        if type(step) is Decode and stopped is None:
             # the hot path: every member was scheduled one token short of its num_tokens (a
             # decode candidate), so that token completes it and a new one is sampled
             for seq in step.seqs:
@@ -312,8 +312,6 @@ class VllmScheduler:
                 seq.num_tokens = total + 1
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
                 if out >= seq.max_output_len:
-                    finished.append(seq)
-                elif stopped and seq.req_id in stopped:
                     finished.append(seq)
         else:
             for seq, n in zip(step.seqs, step.num_new_tokens):
