@@ -66,6 +66,7 @@ class VllmScheduler:
         # the running sequences not in flight, in running order, when known without a scan
         # (see ``_take_decodes``); None when unknown
         self.idle_known: list[Sequence] | None = None
+        self._prefill_blocked: tuple | None = None   # see ``_schedule_prefill``
 
     @classmethod
     def from_policy(cls, policy, num_device_blocks: int, replica: int = 0) -> "VllmScheduler":
@@ -158,10 +159,22 @@ class VllmScheduler:
         return self.max_num_seqs * self.pipeline_depth
 
     def _schedule_prefill(self) -> Prefill | None:
+        if not self.waiting:
+            return None
+        # while KV is full the head of the queue fails every step: it keeps failing until its
+        # size, the free blocks or the running count change (same decisions, no re-check)
+        head = self.waiting[0]
+        key = (head, head.num_tokens, head.num_computed_tokens, self.blocks, self.blocks.num_free,
+               len(self.running), self.pipeline_depth)
+        if key == self._prefill_blocked:
+            return None
         seqs: list[Sequence] = []
         counts: list[int] = []
         self._admit_waiting(seqs, counts, self.max_num_batched_tokens, chunked=False)
-        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts) if seqs else None
+        if not seqs:
+            self._prefill_blocked = key
+            return None
+        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts)
 
     def _admit_waiting(self, seqs: list[Sequence], counts: list[int], budget: int, *, chunked: bool) -> int:
         """Admit waiting requests first-come first-served into this step; return the budget left.
