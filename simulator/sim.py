@@ -1,12 +1,12 @@
 """Discrete-event simulation of one GPU node serving an offline batch under a policy.
 
 simpy only advances time; the pure policy from ``seesaw.scheduling`` decides what runs. Each DP
-replica is a driver process that keeps up to ``pp`` micro-batches in flight; a micro-batch is a
-process that walks the pipeline stages, each stage serving micro-batches in order (its free-at time
-plays the role of a capacity-one resource), so pipeline bubbles and stage imbalance emerge from the
-schedule instead of being assumed. Per-stage times come
+replica (``simulator.replica``) has a driver that keeps up to ``pp`` micro-batches in flight; a
+micro-batch walks the pipeline stages, each stage serving micro-batches in order, so pipeline
+bubbles and stage imbalance emerge from the schedule instead of being assumed. Per-stage times come
 from ``simulator.cost.CostModel``. Host<->device copies (Seesaw) use one host-link resource per
-replica (the replica's GPUs copy in parallel, each over its own link).
+replica (the replica's GPUs copy in parallel, each over its own link). Rows of the step table are
+appended as tuples and become a DataFrame at the end.
 
 Assumptions: offline batch (every request arrives at t=0 unless it carries an arrival time), no
 speculative decoding, prefix caching off, sampling cost inside the per-step overhead.
@@ -23,12 +23,10 @@ from typing import Callable
 import pandas as pd
 import simpy
 
-from seesaw.scheduling import (
-    Decode, Forward, Mixed, PhaseClock, Prefill, Reshard, SchedulerError, SeesawScheduler, SeqStatus, Sequence, SwapIn, SwapOut,
-    VllmScheduler, split_across_replicas,
-)
+from seesaw.scheduling import SeesawScheduler, SeqStatus, Sequence, VllmScheduler, split_across_replicas
 from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, SpecError, VllmPolicy
 from simulator.cost import BatchShape, CostModel
+from simulator.replica import STEP_KIND, Replica, batch_shape
 
 __all__ = ["SimResult", "simulate", "batch_shape", "default_host_kv_bytes", "host_blocks_per_replica",
            "over_context_note"]
@@ -90,214 +88,6 @@ class SimResult:
         return self.to_run_result().model_dump()
 
 
-def batch_shape(step: Forward) -> BatchShape:
-    """Aggregate what the cost model needs from a forward step (before it is accounted)."""
-    shape = BatchShape()
-    if isinstance(step, Decode):
-        n = len(step.seqs)
-        shape.decode_seqs = shape.sampled_seqs = n
-        shape.decode_context_tokens = sum([s.num_computed_tokens for s in step.seqs]) + n
-        return shape
-    for seq, n in zip(step.seqs, step.num_new_tokens):
-        past = seq.num_computed_tokens
-        if n == 1 and seq.num_output_tokens > 0 and past == seq.num_tokens - 1:
-            shape.decode_seqs += 1
-            shape.decode_context_tokens += past + 1
-            shape.sampled_seqs += 1
-        else:
-            shape.prefill_tokens += n
-            shape.prefill_seqs += 1
-            shape.prefill_attn_pairs += n * (past + (n + 1) / 2)
-            if past + n == seq.num_tokens:
-                shape.sampled_seqs += 1
-    return shape
-
-
-class _Mailbox:
-    """A replica's completed steps, in order: ``simpy.Store``'s event order with plain events.
-
-    A put appends at once and schedules one event that hands the oldest item to a waiting getter
-    when processed; a get takes an item at once when there is one, else waits for that hand-off
-    (the same events at the same places in simpy's queue as ``Store``, so the same outcomes,
-    without its request bookkeeping on every micro-batch).
-    """
-
-    __slots__ = ("env", "items", "getter")
-
-    def __init__(self, env: simpy.Environment):
-        self.env = env
-        self.items: list = []
-        self.getter: simpy.Event | None = None
-
-    def put(self, item) -> simpy.Event:
-        self.items.append(item)
-        event = simpy.Event(self.env)
-        event.callbacks.append(self._hand_over)
-        event.succeed()
-        return event
-
-    def _hand_over(self, _event) -> None:
-        getter = self.getter
-        if getter is not None and self.items:
-            self.getter = None
-            getter.succeed(self.items.pop(0))
-
-    def get(self) -> simpy.Event:
-        event = simpy.Event(self.env)
-        if self.items:
-            event.succeed(self.items.pop(0))
-        else:
-            self.getter = event
-        return event
-
-
-class _Replica:
-    """One DP replica: its scheduler, pipeline stages and bookkeeping."""
-
-    def __init__(self, sim: "_Simulation", index: int, scheduler, layout: ParallelConfig, max_pp: int):
-        self.sim = sim
-        self.index = index
-        self.sched = scheduler
-        self.layout = layout
-        env = sim.env
-        self.stage_free_s = [0.0] * max_pp
-        self.host_link = simpy.Resource(env, capacity=1)
-        self.done = _Mailbox(env)
-        # time by phase (``seesaw.scheduling.phase_of``): between events, the phase of what is in flight
-        self.clock = PhaseClock(0.0)
-
-    def run(self):
-        env = self.sim.env
-        pending = 0
-        # forwards launched in this round; their stage recurrence runs once the round is over (as
-        # a process's first step would, after the driver yields), with one timeout and no process
-        launched: list = []
-        direct = not self.sim.cost.handoffs_rendezvous
-        while self.sched.has_unfinished() or pending:
-            while True:
-                step = self.sched.schedule()
-                if step is None:
-                    break
-                self.clock.start(self._kind(step), env.now)
-                pending += 1
-                if direct and isinstance(step, Forward):
-                    launched.append(step)
-                else:
-                    env.process(self._execute(step))
-            if not pending:
-                raise SchedulerError(
-                    f"replica {self.index}: scheduler stalled with {self.sched.num_unfinished} "
-                    "unfinished requests"
-                )
-            if launched:
-                for step in launched:
-                    self._launch(step)
-                launched.clear()
-            step = yield self.done.get()
-            pending -= 1
-            self.clock.end(self._kind(step), env.now)
-            self._complete(step)
-        self.clock.advance(env.now)
-
-    def _launch(self, step: Forward) -> None:
-        """Start a forward without a process: its end time is known at launch (no rendezvous)."""
-        env = self.sim.env
-        end = self._stage_walk(step)
-        timeout = env.timeout(end - env.now, (step, env.now))
-        timeout.callbacks.append(self._forward_done)
-
-    def _forward_done(self, event) -> None:
-        step, start = event.value
-        self.sim.record_step(self, step, start, self.sim.env.now)
-        self.done.put(step)
-
-    @staticmethod
-    def _kind(step) -> str:
-        return _PHASE_KIND[type(step)]
-
-    def _execute(self, step):
-        env = self.sim.env
-        start = env.now
-        if isinstance(step, Forward):
-            yield from self._forward(step)
-        elif isinstance(step, Reshard):
-            yield env.timeout(self.sim.cost.reshard_s(step.src, step.dst))
-            self.layout = step.dst
-        elif isinstance(step, (SwapIn, SwapOut)):
-            # every GPU of the replica copies its own shard over its own host link, in parallel
-            tokens = sum(s.num_computed_tokens for s in step.seqs)
-            kind = "in" if isinstance(step, SwapIn) else "out"
-            with self.host_link.request() as req:
-                yield req
-                yield env.timeout(self.sim.cost.swap_s(self.layout, kind, tokens))
-            self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
-        self.sim.record_step(self, step, start, env.now)
-        yield self.done.put(step)
-
-    def _stage_walk(self, step: Forward) -> float:
-        """When ``step`` leaves the last stage, launched now (see ``_forward``); books the stages."""
-        env = self.sim.env
-        cost = self.sim.cost
-        layout = self.layout
-        shape = batch_shape(step)
-        self.sim.shapes[id(step)] = shape
-        free = self.stage_free_s
-        last = layout.pp - 1
-        sends = cost.pp_sends_s(layout, shape.prefill_tokens + shape.decode_seqs) if last else ()
-        rendezvous = last and cost.handoffs_rendezvous
-        # the only step in flight: no other micro-batch can start before it completes (steps
-        # are issued at completions; a swap completing meanwhile could free blocks or bring
-        # sequences in, so none may be in flight either), so each stage has the machine to
-        # itself while it computes (measured profiles time stages both alone and all ranks busy)
-        k = self.clock.live
-        alone = last > 0 and k["prefill"] + k["decode"] + k["mixed"] == 1 and not k["swap_stall"] and not k["reshard"]
-        t = env.now
-        for stage in range(layout.pp):
-            start = t if t > free[stage] else free[stage]
-            if stage and rendezvous:
-                start += sends[stage - 1]  # the receiving stage waits through the hand-off
-            t = free[stage] = start + cost.stage_time_s(layout, stage, shape, alone)
-            if stage < last and not rendezvous:
-                t += sends[stage]
-        return t
-
-    def _forward(self, step: Forward):
-        """Walk the micro-batch through the stages; each stage serves micro-batches in order.
-
-        ``stage_free_s[k]`` is when stage k finishes its previous micro-batch, so a micro-batch
-        starts on a stage at max(its arrival, the stage's free time): the FIFO queue a simpy
-        resource per stage would give, computed at launch with one timeout instead of three
-        events per stage. Bubbles and stage imbalance emerge from this recurrence. With
-        rendezvous hand-offs (``CostModel.handoffs_rendezvous``: measured profiles) a stage starts
-        at max(its input sent, the stage free) plus the hand-off, and the sampled ids reach the
-        driver after it finishes its own queued work (``pp_reply_s``).
-        """
-        env = self.sim.env
-        yield env.timeout(self._stage_walk(step) - env.now)
-        if self.sim.cost.handoffs_rendezvous and self.layout.pp > 1:
-            layout, cost, free = self.layout, self.sim.cost, self.stage_free_s
-            shape = self.sim.shapes[id(step)]
-            # the sampled ids reach the driver (stage 0's rank) once it is done with the
-            # micro-batches it is computing; it waits through the hand-off
-            reply = cost.pp_reply_s(layout, shape.sampled_seqs)
-            if reply:
-                done = (env.now if env.now > free[0] else free[0]) + reply
-                free[0] = done
-                yield env.timeout(done - env.now)
-
-    def _complete(self, step) -> None:
-        if isinstance(step, Forward):
-            now = self.sim.env.now
-            finished = self.sched.on_step_done(step)
-            for seq in [s for s in step.seqs if s.first_token_time_s is None]:
-                if seq.num_output_tokens > 0:
-                    seq.first_token_time_s = now
-            for seq in finished:
-                seq.finish_time_s = now
-        else:
-            self.sched.on_step_done(step)
-
-
 class _Simulation:
     def __init__(self, model: ModelSpec, node: NodeSpec, cost: CostModel, progress: Callable | None):
         self.model = model
@@ -309,15 +99,21 @@ class _Simulation:
         self.shapes: dict[int, BatchShape] = {}
         self.swap_bytes: dict[int, float] = {}
         self.total_requests = 0
-        self.replicas: list[_Replica] = []
+        self.replicas: list[Replica] = []
 
-    def record_step(self, rep: _Replica, step, start: float, end: float) -> None:
-        shape = self.shapes.pop(id(step), None) or _EMPTY
-        host = getattr(rep.sched, "host", None)
+    def record_step(self, rep: Replica, step, start: float, end: float) -> None:
+        self.record_forward(rep, step, start, end, self.shapes.pop(id(step), None) or _EMPTY,
+                            self.swap_bytes.pop(id(step), 0))
+
+    def record_forward(self, rep: Replica, step, start: float, end: float, shape: BatchShape,
+                       swap_bytes: float = 0) -> None:
+        """One row of the step table (``shape``: a forward's, empty for other steps)."""
+        sched = rep.sched
+        host = rep.host_pool
         self.rows.append((
-            rep.index, step.kind, start, end, len(getattr(step, "seqs", ())),
+            rep.index, STEP_KIND[type(step)], start, end, len(getattr(step, "seqs", ())),
             shape.prefill_tokens, shape.decode_seqs, shape.decode_context_tokens,
-            self.swap_bytes.pop(id(step), 0), rep.sched.blocks.usage, host.usage if host else 0.0,
+            swap_bytes, sched.blocks.usage, host.usage if host else 0.0,
         ))
         if self.progress is not None and len(self.rows) % 256 == 0:
             done = sum(r.sched.num_finished for r in self.replicas)
@@ -325,9 +121,6 @@ class _Simulation:
 
 
 _EMPTY = BatchShape()
-# the phase each kind of step books while in flight (``seesaw.scheduling.phase_of``)
-_PHASE_KIND = {Prefill: "prefill", Decode: "decode", Mixed: "mixed", Reshard: "reshard",
-               SwapIn: "swap_stall", SwapOut: "swap_stall"}
 
 
 def _check_layout(model: ModelSpec, node: NodeSpec, layout: ParallelConfig) -> None:
@@ -370,9 +163,9 @@ def simulate(
         sched = _make_scheduler(policy, cost, index)
         for req in part:
             sched.add_request(req)
-        rep = _Replica(sim, index, sched, layouts[0], max(c.pp for c in layouts))
+        rep = Replica(sim, index, sched, layouts[0], max(c.pp for c in layouts))
         sim.replicas.append(rep)
-        sim.env.process(rep.run())
+        rep.start()
     sim.env.run()
     return _collect(sim, policy, requests)
 

@@ -103,6 +103,7 @@ class SeesawScheduler(VllmScheduler):
         self.to_offload: list[Sequence] = []       # prefilled on device, waiting for SwapOut
         self.num_swaps_in_flight = 0
         self.reshard_in_flight = False
+        self._swap_in_blocked: tuple | None = None   # see ``_schedule_swap_in``
         self.num_transitions = 0
         self.swapped_out_tokens = 0
         self.swapped_in_tokens = 0
@@ -235,6 +236,13 @@ class SeesawScheduler(VllmScheduler):
     def _schedule_swap_in(self) -> SwapIn | None:
         if self.num_swaps_in_flight or not self.on_host:
             return None
+        # while the head of the host queue did not fit, it keeps not fitting until blocks are
+        # freed, a sequence leaves or the layout changes (asked twice per completion in decode)
+        head = self.on_host[0]
+        key = (head, head.num_computed_tokens, self.blocks, self.blocks.num_free, len(self.running),
+               self.pipeline_depth)
+        if key == self._swap_in_blocked:
+            return None
         limit = max(1, -(-self.max_num_seqs // self.layout.pp))
         seqs: list[Sequence] = []
         while self.on_host and len(seqs) < limit and len(self.running) < self._seq_cap():
@@ -250,7 +258,10 @@ class SeesawScheduler(VllmScheduler):
             seq.admit_order = self._admit_counter
             self.running[seq.req_id] = seq
             seqs.append(seq)
-        return SwapIn(replica=self.replica, seqs=seqs) if seqs else None
+        if not seqs:
+            self._swap_in_blocked = key
+            return None
+        return SwapIn(replica=self.replica, seqs=seqs)
 
     def _leave_decode_reason(self) -> str:
         if (not self.waiting or self.on_host or self.num_swaps_in_flight
@@ -284,6 +295,7 @@ class SeesawScheduler(VllmScheduler):
         The room is checked per sequence at eviction time: decodes that drained after the
         decision to switch back may have crossed a block boundary.
         """
+        self.idle_known = None
         if self.mode == DECODE and self.host.can_allocate(blocks_for(seq.num_tokens, self.block_size)):
             if not self.leaving_decode:
                 seq.num_preemptions += 1
@@ -314,6 +326,8 @@ class SeesawScheduler(VllmScheduler):
 
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
+        if not isinstance(step, Forward):
+            self.idle_known = None               # swapped-in sequences become idle
         if isinstance(step, Reshard):
             self.reshard_in_flight = False
             self.leaving_decode = False

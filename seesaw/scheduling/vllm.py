@@ -63,6 +63,10 @@ class VllmScheduler:
         self.num_preemptions = 0
         self.num_finished = 0
         self._admit_counter = 0
+        # the running sequences not in flight, in running order, when known without a scan
+        # (see ``_take_decodes``); None when unknown
+        self.idle_known: list[Sequence] | None = None
+        self._prefill_blocked: tuple | None = None   # see ``_schedule_prefill``
 
     @classmethod
     def from_policy(cls, policy, num_device_blocks: int, replica: int = 0) -> "VllmScheduler":
@@ -155,10 +159,22 @@ class VllmScheduler:
         return self.max_num_seqs * self.pipeline_depth
 
     def _schedule_prefill(self) -> Prefill | None:
+        if not self.waiting:
+            return None
+        # while KV is full the head of the queue fails every step: it keeps failing until its
+        # size, the free blocks or the running count change (same decisions, no re-check)
+        head = self.waiting[0]
+        key = (head, head.num_tokens, head.num_computed_tokens, self.blocks, self.blocks.num_free,
+               len(self.running), self.pipeline_depth)
+        if key == self._prefill_blocked:
+            return None
         seqs: list[Sequence] = []
         counts: list[int] = []
         self._admit_waiting(seqs, counts, self.max_num_batched_tokens, chunked=False)
-        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts) if seqs else None
+        if not seqs:
+            self._prefill_blocked = key
+            return None
+        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts)
 
     def _admit_waiting(self, seqs: list[Sequence], counts: list[int], budget: int, *, chunked: bool) -> int:
         """Admit waiting requests first-come first-served into this step; return the budget left.
@@ -186,33 +202,51 @@ class VllmScheduler:
         it is itself preempted, which ends the batch, so only the candidates at a block boundary
         need a look of their own (one pass; the hot path of a decode step).
         """
-        cands = [s for s in self.running.values()
-                 if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
+        if self.chunked:
+            cands = [s for s in self.running.values()
+                     if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
+        else:
+            # whole prefills only: a running sequence not in flight has sampled its last token
+            # (prefilled, decoded or swapped in), so it is a decode candidate. Usually they are
+            # the last decode's survivors, known without a scan (``idle_known``)
+            cands = self.idle_known
+            if cands is None:
+                cands = [s for s in self.running.values() if not s.in_flight]
+            self.idle_known = None               # a preemption below leaves it unknown
         bs = self.block_size
         end = len(cands)                 # cands[end:] were preempted as victims
         if limit > end:
             limit = end
         # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
-        edges = [j for j, s in enumerate(cands[:limit]) if s.num_computed_tokens >= s.num_blocks * bs]
+        edges = [j for j, s in enumerate(cands if limit == end else cands[:limit])
+                 if s.num_computed_tokens >= s.num_blocks * bs]
         pool = self.blocks
+        owed = 0                         # blocks given to edges, allocated in one go
         for j in edges:
             if j >= limit or j >= end:
                 break
             seq = cands[j]
             need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
-            while need > pool.num_free:
-                if end > j + 1:
-                    end -= 1
-                    victim = cands[end]
-                else:
-                    victim = self._partial_prefill_victim()
-                if victim is None:
-                    self._preempt(seq)
-                    return cands[:j]
-                self._preempt(victim)
-            pool.allocate(need)
+            if need > pool.num_free - owed:
+                pool.allocate(owed)
+                owed = 0
+                while need > pool.num_free:
+                    if end > j + 1:
+                        end -= 1
+                        victim = cands[end]
+                    else:
+                        victim = self._partial_prefill_victim()
+                    if victim is None:
+                        self._preempt(seq)
+                        return cands[:j]
+                    self._preempt(victim)
+            owed += need
             seq.num_blocks += need
-        return cands[:min(limit, end)]
+        pool.allocate(owed)
+        taken = min(limit, end)
+        if not self.chunked and end == len(cands):
+            self.idle_known = cands[taken:]      # no victim: the rest stays idle, in order
+        return cands[:taken]
 
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
@@ -222,6 +256,7 @@ class VllmScheduler:
         return None
 
     def _preempt(self, seq: Sequence) -> None:
+        self.idle_known = None
         self.blocks.free(seq.num_blocks)
         seq.num_blocks = 0
         seq.num_computed_tokens = 0
@@ -277,19 +312,38 @@ class VllmScheduler:
 
         Returns the sequences that finished with this step.
         """
-        stopped = set(stopped)
+        stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
-        for seq, n in zip(step.seqs, step.num_new_tokens):
-            seq.in_flight = False
-            computed = seq.num_computed_tokens = seq.num_computed_tokens + n
-            if computed < seq.num_tokens:
-                continue  # a prefill chunk: no token sampled yet
-            out = seq.num_output_tokens = seq.num_output_tokens + 1
-            seq.num_tokens += 1
-            if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
-                seq.finish_reason = "stop" if seq.req_id in stopped else "length"
-                self._finish(seq)
-                finished.append(seq)
+        idle = self.idle_known
+        self.idle_known = None
+        if type(step) is Decode and stopped is None:
+            # the hot path: every member was scheduled one token short of its num_tokens (a
+            # decode candidate), so that token completes it and a new one is sampled
+            for seq in step.seqs:
+                seq.in_flight = False
+                total = seq.num_computed_tokens = seq.num_tokens
+                seq.num_tokens = total + 1
+                out = seq.num_output_tokens = seq.num_output_tokens + 1
+                if out >= seq.max_output_len:
+                    finished.append(seq)
+        else:
+            for seq, n in zip(step.seqs, step.num_new_tokens):
+                seq.in_flight = False
+                computed = seq.num_computed_tokens = seq.num_computed_tokens + n
+                total = seq.num_tokens
+                if computed < total:
+                    continue  # a prefill chunk: no token sampled yet
+                seq.num_tokens = total + 1
+                out = seq.num_output_tokens = seq.num_output_tokens + 1
+                if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
+                    finished.append(seq)
+        for seq in finished:
+            seq.finish_reason = "stop" if stopped and seq.req_id in stopped else "length"
+            self._finish(seq)
+        if idle == [] and type(step) is Decode:
+            # nothing else was idle: now exactly the survivors are, in running order (a decode
+            # takes a prefix of the candidates, which follow the running order)
+            self.idle_known = [s for s in step.seqs if s.status is not SeqStatus.FINISHED] if finished else step.seqs
         self.num_in_flight -= 1
         return finished
 

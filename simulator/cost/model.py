@@ -13,6 +13,8 @@ measures it), the rest is KV.
 from __future__ import annotations
 
 import math
+from functools import partial
+from typing import Callable
 
 from seesaw.core import GiB, MeasuredProfile, ModelSpec, NodeSpec, ParallelConfig, SpecError
 from simulator.cost.cluster import boundary_crosses_nodes, cross_node_send
@@ -43,7 +45,7 @@ class CostModel:
             )
         # large-GEMM throughput and streaming bandwidth actually reached (profile efficiencies)
         self.roofline = Roofline.of(node, fp8=model.fp8_weights)
-        self._stages: dict[tuple, list[StageConstants]] = {}
+        self._stages: dict[tuple, list] = {}  # StageConstants, or timers (``stage_timers``)
         self._crosses: dict[tuple, list[bool]] = {}  # per layout: which stage boundaries cross nodes
 
     # ---------------------------------------------------------------------------------------
@@ -86,6 +88,20 @@ class CostModel:
         if c.measured is not None:
             return sum(measured_parts(self.model, self.roofline, c, shape))
         return self.roofline.stage_s(c, shape)
+
+    def stage_timers(self, layout: ParallelConfig, alone: bool = False) -> list[Callable[[BatchShape], float]]:
+        """``stage_time_s(layout, stage, shape, alone)`` of every stage as a function of the shape
+        alone, built once per layout (the simulator calls one per stage per step)."""
+        key = (layout.tp, layout.pp, layout.dp, alone, "timers")
+        timers = self._stages.get(key)
+        if timers is None:
+            consts = self.stages(layout, alone and self.tables is not None and layout.pp > 1)
+            timers = self._stages[key] = [
+                partial(self.roofline.stage_s, c) if c.measured is None
+                else partial(self.stage_time_s, layout, s, alone=alone)
+                for s, c in enumerate(consts)
+            ]
+        return timers
 
     def stage_breakdown(
         self, layout: ParallelConfig, stage: int, shape: BatchShape
