@@ -100,44 +100,59 @@ static inline __attribute__((always_inline)) void pv(float *acc, const float *al
 
 /* q [T, hq, d], caches [blocks, bs, hkv, d], out [T, hq, d]; cu_q [S+1], ctx [S] int32,
    table [S, tstride] int32. Query i of sequence s sits at position ctx[s] - n + i and sees
-   positions 0..that. Row r of a tile = query r / g, head h*g + r % g (GQA: g = hq / hkv); rows
-   are padded to a multiple of 4 by repeating the last (its results are not stored). */
+   positions 0..that. Per KV head h, row r of a tile = query r / g, head h*g + r % g (GQA:
+   g = hq / hkv); rows are padded to a multiple of 4 by repeating the last (its results are not
+   stored). The KV heads are the inner loop, so that each block of the context is read from
+   memory once (whole token rows, contiguous) for all of them, and the next block is prefetched
+   while this one is worked on. */
 int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
                                const int32_t *cu_q, const int32_t *ctx, const int32_t *table,
                                int64_t S, int64_t tstride, int64_t hq, int64_t hkv, int64_t d,
                                int64_t bs, float scale, float *out) {
   const int64_t g = hq / hkv, rows_max = QT * g + 8, tok = hkv * d, bsp = (bs + W - 1) / W * W;
+  const int64_t hr = hkv * rows_max; /* per-head state, head h at h * rows_max */
   if (d % W) return 2;
-  float *ktb = calloc(d * bsp + rows_max * bsp + rows_max * d + 3 * rows_max, sizeof(float));
-  const float **qp = malloc(sizeof(float *) * rows_max);
+  float *ktb = calloc(d * bsp + rows_max * bsp + hr * d + 3 * hr, sizeof(float));
+  const float **qp = malloc(sizeof(float *) * hr);
   int64_t *vis = malloc(sizeof(int64_t) * rows_max);
   if (!ktb || !qp || !vis) { free(ktb); free(qp); free(vis); return 1; }
-  float *sc = ktb + d * bsp, *acc = sc + rows_max * bsp, *m = acc + rows_max * d, *l = m + rows_max;
-  float *alpha = l + rows_max;
+  float *sc = ktb + d * bsp, *acc0 = sc + rows_max * bsp, *m0 = acc0 + hr * d, *l0 = m0 + hr;
+  float *alpha = l0 + hr;
   for (int64_t s = 0; s < S; s++) {
     const int64_t q0s = cu_q[s], n = cu_q[s + 1] - cu_q[s], first = ctx[s] - n;
     const int32_t *tab = table + s * tstride;
-    for (int64_t h = 0; h < hkv; h++) {
-      for (int64_t i0 = 0; i0 < n; i0 += QT) {
-        const int64_t nq = n - i0 < QT ? n - i0 : QT, rows = nq * g;
-        const int64_t padded = (rows + 3) / 4 * 4;
-        const int64_t pos0 = first + i0, last = pos0 + nq - 1;
+    for (int64_t i0 = 0; i0 < n; i0 += QT) {
+      const int64_t nq = n - i0 < QT ? n - i0 : QT, rows = nq * g;
+      const int64_t padded = (rows + 3) / 4 * 4;
+      const int64_t pos0 = first + i0, last = pos0 + nq - 1, nblocks = last / bs + 1;
+      for (int64_t h = 0; h < hkv; h++)
         for (int64_t r = 0; r < padded; r++) {
-          const int64_t rr = r < rows ? r : rows - 1;
-          qp[r] = q + ((q0s + i0 + rr / g) * hq + h * g + rr % g) * d;
-          m[r] = -INFINITY;
-          l[r] = 0.0f;
-          memset(acc + r * d, 0, sizeof(float) * d);
+          const int64_t rr = r < rows ? r : rows - 1, x = h * rows_max + r;
+          qp[x] = q + ((q0s + i0 + rr / g) * hq + h * g + rr % g) * d;
+          m0[x] = -INFINITY;
+          l0[x] = 0.0f;
+          memset(acc0 + x * d, 0, sizeof(float) * d);
         }
-        for (int64_t b = 0; b <= last / bs; b++) {
-          const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
+      for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
+        if (b + 1 < nblocks) { /* the next block's K and V rows, while this one is worked on */
+          const char *kn = (const char *)(kc + (int64_t)tab[b + 1] * bs * tok);
+          const char *vn = (const char *)(vc + (int64_t)tab[b + 1] * bs * tok);
+          for (int64_t off = 0; off < (int64_t)(bs * tok * sizeof(float)); off += 64) {
+            __builtin_prefetch(kn + off);
+            __builtin_prefetch(vn + off);
+          }
+        }
+        for (int64_t h = 0; h < hkv; h++) {
           const float *kb = kc + ((int64_t)tab[b] * bs * hkv + h) * d;
           const float *vb = vc + ((int64_t)tab[b] * bs * hkv + h) * d;
+          const float **qh = qp + h * rows_max;
+          float *acc = acc0 + h * rows_max * d, *m = m0 + h * rows_max, *l = l0 + h * rows_max;
           for (int64_t c = 0; c < d; c++) /* transpose K: contiguous writes */
             for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
           for (int64_t r = 0; r < padded;) { /* scores: each K column load feeds 8 or 4 rows */
-            if (padded - r >= 8) { scores(qp + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
-            else { scores(qp + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
+            if (padded - r >= 8) { scores(qh + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
+            else { scores(qh + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
           }
           for (int64_t r = 0; r < padded; r++) { /* online softmax; masked and skipped: p = 0 */
             const int64_t rr = r < rows ? r : rows - 1, v0 = pos0 + rr / g - base + 1;
@@ -174,12 +189,14 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
             r += nr;
           }
         }
-        for (int64_t r = 0; r < rows; r++) {
-          float *o = out + ((q0s + i0 + r / g) * hq + h * g + r % g) * d;
-          const float inv = 1.0f / l[r];
-          for (int64_t c = 0; c < d; c++) o[c] = acc[r * d + c] * inv;
-        }
       }
+      for (int64_t h = 0; h < hkv; h++)
+        for (int64_t r = 0; r < rows; r++) {
+          const int64_t x = h * rows_max + r;
+          float *o = out + ((q0s + i0 + r / g) * hq + h * g + r % g) * d;
+          const float inv = 1.0f / l0[x];
+          for (int64_t c = 0; c < d; c++) o[c] = acc0[x * d + c] * inv;
+        }
     }
   }
   free(ktb);
