@@ -200,14 +200,20 @@ def rope_inv_freq(spec: ModelSpec, device=None) -> torch.Tensor:
     raise SpecError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x [T, heads, d], cos/sin [T, 1, d]
-    return x * cos + _rotate_half(x) * sin
+    """HF's ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)``, written
+    half by half into one new tensor (the same products and sums, so the same bits, with one
+    full-size allocation instead of five). x [T, heads, d], cos/sin [T, 1, d/2] (the two halves
+    of HF's cos/sin are equal)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.empty_like(x)
+    o1, o2 = out[..., :half], out[..., half:]
+    tmp = torch.mul(x2, sin)
+    torch.mul(x1, cos, out=o1).sub_(tmp)  # x1 cos + (-x2) sin
+    torch.mul(x1, sin, out=tmp)
+    torch.mul(x2, cos, out=o2).add_(tmp)  # x2 cos + x1 sin
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +281,17 @@ class Attention(nn.Module):
         return self.comm.all_reduce(self.o_proj(o.reshape(T, self.h_q * self.d)))  # [T, H]
 
 
+MLP_ROWS = 512  # a step's tokens go through the MLP in chunks of this many rows, see MLP
+
+
 class MLP(nn.Module):
+    """SwiGLU MLP. A long step (a prefill) runs it ``MLP_ROWS`` tokens at a time into one output:
+    the [rows, 2 I] and [rows, I] intermediates of a chunk are reused from the allocator's free
+    lists and stay in cache, where the whole step's (50 MB for 4,096 SmolLM2 tokens) would be
+    fresh pages faulted in and zeroed by the kernel and streamed through memory by every
+    elementwise pass (8 prompts x 512 tokens: the MLP ~25% faster, measured in the commit that
+    added it). Each token's arithmetic is the same either way; SiLU and the product run in place."""
+
     def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
         super().__init__()
         self.comm = comm
@@ -284,8 +300,16 @@ class MLP(nn.Module):
         self.down_proj = Linear(self.inter, spec.hidden_size, **kw)
 
     def forward(self, x):
+        if x.shape[0] <= MLP_ROWS:
+            return self.comm.all_reduce(self.down_proj(self._act(x)))  # [T, H]
+        out = x.new_empty(x.shape[0], self.down_proj.weight.shape[0])
+        for i in range(0, x.shape[0], MLP_ROWS):
+            torch.mm(self._act(x[i:i + MLP_ROWS]), self.down_proj.weight.t(), out=out[i:i + MLP_ROWS])
+        return self.comm.all_reduce(out)  # [T, H]
+
+    def _act(self, x):
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)  # [T, I/tp] each
-        return self.comm.all_reduce(self.down_proj(F.silu(gate) * up))  # [T, H]
+        return F.silu(gate, inplace=True).mul_(up)
 
 
 class DecoderLayer(nn.Module):
@@ -298,7 +322,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, meta, k_cache, v_cache):
         x = x + self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x.add_(self.mlp(self.post_attention_layernorm(x)))  # x is this layer's own tensor
 
 
 class LlamaShard(nn.Module):
@@ -367,9 +391,8 @@ class LlamaShard(nn.Module):
         return full[:, : self.spec.vocab_size].float()
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, d]
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        freqs = (positions.float()[:, None] * self.inv_freq[None, :])[:, None, :]  # [T, 1, d/2]
+        return freqs.cos().to(self.dtype), freqs.sin().to(self.dtype)
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata,
