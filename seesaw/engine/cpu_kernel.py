@@ -77,6 +77,56 @@ static inline __attribute__((always_inline)) void scores(const float **qp, const
   }
 }
 
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLE 1
+#endif
+#endif
+
+#ifdef HAVE_SHUFFLE
+typedef float v8 __attribute__((vector_size(32)));
+#define SHUF __builtin_shufflevector
+
+/* an 8 x 8 tile: 8 tokens' channels c0..c0+7 (token i at src + i * tok) -> 8 rows of dst (channel
+   j at dst + j * bsp), in registers (three rounds of shuffles) */
+static inline __attribute__((always_inline)) void transpose8(const float *src, int64_t tok, float *dst,
+                                                             int64_t bsp) {
+  v8 r[8], t[8], u[8];
+  for (int i = 0; i < 8; i++) memcpy(&r[i], src + i * tok, sizeof(v8));
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = SHUF(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = SHUF(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = SHUF(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = SHUF(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int j = 0; j < 4; j++) {
+    const v8 lo = SHUF(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const v8 hi = SHUF(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    memcpy(dst + j * bsp, &lo, sizeof lo);
+    memcpy(dst + (j + 4) * bsp, &hi, sizeof hi);
+  }
+}
+#endif
+
+/* ktb[c][t] = k_t[c] for the nt tokens of a block (token t at kb + t * tok): 8 x 8 register
+   tiles where the compiler has vector shuffles and nt is a multiple of 8, else element by element */
+static inline __attribute__((always_inline)) void transpose(const float *restrict kb, float *restrict ktb,
+                                                            int64_t d, int64_t nt, int64_t tok, int64_t bsp) {
+#ifdef HAVE_SHUFFLE
+  if (nt % 8 == 0) {
+    for (int64_t t0 = 0; t0 < nt; t0 += 8)
+      for (int64_t c0 = 0; c0 < d; c0 += 8) transpose8(kb + t0 * tok + c0, tok, ktb + c0 * bsp + t0, bsp);
+    return;
+  }
+#endif
+  for (int64_t c = 0; c < d; c++)
+    for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
+}
+
 /* acc[j] = acc[j] * alpha[j] + sum_t p[j][t] v_t for R rows */
 static inline __attribute__((always_inline)) void pv(float *acc, const float *alpha, const float *sc,
                                                      const float *vb, const int R, int64_t d, int64_t tr,
@@ -135,7 +185,7 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
         }
       for (int64_t b = 0; b < nblocks; b++) {
         const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
-        if (b + 1 < nblocks) { /* the next block's K and V rows, while this one is worked on */
+        if (i0 == 0 && b + 1 < nblocks) { /* the next block's K and V rows (later tiles find them in cache) */
           const char *kn = (const char *)(kc + (int64_t)tab[b + 1] * bs * tok);
           const char *vn = (const char *)(vc + (int64_t)tab[b + 1] * bs * tok);
           for (int64_t off = 0; off < (int64_t)(bs * tok * sizeof(float)); off += 64) {
@@ -148,8 +198,7 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
           const float *vb = vc + ((int64_t)tab[b] * bs * hkv + h) * d;
           const float **qh = qp + h * rows_max;
           float *acc = acc0 + h * rows_max * d, *m = m0 + h * rows_max, *l = l0 + h * rows_max;
-          for (int64_t c = 0; c < d; c++) /* transpose K: contiguous writes */
-            for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
+          transpose(kb, ktb, d, nt, tok, bsp);
           for (int64_t r = 0; r < padded;) { /* scores: each K column load feeds 8 or 4 rows */
             if (padded - r >= 8) { scores(qh + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
             else { scores(qh + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
@@ -165,6 +214,7 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
               continue;
             }
             float mx = m[r];
+#pragma omp simd reduction(max : mx)
             for (int64_t t = 0; t < vr; t++) {
               sr[t] *= scale;
               mx = sr[t] > mx ? sr[t] : mx;
