@@ -162,12 +162,12 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
   const int64_t g = hq / hkv, rows_max = QT * g + 8, tok = hkv * d, bsp = (bs + W - 1) / W * W;
   const int64_t hr = hkv * rows_max; /* per-head state, head h at h * rows_max */
   if (d % W) return 2;
-  float *ktb = calloc(d * bsp + rows_max * bsp + hr * d + 3 * hr, sizeof(float));
+  float *ktb = calloc(d * bsp + rows_max * bsp + hr * d + hr + rows_max + hr * bsp, sizeof(float));
   const float **qp = malloc(sizeof(float *) * hr);
   int64_t *vis = malloc(sizeof(int64_t) * rows_max);
   if (!ktb || !qp || !vis) { free(ktb); free(qp); free(vis); return 1; }
-  float *sc = ktb + d * bsp, *acc0 = sc + rows_max * bsp, *m0 = acc0 + hr * d, *l0 = m0 + hr;
-  float *alpha = l0 + hr;
+  float *sc = ktb + d * bsp, *acc0 = sc + rows_max * bsp, *m0 = acc0 + hr * d, *alpha = m0 + hr;
+  float *lv0 = alpha + rows_max; /* a row's softmax sums, lane by lane */
   for (int64_t s = 0; s < S; s++) {
     const int64_t q0s = cu_q[s], n = cu_q[s + 1] - cu_q[s], first = ctx[s] - n;
     const int32_t *tab = table + s * tstride;
@@ -180,7 +180,7 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
           const int64_t rr = r < rows ? r : rows - 1, x = h * rows_max + r;
           qp[x] = q + ((q0s + i0 + rr / g) * hq + h * g + rr % g) * d;
           m0[x] = -INFINITY;
-          l0[x] = 0.0f;
+          memset(lv0 + x * bsp, 0, sizeof(float) * bsp);
           memset(acc0 + x * d, 0, sizeof(float) * d);
         }
       for (int64_t b = 0; b < nblocks; b++) {
@@ -197,7 +197,7 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
           const float *kb = kc + ((int64_t)tab[b] * bs * hkv + h) * d;
           const float *vb = vc + ((int64_t)tab[b] * bs * hkv + h) * d;
           const float **qh = qp + h * rows_max;
-          float *acc = acc0 + h * rows_max * d, *m = m0 + h * rows_max, *l = l0 + h * rows_max;
+          float *acc = acc0 + h * rows_max * d, *m = m0 + h * rows_max, *lv = lv0 + h * rows_max * bsp;
           transpose(kb, ktb, d, nt, tok, bsp);
           for (int64_t r = 0; r < padded;) { /* scores: each K column load feeds 8 or 4 rows */
             if (padded - r >= 8) { scores(qh + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
@@ -219,15 +219,14 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
               sr[t] *= scale;
               mx = sr[t] > mx ? sr[t] : mx;
             }
-            float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t t = 0; t < vr; t++) {
-              sr[t] = exp_neg(sr[t] - mx);
-              sum += sr[t];
-            }
+#pragma omp simd
+            for (int64_t t = 0; t < vr; t++) sr[t] = exp_neg(sr[t] - mx);
             for (int64_t t = vr; t < bsp; t++) sr[t] = 0.0f;
-            alpha[r] = m[r] == -INFINITY ? 0.0f : exp_neg(m[r] - mx);
-            l[r] = l[r] * alpha[r] + sum;
+            const float a = m[r] == -INFINITY ? 0.0f : exp_neg(m[r] - mx);
+            float *lr = lv + r * bsp; /* summed across lanes once, at the end of the context */
+#pragma omp simd
+            for (int64_t t = 0; t < bsp; t++) lr[t] = lr[t] * a + sr[t];
+            alpha[r] = a;
             m[r] = mx;
           }
           for (int64_t r = 0; r < padded;) { /* P.V: each V row load feeds 8 or 4 rows */
@@ -244,7 +243,9 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
         for (int64_t r = 0; r < rows; r++) {
           const int64_t x = h * rows_max + r;
           float *o = out + ((q0s + i0 + r / g) * hq + h * g + r % g) * d;
-          const float inv = 1.0f / l0[x];
+          float l = 0.0f;
+          for (int64_t t = 0; t < bsp; t++) l += lv0[x * bsp + t];
+          const float inv = 1.0f / l;
           for (int64_t c = 0; c < d; c++) o[c] = acc0[x * d + c] * inv;
         }
     }
