@@ -3,12 +3,21 @@ through ctypes on the tensors' memory.
 
 ``paged_attention_cpu`` attends every query token of a step (prefill chunks and decodes alike)
 to its sequence's context where the context lives, in the paged cache, following the block table:
-no per-step gather into a padded tensor, one call per layer. Per (sequence, KV head, tile of up
-to 16 queries) it walks the sequence's blocks in order with an online softmax (flash-attention
-style); a block's K is transposed into a 4 KiB scratch tile so that the scores of all the tile's
-rows (queries x the KV head's GQA group) are vector FMAs over the block's tokens, and the P.V
-update is a vector FMA over the head dimension. A row's result depends only on its own sequence
-(batch-composition invariant), so every layout computes exactly what the single process does.
+no per-step gather into a padded tensor, one call per layer. Per (sequence, tile of up to 16
+queries) it walks the sequence's blocks in order with an online softmax (flash-attention style),
+all KV heads of a block before the next block, so that each block is read from memory once, in
+whole token rows, while the next one is prefetched (one pass per KV head read a third of every
+token row and ran at a third of the bandwidth). Per KV head, a block's K is transposed (8 x 8
+register tiles) into a 4 KiB scratch tile so that the scores of all the tile's rows (queries x
+the head's GQA group) are vector FMAs over the block's tokens, and the P.V update is a vector FMA
+over the head dimension; a row's softmax denominator is kept lane by lane and summed once at the
+end. A row's result depends only on its own sequence (batch-composition invariant), so every
+layout computes exactly what the single process does.
+
+Measured on the shared 2-core Xeon (64 sequences x 438 tokens of SmolLM2-135M heads, one layer,
+43 MB of K/V): one pass per head took 12.95 ms wall-clock (3.3 GB/s), all heads per block 5.2 ms
+in the same run; after the register transposes and lane-wise sums, 3.45 ms of thread CPU time
+(~12.5 GB/s, this core's read bandwidth). The commits that made each change give its A/B figures.
 
 The C source is compiled once per machine (``cc -O3 -march=native``) into
 ``$SEESAW_CACHE_DIR`` (default ``~/.cache/seesaw``) under a name keyed by the source and the
