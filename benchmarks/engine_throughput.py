@@ -27,6 +27,20 @@ decode and prefill steps against this machine's roofline. One run; every ratio i
    rate at the model's shapes that beats the square one would make the square one too lenient,
    one that falls short of it is not what the machine can do at its best. Every alternative
    (square GEMM + copy bandwidth, the definition used before) is printed beside it.
+5. A fixed-shape decode step: 64 sequences with ``--decode-context`` tokens of context each (the
+   workload's mean context during decode by default), in the engine's ``ModelRunner``, in this
+   process with its C heap set up as an engine rank's (``dist.keep_freed_memory``). Its
+   roofline: max(FLOPs / GEMM rate, bytes / bandwidth), FLOPs = 2 per weight per token (layers
+   and LM head) + attention ``4 ctx d h_q`` per token and layer (PaLM Appendix B), bytes = the
+   weights read once + every sequence's K/V context read once (the LM head counted once, as
+   computed: logits of the last token of each sequence only). ``decode_roofline_ratio`` =
+   measured step time / roofline step time (target <= 1.5); the step time is the median of
+   ``--decode-steps`` steps.
+6. A fixed-shape prefill step (8 prompts x 512 tokens), in the same runner setup:
+   ``prefill_gemm_efficiency`` = its FLOPs (matmuls of every token, LM head of the last ones,
+   causal attention ``2 n^2 d h_q`` per layer) / time / the GEMM rate (target >= 0.8; the faster
+   of the square and the prefill-shape rate).
+
 The machine may be shared: the load average (``os.getloadavg``) before and after is printed.
 ``--clock cpu`` times the machine's rates and the two fixed-shape steps in this thread's CPU time
 (``time.thread_time``) instead of wall-clock time: on a loaded machine the best of a few short
