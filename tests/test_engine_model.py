@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from tests.engine_helpers import full_logits, make_checkpoint, random_prompts
-from seesaw.engine import model as model_module
 from seesaw.engine.model import rope_inv_freq
 from seesaw.engine.runner import generate
 from seesaw.engine.hf_config import spec_from_config
@@ -45,21 +44,6 @@ def test_matches_transformers(tmp_path, name):
         ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                           max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
         assert got == ref[0, len(prompt):].tolist()
-
-
-def test_a_long_step_runs_the_mlp_in_chunks_with_the_same_result(tmp_path, monkeypatch):
-    """A step of more than MLP_ROWS tokens goes through the MLP a chunk of rows at a time (the
-    last chunk short); every token's logits are those of the unchunked MLP and close to HF's."""
-    path = make_checkpoint(tmp_path / "m")
-    model = build_shard(load_checkpoint(path))
-    prompt = random_prompts([45])[0]
-    whole = full_logits(model, prompt)
-    monkeypatch.setattr(model_module, "MLP_ROWS", 16)  # 45 rows: chunks of 16, 16 and 13
-    chunked = full_logits(model, prompt)
-    assert torch.equal(chunked, whole)
-    with torch.no_grad():
-        ref = _hf(path)(torch.tensor([prompt])).logits[0]
-    assert (chunked - ref).abs().max().item() < 1e-4
 
 
 def test_bf16_close_to_transformers(tmp_path):
