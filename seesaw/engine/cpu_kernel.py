@@ -3,12 +3,21 @@ through ctypes on the tensors' memory.
 
 ``paged_attention_cpu`` attends every query token of a step (prefill chunks and decodes alike)
 to its sequence's context where the context lives, in the paged cache, following the block table:
-no per-step gather into a padded tensor, one call per layer. Per (sequence, KV head, tile of up
-to 16 queries) it walks the sequence's blocks in order with an online softmax (flash-attention
-style); a block's K is transposed into a 4 KiB scratch tile so that the scores of all the tile's
-rows (queries x the KV head's GQA group) are vector FMAs over the block's tokens, and the P.V
-update is a vector FMA over the head dimension. A row's result depends only on its own sequence
-(batch-composition invariant), so every layout computes exactly what the single process does.
+no per-step gather into a padded tensor, one call per layer. Per (sequence, tile of up to 16
+queries) it walks the sequence's blocks in order with an online softmax (flash-attention style),
+all KV heads of a block before the next block, so that each block is read from memory once, in
+whole token rows, while the next one is prefetched (one pass per KV head read a third of every
+token row and ran at a third of the bandwidth). Per KV head, a block's K is transposed (8 x 8
+register tiles) into a 4 KiB scratch tile so that the scores of all the tile's rows (queries x
+the head's GQA group) are vector FMAs over the block's tokens, and the P.V update is a vector FMA
+over the head dimension; a row's softmax denominator is kept lane by lane and summed once at the
+end. A row's result depends only on its own sequence (batch-composition invariant), so every
+layout computes exactly what the single process does.
+
+Measured on the shared 2-core Xeon (64 sequences x 438 tokens of SmolLM2-135M heads, one layer,
+43 MB of K/V): one pass per head took 12.95 ms wall-clock (3.3 GB/s), all heads per block 5.2 ms
+in the same run; after the register transposes and lane-wise sums, 3.45 ms of thread CPU time
+(~12.5 GB/s, this core's read bandwidth). The commits that made each change give its A/B figures.
 
 The C source is compiled once per machine (``cc -O3 -march=native``) into
 ``$SEESAW_CACHE_DIR`` (default ``~/.cache/seesaw``) under a name keyed by the source and the
@@ -77,6 +86,56 @@ static inline __attribute__((always_inline)) void scores(const float **qp, const
   }
 }
 
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define HAVE_SHUFFLE 1
+#endif
+#endif
+
+#ifdef HAVE_SHUFFLE
+typedef float v8 __attribute__((vector_size(32)));
+#define SHUF __builtin_shufflevector
+
+/* an 8 x 8 tile: 8 tokens' channels c0..c0+7 (token i at src + i * tok) -> 8 rows of dst (channel
+   j at dst + j * bsp), in registers (three rounds of shuffles) */
+static inline __attribute__((always_inline)) void transpose8(const float *src, int64_t tok, float *dst,
+                                                             int64_t bsp) {
+  v8 r[8], t[8], u[8];
+  for (int i = 0; i < 8; i++) memcpy(&r[i], src + i * tok, sizeof(v8));
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = SHUF(r[i], r[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = SHUF(r[i], r[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = SHUF(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = SHUF(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = SHUF(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = SHUF(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int j = 0; j < 4; j++) {
+    const v8 lo = SHUF(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    const v8 hi = SHUF(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    memcpy(dst + j * bsp, &lo, sizeof lo);
+    memcpy(dst + (j + 4) * bsp, &hi, sizeof hi);
+  }
+}
+#endif
+
+/* ktb[c][t] = k_t[c] for the nt tokens of a block (token t at kb + t * tok): 8 x 8 register
+   tiles where the compiler has vector shuffles and nt is a multiple of 8, else element by element */
+static inline __attribute__((always_inline)) void transpose(const float *restrict kb, float *restrict ktb,
+                                                            int64_t d, int64_t nt, int64_t tok, int64_t bsp) {
+#ifdef HAVE_SHUFFLE
+  if (nt % 8 == 0) {
+    for (int64_t t0 = 0; t0 < nt; t0 += 8)
+      for (int64_t c0 = 0; c0 < d; c0 += 8) transpose8(kb + t0 * tok + c0, tok, ktb + c0 * bsp + t0, bsp);
+    return;
+  }
+#endif
+  for (int64_t c = 0; c < d; c++)
+    for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
+}
+
 /* acc[j] = acc[j] * alpha[j] + sum_t p[j][t] v_t for R rows */
 static inline __attribute__((always_inline)) void pv(float *acc, const float *alpha, const float *sc,
                                                      const float *vb, const int R, int64_t d, int64_t tr,
@@ -100,44 +159,58 @@ static inline __attribute__((always_inline)) void pv(float *acc, const float *al
 
 /* q [T, hq, d], caches [blocks, bs, hkv, d], out [T, hq, d]; cu_q [S+1], ctx [S] int32,
    table [S, tstride] int32. Query i of sequence s sits at position ctx[s] - n + i and sees
-   positions 0..that. Row r of a tile = query r / g, head h*g + r % g (GQA: g = hq / hkv); rows
-   are padded to a multiple of 4 by repeating the last (its results are not stored). */
+   positions 0..that. Per KV head h, row r of a tile = query r / g, head h*g + r % g (GQA:
+   g = hq / hkv); rows are padded to a multiple of 4 by repeating the last (its results are not
+   stored). The KV heads are the inner loop, so that each block of the context is read from
+   memory once (whole token rows, contiguous) for all of them, and the next block is prefetched
+   while this one is worked on. */
 int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
                                const int32_t *cu_q, const int32_t *ctx, const int32_t *table,
                                int64_t S, int64_t tstride, int64_t hq, int64_t hkv, int64_t d,
                                int64_t bs, float scale, float *out) {
   const int64_t g = hq / hkv, rows_max = QT * g + 8, tok = hkv * d, bsp = (bs + W - 1) / W * W;
+  const int64_t hr = hkv * rows_max; /* per-head state, head h at h * rows_max */
   if (d % W) return 2;
-  float *ktb = calloc(d * bsp + rows_max * bsp + rows_max * d + 3 * rows_max, sizeof(float));
-  const float **qp = malloc(sizeof(float *) * rows_max);
+  float *ktb = calloc(d * bsp + rows_max * bsp + hr * d + hr + rows_max + hr * bsp, sizeof(float));
+  const float **qp = malloc(sizeof(float *) * hr);
   int64_t *vis = malloc(sizeof(int64_t) * rows_max);
   if (!ktb || !qp || !vis) { free(ktb); free(qp); free(vis); return 1; }
-  float *sc = ktb + d * bsp, *acc = sc + rows_max * bsp, *m = acc + rows_max * d, *l = m + rows_max;
-  float *alpha = l + rows_max;
+  float *sc = ktb + d * bsp, *acc0 = sc + rows_max * bsp, *m0 = acc0 + hr * d, *alpha = m0 + hr;
+  float *lv0 = alpha + rows_max; /* a row's softmax sums, lane by lane */
   for (int64_t s = 0; s < S; s++) {
     const int64_t q0s = cu_q[s], n = cu_q[s + 1] - cu_q[s], first = ctx[s] - n;
     const int32_t *tab = table + s * tstride;
-    for (int64_t h = 0; h < hkv; h++) {
-      for (int64_t i0 = 0; i0 < n; i0 += QT) {
-        const int64_t nq = n - i0 < QT ? n - i0 : QT, rows = nq * g;
-        const int64_t padded = (rows + 3) / 4 * 4;
-        const int64_t pos0 = first + i0, last = pos0 + nq - 1;
+    for (int64_t i0 = 0; i0 < n; i0 += QT) {
+      const int64_t nq = n - i0 < QT ? n - i0 : QT, rows = nq * g;
+      const int64_t padded = (rows + 3) / 4 * 4;
+      const int64_t pos0 = first + i0, last = pos0 + nq - 1, nblocks = last / bs + 1;
+      for (int64_t h = 0; h < hkv; h++)
         for (int64_t r = 0; r < padded; r++) {
-          const int64_t rr = r < rows ? r : rows - 1;
-          qp[r] = q + ((q0s + i0 + rr / g) * hq + h * g + rr % g) * d;
-          m[r] = -INFINITY;
-          l[r] = 0.0f;
-          memset(acc + r * d, 0, sizeof(float) * d);
+          const int64_t rr = r < rows ? r : rows - 1, x = h * rows_max + r;
+          qp[x] = q + ((q0s + i0 + rr / g) * hq + h * g + rr % g) * d;
+          m0[x] = -INFINITY;
+          memset(lv0 + x * bsp, 0, sizeof(float) * bsp);
+          memset(acc0 + x * d, 0, sizeof(float) * d);
         }
-        for (int64_t b = 0; b <= last / bs; b++) {
-          const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
+      for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t base = b * bs, nt = base + bs > last + 1 ? last + 1 - base : bs;
+        if (i0 == 0 && b + 1 < nblocks) { /* the next block's K and V rows (later tiles find them in cache) */
+          const char *kn = (const char *)(kc + (int64_t)tab[b + 1] * bs * tok);
+          const char *vn = (const char *)(vc + (int64_t)tab[b + 1] * bs * tok);
+          for (int64_t off = 0; off < (int64_t)(bs * tok * sizeof(float)); off += 64) {
+            __builtin_prefetch(kn + off);
+            __builtin_prefetch(vn + off);
+          }
+        }
+        for (int64_t h = 0; h < hkv; h++) {
           const float *kb = kc + ((int64_t)tab[b] * bs * hkv + h) * d;
           const float *vb = vc + ((int64_t)tab[b] * bs * hkv + h) * d;
-          for (int64_t c = 0; c < d; c++) /* transpose K: contiguous writes */
-            for (int64_t t = 0; t < nt; t++) ktb[c * bsp + t] = kb[t * tok + c];
+          const float **qh = qp + h * rows_max;
+          float *acc = acc0 + h * rows_max * d, *m = m0 + h * rows_max, *lv = lv0 + h * rows_max * bsp;
+          transpose(kb, ktb, d, nt, tok, bsp);
           for (int64_t r = 0; r < padded;) { /* scores: each K column load feeds 8 or 4 rows */
-            if (padded - r >= 8) { scores(qp + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
-            else { scores(qp + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
+            if (padded - r >= 8) { scores(qh + r, ktb, sc + r * bsp, 8, d, nt, bsp); r += 8; }
+            else { scores(qh + r, ktb, sc + r * bsp, 4, d, nt, bsp); r += 4; }
           }
           for (int64_t r = 0; r < padded; r++) { /* online softmax; masked and skipped: p = 0 */
             const int64_t rr = r < rows ? r : rows - 1, v0 = pos0 + rr / g - base + 1;
@@ -150,19 +223,19 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
               continue;
             }
             float mx = m[r];
+#pragma omp simd reduction(max : mx)
             for (int64_t t = 0; t < vr; t++) {
               sr[t] *= scale;
               mx = sr[t] > mx ? sr[t] : mx;
             }
-            float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t t = 0; t < vr; t++) {
-              sr[t] = exp_neg(sr[t] - mx);
-              sum += sr[t];
-            }
+#pragma omp simd
+            for (int64_t t = 0; t < vr; t++) sr[t] = exp_neg(sr[t] - mx);
             for (int64_t t = vr; t < bsp; t++) sr[t] = 0.0f;
-            alpha[r] = m[r] == -INFINITY ? 0.0f : exp_neg(m[r] - mx);
-            l[r] = l[r] * alpha[r] + sum;
+            const float a = m[r] == -INFINITY ? 0.0f : exp_neg(m[r] - mx);
+            float *lr = lv + r * bsp; /* summed across lanes once, at the end of the context */
+#pragma omp simd
+            for (int64_t t = 0; t < bsp; t++) lr[t] = lr[t] * a + sr[t];
+            alpha[r] = a;
             m[r] = mx;
           }
           for (int64_t r = 0; r < padded;) { /* P.V: each V row load feeds 8 or 4 rows */
@@ -174,12 +247,16 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
             r += nr;
           }
         }
-        for (int64_t r = 0; r < rows; r++) {
-          float *o = out + ((q0s + i0 + r / g) * hq + h * g + r % g) * d;
-          const float inv = 1.0f / l[r];
-          for (int64_t c = 0; c < d; c++) o[c] = acc[r * d + c] * inv;
-        }
       }
+      for (int64_t h = 0; h < hkv; h++)
+        for (int64_t r = 0; r < rows; r++) {
+          const int64_t x = h * rows_max + r;
+          float *o = out + ((q0s + i0 + r / g) * hq + h * g + r % g) * d;
+          float l = 0.0f;
+          for (int64_t t = 0; t < bsp; t++) l += lv0[x * bsp + t];
+          const float inv = 1.0f / l;
+          for (int64_t c = 0; c < d; c++) o[c] = acc0[x * d + c] * inv;
+        }
     }
   }
   free(ktb);

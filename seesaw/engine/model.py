@@ -200,14 +200,20 @@ def rope_inv_freq(spec: ModelSpec, device=None) -> torch.Tensor:
     raise SpecError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x [T, heads, d], cos/sin [T, 1, d]
-    return x * cos + _rotate_half(x) * sin
+    """HF's ``x * cos + rotate_half(x) * sin`` with ``rotate_half(x) = cat(-x2, x1)``, written
+    half by half into one new tensor (the same products and sums, so the same bits, with one
+    full-size allocation instead of five). x [T, heads, d], cos/sin [T, 1, d/2] (the two halves
+    of HF's cos/sin are equal)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    out = torch.empty_like(x)
+    o1, o2 = out[..., :half], out[..., half:]
+    tmp = torch.mul(x2, sin)
+    torch.mul(x1, cos, out=o1).sub_(tmp)  # x1 cos + (-x2) sin
+    torch.mul(x1, sin, out=tmp)
+    torch.mul(x2, cos, out=o2).add_(tmp)  # x2 cos + x1 sin
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,6 +282,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU MLP; SiLU and the product run in place on the gate/up output (no [T, I] copies)."""
+
     def __init__(self, spec: ModelSpec, shard: Shard, comm: Comm, **kw):
         super().__init__()
         self.comm = comm
@@ -285,7 +293,7 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)  # [T, I/tp] each
-        return self.comm.all_reduce(self.down_proj(F.silu(gate) * up))  # [T, H]
+        return self.comm.all_reduce(self.down_proj(F.silu(gate, inplace=True).mul_(up)))  # [T, H]
 
 
 class DecoderLayer(nn.Module):
@@ -298,7 +306,7 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, cos, sin, meta, k_cache, v_cache):
         x = x + self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x.add_(self.mlp(self.post_attention_layernorm(x)))  # x is this layer's own tensor
 
 
 class LlamaShard(nn.Module):
@@ -367,9 +375,8 @@ class LlamaShard(nn.Module):
         return full[:, : self.spec.vocab_size].float()
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # [T, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, d]
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
+        freqs = (positions.float()[:, None] * self.inv_freq[None, :])[:, None, :]  # [T, 1, d/2]
+        return freqs.cos().to(self.dtype), freqs.sin().to(self.dtype)
 
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata,

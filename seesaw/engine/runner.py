@@ -21,6 +21,8 @@ scheduler's block counts are the engine's.
 
 from __future__ import annotations
 
+import gc
+
 import torch
 
 from seesaw.engine.cuda_graphs import DecodeGraphs, graphs_enabled
@@ -71,6 +73,12 @@ class ModelRunner:
         self.num_micro_batches = num_micro_batches
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self._sending: list = []  # send handles of the last micro-batch's activations, see run_tables
+        # Everything alive now (the model, the loaded checkpoint's and the libraries' objects) into
+        # the collector's permanent generation, once the model is set up: the steps'
+        # short-lived tensors still trigger collections, which then no longer walk all of them
+        # (perf, decode of 64 x 438 tokens: ~10% of the samples in the collector before, 0.01%
+        # after). Objects freed later by reference counting are freed as before.
+        gc.freeze()
 
     def finish_sends(self) -> None:
         """Wait until the next stage has taken every activation this rank sent."""
