@@ -188,3 +188,13 @@ def test_a_cluster_plan_does_not_match_one_node_of_its_kind():
     why = plan_mismatch(SimpleNamespace(node=two), SimpleNamespace(node=one))
     assert why is not None and "2 nodes x 8 x h100" in why
     assert plan_mismatch(SimpleNamespace(node=one), SimpleNamespace(node=one)) is None
+
+
+def test_a_hand_off_time_is_defined_without_a_stage_boundary():
+    """pp == 1 has no boundary, yet callers (notebook 01's breakdown) ask a hand-off's time: the
+    node's own send, as on one node."""
+    model = catalog.load_model("llama2-13b")
+    node = resolve_node("8xl4", num_nodes=2)
+    cost = CostModel(model, node)
+    t8 = parse_parallel("D2T8")
+    assert cost.pp_send_s(t8, 256) == CostModel(model, catalog.load_node("8xl4")).pp_send_s(parse_parallel("T8"), 256)

@@ -272,7 +272,10 @@ def test_prefetcher_error_surfaces_on_next_poll_and_does_not_hang():
     pf = Prefetcher(pool, cache, range(0, 4), range(0, 1))
     pf.swap_in("ok", [0], torch.arange(4))
     pf.swap_in("bad", [99], torch.arange(4, 8))  # no host block 99: IndexError in the worker
-    pf.swap_in("after", [1], torch.arange(8, 12))
+    try:  # the worker may have failed already: then this submit says so, else the wait does
+        pf.swap_in("after", [1], torch.arange(8, 12))
+    except PrefetchError:
+        pass
     with pytest.raises(PrefetchError, match="IndexError|out of bounds") as err:
         pf.wait(timeout_s=30)
     assert isinstance(err.value.__cause__, IndexError)

@@ -181,7 +181,8 @@ class CostModel:
         to ``boundary + 1``; each TP rank sends its copy to its peer in parallel, as vLLM does, so
         the time does not depend on tp); over the network when the boundary crosses nodes."""
         nbytes = num_tokens * self.model.hidden_size * self.model.dtype_bytes
-        if self._crossings(layout)[boundary]:
+        crosses = self._crossings(layout)  # none under pp == 1 (a hand-off's time is still asked)
+        if boundary < len(crosses) and crosses[boundary]:
             bw, latency_s = cross_node_send(self.node)
             return nbytes / bw + latency_s
         curve = self.tables.handoff() if self.tables is not None else None
