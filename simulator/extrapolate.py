@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from seesaw.sampling import sample_positions
 
-__all__ = ["Sampled", "sample_requests", "sample_workload"]
+__all__ = ["Sampled", "halving_sizes", "marginal_makespan", "nested_samples", "sample_requests", "sample_workload"]
 
 
 def sample_requests(requests: list, sample_size: int | None, seed: int = 0) -> list:
@@ -74,3 +76,41 @@ def sample_workload(requests: list, sample_size: int | None, seed: int = 0) -> S
     if hasattr(requests, "totals"):  # a Workload: what it represents (a sample's whole, or itself)
         return Sampled(sample, requests.represents, *requests.totals)
     return Sampled(sample, len(requests), sum(r.prompt_len for r in requests), sum(r.output_len for r in requests))
+
+
+def nested_samples(requests: list, sizes: list[int], seed: int = 0) -> list[list]:
+    """Samples of ``requests`` of the given ascending ``sizes``, each inside the next: the first ``k``
+    of one seeded permutation, in source order (each a uniform draw without replacement). A size
+    of ``len(requests)`` or more is ``requests`` itself."""
+    n = len(requests)
+    perm = np.random.default_rng([seed, 0x5EE5A]).permutation(n)
+    return [list(requests) if k >= n else [requests[i] for i in np.sort(perm[:k]).tolist()] for k in sizes]
+
+
+def halving_sizes(n: int, smallest: int, rungs: int = 3) -> list[int]:
+    """Sample sizes of the search's rungs, ascending: ``n``, ``n/2``, ``n/4``, ... while at least
+    ``smallest`` (at most ``rungs`` of them)."""
+    sizes = [n]
+    while len(sizes) < rungs and sizes[0] // 2 >= smallest:
+        sizes.insert(0, sizes[0] // 2)
+    return sizes
+
+
+def tokens(requests: list) -> int:
+    """Prompt plus output tokens of ``requests``."""
+    return sum(r.prompt_len + r.output_len for r in requests)
+
+
+def marginal_makespan(points: list[tuple[int, float]], target_tokens: int) -> float:
+    """A makespan for ``target_tokens`` from (tokens, makespan) of nested samples, ascending.
+
+    Two or more points: the last one plus the rest of the tokens at the marginal rate between the
+    last two (a run's start-up and final drain are counted once, as in the whole workload); one
+    point: scaled by the token ratio."""
+    w1, m1 = points[-1]
+    if len(points) < 2:
+        return m1 * target_tokens / w1
+    w0, m0 = points[-2]
+    if w1 <= w0 or m1 <= m0:
+        return m1 * target_tokens / w1
+    return m1 + (target_tokens - w1) * (m1 - m0) / (w1 - w0)
