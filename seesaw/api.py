@@ -61,7 +61,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
             interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
             input_len: int | None = None, output_len: int | None = None, seed: int = 0, sample_size: int = 2000,
-            workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
+            workers: int | None = None, progress: Callable | None = None, node=None, requests=None, measured=None,
             **search_options):
     """Every feasible static layout and Seesaw pair, simulated and ranked: a ``PlanResult``
     (``table``, ``winner``, ``best_vllm``, ``rejected``, ``summary()``). ``node``, ``requests``,
@@ -78,35 +78,39 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
          input_len: int | None = None, output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
-         workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
-         **search_options):
+         workers: int | None = None, progress: Callable | None = None, node=None, requests=None, measured=None,
+         executor=None, dask: str | None = None, **search_options):
     """The searched best plan: a ``PlanResult`` whose ``plan`` is the winning ``Plan`` (None when
     nothing fits; ``rejected`` says why) and whose ``table`` ranks every candidate. ``gpu`` may
     name a measured machine (``cpu-2core``). ``node``, ``requests``, ``measured`` as in
-    ``simulate``; other keywords go to the planner (``space``, ``screen``, ``refine``, ...)."""
+    ``simulate``; other keywords go to the planner (``space``, ``screen``, ``refine``, ...).
+    Simulations run in ``workers`` local processes (None: one per core), on ``executor`` (any
+    ``concurrent.futures.Executor``) or on the Dask scheduler at ``dask`` (``seesaw[dask]``)."""
     from seesaw.app.simulate import plan as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
                exhaustive=exhaustive, workers=workers, progress=progress, node=node, requests=requests,
-               measured=measured, **search_options).result
+               measured=measured, executor=executor, dask=dask, **search_options).result
 
 
 def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
            num_gpus: str | Sequence[int] = WHATIF_NUM_GPUS, *, interconnect: str | None = None, workload: str = "sharegpt",
            num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
            seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
-           sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,
-           progress: Callable | None = None, overwrite: bool = False):
+           sample_size: int = 1000, workers: int | None = None, output_dir: str | Path | None = None,
+           progress: Callable | None = None, overwrite: bool = False, executor=None, dask: str | None = None):
     """Hardware options for one model and workload, each planned: a ``WhatIfResult`` (``table()``,
-    ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png)."""
+    ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png).
+    ``workers``, ``executor``, ``dask``: where the simulations run, as in ``plan``."""
     from seesaw.app.whatif import whatif as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
-               workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress).result
+               workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress,
+               executor=executor, dask=dask).result
 
 
 def run_batch(model: str | None = None, input: str | None = None, output: str | Path | None = None, *,

@@ -91,3 +91,31 @@ def test_a_local_dask_cluster_gives_the_same_plan(case):
         remote = plan(model, node, reqs, space=POOLS, executor=client.get_executor())
     assert remote.plan.policy == local.plan.policy
     assert remote.winner["makespan_s"] == local.winner["makespan_s"] and remote.num_simulated == local.num_simulated
+
+
+def test_cli_plan_on_a_dask_scheduler_named_by_the_environment(seesaw, monkeypatch, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    args = ("plan", "-m", "llama2-7b", "-g", "a10", "-N", "2", "-n", "40", "--json")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        monkeypatch.setenv("SEESAW_DASK", cluster.scheduler_address)
+        code, out, err = seesaw(*args)
+    assert code == 0, err
+    monkeypatch.delenv("SEESAW_DASK")
+    code, local, _ = seesaw(*args)
+    assert code == 0 and _winner(out) == _winner(local)
+
+
+def _winner(out: str) -> dict:
+    import json
+
+    return json.loads(out.strip().splitlines()[-1])["winner"]
+
+
+def test_cli_unreachable_dask_scheduler_is_one_line(seesaw, monkeypatch):
+    from seesaw.app import executors
+    from tests.factories import assert_one_line_exit_2
+
+    monkeypatch.setattr(executors, "DASK_CONNECT_TIMEOUT_S", 1)
+    res = seesaw("plan", "-m", "llama2-7b", "-g", "a10", "-N", "2", "-n", "20", "--dask", "tcp://127.0.0.1:9")
+    assert_one_line_exit_2(res, "--dask tcp://127.0.0.1:9", "cannot reach the Dask scheduler")

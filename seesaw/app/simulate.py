@@ -223,7 +223,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
             workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
-            output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int = 2,
+            output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int | None = None,
             progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None, measured=None,
             **search_options) -> Planned:
     """Simulate every feasible static layout (chunked prefill on and off) and every Seesaw pair.
@@ -249,22 +249,26 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
          output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
-         workers: int = 2, progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None,
-         measured=None, **search_options) -> Planned:
+         workers: int | None = None, progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None,
+         measured=None, executor=None, dask: str | None = None, **search_options) -> Planned:
     """Search layouts, policies and host-pool settings for the best plan (``result.plan``).
 
     ``node``, ``requests`` and ``measured`` as in ``simulate``; other keywords go to
-    ``simulator.planner.plan`` (``space``, ``screen``, ``refine``, ...)."""
+    ``simulator.planner.plan`` (``space``, ``screen``, ``refine``, ...). Simulations run on
+    ``executor`` or the Dask scheduler at ``dask`` (``seesaw.app.executors``), else in ``workers``
+    local processes (None: one per core)."""
+    from seesaw.app.executors import simulation_executor
     from simulator.planner import plan as search
 
     check_objective(objective)
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured)
-    result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
-                    exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
-                    workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
-                    **search_options)
+    with simulation_executor(executor, dask) as ex:
+        result = search(model_spec, node, reqs, objective=objective, price_per_gpu_hour=price_per_gpu_hour,
+                        exhaustive=exhaustive, sample_size=sample_size, seed=seed, workers=workers,
+                        workload_name=getattr(reqs, "name", workload), progress=progress, measured=measured,
+                        executor=ex, **search_options)
     config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": result.num_requests, "seed": seed, "objective": objective,
               "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive}

@@ -198,13 +198,16 @@ def run_whatif(
     screen: dict[str, int] | None = None,
     refine: dict[str, int] | None = None,
     seed: int = 0,
-    workers: int = 2,
+    workers: int | None = None,
     progress: Callable[[str, int, int, str], None] | None = None,
     deadline_s: float | None = None,
+    executor=None,
 ) -> WhatIfResult:
     """Plan ``model`` on every ``gpu`` x ``count`` node (``simulator.planner.plan`` with ``space``,
     ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what). ``deadline_s``:
-    the result also names the cheapest option that finishes within it."""
+    the result also names the cheapest option that finishes within it. Simulations run on
+    ``executor`` (any ``concurrent.futures.Executor``) or else in ``workers`` local processes
+    (None: one per core)."""
     import time
 
     from seesaw.app.simulate import resolve_node
@@ -223,7 +226,7 @@ def run_whatif(
             tick = None if progress is None else (lambda d, t, w, _o=opt.name: progress(_o, d, t, w))
             res = plan(model, node, requests, objective=objective, price_per_gpu_hour=price,
                        space=space or SearchSpace(), screen=screen, refine=refine,
-                       sample_size=sample_size, seed=seed, workers=workers,
+                       sample_size=sample_size, seed=seed, workers=workers, executor=executor,
                        workload_name=workload_name, progress=tick)
             if res.plan is None:
                 opt.reason = _infeasible_reason(model, node, res.rejected)
@@ -275,14 +278,17 @@ def _split(value, what: str) -> list[str]:
 def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS, *, interconnect: str | None = None,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
-           sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
-           progress: Callable[[str, int, int, str], None] | None = None, deadline=None) -> WhatIf:
+           sample_size: int = 1000, workers: int | None = None, output_dir=None, overwrite: bool = False,
+           progress: Callable[[str, int, int, str], None] | None = None, deadline=None, executor=None,
+           dask: str | None = None) -> WhatIf:
     """Compare hardware options (``gpu`` x ``num_gpus``, comma-separated or lists) for one model and
     workload; with ``output_dir`` write the report folder (md, html, csv, png): a folder that holds
     an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``).
     ``deadline`` (``"24h"``, ``"90m"``, seconds): also name the cheapest option that finishes the
-    workload by then."""
+    workload by then. ``executor`` / ``dask`` (a Dask scheduler address): where the simulations run
+    (``seesaw.app.executors``)."""
     from seesaw import catalog as cat
+    from seesaw.app.executors import simulation_executor
     from seesaw.app.simulate import check_counts, check_objective, load_inputs
     from seesaw.report.claim import check_folder, start_folder
     from seesaw.report.whatif import write_report
@@ -303,9 +309,10 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
         (cat.load_node if cat.is_node(g) else cat.load_gpu)(g)
     check_counts(sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
-    result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
-                        objective=objective, prices=prices, sample_size=sample_size, seed=seed,
-                        workers=workers, progress=progress, deadline_s=deadline_s)
+    with simulation_executor(executor, dask) as ex:
+        result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
+                            objective=objective, prices=prices, sample_size=sample_size, seed=seed,
+                            workers=workers, progress=progress, deadline_s=deadline_s, executor=ex)
     config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts,
               "interconnect": interconnect, "workload": workload, "num_requests": result.num_requests, "seed": seed,
               "objective": objective, "prices": prices, "sample_size": sample_size,

@@ -65,7 +65,7 @@ def compare(
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
     sample_size: int = opt.SAMPLE_SIZE,
-    workers: int = opt.WORKERS,
+    workers: Optional[int] = opt.WORKERS,
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
                                            help="write candidates.csv, summary.json here"),
@@ -120,7 +120,8 @@ def plan_cmd(
     sample_size: int = opt.SAMPLE_SIZE,
     exhaustive: bool = typer.Option(False, "--exhaustive", rich_help_panel=opt.SEARCH_PANEL,
                                     help="simulate every candidate (no pruning)"),
-    workers: int = opt.WORKERS,
+    workers: Optional[int] = opt.WORKERS,
+    dask: Optional[str] = opt.DASK,
     top: int = typer.Option(10, "--top", min=1, metavar="N", rich_help_panel=opt.OUTPUT_PANEL,
                             help="rows of the ranked table to print"),
     as_json: bool = opt.JSON,
@@ -139,7 +140,7 @@ def plan_cmd(
         done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
                         num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                         objective=objective, price_per_gpu_hour=price, sample_size=sample_size,
-                        exhaustive=exhaustive, workers=workers, progress=bar)
+                        exhaustive=exhaustive, workers=workers, dask=dask, progress=bar)
     result = done.result
     print_notes(result.notes)
     if result.plan is None:
