@@ -76,7 +76,8 @@ class WhatIfResult:
                     vllm_cost_per_mtok_usd=v.get("cost_per_mtok_usd"),
                     speedup_vs_best_vllm=w.get("speedup_vs_best_vllm"),
                     num_simulated=o.result.num_simulated, num_estimated=o.result.num_estimated,
-                    extrapolated_from=o.result.extrapolated_from, reason="")
+                    extrapolated_from=o.result.extrapolated_from,
+                    estimated_error=(o.result.sampling or {}).get("estimated_error"), reason="")
             else:
                 row["reason"] = o.reason or "no candidate could be simulated"
             rows.append(row)
@@ -238,6 +239,12 @@ def run_whatif(
                        wall_s=time.perf_counter() - t0, deadline_s=deadline_s)
     if any(o.feasible and o.result.extrapolated_from for o in options):
         out.notes.append(f"Each option {sampled.note()}.")
+        errors = [o.result.sampling["estimated_error"] for o in options if o.feasible and o.result.sampling
+                  and o.result.sampling["estimated_error"] is not None]
+        if errors:
+            out.notes.append(f"Estimated sampling error: up to {100 * max(errors):.2f}% (each option's best plan "
+                             f"simulated on growing nested samples up to {len(sampled.requests):,} requests; "
+                             "column estimated_error).")
     if objective == "cost" and any(o.price_per_gpu_hour is None for o in options):
         out.notes.append("Some GPUs have no price: their cost columns are empty.")
     return out

@@ -30,7 +30,7 @@ from seesaw.core import (
     PHASES, VERSION, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SeesawPolicy, SpecError, VllmPolicy,
 )
 from simulator.cost import CostModel
-from simulator.extrapolate import halving_sizes, nested_samples, sample_workload, tokens
+from simulator.extrapolate import FIRST_SAMPLE, converge, halving_sizes, nested_samples, sample_workload, tokens
 from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts
 from simulator.planner.estimate import (
     ReplicaWork, equivalence_key, estimate_makespan_s, host_limit_tokens, replica_works,
@@ -58,6 +58,7 @@ class PlanResult:
     num_shared: int = 0                        # candidates that share an equivalent one's simulation
     num_screened: int = 0                      # candidates simulated only on a smaller nested sample
     rungs: list[dict] = field(default_factory=list)   # successive halving: sample size, simulations run
+    sampling: dict | None = None               # a sampled workload: the winner's Convergence.summary()
     wall_s: float = 0.0
     best_vllm: dict | None = None
     winner: dict | None = None
@@ -70,7 +71,7 @@ class PlanResult:
             "num_requests": self.num_requests, "extrapolated_from": self.extrapolated_from,
             "num_candidates": len(self.table), "num_simulated": self.num_simulated,
             "num_estimated": self.num_estimated, "num_shared": self.num_shared,
-            "num_screened": self.num_screened, "rungs": self.rungs, "wall_s": round(self.wall_s, 3),
+            "num_screened": self.num_screened, "rungs": self.rungs, "sampling": self.sampling, "wall_s": round(self.wall_s, 3),
             "rejected": [{"what": w, "reason": r} for w, r in self.rejected], "notes": self.notes,
         }
 
@@ -288,6 +289,12 @@ def plan(
                             "pool never fills, so pool size and watermarks cannot matter")
     if result.extrapolated_from:
         result.notes.append(sampled.note())
+        if len(table) and (table["source"] == "simulated").any():
+            win = candidates[int(table[table["source"] == "simulated"].iloc[0]["index"])].policy
+            conv = _sampling_error(model, node, win, sampled, seed, measured)
+            result.sampling = conv.summary()
+            if conv.error is not None:
+                result.notes.append("the winner " + conv.note(num_requests))
     if (note := over_context_note(model, sample)) is not None:
         result.notes.append(note)
     sim = table[table["source"] == "simulated"] if len(table) else table
@@ -312,6 +319,8 @@ def plan(
                 "seesaw_version": VERSION, "simulated_requests": str(len(sample)),
                 "workload_requests": str(num_requests), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
+                "sample_estimated_error": "" if not (result.sampling and result.sampling["estimated_error"] is not None)
+                else f"{result.sampling['estimated_error']:.4f}",
                 "cost_model": f"measured profile {measured.name or measured.device_name!r}" if measured is not None
                 else "roofline",
                 "search": f"exhaustive: {runner.done} simulations" if exhaustive else
@@ -323,6 +332,16 @@ def plan(
             })
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _sampling_error(model, node, policy, sampled, seed: int, measured):
+    """The winner simulated on half the sample and the whole sample, nested
+    (``simulator.extrapolate.converge``): their throughput estimates' difference is the stated error."""
+    from simulator.sim import simulate
+
+    cost = CostModel(model, node, measured=measured) if measured is not None else None
+    first = max(1, min(FIRST_SAMPLE, len(sampled.requests) // 2))
+    return converge(lambda reqs: simulate(model, node, policy, reqs, cost=cost), sampled, seed, first=first)[1]
 
 
 def _reuse_rule(candidates: list[Candidate], cost: CostModel) -> Callable[[int, dict[int, dict]], int | None]:
