@@ -39,7 +39,7 @@ from simulator.planner.explain import brief, explain, predicted, unservable_reas
 from simulator.planner.runner import SimRunner
 from simulator.sim import over_context_note
 
-__all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "Objective", "PlanResult", "plan"]
+__all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "TRAILING", "Objective", "PlanResult", "plan"]
 
 Objective = Literal["throughput", "cost"]
 
@@ -81,6 +81,7 @@ class PlanResult:
 
 DEFAULT_SCREEN = {"vllm": 3, "seesaw": 4}
 DEFAULT_REFINE = {"vllm": 2, "seesaw": 2}
+TRAILING = 0.10
 KNOBS = {"vllm": ("chunk", "max_num_seqs"),
          "seesaw": ("host_fraction", "host_full_watermark", "decode_low_watermark", "max_num_seqs")}
 
@@ -95,7 +96,9 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
        with their best-estimated knobs: the estimate ranks layouts well, knobs poorly.
     2. The ``refine[kind]`` best simulated layouts then get coordinate descent over their knobs
        (``KNOBS``: chunked prefill and chunk size, batch cap; host pool, watermark, batch cap): one
-       knob at a time, every value, keep the best simulated, next knob.
+       knob at a time, every value, keep the best simulated, next knob. A kind whose best simulated
+       layout trails the best of all by more than ``TRAILING`` tunes only that layout (knobs move
+       a layout's makespan by a few %; it still gets the best of its kind right for the report).
     """
     ok = [r for r in rows if r["error"] is None]
     results = runner.results[-1]
@@ -118,9 +121,12 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
         return min(done, key=lambda r: (results[r["index"]]["makespan_s"], r["index"])) if done else None
 
     current = {}
+    done = [results[i]["makespan_s"] for i in results if runner.ok(i)]
     for kind, k in refine.items():
         ranked = sorted((g for g in groups if g[0] == kind and sim_best(g) is not None),
                         key=lambda g: results[sim_best(g)["index"]]["makespan_s"])
+        if ranked and results[sim_best(ranked[0])["index"]]["makespan_s"] > min(done) * (1 + TRAILING):
+            k = min(k, 1)       # a kind far behind the best: only its best layout's knobs (its best for the report)
         current.update({g: sim_best(g) for g in ranked[:k]})
     for step in range(max(len(v) for v in KNOBS.values())):
         jobs = []
