@@ -3,7 +3,7 @@
 For two workloads (ShareGPT-like and arXiv summarisation) and two policies (static vLLM T4P2 and
 Seesaw P8->T4P2) of LLaMA2-70B on 8xL4, simulates the whole workload once, then as ``seesaw
 simulate`` does for a large ``-n`` (``simulator.extrapolate.converge``: growing nested samples
-1,000, 2,000, 4,000, ... up to ``--sample-size``, until two successive estimates agree within
+doubling up to ``--sample-size`` from at least 1,000, until two successive estimates agree within
 0.5%), for each sample size given. Prints per case the extrapolated and full throughput, the actual
 error, the error the sampling stated and the CPU seconds of each. Key ``extrapolation_error``: the
 worst actual error (a fraction) at the first sample size (target <= 0.01); per size in

@@ -12,8 +12,8 @@ workload's tokens (prompt + output) to the sample's, so throughput in tokens/s i
 its start-up and final drain included (which makes a long run look slightly slower than it is).
 
 Sampling with a stated error (``converge``): ``simulate`` of a workload larger than its sample
-simulates growing nested samples (``growing_sizes``: 1,000, 2,000, 4,000, ... up to the sample
-size, each inside the next, ``nested_samples``). From the second size on, the whole workload's
+simulates growing nested samples (``growing_sizes``: doubling up to the sample size from at
+least 1,000, e.g. 1,250, 2,500, 5,000, 10,000, each inside the next, ``nested_samples``). From the second size on, the whole workload's
 makespan is the last sample's plus the rest of the tokens at the marginal rate between the last two
 (``marginal_makespan``: start-up and drain counted once). It stops when two successive estimates of
 the whole workload's throughput agree within ``CONVERGE_TOL`` (0.5%) or at the sample size; the
@@ -132,12 +132,10 @@ def marginal_makespan(points: list[tuple[int, float]], target_tokens: int) -> fl
 
 
 def growing_sizes(n: int, first: int = FIRST_SAMPLE) -> list[int]:
-    """``first``, twice that, four times, ... while below ``n``, then ``n``."""
-    sizes = []
-    while first < n:
-        sizes.append(first)
-        first *= 2
-    return sizes + [n]
+    """Sample sizes that double up to ``n``: ``n``, ``n/2``, ``n/4``, ... down to the smallest at
+    least ``first`` (10,000: 1,250, 2,500, 5,000, 10,000), ascending; each estimate then rests on a
+    marginal rate over as many requests as the sample before it."""
+    return halving_sizes(n, first, rungs=64)
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ def _run(reqs):
 
 
 def test_growing_sizes_and_the_stated_error():
-    assert growing_sizes(10_000) == [1000, 2000, 4000, 8000, 10_000]
-    assert growing_sizes(2000) == [1000, 2000] and growing_sizes(800) == [800]
+    assert growing_sizes(10_000) == [1250, 2500, 5000, 10_000] and growing_sizes(8000) == [1000, 2000, 4000, 8000]
+    assert growing_sizes(2000) == [1000, 2000] and growing_sizes(1999) == [1999]
     c = Convergence((1000, 2000), (100.0, 100.4))
     assert c.error == pytest.approx(0.4 / 100.4) and c.converged
     assert not Convergence((1000, 2000), (100.0, 101.0)).converged
