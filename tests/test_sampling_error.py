@@ -20,7 +20,7 @@ MODEL, NODE = "llama2-7b", ("a100-40g", 1)
 @pytest.fixture(scope="module")
 def sampled():
     reqs = load_workload("sharegpt", num_requests=5000, seed=2)
-    return sample_workload(reqs, 400, seed=0)
+    return sample_workload(reqs, 800, seed=0)
 
 
 def _run(reqs):
@@ -30,9 +30,10 @@ def _run(reqs):
 def test_growing_sizes_and_the_stated_error():
     assert growing_sizes(10_000) == [1250, 2500, 5000, 10_000] and growing_sizes(8000) == [1000, 2000, 4000, 8000]
     assert growing_sizes(2000) == [1000, 2000] and growing_sizes(1999) == [1999]
-    c = Convergence((1000, 2000), (100.0, 100.4))
+    c = Convergence((1000, 2000, 4000), (90.0, 100.0, 100.4))
     assert c.error == pytest.approx(0.4 / 100.4) and c.converged
-    assert not Convergence((1000, 2000), (100.0, 101.0)).converged
+    assert not Convergence((1000, 2000, 4000), (90.0, 100.0, 101.0)).converged
+    assert not Convergence((1000, 2000), (100.0, 100.1)).converged  # the first estimate is only scaled
     assert Convergence((1000,), (100.0,)).error is None
     assert marginal_makespan([(100, 10.0), (200, 18.0)], 1000) == pytest.approx(18.0 + 800 * 8 / 100)
     assert marginal_makespan([(100, 10.0)], 1000) == pytest.approx(100.0)
@@ -40,17 +41,17 @@ def test_growing_sizes_and_the_stated_error():
 
 def test_converge_stops_when_two_estimates_agree_and_states_the_error(sampled):
     loose, conv = converge(_run, sampled, seed=0, tol=0.5, first=100)
-    assert conv.sizes == (100, 200) and conv.converged            # 50%: the first two agree
+    assert conv.sizes == (100, 200, 400) and conv.converged       # 50%: the first two marginal estimates agree
     full, capped = converge(_run, sampled, seed=0, tol=1e-9, first=100)
-    assert capped.sizes == (100, 200, 400) and not capped.converged  # to the cap: the whole sample
-    assert capped.throughputs[:2] == conv.throughputs                # nested and seeded: the same runs
+    assert capped.sizes == (100, 200, 400, 800) and not capped.converged  # to the cap: the whole sample
+    assert capped.throughputs[:3] == conv.throughputs                # nested and seeded: the same runs
     assert capped.error == pytest.approx(abs(capped.throughputs[-1] - capped.throughputs[-2]) / capped.throughputs[-1])
     # the result is the whole workload's, at the last estimate's throughput
-    assert full.num_requests == 5000 and full.extra["extrapolated_from"] == 400
+    assert full.num_requests == 5000 and full.extra["extrapolated_from"] == 800
     assert full.tokens_per_second == pytest.approx(capped.throughputs[-1], rel=1e-9)
-    assert full.extra["sampling"]["sample_size"] == 400 and full.extra["sampling"]["estimated_error"] is not None
+    assert full.extra["sampling"]["sample_size"] == 800 and full.extra["sampling"]["estimated_error"] is not None
     # the estimate: the whole sample's makespan plus the rest at the marginal rate of the last two
-    half, whole = nested_samples(sampled.requests, [200, 400], seed=0)
+    half, whole = nested_samples(sampled.requests, [400, 800], seed=0)
     points = [(tokens(r), _run(r).elapsed_time) for r in (half, whole)]
     assert full.elapsed_time == pytest.approx(marginal_makespan(points, sampled.total_tokens), rel=1e-9)
     assert full.elapsed_time != pytest.approx(points[-1][1] * sampled.total_tokens / points[-1][0])
