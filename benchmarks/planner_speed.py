@@ -1,17 +1,20 @@
-"""Planner speed and regret: LLaMA2-70B on 8xL4 with 2000 ShareGPT requests (issue 5).
+"""Planner speed and regret: LLaMA2-70B on 8xL4 with 2000 ShareGPT requests, and a grid (issues 5, 23).
 
 Times the full plan (closed-form estimate of every candidate, then simulation of the best-estimated
-layouts and knob tuning of the best simulated ones on 2 worker processes), counts candidates
-simulated versus estimate-only, then runs the exhaustive search over the same space and reports the
-regret of the planner's winner and of its best static vLLM layout (0% = the same makespan as the
-exhaustive best). Target: under 30 s on 2 cores with zero regret.
+layouts and knob tuning of the best simulated ones in worker processes on every core), counts
+candidates simulated versus estimate-only, then runs the exhaustive search over the same space and
+reports the regret of the planner's winner and of its best static vLLM layout (0% = the same
+makespan as the exhaustive best). The same check runs on a grid of other models, nodes and
+workloads (``GRID``, ``--grid-n`` requests each); ``plan_regret`` is the worst winner regret over
+the main case and the grid. ``--halving N``: plan with successive halving (smallest sample N).
 
-CPU seconds (this process plus its workers) are printed beside wall time: on a shared machine the
-wall time depends on the load, which is printed too. Issue 23's keys: ``plan_cpu_s`` (target <= 4),
-``plan_regret`` (the winner's regret in %, target 0) and ``whatif_wall_s`` (``seesaw whatif`` with
-no arguments, into a temporary folder; target <= 20 s). Last line: one JSON object.
+CPU seconds (this process plus its workers: ``RUSAGE_CHILDREN``) are printed beside wall time: on a
+shared machine the wall time depends on the load, which is printed too. Issue 23's keys:
+``plan_cpu_s`` (target <= 4), ``plan_regret`` (the worst winner regret in %, target 0) and
+``whatif_wall_s`` (``seesaw whatif`` with no arguments, into a temporary folder; target <= 20 s).
+Last line: one JSON object.
 
-    .venv/bin/python benchmarks/planner_speed.py [--no-exhaustive] [--no-whatif] [-n 2000] [--gpu l4] ...
+    .venv/bin/python benchmarks/planner_speed.py [--no-exhaustive] [--no-grid] [--no-whatif] [-n 2000] ...
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+# (model, GPU, count, workload): other shapes of the regret check
+GRID = [("llama2-70b", "l4", 8, "arxiv"), ("llama2-13b", "a10", 4, "sharegpt"), ("codellama-34b", "a10", 4, "arxiv"),
+        ("mistral-7b", "l4", 2, "sharegpt")]
+
+
 def _timed(**kw):
     wall, cpu = time.perf_counter(), _cpu_s()
     result = plan(**kw)
@@ -50,7 +58,10 @@ def main() -> None:
     ap.add_argument("--workload", default="sharegpt")
     ap.add_argument("-n", "--num-requests", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=None, help="simulation processes (default: every core)")
+    ap.add_argument("--halving", type=int, default=None, metavar="N", help="successive halving from N requests")
+    ap.add_argument("--grid-n", type=int, default=1000, help="requests per grid case")
+    ap.add_argument("--no-grid", action="store_true", help="skip the regret check on the grid")
     ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive regret check")
     ap.add_argument("--no-whatif", action="store_true", help="skip timing `seesaw whatif` with no arguments")
     args = ap.parse_args()
@@ -60,7 +71,7 @@ def main() -> None:
     reqs = load_workload(args.workload, num_requests=args.num_requests, seed=args.seed)
     load = os.getloadavg()[0]
     common = dict(model=model, node=node, requests=reqs, workers=args.workers, seed=args.seed,
-                  workload_name=args.workload)
+                  workload_name=args.workload, halving_min=args.halving)
     fast, wall, cpu = _timed(**common)
     n_cand = len(fast.table)
     print(f"{model.name} on {node.name}, {len(reqs)} {args.workload} requests "
@@ -90,11 +101,31 @@ def main() -> None:
         out.update(exhaustive_wall_s=round(ewall, 2), exhaustive_cpu_s=round(ecpu, 2),
                    exhaustive_simulations=full.num_simulated, exhaustive_winner=full.winner["candidate"],
                    regret_pct=round(regret, 6), best_vllm_regret_pct=round(vregret, 6), plan_regret=round(regret, 6))
+        if not args.no_grid:
+            grid = [_grid_case(*case, args) for case in GRID]
+            out.update(grid=grid, plan_regret=round(max([regret] + [g["regret_pct"] for g in grid]), 6))
     if not args.no_whatif:
         wall, cpu = _whatif_default()
         print(f"seesaw whatif (no arguments): {wall:.1f} s wall, {cpu:.1f} s CPU")
         out.update(whatif_wall_s=round(wall, 2), whatif_cpu_s=round(cpu, 2))
     print(json.dumps(out))
+
+
+def _grid_case(model_name: str, gpu: str, num_gpus: int, workload: str, args) -> dict:
+    """The planner's winner against the exhaustive search's for one grid case: regret in %."""
+    model, node = cat.load_model(model_name), cat.make_node(gpu, num_gpus)
+    reqs = load_workload(workload, num_requests=args.grid_n, seed=args.seed)
+    common = dict(model=model, node=node, requests=reqs, workers=args.workers, seed=args.seed, workload_name=workload)
+    fast, wall, cpu = _timed(halving_min=args.halving, **common)
+    full, ewall, ecpu = _timed(exhaustive=True, **common)
+    regret = 100 * (fast.winner["makespan_s"] / full.winner["makespan_s"] - 1)
+    print(f"grid {model.name} on {node.name}, {len(reqs)} {workload}: plan {cpu:.1f} CPU-s, {fast.num_simulated} "
+          f"simulations, winner {fast.winner['candidate']}; exhaustive {ecpu:.1f} CPU-s, {full.num_simulated} "
+          f"simulations, best {full.winner['candidate']}; regret {regret:.4f}%", flush=True)
+    return {"model": model.name, "node": node.name, "workload": workload, "num_requests": len(reqs),
+            "plan_cpu_s": round(cpu, 2), "num_simulated": fast.num_simulated, "winner": fast.winner["candidate"],
+            "exhaustive_cpu_s": round(ecpu, 2), "exhaustive_simulations": full.num_simulated,
+            "exhaustive_winner": full.winner["candidate"], "regret_pct": round(regret, 6)}
 
 
 def _whatif_default() -> tuple[float, float]:

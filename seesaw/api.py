@@ -67,7 +67,7 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, *,
             num_nodes: int | None = None, interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
             input_len: int | None = None, output_len: int | None = None, seed: int = 0, sample_size: int = 2000,
-            workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
+            workers: int | None = None, progress: Callable | None = None, node=None, requests=None, measured=None,
             dtype: str | None = None, kv_cache_dtype: str | None = None, **search_options):
     """Every feasible static layout and Seesaw pair, simulated and ranked: a ``PlanResult``
     (``table``, ``winner``, ``best_vllm``, ``rejected``, ``summary()``). ``node``, ``requests``,
@@ -86,13 +86,16 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          num_nodes: int | None = None, interconnect: str | None = None, workload: str = "sharegpt", num_requests: int | None = None,
          input_len: int | None = None, output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
-         workers: int = 2, progress: Callable | None = None, node=None, requests=None, measured=None,
-         dtype: str | None = None, kv_cache_dtype: str | None = None, **search_options):
+         workers: int | None = None, progress: Callable | None = None, node=None, requests=None, measured=None,
+         dtype: str | None = None, kv_cache_dtype: str | None = None, executor=None, dask: str | None = None,
+         **search_options):
     """The searched best plan: a ``PlanResult`` whose ``plan`` is the winning ``Plan`` (None when
     nothing fits; ``rejected`` says why) and whose ``table`` ranks every candidate. ``gpu`` may
     name a measured machine (``cpu-2core``). ``node``, ``requests``, ``measured``, ``dtype``,
     ``kv_cache_dtype`` as in ``simulate``: the precision given is kept, ``dtype="auto"`` searches
-    the ones the GPU runs; other keywords go to the planner (``space``, ``screen``, ``refine``, ...)."""
+    the ones the GPU runs; other keywords go to the planner (``space``, ``screen``, ``refine``, ...).
+    Simulations run in ``workers`` local processes (None: one per core), on ``executor`` (any
+    ``concurrent.futures.Executor``) or on the Dask scheduler at ``dask`` (``seesaw[dask]``)."""
     from seesaw.app.simulate import plan as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, interconnect=interconnect, workload=workload,
@@ -100,7 +103,7 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
                exhaustive=exhaustive, workers=workers, progress=progress, node=node, requests=requests,
                measured=measured, num_nodes=num_nodes, dtype=dtype, kv_cache_dtype=kv_cache_dtype,
-               **search_options).result
+               executor=executor, dask=dask, **search_options).result
 
 
 def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
@@ -108,21 +111,22 @@ def whatif(model: str = WHATIF_MODEL, gpu: str | Sequence[str] = WHATIF_GPUS,
            interconnect: str | None = None, workload: str = "sharegpt",
            num_requests: int | None = 1_000_000, input_len: int | None = None, output_len: int | None = None,
            seed: int = 0, objective: str = "throughput", price_per_gpu_hour: str | float | None = None,
-           sample_size: int = 1000, workers: int = 2, output_dir: str | Path | None = None,
+           sample_size: int = 1000, workers: int | None = None, output_dir: str | Path | None = None,
            progress: Callable | None = None, overwrite: bool = False, dtype: str | None = None,
-           kv_cache_dtype: str | None = None):
+           kv_cache_dtype: str | None = None, executor=None, dask: str | None = None):
     """Hardware options for one model and workload, each planned: a ``WhatIfResult`` (``table()``,
     ``options``, ``summary()``); with ``output_dir`` also the report folder (md, html, csv, png).
     ``num_nodes`` (counts, like ``num_gpus``) makes clusters of each option; an entry of ``gpu``
     may carry its own counts (``8xa100-80g``, ``2x8xl4``). ``dtype``/``kv_cache_dtype`` as in
-    ``plan`` (an option whose GPU lacks FP8 is infeasible)."""
+    ``plan`` (an option whose GPU lacks FP8 is infeasible). ``workers``, ``executor``, ``dask``:
+    where the simulations run, as in ``plan``."""
     from seesaw.app.whatif import whatif as run
 
     return run(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect,
                workload=workload, num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                objective=objective, price_per_gpu_hour=price_per_gpu_hour, sample_size=sample_size,
                workers=workers, output_dir=output_dir, overwrite=overwrite, progress=progress, dtype=dtype,
-               kv_cache_dtype=kv_cache_dtype).result
+               kv_cache_dtype=kv_cache_dtype, executor=executor, dask=dask).result
 
 
 def run_batch(model: str | None = None, input: str | None = None, output: str | Path | None = None, *,

@@ -35,6 +35,7 @@ class Simulated:
     policy: VllmPolicy | SeesawPolicy
     num_requests: int
     sampled: Any = None  # simulator.extrapolate.Sampled: what was simulated of the whole
+    convergence: Any = None  # simulator.extrapolate.Convergence: the growing samples and the estimated error
     notes: list[str] = field(default_factory=list)  # one-line warnings (sampled, requests over the context)
 
 
@@ -275,10 +276,12 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
     of ``workload``), ``cost`` a
     ``CostModel`` or ``measured`` a profile of ``node``. ``dtype``/``kv_cache_dtype``: the precision
     (``resolve_precision``; default bf16 weights and KV).
-    A workload of more than ``sample_size`` requests (None: no limit) is simulated on a seeded
-    sample and the result extrapolated to the whole (``simulator.extrapolate``, as ``plan`` does).
+    A workload of more than ``sample_size`` requests (None: no limit) is simulated on growing
+    nested samples of a seeded sample of that size until the throughput estimate converges, and
+    the result extrapolated to the whole with its estimated error (``simulator.extrapolate.converge``:
+    ``result.summary()["sampling"]``, ``Simulated.convergence``).
     ``progress(done, total)`` is called as requests finish."""
-    from simulator.extrapolate import sample_workload
+    from simulator.extrapolate import converge, growing_sizes, sample_workload
     from simulator.sim import over_context_note
     from simulator.sim import simulate as run_sim
 
@@ -295,23 +298,40 @@ def simulate(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = 
         from simulator.cost import CostModel
 
         cost = CostModel(model_spec, node, measured=measured)
-    result = sampled.extrapolate(run_sim(model_spec, node, policy, sampled.requests, cost=cost, progress=progress))
+    sizes = growing_sizes(len(sampled.requests)) if sampled.extrapolated else [len(sampled.requests)]
+    ticks = _Ticks(progress, sum(sizes))
+    result, conv = converge(lambda reqs: ticks.run(run_sim, model_spec, node, policy, reqs, cost=cost), sampled, seed)
     config = {
         "command": "simulate", "model": model_spec.model_dump(), "node": node.model_dump(),
         "policy": policy.model_dump(), "workload": workload, "num_requests": sampled.num_requests, "seed": seed,
         "input_len": input_len, "output_len": output_len, "dtype": precision,
     }
     if sampled.extrapolated:
-        config["simulated_requests"] = len(sampled.requests)
-    notes = [sampled.note()] if sampled.extrapolated else []
+        config["simulated_requests"] = conv.sizes[-1]
+    notes = [] if not sampled.extrapolated else [sampled.note()] if len(conv.sizes) == 1 else [
+        conv.note(sampled.num_requests)]
     notes += [n for n in (over_context_note(model_spec, sampled.requests),) if n]
     return Simulated(result=result, config=config, model=model_spec, node=node, policy=policy,
-                     num_requests=sampled.num_requests, sampled=sampled, notes=notes)
+                     num_requests=sampled.num_requests, sampled=sampled, convergence=conv, notes=notes)
+
+
+class _Ticks:
+    """One progress bar over the growing samples: ``progress(done, total)`` summed over the runs
+    (``total``: every size; the bar ends early when the estimate converges early)."""
+
+    def __init__(self, progress: Callable | None, total: int):
+        self.progress, self.total, self.base = progress, total, 0
+
+    def run(self, run_sim, *args, **kw):
+        tick = None if self.progress is None else (lambda done, _t: self.progress(self.base + done, self.total))
+        result = run_sim(*args, progress=tick, **kw)
+        self.base += result.num_requests
+        return result
 
 
 def compare(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None, interconnect: str | None = None,
             workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
-            output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int = 2,
+            output_len: int | None = None, seed: int = 0, sample_size: int = 2000, workers: int | None = None,
             progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None, measured=None,
             num_nodes: int | None = None, dtype: str | None = None, kv_cache_dtype: str | None = None,
             **search_options) -> Planned:
@@ -338,23 +358,28 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
          workload: str = "sharegpt", num_requests: int | None = None, input_len: int | None = None,
          output_len: int | None = None, seed: int = 0, objective: str = "throughput",
          price_per_gpu_hour: float | None = None, sample_size: int = 2000, exhaustive: bool = False,
-         workers: int = 2, progress: Callable | None = None, *, node: NodeSpec | None = None, requests=None,
-         measured=None, num_nodes: int | None = None, dtype: str | None = None, kv_cache_dtype: str | None = None,
-         **search_options) -> Planned:
+         workers: int | None = None, progress: Callable | None = None, *, node: NodeSpec | None = None,
+         requests=None, measured=None, num_nodes: int | None = None, dtype: str | None = None,
+         kv_cache_dtype: str | None = None, executor=None, dask: str | None = None, **search_options) -> Planned:
     """Search layouts, policies and host-pool settings for the best plan (``result.plan``).
 
     ``node``, ``requests``, ``measured``, ``dtype`` and ``kv_cache_dtype`` as in ``compare`` (the
     given precision is kept; ``dtype="auto"`` searches); other keywords go to
-    ``simulator.planner.plan`` (``space``, ``screen``, ``refine``, ...)."""
+    ``simulator.planner.plan`` (``space``, ``screen``, ``refine``, ...). Simulations run on
+    ``executor`` or the Dask scheduler at ``dask`` (``seesaw.app.executors``), else in ``workers``
+    local processes (None: one per core)."""
+    from seesaw.app.executors import simulation_executor
 
     check_objective(objective)
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
-    result, precision = search_precisions(
-        model_spec, node, reqs, measured, dtype, kv_cache_dtype, objective=objective,
-        price_per_gpu_hour=price_per_gpu_hour, exhaustive=exhaustive, sample_size=sample_size, seed=seed,
-        workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress, **search_options)
+    with simulation_executor(executor, dask) as ex:
+        result, precision = search_precisions(
+            model_spec, node, reqs, measured, dtype, kv_cache_dtype, objective=objective,
+            price_per_gpu_hour=price_per_gpu_hour, exhaustive=exhaustive, sample_size=sample_size, seed=seed,
+            workers=workers, workload_name=getattr(reqs, "name", workload), progress=progress, executor=ex,
+            **search_options)
     config = {"command": "plan", "model": model_spec.name, "node": node.name, "workload": workload,
               "num_requests": result.num_requests, "seed": seed, "objective": objective,
               "price_per_gpu_hour": price_per_gpu_hour, "sample_size": sample_size, "exhaustive": exhaustive,

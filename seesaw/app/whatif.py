@@ -79,7 +79,8 @@ class WhatIfResult:
                     vllm_cost_per_mtok_usd=v.get("cost_per_mtok_usd"),
                     speedup_vs_best_vllm=w.get("speedup_vs_best_vllm"),
                     num_simulated=o.result.num_simulated, num_estimated=o.result.num_estimated,
-                    extrapolated_from=o.result.extrapolated_from, reason="")
+                    extrapolated_from=o.result.extrapolated_from,
+                    estimated_error=(o.result.sampling or {}).get("estimated_error"), reason="")
             else:
                 row["reason"] = o.reason or "no candidate could be simulated"
             rows.append(row)
@@ -202,18 +203,20 @@ def run_whatif(
     screen: dict[str, int] | None = None,
     refine: dict[str, int] | None = None,
     seed: int = 0,
-    workers: int = 2,
+    workers: int | None = None,
     progress: Callable[[str, int, int, str], None] | None = None,
     deadline_s: float | None = None,
     dtype: str | None = None,
     kv_cache_dtype: str | None = None,
+    executor=None,
 ) -> WhatIfResult:
     """Plan ``model`` on every ``gpu`` x ``count`` (x ``node_counts``: clusters of that many nodes;
     None: as the entry says, ``2x8xl4`` is 2 nodes) node (``simulator.planner.plan`` with ``space``,
     ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what). ``deadline_s``:
     the result also names the cheapest option that finishes within it. ``dtype``/``kv_cache_dtype``:
     the precision (``seesaw.app.simulate.search_precisions``); an option whose GPU cannot run it is
-    infeasible, with the reason."""
+    infeasible, with the reason. Simulations run on ``executor`` (any
+    ``concurrent.futures.Executor``) or else in ``workers`` local processes (None: one per core)."""
     import time
 
     from seesaw.app.simulate import resolve_node, search_precisions
@@ -234,7 +237,7 @@ def run_whatif(
                 res, _ = search_precisions(model, node, requests, None, dtype, kv_cache_dtype, objective=objective,
                                            price_per_gpu_hour=price, space=space or SearchSpace(), screen=screen,
                                            refine=refine, sample_size=sample_size, seed=seed, workers=workers,
-                                           workload_name=workload_name, progress=tick)
+                                           executor=executor, workload_name=workload_name, progress=tick)
             except UnsupportedPrecision as e:  # a precision this GPU cannot run: an infeasible option
                 opt.reason = str(e)
                 options.append(opt)
@@ -249,6 +252,12 @@ def run_whatif(
                        wall_s=time.perf_counter() - t0, deadline_s=deadline_s)
     if any(o.feasible and o.result.extrapolated_from for o in options):
         out.notes.append(f"Each option {sampled.note()}.")
+        errors = [o.result.sampling["estimated_error"] for o in options if o.feasible and o.result.sampling
+                  and o.result.sampling["estimated_error"] is not None]
+        if errors:
+            out.notes.append(f"Estimated sampling error: up to {100 * max(errors):.2f}% (each option's best plan "
+                             f"simulated on growing nested samples up to {len(sampled.requests):,} requests; "
+                             "column estimated_error).")
     if objective == "cost" and any(o.price_per_gpu_hour is None for o in options):
         out.notes.append("Some GPUs have no price: their cost columns are empty.")
     return out
@@ -290,15 +299,18 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
            num_nodes=None,
            workload: str = "sharegpt", num_requests: int | None = 1_000_000, input_len: int | None = None,
            output_len: int | None = None, seed: int = 0, objective: str = "throughput", price_per_gpu_hour=None,
-           sample_size: int = 1000, workers: int = 2, output_dir=None, overwrite: bool = False,
+           sample_size: int = 1000, workers: int | None = None, output_dir=None, overwrite: bool = False,
            progress: Callable[[str, int, int, str], None] | None = None, deadline=None,
-           dtype: str | None = None, kv_cache_dtype: str | None = None) -> WhatIf:
+           dtype: str | None = None, kv_cache_dtype: str | None = None, executor=None,
+           dask: str | None = None) -> WhatIf:
     """Compare hardware options (``gpu`` x ``num_gpus`` x ``num_nodes``, comma-separated or lists; an
     entry may carry its counts: ``8xa100-80g``, ``2x8xl4`` = 2 nodes of 8 L4) for one model and
     workload; with ``output_dir`` write the report folder (md, html, csv, png): a folder that holds
     an earlier run is refused before any work unless ``overwrite`` (``seesaw.report.claim``).
     ``deadline`` (``"24h"``, ``"90m"``, seconds): also name the cheapest option that finishes the
-    workload by then. ``dtype``/``kv_cache_dtype``: the precision (``run_whatif``)."""
+    workload by then. ``dtype``/``kv_cache_dtype``: the precision (``run_whatif``). ``executor`` /
+    ``dask`` (a Dask scheduler address): where the simulations run (``seesaw.app.executors``)."""
+    from seesaw.app.executors import simulation_executor
     from seesaw.app.simulate import check_counts, check_objective, load_inputs, resolve_node
     from seesaw.report.claim import check_folder, start_folder
     from seesaw.report.whatif import write_report
@@ -330,11 +342,11 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
     if dtype is not None or kv_cache_dtype is not None:
         Precision.parse(None if str(dtype).lower() == "auto" else dtype, kv_cache_dtype)  # bad names before work
     model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
-    result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
-                        node_counts=node_counts,
-                        objective=objective, prices=prices, sample_size=sample_size, seed=seed,
-                        workers=workers, progress=progress, deadline_s=deadline_s, dtype=dtype,
-                        kv_cache_dtype=kv_cache_dtype)
+    with simulation_executor(executor, dask) as ex:
+        result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
+                            node_counts=node_counts, objective=objective, prices=prices, sample_size=sample_size,
+                            seed=seed, workers=workers, progress=progress, deadline_s=deadline_s, dtype=dtype,
+                            kv_cache_dtype=kv_cache_dtype, executor=ex)
     config = {"command": "whatif", "model": model_spec.name, "gpus": gpus, "num_gpus": counts, "num_nodes": node_counts,
               "dtype": dtype or model_spec.dtype_label, "kv_cache_dtype": kv_cache_dtype or "auto",
               "interconnect": interconnect, "workload": workload, "num_requests": result.num_requests, "seed": seed,

@@ -54,8 +54,10 @@ SEED = typer.Option(0, "--seed", min=0, metavar="N", rich_help_panel=WORKLOAD_PA
                     help="workload sampling seed")
 OBJECTIVE = typer.Option("throughput", "--objective", metavar="WHAT", rich_help_panel=SEARCH_PANEL,
                          help="throughput | cost")
-WORKERS = typer.Option(2, "--workers", min=1, max=64, metavar="N", rich_help_panel=SEARCH_PANEL,
-                       help="simulation processes")
+WORKERS = typer.Option(None, "--workers", min=1, max=256, metavar="N", rich_help_panel=SEARCH_PANEL,
+                       help="simulation processes (default: every core)")
+DASK = typer.Option(None, "--dask", metavar="ADDRESS", envvar="SEESAW_DASK", rich_help_panel=SEARCH_PANEL,
+                    help="run the simulations on this Dask scheduler")
 SAMPLE_SIZE = typer.Option(2000, "--sample-size", min=1, metavar="N", rich_help_panel=SEARCH_PANEL,
                            help="simulate at most this many requests")
 JSON = typer.Option(False, "--json", rich_help_panel=OUTPUT_PANEL, help="print one JSON object last")

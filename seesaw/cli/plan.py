@@ -69,7 +69,7 @@ def compare(
     output_len: Optional[int] = opt.OUTPUT_LEN,
     seed: int = opt.SEED,
     sample_size: int = opt.SAMPLE_SIZE,
-    workers: int = opt.WORKERS,
+    workers: Optional[int] = opt.WORKERS,
     as_json: bool = opt.JSON,
     out_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", metavar="DIR", rich_help_panel=opt.OUTPUT_PANEL,
                                            help="write candidates.csv, summary.json here"),
@@ -131,7 +131,8 @@ def plan_cmd(
     sample_size: int = opt.SAMPLE_SIZE,
     exhaustive: bool = typer.Option(False, "--exhaustive", rich_help_panel=opt.SEARCH_PANEL,
                                     help="simulate every candidate (no pruning)"),
-    workers: int = opt.WORKERS,
+    workers: Optional[int] = opt.WORKERS,
+    dask: Optional[str] = opt.DASK,
     top: int = typer.Option(10, "--top", min=1, metavar="N", rich_help_panel=opt.OUTPUT_PANEL,
                             help="rows of the ranked table to print"),
     as_json: bool = opt.JSON,
@@ -152,7 +153,7 @@ def plan_cmd(
         done = run_plan(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect, workload=workload,
                         num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                         objective=objective, price_per_gpu_hour=price, sample_size=sample_size,
-                        exhaustive=exhaustive, workers=workers, progress=bar, dtype=dtype,
+                        exhaustive=exhaustive, workers=workers, dask=dask, progress=bar, dtype=dtype,
                         kv_cache_dtype=kv_cache_dtype)
     result = done.result
     print_notes(result.notes)

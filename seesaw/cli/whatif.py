@@ -74,7 +74,8 @@ def whatif(
                                     help="simulate at most this many per option"),
     deadline: Optional[str] = typer.Option(None, "--deadline", metavar="TIME", rich_help_panel=opt.SEARCH_PANEL,
                                            help="cheapest option done by then: 24h, 90m, 1h30m, s"),
-    workers: int = opt.WORKERS,
+    workers: Optional[int] = opt.WORKERS,
+    dask: Optional[str] = opt.DASK,
     as_json: bool = opt.JSON,
     out_dir: Path = typer.Option(DEFAULT_WHATIF_DIR, "--output-dir", "-o", metavar="DIR",
                                  rich_help_panel=opt.OUTPUT_PANEL, help="the report folder"),
@@ -95,7 +96,7 @@ def whatif(
         done = run_whatif(model=model, gpu=gpu, num_gpus=num_gpus, num_nodes=num_nodes, interconnect=interconnect,
                           workload=workload, num_requests=num_requests, input_len=input_len, output_len=output_len, seed=seed,
                           objective=objective, price_per_gpu_hour=price, sample_size=sample_size, workers=workers,
-                          output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar),
+                          output_dir=out_dir, overwrite=overwrite, progress=_OptionTicks(bar), dask=dask,
                           deadline=deadline, dtype=dtype, kv_cache_dtype=kv_cache_dtype)
         bar(len(done.result.options))  # the last option is done too
     result, paths = done.result, done.paths

@@ -1,21 +1,37 @@
-"""Simulations for the planner: in-process or in a pool of worker processes, each result kept.
+"""Simulations for the planner: on any ``concurrent.futures.Executor`` or in-process, each result kept.
 
 A simulation that fails (a layout that does not fit, a request it cannot serve) becomes a one-line
-error in its result. Candidates with the same equivalence key (``estimate.equivalence_key``)
-run once and share the result.
+error in its result. The runner holds one or more nested samples (``rungs``: the search's successive
+halving simulates a candidate on a small sample first, ``simulator.extrapolate.nested_samples``);
+results are kept per rung. Candidates with the same equivalence key at a rung
+(``estimate.equivalence_key``, computed on that rung's sample) run once and share the result.
+
+Executors: by default a local ``ProcessPoolExecutor`` with ``workers`` processes (``None``: every
+core), started on the first batch of two or more; ``workers=1`` simulates in this process. Any
+other ``Executor`` (a ``dask.distributed`` client's ``get_executor()``, a thread pool) may be given:
+the runner submits ``simulate_one`` with picklable arguments and never shuts a given executor down.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from typing import Callable
 
 from seesaw.scheduling import SchedulerError
 from seesaw.core import ModelSpec, NodeSpec, SpecError
 from simulator.cost import CostModel
-from simulator.sim import simulate
+from simulator.sim import default_host_kv_bytes, host_blocks_per_replica, simulate
 
-__all__ = ["SimRunner", "simulate_one"]
+__all__ = ["SimRunner", "default_workers", "simulate_one"]
+
+
+def default_workers() -> int:
+    """Simulation processes when none are asked for: one per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measured=None) -> dict:
@@ -24,60 +40,100 @@ def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measu
                      cost=CostModel(model, node, measured=measured) if measured is not None else None)
     except (SpecError, SchedulerError) as e:
         return {"error": str(e).splitlines()[0]}
-    return {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
-            "num_preemptions": r.num_preemptions, "num_transitions": int(r.extra.get("num_transitions", 0))}
+    out = {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
+           "num_preemptions": r.num_preemptions, "num_transitions": int(r.extra.get("num_transitions", 0))}
+    if "host_kv_peak_usage" in r.extra:      # Seesaw: the most host-pool blocks one replica held
+        host = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
+        out["host_peak_blocks"] = r.extra["host_kv_peak_usage"] * host_blocks_per_replica(model, policy, host)
+    return out
 
 
 class SimRunner:
-    """Runs simulations in a process pool (started on the first batch of two or more) or in-process,
-    and remembers every result. Candidates with the same ``equiv`` key run once."""
+    """Runs simulations on an executor (module docstring) or in-process and remembers every result.
 
-    def __init__(self, model, node, requests, workers: int, progress: Callable | None, equiv: dict[int, tuple],
-                 measured=None):
-        self.model, self.node, self.requests, self.measured = model, node, requests, measured
-        self.workers, self.progress, self.equiv = workers, progress, equiv
-        self.results: dict[int, dict] = {}
-        self.same_as: dict[int, int] = {}
-        self._by_key: dict[tuple, int] = {}
-        self.pool: ProcessPoolExecutor | None = None
+    rungs: the samples a candidate can be simulated on, smallest first (one: the whole sample);
+    equiv[r]: candidate index -> equivalence key on rung ``r``'s sample (absent or None: unique).
+    ``results[r][i]`` is candidate ``i``'s result on rung ``r``; ``same_as[r][i]`` the candidate
+    whose simulation it shares. progress(done, planned, what) after each simulation. reuse(i,
+    results): a candidate whose finished result on the rung candidate ``i`` provably repeats
+    (``search._reuse_rule``), or None."""
+
+    def __init__(self, model, node, rungs: list[list], *, workers: int | None = None,
+                 executor: Executor | None = None, progress: Callable | None = None,
+                 equiv: list[dict[int, tuple | None]] | None = None, measured=None,
+                 reuse: Callable[[int, dict[int, dict]], int | None] | None = None):
+        self.model, self.node, self.rungs, self.measured = model, node, rungs, measured
+        self.workers = default_workers() if workers is None else workers
+        self.progress, self.equiv, self.reuse = progress, equiv or [{} for _ in rungs], reuse
+        self.results: list[dict[int, dict]] = [{} for _ in rungs]
+        self.same_as: list[dict[int, int]] = [{} for _ in rungs]
+        self._by_key: list[dict[tuple, int]] = [{} for _ in rungs]
+        self.executor, self._own = executor, False
+        self._pending: list = []
         self.done = 0
         self.planned = 0
+        self.by_rung = [0] * len(rungs)        # simulations run per rung
 
-    def run(self, jobs: list[tuple[int, object]]) -> None:
-        todo = []
+    @property
+    def final(self) -> int:
+        return len(self.rungs) - 1
+
+    def ok(self, i: int, rung: int | None = None) -> bool:
+        res = self.results[self.final if rung is None else rung].get(i)
+        return res is not None and "error" not in res
+
+    def run(self, jobs: list[tuple[int, object]], rung: int | None = None) -> None:
+        """Simulate each (candidate index, policy) on ``rung`` (default the last, the whole sample)
+        unless it already was or shares an equivalent candidate's simulation."""
+        r = self.final if rung is None else rung
+        results, same, by_key, equiv = self.results[r], self.same_as[r], self._by_key[r], self.equiv[r]
+        todo, seen = [], set()
         for i, pol in jobs:
-            if i in self.results or any(i == j for j, _ in todo):
+            if i in results or i in seen or i in same:
                 continue
-            key = self.equiv.get(i)
-            if key is not None and key in self._by_key:
-                self.same_as[i] = self._by_key[key]
+            key = equiv.get(i)
+            if key is not None and key in by_key:
+                same[i] = by_key[key]
+                continue
+            if self.reuse is not None and (j := self.reuse(i, results)) is not None:
+                same[i] = j
                 continue
             if key is not None:
-                self._by_key[key] = i
+                by_key[key] = i
+            seen.add(i)
             todo.append((i, pol))
         self.planned += len(todo)
-        if len(todo) > 1 and self.workers > 1 and self.pool is None:
-            self.pool = ProcessPoolExecutor(max_workers=self.workers)
-        if self.pool is None:
+        self.by_rung[r] += len(todo)
+        reqs = self.rungs[r]
+        if self.executor is None and len(todo) > 1 and self.workers > 1:
+            self.executor, self._own = ProcessPoolExecutor(max_workers=self.workers), True
+        if self.executor is None:
             for i, pol in todo:
-                self._done(i, pol, simulate_one(self.model, self.node, pol, self.requests, self.measured))
+                self._done(results, i, pol, simulate_one(self.model, self.node, pol, reqs, self.measured))
         else:
-            futures = {self.pool.submit(simulate_one, self.model, self.node, pol, self.requests, self.measured):
-                       (i, pol) for i, pol in todo}
+            futures = {self.executor.submit(simulate_one, self.model, self.node, pol, reqs, self.measured): (i, pol)
+                       for i, pol in todo}
+            self._pending = list(futures)
             for fut in as_completed(futures):
-                self._done(*futures[fut], fut.result())
-        for i, j in self.same_as.items():
-            if j in self.results:
-                self.results[i] = self.results[j]
+                self._done(results, *futures[fut], fut.result())
+            self._pending = []
+        for i, j in same.items():
+            if j in results:
+                results[i] = results[j]
 
-    def _done(self, i: int, pol, res: dict) -> None:
-        self.results[i] = res
+    def _done(self, results: dict, i: int, pol, res: dict) -> None:
+        results[i] = res
         self.done += 1
         if self.progress:
             self.progress(self.done, self.planned, pol.describe())
 
     def close(self, cancel: bool = False) -> None:
-        """Shut the pool down; ``cancel`` (Ctrl-C, a failure): drop the queued simulations instead of
-        waiting for them."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Shut down the pool this runner started; ``cancel`` (Ctrl-C, a failure): drop the queued
+        simulations instead of waiting for them. A given executor stays up (its queued simulations
+        of this runner are cancelled on ``cancel``)."""
+        if cancel:
+            for fut in self._pending:
+                fut.cancel()
+        if self.executor is not None and self._own:
+            self.executor.shutdown(wait=not cancel, cancel_futures=cancel)
+            self.executor = None

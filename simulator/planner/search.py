@@ -3,8 +3,13 @@
 Every candidate gets the closed-form estimate (``simulator.planner.estimate``); the search
 (``_search``) simulates the best-estimated layouts of each policy kind, then tunes the knobs of
 the best simulated ones by coordinate descent, every step a full ``simulate`` (in worker
-processes). Seesaw variants that provably behave alike (the host pool never fills) share one
-simulation. ``exhaustive=True`` simulates everything (``seesaw compare``, and the regret check in
+processes on every core, or on any ``concurrent.futures.Executor``: ``runner``). Seesaw variants
+that provably behave alike share one simulation: before simulating, when the host pool holds the
+whole sample (``estimate.equivalence_key``); after, when a finished run of the same layouts never
+switched back to prefill and its host pool peak stayed under the variant's limit (``_reuse_rule``).
+With ``halving_min``, every batch of simulations is a successive-halving race over nested samples
+(``_race``): off by default, since on ShareGPT the simulated ranking of near-tied candidates flips
+between a sample and its half (see ``HALVING_TOL``). ``exhaustive=True`` simulates everything (``seesaw compare``, and the regret check in
 ``benchmarks/planner_speed.py``). Large workloads are planned on a seeded sample of at most
 ``sample_size`` requests; makespans are scaled by the full/sample token ratio
 (``simulator.extrapolate``, the one definition; ``extrapolated_from`` says so). Throughput is total (prompt + output) tokens per second, as
@@ -13,22 +18,28 @@ simulation. ``exhaustive=True`` simulates everything (``seesaw compare``, and th
 
 from __future__ import annotations
 
+import math
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import pandas as pd
 
-from seesaw.core import PHASES, VERSION, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SpecError, VllmPolicy
+from seesaw.core import (
+    PHASES, VERSION, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SeesawPolicy, SpecError, VllmPolicy,
+)
 from simulator.cost import CostModel
-from simulator.extrapolate import sample_workload
+from simulator.extrapolate import FIRST_SAMPLE, converge, halving_sizes, nested_samples, sample_workload, tokens
 from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts
-from simulator.planner.estimate import ReplicaWork, equivalence_key, estimate_makespan_s, replica_works
+from simulator.planner.estimate import (
+    ReplicaWork, equivalence_key, estimate_makespan_s, host_limit_tokens, replica_works,
+)
 from simulator.planner.explain import brief, explain, predicted, unservable_reason
 from simulator.planner.runner import SimRunner
 from simulator.sim import over_context_note
 
-__all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "Objective", "PlanResult", "plan"]
+__all__ = ["DEFAULT_REFINE", "DEFAULT_SCREEN", "KNOBS", "TRAILING", "Objective", "PlanResult", "plan"]
 
 Objective = Literal["throughput", "cost"]
 
@@ -45,6 +56,9 @@ class PlanResult:
     num_simulated: int                         # simulations run
     num_estimated: int                         # candidates left with their estimate (pruned)
     num_shared: int = 0                        # candidates that share an equivalent one's simulation
+    num_screened: int = 0                      # candidates simulated only on a smaller nested sample
+    rungs: list[dict] = field(default_factory=list)   # successive halving: sample size, simulations run
+    sampling: dict | None = None               # a sampled workload: the winner's Convergence.summary()
     wall_s: float = 0.0
     best_vllm: dict | None = None
     winner: dict | None = None
@@ -56,7 +70,8 @@ class PlanResult:
             "winner": self.winner, "best_vllm": self.best_vllm,
             "num_requests": self.num_requests, "extrapolated_from": self.extrapolated_from,
             "num_candidates": len(self.table), "num_simulated": self.num_simulated,
-            "num_estimated": self.num_estimated, "num_shared": self.num_shared, "wall_s": round(self.wall_s, 3),
+            "num_estimated": self.num_estimated, "num_shared": self.num_shared,
+            "num_screened": self.num_screened, "rungs": self.rungs, "sampling": self.sampling, "wall_s": round(self.wall_s, 3),
             "rejected": [{"what": w, "reason": r} for w, r in self.rejected], "notes": self.notes,
         }
 
@@ -66,22 +81,31 @@ class PlanResult:
 
 DEFAULT_SCREEN = {"vllm": 3, "seesaw": 4}
 DEFAULT_REFINE = {"vllm": 2, "seesaw": 2}
+TRAILING = 0.10
 KNOBS = {"vllm": ("chunk", "max_num_seqs"),
          "seesaw": ("host_fraction", "host_full_watermark", "decode_low_watermark", "max_num_seqs")}
 
 
 def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, screen: dict[str, int],
             refine: dict[str, int], keep_within: float) -> None:
-    """Screen layouts by estimate, then tune the knobs of the best simulated layouts.
+    """Screen layouts by estimate, then tune the knobs of the best simulated layouts; every batch
+    of simulations is a successive-halving race (``_race``) over the runner's nested samples.
 
     1. Per kind, the ``screen[kind]`` layouts (or Seesaw pairs) with the best estimates, plus any
        within ``keep_within`` of the kind's best estimate (at most twice as many), are simulated
-       with their best-estimated knobs: the estimate ranks layouts well, knobs poorly.
+       with their best-estimated knobs: the estimate ranks layouts well, knobs poorly. A Seesaw
+       pair is also simulated at each batch cap (its best-estimated variant per ``max_num_seqs``):
+       the cap moves a pipelined decode layout by several % (LLaMA2-70B, 8xL4, 2000 ShareGPT:
+       P8->T4P2 5% faster at 512 than at 256, the exhaustive winner), which the descent, tuning
+       only the best layouts, would not find.
     2. The ``refine[kind]`` best simulated layouts then get coordinate descent over their knobs
        (``KNOBS``: chunked prefill and chunk size, batch cap; host pool, watermark, batch cap): one
-       knob at a time, every value, keep the best simulated, next knob.
+       knob at a time, every value, keep the best simulated, next knob. A kind whose best simulated
+       layout trails the best of all by more than ``TRAILING`` tunes only that layout (knobs move
+       a layout's makespan by a few %; it still gets the best of its kind right for the report).
     """
     ok = [r for r in rows if r["error"] is None]
+    results = runner.results[-1]
     groups: dict[tuple, list[dict]] = {}
     for r in sorted(ok, key=lambda r: (r["est_makespan_s"], r["index"])):
         groups.setdefault((r["kind"], r["layout"]), []).append(r)
@@ -94,16 +118,24 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
         for n, g in enumerate(ranked):
             if n < k or (n < 2 * k and groups[g][0]["est_makespan_s"] <= best * (1 + keep_within)):
                 jobs.append(groups[g][0]["index"])
-    _run(runner, candidates, jobs)
+                if kind == "seesaw":    # the batch cap moves a pipelined decode layout by several %
+                    caps = {}
+                    for r in groups[g]:
+                        caps.setdefault(r["max_num_seqs"], r["index"])
+                    jobs += list(caps.values())
+    _race(runner, candidates, rows, jobs)
 
     def sim_best(g):
-        done = [r for r in groups[g] if _ok(runner, r["index"])]
-        return min(done, key=lambda r: (runner.results[r["index"]]["makespan_s"], r["index"])) if done else None
+        done = [r for r in groups[g] if runner.ok(r["index"])]
+        return min(done, key=lambda r: (results[r["index"]]["makespan_s"], r["index"])) if done else None
 
     current = {}
+    done = [results[i]["makespan_s"] for i in results if runner.ok(i)]
     for kind, k in refine.items():
         ranked = sorted((g for g in groups if g[0] == kind and sim_best(g) is not None),
-                        key=lambda g: runner.results[sim_best(g)["index"]]["makespan_s"])
+                        key=lambda g: results[sim_best(g)["index"]]["makespan_s"])
+        if ranked and results[sim_best(ranked[0])["index"]]["makespan_s"] > min(done) * (1 + TRAILING):
+            k = min(k, 1)       # a kind far behind the best: only its best layout's knobs (its best for the report)
         current.update({g: sim_best(g) for g in ranked[:k]})
     for step in range(max(len(v) for v in KNOBS.values())):
         jobs = []
@@ -112,16 +144,39 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
             if step < len(dims):
                 others = [d for d in dims if d != dims[step]]
                 jobs += [r["index"] for r in groups[g] if all(r[d] == base[d] for d in others)]
-        _run(runner, candidates, jobs)
+        _race(runner, candidates, rows, jobs)
         current = {g: sim_best(g) for g in current}
 
 
-def _ok(runner: SimRunner, i: int) -> bool:
-    return i in runner.results and "error" not in runner.results[i]
+# successive halving: per rung below the whole sample, how far behind the best of its kind a
+# candidate may be there and still go on to the next rung (measured: LLaMA2-70B, 8xL4, ShareGPT,
+# the whole sample's winner was 2% behind on half the sample and 11% behind on a quarter)
+HALVING_TOL = 0.03
 
 
-def _run(runner: SimRunner, candidates: list[Candidate], indices: list[int]) -> None:
-    runner.run([(i, candidates[i].policy) for i in indices])
+def _race(runner: SimRunner, candidates: list[Candidate], rows: list[dict], jobs: list[int]) -> None:
+    """Simulate ``jobs`` by successive halving over the nested samples ``runner.rungs`` (smallest
+    first, the last the whole sample): each rung simulates the survivors of the one before; a
+    candidate survives while its makespan on a sample of ``1/2**k`` of the whole is within
+    ``2**k * HALVING_TOL`` of the best of its kind (policy) there. Only the whole sample's results
+    rank candidates; the ones dropped on the way count as worse."""
+    alive = list(dict.fromkeys(jobs))
+    for rung in range(runner.final):
+        if len({rows[i]["kind"] for i in alive}) == len(alive):   # one per kind: nothing to drop
+            break
+        _run(runner, candidates, alive, rung)
+        res = runner.results[rung]
+        alive = [i for i in alive if runner.ok(i, rung)]
+        best: dict[str, float] = {}
+        for i in alive:
+            best[rows[i]["kind"]] = min(best.get(rows[i]["kind"], math.inf), res[i]["makespan_s"])
+        tol = HALVING_TOL * len(runner.rungs[-1]) / len(runner.rungs[rung])
+        alive = [i for i in alive if res[i]["makespan_s"] <= best[rows[i]["kind"]] * (1 + tol)]
+    _run(runner, candidates, alive)
+
+
+def _run(runner: SimRunner, candidates: list[Candidate], indices: list[int], rung: int | None = None) -> None:
+    runner.run([(i, candidates[i].policy) for i in indices], rung)
 
 
 def _price(node: NodeSpec, price_per_gpu_hour: float | None) -> float | None:
@@ -146,7 +201,9 @@ def plan(
     keep_within: float = 0.03,
     sample_size: int | None = 2000,
     seed: int = 0,
-    workers: int = 2,
+    workers: int | None = None,
+    executor: Executor | None = None,
+    halving_min: int | None = None,
     workload_name: str = "",
     progress: Callable[[int, int, str], None] | None = None,
     measured: MeasuredProfile | None = None,
@@ -160,7 +217,11 @@ def plan(
     of those to tune knob by knob (defaults in ``DEFAULT_SCREEN``/``DEFAULT_REFINE``; see
     ``_search``); ignored when ``exhaustive``. keep_within: also screen layouts whose estimate is
     within this fraction of the kind's best. progress(done, total_so_far, what) is called after
-    each simulation. workers: simulation processes (1 = in this process).
+    each simulation. workers: simulation processes (None: one per core; 1: in this process);
+    executor: any ``concurrent.futures.Executor`` to run the simulations on instead (a
+    ``dask.distributed`` client's ``get_executor()``; not shut down here). halving_min: with a
+    size, every batch of simulations is a successive-halving race (``_race``) over nested samples
+    of the whole sample, the smallest at least this size; None (the default): whole sample only.
     """
     if objective not in ("throughput", "cost"):
         raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
@@ -179,21 +240,28 @@ def plan(
     layouts, rejected = enumerate_layouts(model, node, cost, space)
     candidates, more = enumerate_candidates(model, node, layouts, space)
     rejected += more
-    works: dict[int, list[ReplicaWork]] = {}
     rows: list[dict] = []
-    equiv: dict[int, tuple] = {}
+    memo: dict[tuple[int, int], list[ReplicaWork]] = {}
+
+    def _works(reqs: list, dp: int) -> list[ReplicaWork]:  # each sample's replica shares, once per DP
+        if (id(reqs), dp) not in memo:
+            memo[id(reqs), dp] = replica_works(reqs, dp)
+        return memo[id(reqs), dp]
+
     for i, cand in enumerate(candidates):
         pol = cand.policy
-        if pol.layout.dp not in works:
-            works[pol.layout.dp] = replica_works(sample, pol.layout.dp)
-        w = works[pol.layout.dp]
+        w = _works(sample, pol.layout.dp)
         est, phases = estimate_makespan_s(cost, pol, w)
         rows.append(_row(i, cand, est * scale, {k: v * scale for k, v in phases.items()},
                          unservable_reason(pol, w, cost)))
-        equiv[i] = equivalence_key(cand, w, cost)
     screen = dict(DEFAULT_SCREEN if screen is None else screen)
     refine = dict(DEFAULT_REFINE if refine is None else refine)
-    runner = SimRunner(model, node, sample, workers, progress, {i: k for i, k in equiv.items() if k}, measured)
+    sizes = [len(sample)] if exhaustive or not halving_min else halving_sizes(len(sample), halving_min)
+    rungs = nested_samples(sample, sizes, seed)
+    equiv = [{i: k for i, c in enumerate(candidates) if rows[i]["error"] is None
+              and (k := equivalence_key(c, _works(r, c.policy.layout.dp), cost))} for r in rungs]
+    runner = SimRunner(model, node, rungs, workers=workers, executor=executor, progress=progress, equiv=equiv,
+                       measured=measured, reuse=_reuse_rule(candidates, cost))
     try:
         if exhaustive:
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
@@ -203,13 +271,20 @@ def plan(
         runner.close(cancel=True)
         raise
     runner.close()
-    for i, res in runner.results.items():
+    final, shared = runner.results[-1], runner.same_as[-1]
+    for rung in range(runner.final):      # screened out on a smaller sample: that sample's makespan, scaled
+        for i, res in runner.results[rung].items():
+            if i not in final and "error" not in res:
+                k = scale * tokens(sample) / tokens(runner.rungs[rung])
+                rows[i].update(source="screened", makespan_s=res["makespan_s"] * k,
+                               note=f"screened out on a sample of {len(runner.rungs[rung]):,} requests")
+    for i, res in final.items():
         row = rows[i]
         if "error" in res:
             row["error"] = res["error"]
             continue
-        if i in runner.same_as:
-            row["note"] = f"same as {candidates[runner.same_as[i]].name} (host pool holds the whole sample)"
+        if i in shared:
+            row["note"] = f"same as {candidates[shared[i]].name} (the host pool never fills: same run)"
         row.update(source="simulated", makespan_s=res["makespan_s"] * scale,
                    num_transitions=res["num_transitions"], num_preemptions=res["num_preemptions"],
                    **{f"{k}_s": v * scale for k, v in res["time_by_phase"].items()})
@@ -219,14 +294,22 @@ def plan(
     table = _table(rows, full_tokens, node.total_gpus, price, objective)
     result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=num_requests,
                         extrapolated_from=len(sample) if sampled.extrapolated else None,
-                        num_simulated=runner.done, num_shared=len(runner.same_as),
-                        num_estimated=int((table["source"] == "estimated").sum()) if len(table) else 0)
-    same = len(runner.same_as)
+                        num_simulated=runner.done, num_shared=len(shared),
+                        num_estimated=int((table["source"] == "estimated").sum()) if len(table) else 0,
+                        num_screened=int((table["source"] == "screened").sum()) if len(table) else 0,
+                        rungs=[{"requests": len(r), "simulations": n} for r, n in zip(runner.rungs, runner.by_rung)])
+    same = len(shared)
     if same:
         result.notes.append(f"{same} Seesaw variants share a simulation with an equivalent one: their host "
-                            "pool holds the whole sample, so pool size and watermark cannot matter")
+                            "pool never fills, so pool size and watermarks cannot matter")
     if result.extrapolated_from:
         result.notes.append(sampled.note())
+        if len(table) and (table["source"] == "simulated").any():
+            win = candidates[int(table[table["source"] == "simulated"].iloc[0]["index"])].policy
+            conv = _sampling_error(model, node, win, sampled, seed, measured)
+            result.sampling = conv.summary()
+            if conv.error is not None:
+                result.notes.append("the winner " + conv.note(num_requests))
     if (note := over_context_note(model, sample)) is not None:
         result.notes.append(note)
     sim = table[table["source"] == "simulated"] if len(table) else table
@@ -251,14 +334,53 @@ def plan(
                 "seesaw_version": VERSION, "simulated_requests": str(len(sample)),
                 "workload_requests": str(num_requests), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
+                "sample_estimated_error": "" if not (result.sampling and result.sampling["estimated_error"] is not None)
+                else f"{result.sampling['estimated_error']:.4f}",
                 "cost_model": f"measured profile {measured.name or measured.device_name!r}" if measured is not None
                 else "roofline",
                 "search": f"exhaustive: {runner.done} simulations" if exhaustive else
                 f"estimate all {len(candidates)}; simulate the best-estimated layouts {screen}, tune the "
-                f"knobs of the best simulated {refine}: {runner.done} simulations",
+                f"knobs of the best simulated {refine}"
+                + (f" on {len(rungs[0]):,} requests, then successive halving on nested samples of "
+                   f"{', '.join(f'{len(r):,}' for r in rungs[1:])}" if len(rungs) > 1 else "")
+                + f": {runner.done} simulations",
             })
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _sampling_error(model, node, policy, sampled, seed: int, measured):
+    """The winner simulated on half the sample and the whole sample, nested
+    (``simulator.extrapolate.converge``): their throughput estimates' difference is the stated error."""
+    from simulator.sim import simulate
+
+    cost = CostModel(model, node, measured=measured) if measured is not None else None
+    first = max(1, min(FIRST_SAMPLE, len(sampled.requests) // 2))
+    return converge(lambda reqs: simulate(model, node, policy, reqs, cost=cost), sampled, seed, first=first)[1]
+
+
+def _reuse_rule(candidates: list[Candidate], cost: CostModel) -> Callable[[int, dict[int, dict]], int | None]:
+    """A Seesaw variant repeats a finished simulation of the same layouts, batch cap and budget that
+    never switched back to prefill (one transition: every prompt prefilled in one go, so the decode
+    low watermark never decides) and whose host pool never came near this variant's limit (its
+    peak, plus 5% for the pool's free-block watermark, within this variant's pool size times host
+    watermark): every admission and eviction check then decides alike, so the run is the same."""
+    def same_run(p) -> tuple:
+        return (p.prefill_layout, p.decode_layout, p.max_num_seqs, p.max_num_batched_tokens, p.block_size,
+                p.gpu_memory_utilization)
+
+    def reuse(i: int, results: dict[int, dict]) -> int | None:
+        p = candidates[i].policy
+        if not isinstance(p, SeesawPolicy):
+            return None
+        limit = host_limit_tokens(p, cost) // p.block_size
+        for j, res in results.items():
+            q = candidates[j].policy
+            if ("host_peak_blocks" in res and res["num_transitions"] <= 1 and isinstance(q, SeesawPolicy)
+                    and res["host_peak_blocks"] * 1.05 <= limit and same_run(q) == same_run(p)):
+                return j
+        return None
+    return reuse
 
 
 def _row(i: int, cand: Candidate, est: float, phases: dict, error: str | None) -> dict:
