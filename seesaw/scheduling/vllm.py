@@ -343,7 +343,12 @@ class VllmScheduler:
         if idle == [] and type(step) is Decode:
             # nothing else was idle: now exactly the survivors are, in running order (a decode
             # takes a prefix of the candidates, which follow the running order)
-            self.idle_known = [s for s in step.seqs if s.status is not SeqStatus.FINISHED] if finished else step.seqs
+            idle = step.seqs
+            if finished:
+                idle = idle.copy()
+                for seq in finished:
+                    idle.remove(seq)             # by identity, in C: cheaper than a filter by status
+            self.idle_known = idle
         self.num_in_flight -= 1
         return finished
 
