@@ -11,8 +11,9 @@ anything, so skipping them changes no outcome).
 
 A micro-batch walks the pipeline stages, each stage serving micro-batches in order (its free-at
 time plays the role of a capacity-one resource), so pipeline bubbles and stage imbalance emerge
-from the schedule instead of being assumed. Host<->device copies (Seesaw) use one host-link
-resource per replica (the replica's GPUs copy in parallel, each over its own link).
+from the schedule instead of being assumed. Host<->device copies (Seesaw) share one host link per
+replica (the replica's GPUs copy in parallel, each over its own link), served in request order;
+swaps run as callbacks with the events of a process holding a capacity-one simpy resource.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class Replica:
         self.layout = layout
         self.env = env = sim.env
         self.stage_free_s = [0.0] * max_pp
-        self.host_link = simpy.Resource(env, capacity=1)
+        # the host link: a capacity-one resource served in request order (see ``_swap_start``)
+        self.link_busy = False
+        self.link_queue: list[tuple] = []
         # the driver's mailbox: completed steps it has not taken yet, and whether it waits
         self.items: list = []
         self.waiting = False
@@ -133,6 +136,8 @@ class Replica:
             self.pending += 1
             if self.direct and isinstance(step, Forward):
                 launched.append(step)
+            elif type(step) is SwapIn or type(step) is SwapOut:
+                self.env.schedule(_Call(self._swap_start, step), URGENT)   # a process's start event
             else:
                 self.env.process(self._execute(step))
         if not self.pending:
@@ -238,6 +243,40 @@ class Replica:
                 free[0] = done
                 yield env.timeout(done - env.now)
 
+    # ------------------------------------------------------------------ swaps
+    # A swap copies over the host link: every GPU of the replica copies its own shard over its
+    # own link, in parallel. It runs as callbacks with the events ``simpy.Resource(capacity=1)``
+    # would give a process that requests the link, holds it for the copy and releases it: the
+    # start (URGENT, now), the grant (NORMAL, now or at a release), the copy's end, then the
+    # release event (which grants the next request in FIFO order) before the driver's hand-over.
+    def _swap_start(self, event) -> None:
+        step = event.value
+        self.link_queue.append((step, self.env.now, sum([s.num_computed_tokens for s in step.seqs])))
+        self._grant(None)
+
+    def _grant(self, _event) -> None:
+        # ``Resource._trigger_put``: looks at the head of the queue only
+        if not self.link_busy and self.link_queue:
+            self.link_busy = True
+            self.env.schedule(_Call(self._swap_granted, self.link_queue.pop(0)), NORMAL)
+
+    def _swap_granted(self, event) -> None:
+        step, _start, tokens = event.value
+        kind = "in" if type(step) is SwapIn else "out"
+        self.env.schedule(_Call(self._swap_done, event.value), NORMAL, self.sim.cost.swap_s(self.layout, kind, tokens))
+
+    def _swap_done(self, event) -> None:
+        step, start, tokens = event.value
+        self.link_busy = False
+        if self.link_queue:
+            # the release event; with nobody queued it would grant nothing (a request made
+            # before it fires finds the link free and is granted at once)
+            self.env.schedule(_Call(self._grant, None), NORMAL)
+        self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
+        self.sim.record_step(self, step, start, self.env.now)
+        self.items.append(step)                  # ``put`` without an event a process could wait on
+        self.env.schedule(_Call(self._hand_over, None), NORMAL)
+
     # ------------------------------------------------------------------ other steps
     def _execute(self, step):
         env = self.env
@@ -247,14 +286,6 @@ class Replica:
         elif isinstance(step, Reshard):
             yield env.timeout(self.sim.cost.reshard_s(step.src, step.dst))
             self.layout = step.dst
-        elif isinstance(step, (SwapIn, SwapOut)):
-            # every GPU of the replica copies its own shard over its own host link, in parallel
-            tokens = sum(s.num_computed_tokens for s in step.seqs)
-            kind = "in" if isinstance(step, SwapIn) else "out"
-            with self.host_link.request() as req:
-                yield req
-                yield env.timeout(self.sim.cost.swap_s(self.layout, kind, tokens))
-            self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
         self.sim.record_step(self, step, start, env.now)
         yield self.put(step)
 
