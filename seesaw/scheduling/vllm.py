@@ -23,12 +23,15 @@ and reports each back through ``on_step_done``.
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Iterable
 
 from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
 from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill
 
 __all__ = ["VllmScheduler", "split_across_replicas"]
+
+_ADMIT_ORDER = attrgetter("admit_order")
 
 
 class VllmScheduler:
@@ -340,15 +343,16 @@ class VllmScheduler:
         for seq in finished:
             seq.finish_reason = "stop" if stopped and seq.req_id in stopped else "length"
             self._finish(seq)
-        if idle == [] and type(step) is Decode:
-            # nothing else was idle: now exactly the survivors are, in running order (a decode
-            # takes a prefix of the candidates, which follow the running order)
-            idle = step.seqs
+        if idle is not None and type(step) is Decode:
+            # the survivors join the idle set; a decode takes a prefix of the candidates, so they
+            # are in running order, which is admission order (``admit_order`` grows as sequences
+            # enter ``running``): two sorted runs, merged by a stable sort
+            survivors = step.seqs
             if finished:
-                idle = idle.copy()
+                survivors = survivors.copy()
                 for seq in finished:
-                    idle.remove(seq)             # by identity, in C: cheaper than a filter by status
-            self.idle_known = idle
+                    survivors.remove(seq)        # by identity, in C: cheaper than a filter by status
+            self.idle_known = sorted(idle + survivors, key=_ADMIT_ORDER) if idle else survivors
         self.num_in_flight -= 1
         return finished
 
