@@ -169,7 +169,14 @@ class SeesawScheduler(VllmScheduler):
                 if self.to_offload:
                     return self._launch(SwapOut(replica=self.replica, seqs=self._pop_offload()))
             return self._maybe_reshard(PREFILL, self._leave_reason)
-        return self._forward(self._schedule_decode())
+        if self.num_in_flight >= self.pipeline_depth:
+            return None                          # the pipeline is full
+        step = self._schedule_decode()
+        if step is not None:
+            self.num_in_flight += 1
+            for s in step.seqs:
+                s.in_flight = True
+        return step
 
     def _launch(self, step: Step) -> Step:
         if isinstance(step, (SwapIn, SwapOut)):
@@ -301,11 +308,6 @@ class SeesawScheduler(VllmScheduler):
             self._swap_out_now(seq)
         else:
             super()._preempt(seq)
-
-    def _schedule_decode(self):
-        if self.num_in_flight >= self.layout.pp:
-            return None
-        return super()._schedule_decode()
 
     # transitions -------------------------------------------------------
     def _maybe_reshard(self, target: str, reason: str) -> Reshard | None:

@@ -274,7 +274,8 @@ class VllmScheduler:
         return min(self.max_num_seqs, max(1, share))
 
     def _schedule_decode(self) -> Decode | None:
-        seqs = self._take_decodes(self._decode_limit())
+        share = -(-len(self.running) // self.pipeline_depth)   # ``_decode_limit``, inline (hot)
+        seqs = self._take_decodes(min(self.max_num_seqs, max(1, share)))
         return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs)) if seqs else None
 
     def _schedule_chunked(self) -> Forward | None:
