@@ -189,7 +189,7 @@ class Replica:
         layout = self.layout
         free = self.stage_free_s
         last = layout.pp - 1
-        rendezvous = last and cost.handoffs_rendezvous
+        rendezvous = last and not self.direct   # ``cost.handoffs_rendezvous``
         # the only step in flight: no other micro-batch can start before it completes (steps
         # are issued at completions; a swap completing meanwhile could free blocks or bring
         # sequences in, so none may be in flight either), so each stage has the machine to

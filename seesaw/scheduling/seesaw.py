@@ -326,6 +326,8 @@ class SeesawScheduler(VllmScheduler):
 
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
+        if isinstance(step, Forward):
+            return self._forward_done(step, stopped)
         if isinstance(step, Reshard):
             self.idle_known = None
             self.reshard_in_flight = False
@@ -353,19 +355,21 @@ class SeesawScheduler(VllmScheduler):
                 self.on_host.append(seq)
                 self.swapped_out_tokens += seq.num_computed_tokens
             return []
-        if isinstance(step, SwapIn):
-            # its sequences become idle; they were the last admitted to ``running`` (nothing is
-            # admitted while a swap-in is in flight: decode mode admits only through swap-ins,
-            # one at a time), so the known idle set grows by them at its end
-            if self.idle_known is not None:
-                self.idle_known = self.idle_known + step.seqs
-            self.num_swaps_in_flight -= 1
-            for seq in step.seqs:
-                seq.in_flight = False
-                self.host.free(seq.num_host_blocks)
-                seq.num_host_blocks = 0
-                self.swapped_in_tokens += seq.num_computed_tokens
-            return []
+        assert isinstance(step, SwapIn), step
+        # its sequences become idle; they were the last admitted to ``running`` (nothing is
+        # admitted while a swap-in is in flight: decode mode admits only through swap-ins,
+        # one at a time), so the known idle set grows by them at its end
+        if self.idle_known is not None:
+            self.idle_known = self.idle_known + step.seqs
+        self.num_swaps_in_flight -= 1
+        for seq in step.seqs:
+            seq.in_flight = False
+            self.host.free(seq.num_host_blocks)
+            seq.num_host_blocks = 0
+            self.swapped_in_tokens += seq.num_computed_tokens
+        return []
+
+    def _forward_done(self, step: Forward, stopped) -> list[Sequence]:
         if self.mode == DECODE:
             self.decode_steps_in_phase += 1
         finished = super().on_step_done(step, stopped)   # also counts the forward as done

@@ -229,7 +229,7 @@ class VllmScheduler:
             if j >= limit or j >= end:
                 break
             seq = cands[j]
-            need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
+            need = -(-(seq.num_computed_tokens + 1) // bs) - seq.num_blocks   # ``blocks_for`` inline
             if need > pool.num_free - owed:
                 pool.allocate(owed)
                 owed = 0
