@@ -40,8 +40,10 @@ def batch_shape(step: Forward) -> BatchShape:
     """Aggregate what the cost model needs from a forward step (before it is accounted)."""
     if type(step) is Decode:
         n = len(step.seqs)
-        return BatchShape(decode_seqs=n, decode_context_tokens=sum([s.num_computed_tokens for s in step.seqs]) + n,
-                          sampled_seqs=n)
+        computed = step.computed_tokens
+        if computed < 0:
+            computed = sum([s.num_computed_tokens for s in step.seqs])
+        return BatchShape(decode_seqs=n, decode_context_tokens=computed + n, sampled_seqs=n)
     shape = BatchShape()
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens

@@ -359,14 +359,21 @@ class SeesawScheduler(VllmScheduler):
         # its sequences become idle; they were the last admitted to ``running`` (nothing is
         # admitted while a swap-in is in flight: decode mode admits only through swap-ins,
         # one at a time), so the known idle set grows by them at its end
-        if self.idle_known is not None:
-            self.idle_known = self.idle_known + step.seqs
+        idle, known = self.idle_known, self._survivors
+        if idle is not None:
+            self.idle_known = idle + step.seqs
         self.num_swaps_in_flight -= 1
+        computed = 0
         for seq in step.seqs:
             seq.in_flight = False
             self.host.free(seq.num_host_blocks)
             seq.num_host_blocks = 0
-            self.swapped_in_tokens += seq.num_computed_tokens
+            computed += seq.num_computed_tokens
+        self.swapped_in_tokens += computed
+        if known is not None and known[0] is idle:
+            # what the next decode needs of them stays known: a swap-in allocates the blocks of
+            # the next token too, so none of its sequences is at a block boundary
+            self._survivors = (self.idle_known, known[1], known[2] + computed)
         return []
 
     def _forward_done(self, step: Forward, stopped) -> list[Sequence]:

@@ -70,6 +70,9 @@ class VllmScheduler:
         # (see ``_take_decodes``); None when unknown
         self.idle_known: list[Sequence] | None = None
         self._prefill_blocked: tuple | None = None   # see ``_schedule_prefill``
+        # what the last decode's completion learnt of its survivors (see ``on_step_done``):
+        # (survivors, those at a block boundary, sum of their num_computed_tokens)
+        self._survivors: tuple | None = None
 
     @classmethod
     def from_policy(cls, policy, num_device_blocks: int, replica: int = 0) -> "VllmScheduler":
@@ -198,13 +201,18 @@ class VllmScheduler:
             budget -= n
         return budget
 
-    def _take_decodes(self, limit: int) -> list[Sequence]:
+    def _take_decodes(self, limit: int) -> tuple[list[Sequence], int]:
         """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out.
+        Returns them and the sum of their ``num_computed_tokens`` when known without a pass
+        (else -1).
 
         The batch is always a prefix of the candidates (oldest first): a candidate is taken unless
         it is itself preempted, which ends the batch, so only the candidates at a block boundary
-        need a look of their own (one pass; the hot path of a decode step).
+        need a look of their own (one pass, or none when the candidates are the last decode's
+        survivors, all taken: its completion found them; the hot path of a decode step).
         """
+        known = self._survivors
+        self._survivors = None
         if self.chunked:
             cands = [s for s in self.running.values()
                      if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
@@ -220,17 +228,28 @@ class VllmScheduler:
         end = len(cands)                 # cands[end:] were preempted as victims
         if limit > end:
             limit = end
-        # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
-        edges = [j for j, s in enumerate(cands if limit == end else cands[:limit])
-                 if s.num_computed_tokens >= s.num_blocks * bs]
+        rest_known = None                # (edges, computed tokens) of cands[limit:], when known
+        if known is not None and known[0] is cands:
+            edges, computed = known[1], known[2]
+            if limit < end:              # the batch is a prefix: split what is known at it
+                cut = cands[limit].admit_order   # candidates are in admission order
+                rest_computed = sum([s.num_computed_tokens for s in cands[limit:]])
+                edges = [s for s in edges if s.admit_order < cut]
+                rest_known = (known[1][len(edges):], rest_computed)
+                computed -= rest_computed
+        else:
+            # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
+            edges = [s for s in (cands if limit == end else cands[:limit])
+                     if s.num_computed_tokens >= s.num_blocks * bs]
+            computed = -1
         pool = self.blocks
         owed = 0                         # blocks given to edges, allocated in one go
-        for j in edges:
-            if j >= limit or j >= end:
-                break
-            seq = cands[j]
+        for seq in edges:                # all within cands[:limit]
+            if end < limit and cands.index(seq) >= end:
+                break                    # preempted as a victim, with every later candidate
             need = -(-(seq.num_computed_tokens + 1) // bs) - seq.num_blocks   # ``blocks_for`` inline
             if need > pool.num_free - owed:
+                j = cands.index(seq)
                 pool.allocate(owed)
                 owed = 0
                 while need > pool.num_free:
@@ -241,15 +260,19 @@ class VllmScheduler:
                         victim = self._partial_prefill_victim()
                     if victim is None:
                         self._preempt(seq)
-                        return cands[:j]
+                        return cands[:j], -1
                     self._preempt(victim)
             owed += need
             seq.num_blocks += need
         pool.allocate(owed)
         taken = min(limit, end)
         if not self.chunked and end == len(cands):
-            self.idle_known = cands[taken:]      # no victim: the rest stays idle, in order
-        return cands[:taken]
+            rest = self.idle_known = cands[taken:]   # no victim: the rest stays idle, in order
+            if not rest:
+                self._survivors = (rest, [], 0)
+            elif rest_known is not None:
+                self._survivors = (rest, *rest_known)
+        return cands[:taken], (computed if end == len(cands) else -1)
 
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
@@ -275,12 +298,13 @@ class VllmScheduler:
 
     def _schedule_decode(self) -> Decode | None:
         share = -(-len(self.running) // self.pipeline_depth)   # ``_decode_limit``, inline (hot)
-        seqs = self._take_decodes(min(self.max_num_seqs, max(1, share)))
-        return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs)) if seqs else None
+        seqs, computed = self._take_decodes(min(self.max_num_seqs, max(1, share)))
+        return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs),
+                      computed_tokens=computed) if seqs else None
 
     def _schedule_chunked(self) -> Forward | None:
         budget = self.max_num_batched_tokens
-        decodes = self._take_decodes(min(self._decode_limit(), budget))
+        decodes, _ = self._take_decodes(min(self._decode_limit(), budget))
         budget -= len(decodes)
         seqs = list(decodes)
         counts = [1] * len(decodes)
@@ -318,11 +342,16 @@ class VllmScheduler:
         """
         stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
-        idle = self.idle_known
-        self.idle_known = None
+        idle, known = self.idle_known, self._survivors
+        self.idle_known = self._survivors = None
+        edges: list[Sequence] = []
+        computed = 0
         if type(step) is Decode and stopped is None:
             # the hot path: every member was scheduled one token short of its num_tokens (a
-            # decode candidate), so that token completes it and a new one is sampled
+            # decode candidate), so that token completes it and a new one is sampled. It also
+            # notes what the next decode of the survivors needs (``_take_decodes``): who is at a
+            # block boundary, and their computed tokens
+            bs = self.block_size
             for seq in step.seqs:
                 seq.in_flight = False
                 total = seq.num_computed_tokens = seq.num_tokens
@@ -330,6 +359,10 @@ class VllmScheduler:
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
                 if out >= seq.max_output_len:
                     finished.append(seq)
+                else:
+                    computed += total
+                    if total >= seq.num_blocks * bs:
+                        edges.append(seq)
         else:
             for seq, n in zip(step.seqs, step.num_new_tokens):
                 seq.in_flight = False
@@ -353,7 +386,15 @@ class VllmScheduler:
                 survivors = survivors.copy()
                 for seq in finished:
                     survivors.remove(seq)        # by identity, in C: cheaper than a filter by status
-            self.idle_known = sorted(idle + survivors, key=_ADMIT_ORDER) if idle else survivors
+            if idle:
+                merged = self.idle_known = sorted(idle + survivors, key=_ADMIT_ORDER)
+                if stopped is None and known is not None and known[0] is idle:
+                    self._survivors = (merged, sorted(known[1] + edges, key=_ADMIT_ORDER) if known[1] else edges,
+                                       known[2] + computed)
+            else:
+                self.idle_known = survivors
+                if stopped is None:
+                    self._survivors = (survivors, edges, computed)
         self.num_in_flight -= 1
         return finished
 
