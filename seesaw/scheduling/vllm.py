@@ -345,12 +345,12 @@ class VllmScheduler:
         idle, known = self.idle_known, self._survivors
         self.idle_known = self._survivors = None
         edges: list[Sequence] = []
-        computed = 0
-        if type(step) is Decode and stopped is None:
+        hot = type(step) is Decode and stopped is None
+        if hot:
             # the hot path: every member was scheduled one token short of its num_tokens (a
             # decode candidate), so that token completes it and a new one is sampled. It also
-            # notes what the next decode of the survivors needs (``_take_decodes``): who is at a
-            # block boundary, and their computed tokens
+            # notes which survivors the next decode of them finds at a block boundary
+            # (``_take_decodes``; total >= num_blocks * bs, without building the product)
             bs = self.block_size
             for seq in step.seqs:
                 seq.in_flight = False
@@ -359,16 +359,14 @@ class VllmScheduler:
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
                 if out >= seq.max_output_len:
                     finished.append(seq)
-                else:
-                    computed += total
-                    if total >= seq.num_blocks * bs:
-                        edges.append(seq)
+                elif total // bs >= seq.num_blocks:
+                    edges.append(seq)
         else:
             for seq, n in zip(step.seqs, step.num_new_tokens):
                 seq.in_flight = False
-                computed = seq.num_computed_tokens = seq.num_computed_tokens + n
+                done = seq.num_computed_tokens = seq.num_computed_tokens + n
                 total = seq.num_tokens
-                if computed < total:
+                if done < total:
                     continue  # a prefill chunk: no token sampled yet
                 seq.num_tokens = total + 1
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
@@ -386,14 +384,21 @@ class VllmScheduler:
                 survivors = survivors.copy()
                 for seq in finished:
                     survivors.remove(seq)        # by identity, in C: cheaper than a filter by status
+            if hot:
+                # the survivors' computed tokens: each member's grew by one
+                computed = step.computed_tokens
+                if computed >= 0:
+                    computed += len(step.seqs) - sum([s.num_computed_tokens for s in finished])
+                else:
+                    computed = sum([s.num_computed_tokens for s in survivors])
             if idle:
                 merged = self.idle_known = sorted(idle + survivors, key=_ADMIT_ORDER)
-                if stopped is None and known is not None and known[0] is idle:
+                if hot and known is not None and known[0] is idle:
                     self._survivors = (merged, sorted(known[1] + edges, key=_ADMIT_ORDER) if known[1] else edges,
                                        known[2] + computed)
             else:
                 self.idle_known = survivors
-                if stopped is None:
+                if hot:
                     self._survivors = (survivors, edges, computed)
         self.num_in_flight -= 1
         return finished
