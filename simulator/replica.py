@@ -109,24 +109,23 @@ class Replica:
     # ------------------------------------------------------------------ the driver
     def _wake(self, event) -> None:
         if event.value is not None:
-            self._receive(event.value)
+            self._receive(event.value, self.env.now)
         else:
-            self._cycle()
+            self._cycle(self.env.now)
 
-    def _receive(self, step) -> None:
-        """The driver takes one completed step, then schedules what can run now."""
+    def _receive(self, step, now: float) -> None:
+        """The driver takes one completed step, then schedules what can run ``now``."""
         self.pending -= 1
-        self.clock.end(PHASE_KIND[type(step)], self.env.now)
-        self._complete(step)
-        self._cycle()
+        self.clock.end(PHASE_KIND[type(step)], now)
+        self._complete(step, now)
+        self._cycle(now)
 
-    def _cycle(self) -> None:
-        """Start every step the scheduler offers now, then wait for the next completion."""
+    def _cycle(self, now: float) -> None:
+        """Start every step the scheduler offers ``now``, then wait for the next completion."""
         sched = self.sched
         if not (self.pending or sched.has_unfinished()):
-            self.clock.advance(self.env.now)
+            self.clock.advance(now)
             return
-        now = self.env.now
         # forwards offered in this pass start once it is over (their stage recurrence sees every
         # step of the pass booked in the phase clock)
         launched = []
@@ -181,7 +180,7 @@ class Replica:
         if self.waiting and not self.items and env.peek() > now:
             # nothing else is due now: the put and the wake-up would come next, back to back
             self.waiting = False
-            self._receive(step)
+            self._receive(step, now)
         else:
             self.put(step)
 
@@ -291,9 +290,8 @@ class Replica:
         self.sim.record_step(self, step, start, env.now)
         yield self.put(step)
 
-    def _complete(self, step) -> None:
+    def _complete(self, step, now: float) -> None:
         if isinstance(step, Forward):
-            now = self.env.now
             finished = self.sched.on_step_done(step)
             # whole prefills only: a decode's members sampled their first token before
             if type(step) is not Decode or not self.skip_first_token_check:

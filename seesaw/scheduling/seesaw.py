@@ -155,11 +155,14 @@ class SeesawScheduler(VllmScheduler):
                 return self._maybe_reshard(DECODE, reason)
             return self._forward(self._schedule_prefill())
         if not self.leaving_decode:
-            swap = self._schedule_swap_in()
-            if swap is not None:
-                return self._launch(swap)
-            self._leave_reason = self._leave_decode_reason()
-            self.leaving_decode = bool(self._leave_reason)
+            if self.on_host:                     # (the helpers' first tests, inline: asked twice per step)
+                if not self.num_swaps_in_flight:
+                    swap = self._schedule_swap_in()
+                    if swap is not None:
+                        return self._launch(swap)
+            elif self.waiting and not self.num_swaps_in_flight:
+                self._leave_reason = self._leave_decode_reason()
+                self.leaving_decode = bool(self._leave_reason)
         if self.leaving_decode:
             if self.num_in_flight or self.num_swaps_in_flight:
                 return None                      # drain the decodes in flight
