@@ -84,7 +84,7 @@ class Replica:
         self.index = index
         self.sched = scheduler
         self.layout = layout
-        self.env = env = sim.env
+        self.env = sim.env
         self.stage_free_s = [0.0] * max_pp
         # the host link: a capacity-one resource served in request order (see ``_swap_start``)
         self.link_busy = False
