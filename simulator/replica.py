@@ -210,13 +210,18 @@ class Replica:
             if sends is None:
                 sends = self._send[tokens] = cost.pp_sends_s(layout, tokens)
         t = now
+        if not rendezvous:           # the common case: each hand-off overlaps the next stage's wait
+            for stage, stage_time_s in enumerate(self._timers):
+                f = free[stage]
+                t = free[stage] = (t if t > f else f) + stage_time_s(shape)
+                if stage < last:
+                    t += sends[stage]
+            return t
         for stage, stage_time_s in enumerate(self._timers):
             start = t if t > free[stage] else free[stage]
-            if stage and rendezvous:
+            if stage:
                 start += sends[stage - 1]  # the receiving stage waits through the hand-off
             t = free[stage] = start + stage_time_s(shape)
-            if stage < last and not rendezvous:
-                t += sends[stage]
         return t
 
     def _forward(self, step: Forward):

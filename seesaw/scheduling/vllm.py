@@ -378,7 +378,7 @@ class VllmScheduler:
         if idle is not None and type(step) is Decode:
             # the survivors join the idle set; a decode takes a prefix of the candidates, so they
             # are in running order, which is admission order (``admit_order`` grows as sequences
-            # enter ``running``): two sorted runs, merged by a stable sort
+            # enter ``running``): two sorted runs to merge
             survivors = step.seqs
             if finished:
                 survivors = survivors.copy()
@@ -388,14 +388,15 @@ class VllmScheduler:
                 # the survivors' computed tokens: each member's grew by one
                 computed = step.computed_tokens
                 if computed >= 0:
-                    computed += len(step.seqs) - sum([s.num_computed_tokens for s in finished])
+                    computed += len(step.seqs)
+                    for seq in finished:
+                        computed -= seq.num_computed_tokens
                 else:
                     computed = sum([s.num_computed_tokens for s in survivors])
             if idle:
-                merged = self.idle_known = sorted(idle + survivors, key=_ADMIT_ORDER)
+                merged = self.idle_known = _merge(idle, survivors)
                 if hot and known is not None and known[0] is idle:
-                    self._survivors = (merged, sorted(known[1] + edges, key=_ADMIT_ORDER) if known[1] else edges,
-                                       known[2] + computed)
+                    self._survivors = (merged, _merge(known[1], edges), known[2] + computed)
             else:
                 self.idle_known = survivors
                 if hot:
@@ -409,6 +410,17 @@ class VllmScheduler:
         seq.status = SeqStatus.FINISHED
         del self.running[seq.req_id]
         self.num_finished += 1
+
+
+def _merge(a: list[Sequence], b: list[Sequence]) -> list[Sequence]:
+    """Two lists of sequences in admission order, merged in admission order."""
+    if not a or not b:
+        return a + b
+    if a[-1].admit_order < b[0].admit_order:
+        return a + b
+    if b[-1].admit_order < a[0].admit_order:
+        return b + a
+    return sorted(a + b, key=_ADMIT_ORDER)
 
 
 def split_across_replicas(requests: list, dp: int) -> list[list]:
