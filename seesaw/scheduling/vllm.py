@@ -272,6 +272,8 @@ class VllmScheduler:
                 self._survivors = (rest, [], 0)
             elif rest_known is not None:
                 self._survivors = (rest, *rest_known)
+        if taken == len(cands):
+            return cands, computed       # every candidate (a list nobody else holds any more)
         return cands[:taken], (computed if end == len(cands) else -1)
 
     def _partial_prefill_victim(self) -> Sequence | None:
@@ -297,8 +299,10 @@ class VllmScheduler:
         return min(self.max_num_seqs, max(1, share))
 
     def _schedule_decode(self) -> Decode | None:
-        share = -(-len(self.running) // self.pipeline_depth)   # ``_decode_limit``, inline (hot)
-        seqs, computed = self._take_decodes(min(self.max_num_seqs, max(1, share)))
+        limit = -(-len(self.running) // self.pipeline_depth)   # ``_decode_limit``, inline (hot)
+        if limit > self.max_num_seqs:
+            limit = self.max_num_seqs
+        seqs, computed = self._take_decodes(limit if limit > 1 else 1)
         return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs),
                       computed_tokens=computed) if seqs else None
 
