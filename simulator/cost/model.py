@@ -181,7 +181,8 @@ class CostModel:
         to ``boundary + 1``; each TP rank sends its copy to its peer in parallel, as vLLM does, so
         the time does not depend on tp); over the network when the boundary crosses nodes."""
         nbytes = num_tokens * self.model.hidden_size * self.model.dtype_bytes
-        if self._crossings(layout)[boundary]:
+        crossings = self._crossings(layout)   # cached for the layout's own boundaries only
+        if (crossings[boundary] if boundary < len(crossings) else boundary_crosses_nodes(self.node, layout, boundary)):
             bw, latency_s = cross_node_send(self.node)
             return nbytes / bw + latency_s
         curve = self.tables.handoff() if self.tables is not None else None
