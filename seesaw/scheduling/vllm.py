@@ -69,7 +69,6 @@ class VllmScheduler:
         # the running sequences not in flight, in running order, when known without a scan
         # (see ``_take_decodes``); None when unknown
         self.idle_known: list[Sequence] | None = None
-        self._prefill_blocked: tuple | None = None   # see ``_schedule_prefill``
         # what the last decode's completion learnt of its survivors (see ``on_step_done``):
         # (survivors, those at a block boundary, sum of their num_computed_tokens)
         self._survivors: tuple | None = None
@@ -167,18 +166,18 @@ class VllmScheduler:
     def _schedule_prefill(self) -> Prefill | None:
         if not self.waiting:
             return None
-        # while KV is full the head of the queue fails every step: it keeps failing until its
-        # size, the free blocks or the running count change (same decisions, no re-check)
+        # while KV is full the head of the queue fails every step (asked twice per completion):
+        # ``_admit_waiting``'s first test, inline, before any list is built
         head = self.waiting[0]
-        key = (head, head.num_tokens, head.num_computed_tokens, self.blocks, self.blocks.num_free,
-               len(self.running), self.pipeline_depth)
-        if key == self._prefill_blocked:
+        n = head.num_tokens - head.num_computed_tokens
+        running = self.running
+        if (len(running) >= self.max_num_seqs * self.pipeline_depth or n > self.max_num_batched_tokens
+                or -(-n // self.block_size) + (self.watermark_blocks if running else 0) > self.blocks.num_free):
             return None
         seqs: list[Sequence] = []
         counts: list[int] = []
         self._admit_waiting(seqs, counts, self.max_num_batched_tokens, chunked=False)
         if not seqs:
-            self._prefill_blocked = key
             return None
         return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts)
 
