@@ -11,8 +11,9 @@ anything, so skipping them changes no outcome).
 
 A micro-batch walks the pipeline stages, each stage serving micro-batches in order (its free-at
 time plays the role of a capacity-one resource), so pipeline bubbles and stage imbalance emerge
-from the schedule instead of being assumed. Host<->device copies (Seesaw) use one host-link
-resource per replica (the replica's GPUs copy in parallel, each over its own link).
+from the schedule instead of being assumed. Host<->device copies (Seesaw) share one host link per
+replica (the replica's GPUs copy in parallel, each over its own link), served in request order;
+swaps run as callbacks with the events of a process holding a capacity-one simpy resource.
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def batch_shape(step: Forward) -> BatchShape:
     """Aggregate what the cost model needs from a forward step (before it is accounted)."""
     if type(step) is Decode:
         n = len(step.seqs)
-        return BatchShape(decode_seqs=n, decode_context_tokens=sum([s.num_computed_tokens for s in step.seqs]) + n,
-                          sampled_seqs=n)
+        computed = step.computed_tokens
+        if computed < 0:
+            computed = sum([s.num_computed_tokens for s in step.seqs])
+        return BatchShape(decode_seqs=n, decode_context_tokens=computed + n, sampled_seqs=n)
     shape = BatchShape()
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens
@@ -81,9 +84,11 @@ class Replica:
         self.index = index
         self.sched = scheduler
         self.layout = layout
-        self.env = env = sim.env
+        self.env = sim.env
         self.stage_free_s = [0.0] * max_pp
-        self.host_link = simpy.Resource(env, capacity=1)
+        # the host link: a capacity-one resource served in request order (see ``_swap_start``)
+        self.link_busy = False
+        self.link_queue: list[tuple] = []
         # the driver's mailbox: completed steps it has not taken yet, and whether it waits
         self.items: list = []
         self.waiting = False
@@ -104,24 +109,23 @@ class Replica:
     # ------------------------------------------------------------------ the driver
     def _wake(self, event) -> None:
         if event.value is not None:
-            self._receive(event.value)
+            self._receive(event.value, self.env.now)
         else:
-            self._cycle()
+            self._cycle(self.env.now)
 
-    def _receive(self, step) -> None:
-        """The driver takes one completed step, then schedules what can run now."""
+    def _receive(self, step, now: float) -> None:
+        """The driver takes one completed step, then schedules what can run ``now``."""
         self.pending -= 1
-        self.clock.end(PHASE_KIND[type(step)], self.env.now)
-        self._complete(step)
-        self._cycle()
+        self.clock.end(PHASE_KIND[type(step)], now)
+        self._complete(step, now)
+        self._cycle(now)
 
-    def _cycle(self) -> None:
-        """Start every step the scheduler offers now, then wait for the next completion."""
+    def _cycle(self, now: float) -> None:
+        """Start every step the scheduler offers ``now``, then wait for the next completion."""
         sched = self.sched
         if not (self.pending or sched.has_unfinished()):
-            self.clock.advance(self.env.now)
+            self.clock.advance(now)
             return
-        now = self.env.now
         # forwards offered in this pass start once it is over (their stage recurrence sees every
         # step of the pass booked in the phase clock)
         launched = []
@@ -133,6 +137,8 @@ class Replica:
             self.pending += 1
             if self.direct and isinstance(step, Forward):
                 launched.append(step)
+            elif type(step) is SwapIn or type(step) is SwapOut:
+                self.env.schedule(_Call(self._swap_start, step), URGENT)   # a process's start event
             else:
                 self.env.process(self._execute(step))
         if not self.pending:
@@ -174,7 +180,7 @@ class Replica:
         if self.waiting and not self.items and env.peek() > now:
             # nothing else is due now: the put and the wake-up would come next, back to back
             self.waiting = False
-            self._receive(step)
+            self._receive(step, now)
         else:
             self.put(step)
 
@@ -184,7 +190,7 @@ class Replica:
         layout = self.layout
         free = self.stage_free_s
         last = layout.pp - 1
-        rendezvous = last and cost.handoffs_rendezvous
+        rendezvous = last and not self.direct   # ``cost.handoffs_rendezvous``
         # the only step in flight: no other micro-batch can start before it completes (steps
         # are issued at completions; a swap completing meanwhile could free blocks or bring
         # sequences in, so none may be in flight either), so each stage has the machine to
@@ -204,13 +210,18 @@ class Replica:
             if sends is None:
                 sends = self._send[tokens] = cost.pp_sends_s(layout, tokens)
         t = now
+        if not rendezvous:           # the common case: each hand-off overlaps the next stage's wait
+            for stage, stage_time_s in enumerate(self._timers):
+                f = free[stage]
+                t = free[stage] = (t if t > f else f) + stage_time_s(shape)
+                if stage < last:
+                    t += sends[stage]
+            return t
         for stage, stage_time_s in enumerate(self._timers):
             start = t if t > free[stage] else free[stage]
-            if stage and rendezvous:
+            if stage:
                 start += sends[stage - 1]  # the receiving stage waits through the hand-off
             t = free[stage] = start + stage_time_s(shape)
-            if stage < last and not rendezvous:
-                t += sends[stage]
         return t
 
     def _forward(self, step: Forward):
@@ -238,6 +249,40 @@ class Replica:
                 free[0] = done
                 yield env.timeout(done - env.now)
 
+    # ------------------------------------------------------------------ swaps
+    # A swap copies over the host link: every GPU of the replica copies its own shard over its
+    # own link, in parallel. It runs as callbacks with the events ``simpy.Resource(capacity=1)``
+    # would give a process that requests the link, holds it for the copy and releases it: the
+    # start (URGENT, now), the grant (NORMAL, now or at a release), the copy's end, then the
+    # release event (which grants the next request in FIFO order) before the driver's hand-over.
+    def _swap_start(self, event) -> None:
+        step = event.value
+        self.link_queue.append((step, self.env.now, sum([s.num_computed_tokens for s in step.seqs])))
+        self._grant(None)
+
+    def _grant(self, _event) -> None:
+        # ``Resource._trigger_put``: looks at the head of the queue only
+        if not self.link_busy and self.link_queue:
+            self.link_busy = True
+            self.env.schedule(_Call(self._swap_granted, self.link_queue.pop(0)), NORMAL)
+
+    def _swap_granted(self, event) -> None:
+        step, _start, tokens = event.value
+        kind = "in" if type(step) is SwapIn else "out"
+        self.env.schedule(_Call(self._swap_done, event.value), NORMAL, self.sim.cost.swap_s(self.layout, kind, tokens))
+
+    def _swap_done(self, event) -> None:
+        step, start, tokens = event.value
+        self.link_busy = False
+        if self.link_queue:
+            # the release event; with nobody queued it would grant nothing (a request made
+            # before it fires finds the link free and is granted at once)
+            self.env.schedule(_Call(self._grant, None), NORMAL)
+        self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
+        self.sim.record_step(self, step, start, self.env.now)
+        self.items.append(step)                  # ``put`` without an event a process could wait on
+        self.env.schedule(_Call(self._hand_over, None), NORMAL)
+
     # ------------------------------------------------------------------ other steps
     def _execute(self, step):
         env = self.env
@@ -247,20 +292,11 @@ class Replica:
         elif isinstance(step, Reshard):
             yield env.timeout(self.sim.cost.reshard_s(step.src, step.dst))
             self.layout = step.dst
-        elif isinstance(step, (SwapIn, SwapOut)):
-            # every GPU of the replica copies its own shard over its own host link, in parallel
-            tokens = sum(s.num_computed_tokens for s in step.seqs)
-            kind = "in" if isinstance(step, SwapIn) else "out"
-            with self.host_link.request() as req:
-                yield req
-                yield env.timeout(self.sim.cost.swap_s(self.layout, kind, tokens))
-            self.sim.swap_bytes[id(step)] = tokens * self.sim.model.kv_bytes_per_token
         self.sim.record_step(self, step, start, env.now)
         yield self.put(step)
 
-    def _complete(self, step) -> None:
+    def _complete(self, step, now: float) -> None:
         if isinstance(step, Forward):
-            now = self.env.now
             finished = self.sched.on_step_done(step)
             # whole prefills only: a decode's members sampled their first token before
             if type(step) is not Decode or not self.skip_first_token_check:

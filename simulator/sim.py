@@ -108,12 +108,14 @@ class _Simulation:
     def record_forward(self, rep: Replica, step, start: float, end: float, shape: BatchShape,
                        swap_bytes: float = 0) -> None:
         """One row of the step table (``shape``: a forward's, empty for other steps)."""
-        sched = rep.sched
+        dev = rep.sched.blocks
         host = rep.host_pool
+        # ``BlockPool.usage`` inline (a row per step)
         self.rows.append((
             rep.index, STEP_KIND[type(step)], start, end, len(getattr(step, "seqs", ())),
-            shape.prefill_tokens, shape.decode_seqs, shape.decode_context_tokens,
-            swap_bytes, sched.blocks.usage, host.usage if host else 0.0,
+            shape.prefill_tokens, shape.decode_seqs, shape.decode_context_tokens, swap_bytes,
+            (dev.num_blocks - dev.num_free) / dev.num_blocks if dev.num_blocks else 0.0,
+            ((host.num_blocks - host.num_free) / host.num_blocks if host.num_blocks else 0.0) if host else 0.0,
         ))
         if self.progress is not None and len(self.rows) % 256 == 0:
             done = sum(r.sched.num_finished for r in self.replicas)

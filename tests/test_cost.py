@@ -124,6 +124,13 @@ def test_pp_send_and_pipeline_time(cm):
     assert cm.pipeline_time_s(t8, shape) == cm.stage_time_s(t8, 0, shape)
 
 
+def test_pp_send_without_a_boundary(cm):
+    """A layout without PP has no stage boundary: boundary 0 still prices an activation send (the
+    notebooks' pipeline breakdown multiplies it by pp - 1 = 0), as before the crossings cache."""
+    t8, p8 = parse_parallel("T8"), parse_parallel("P8")
+    assert cm.pp_send_s(t8, 4096) == cm.pp_send_s(p8, 4096) > 0
+
+
 def test_layers_per_stage(cm):
     assert cm.layers_per_stage(parse_parallel("P8")) == [10] * 8
     assert cm.layers_per_stage(parse_parallel("P3")) == [27, 27, 26]  # leftovers before the last

@@ -1,5 +1,6 @@
 """The schedulers' known idle set (``idle_known``, which spares the decode hot path a scan of the
-running sequences) always equals that scan, whatever order steps complete in."""
+running sequences) always equals that scan, whatever order steps complete in; so does a decode's
+computed-token sum when the scheduler hands it over without a pass."""
 
 import random
 
@@ -28,6 +29,8 @@ def _drive_shuffled(sched, rng: random.Random) -> int:
         while (step := sched.schedule()) is not None:
             in_flight.append(step)
             _check(sched)
+            if getattr(step, "computed_tokens", -1) >= 0:   # a decode's sum, when the scheduler knew it
+                assert step.computed_tokens == sum(s.num_computed_tokens for s in step.seqs)
         if not in_flight:
             assert not sched.has_unfinished()
             return known

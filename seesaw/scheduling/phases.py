@@ -47,9 +47,13 @@ class PhaseClock:
             self.last = now
 
     def start(self, kind: str, now: float) -> None:
-        self.advance(now)
+        if now != self.last:                 # ``advance``, inline (twice per simulated step)
+            self.seconds[phase_of(self.live)] += now - self.last
+            self.last = now
         self.live[kind] += 1
 
     def end(self, kind: str, now: float) -> None:
-        self.advance(now)
+        if now != self.last:
+            self.seconds[phase_of(self.live)] += now - self.last
+            self.last = now
         self.live[kind] -= 1

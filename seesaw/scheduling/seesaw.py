@@ -103,7 +103,6 @@ class SeesawScheduler(VllmScheduler):
         self.to_offload: list[Sequence] = []       # prefilled on device, waiting for SwapOut
         self.num_swaps_in_flight = 0
         self.reshard_in_flight = False
-        self._swap_in_blocked: tuple | None = None   # see ``_schedule_swap_in``
         self.num_transitions = 0
         self.swapped_out_tokens = 0
         self.swapped_in_tokens = 0
@@ -156,11 +155,14 @@ class SeesawScheduler(VllmScheduler):
                 return self._maybe_reshard(DECODE, reason)
             return self._forward(self._schedule_prefill())
         if not self.leaving_decode:
-            swap = self._schedule_swap_in()
-            if swap is not None:
-                return self._launch(swap)
-            self._leave_reason = self._leave_decode_reason()
-            self.leaving_decode = bool(self._leave_reason)
+            if self.on_host:                     # (the helpers' first tests, inline: asked twice per step)
+                if not self.num_swaps_in_flight:
+                    swap = self._schedule_swap_in()
+                    if swap is not None:
+                        return self._launch(swap)
+            elif self.waiting and not self.num_swaps_in_flight:
+                self._leave_reason = self._leave_decode_reason()
+                self.leaving_decode = bool(self._leave_reason)
         if self.leaving_decode:
             if self.num_in_flight or self.num_swaps_in_flight:
                 return None                      # drain the decodes in flight
@@ -170,7 +172,14 @@ class SeesawScheduler(VllmScheduler):
                 if self.to_offload:
                     return self._launch(SwapOut(replica=self.replica, seqs=self._pop_offload()))
             return self._maybe_reshard(PREFILL, self._leave_reason)
-        return self._forward(self._schedule_decode())
+        if self.num_in_flight >= self.pipeline_depth:
+            return None                          # the pipeline is full
+        step = self._schedule_decode()
+        if step is not None:
+            self.num_in_flight += 1
+            for s in step.seqs:
+                s.in_flight = True
+        return step
 
     def _launch(self, step: Step) -> Step:
         if isinstance(step, (SwapIn, SwapOut)):
@@ -236,21 +245,22 @@ class SeesawScheduler(VllmScheduler):
     def _schedule_swap_in(self) -> SwapIn | None:
         if self.num_swaps_in_flight or not self.on_host:
             return None
-        # while the head of the host queue did not fit, it keeps not fitting until blocks are
-        # freed, a sequence leaves or the layout changes (asked twice per completion in decode)
+        # the loop below takes nothing when the head of the host queue does not fit (asked twice
+        # per completion in decode): the same test inline, before any list is built
         head = self.on_host[0]
-        key = (head, head.num_computed_tokens, self.blocks, self.blocks.num_free, len(self.running),
-               self.pipeline_depth)
-        if key == self._swap_in_blocked:
+        running = self.running
+        if (len(running) >= self.max_num_seqs * self.pipeline_depth
+                or -(-(head.num_computed_tokens + 1) // self.block_size)
+                + (self.watermark_blocks if running else 0) > self.blocks.num_free):
             return None
         limit = max(1, -(-self.max_num_seqs // self.layout.pp))
         seqs: list[Sequence] = []
-        while self.on_host and len(seqs) < limit and len(self.running) < self._seq_cap():
-            seq = self.on_host[0]
+        on_host = self.on_host
+        while len(seqs) < len(on_host) and len(seqs) < limit and len(running) < self._seq_cap():
+            seq = on_host[len(seqs)]
             need = blocks_for(seq.num_computed_tokens + 1, self.block_size)
             if not self.blocks.can_allocate(need, self._reserve()):
                 break
-            self.on_host.pop(0)
             self.blocks.allocate(need)
             seq.num_blocks = need
             seq.status = SeqStatus.RUNNING
@@ -258,9 +268,7 @@ class SeesawScheduler(VllmScheduler):
             seq.admit_order = self._admit_counter
             self.running[seq.req_id] = seq
             seqs.append(seq)
-        if not seqs:
-            self._swap_in_blocked = key
-            return None
+        del on_host[:len(seqs)]                  # the head of the FIFO, in one move
         return SwapIn(replica=self.replica, seqs=seqs)
 
     def _leave_decode_reason(self) -> str:
@@ -304,11 +312,6 @@ class SeesawScheduler(VllmScheduler):
         else:
             super()._preempt(seq)
 
-    def _schedule_decode(self):
-        if self.num_in_flight >= self.layout.pp:
-            return None
-        return super()._schedule_decode()
-
     # transitions -------------------------------------------------------
     def _maybe_reshard(self, target: str, reason: str) -> Reshard | None:
         if self.num_in_flight or self.num_swaps_in_flight:
@@ -326,9 +329,10 @@ class SeesawScheduler(VllmScheduler):
 
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
-        if not isinstance(step, Forward):
-            self.idle_known = None               # swapped-in sequences become idle
+        if isinstance(step, Forward):
+            return self._forward_done(step, stopped)
         if isinstance(step, Reshard):
+            self.idle_known = None
             self.reshard_in_flight = False
             self.leaving_decode = False
             self.mode = self._target
@@ -341,6 +345,8 @@ class SeesawScheduler(VllmScheduler):
             self.num_transitions += 1
             return []
         if isinstance(step, SwapOut):
+            # the idle set does not change: a prefill's sequences were in flight, a decode's
+            # victims left ``running`` when they were evicted
             self.num_swaps_in_flight -= 1
             for seq in step.seqs:
                 seq.in_flight = False
@@ -352,14 +358,28 @@ class SeesawScheduler(VllmScheduler):
                 self.on_host.append(seq)
                 self.swapped_out_tokens += seq.num_computed_tokens
             return []
-        if isinstance(step, SwapIn):
-            self.num_swaps_in_flight -= 1
-            for seq in step.seqs:
-                seq.in_flight = False
-                self.host.free(seq.num_host_blocks)
-                seq.num_host_blocks = 0
-                self.swapped_in_tokens += seq.num_computed_tokens
-            return []
+        assert isinstance(step, SwapIn), step
+        # its sequences become idle; they were the last admitted to ``running`` (nothing is
+        # admitted while a swap-in is in flight: decode mode admits only through swap-ins,
+        # one at a time), so the known idle set grows by them at its end
+        idle, known = self.idle_known, self._survivors
+        if idle is not None:
+            self.idle_known = idle + step.seqs
+        self.num_swaps_in_flight -= 1
+        computed = 0
+        for seq in step.seqs:
+            seq.in_flight = False
+            self.host.free(seq.num_host_blocks)
+            seq.num_host_blocks = 0
+            computed += seq.num_computed_tokens
+        self.swapped_in_tokens += computed
+        if known is not None and known[0] is idle:
+            # what the next decode needs of them stays known: a swap-in allocates the blocks of
+            # the next token too, so none of its sequences is at a block boundary
+            self._survivors = (self.idle_known, known[1], known[2] + computed)
+        return []
+
+    def _forward_done(self, step: Forward, stopped) -> list[Sequence]:
         if self.mode == DECODE:
             self.decode_steps_in_phase += 1
         finished = super().on_step_done(step, stopped)   # also counts the forward as done

@@ -51,7 +51,11 @@ class Prefill(Forward):
 
 @dataclass(slots=True, eq=False)
 class Decode(Forward):
-    """One new token per sequence."""
+    """One new token per sequence. ``computed_tokens``: the sum of the members'
+    ``num_computed_tokens`` when the step was built, if the scheduler had it at hand (-1: not
+    given; an executor that needs it sums them itself)."""
+
+    computed_tokens: int = -1
 
 
 @dataclass(slots=True, eq=False)

@@ -23,12 +23,15 @@ and reports each back through ``on_step_done``.
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Iterable
 
 from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
 from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill
 
 __all__ = ["VllmScheduler", "split_across_replicas"]
+
+_ADMIT_ORDER = attrgetter("admit_order")
 
 
 class VllmScheduler:
@@ -66,7 +69,9 @@ class VllmScheduler:
         # the running sequences not in flight, in running order, when known without a scan
         # (see ``_take_decodes``); None when unknown
         self.idle_known: list[Sequence] | None = None
-        self._prefill_blocked: tuple | None = None   # see ``_schedule_prefill``
+        # what the last decode's completion learnt of its survivors (see ``on_step_done``):
+        # (survivors, those at a block boundary, sum of their num_computed_tokens)
+        self._survivors: tuple | None = None
 
     @classmethod
     def from_policy(cls, policy, num_device_blocks: int, replica: int = 0) -> "VllmScheduler":
@@ -161,18 +166,18 @@ class VllmScheduler:
     def _schedule_prefill(self) -> Prefill | None:
         if not self.waiting:
             return None
-        # while KV is full the head of the queue fails every step: it keeps failing until its
-        # size, the free blocks or the running count change (same decisions, no re-check)
+        # while KV is full the head of the queue fails every step (asked twice per completion):
+        # ``_admit_waiting``'s first test, inline, before any list is built
         head = self.waiting[0]
-        key = (head, head.num_tokens, head.num_computed_tokens, self.blocks, self.blocks.num_free,
-               len(self.running), self.pipeline_depth)
-        if key == self._prefill_blocked:
+        n = head.num_tokens - head.num_computed_tokens
+        running = self.running
+        if (len(running) >= self.max_num_seqs * self.pipeline_depth or n > self.max_num_batched_tokens
+                or -(-n // self.block_size) + (self.watermark_blocks if running else 0) > self.blocks.num_free):
             return None
         seqs: list[Sequence] = []
         counts: list[int] = []
         self._admit_waiting(seqs, counts, self.max_num_batched_tokens, chunked=False)
         if not seqs:
-            self._prefill_blocked = key
             return None
         return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts)
 
@@ -195,13 +200,18 @@ class VllmScheduler:
             budget -= n
         return budget
 
-    def _take_decodes(self, limit: int) -> list[Sequence]:
+    def _take_decodes(self, limit: int) -> tuple[list[Sequence], int]:
         """Pick up to ``limit`` decodes oldest-first, preempting the newest when blocks run out.
+        Returns them and the sum of their ``num_computed_tokens`` when known without a pass
+        (else -1).
 
         The batch is always a prefix of the candidates (oldest first): a candidate is taken unless
         it is itself preempted, which ends the batch, so only the candidates at a block boundary
-        need a look of their own (one pass; the hot path of a decode step).
+        need a look of their own (one pass, or none when the candidates are the last decode's
+        survivors, all taken: its completion found them; the hot path of a decode step).
         """
+        known = self._survivors
+        self._survivors = None
         if self.chunked:
             cands = [s for s in self.running.values()
                      if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
@@ -217,17 +227,28 @@ class VllmScheduler:
         end = len(cands)                 # cands[end:] were preempted as victims
         if limit > end:
             limit = end
-        # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
-        edges = [j for j, s in enumerate(cands if limit == end else cands[:limit])
-                 if s.num_computed_tokens >= s.num_blocks * bs]
+        rest_known = None                # (edges, computed tokens) of cands[limit:], when known
+        if known is not None and known[0] is cands:
+            edges, computed = known[1], known[2]
+            if limit < end:              # the batch is a prefix: split what is known at it
+                cut = cands[limit].admit_order   # candidates are in admission order
+                rest_computed = sum([s.num_computed_tokens for s in cands[limit:]])
+                edges = [s for s in edges if s.admit_order < cut]
+                rest_known = (known[1][len(edges):], rest_computed)
+                computed -= rest_computed
+        else:
+            # the new token's KV goes in slot num_computed_tokens: a new block at a block boundary
+            edges = [s for s in (cands if limit == end else cands[:limit])
+                     if s.num_computed_tokens >= s.num_blocks * bs]
+            computed = -1
         pool = self.blocks
         owed = 0                         # blocks given to edges, allocated in one go
-        for j in edges:
-            if j >= limit or j >= end:
-                break
-            seq = cands[j]
-            need = blocks_for(seq.num_computed_tokens + 1, bs) - seq.num_blocks
+        for seq in edges:                # all within cands[:limit]
+            if end < limit and cands.index(seq) >= end:
+                break                    # preempted as a victim, with every later candidate
+            need = -(-(seq.num_computed_tokens + 1) // bs) - seq.num_blocks   # ``blocks_for`` inline
             if need > pool.num_free - owed:
+                j = cands.index(seq)
                 pool.allocate(owed)
                 owed = 0
                 while need > pool.num_free:
@@ -238,15 +259,21 @@ class VllmScheduler:
                         victim = self._partial_prefill_victim()
                     if victim is None:
                         self._preempt(seq)
-                        return cands[:j]
+                        return cands[:j], -1
                     self._preempt(victim)
             owed += need
             seq.num_blocks += need
         pool.allocate(owed)
         taken = min(limit, end)
         if not self.chunked and end == len(cands):
-            self.idle_known = cands[taken:]      # no victim: the rest stays idle, in order
-        return cands[:taken]
+            rest = self.idle_known = cands[taken:]   # no victim: the rest stays idle, in order
+            if not rest:
+                self._survivors = (rest, [], 0)
+            elif rest_known is not None:
+                self._survivors = (rest, *rest_known)
+        if taken == len(cands):
+            return cands, computed       # every candidate (a list nobody else holds any more)
+        return cands[:taken], (computed if end == len(cands) else -1)
 
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
@@ -271,12 +298,16 @@ class VllmScheduler:
         return min(self.max_num_seqs, max(1, share))
 
     def _schedule_decode(self) -> Decode | None:
-        seqs = self._take_decodes(self._decode_limit())
-        return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs)) if seqs else None
+        limit = -(-len(self.running) // self.pipeline_depth)   # ``_decode_limit``, inline (hot)
+        if limit > self.max_num_seqs:
+            limit = self.max_num_seqs
+        seqs, computed = self._take_decodes(limit if limit > 1 else 1)
+        return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs),
+                      computed_tokens=computed) if seqs else None
 
     def _schedule_chunked(self) -> Forward | None:
         budget = self.max_num_batched_tokens
-        decodes = self._take_decodes(min(self._decode_limit(), budget))
+        decodes, _ = self._take_decodes(min(self._decode_limit(), budget))
         budget -= len(decodes)
         seqs = list(decodes)
         counts = [1] * len(decodes)
@@ -314,11 +345,16 @@ class VllmScheduler:
         """
         stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
-        idle = self.idle_known
-        self.idle_known = None
-        if type(step) is Decode and stopped is None:
+        idle, known = self.idle_known, self._survivors
+        self.idle_known = self._survivors = None
+        edges: list[Sequence] = []
+        hot = type(step) is Decode and stopped is None
+        if hot:
             # the hot path: every member was scheduled one token short of its num_tokens (a
-            # decode candidate), so that token completes it and a new one is sampled
+            # decode candidate), so that token completes it and a new one is sampled. It also
+            # notes which survivors the next decode of them finds at a block boundary
+            # (``_take_decodes``; total >= num_blocks * bs, without building the product)
+            bs = self.block_size
             for seq in step.seqs:
                 seq.in_flight = False
                 total = seq.num_computed_tokens = seq.num_tokens
@@ -326,12 +362,14 @@ class VllmScheduler:
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
                 if out >= seq.max_output_len:
                     finished.append(seq)
+                elif total // bs >= seq.num_blocks:
+                    edges.append(seq)
         else:
             for seq, n in zip(step.seqs, step.num_new_tokens):
                 seq.in_flight = False
-                computed = seq.num_computed_tokens = seq.num_computed_tokens + n
+                done = seq.num_computed_tokens = seq.num_computed_tokens + n
                 total = seq.num_tokens
-                if computed < total:
+                if done < total:
                     continue  # a prefill chunk: no token sampled yet
                 seq.num_tokens = total + 1
                 out = seq.num_output_tokens = seq.num_output_tokens + 1
@@ -340,10 +378,32 @@ class VllmScheduler:
         for seq in finished:
             seq.finish_reason = "stop" if stopped and seq.req_id in stopped else "length"
             self._finish(seq)
-        if idle == [] and type(step) is Decode:
-            # nothing else was idle: now exactly the survivors are, in running order (a decode
-            # takes a prefix of the candidates, which follow the running order)
-            self.idle_known = [s for s in step.seqs if s.status is not SeqStatus.FINISHED] if finished else step.seqs
+        if idle is not None and type(step) is Decode:
+            # the survivors join the idle set; a decode takes a prefix of the candidates, so they
+            # are in running order, which is admission order (``admit_order`` grows as sequences
+            # enter ``running``): two sorted runs to merge
+            survivors = step.seqs
+            if finished:
+                survivors = survivors.copy()
+                for seq in finished:
+                    survivors.remove(seq)        # by identity, in C: cheaper than a filter by status
+            if hot:
+                # the survivors' computed tokens: each member's grew by one
+                computed = step.computed_tokens
+                if computed >= 0:
+                    computed += len(step.seqs)
+                    for seq in finished:
+                        computed -= seq.num_computed_tokens
+                else:
+                    computed = sum([s.num_computed_tokens for s in survivors])
+            if idle:
+                merged = self.idle_known = _merge(idle, survivors)
+                if hot and known is not None and known[0] is idle:
+                    self._survivors = (merged, _merge(known[1], edges), known[2] + computed)
+            else:
+                self.idle_known = survivors
+                if hot:
+                    self._survivors = (survivors, edges, computed)
         self.num_in_flight -= 1
         return finished
 
@@ -353,6 +413,17 @@ class VllmScheduler:
         seq.status = SeqStatus.FINISHED
         del self.running[seq.req_id]
         self.num_finished += 1
+
+
+def _merge(a: list[Sequence], b: list[Sequence]) -> list[Sequence]:
+    """Two lists of sequences in admission order, merged in admission order."""
+    if not a or not b:
+        return a + b
+    if a[-1].admit_order < b[0].admit_order:
+        return a + b
+    if b[-1].admit_order < a[0].admit_order:
+        return b + a
+    return sorted(a + b, key=_ADMIT_ORDER)
 
 
 def split_across_replicas(requests: list, dp: int) -> list[list]:
