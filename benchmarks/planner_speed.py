@@ -7,6 +7,7 @@ reports the regret of the planner's winner and of its best static vLLM layout (0
 makespan as the exhaustive best). The same check runs on a grid of other models, nodes and
 workloads (``GRID``, ``--grid-n`` requests each); ``plan_regret`` is the worst winner regret over
 the main case and the grid. ``--halving N``: plan with successive halving (smallest sample N).
+``--no-bound``: plan without stopping the simulations that cannot change the search (``num_stopped``).
 
 CPU seconds (this process plus its workers: ``RUSAGE_CHILDREN``) are printed beside wall time: on a
 shared machine the wall time depends on the load, which is printed too. Issue 23's keys:
@@ -60,6 +61,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None, help="simulation processes (default: every core)")
     ap.add_argument("--halving", type=int, default=None, metavar="N", help="successive halving from N requests")
+    ap.add_argument("--no-bound", action="store_true", help="do not stop simulations slower than the best they must beat")
     ap.add_argument("--grid-n", type=int, default=1000, help="requests per grid case")
     ap.add_argument("--no-grid", action="store_true", help="skip the regret check on the grid")
     ap.add_argument("--no-exhaustive", action="store_true", help="skip the exhaustive regret check")
@@ -71,13 +73,14 @@ def main() -> None:
     reqs = load_workload(args.workload, num_requests=args.num_requests, seed=args.seed)
     load = os.getloadavg()[0]
     common = dict(model=model, node=node, requests=reqs, workers=args.workers, seed=args.seed,
-                  workload_name=args.workload, halving_min=args.halving)
+                  workload_name=args.workload, halving_min=args.halving, bound=not args.no_bound)
     fast, wall, cpu = _timed(**common)
     n_cand = len(fast.table)
     print(f"{model.name} on {node.name}, {len(reqs)} {args.workload} requests "
           f"(load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"plan: {wall:.1f} s wall, {cpu:.1f} s CPU; {n_cand} candidates: {fast.num_simulated} simulated "
-          f"(+{fast.num_shared} sharing an equivalent's simulation), {fast.num_estimated} estimate-only "
+          f"(+{fast.num_shared} sharing an equivalent's simulation; {fast.num_stopped} of them stopped once slower "
+          f"than the best they had to beat), {fast.num_estimated} estimate-only "
           f"(pruned); {len(fast.rejected)} layouts rejected")
     w, v = fast.winner, fast.best_vllm
     print(f"winner: {w['candidate']} {w['throughput_tok_s']:,.1f} tok/s ({w['makespan_s']:,.1f} s); "
@@ -86,7 +89,7 @@ def main() -> None:
     print(f"best vLLM: {v['candidate']} {v['throughput_tok_s']:,.1f} tok/s; speedup {w['speedup_vs_best_vllm']:.3f}x")
     out = {"model": model.name, "node": node.name, "num_requests": len(reqs), "load_average": round(load, 2),
            "plan_wall_s": round(wall, 2), "plan_cpu_s": round(cpu, 2), "num_candidates": n_cand,
-           "num_simulated": fast.num_simulated, "num_shared": fast.num_shared, "num_pruned": fast.num_estimated,
+           "num_simulated": fast.num_simulated, "num_shared": fast.num_shared, "num_stopped": fast.num_stopped, "num_pruned": fast.num_estimated,
            "winner": w["candidate"], "winner_tok_s": round(w["throughput_tok_s"], 2),
            "best_vllm": v["candidate"], "best_vllm_tok_s": round(v["throughput_tok_s"], 2),
            "speedup": round(w["speedup_vs_best_vllm"], 4)}
@@ -116,14 +119,14 @@ def _grid_case(model_name: str, gpu: str, num_gpus: int, workload: str, args) ->
     model, node = cat.load_model(model_name), cat.make_node(gpu, num_gpus)
     reqs = load_workload(workload, num_requests=args.grid_n, seed=args.seed)
     common = dict(model=model, node=node, requests=reqs, workers=args.workers, seed=args.seed, workload_name=workload)
-    fast, wall, cpu = _timed(halving_min=args.halving, **common)
+    fast, wall, cpu = _timed(halving_min=args.halving, bound=not args.no_bound, **common)
     full, ewall, ecpu = _timed(exhaustive=True, **common)
     regret = 100 * (fast.winner["makespan_s"] / full.winner["makespan_s"] - 1)
     print(f"grid {model.name} on {node.name}, {len(reqs)} {workload}: plan {cpu:.1f} CPU-s, {fast.num_simulated} "
           f"simulations, winner {fast.winner['candidate']}; exhaustive {ecpu:.1f} CPU-s, {full.num_simulated} "
           f"simulations, best {full.winner['candidate']}; regret {regret:.4f}%", flush=True)
     return {"model": model.name, "node": node.name, "workload": workload, "num_requests": len(reqs),
-            "plan_cpu_s": round(cpu, 2), "num_simulated": fast.num_simulated, "winner": fast.winner["candidate"],
+            "plan_cpu_s": round(cpu, 2), "num_simulated": fast.num_simulated, "num_stopped": fast.num_stopped, "winner": fast.winner["candidate"],
             "exhaustive_cpu_s": round(ecpu, 2), "exhaustive_simulations": full.num_simulated,
             "exhaustive_winner": full.winner["candidate"], "regret_pct": round(regret, 6)}
 

@@ -28,7 +28,7 @@ from seesaw.core import PHASES, ModelSpec, NodeSpec, ParallelConfig, RunResult, 
 from simulator.cost import BatchShape, CostModel
 from simulator.replica import STEP_KIND, Replica, batch_shape
 
-__all__ = ["SimResult", "simulate", "batch_shape", "default_host_kv_bytes", "host_blocks_per_replica",
+__all__ = ["SimResult", "SimulationStopped", "simulate", "batch_shape", "default_host_kv_bytes", "host_blocks_per_replica",
            "over_context_note"]
 
 
@@ -141,8 +141,14 @@ def simulate(
     *,
     cost: CostModel | None = None,
     progress: Callable[[int, int], None] | None = None,
+    stop_after_s: Callable[[], float] | None = None,
 ) -> SimResult:
     """Simulate ``requests`` (objects with ``id``, ``prompt_len``, ``output_len``) under ``policy``.
+
+    stop_after_s: a bound on the makespan worth finishing (the planner's best so far), read before
+    the first event, again whenever the next event lies past it, and every ``BOUND_CHECK_EVENTS``
+    events (it may fall while this runs): once the next event lies past it, raises
+    ``SimulationStopped`` (the makespan exceeds that event's time). The events run are the same.
 
     Raises ``SpecError`` for a layout that does not fit the node or the model, and
     ``SchedulerError`` for a request that cannot be served.
@@ -168,8 +174,34 @@ def simulate(
         rep = Replica(sim, index, sched, layouts[0], max(c.pp for c in layouts))
         sim.replicas.append(rep)
         rep.start()
-    sim.env.run()
+    if stop_after_s is None:
+        sim.env.run()
+    else:
+        _run_bounded(sim.env, stop_after_s)
     return _collect(sim, policy, requests)
+
+
+class SimulationStopped(Exception):
+    """A bounded simulation (``simulate(stop_after_s=...)``) stopped: its makespan exceeds ``clock_s``."""
+
+    def __init__(self, clock_s: float):
+        super().__init__(f"stopped at {clock_s:.1f} s")
+        self.clock_s = clock_s
+
+
+BOUND_CHECK_EVENTS = 2048
+
+
+def _run_bounded(env: simpy.Environment, stop_after_s: Callable[[], float]) -> None:
+    """``env.run()`` one event at a time, stopping once the next event lies past the bound."""
+    bound, peek, step, n = stop_after_s(), env.peek, env.step, 0
+    while (t := peek()) != float("inf"):
+        n += 1
+        if t > bound or n % BOUND_CHECK_EVENTS == 0:
+            bound = stop_after_s()
+            if t > bound:
+                raise SimulationStopped(t)
+        step()
 
 
 def over_context_note(model: ModelSpec, requests: list) -> str | None:

@@ -7,7 +7,9 @@ results are kept per rung. Candidates with the same equivalence key at a rung
 (``estimate.equivalence_key``, computed on that rung's sample) run once and share the result.
 
 Executors: by default a local ``ProcessPoolExecutor`` with ``workers`` processes (``None``: every
-core), started on the first batch of two or more; ``workers=1`` simulates in this process. Any
+core), started on the first batch of two or more, each worker given the samples once at start (a job
+names its sample by index: 2,000 requests pickled per job cost ~10 ms each way); ``workers=1``
+simulates in this process. Any
 other ``Executor`` (a ``dask.distributed`` client's ``get_executor()``, a thread pool) may be given:
 the runner submits ``simulate_one`` with picklable arguments and never shuts a given executor down.
 """
@@ -15,13 +17,13 @@ the runner submits ``simulate_one`` with picklable arguments and never shuts a g
 from __future__ import annotations
 
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from typing import Callable
 
 from seesaw.scheduling import SchedulerError
 from seesaw.core import ModelSpec, NodeSpec, SpecError
 from simulator.cost import CostModel
-from simulator.sim import default_host_kv_bytes, host_blocks_per_replica, simulate
+from simulator.sim import SimulationStopped, default_host_kv_bytes, host_blocks_per_replica, simulate
 
 __all__ = ["SimRunner", "default_workers", "simulate_one"]
 
@@ -34,18 +36,37 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measured=None) -> dict:
+def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measured=None,
+                 bound: float | None = None) -> dict:
+    """One simulation's result: makespan, phases, ...; ``{"error": ...}`` if it cannot run;
+    ``{"stopped_at_s": t}`` if its makespan exceeds ``bound`` (it stopped at the first event past it)."""
     try:
         r = simulate(model, node, policy, requests,
-                     cost=CostModel(model, node, measured=measured) if measured is not None else None)
+                     cost=CostModel(model, node, measured=measured) if measured is not None else None,
+                     stop_after_s=None if bound is None else (lambda: bound))
     except (SpecError, SchedulerError) as e:
         return {"error": str(e).splitlines()[0]}
+    except SimulationStopped as e:
+        return {"stopped_at_s": e.clock_s}
     out = {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
            "num_preemptions": r.num_preemptions, "num_transitions": int(r.extra.get("num_transitions", 0))}
     if "host_kv_peak_usage" in r.extra:      # Seesaw: the most host-pool blocks one replica held
         host = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
         out["host_peak_blocks"] = r.extra["host_kv_peak_usage"] * host_blocks_per_replica(model, policy, host)
     return out
+
+
+_RUNGS: list[list] = []     # in a worker of the runner's own pool: its samples, given once at start
+
+
+def _init_worker(rungs: list[list]) -> None:
+    global _RUNGS
+    _RUNGS = rungs
+
+
+def _simulate_rung(model: ModelSpec, node: NodeSpec, policy, rung: int, measured=None, bound: float | None = None) -> dict:
+    """``simulate_one`` on sample ``rung`` of this worker's samples (sent once, not with every job)."""
+    return simulate_one(model, node, policy, _RUNGS[rung], measured, bound)
 
 
 class SimRunner:
@@ -56,7 +77,13 @@ class SimRunner:
     ``results[r][i]`` is candidate ``i``'s result on rung ``r``; ``same_as[r][i]`` the candidate
     whose simulation it shares. progress(done, planned, what) after each simulation. reuse(i,
     results): a candidate whose finished result on the rung candidate ``i`` provably repeats
-    (``search._reuse_rule``), or None."""
+    (``search._reuse_rule``), or None.
+
+    Bounded simulations (the whole sample only): with ``bound`` set (``bound(i, results)``: the
+    makespan past which candidate ``i``'s result cannot matter, ``search._bound_rule``), a batch is
+    submitted lowest ``priority(i)`` first and, on the runner's own pool or in-process, one job per
+    worker at a time, so each job's bound counts every result finished before it starts; a job
+    that passes its bound ends as ``{"stopped_at_s": t}`` (``simulate_one``)."""
 
     def __init__(self, model, node, rungs: list[list], *, workers: int | None = None,
                  executor: Executor | None = None, progress: Callable | None = None,
@@ -73,6 +100,8 @@ class SimRunner:
         self.done = 0
         self.planned = 0
         self.by_rung = [0] * len(rungs)        # simulations run per rung
+        self.bound: Callable[[int, dict[int, dict]], float] | None = None
+        self.priority: Callable[[int], float] | None = None
 
     @property
     def final(self) -> int:
@@ -80,7 +109,7 @@ class SimRunner:
 
     def ok(self, i: int, rung: int | None = None) -> bool:
         res = self.results[self.final if rung is None else rung].get(i)
-        return res is not None and "error" not in res
+        return res is not None and "makespan_s" in res
 
     def run(self, jobs: list[tuple[int, object]], rung: int | None = None) -> None:
         """Simulate each (candidate index, policy) on ``rung`` (default the last, the whole sample)
@@ -105,17 +134,33 @@ class SimRunner:
         self.planned += len(todo)
         self.by_rung[r] += len(todo)
         reqs = self.rungs[r]
+        bounded = self.bound is not None and r == self.final
+        if bounded and self.priority is not None:
+            todo.sort(key=lambda job: self.priority(job[0]))
+
+        def job_bound(i: int) -> float | None:
+            b = self.bound(i, results) if bounded else None
+            return None if b is None or b == float("inf") else b
+
         if self.executor is None and len(todo) > 1 and self.workers > 1:
-            self.executor, self._own = ProcessPoolExecutor(max_workers=self.workers), True
+            self.executor, self._own = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker,
+                                                           initargs=(self.rungs,)), True
         if self.executor is None:
             for i, pol in todo:
-                self._done(results, i, pol, simulate_one(self.model, self.node, pol, reqs, self.measured))
-        else:
-            futures = {self.executor.submit(simulate_one, self.model, self.node, pol, reqs, self.measured): (i, pol)
-                       for i, pol in todo}
-            self._pending = list(futures)
-            for fut in as_completed(futures):
-                self._done(results, *futures[fut], fut.result())
+                self._done(results, i, pol, simulate_one(self.model, self.node, pol, reqs, self.measured, job_bound(i)))
+        else:   # bounded on our pool: one job per worker in flight, so each starts with the latest bound
+            cap = self.workers if bounded and self._own else len(todo)
+            queue, futures = list(reversed(todo)), {}
+            while queue or futures:
+                while queue and len(futures) < cap:
+                    i, pol = queue.pop()
+                    fut = self.executor.submit(_simulate_rung if self._own else simulate_one, self.model, self.node,
+                                               pol, r if self._own else reqs, self.measured, job_bound(i))
+                    futures[fut] = (i, pol)
+                self._pending = list(futures)
+                finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    self._done(results, *futures.pop(fut), fut.result())
             self._pending = []
         for i, j in same.items():
             if j in results:

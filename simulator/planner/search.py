@@ -56,6 +56,7 @@ class PlanResult:
     num_simulated: int                         # simulations run
     num_estimated: int                         # candidates left with their estimate (pruned)
     num_shared: int = 0                        # candidates that share an equivalent one's simulation
+    num_stopped: int = 0                       # simulations stopped once slower than the best (bound)
     num_screened: int = 0                      # candidates simulated only on a smaller nested sample
     rungs: list[dict] = field(default_factory=list)   # successive halving: sample size, simulations run
     sampling: dict | None = None               # a sampled workload: the winner's Convergence.summary()
@@ -71,7 +72,7 @@ class PlanResult:
             "num_requests": self.num_requests, "extrapolated_from": self.extrapolated_from,
             "num_candidates": len(self.table), "num_simulated": self.num_simulated,
             "num_estimated": self.num_estimated, "num_shared": self.num_shared,
-            "num_screened": self.num_screened, "rungs": self.rungs, "sampling": self.sampling, "wall_s": round(self.wall_s, 3),
+            "num_screened": self.num_screened, "num_stopped": self.num_stopped, "rungs": self.rungs, "sampling": self.sampling, "wall_s": round(self.wall_s, 3),
             "rejected": [{"what": w, "reason": r} for w, r in self.rejected], "notes": self.notes,
         }
 
@@ -87,7 +88,7 @@ KNOBS = {"vllm": ("chunk", "max_num_seqs"),
 
 
 def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, screen: dict[str, int],
-            refine: dict[str, int], keep_within: float) -> None:
+            refine: dict[str, int], keep_within: float, bound: bool = True) -> None:
     """Screen layouts by estimate, then tune the knobs of the best simulated layouts; every batch
     of simulations is a successive-halving race (``_race``) over the runner's nested samples.
 
@@ -103,6 +104,9 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
        knob at a time, every value, keep the best simulated, next knob. A kind whose best simulated
        layout trails the best of all by more than ``TRAILING`` tunes only that layout (knobs move
        a layout's makespan by a few %; it still gets the best of its kind right for the report).
+
+    ``bound``: simulations on the whole sample stop once their result cannot change a decision
+    (``_bound_rule``): the same simulations are started and the same plan comes out.
     """
     ok = [r for r in rows if r["error"] is None]
     results = runner.results[-1]
@@ -123,6 +127,10 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
                     for r in groups[g]:
                         caps.setdefault(r["max_num_seqs"], r["index"])
                     jobs += list(caps.values())
+    if bound:   # each kind's best-estimated first, kinds interleaved: every kind gets a bound early
+        kind_best = {kind: min(r["est_makespan_s"] for r in ok if r["kind"] == kind) for kind in {r["kind"] for r in ok}}
+        runner.priority = lambda i: (rows[i]["est_makespan_s"] / kind_best[rows[i]["kind"]], i)
+        runner.bound = _bound_rule(rows, {kind: max(2, k) for kind, k in refine.items()})
     _race(runner, candidates, rows, jobs)
 
     def sim_best(g):
@@ -137,6 +145,8 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
         if ranked and results[sim_best(ranked[0])["index"]]["makespan_s"] > min(done) * (1 + TRAILING):
             k = min(k, 1)       # a kind far behind the best: only its best layout's knobs (its best for the report)
         current.update({g: sim_best(g) for g in ranked[:k]})
+    if bound:
+        runner.bound = _bound_rule(rows, None)
     for step in range(max(len(v) for v in KNOBS.values())):
         jobs = []
         for g, base in current.items():
@@ -175,6 +185,31 @@ def _race(runner: SimRunner, candidates: list[Candidate], rows: list[dict], jobs
     _run(runner, candidates, alive)
 
 
+def _bound_rule(rows: list[dict], keep: dict[str, int] | None) -> Callable[[int, dict[int, dict]], float]:
+    """The makespan past which candidate ``i``'s simulation cannot change the search (``SimRunner``'s
+    ``bound``), from the finished ``results``: a makespan can only grow as a simulation runs.
+
+    Knob descent (``keep`` None): the best finished makespan of ``i``'s layout: slower, it cannot
+    become its layout's best. Screen (``keep[kind]``: the layouts per kind that go on, at least 2
+    so the runner-up layout stays exact): also the ``keep``-th best layout of its kind among the
+    others: slower, its layout is not among those tuned and not the best of its kind, so only its
+    own row changes, "stopped". The best of each kind (the winner, the best vLLM) always finishes;
+    so do the best variant of every tuned layout and the ranking of all finished candidates."""
+    def bound(i: int, results: dict[int, dict]) -> float:
+        kind, layout = rows[i]["kind"], rows[i]["layout"]
+        best: dict[str, float] = {}
+        for j, res in results.items():
+            if "makespan_s" in res and rows[j]["kind"] == kind:
+                g = rows[j]["layout"]
+                best[g] = min(best.get(g, math.inf), res["makespan_s"])
+        own = best.pop(layout, math.inf)
+        if keep is None:
+            return own
+        others, k = sorted(best.values()), keep.get(kind, 2)
+        return min(own, others[k - 1] if len(others) >= k else math.inf)
+    return bound
+
+
 def _run(runner: SimRunner, candidates: list[Candidate], indices: list[int], rung: int | None = None) -> None:
     runner.run([(i, candidates[i].policy) for i in indices], rung)
 
@@ -204,6 +239,7 @@ def plan(
     workers: int | None = None,
     executor: Executor | None = None,
     halving_min: int | None = None,
+    bound: bool = True,
     workload_name: str = "",
     progress: Callable[[int, int, str], None] | None = None,
     measured: MeasuredProfile | None = None,
@@ -222,6 +258,8 @@ def plan(
     ``dask.distributed`` client's ``get_executor()``; not shut down here). halving_min: with a
     size, every batch of simulations is a successive-halving race (``_race``) over nested samples
     of the whole sample, the smallest at least this size; None (the default): whole sample only.
+    bound: stop a simulation once its clock passes the makespan that its result would have to beat
+    to change the search (``_bound_rule``); the plan is the same, the table says "stopped".
     """
     if objective not in ("throughput", "cost"):
         raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
@@ -266,7 +304,7 @@ def plan(
         if exhaustive:
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
         else:
-            _search(rows, candidates, runner, screen, refine, keep_within)
+            _search(rows, candidates, runner, screen, refine, keep_within, bound)
     except BaseException:  # Ctrl-C or a failure: do not wait for the queued simulations
         runner.close(cancel=True)
         raise
@@ -283,6 +321,10 @@ def plan(
         if "error" in res:
             row["error"] = res["error"]
             continue
+        if "stopped_at_s" in res:      # a lower bound on its makespan, no throughput
+            row.update(source="stopped", makespan_s=res["stopped_at_s"] * scale,
+                       note=f"stopped at {res['stopped_at_s'] * scale:,.1f} s: slower than the best it had to beat")
+            continue
         if i in shared:
             row["note"] = f"same as {candidates[shared[i]].name} (the host pool never fills: same run)"
         row.update(source="simulated", makespan_s=res["makespan_s"] * scale,
@@ -295,6 +337,7 @@ def plan(
     result = PlanResult(plan=None, table=table, rejected=rejected, num_requests=num_requests,
                         extrapolated_from=len(sample) if sampled.extrapolated else None,
                         num_simulated=runner.done, num_shared=len(shared),
+                        num_stopped=int((table["source"] == "stopped").sum()) if len(table) else 0,
                         num_estimated=int((table["source"] == "estimated").sum()) if len(table) else 0,
                         num_screened=int((table["source"] == "screened").sum()) if len(table) else 0,
                         rungs=[{"requests": len(r), "simulations": n} for r, n in zip(runner.rungs, runner.by_rung)])
@@ -419,5 +462,7 @@ def _table(rows: list[dict], full_tokens: int, num_gpus: int, price: float | Non
     vllm = df[(df["kind"] == "vllm") & df["simulated"]]
     best_vllm = vllm["throughput_tok_s"].max() if len(vllm) else float("nan")
     df["speedup_vs_best_vllm"] = df["throughput_tok_s"] / best_vllm
+    stopped = df["source"] == "stopped"     # makespan_s is a lower bound: no throughput, cost or speedup
+    df.loc[stopped, ["throughput_tok_s", "cost_per_mtok_usd", "speedup_vs_best_vllm"]] = float("nan")
     df.insert(0, "rank", range(1, len(df) + 1))
     return df.drop(columns=["simulated", "error"]).reset_index(drop=True)
