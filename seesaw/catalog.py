@@ -204,6 +204,17 @@ _NODE_COUNT = re.compile(r"^\d+x")
 INTERCONNECTS = ("nvlink", "xgmi", "pcie")  # what make_node accepts, fastest first: the default order
 
 
+def _positive_count(value, what: str) -> int:
+    """``value`` as a positive integer (not a bool), else a one-line ``CatalogError`` naming ``what``."""
+    try:
+        count = operator.index(value)
+    except TypeError:
+        count = 0
+    if count < 1 or isinstance(value, bool):
+        raise CatalogError(f"{what} must be a positive integer, got {value!r}")
+    return count
+
+
 def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeSpec:
     """A node of ``num_gpus`` GPUs built from the catalog node template of that GPU and interconnect.
 
@@ -212,12 +223,7 @@ def make_node(gpu: str, num_gpus: int, interconnect: str | None = None) -> NodeS
     ``make_node("a10", 4)`` is the paper's 4xA10.
     """
     gpu_spec = load_gpu(gpu)
-    try:
-        count = operator.index(num_gpus)
-    except TypeError:
-        count = 0
-    if count < 1 or isinstance(num_gpus, bool):
-        raise CatalogError(f"num_gpus must be a positive integer, got {num_gpus!r}")
+    count = _positive_count(num_gpus, "num_gpus")
     if interconnect is not None and str(interconnect).lower() not in INTERCONNECTS:
         raise CatalogError(f"unknown interconnect {interconnect!r}; known: {', '.join(INTERCONNECTS)}")
     nodes = [load_node(n) for n in list_catalog()["nodes"]]
@@ -259,12 +265,7 @@ def make_cluster(node: NodeSpec, num_nodes: int) -> NodeSpec:
     """``num_nodes`` identical copies of ``node`` joined by its ``network`` (``node`` itself when its
     count is already that): named ``<num_nodes>x<node>`` (``2x8xl4``). A node without a network
     section cannot be repeated: one line says so."""
-    try:
-        count = operator.index(num_nodes)
-    except TypeError:
-        count = 0
-    if count < 1 or isinstance(num_nodes, bool):
-        raise CatalogError(f"num_nodes must be a positive integer, got {num_nodes!r}")
+    count = _positive_count(num_nodes, "num_nodes")
     if count == node.num_nodes:
         return node
     base = node.name.removeprefix(f"{node.num_nodes}x") if node.num_nodes > 1 else node.name

@@ -288,6 +288,17 @@ class WhatIf:
     paths: list = field(default_factory=list)
 
 
+def _counts(value, option: str) -> list[int]:
+    """Positive counts from a comma-separated string or a list (``--num-gpus``, ``--num-nodes``)."""
+    try:
+        counts = [int(x) for x in _split(value, option)]
+    except ValueError:
+        raise SpecError(f"{option}: expected comma-separated integers, got {value!r}") from None
+    if any(c < 1 for c in counts):
+        raise SpecError(f"{option}: counts must be positive, got {value!r}")
+    return counts
+
+
 def _split(value, what: str) -> list[str]:
     items = [x.strip() for x in (value.split(",") if isinstance(value, str) else map(str, value)) if x.strip()]
     if not items:
@@ -319,20 +330,8 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
     if output_dir is not None:
         check_folder(output_dir, overwrite=overwrite)
     gpus = _split(gpu, "--gpu")
-    try:
-        counts = [int(x) for x in _split(num_gpus, "--num-gpus")]
-    except ValueError:
-        raise SpecError(f"--num-gpus: expected comma-separated integers, got {num_gpus!r}") from None
-    if any(c < 1 for c in counts):
-        raise SpecError(f"--num-gpus: counts must be positive, got {num_gpus!r}")
-    node_counts = None
-    if num_nodes is not None:
-        try:
-            node_counts = [int(x) for x in _split(num_nodes, "--num-nodes")]
-        except ValueError:
-            raise SpecError(f"--num-nodes: expected comma-separated integers, got {num_nodes!r}") from None
-        if any(c < 1 for c in node_counts):
-            raise SpecError(f"--num-nodes: counts must be positive, got {num_nodes!r}")
+    counts = _counts(num_gpus, "--num-gpus")
+    node_counts = None if num_nodes is None else _counts(num_nodes, "--num-nodes")
     prices = parse_prices(None if price_per_gpu_hour is None else str(price_per_gpu_hour), gpus)
     deadline_s = None if deadline is None else parse_duration(deadline)
     for g in gpus:                               # unknown GPUs, nodes, bad files, nodes without a network fail
