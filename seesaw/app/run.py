@@ -38,6 +38,7 @@ from seesaw.core import (
     DEFAULT_MAX_NUM_BATCHED_TOKENS,
     DEFAULT_MAX_NUM_SEQS,
     DTYPE_BYTES,
+    DTYPE_SHORT_NAMES,
     GiB,
     PHASES,
     ParallelConfig,
@@ -324,7 +325,7 @@ def run(options: RunOptions, events: RunEvents | None = None) -> BatchRun | None
 
 
 # the simulator's short precision names, accepted by the engine too
-_ENGINE_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_ENGINE_DTYPES = {short: name for name, short in DTYPE_SHORT_NAMES.items()}
 
 
 def _run(o: RunOptions, events: RunEvents, held: ExitStack, watch) -> BatchRun | None:

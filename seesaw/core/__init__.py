@@ -6,7 +6,7 @@ profile tables; the error every layer's user errors derive from; shared constant
 """
 
 from seesaw.core.constants import (
-    CONTROL_MESSAGE_BYTES, DTYPE_BYTES, PHASES, SIMULATE_SAMPLE_SIZE, VERSION, WHATIF_GPUS, WHATIF_MODEL,
+    CONTROL_MESSAGE_BYTES, DTYPE_BYTES, DTYPE_SHORT_NAMES, PHASES, SIMULATE_SAMPLE_SIZE, VERSION, WHATIF_GPUS, WHATIF_MODEL,
     WHATIF_NUM_GPUS, GiB,
 )
 from seesaw.core.errors import Interrupted, RunFailed, RunInterrupted, SpecError, interrupt_on_signals
@@ -36,7 +36,7 @@ from seesaw.core.measured import (
 )
 
 __all__ = [
-    "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "PHASES", "SIMULATE_SAMPLE_SIZE", "VERSION", "GiB", "WHATIF_GPUS",
+    "CONTROL_MESSAGE_BYTES", "DTYPE_BYTES", "DTYPE_SHORT_NAMES", "PHASES", "SIMULATE_SAMPLE_SIZE", "VERSION", "GiB", "WHATIF_GPUS",
     "WHATIF_MODEL", "WHATIF_NUM_GPUS", "Interrupted", "RunFailed", "RunInterrupted", "SpecError",
     "interrupt_on_signals", "Spec", "ModelSpec", "Precision", "DTYPES", "KV_CACHE_DTYPES", "PRECISION_BYTES",
     "GpuSpec", "NetworkSpec", "NodeSpec", "UnsupportedPrecision",

@@ -17,6 +17,8 @@ CONTROL_MESSAGE_BYTES = 1 << 15
 
 # Bytes per element of the dtypes the engine and the profiles use.
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# their short names (the simulator's ``--dtype`` vocabulary, ``seesaw.core.model.PRECISION_BYTES``)
+DTYPE_SHORT_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 # simulate: a workload of more requests is simulated on a seeded sample of this many and the result
 # extrapolated (``simulator.extrapolate``); about a CPU-second of simulation

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from seesaw.core.base import Spec
+from seesaw.core.constants import DTYPE_SHORT_NAMES
 from seesaw.core.errors import SpecError
 
 # bytes per element of each precision the simulator and planner cost
@@ -24,7 +25,7 @@ PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 # ``--kv-cache-dtype`` (auto: the activations' 16-bit type, as in vLLM; fp8: an FP8 KV cache)
 DTYPES = ("bf16", "fp16", "fp8")
 KV_CACHE_DTYPES = ("auto", "fp8")
-_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float8": "fp8", "fp8_e4m3": "fp8"}
+_ALIASES = {**DTYPE_SHORT_NAMES, "half": "fp16", "float8": "fp8", "fp8_e4m3": "fp8"}
 
 
 class Precision(Spec):
