@@ -23,6 +23,7 @@ from typing import Callable
 from seesaw.scheduling import SchedulerError
 from seesaw.core import ModelSpec, NodeSpec, SpecError
 from simulator.cost import CostModel
+from simulator.extrapolate import steady_points
 from simulator.sim import SimulationStopped, default_host_kv_bytes, host_blocks_per_replica, simulate
 
 __all__ = ["SimRunner", "default_workers", "simulate_one"]
@@ -49,7 +50,8 @@ def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measu
     except SimulationStopped as e:
         return {"stopped_at_s": e.clock_s}
     out = {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
-           "num_preemptions": r.num_preemptions, "num_transitions": int(r.extra.get("num_transitions", 0))}
+           "num_preemptions": r.num_preemptions, "num_transitions": int(r.extra.get("num_transitions", 0)),
+           "steady": steady_points(r.steps)}      # each replica's last admission: for growing samples
     if "host_kv_peak_usage" in r.extra:      # Seesaw: the most host-pool blocks one replica held
         host = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
         out["host_peak_blocks"] = r.extra["host_kv_peak_usage"] * host_blocks_per_replica(model, policy, host)
@@ -72,7 +74,9 @@ def _simulate_rung(model: ModelSpec, node: NodeSpec, policy, rung: int, measured
 class SimRunner:
     """Runs simulations on an executor (module docstring) or in-process and remembers every result.
 
-    rungs: the samples a candidate can be simulated on, smallest first (one: the whole sample);
+    rungs: the samples a candidate can be simulated on, smallest first; ``final`` (default the last)
+    is the whole sample the search ranks on, rungs after it the growing samples that contenders
+    converge on (``simulator.planner.converge``);
     equiv[r]: candidate index -> equivalence key on rung ``r``'s sample (absent or None: unique).
     ``results[r][i]`` is candidate ``i``'s result on rung ``r``; ``same_as[r][i]`` the candidate
     whose simulation it shares. progress(done, planned, what) after each simulation. reuse(i,
@@ -88,10 +92,12 @@ class SimRunner:
     def __init__(self, model, node, rungs: list[list], *, workers: int | None = None,
                  executor: Executor | None = None, progress: Callable | None = None,
                  equiv: list[dict[int, tuple | None]] | None = None, measured=None,
-                 reuse: Callable[[int, dict[int, dict]], int | None] | None = None):
+                 reuse: Callable[[int, dict[int, dict]], int | None] | None = None, final: int | None = None):
         self.model, self.node, self.rungs, self.measured = model, node, rungs, measured
+        self.final = len(rungs) - 1 if final is None else final
         self.workers = default_workers() if workers is None else workers
-        self.progress, self.equiv, self.reuse = progress, equiv or [{} for _ in rungs], reuse
+        self.progress, self.reuse = progress, reuse
+        self.equiv = (equiv or []) + [{} for _ in rungs[len(equiv or []):]]
         self.results: list[dict[int, dict]] = [{} for _ in rungs]
         self.same_as: list[dict[int, int]] = [{} for _ in rungs]
         self._by_key: list[dict[tuple, int]] = [{} for _ in rungs]
@@ -102,10 +108,6 @@ class SimRunner:
         self.by_rung = [0] * len(rungs)        # simulations run per rung
         self.bound: Callable[[int, dict[int, dict]], float] | None = None
         self.priority: Callable[[int], float] | None = None
-
-    @property
-    def final(self) -> int:
-        return len(self.rungs) - 1
 
     def ok(self, i: int, rung: int | None = None) -> bool:
         res = self.results[self.final if rung is None else rung].get(i)
