@@ -259,22 +259,24 @@ def run_whatif(
 
 
 def _sampling_note(options: list[WhatIfOption], sampled) -> str:
-    """How the options' figures were sampled: screened on ``sampled``, each option's best plan and
-    best vLLM plan converged beyond it (``simulator.planner.converge``), the largest stated error
-    and the plans that did not converge."""
+    """How the options' figures were sampled: screened on ``sampled``, each option's best plans of
+    each kind converged beyond it (``simulator.planner.converge``), the largest stated error and
+    the plans whose estimate did not converge."""
+    from simulator.planner.converge import TOL
+
     plans = [(o.name, p) for o in options if o.feasible for p in (o.result.winner, o.result.best_vllm) if p]
     errors = [p["estimated_error"] for _, p in plans if p.get("estimated_error") is not None]
     largest = max((p["sample_size"] for _, p in plans if p.get("sample_size")), default=len(sampled.requests))
     text = (f"Each option's candidates were screened on a seeded sample of {len(sampled.requests):,} of "
-            f"{sampled.num_requests:,} requests; its best plan and best vLLM plan were then simulated on nested samples "
+            f"{sampled.num_requests:,} requests; the best of each kind were then simulated on nested samples "
             f"doubling from it (up to {largest:,}) until their whole-workload throughput estimates (the marginal rate "
-            "between the last two samples) agreed within 0.5%.")
+            f"between the last two samples) agreed within {100 * TOL:g}%, and ranked on them.")
     if errors:
         text += f" Estimated sampling error: up to {100 * max(errors):.2f}% (columns estimated_error, vllm_estimated_error)."
     loose = [f"{name} {p['candidate']} ({100 * p['estimated_error']:.2f}%)" for name, p in plans
-             if (p.get("estimated_error") or 0) > 0.005]
+             if (p.get("estimated_error") or 0) > TOL]
     if loose:
-        text += " Not within 0.5% at the largest sample: " + ", ".join(dict.fromkeys(loose)) + "."
+        text += f" Not within {100 * TOL:g}% at the largest sample: " + ", ".join(dict.fromkeys(loose)) + "."
     return text
 
 

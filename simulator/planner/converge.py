@@ -3,65 +3,84 @@
 The search ranks candidates on one screening sample. On a node that holds about as many sequences
 as the sample (LLaMA3.1-70B, 8xH200, vLLM D2T4 at 512 sequences per replica: 1,024 at once against
 a 1,000-request sample), a run is mostly start-up and drain: scaled to a million requests it reads
-34% low, and knob variants that only differ at scale (the batch cap) rank by their start-up.
+34% low, and knob variants that only differ at scale rank by their start-up (8xH100: vLLM D2T4
+without chunked prefill ahead on the sample, 18% behind chunk=8192 at scale).
 
-``converge_contenders`` takes the ``RERANK_MAX`` best simulated candidates of each policy kind
-within ``RERANK_WITHIN`` of their kind's best on the screening sample, and simulates them on
-nested samples that double beyond it (the runner's rungs after ``final``, drawn from a pool of
-``simulator.extrapolate.converge_pool_size`` requests): after each size, each one's whole-workload
-throughput is estimated at the marginal rate between its last two samples
-(``simulator.extrapolate.marginal_makespan``). From the third estimate on (the first is the
-screening sample scaled), a candidate whose estimate trails its kind's leader by more than both
-their stated errors (at least ``MIN_ERROR`` each) drops out, and one whose last two estimates agree
-within the tolerance stops: it converged. At the largest sample the rest stop as they are, with
-their estimated error. The caller ranks the contenders on these estimates: the winner and the
-best vLLM plan are the best converged of their kinds.
+``contenders``: per policy kind, the ``RERANK_MAX`` best layouts on the screening sample within
+``RERANK_WITHIN`` of the kind's best; for each, its best variant, and for the best vLLM layout its
+best variant with chunked prefill and its best without (the best simulated, or else the best
+estimated: one the search stopped or never simulated is simulated on the screening sample first).
+``converge_contenders`` simulates them on nested samples doubling beyond the screening sample (the
+runner's rungs after ``final``, drawn from a pool of ``simulator.extrapolate.converge_pool_size``
+requests); after each size, each one's whole-workload throughput is estimated at the marginal rate
+between its last two samples (``simulator.extrapolate.marginal_makespan``). A contender goes on to
+the next size unless it converged (its last two estimates, three at least, agree within ``TOL``)
+or it is behind: its estimate is below its kind's leader's, by more than ``EARLY_MARGIN`` while
+either has only one marginal estimate (the first, from the screening sample, is noisy), by
+anything after. A contender left behind comes back when the leader falls below it on a larger
+sample. The caller ranks the contenders on their last estimates: the winner and the best vLLM plan
+are the best of their kinds.
 """
 
 from __future__ import annotations
 
 from seesaw.core import SpecError
-from simulator.extrapolate import CONVERGE_TOL, Convergence, marginal_makespan, tokens
+from simulator.extrapolate import Convergence, marginal_makespan, tokens
 
-__all__ = ["MIN_ERROR", "RERANK_MAX", "RERANK_WITHIN", "contenders", "converge_contenders", "converged_note",
-           "converged_rows"]
+__all__ = ["EARLY_MARGIN", "RERANK_MAX", "RERANK_WITHIN", "TOL", "contenders", "converge_contenders",
+           "converged_note", "converged_rows"]
 
-RERANK_WITHIN = 0.10   # contenders: within this fraction of their kind's best on the screening sample
-RERANK_MAX = 3         # at most this many per kind
-MIN_ERROR = 0.01       # a stated error counts as at least this much when a contender is dropped
+RERANK_WITHIN = 0.10   # contender layouts: within this fraction of their kind's best on the screening sample
+RERANK_MAX = 2         # at most this many layouts per kind
+EARLY_MARGIN = 0.05    # behind by more than this on the first marginal estimate: left behind
+TOL = 0.01             # converged: the last two estimates this close
 
 
-def contenders(runner, kinds: dict[int, str]) -> list[int]:
-    """Per kind, the best simulated candidates on the screening sample (``runner.final``): at most
-    ``RERANK_MAX``, each within ``RERANK_WITHIN`` of the kind's best makespan, best first."""
-    done = runner.results[runner.final]
-    shared = runner.same_as[runner.final]    # a variant that shares a simulation: that one contends
-    ok = sorted((res["makespan_s"], i) for i, res in done.items()
-                if "makespan_s" in res and i in kinds and i not in shared)
-    out, per_kind, best = [], {}, {}
-    for makespan, i in ok:
-        k = kinds[i]
-        best.setdefault(k, makespan)
-        if per_kind.get(k, 0) < RERANK_MAX and makespan <= best[k] * (1 + RERANK_WITHIN):
-            per_kind[k] = per_kind.get(k, 0) + 1
-            out.append(i)
+def contenders(rows: list[dict], results: dict[int, dict], shared: dict[int, int]) -> list[int]:
+    """The candidates to converge (module docstring), best layouts first. ``rows``: the ranked
+    table's rows (index, kind, layout, chunk, est_makespan_s, error); ``results``: the screening
+    sample's results; ``shared``: candidates whose screening simulation is another's."""
+    ok = [r for r in rows if r["error"] is None]
+    done = {i: res["makespan_s"] for i, res in results.items() if "makespan_s" in res and i not in shared}
+    layouts: dict[tuple, float] = {}
+    for r in ok:
+        if r["index"] in done:
+            g = (r["kind"], r["layout"])
+            layouts[g] = min(layouts.get(g, float("inf")), done[r["index"]])
+    out = []
+    for kind in dict.fromkeys(r["kind"] for r in ok):
+        ranked = sorted((m, g) for g, m in layouts.items() if g[0] == kind)
+        for n, (m, g) in enumerate(ranked[:RERANK_MAX]):
+            if m > ranked[0][0] * (1 + RERANK_WITHIN):
+                break
+            members = [r for r in ok if (r["kind"], r["layout"]) == g and r["index"] not in shared]
+            classes = [[r for r in members if bool(r["chunk"]) == c] for c in (True, False)] \
+                if kind == "vllm" and n == 0 else [members]
+            for cls in filter(None, classes):
+                fin = [r for r in cls if r["index"] in done]
+                best = min(fin, key=lambda r: (done[r["index"]], r["index"])) if fin else \
+                    min(cls, key=lambda r: (r["est_makespan_s"], r["index"]))
+                out.append(best["index"])
     return out
 
 
-def converge_contenders(runner, candidates: list, kinds: dict[int, str], whole_tokens: int, whole: bool,
-                        tol: float = CONVERGE_TOL) -> dict[int, Convergence]:
-    """Each contender's ``Convergence`` over the runner's growing rungs (module docstring).
-    ``kinds``: candidate index -> policy kind, for those that may contend; ``whole``: the last
-    rung is the whole workload (its estimate is exact). A contender dropped as behind comes back
-    when its kind's leader falls back to it on a larger sample; at the end none that is not behind
-    stops short of the largest sample unless it converged."""
+def converge_contenders(runner, candidates: list, rows: list[dict], whole_tokens: int, whole: bool,
+                        tol: float = TOL) -> dict[int, Convergence]:
+    """Each contender's ``Convergence`` over the runner's growing rungs (module docstring);
+    ``whole``: the last rung is the whole workload (its estimate is exact)."""
     final, last = runner.final, len(runner.rungs) - 1
-    ids = contenders(runner, kinds)
+    runner.bound = None
+    ids = contenders(rows, runner.results[final], runner.same_as[final])
+    redo = [i for i in ids if "makespan_s" not in runner.results[final].get(i, {})]
+    for i in redo:                       # stopped or never simulated on the screening sample
+        runner.results[final].pop(i, None)
+    runner.run([(i, candidates[i].policy) for i in redo], final)
+    ids = [i for i in ids if "makespan_s" in runner.results[final][i]]
+    kinds = {i: rows[i]["kind"] for i in ids}
     points = {i: [_point(runner.rungs[final], runner.results[final][i])] for i in ids}
     estimates = {i: [whole_tokens / marginal_makespan(points[i], whole_tokens)] for i in ids}
     convs = {i: Convergence((len(runner.rungs[final]),), tuple(estimates[i]), tol) for i in ids}
     out: set[int] = set()       # cannot be simulated on a larger sample
-    runner.bound = None
 
     def todo(rung: int) -> list[int]:
         return [i for i in ids if i not in out and not convs[i].converged and not _behind(i, convs, kinds)
@@ -69,7 +88,10 @@ def converge_contenders(runner, candidates: list, kinds: dict[int, str], whole_t
 
     rung = final + 1
     while rung <= last and (jobs := todo(rung)):
-        runner.run([(i, candidates[i].policy) for i in jobs], rung)
+        # a worker left idle starts a contender on the next size too (wall time; CPU if it converges)
+        ahead = [] if rung == last else jobs[:max(0, runner.workers - len(jobs))]
+        runner.run_rungs([(i, candidates[i].policy, rung) for i in jobs]
+                         + [(i, candidates[i].policy, rung + 1) for i in ahead])
         for i in jobs:
             res = runner.results[rung][i]
             if "makespan_s" not in res:    # a larger sample it cannot serve: it stays at the last size
@@ -90,17 +112,17 @@ def _point(requests: list, res: dict) -> tuple:
 
 
 def _behind(i: int, convs: dict[int, Convergence], kinds: dict[int, str]) -> bool:
-    """Candidate ``i`` trails the best estimate of its kind by more than both stated errors."""
+    """Candidate ``i``'s last estimate is below its kind's leader's (module docstring); the first
+    estimate (the screening sample scaled) decides nothing."""
     c = convs[i]
-    if c.error is None or len(c.throughputs) < 3:
+    if len(c.throughputs) < 2:
         return False
-    rivals = [convs[j] for j in convs if kinds[j] == kinds[i] and j != i and convs[j].error is not None
-              and len(convs[j].throughputs) >= 3]
-    if not rivals:
-        return False
-    lead = max(rivals, key=lambda r: r.throughputs[-1])
-    return (c.throughputs[-1] * (1 + max(c.error, MIN_ERROR))
-            < lead.throughputs[-1] * (1 - max(lead.error, MIN_ERROR)))
+    for j, d in convs.items():
+        if j != i and kinds[j] == kinds[i] and len(d.throughputs) >= 2:
+            margin = 0.0 if min(len(c.throughputs), len(d.throughputs)) >= 3 else EARLY_MARGIN
+            if c.throughputs[-1] < d.throughputs[-1] * (1 - margin):
+                return True
+    return False
 
 
 def converged_rows(rows: list[dict], runner, convs: dict[int, Convergence], whole_tokens: int) -> None:

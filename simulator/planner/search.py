@@ -245,7 +245,7 @@ def plan(
     executor: Executor | None = None,
     halving_min: int | None = None,
     bound: bool = True,
-    converge_max: int = CONVERGE_MAX,
+    converge_max: int | None = CONVERGE_MAX,
     workload_name: str = "",
     progress: Callable[[int, int, str], None] | None = None,
     measured: MeasuredProfile | None = None,
@@ -270,6 +270,7 @@ def plan(
     candidates of each kind are simulated on nested samples doubling from it up to this many
     requests (or the whole workload when smaller) until their throughput converges
     (``simulator.planner.converge``); they rank first, with ``sample_size`` and ``estimated_error``.
+    None: the same screening sample, no growing samples (every row only screened).
     """
     if objective not in ("throughput", "cost"):
         raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
@@ -279,12 +280,13 @@ def plan(
     price = _price(node, price_per_gpu_hour)
     if objective == "cost" and price is None:
         raise SpecError(f"no price for GPU '{node.gpu.name}': give a price per GPU-hour for the cost objective")
-    pool = sample_workload(requests, converge_pool_size(sample_size, converge_max) if sample_size else None, seed)
+    pool = sample_workload(requests, converge_pool_size(sample_size, converge_max or 0) if sample_size else None, seed)
     sample = pool.requests if not sample_size or len(pool.requests) <= sample_size else \
         nested_samples(pool.requests, [sample_size], seed)[0]
     sampled = replace(pool, requests=sample)    # the screening sample, standing for the whole
     num_requests = sampled.num_requests
-    growing = doubling_sizes(len(sample), len(pool.requests), len(pool.requests))[1:] if sampled.extrapolated else []
+    growing = doubling_sizes(len(sample), len(pool.requests), len(pool.requests))[1:] \
+        if sampled.extrapolated and converge_max is not None else []
     full_tokens = sampled.total_tokens
     output_fraction = sampled.output_tokens / full_tokens if full_tokens else 0.0
     scale = sampled.scale
@@ -320,8 +322,8 @@ def plan(
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
         else:
             _search(rows, candidates, runner, screen, refine, keep_within, bound)
-        convs = converge_contenders(runner, candidates, {r["index"]: r["kind"] for r in rows if r["error"] is None},
-                                    full_tokens, whole=not pool.extrapolated) if growing else {}
+        convs = converge_contenders(runner, candidates, rows, full_tokens, whole=not pool.extrapolated) \
+            if growing else {}
     except BaseException:  # Ctrl-C or a failure: do not wait for the queued simulations
         runner.close(cancel=True)
         raise
