@@ -143,16 +143,17 @@ def test_large_workloads_are_extrapolated_from_a_sample(small_case):
     model, node, _ = small_case
     reqs = load_workload("sharegpt", num_requests=500, seed=2)
     sample = nested_samples(list(reqs), [60], seed=0)[0]
-    big = plan(model, node, reqs, space=TINY, sample_size=60, workers=1)
+    screen = plan(model, node, reqs, space=TINY, sample_size=60, workers=1, converge_max=None)  # screening only
     small = plan(model, node, sample, space=TINY, sample_size=None, workers=1)
-    assert big.extrapolated_from == 60 and small.extrapolated_from is None
-    assert any("sample of 60 of 500" in n for n in big.notes)
+    assert screen.extrapolated_from == 60 and small.extrapolated_from is None
+    assert any("sample of 60 of 500" in n for n in screen.notes)
     ratio = sum(q.prompt_len + q.output_len for q in reqs) / sum(q.prompt_len + q.output_len for q in sample)
-    screened = big.table[big.table["source"] == "simulated"]
-    assert len(screened)
+    screened = screen.table[screen.table["source"] == "simulated"]
+    assert len(screened) and not (screen.table["source"] == "converged").any()
     for _, row in screened.iterrows():
         same = small.table[small.table["candidate"] == row["candidate"]].iloc[0]
         assert row["makespan_s"] == pytest.approx(ratio * same["makespan_s"], rel=1e-6)
+    big = plan(model, node, reqs, space=TINY, sample_size=60, workers=1)
     assert big.winner["source"] == "converged"
     if big.sampling["sample_size"] == 500:     # grew to the whole workload: the full simulation, no error
         full = simulate(model, node, big.plan.policy, list(reqs))

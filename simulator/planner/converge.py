@@ -6,10 +6,13 @@ a 1,000-request sample), a run is mostly start-up and drain: scaled to a million
 34% low, and knob variants that only differ at scale rank by their start-up (8xH100: vLLM D2T4
 without chunked prefill ahead on the sample, 18% behind chunk=8192 at scale).
 
-``contenders``: per policy kind, the ``RERANK_MAX`` best layouts on the screening sample within
-``RERANK_WITHIN`` of the kind's best; for each, its best variant, and for the best vLLM layout its
-best variant with chunked prefill and its best without (the best simulated, or else the best
-estimated: one the search stopped or never simulated is simulated on the screening sample first).
+``contenders``: per policy kind, the ``RERANK_MAX`` best layouts on the screening sample (within
+``RERANK_WITHIN`` of the kind's best) and the ``RERANK_ESTIMATED`` best others by the closed-form
+estimate, which the planner computes on the whole pool when it converges (on 8xH200 the screening
+sample ranks vLLM D4T2, 2,048 sequences at once, below D2T4; on 16,000 requests it is 24% faster);
+for each, its best variant, and for the best simulated vLLM layout its best variant with chunked
+prefill and its best without (the best simulated, or else the best estimated: one the search
+stopped or never simulated is simulated on the screening sample first).
 ``converge_contenders`` simulates them on nested samples doubling beyond the screening sample (the
 runner's rungs after ``final``, drawn from a pool of ``simulator.extrapolate.converge_pool_size``
 requests); after each size, each one's whole-workload throughput is estimated at the marginal rate
@@ -27,11 +30,12 @@ from __future__ import annotations
 from seesaw.core import SpecError
 from simulator.extrapolate import Convergence, marginal_makespan, tokens
 
-__all__ = ["EARLY_MARGIN", "RERANK_MAX", "RERANK_WITHIN", "TOL", "contenders", "converge_contenders",
+__all__ = ["EARLY_MARGIN", "RERANK_ESTIMATED", "RERANK_MAX", "RERANK_WITHIN", "TOL", "contenders", "converge_contenders",
            "converged_note", "converged_rows"]
 
 RERANK_WITHIN = 0.10   # contender layouts: within this fraction of their kind's best on the screening sample
-RERANK_MAX = 2         # at most this many layouts per kind
+RERANK_MAX = 1         # this many best simulated layouts per kind,
+RERANK_ESTIMATED = 1   # and this many best estimated (on the pool) besides
 EARLY_MARGIN = 0.05    # behind by more than this on the first marginal estimate: left behind
 TOL = 0.01             # converged: the last two estimates this close
 
@@ -47,12 +51,17 @@ def contenders(rows: list[dict], results: dict[int, dict], shared: dict[int, int
         if r["index"] in done:
             g = (r["kind"], r["layout"])
             layouts[g] = min(layouts.get(g, float("inf")), done[r["index"]])
+    estimated: dict[tuple, float] = {}
+    for r in ok:
+        g = (r["kind"], r["layout"])
+        estimated[g] = min(estimated.get(g, float("inf")), r["est_makespan_s"])
     out = []
     for kind in dict.fromkeys(r["kind"] for r in ok):
         ranked = sorted((m, g) for g, m in layouts.items() if g[0] == kind)
-        for n, (m, g) in enumerate(ranked[:RERANK_MAX]):
-            if m > ranked[0][0] * (1 + RERANK_WITHIN):
-                break
+        chosen = [g for m, g in ranked[:RERANK_MAX] if m <= ranked[0][0] * (1 + RERANK_WITHIN)]
+        by_estimate = sorted((m, g) for g, m in estimated.items() if g[0] == kind and g not in chosen)
+        chosen += [g for _, g in by_estimate[:RERANK_ESTIMATED]]
+        for n, g in enumerate(chosen):
             members = [r for r in ok if (r["kind"], r["layout"]) == g and r["index"] not in shared]
             classes = [[r for r in members if bool(r["chunk"]) == c] for c in (True, False)] \
                 if kind == "vllm" and n == 0 else [members]

@@ -280,7 +280,8 @@ def plan(
     price = _price(node, price_per_gpu_hour)
     if objective == "cost" and price is None:
         raise SpecError(f"no price for GPU '{node.gpu.name}': give a price per GPU-hour for the cost objective")
-    pool = sample_workload(requests, converge_pool_size(sample_size, converge_max or 0) if sample_size else None, seed)
+    pool = sample_workload(requests, converge_pool_size(sample_size, converge_max or CONVERGE_MAX) if sample_size else None,
+                           seed)   # converge_max None: the same screening sample, no growing ones
     sample = pool.requests if not sample_size or len(pool.requests) <= sample_size else \
         nested_samples(pool.requests, [sample_size], seed)[0]
     sampled = replace(pool, requests=sample)    # the screening sample, standing for the whole
@@ -302,11 +303,15 @@ def plan(
             memo[id(reqs), dp] = replica_works(reqs, dp)
         return memo[id(reqs), dp]
 
+    # estimated on the requests the contenders converge on: on a screening sample smaller than the
+    # node's concurrency the estimate, like a simulation, ranks many-replica layouts far too low
+    est_reqs = pool.requests if growing else sample
+    est_scale = full_tokens / tokens(est_reqs) if full_tokens else 1.0
     for i, cand in enumerate(candidates):
         pol = cand.policy
-        w = _works(sample, pol.layout.dp)
+        w = _works(est_reqs, pol.layout.dp)
         est, phases = estimate_makespan_s(cost, pol, w)
-        rows.append(_row(i, cand, est * scale, {k: v * scale for k, v in phases.items()},
+        rows.append(_row(i, cand, est * est_scale, {k: v * est_scale for k, v in phases.items()},
                          unservable_reason(pol, w, cost)))
     screen = dict(DEFAULT_SCREEN if screen is None else screen)
     refine = dict(DEFAULT_REFINE if refine is None else refine)
