@@ -22,7 +22,8 @@ requests finishing, whose length varies from sample to sample): between two runs
 then over the time, summed over the replicas. Measured (LLaMA3.1-70B, ShareGPT, nested samples of
 1,000 to 16,000 against a full simulation of 100,000): within 0.6% at 4,000 and more for vLLM D2T4
 on 8xA100-80G and 8xH200, within 1.5% for Seesaw on 8xH100 and 8xL40S from 8,000, where the
-difference of whole makespans was 2-5% off (``benchmarks/sampling_error.py``). It stops when two
+difference of whole makespans was 2-5% off; LLaMA2-70B on 8xL4: ``benchmarks/sampling_error.py``.
+Work done counts recomputed prefills (preemption), so it is scaled to the run's tokens. It stops when two
 successive marginal estimates of the whole workload's throughput (three samples at least) agree
 within ``CONVERGE_TOL`` (0.5%) or at the sample size; the estimated error is the relative
 difference of the last two estimates (``Convergence``; 0 when the last sample is the whole).

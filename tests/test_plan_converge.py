@@ -104,3 +104,22 @@ def test_whatif_reports_sample_size_and_error_per_option(tmp_path, seesaw):
         assert p["winner"]["source"] == "converged" and p["sampling"]["sample_size"] == p["winner"]["sample_size"]
     report = (out / "report.md").read_text()
     assert "sampling error" in report and "vLLM sampling error" in report
+
+
+def test_contenders_are_the_best_layouts_by_simulation_and_by_estimate():
+    """Per kind: the best simulated layout (for vLLM its best variant with chunked prefill and its
+    best without), and the best other layout by the estimate; a stopped variant can contend."""
+    from simulator.planner.converge import contenders
+
+    def row(i, kind, layout, chunk, est):
+        return {"index": i, "kind": kind, "layout": layout, "chunk": chunk, "est_makespan_s": est, "error": None}
+
+    rows = [row(0, "vllm", "D2T4", 0, 10.0), row(1, "vllm", "D2T4", 8192, 11.0), row(2, "vllm", "D2T4", 2048, 9.0),
+            row(3, "vllm", "D4T2", 8192, 8.0), row(4, "vllm", "T8", 0, 12.0), row(5, "seesaw", "P8->T8", None, 9.0),
+            row(6, "seesaw", "P8->T4P2", None, 7.0), row(7, "seesaw", "T4P2->T8", None, 8.5)]
+    results = {0: {"makespan_s": 100.0}, 1: {"stopped_at_s": 101.0}, 2: {"stopped_at_s": 99.0},
+               4: {"makespan_s": 103.0}, 5: {"makespan_s": 90.0}, 7: {"makespan_s": 95.0}}
+    # vLLM: D2T4 (simulated best) without chunking (0) and its best-estimated chunked variant (2, stopped);
+    # D4T2, the best other by estimate; Seesaw: P8->T8 simulated best, P8->T4P2 best other by estimate
+    assert contenders(rows, results, shared={}) == [2, 0, 3, 5, 6]
+    assert contenders(rows, results, shared={5: 7}) == [2, 0, 3, 7, 6]    # 5 shares a run: T4P2->T8 leads
