@@ -11,8 +11,10 @@ the main case and the grid. ``--halving N``: plan with successive halving (small
 
 CPU seconds (this process plus its workers: ``RUSAGE_CHILDREN``) are printed beside wall time: on a
 shared machine the wall time depends on the load, which is printed too. Issue 23's keys:
-``plan_cpu_s`` (target <= 4), ``plan_regret`` (the worst winner regret in %, target 0) and
-``whatif_wall_s`` (``seesaw whatif`` with no arguments, into a temporary folder; target <= 20 s).
+``plan_cpu_s`` (target <= 4), ``plan_regret`` (the worst winner regret in %, target 0),
+``whatif_wall_s`` (``seesaw whatif`` with no arguments, into a temporary folder; target <= 20 s) and
+``whatif_max_error`` (the largest sampling error its options state, a fraction: target ~<= 0.01; the
+winners against a slow reference: ``benchmarks/plan_winners.py``).
 Last line: one JSON object.
 
     .venv/bin/python benchmarks/planner_speed.py [--no-exhaustive] [--no-grid] [--no-whatif] [-n 2000] ...
@@ -108,9 +110,11 @@ def main() -> None:
             grid = [_grid_case(*case, args) for case in GRID]
             out.update(grid=grid, plan_regret=round(max([regret] + [g["regret_pct"] for g in grid]), 6))
     if not args.no_whatif:
-        wall, cpu = _whatif_default()
-        print(f"seesaw whatif (no arguments): {wall:.1f} s wall, {cpu:.1f} s CPU")
-        out.update(whatif_wall_s=round(wall, 2), whatif_cpu_s=round(cpu, 2))
+        wall, cpu, error = _whatif_default()
+        print(f"seesaw whatif (no arguments): {wall:.1f} s wall, {cpu:.1f} s CPU; largest stated sampling error "
+              f"{'-' if error is None else f'{100 * error:.2f}%'}")
+        out.update(whatif_wall_s=round(wall, 2), whatif_cpu_s=round(cpu, 2),
+                   whatif_max_error=None if error is None else round(error, 5))
     print(json.dumps(out))
 
 
@@ -131,13 +135,19 @@ def _grid_case(model_name: str, gpu: str, num_gpus: int, workload: str, args) ->
             "exhaustive_winner": full.winner["candidate"], "regret_pct": round(regret, 6)}
 
 
-def _whatif_default() -> tuple[float, float]:
-    """Wall and CPU seconds of ``seesaw whatif`` with no arguments (its report in a temporary folder)."""
+def _whatif_default() -> tuple[float, float, float | None]:
+    """Wall and CPU seconds of ``seesaw whatif`` with no arguments (its report in a temporary folder)
+    and the largest sampling error it states (its options' ``estimated_error`` and
+    ``vllm_estimated_error``, a fraction)."""
     exe = shutil.which("seesaw", path=os.path.dirname(sys.executable)) or shutil.which("seesaw")
     with tempfile.TemporaryDirectory() as tmp:
         wall, cpu = time.perf_counter(), _cpu_s()
         subprocess.run([exe, "whatif", "-o", os.path.join(tmp, "report")], check=True, capture_output=True)
-        return time.perf_counter() - wall, _cpu_s() - cpu
+        wall, cpu = time.perf_counter() - wall, _cpu_s() - cpu
+        with open(os.path.join(tmp, "report", "summary.json")) as f:
+            options = json.load(f)["options"]
+        errors = [o[k] for o in options for k in ("estimated_error", "vllm_estimated_error") if o.get(k) is not None]
+        return wall, cpu, max(errors) if errors else None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 nested samples, simulations on any executor (a thread pool; a local Dask cluster when installed)."""
 
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,11 +26,15 @@ def case():
 
 
 def test_nested_samples_are_nested_seeded_draws_in_source_order():
-    reqs = list(range(1000))
-    a, b, c = nested_samples(reqs, [100, 300, 1000], seed=4)
-    assert len(a) == 100 and len(b) == 300 and c == reqs
+    reqs = [SimpleNamespace(i=i, prompt_len=1 + i % 7, output_len=1 + i * 37 % 101) for i in range(1000)]
+    a, b, c = ([r.i for r in s] for s in nested_samples(reqs, [100, 300, 1000], seed=4))
+    assert len(a) == 100 and len(b) == 300 and c == list(range(1000))
     assert set(a) <= set(b) and a == sorted(a) and b == sorted(b)
-    assert nested_samples(reqs, [100], seed=4)[0] == a and nested_samples(reqs, [100], seed=5)[0] != a
+    assert [r.i for r in nested_samples(reqs, [100], seed=4)[0]] == a
+    assert [r.i for r in nested_samples(reqs, [100], seed=5)[0]] != a
+    # balanced: every prefix holds about the whole's mix of output lengths
+    mean = sum(r.output_len for r in reqs) / len(reqs)
+    assert abs(sum(reqs[i].output_len for i in a) / len(a) / mean - 1) < 0.02
     assert halving_sizes(2000, 200) == [500, 1000, 2000] and halving_sizes(2000, 200, rungs=4)[0] == 250
     assert halving_sizes(300, 200) == [300]
 

@@ -6,9 +6,10 @@ from seesaw.catalog import load_model, make_node
 from seesaw.core import Plan, SeesawPolicy, VllmPolicy
 from seesaw.workload import load_workload
 from simulator.cost import CostModel
+from simulator.extrapolate import nested_samples
 from simulator.planner import (
     SearchSpace, enumerate_candidates, enumerate_layouts, estimate_makespan_s, plan,
-    sample_requests, replica_works,
+    replica_works,
 )
 from simulator.sim import simulate
 
@@ -137,17 +138,27 @@ def test_cost_objective_needs_a_price(small_case):
 
 
 def test_large_workloads_are_extrapolated_from_a_sample(small_case):
+    """Screened on a nested sample (rows only screened: scaled by the token ratio); the contenders
+    converged on samples growing to the whole 500 (``simulator.planner.converge``): exact there."""
     model, node, _ = small_case
     reqs = load_workload("sharegpt", num_requests=500, seed=2)
-    sample = sample_requests(reqs, 60, seed=0)
-    assert len(sample) == 60 and sample == sample_requests(reqs, 60, seed=0)
-    big = plan(model, node, reqs, space=TINY, sample_size=60, workers=1)
+    sample = nested_samples(list(reqs), [60], seed=0)[0]
+    screen = plan(model, node, reqs, space=TINY, sample_size=60, workers=1, converge_max=None)  # screening only
     small = plan(model, node, sample, space=TINY, sample_size=None, workers=1)
-    assert big.extrapolated_from == 60 and small.extrapolated_from is None
-    assert any("sample of 60 of 500" in n for n in big.notes)
+    assert screen.extrapolated_from == 60 and small.extrapolated_from is None
+    assert any("sample of 60 of 500" in n for n in screen.notes)
     ratio = sum(q.prompt_len + q.output_len for q in reqs) / sum(q.prompt_len + q.output_len for q in sample)
-    assert big.winner["makespan_s"] == pytest.approx(ratio * small.winner["makespan_s"], rel=1e-6)
-    assert big.winner["throughput_tok_s"] == pytest.approx(small.winner["throughput_tok_s"], rel=1e-6)
+    screened = screen.table[screen.table["source"] == "simulated"]
+    assert len(screened) and not (screen.table["source"] == "converged").any()
+    for _, row in screened.iterrows():
+        same = small.table[small.table["candidate"] == row["candidate"]].iloc[0]
+        assert row["makespan_s"] == pytest.approx(ratio * same["makespan_s"], rel=1e-6)
+    big = plan(model, node, reqs, space=TINY, sample_size=60, workers=1)
+    assert big.winner["source"] == "converged"
+    if big.sampling["sample_size"] == 500:     # grew to the whole workload: the full simulation, no error
+        full = simulate(model, node, big.plan.policy, list(reqs))
+        assert big.winner["makespan_s"] == pytest.approx(full.elapsed_time, rel=1e-9)
+        assert big.sampling["estimated_error"] == 0.0
 
 
 def test_no_feasible_layout_gives_no_plan_and_reasons():

@@ -118,10 +118,12 @@ def test_plan_and_whatif_at_a_billion_requests_plan_the_sample():
     res = api.plan(**kw, screen={"vllm": 1, "seesaw": 0}, refine={"vllm": 0, "seesaw": 0})
     assert res.num_requests == BILLION and res.extrapolated_from == 60
     assert res.plan.predicted.requests_per_s * res.plan.predicted.makespan_s == pytest.approx(BILLION)
-    assert any(n.startswith("simulated a seeded sample of 60 of 1,000,000,000") for n in res.notes)
+    assert any(n.startswith("screened the candidates on a seeded sample of 60 of 1,000,000,000") for n in res.notes)
+    assert res.winner["source"] == "converged" and res.winner["sample_size"] > 60   # then grown beyond it
     wi = api.whatif(model="llama2-7b", gpu="a100-40g", num_gpus="1", num_requests=BILLION, sample_size=60,
                        workers=1)
-    assert wi.num_requests == BILLION and wi.notes[0].startswith("Each option simulated a seeded sample of 60")
+    assert wi.num_requests == BILLION and wi.notes[0].startswith("Each option's candidates were screened on a "
+                                                                 "seeded sample of 60 of 1,000,000,000")
 
 
 # --------------------------------------------------------------------------------------------

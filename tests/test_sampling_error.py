@@ -10,7 +10,7 @@ from seesaw.app.simulate import build_policy
 from seesaw.catalog import load_model, make_node
 from seesaw.workload import load_workload
 from simulator.extrapolate import (
-    Convergence, converge, growing_sizes, marginal_makespan, nested_samples, sample_workload, tokens,
+    Convergence, converge, growing_sizes, marginal_makespan, nested_samples, sample_workload, steady_points, tokens,
 )
 from simulator.sim import simulate
 
@@ -50,10 +50,12 @@ def test_converge_stops_when_two_estimates_agree_and_states_the_error(sampled):
     assert full.num_requests == 5000 and full.extra["extrapolated_from"] == 800
     assert full.tokens_per_second == pytest.approx(capped.throughputs[-1], rel=1e-9)
     assert full.extra["sampling"]["sample_size"] == 800 and full.extra["sampling"]["estimated_error"] is not None
-    # the estimate: the whole sample's makespan plus the rest at the marginal rate of the last two
+    # the estimate: the whole sample's makespan plus the rest at the marginal rate of the last two,
+    # measured up to each run's last admission
     half, whole = nested_samples(sampled.requests, [400, 800], seed=0)
-    points = [(tokens(r), _run(r).elapsed_time) for r in (half, whole)]
+    points = [(tokens(r), res.elapsed_time, steady_points(res.steps)) for r in (half, whole) for res in [_run(r)]]
     assert full.elapsed_time == pytest.approx(marginal_makespan(points, sampled.total_tokens), rel=1e-9)
+    assert full.elapsed_time != pytest.approx(marginal_makespan([p[:2] for p in points], sampled.total_tokens))
     assert full.elapsed_time != pytest.approx(points[-1][1] * sampled.total_tokens / points[-1][0])
 
 
@@ -74,11 +76,12 @@ def test_simulate_reports_sample_size_and_error_in_summary_and_console(seesaw, t
 def test_plan_and_whatif_state_the_sampling_error():
     kw = dict(model=MODEL, gpu=NODE[0], num_gpus=1, num_requests=5000, sample_size=120, workers=1)
     res = api.plan(**kw, screen={"vllm": 1, "seesaw": 0}, refine={"vllm": 0, "seesaw": 0})
-    assert res.sampling["sample_sizes"] == [60, 120] and res.sampling["estimated_error"] is not None
-    assert any(n.startswith("the winner simulated nested samples of 60, 120") for n in res.notes)
+    sizes = res.sampling["sample_sizes"]
+    assert sizes[:3] == [120, 240, 480] and res.sampling["estimated_error"] is not None
+    assert any("beyond the screening sample" in n and f"up to {sizes[-1]:,} of 5,000" in n for n in res.notes)
     assert res.summary()["sampling"] == res.sampling
     assert res.plan.provenance["sample_estimated_error"] == f"{res.sampling['estimated_error']:.4f}"
     wi = api.whatif(model=MODEL, gpu=NODE[0], num_gpus="1", num_requests=5000, sample_size=120, workers=1)
     table = wi.table()
     assert table["estimated_error"].notna().all()
-    assert any(n.startswith("Estimated sampling error: up to") for n in wi.notes)
+    assert any("Estimated sampling error: up to" in n for n in wi.notes)

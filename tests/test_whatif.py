@@ -39,7 +39,7 @@ def test_report_files_exist_and_html_embeds_every_plot(report):
     assert "src='" + "http" not in html and "<script" not in html          # self-contained
     md = (out / "report.md").read_text()
     assert all(f"]({p})" in md for p in PLOTS)
-    assert "extrapolated" in md and "sample of 60" in md and "extrapolated" in html
+    assert "screened on a seeded sample of 60" in md and "nested samples" in md and "nested samples" in html
 
 
 def test_report_lists_infeasible_options_with_reasons(report):

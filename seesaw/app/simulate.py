@@ -372,7 +372,10 @@ def plan(model: str = "llama2-70b", gpu: str = "l4", num_gpus: int | None = None
 
     check_objective(objective)
     check_counts(num_gpus=num_gpus, sample_size=sample_size, workers=workers)
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests, sample_size)
+    from simulator.extrapolate import converge_pool_size
+
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, requests,
+                                   converge_pool_size(sample_size))   # the contenders converge on this many
     node, measured, model_spec = _hardware(gpu, num_gpus, interconnect, model_spec, node, measured, num_nodes)
     with simulation_executor(executor, dask) as ex:
         result, precision = search_precisions(

@@ -79,8 +79,9 @@ class WhatIfResult:
                     vllm_cost_per_mtok_usd=v.get("cost_per_mtok_usd"),
                     speedup_vs_best_vllm=w.get("speedup_vs_best_vllm"),
                     num_simulated=o.result.num_simulated, num_estimated=o.result.num_estimated,
-                    extrapolated_from=o.result.extrapolated_from,
-                    estimated_error=(o.result.sampling or {}).get("estimated_error"), reason="")
+                    extrapolated_from=o.result.extrapolated_from, sample_size=w.get("sample_size"),
+                    estimated_error=w.get("estimated_error"), vllm_sample_size=v.get("sample_size"),
+                    vllm_estimated_error=v.get("estimated_error"), reason="")
             else:
                 row["reason"] = o.reason or "no candidate could be simulated"
             rows.append(row)
@@ -251,16 +252,32 @@ def run_whatif(
     out = WhatIfResult(model, workload_name, stats, sampled.num_requests, objective, options,
                        wall_s=time.perf_counter() - t0, deadline_s=deadline_s)
     if any(o.feasible and o.result.extrapolated_from for o in options):
-        out.notes.append(f"Each option {sampled.note()}.")
-        errors = [o.result.sampling["estimated_error"] for o in options if o.feasible and o.result.sampling
-                  and o.result.sampling["estimated_error"] is not None]
-        if errors:
-            out.notes.append(f"Estimated sampling error: up to {100 * max(errors):.2f}% (each option's best plan "
-                             f"simulated on growing nested samples up to {len(sampled.requests):,} requests; "
-                             "column estimated_error).")
+        out.notes.append(_sampling_note(options, sampled))
     if objective == "cost" and any(o.price_per_gpu_hour is None for o in options):
         out.notes.append("Some GPUs have no price: their cost columns are empty.")
     return out
+
+
+def _sampling_note(options: list[WhatIfOption], sampled) -> str:
+    """How the options' figures were sampled: screened on ``sampled``, each option's best plans of
+    each kind converged beyond it (``simulator.planner.converge``), the largest stated error and
+    the plans whose estimate did not converge."""
+    from simulator.planner.converge import TOL
+
+    plans = [(o.name, p) for o in options if o.feasible for p in (o.result.winner, o.result.best_vllm) if p]
+    errors = [p["estimated_error"] for _, p in plans if p.get("estimated_error") is not None]
+    largest = max((p["sample_size"] for _, p in plans if p.get("sample_size")), default=len(sampled.requests))
+    text = (f"Each option's candidates were screened on a seeded sample of {len(sampled.requests):,} of "
+            f"{sampled.num_requests:,} requests; the best of each kind were then simulated on nested samples "
+            f"doubling from it (up to {largest:,}) until their whole-workload throughput estimates (the marginal rate "
+            f"between the last two samples) agreed within {100 * TOL:g}%, and ranked on them.")
+    if errors:
+        text += f" Estimated sampling error: up to {100 * max(errors):.2f}% (columns estimated_error, vllm_estimated_error)."
+    loose = [f"{name} {p['candidate']} ({100 * p['estimated_error']:.2f}%)" for name, p in plans
+             if (p.get("estimated_error") or 0) > TOL]
+    if loose:
+        text += f" Not within {100 * TOL:g}% at the largest sample: " + ", ".join(dict.fromkeys(loose)) + "."
+    return text
 
 
 def _infeasible_reason(model: ModelSpec, node: NodeSpec, rejected: list[tuple[str, str]]) -> str:
@@ -340,7 +357,11 @@ def whatif(model: str = WHATIF_MODEL, gpu=WHATIF_GPUS, num_gpus=WHATIF_NUM_GPUS,
     check_counts(sample_size=sample_size, workers=workers)
     if dtype is not None or kv_cache_dtype is not None:
         Precision.parse(None if str(dtype).lower() == "auto" else dtype, kv_cache_dtype)  # bad names before work
-    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len, sample_size=sample_size)
+    from simulator.extrapolate import converge_pool_size
+
+    # a workload too large to build: as many requests as the contenders converge on (``plan``)
+    model_spec, reqs = load_inputs(model, workload, num_requests, seed, input_len, output_len,
+                                   sample_size=converge_pool_size(sample_size))
     with simulation_executor(executor, dask) as ex:
         result = run_whatif(model_spec, gpus, counts, reqs, workload_name=workload, interconnect=interconnect,
                             node_counts=node_counts, objective=objective, prices=prices, sample_size=sample_size,

@@ -71,7 +71,7 @@ def whatif(
     price: Optional[str] = typer.Option(None, "--price-per-gpu-hour", metavar="USD", rich_help_panel=opt.SEARCH_PANEL,
                                         help="USD per GPU-hour: 1.5 or l4=1.2,a10=1.8"),
     sample_size: int = typer.Option(1000, "--sample-size", min=1, metavar="N", rich_help_panel=opt.SEARCH_PANEL,
-                                    help="simulate at most this many per option"),
+                                    help="screen candidates on this many; the best then grow to 16,000"),
     deadline: Optional[str] = typer.Option(None, "--deadline", metavar="TIME", rich_help_panel=opt.SEARCH_PANEL,
                                            help="cheapest option done by then: 24h, 90m, 1h30m, s"),
     workers: Optional[int] = opt.WORKERS,

@@ -80,6 +80,8 @@ def _fmt(v, kind: str) -> str:
         return format_duration(v)
     if kind == "h":                             # GPU-hours: 3 significant digits below 100
         return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+    if kind == "pct":                           # an estimated sampling error (a fraction)
+        return f"{100 * v:.2f}%"
     spec = {"tok": "{:,.0f}", "usd": "${:,.3f}", "h": "{:,.1f}", "x": "{:.2f}x", "int": "{:,.0f}"}
     return spec[kind].format(v) if kind in spec else str(v)
 
@@ -88,7 +90,8 @@ _OPTION_COLS = [("option", "option", ""), ("best plan", "best_plan", ""), ("make
                 ("tokens/s", "throughput_tok_s", "tok"), ("$/M tokens", "cost_per_mtok_usd", "usd"),
                 ("GPU-hours", "gpu_hours", "h"), ("best static vLLM", "best_vllm", ""),
                 ("vLLM tokens/s", "vllm_throughput_tok_s", "tok"), ("vLLM $/M tokens", "vllm_cost_per_mtok_usd", "usd"),
-                ("speedup vs vLLM", "speedup_vs_best_vllm", "x")]
+                ("speedup vs vLLM", "speedup_vs_best_vllm", "x"), ("sampling error", "estimated_error", "pct"),
+                ("vLLM sampling error", "vllm_estimated_error", "pct")]
 _OPTION_TEXT_COLS = (0, 1, 6, len(_OPTION_COLS))  # left-aligned in HTML (names, plans, deadline); others numbers
 
 
@@ -109,12 +112,14 @@ def _options_rows(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[tu
 def _candidate_rows(res, top: int = 6) -> tuple[list[str], list[list[str]]]:
     """The best simulated variant of each of the ``top`` best layouts (knob variants of one layout
     are often identical on a sample; the CSV has them all)."""
-    header = ["rank", "best variant of the layout", "tokens/s", "makespan", "$/M tokens", "vs best vLLM"]
+    header = ["rank", "best variant of the layout", "tokens/s", "makespan", "$/M tokens", "vs best vLLM",
+              "sampling error"]
     t = res.table
-    best = t[t["source"] == "simulated"].drop_duplicates("layout").head(top)
+    best = t[t["source"].isin(("converged", "simulated"))].drop_duplicates("layout").head(top)
     rows = [[str(r["rank"]), r["candidate"], _fmt(r["throughput_tok_s"], "tok"),
              _fmt(r["makespan_s"], "dur"), _fmt(r["cost_per_mtok_usd"], "usd"),
-             _fmt(r["speedup_vs_best_vllm"], "x")] for r in best.to_dict("records")]
+             _fmt(r["speedup_vs_best_vllm"], "x"), _fmt(r.get("estimated_error"), "pct")]
+            for r in best.to_dict("records")]
     return header, rows
 
 

@@ -38,6 +38,10 @@ def brief(row) -> dict:
         v = float(row[k])
         out[k] = None if math.isnan(v) else v
     out["time_by_phase_s"] = {k: round(float(row[f"{k}_s"]), 3) for k in PHASES if row[f"{k}_s"]}
+    if "sample_size" in row.index:     # converged beyond the screening sample (``converge``)
+        n, e = float(row["sample_size"]), float(row["estimated_error"])
+        out["sample_size"] = None if math.isnan(n) else int(n)
+        out["estimated_error"] = None if math.isnan(e) else e
     return out
 
 

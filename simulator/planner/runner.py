@@ -23,6 +23,7 @@ from typing import Callable
 from seesaw.scheduling import SchedulerError
 from seesaw.core import ModelSpec, NodeSpec, SpecError
 from simulator.cost import CostModel
+from simulator.extrapolate import steady_points
 from simulator.sim import SimulationStopped, default_host_kv_bytes, host_blocks_per_replica, simulate
 
 __all__ = ["SimRunner", "default_workers", "simulate_one"]
@@ -37,9 +38,10 @@ def default_workers() -> int:
 
 
 def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measured=None,
-                 bound: float | None = None) -> dict:
+                 bound: float | None = None, steady: bool = False) -> dict:
     """One simulation's result: makespan, phases, ...; ``{"error": ...}`` if it cannot run;
-    ``{"stopped_at_s": t}`` if its makespan exceeds ``bound`` (it stopped at the first event past it)."""
+    ``{"stopped_at_s": t}`` if its makespan exceeds ``bound`` (it stopped at the first event past it).
+    ``steady``: also each replica's last admission (``simulator.extrapolate.steady_points``)."""
     try:
         r = simulate(model, node, policy, requests,
                      cost=CostModel(model, node, measured=measured) if measured is not None else None,
@@ -50,6 +52,8 @@ def simulate_one(model: ModelSpec, node: NodeSpec, policy, requests: list, measu
         return {"stopped_at_s": e.clock_s}
     out = {"makespan_s": r.elapsed_time, "time_by_phase": dict(r.time_by_phase),
            "num_preemptions": r.num_preemptions, "num_transitions": int(r.extra.get("num_transitions", 0))}
+    if steady:
+        out["steady"] = steady_points(r.steps)
     if "host_kv_peak_usage" in r.extra:      # Seesaw: the most host-pool blocks one replica held
         host = policy.host_kv_bytes if policy.host_kv_bytes is not None else default_host_kv_bytes(model, node)
         out["host_peak_blocks"] = r.extra["host_kv_peak_usage"] * host_blocks_per_replica(model, policy, host)
@@ -64,15 +68,18 @@ def _init_worker(rungs: list[list]) -> None:
     _RUNGS = rungs
 
 
-def _simulate_rung(model: ModelSpec, node: NodeSpec, policy, rung: int, measured=None, bound: float | None = None) -> dict:
+def _simulate_rung(model: ModelSpec, node: NodeSpec, policy, rung: int, measured=None, bound: float | None = None,
+                   steady: bool = False) -> dict:
     """``simulate_one`` on sample ``rung`` of this worker's samples (sent once, not with every job)."""
-    return simulate_one(model, node, policy, _RUNGS[rung], measured, bound)
+    return simulate_one(model, node, policy, _RUNGS[rung], measured, bound, steady)
 
 
 class SimRunner:
     """Runs simulations on an executor (module docstring) or in-process and remembers every result.
 
-    rungs: the samples a candidate can be simulated on, smallest first (one: the whole sample);
+    rungs: the samples a candidate can be simulated on, smallest first; ``final`` (default the last)
+    is the whole sample the search ranks on, rungs after it the growing samples that contenders
+    converge on (``simulator.planner.converge``);
     equiv[r]: candidate index -> equivalence key on rung ``r``'s sample (absent or None: unique).
     ``results[r][i]`` is candidate ``i``'s result on rung ``r``; ``same_as[r][i]`` the candidate
     whose simulation it shares. progress(done, planned, what) after each simulation. reuse(i,
@@ -88,10 +95,13 @@ class SimRunner:
     def __init__(self, model, node, rungs: list[list], *, workers: int | None = None,
                  executor: Executor | None = None, progress: Callable | None = None,
                  equiv: list[dict[int, tuple | None]] | None = None, measured=None,
-                 reuse: Callable[[int, dict[int, dict]], int | None] | None = None):
+                 reuse: Callable[[int, dict[int, dict]], int | None] | None = None, final: int | None = None):
         self.model, self.node, self.rungs, self.measured = model, node, rungs, measured
+        self.final = len(rungs) - 1 if final is None else final
+        self.steady = self.final < len(rungs) - 1     # growing samples: results carry their last admissions
         self.workers = default_workers() if workers is None else workers
-        self.progress, self.equiv, self.reuse = progress, equiv or [{} for _ in rungs], reuse
+        self.progress, self.reuse = progress, reuse
+        self.equiv = (equiv or []) + [{} for _ in rungs[len(equiv or []):]]
         self.results: list[dict[int, dict]] = [{} for _ in rungs]
         self.same_as: list[dict[int, int]] = [{} for _ in rungs]
         self._by_key: list[dict[tuple, int]] = [{} for _ in rungs]
@@ -102,10 +112,6 @@ class SimRunner:
         self.by_rung = [0] * len(rungs)        # simulations run per rung
         self.bound: Callable[[int, dict[int, dict]], float] | None = None
         self.priority: Callable[[int], float] | None = None
-
-    @property
-    def final(self) -> int:
-        return len(self.rungs) - 1
 
     def ok(self, i: int, rung: int | None = None) -> bool:
         res = self.results[self.final if rung is None else rung].get(i)
@@ -142,12 +148,11 @@ class SimRunner:
             b = self.bound(i, results) if bounded else None
             return None if b is None or b == float("inf") else b
 
-        if self.executor is None and len(todo) > 1 and self.workers > 1:
-            self.executor, self._own = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker,
-                                                           initargs=(self.rungs,)), True
+        self._start(len(todo))
         if self.executor is None:
             for i, pol in todo:
-                self._done(results, i, pol, simulate_one(self.model, self.node, pol, reqs, self.measured, job_bound(i)))
+                self._done(results, i, pol, simulate_one(self.model, self.node, pol, reqs, self.measured, job_bound(i),
+                                                         self.steady))
         else:   # bounded on our pool: one job per worker in flight, so each starts with the latest bound
             cap = self.workers if bounded and self._own else len(todo)
             queue, futures = list(reversed(todo)), {}
@@ -155,7 +160,7 @@ class SimRunner:
                 while queue and len(futures) < cap:
                     i, pol = queue.pop()
                     fut = self.executor.submit(_simulate_rung if self._own else simulate_one, self.model, self.node,
-                                               pol, r if self._own else reqs, self.measured, job_bound(i))
+                                               pol, r if self._own else reqs, self.measured, job_bound(i), self.steady)
                     futures[fut] = (i, pol)
                 self._pending = list(futures)
                 finished, _ = wait(futures, return_when=FIRST_COMPLETED)
@@ -165,6 +170,38 @@ class SimRunner:
         for i, j in same.items():
             if j in results:
                 results[i] = results[j]
+
+    def _start(self, jobs: int) -> None:
+        """Our own pool, on the first batch of two or more jobs (``workers`` > 1, no executor given)."""
+        if self.executor is None and jobs > 1 and self.workers > 1:
+            self.executor, self._own = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker,
+                                                           initargs=(self.rungs,)), True
+
+    def run_rungs(self, jobs: list[tuple[int, object, int]]) -> None:
+        """Simulate each (candidate index, policy, rung) not simulated on that rung yet, all at once
+        (largest samples first): no bound, no sharing (the growing samples of
+        ``simulator.planner.converge``, where a rung's job and the next rung's may run side by side)."""
+        todo = sorted({(i, r): (i, pol, r) for i, pol, r in jobs if i not in self.results[r]}.values(),
+                      key=lambda job: (-len(self.rungs[job[2]]), job[0]))
+        self.planned += len(todo)
+        for _, _, r in todo:
+            self.by_rung[r] += 1
+        self._start(len(todo))
+        if self.executor is None:
+            for i, pol, r in todo:
+                self._done(self.results[r], i, pol, simulate_one(self.model, self.node, pol, self.rungs[r], self.measured,
+                                                                 None, True))
+            return
+        futures = {self.executor.submit(_simulate_rung if self._own else simulate_one, self.model, self.node, pol,
+                                        r if self._own else self.rungs[r], self.measured, None, True): (i, pol, r)
+                   for i, pol, r in todo}
+        self._pending = list(futures)
+        while futures:
+            finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i, pol, r = futures.pop(fut)
+                self._done(self.results[r], i, pol, fut.result())
+        self._pending = []
 
     def _done(self, results: dict, i: int, pol, res: dict) -> None:
         results[i] = res

@@ -10,10 +10,12 @@ switched back to prefill and its host pool peak stayed under the variant's limit
 With ``halving_min``, every batch of simulations is a successive-halving race over nested samples
 (``_race``): off by default, since on ShareGPT the simulated ranking of near-tied candidates flips
 between a sample and its half (see ``HALVING_TOL``). ``exhaustive=True`` simulates everything (``seesaw compare``, and the regret check in
-``benchmarks/planner_speed.py``). Large workloads are planned on a seeded sample of at most
-``sample_size`` requests; makespans are scaled by the full/sample token ratio
-(``simulator.extrapolate``, the one definition; ``extrapolated_from`` says so). Throughput is total (prompt + output) tokens per second, as
-``vllm bench throughput`` counts it; cost is per million total tokens.
+``benchmarks/planner_speed.py``). Large workloads are screened on a seeded sample of at most
+``sample_size`` requests (makespans scaled by the full/sample token ratio, ``extrapolated_from``
+says so); the best few of each kind are then converged on nested samples growing beyond it
+(``simulator.planner.converge``): they rank first, on the whole workload's estimated throughput,
+with its sample size and estimated error. Throughput is total (prompt + output) tokens per second,
+as ``vllm bench throughput`` counts it; cost is per million total tokens.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import pandas as pd
@@ -30,7 +32,10 @@ from seesaw.core import (
     PHASES, VERSION, GiB, MeasuredProfile, ModelSpec, NodeSpec, Plan, SeesawPolicy, SpecError, VllmPolicy,
 )
 from simulator.cost import CostModel
-from simulator.extrapolate import FIRST_SAMPLE, converge, halving_sizes, nested_samples, sample_workload, tokens
+from simulator.extrapolate import (
+    CONVERGE_MAX, converge_pool_size, doubling_sizes, halving_sizes, nested_samples, sample_workload, tokens,
+)
+from simulator.planner.converge import converge_contenders, converged_note, converged_rows
 from simulator.planner.enumerate import Candidate, SearchSpace, enumerate_candidates, enumerate_layouts
 from simulator.planner.estimate import (
     ReplicaWork, equivalence_key, estimate_makespan_s, host_limit_tokens, replica_works,
@@ -109,7 +114,7 @@ def _search(rows: list[dict], candidates: list[Candidate], runner: SimRunner, sc
     (``_bound_rule``): the same simulations are started and the same plan comes out.
     """
     ok = [r for r in rows if r["error"] is None]
-    results = runner.results[-1]
+    results = runner.results[runner.final]
     groups: dict[tuple, list[dict]] = {}
     for r in sorted(ok, key=lambda r: (r["est_makespan_s"], r["index"])):
         groups.setdefault((r["kind"], r["layout"]), []).append(r)
@@ -240,6 +245,7 @@ def plan(
     executor: Executor | None = None,
     halving_min: int | None = None,
     bound: bool = True,
+    converge_max: int | None = CONVERGE_MAX,
     workload_name: str = "",
     progress: Callable[[int, int, str], None] | None = None,
     measured: MeasuredProfile | None = None,
@@ -260,6 +266,11 @@ def plan(
     of the whole sample, the smallest at least this size; None (the default): whole sample only.
     bound: stop a simulation once its clock passes the makespan that its result would have to beat
     to change the search (``_bound_rule``); the plan is the same, the table says "stopped".
+    converge_max: a workload larger than ``sample_size`` is screened on that sample, then the best
+    candidates of each kind are simulated on nested samples doubling from it up to this many
+    requests (or the whole workload when smaller) until their throughput converges
+    (``simulator.planner.converge``); they rank first, with ``sample_size`` and ``estimated_error``.
+    None: the same screening sample, no growing samples (every row only screened).
     """
     if objective not in ("throughput", "cost"):
         raise SpecError(f"unknown objective {objective!r}; known: throughput, cost")
@@ -269,8 +280,14 @@ def plan(
     price = _price(node, price_per_gpu_hour)
     if objective == "cost" and price is None:
         raise SpecError(f"no price for GPU '{node.gpu.name}': give a price per GPU-hour for the cost objective")
-    sampled = sample_workload(requests, sample_size, seed)
-    sample, num_requests = sampled.requests, sampled.num_requests
+    pool = sample_workload(requests, converge_pool_size(sample_size, converge_max or CONVERGE_MAX) if sample_size else None,
+                           seed)   # converge_max None: the same screening sample, no growing ones
+    sample = pool.requests if not sample_size or len(pool.requests) <= sample_size else \
+        nested_samples(pool.requests, [sample_size], seed)[0]
+    sampled = replace(pool, requests=sample)    # the screening sample, standing for the whole
+    num_requests = sampled.num_requests
+    growing = doubling_sizes(len(sample), len(pool.requests), len(pool.requests))[1:] \
+        if sampled.extrapolated and converge_max is not None else []
     full_tokens = sampled.total_tokens
     output_fraction = sampled.output_tokens / full_tokens if full_tokens else 0.0
     scale = sampled.scale
@@ -286,11 +303,15 @@ def plan(
             memo[id(reqs), dp] = replica_works(reqs, dp)
         return memo[id(reqs), dp]
 
+    # estimated on the requests the contenders converge on: on a screening sample smaller than the
+    # node's concurrency the estimate, like a simulation, ranks many-replica layouts far too low
+    est_reqs = pool.requests if growing else sample
+    est_scale = full_tokens / tokens(est_reqs) if full_tokens else 1.0
     for i, cand in enumerate(candidates):
         pol = cand.policy
-        w = _works(sample, pol.layout.dp)
+        w = _works(est_reqs, pol.layout.dp)
         est, phases = estimate_makespan_s(cost, pol, w)
-        rows.append(_row(i, cand, est * scale, {k: v * scale for k, v in phases.items()},
+        rows.append(_row(i, cand, est * est_scale, {k: v * est_scale for k, v in phases.items()},
                          unservable_reason(pol, w, cost)))
     screen = dict(DEFAULT_SCREEN if screen is None else screen)
     refine = dict(DEFAULT_REFINE if refine is None else refine)
@@ -298,18 +319,21 @@ def plan(
     rungs = nested_samples(sample, sizes, seed)
     equiv = [{i: k for i, c in enumerate(candidates) if rows[i]["error"] is None
               and (k := equivalence_key(c, _works(r, c.policy.layout.dp), cost))} for r in rungs]
-    runner = SimRunner(model, node, rungs, workers=workers, executor=executor, progress=progress, equiv=equiv,
-                       measured=measured, reuse=_reuse_rule(candidates, cost))
+    runner = SimRunner(model, node, rungs + nested_samples(pool.requests, growing, seed), workers=workers,
+                       executor=executor, progress=progress, equiv=equiv, measured=measured,
+                       reuse=_reuse_rule(candidates, cost), final=len(rungs) - 1)
     try:
         if exhaustive:
             _run(runner, candidates, [r["index"] for r in rows if r["error"] is None])
         else:
             _search(rows, candidates, runner, screen, refine, keep_within, bound)
+        convs = converge_contenders(runner, candidates, rows, full_tokens, whole=not pool.extrapolated) \
+            if growing else {}
     except BaseException:  # Ctrl-C or a failure: do not wait for the queued simulations
         runner.close(cancel=True)
         raise
     runner.close()
-    final, shared = runner.results[-1], runner.same_as[-1]
+    final, shared = runner.results[runner.final], runner.same_as[runner.final]
     for rung in range(runner.final):      # screened out on a smaller sample: that sample's makespan, scaled
         for i, res in runner.results[rung].items():
             if i not in final and "error" not in res:
@@ -330,6 +354,7 @@ def plan(
         row.update(source="simulated", makespan_s=res["makespan_s"] * scale,
                    num_transitions=res["num_transitions"], num_preemptions=res["num_preemptions"],
                    **{f"{k}_s": v * scale for k, v in res["time_by_phase"].items()})
+    converged_rows(rows, runner, convs, full_tokens)
     for r in rows:
         if r["error"]:
             rejected.append((r["candidate"], r["error"]))
@@ -345,17 +370,16 @@ def plan(
     if same:
         result.notes.append(f"{same} Seesaw variants share a simulation with an equivalent one: their host "
                             "pool never fills, so pool size and watermarks cannot matter")
+    sim = table[table["source"].isin(("converged", "simulated"))] if len(table) else table
     if result.extrapolated_from:
-        result.notes.append(sampled.note())
-        if len(table) and (table["source"] == "simulated").any():
-            win = candidates[int(table[table["source"] == "simulated"].iloc[0]["index"])].policy
-            conv = _sampling_error(model, node, win, sampled, seed, measured)
-            result.sampling = conv.summary()
-            if conv.error is not None:
-                result.notes.append("the winner " + conv.note(num_requests))
+        result.notes.append(f"screened the candidates on a seeded sample of {len(sample):,} of {num_requests:,} "
+                            f"requests (times scaled by the token ratio {scale:,.1f}x: start-up and final drain "
+                            "included, so a row only screened reads low)")
+        if len(sim) and (win := convs.get(int(sim.iloc[0]["index"]))):
+            result.sampling = win.summary()
+            result.notes.append(converged_note(sim, num_requests))
     if (note := over_context_note(model, sample)) is not None:
         result.notes.append(note)
-    sim = table[table["source"] == "simulated"] if len(table) else table
     if len(sim):
         result.winner = brief(sim.iloc[0])
         vllm = sim[sim["kind"] == "vllm"]
@@ -374,7 +398,8 @@ def plan(
             explanation=explain(sim.iloc[0], vllm.iloc[0] if len(vllm) else None, sim),
             provenance={
                 "model_profile": model.name, "node_profile": node.name, "gpu_profile": node.gpu.name,
-                "seesaw_version": VERSION, "simulated_requests": str(len(sample)),
+                "seesaw_version": VERSION,
+                "simulated_requests": str(result.sampling["sample_size"] if result.sampling else len(sample)),
                 "workload_requests": str(num_requests), "sample_seed": str(seed),
                 "price_per_gpu_hour_usd": "" if price is None else f"{price:g}",
                 "sample_estimated_error": "" if not (result.sampling and result.sampling["estimated_error"] is not None)
@@ -390,16 +415,6 @@ def plan(
             })
     result.wall_s = time.perf_counter() - t0
     return result
-
-
-def _sampling_error(model, node, policy, sampled, seed: int, measured):
-    """The winner simulated on half the sample and the whole sample, nested
-    (``simulator.extrapolate.converge``): their throughput estimates' difference is the stated error."""
-    from simulator.sim import simulate
-
-    cost = CostModel(model, node, measured=measured) if measured is not None else None
-    first = max(1, min(FIRST_SAMPLE, len(sampled.requests) // 2))
-    return converge(lambda reqs: simulate(model, node, policy, reqs, cost=cost), sampled, seed, first=first)[1]
 
 
 def _reuse_rule(candidates: list[Candidate], cost: CostModel) -> Callable[[int, dict[int, dict]], int | None]:
@@ -455,14 +470,17 @@ def _table(rows: list[dict], full_tokens: int, num_gpus: int, price: float | Non
     df["est_throughput_tok_s"] = full_tokens / df["est_makespan_s"]
     df["gpu_hours"] = num_gpus * df["makespan_s"] / 3600
     df["cost_per_mtok_usd"] = df["gpu_hours"] * price / (full_tokens / 1e6) if price else float("nan")
-    df["simulated"] = df["source"] == "simulated"
-    # objective first; cost ties go to throughput and vice versa; then enumeration order
+    df["converged"] = df["source"] == "converged"
+    df["simulated"] = df["converged"] | (df["source"] == "simulated")
+    # converged first (beyond the screening sample), then simulated; objective first; cost ties go to
+    # throughput and vice versa; then enumeration order
     keys = ["makespan_s", "index"] if objective == "throughput" or not price else ["cost_per_mtok_usd", "makespan_s", "index"]
-    df = df.sort_values(["simulated"] + keys, ascending=[False] + [True] * len(keys), kind="stable")
+    df = df.sort_values(["converged", "simulated"] + keys, ascending=[False, False] + [True] * len(keys), kind="stable")
     vllm = df[(df["kind"] == "vllm") & df["simulated"]]
+    vllm = vllm[vllm["converged"]] if vllm["converged"].any() else vllm
     best_vllm = vllm["throughput_tok_s"].max() if len(vllm) else float("nan")
     df["speedup_vs_best_vllm"] = df["throughput_tok_s"] / best_vllm
     stopped = df["source"] == "stopped"     # makespan_s is a lower bound: no throughput, cost or speedup
     df.loc[stopped, ["throughput_tok_s", "cost_per_mtok_usd", "speedup_vs_best_vllm"]] = float("nan")
     df.insert(0, "rank", range(1, len(df) + 1))
-    return df.drop(columns=["simulated", "error"]).reset_index(drop=True)
+    return df.drop(columns=["converged", "simulated", "error"]).reset_index(drop=True)
