@@ -1,6 +1,8 @@
 """The schedulers' known idle set (``idle_known``, which spares the decode hot path a scan of the
 running sequences) always equals that scan, whatever order steps complete in; so does a decode's
-computed-token sum when the scheduler hands it over without a pass."""
+computed-token sum when the scheduler hands it over without a pass. With chunked prefill the idle
+set holds the decode candidates (one token to compute) and ``prefilling`` the running sequences
+mid-prefill, each equal to its scan."""
 
 import random
 
@@ -17,8 +19,12 @@ def _requests(rng: random.Random, n: int) -> list[Req]:
 
 def _check(sched) -> None:
     if sched.idle_known is not None:
-        scanned = [s for s in sched.running.values() if not s.in_flight]
+        scanned = [s for s in sched.running.values()
+                   if not s.in_flight and (not sched.chunked or s.num_new_tokens == 1)]
         assert [s.req_id for s in sched.idle_known] == [s.req_id for s in scanned]
+    if sched.chunked:
+        mid = [s.req_id for s in sched.running.values() if s.num_new_tokens > 1]
+        assert list(sched.prefilling) == mid
 
 
 def _drive_shuffled(sched, rng: random.Random) -> int:
@@ -51,6 +57,22 @@ def test_vllm_idle_set_matches_a_scan(seed, depth):
         sched.add_request(r)
     known = _drive_shuffled(sched, rng)
     assert sched.num_finished == 60 and known > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("budget", [16, 48])
+def test_chunked_idle_set_and_prefilling_match_a_scan(seed, depth, budget):
+    rng = random.Random(seed)
+    # small budgets split prompts into chunks (some of one token); few blocks: preemptions of
+    # decodes and of sequences mid-prefill
+    sched = VllmScheduler(24, block_size=8, max_num_seqs=6, max_num_batched_tokens=budget,
+                          pipeline_depth=depth, enable_chunked_prefill=True)
+    for r in _requests(rng, 60):
+        sched.add_request(r)
+    known = _drive_shuffled(sched, rng)
+    assert sched.num_finished == 60 and known > 0 and sched.num_preemptions > 0
+    assert not sched.prefilling
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -60,7 +60,10 @@ class Decode(Forward):
 
 @dataclass(slots=True, eq=False)
 class Mixed(Forward):
-    """Decodes first, then prefill chunks up to the token budget (chunked prefill)."""
+    """Decodes first, then prefill chunks up to the token budget (chunked prefill).
+    ``num_decodes``: how many of the members are those decodes (-1: not given)."""
+
+    num_decodes: int = -1
 
 
 @dataclass(slots=True, eq=False)
