@@ -47,7 +47,7 @@ def batch_shape(step: Forward) -> BatchShape:
     shape = BatchShape()
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens
-        if n == 1 and seq.num_output_tokens > 0 and past == seq.num_tokens - 1:
+        if n == 1 and seq.num_tokens > seq.prompt_len and past == seq.num_tokens - 1:   # a decode
             shape.decode_seqs += 1
             shape.decode_context_tokens += past + 1
             shape.sampled_seqs += 1
@@ -301,7 +301,7 @@ class Replica:
             # whole prefills only: a decode's members sampled their first token before
             if type(step) is not Decode or not self.skip_first_token_check:
                 for seq in [s for s in step.seqs if s.first_token_time_s is None]:
-                    if seq.num_output_tokens > 0:
+                    if seq.num_tokens > seq.prompt_len:      # sampled its first token
                         seq.first_token_time_s = now
             for seq in finished:
                 seq.finish_time_s = now

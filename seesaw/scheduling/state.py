@@ -44,8 +44,8 @@ class Sequence:
     replica: int = 0
     status: SeqStatus = SeqStatus.WAITING
     num_computed_tokens: int = 0
-    num_output_tokens: int = 0
-    num_tokens: int = 0            # prompt + generated so far (kept in step with num_output_tokens)
+    num_tokens: int = 0            # prompt + generated so far (see ``num_output_tokens``)
+    max_num_tokens: int = field(init=False, default=0)   # prompt + max_output_len: done at this
     num_blocks: int = 0            # device KV blocks held
     num_host_blocks: int = 0       # host-pool KV blocks held (Seesaw)
     num_preemptions: int = 0
@@ -58,11 +58,17 @@ class Sequence:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.num_tokens = self.prompt_len + self.num_output_tokens
+        self.num_tokens = self.prompt_len
+        self.max_num_tokens = self.prompt_len + self.max_output_len
 
     def append_token(self) -> None:
-        self.num_output_tokens += 1
         self.num_tokens += 1
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens generated so far (a preempted sequence keeps them: they are recomputed with its
+        prompt). Derived, so a decode step counts one token per sequence with one update."""
+        return self.num_tokens - self.prompt_len
 
     @property
     def num_new_tokens(self) -> int:

@@ -369,9 +369,8 @@ class VllmScheduler:
             for seq in step.seqs:
                 seq.in_flight = False
                 total = seq.num_computed_tokens = seq.num_tokens
-                seq.num_tokens = total + 1
-                out = seq.num_output_tokens = seq.num_output_tokens + 1
-                if out >= seq.max_output_len:
+                seq.num_tokens = new = total + 1
+                if new >= seq.max_num_tokens:
                     finished.append(seq)
                 elif total // bs >= seq.num_blocks:
                     edges.append(seq)
@@ -441,9 +440,8 @@ class VllmScheduler:
                 continue
             if n > 1 and pre is not None:
                 del pre[seq.req_id]      # its prompt is done (a one-token step was a candidate's)
-            seq.num_tokens = total + 1
-            out = seq.num_output_tokens = seq.num_output_tokens + 1
-            if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
+            seq.num_tokens = total = total + 1
+            if total >= seq.max_num_tokens or (stopped and seq.req_id in stopped):
                 finished.append(seq)
             elif ready is not None:
                 ready.append(seq)
