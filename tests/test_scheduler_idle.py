@@ -27,14 +27,25 @@ def _check(sched) -> None:
         assert list(sched.prefilling) == mid
 
 
+def _check_in_flight(sched, steps: list) -> None:
+    """A sequence is in flight exactly when it is in a step handed out and not completed, whether
+    its flight was taken again or not (Seesaw's sequences waiting for a SwapOut aside: evicted
+    ones are in flight, prefilled ones not yet)."""
+    expect = {id(s) for step in steps for s in getattr(step, "seqs", ())}
+    offload = {id(s) for s in getattr(sched, "to_offload", ())}
+    assert {id(s) for s in sched.seqs if s.in_flight} - offload == expect - offload
+
+
 def _drive_shuffled(sched, rng: random.Random) -> int:
     """Run to completion, completing a random in-flight step each time (as a real engine's
-    replicas and swaps may); check the idle set after every call. Returns how often it was known."""
+    replicas and swaps may); check the idle set and who is in flight after every call. Returns how
+    often the idle set was known."""
     in_flight, known = [], 0
     for _ in range(200_000):
         while (step := sched.schedule()) is not None:
             in_flight.append(step)
             _check(sched)
+            _check_in_flight(sched, in_flight)
             if getattr(step, "computed_tokens", -1) >= 0:   # a decode's sum, when the scheduler knew it
                 assert step.computed_tokens == sum(s.num_computed_tokens for s in step.seqs)
         if not in_flight:
@@ -42,6 +53,7 @@ def _drive_shuffled(sched, rng: random.Random) -> int:
             return known
         sched.on_step_done(in_flight.pop(rng.randrange(len(in_flight))))
         _check(sched)
+        _check_in_flight(sched, in_flight)
         known += sched.idle_known is not None
     raise AssertionError("did not finish")
 

@@ -48,7 +48,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
-from seesaw.scheduling.steps import Forward, Prefill, Reshard, Step, SwapIn, SwapOut
+from seesaw.scheduling.steps import Forward, Prefill, Reshard, Step, SwapIn, SwapOut, mark_in_flight
 from seesaw.scheduling.vllm import VllmScheduler
 from seesaw.core import ParallelConfig
 
@@ -177,11 +177,13 @@ class SeesawScheduler(VllmScheduler):
         step = self._schedule_decode()
         if step is not None:
             self.num_in_flight += 1
-            for s in step.seqs:
-                s.in_flight = True
+            mark_in_flight(step)
         return step
 
     def _launch(self, step: Step) -> Step:
+        if isinstance(step, Forward):
+            mark_in_flight(step)
+            return step
         if isinstance(step, (SwapIn, SwapOut)):
             self.num_swaps_in_flight += 1
         for s in getattr(step, "seqs", ()):
@@ -303,7 +305,7 @@ class SeesawScheduler(VllmScheduler):
         The room is checked per sequence at eviction time: decodes that drained after the
         decision to switch back may have crossed a block boundary.
         """
-        self.idle_known = None
+        self.idle_known = self.idle_flight = None
         if self.mode == DECODE and self.host.can_allocate(blocks_for(seq.num_tokens, self.block_size)):
             if not self.leaving_decode:
                 seq.num_preemptions += 1
@@ -332,7 +334,7 @@ class SeesawScheduler(VllmScheduler):
         if isinstance(step, Forward):
             return self._forward_done(step, stopped)
         if isinstance(step, Reshard):
-            self.idle_known = None
+            self.idle_known = self.idle_flight = None
             self.reshard_in_flight = False
             self.leaving_decode = False
             self.mode = self._target
@@ -365,6 +367,7 @@ class SeesawScheduler(VllmScheduler):
         idle, known = self.idle_known, self._survivors
         if idle is not None:
             self.idle_known = idle + step.seqs
+            self.idle_flight = None              # theirs is not the idle set's
         self.num_swaps_in_flight -= 1
         computed = 0
         for seq in step.seqs:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from seesaw.core import SpecError
 
-__all__ = ["SeqStatus", "Sequence", "BlockPool", "SchedulerError", "blocks_for"]
+__all__ = ["SeqStatus", "Sequence", "Flight", "BlockPool", "SchedulerError", "blocks_for"]
 
 
 class SchedulerError(SpecError):
@@ -31,6 +31,21 @@ class SeqStatus(enum.Enum):
 
 def blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
+
+
+class Flight:
+    """Whether the sequences that point to it are in a step that has not completed yet: a forward
+    step's members share one, so completing the step is one write (``live = False``) instead of
+    one per member, and a decode of the same group again reuses it (see ``VllmScheduler``)."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: bool = True):
+        self.live = live
+
+
+# the shared markers of a sequence set in or out of flight on its own (never switched)
+IN_FLIGHT, NOT_IN_FLIGHT = Flight(True), Flight(False)
 
 
 @dataclass(slots=True, eq=False)
@@ -49,7 +64,7 @@ class Sequence:
     num_blocks: int = 0            # device KV blocks held
     num_host_blocks: int = 0       # host-pool KV blocks held (Seesaw)
     num_preemptions: int = 0
-    in_flight: bool = False        # part of a step that has not completed yet
+    flight: Flight = field(default=NOT_IN_FLIGHT, repr=False)   # see ``in_flight``
     admit_order: int = 0           # for LIFO preemption
     finish_reason: str | None = None
     # filled by the executor that drives the scheduler
@@ -69,6 +84,15 @@ class Sequence:
         """Tokens generated so far (a preempted sequence keeps them: they are recomputed with its
         prompt). Derived, so a decode step counts one token per sequence with one update."""
         return self.num_tokens - self.prompt_len
+
+    @property
+    def in_flight(self) -> bool:
+        """Part of a step that has not completed yet."""
+        return self.flight.live
+
+    @in_flight.setter
+    def in_flight(self, value: bool) -> None:
+        self.flight = IN_FLIGHT if value else NOT_IN_FLIGHT
 
     @property
     def num_new_tokens(self) -> int:

@@ -26,10 +26,12 @@ from collections import deque
 from operator import attrgetter
 from typing import Iterable
 
-from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
-from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill
+from seesaw.scheduling.state import (
+    NOT_IN_FLIGHT, BlockPool, Flight, SchedulerError, Sequence, SeqStatus, blocks_for,
+)
+from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill, mark_in_flight
 
-__all__ = ["VllmScheduler", "split_across_replicas"]
+__all__ = ["VllmScheduler"]
 
 _ADMIT_ORDER = attrgetter("admit_order")
 
@@ -73,6 +75,10 @@ class VllmScheduler:
         # without chunked prefill, every running sequence not in flight), in running order, when
         # known without a scan (see ``_take_decodes``); None when unknown
         self.idle_known: list[Sequence] | None = None
+        # the (completed) ``Flight`` every sequence of ``idle_known`` points to, when they share
+        # one; a decode of them takes it again (``batch_flight``) instead of a write per member
+        self.idle_flight: Flight | None = None
+        self.batch_flight: Flight | None = None
         # what the last decode's completion learnt of its survivors (see ``on_step_done``):
         # (survivors, those at a block boundary, sum of their num_computed_tokens)
         self._survivors: tuple | None = None
@@ -142,8 +148,7 @@ class VllmScheduler:
             step = self._schedule_prefill() or self._schedule_decode()
         if step is None:
             return None
-        for s in step.seqs:
-            s.in_flight = True
+        mark_in_flight(step)
         self.num_in_flight += 1
         return step
 
@@ -218,6 +223,8 @@ class VllmScheduler:
         """
         known = self._survivors
         self._survivors = None
+        flight = self.idle_flight
+        self.idle_flight = self.batch_flight = None
         # usually the candidates are the last decode's survivors, known without a scan
         # (``idle_known``)
         cands = self.idle_known
@@ -275,6 +282,14 @@ class VllmScheduler:
         if end == len(cands):
             # no candidate was a victim (a chunked prefill victim is none): the rest stays idle
             rest = self.idle_known = cands[taken:]
+            if flight is not None:
+                # the candidates share a completed flight (one decode's survivors): the batch
+                # takes it again, the rest gets one of its own
+                self.batch_flight = flight
+                if rest:
+                    own = self.idle_flight = Flight(False)
+                    for s in rest:
+                        s.flight = own
             if not rest:
                 self._survivors = (rest, [], 0)
             elif rest_known is not None:
@@ -291,7 +306,8 @@ class VllmScheduler:
         return None
 
     def _preempt(self, seq: Sequence) -> None:
-        self.idle_known = None
+        self.idle_known = self.idle_flight = None
+        seq.flight = NOT_IN_FLIGHT
         self.blocks.free(seq.num_blocks)
         seq.num_blocks = 0
         seq.num_computed_tokens = 0
@@ -313,7 +329,7 @@ class VllmScheduler:
             limit = self.max_num_seqs
         seqs, computed = self._take_decodes(limit if limit > 1 else 1)
         return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs),
-                      computed_tokens=computed) if seqs else None
+                      computed_tokens=computed, flight=self.batch_flight) if seqs else None
 
     def _schedule_chunked(self) -> Forward | None:
         budget = self.max_num_batched_tokens
@@ -343,7 +359,7 @@ class VllmScheduler:
         self._admit_waiting(seqs, counts, budget, chunked=True)
         if len(seqs) == len(decodes):
             return Decode(replica=self.replica, seqs=seqs, num_new_tokens=counts,
-                          computed_tokens=computed) if seqs else None
+                          computed_tokens=computed, flight=self.batch_flight) if seqs else None
         if decodes:
             return Mixed(replica=self.replica, seqs=seqs, num_new_tokens=counts, num_decodes=len(decodes))
         return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts)
@@ -357,7 +373,8 @@ class VllmScheduler:
         stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
         idle, known = self.idle_known, self._survivors
-        self.idle_known = self._survivors = None
+        self.idle_known = self._survivors = self.idle_flight = None
+        step.flight.live = False             # every member is out of flight
         edges: list[Sequence] = []
         hot = type(step) is Decode and stopped is None
         if hot:
@@ -367,7 +384,6 @@ class VllmScheduler:
             # (``_take_decodes``; total >= num_blocks * bs, without building the product)
             bs = self.block_size
             for seq in step.seqs:
-                seq.in_flight = False
                 total = seq.num_computed_tokens = seq.num_tokens
                 seq.num_tokens = new = total + 1
                 if new >= seq.max_num_tokens:
@@ -418,6 +434,7 @@ class VllmScheduler:
                     self._survivors = (merged, _merge(known[1], edges), known[2] + computed)
             else:
                 self.idle_known = survivors
+                self.idle_flight = step.flight   # theirs alone (the finished left it)
                 if hot:
                     self._survivors = (survivors, edges, computed)
         self.num_in_flight -= 1
@@ -429,7 +446,6 @@ class VllmScheduler:
         ``finished`` and, when ``ready`` is given, the others now decode candidates to ``ready``."""
         pre = self.prefilling if self.chunked else None
         for seq, n in zip(seqs, counts):
-            seq.in_flight = False
             done = seq.num_computed_tokens = seq.num_computed_tokens + n
             total = seq.num_tokens
             if done < total:             # a prefill chunk: no token sampled yet
@@ -447,6 +463,7 @@ class VllmScheduler:
                 ready.append(seq)
 
     def _finish(self, seq: Sequence) -> None:
+        seq.flight = NOT_IN_FLIGHT
         self.blocks.free(seq.num_blocks)
         seq.num_blocks = 0
         seq.status = SeqStatus.FINISHED
@@ -463,19 +480,3 @@ def _merge(a: list[Sequence], b: list[Sequence]) -> list[Sequence]:
     if b[-1].admit_order < a[0].admit_order:
         return b + a
     return sorted(a + b, key=_ADMIT_ORDER)
-
-
-def split_across_replicas(requests: list, dp: int) -> list[list]:
-    """Assign requests to ``dp`` replicas, each to the one with the fewest tokens so far.
-
-    Deterministic: ties go to the lowest replica index; order within a replica is kept.
-    """
-    if dp < 1:
-        raise SchedulerError(f"dp must be >= 1, got {dp}")
-    buckets: list[list] = [[] for _ in range(dp)]
-    load = [0] * dp
-    for req in requests:
-        i = min(range(dp), key=load.__getitem__)
-        buckets[i].append(req)
-        load[i] += int(req.prompt_len) + int(req.output_len)
-    return buckets
