@@ -155,11 +155,15 @@ class SeesawScheduler(VllmScheduler):
                 return self._maybe_reshard(DECODE, reason)
             return self._forward(self._schedule_prefill())
         if not self.leaving_decode:
-            if self.on_host:                     # (the helpers' first tests, inline: asked twice per step)
+            on_host = self.on_host
+            if on_host:                          # (the helpers' first tests, inline: asked twice per step)
                 if not self.num_swaps_in_flight:
-                    swap = self._schedule_swap_in()
-                    if swap is not None:
-                        return self._launch(swap)
+                    # a swap-in takes nothing when the head of the host queue does not fit
+                    running = self.running
+                    if (len(running) < self.max_num_seqs * self.pipeline_depth
+                            and -(-(on_host[0].num_computed_tokens + 1) // self.block_size)
+                            + (self.watermark_blocks if running else 0) <= self.blocks.num_free):
+                        return self._launch(self._schedule_swap_in())
             elif self.waiting and not self.num_swaps_in_flight:
                 self._leave_reason = self._leave_decode_reason()
                 self.leaving_decode = bool(self._leave_reason)
@@ -244,17 +248,10 @@ class SeesawScheduler(VllmScheduler):
                        offload_to_host=not self.same_layout)
 
     # decode mode -------------------------------------------------------
-    def _schedule_swap_in(self) -> SwapIn | None:
-        if self.num_swaps_in_flight or not self.on_host:
-            return None
-        # the loop below takes nothing when the head of the host queue does not fit (asked twice
-        # per completion in decode): the same test inline, before any list is built
-        head = self.on_host[0]
+    def _schedule_swap_in(self) -> SwapIn:
+        """Swap in from the head of the host queue, one micro-batch worth at most (``schedule``
+        asks only when none is in flight and the head fits)."""
         running = self.running
-        if (len(running) >= self.max_num_seqs * self.pipeline_depth
-                or -(-(head.num_computed_tokens + 1) // self.block_size)
-                + (self.watermark_blocks if running else 0) > self.blocks.num_free):
-            return None
         limit = max(1, -(-self.max_num_seqs // self.layout.pp))
         seqs: list[Sequence] = []
         on_host = self.on_host

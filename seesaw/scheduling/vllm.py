@@ -231,11 +231,11 @@ class VllmScheduler:
         if cands is None:
             if self.chunked:
                 cands = [s for s in self.running.values()
-                         if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
+                         if not s.flight.live and s.num_tokens - s.num_computed_tokens == 1]
             else:
                 # whole prefills only: a running sequence not in flight has sampled its last
                 # token (prefilled, decoded or swapped in), so it is a decode candidate
-                cands = [s for s in self.running.values() if not s.in_flight]
+                cands = [s for s in self.running.values() if not s.flight.live]   # ``in_flight``
         self.idle_known = None                   # a preemption below leaves it unknown
         bs = self.block_size
         end = len(cands)                 # cands[end:] were preempted as victims
@@ -301,7 +301,7 @@ class VllmScheduler:
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
         for seq in reversed((self.prefilling if self.chunked else self.running).values()):
-            if not seq.in_flight and seq.num_tokens - seq.num_computed_tokens > 1:
+            if not seq.flight.live and seq.num_tokens - seq.num_computed_tokens > 1:
                 return seq
         return None
 
@@ -342,7 +342,7 @@ class VllmScheduler:
         for seq in self.prefilling.values():
             if budget <= 0 or len(seqs) >= cap:
                 break
-            if seq.in_flight:
+            if seq.flight.live:              # ``in_flight``
                 continue
             n = seq.num_tokens - seq.num_computed_tokens
             if n > budget:
