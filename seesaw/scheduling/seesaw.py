@@ -329,7 +329,16 @@ class SeesawScheduler(VllmScheduler):
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
         if isinstance(step, Forward):
-            return self._forward_done(step, stopped)
+            if self.mode == DECODE:
+                self.decode_steps_in_phase += 1
+            finished = super().on_step_done(step, stopped)   # also counts the forward as done
+            for seq in finished:
+                if seq.num_host_blocks:
+                    self.host.free(seq.num_host_blocks)
+                    seq.num_host_blocks = 0
+            if type(step) is Prefill and step.offload_to_host:
+                self.to_offload.extend(s for s in step.seqs if not s.is_finished)
+            return finished
         if isinstance(step, Reshard):
             self.idle_known = self.idle_flight = None
             self.reshard_in_flight = False
@@ -378,18 +387,6 @@ class SeesawScheduler(VllmScheduler):
             # the next token too, so none of its sequences is at a block boundary
             self._survivors = (self.idle_known, known[1], known[2] + computed)
         return []
-
-    def _forward_done(self, step: Forward, stopped) -> list[Sequence]:
-        if self.mode == DECODE:
-            self.decode_steps_in_phase += 1
-        finished = super().on_step_done(step, stopped)   # also counts the forward as done
-        for seq in finished:
-            if seq.num_host_blocks:
-                self.host.free(seq.num_host_blocks)
-                seq.num_host_blocks = 0
-        if isinstance(step, Prefill) and step.offload_to_host:
-            self.to_offload.extend(s for s in step.seqs if not s.is_finished)
-        return finished
 
     def peak_kv_usage(self) -> float:
         return max(p.peak_used / p.num_blocks for p in self.pools.values() if p.num_blocks)
