@@ -251,23 +251,24 @@ class SeesawScheduler(VllmScheduler):
     def _schedule_swap_in(self) -> SwapIn:
         """Swap in from the head of the host queue, one micro-batch worth at most (``schedule``
         asks only when none is in flight and the head fits)."""
-        running = self.running
-        limit = max(1, -(-self.max_num_seqs // self.layout.pp))
-        seqs: list[Sequence] = []
-        on_host = self.on_host
-        while len(seqs) < len(on_host) and len(seqs) < limit and len(running) < self._seq_cap():
-            seq = on_host[len(seqs)]
-            need = blocks_for(seq.num_computed_tokens + 1, self.block_size)
-            if not self.blocks.can_allocate(need, self._reserve()):
+        running, on_host, pool, bs = self.running, self.on_host, self.blocks, self.block_size
+        limit = min(max(1, -(-self.max_num_seqs // self.layout.pp)), len(on_host))
+        cap = self._seq_cap()
+        taken = 0
+        while taken < limit and len(running) < cap:
+            seq = on_host[taken]
+            need = -(-(seq.num_computed_tokens + 1) // bs)                  # ``blocks_for`` inline
+            if need + (self.watermark_blocks if running else 0) > pool.num_free:   # ``_reserve()``
                 break
-            self.blocks.allocate(need)
+            pool.allocate(need)
             seq.num_blocks = need
             seq.status = SeqStatus.RUNNING
             self._admit_counter += 1
             seq.admit_order = self._admit_counter
-            self.running[seq.req_id] = seq
-            seqs.append(seq)
-        del on_host[:len(seqs)]                  # the head of the FIFO, in one move
+            running[seq.req_id] = seq
+            taken += 1
+        seqs = on_host[:taken]
+        del on_host[:taken]                      # the head of the FIFO, in one move
         return SwapIn(replica=self.replica, seqs=seqs)
 
     def _leave_decode_reason(self) -> str:

@@ -402,7 +402,14 @@ class VllmScheduler:
             ready_pre: list[Sequence] | None = [] if track else None
             seqs, counts = step.seqs, step.num_new_tokens
             if nd > 0:
-                self._account(seqs[:nd], counts[:nd], stopped, finished, ready_dec)
+                # the decodes: each member completes its one token and samples (the hot loop's)
+                for seq in seqs[:nd]:
+                    total = seq.num_computed_tokens = seq.num_tokens
+                    seq.num_tokens = total = total + 1
+                    if total >= seq.max_num_tokens or (stopped and seq.req_id in stopped):
+                        finished.append(seq)
+                    elif track:
+                        ready_dec.append(seq)
                 seqs, counts = seqs[nd:], counts[nd:]
             self._account(seqs, counts, stopped, finished, ready_pre)
             if track:
