@@ -47,7 +47,7 @@ def batch_shape(step: Forward) -> BatchShape:
     shape = BatchShape()
     for seq, n in zip(step.seqs, step.num_new_tokens):
         past = seq.num_computed_tokens
-        if n == 1 and seq.num_output_tokens > 0 and past == seq.num_tokens - 1:
+        if n == 1 and seq.num_tokens > seq.prompt_len and past == seq.num_tokens - 1:   # a decode
             shape.decode_seqs += 1
             shape.decode_context_tokens += past + 1
             shape.sampled_seqs += 1
@@ -101,6 +101,7 @@ class Replica:
         self._walk_key: tuple | None = None
         self._timers: list = []
         self._send: dict[int, list[float]] = {}
+        self._done = self._forward_done          # bound once (a forward's completion callback)
 
     def start(self) -> None:
         """Run the driver's first pass once the simulation starts (a process's start event)."""
@@ -116,8 +117,16 @@ class Replica:
     def _receive(self, step, now: float) -> None:
         """The driver takes one completed step, then schedules what can run ``now``."""
         self.pending -= 1
-        self.clock.end(PHASE_KIND[type(step)], now)
-        self._complete(step, now)
+        kind = type(step)
+        self.clock.end(PHASE_KIND[kind], now)
+        finished = self.sched.on_step_done(step)   # [] for a step that is not a forward
+        # whole prefills only: a decode's members sampled their first token before
+        if (kind is not Decode or not self.skip_first_token_check) and isinstance(step, Forward):
+            for seq in [s for s in step.seqs if s.first_token_time_s is None]:
+                if seq.num_tokens > seq.prompt_len:      # sampled its first token
+                    seq.first_token_time_s = now
+        for seq in finished:
+            seq.finish_time_s = now
         self._cycle(now)
 
     def _cycle(self, now: float) -> None:
@@ -170,7 +179,7 @@ class Replica:
         """Start a forward without a process: its end time is known at launch (no rendezvous)."""
         shape = batch_shape(step)
         end = self._stage_walk(step, shape, now)
-        self.env.schedule(_Call(self._forward_done, (step, now, shape)), NORMAL, end - now)
+        self.env.schedule(_Call(self._done, (step, now, shape)), NORMAL, end - now)
 
     def _forward_done(self, event) -> None:
         step, start, shape = event.value
@@ -294,16 +303,3 @@ class Replica:
             self.layout = step.dst
         self.sim.record_step(self, step, start, env.now)
         yield self.put(step)
-
-    def _complete(self, step, now: float) -> None:
-        if isinstance(step, Forward):
-            finished = self.sched.on_step_done(step)
-            # whole prefills only: a decode's members sampled their first token before
-            if type(step) is not Decode or not self.skip_first_token_check:
-                for seq in [s for s in step.seqs if s.first_token_time_s is None]:
-                    if seq.num_output_tokens > 0:
-                        seq.first_token_time_s = now
-            for seq in finished:
-                seq.finish_time_s = now
-        else:
-            self.sched.on_step_done(step)

@@ -9,7 +9,8 @@ from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStat
 from seesaw.scheduling.steps import (
     Decode, Forward, Mixed, Prefill, Reshard, Step, SwapIn, SwapOut,
 )
-from seesaw.scheduling.vllm import VllmScheduler, split_across_replicas
+from seesaw.scheduling.vllm import VllmScheduler
+from seesaw.scheduling.placement import split_across_replicas
 from seesaw.scheduling.seesaw import SeesawScheduler
 from seesaw.scheduling.protocol import Scheduler
 from seesaw.scheduling.phases import PhaseClock, phase_of

@@ -48,7 +48,7 @@ Choices the paper leaves open, made here:
 from __future__ import annotations
 
 from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
-from seesaw.scheduling.steps import Forward, Prefill, Reshard, Step, SwapIn, SwapOut
+from seesaw.scheduling.steps import Forward, Prefill, Reshard, Step, SwapIn, SwapOut, mark_in_flight
 from seesaw.scheduling.vllm import VllmScheduler
 from seesaw.core import ParallelConfig
 
@@ -155,11 +155,15 @@ class SeesawScheduler(VllmScheduler):
                 return self._maybe_reshard(DECODE, reason)
             return self._forward(self._schedule_prefill())
         if not self.leaving_decode:
-            if self.on_host:                     # (the helpers' first tests, inline: asked twice per step)
+            on_host = self.on_host
+            if on_host:                          # (the helpers' first tests, inline: asked twice per step)
                 if not self.num_swaps_in_flight:
-                    swap = self._schedule_swap_in()
-                    if swap is not None:
-                        return self._launch(swap)
+                    # a swap-in takes nothing when the head of the host queue does not fit
+                    running = self.running
+                    if (len(running) < self.max_num_seqs * self.pipeline_depth
+                            and -(-(on_host[0].num_computed_tokens + 1) // self.block_size)
+                            + (self.watermark_blocks if running else 0) <= self.blocks.num_free):
+                        return self._launch(self._schedule_swap_in())
             elif self.waiting and not self.num_swaps_in_flight:
                 self._leave_reason = self._leave_decode_reason()
                 self.leaving_decode = bool(self._leave_reason)
@@ -177,11 +181,13 @@ class SeesawScheduler(VllmScheduler):
         step = self._schedule_decode()
         if step is not None:
             self.num_in_flight += 1
-            for s in step.seqs:
-                s.in_flight = True
+            mark_in_flight(step)
         return step
 
     def _launch(self, step: Step) -> Step:
+        if isinstance(step, Forward):
+            mark_in_flight(step)
+            return step
         if isinstance(step, (SwapIn, SwapOut)):
             self.num_swaps_in_flight += 1
         for s in getattr(step, "seqs", ()):
@@ -242,33 +248,27 @@ class SeesawScheduler(VllmScheduler):
                        offload_to_host=not self.same_layout)
 
     # decode mode -------------------------------------------------------
-    def _schedule_swap_in(self) -> SwapIn | None:
-        if self.num_swaps_in_flight or not self.on_host:
-            return None
-        # the loop below takes nothing when the head of the host queue does not fit (asked twice
-        # per completion in decode): the same test inline, before any list is built
-        head = self.on_host[0]
-        running = self.running
-        if (len(running) >= self.max_num_seqs * self.pipeline_depth
-                or -(-(head.num_computed_tokens + 1) // self.block_size)
-                + (self.watermark_blocks if running else 0) > self.blocks.num_free):
-            return None
-        limit = max(1, -(-self.max_num_seqs // self.layout.pp))
-        seqs: list[Sequence] = []
-        on_host = self.on_host
-        while len(seqs) < len(on_host) and len(seqs) < limit and len(running) < self._seq_cap():
-            seq = on_host[len(seqs)]
-            need = blocks_for(seq.num_computed_tokens + 1, self.block_size)
-            if not self.blocks.can_allocate(need, self._reserve()):
+    def _schedule_swap_in(self) -> SwapIn:
+        """Swap in from the head of the host queue, one micro-batch worth at most (``schedule``
+        asks only when none is in flight and the head fits)."""
+        running, on_host, pool, bs = self.running, self.on_host, self.blocks, self.block_size
+        limit = min(max(1, -(-self.max_num_seqs // self.layout.pp)), len(on_host))
+        cap = self._seq_cap()
+        taken = 0
+        while taken < limit and len(running) < cap:
+            seq = on_host[taken]
+            need = -(-(seq.num_computed_tokens + 1) // bs)                  # ``blocks_for`` inline
+            if need + (self.watermark_blocks if running else 0) > pool.num_free:   # ``_reserve()``
                 break
-            self.blocks.allocate(need)
+            pool.allocate(need)
             seq.num_blocks = need
             seq.status = SeqStatus.RUNNING
             self._admit_counter += 1
             seq.admit_order = self._admit_counter
-            self.running[seq.req_id] = seq
-            seqs.append(seq)
-        del on_host[:len(seqs)]                  # the head of the FIFO, in one move
+            running[seq.req_id] = seq
+            taken += 1
+        seqs = on_host[:taken]
+        del on_host[:taken]                      # the head of the FIFO, in one move
         return SwapIn(replica=self.replica, seqs=seqs)
 
     def _leave_decode_reason(self) -> str:
@@ -303,7 +303,7 @@ class SeesawScheduler(VllmScheduler):
         The room is checked per sequence at eviction time: decodes that drained after the
         decision to switch back may have crossed a block boundary.
         """
-        self.idle_known = None
+        self.idle_known = self.idle_flight = None
         if self.mode == DECODE and self.host.can_allocate(blocks_for(seq.num_tokens, self.block_size)):
             if not self.leaving_decode:
                 seq.num_preemptions += 1
@@ -330,9 +330,18 @@ class SeesawScheduler(VllmScheduler):
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Step, stopped=()) -> list[Sequence]:
         if isinstance(step, Forward):
-            return self._forward_done(step, stopped)
+            if self.mode == DECODE:
+                self.decode_steps_in_phase += 1
+            finished = super().on_step_done(step, stopped)   # also counts the forward as done
+            for seq in finished:
+                if seq.num_host_blocks:
+                    self.host.free(seq.num_host_blocks)
+                    seq.num_host_blocks = 0
+            if type(step) is Prefill and step.offload_to_host:
+                self.to_offload.extend(s for s in step.seqs if not s.is_finished)
+            return finished
         if isinstance(step, Reshard):
-            self.idle_known = None
+            self.idle_known = self.idle_flight = None
             self.reshard_in_flight = False
             self.leaving_decode = False
             self.mode = self._target
@@ -365,6 +374,7 @@ class SeesawScheduler(VllmScheduler):
         idle, known = self.idle_known, self._survivors
         if idle is not None:
             self.idle_known = idle + step.seqs
+            self.idle_flight = None              # theirs is not the idle set's
         self.num_swaps_in_flight -= 1
         computed = 0
         for seq in step.seqs:
@@ -378,18 +388,6 @@ class SeesawScheduler(VllmScheduler):
             # the next token too, so none of its sequences is at a block boundary
             self._survivors = (self.idle_known, known[1], known[2] + computed)
         return []
-
-    def _forward_done(self, step: Forward, stopped) -> list[Sequence]:
-        if self.mode == DECODE:
-            self.decode_steps_in_phase += 1
-        finished = super().on_step_done(step, stopped)   # also counts the forward as done
-        for seq in finished:
-            if seq.num_host_blocks:
-                self.host.free(seq.num_host_blocks)
-                seq.num_host_blocks = 0
-        if isinstance(step, Prefill) and step.offload_to_host:
-            self.to_offload.extend(s for s in step.seqs if not s.is_finished)
-        return finished
 
     def peak_kv_usage(self) -> float:
         return max(p.peak_used / p.num_blocks for p in self.pools.values() if p.num_blocks)

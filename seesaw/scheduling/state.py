@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from seesaw.core import SpecError
 
-__all__ = ["SeqStatus", "Sequence", "BlockPool", "SchedulerError", "blocks_for"]
+__all__ = ["SeqStatus", "Sequence", "Flight", "BlockPool", "SchedulerError", "blocks_for"]
 
 
 class SchedulerError(SpecError):
@@ -33,6 +33,21 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+class Flight:
+    """Whether the sequences that point to it are in a step that has not completed yet: a forward
+    step's members share one, so completing the step is one write (``live = False``) instead of
+    one per member, and a decode of the same group again reuses it (see ``VllmScheduler``)."""
+
+    __slots__ = ("live",)
+
+    def __init__(self, live: bool = True):
+        self.live = live
+
+
+# the shared markers of a sequence set in or out of flight on its own (never switched)
+IN_FLIGHT, NOT_IN_FLIGHT = Flight(True), Flight(False)
+
+
 @dataclass(slots=True, eq=False)
 class Sequence:
     """One request as the scheduler tracks it."""
@@ -44,12 +59,12 @@ class Sequence:
     replica: int = 0
     status: SeqStatus = SeqStatus.WAITING
     num_computed_tokens: int = 0
-    num_output_tokens: int = 0
-    num_tokens: int = 0            # prompt + generated so far (kept in step with num_output_tokens)
+    num_tokens: int = 0            # prompt + generated so far (see ``num_output_tokens``)
+    max_num_tokens: int = field(init=False, default=0)   # prompt + max_output_len: done at this
     num_blocks: int = 0            # device KV blocks held
     num_host_blocks: int = 0       # host-pool KV blocks held (Seesaw)
     num_preemptions: int = 0
-    in_flight: bool = False        # part of a step that has not completed yet
+    flight: Flight = field(default=NOT_IN_FLIGHT, repr=False)   # see ``in_flight``
     admit_order: int = 0           # for LIFO preemption
     finish_reason: str | None = None
     # filled by the executor that drives the scheduler
@@ -58,11 +73,26 @@ class Sequence:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.num_tokens = self.prompt_len + self.num_output_tokens
+        self.num_tokens = self.prompt_len
+        self.max_num_tokens = self.prompt_len + self.max_output_len
 
     def append_token(self) -> None:
-        self.num_output_tokens += 1
         self.num_tokens += 1
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens generated so far (a preempted sequence keeps them: they are recomputed with its
+        prompt). Derived, so a decode step counts one token per sequence with one update."""
+        return self.num_tokens - self.prompt_len
+
+    @property
+    def in_flight(self) -> bool:
+        """Part of a step that has not completed yet."""
+        return self.flight.live
+
+    @in_flight.setter
+    def in_flight(self, value: bool) -> None:
+        self.flight = IN_FLIGHT if value else NOT_IN_FLIGHT
 
     @property
     def num_new_tokens(self) -> int:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from seesaw.scheduling.state import Sequence
+from seesaw.scheduling.state import Flight, Sequence
 from seesaw.core import ParallelConfig
 
-__all__ = ["Step", "Forward", "Prefill", "Decode", "Mixed", "Reshard", "SwapOut", "SwapIn"]
+__all__ = ["Step", "Forward", "Prefill", "Decode", "Mixed", "Reshard", "SwapOut", "SwapIn", "mark_in_flight"]
 
 
 @dataclass(slots=True, eq=False)
@@ -35,6 +35,9 @@ class Forward(Step):
     num_new_tokens: list[int] = field(default_factory=list)   # parallel to seqs
     # tokens whose KV is written to the host pool once this step completes (Seesaw prefill)
     offload_to_host: bool = False
+    # the scheduler's in-flight marker of the members (``Sequence.flight``), set when it hands
+    # the step out
+    flight: Flight | None = field(default=None, repr=False)
 
     @property
     def num_tokens(self) -> int:
@@ -60,7 +63,10 @@ class Decode(Forward):
 
 @dataclass(slots=True, eq=False)
 class Mixed(Forward):
-    """Decodes first, then prefill chunks up to the token budget (chunked prefill)."""
+    """Decodes first, then prefill chunks up to the token budget (chunked prefill).
+    ``num_decodes``: how many of the members are those decodes (-1: not given)."""
+
+    num_decodes: int = -1
 
 
 @dataclass(slots=True, eq=False)
@@ -83,3 +89,15 @@ class SwapIn(Step):
     """Move these sequences' KV from the host pool to device blocks."""
 
     seqs: list[Sequence] = field(default_factory=list)
+
+
+def mark_in_flight(step: Forward) -> None:
+    """Set ``step``'s members in flight: its flight taken again (a decode of one group's
+    survivors, ``VllmScheduler.batch_flight``), else a new one they all point to."""
+    flight = step.flight
+    if flight is None:
+        flight = step.flight = Flight()
+        for s in step.seqs:
+            s.flight = flight
+    else:
+        flight.live = True

@@ -26,10 +26,12 @@ from collections import deque
 from operator import attrgetter
 from typing import Iterable
 
-from seesaw.scheduling.state import BlockPool, SchedulerError, Sequence, SeqStatus, blocks_for
-from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill
+from seesaw.scheduling.state import (
+    NOT_IN_FLIGHT, BlockPool, Flight, SchedulerError, Sequence, SeqStatus, blocks_for,
+)
+from seesaw.scheduling.steps import Decode, Forward, Mixed, Prefill, mark_in_flight
 
-__all__ = ["VllmScheduler", "split_across_replicas"]
+__all__ = ["VllmScheduler"]
 
 _ADMIT_ORDER = attrgetter("admit_order")
 
@@ -61,14 +63,22 @@ class VllmScheduler:
         self.watermark_blocks = int(watermark * num_device_blocks)
         self.waiting: deque[Sequence] = deque()
         self.running: dict[str, Sequence] = {}     # admission order
+        # chunked prefill only: the running sequences with more than one token to compute (mid
+        # prefill), in running order, so a step's chunks are found without a scan of ``running``
+        self.prefilling: dict[str, Sequence] = {}
         self.seqs: list[Sequence] = []              # every sequence ever added, in order
         self.num_in_flight = 0
         self.num_preemptions = 0
         self.num_finished = 0
         self._admit_counter = 0
-        # the running sequences not in flight, in running order, when known without a scan
-        # (see ``_take_decodes``); None when unknown
+        # the running sequences not in flight with one token to compute (the decode candidates;
+        # without chunked prefill, every running sequence not in flight), in running order, when
+        # known without a scan (see ``_take_decodes``); None when unknown
         self.idle_known: list[Sequence] | None = None
+        # the (completed) ``Flight`` every sequence of ``idle_known`` points to, when they share
+        # one; a decode of them takes it again (``batch_flight``) instead of a write per member
+        self.idle_flight: Flight | None = None
+        self.batch_flight: Flight | None = None
         # what the last decode's completion learnt of its survivors (see ``on_step_done``):
         # (survivors, those at a block boundary, sum of their num_computed_tokens)
         self._survivors: tuple | None = None
@@ -138,8 +148,7 @@ class VllmScheduler:
             step = self._schedule_prefill() or self._schedule_decode()
         if step is None:
             return None
-        for s in step.seqs:
-            s.in_flight = True
+        mark_in_flight(step)
         self.num_in_flight += 1
         return step
 
@@ -150,6 +159,8 @@ class VllmScheduler:
         self._admit_counter += 1
         seq.admit_order = self._admit_counter
         self.running[seq.req_id] = seq
+        if self.chunked and seq.num_tokens - seq.num_computed_tokens > 1:
+            self.prefilling[seq.req_id] = seq
 
     def _reserve(self) -> int:
         """Blocks kept free at admission for running sequences to grow into (vLLM's watermark).
@@ -212,17 +223,20 @@ class VllmScheduler:
         """
         known = self._survivors
         self._survivors = None
-        if self.chunked:
-            cands = [s for s in self.running.values()
-                     if not s.in_flight and s.num_tokens - s.num_computed_tokens == 1]
-        else:
-            # whole prefills only: a running sequence not in flight has sampled its last token
-            # (prefilled, decoded or swapped in), so it is a decode candidate. Usually they are
-            # the last decode's survivors, known without a scan (``idle_known``)
-            cands = self.idle_known
-            if cands is None:
-                cands = [s for s in self.running.values() if not s.in_flight]
-            self.idle_known = None               # a preemption below leaves it unknown
+        flight = self.idle_flight
+        self.idle_flight = self.batch_flight = None
+        # usually the candidates are the last decode's survivors, known without a scan
+        # (``idle_known``)
+        cands = self.idle_known
+        if cands is None:
+            if self.chunked:
+                cands = [s for s in self.running.values()
+                         if not s.flight.live and s.num_tokens - s.num_computed_tokens == 1]
+            else:
+                # whole prefills only: a running sequence not in flight has sampled its last
+                # token (prefilled, decoded or swapped in), so it is a decode candidate
+                cands = [s for s in self.running.values() if not s.flight.live]   # ``in_flight``
+        self.idle_known = None                   # a preemption below leaves it unknown
         bs = self.block_size
         end = len(cands)                 # cands[end:] were preempted as victims
         if limit > end:
@@ -265,8 +279,17 @@ class VllmScheduler:
             seq.num_blocks += need
         pool.allocate(owed)
         taken = min(limit, end)
-        if not self.chunked and end == len(cands):
-            rest = self.idle_known = cands[taken:]   # no victim: the rest stays idle, in order
+        if end == len(cands):
+            # no candidate was a victim (a chunked prefill victim is none): the rest stays idle
+            rest = self.idle_known = cands[taken:]
+            if flight is not None:
+                # the candidates share a completed flight (one decode's survivors): the batch
+                # takes it again, the rest gets one of its own
+                self.batch_flight = flight
+                if rest:
+                    own = self.idle_flight = Flight(False)
+                    for s in rest:
+                        s.flight = own
             if not rest:
                 self._survivors = (rest, [], 0)
             elif rest_known is not None:
@@ -277,13 +300,14 @@ class VllmScheduler:
 
     def _partial_prefill_victim(self) -> Sequence | None:
         """Newest running sequence mid-prefill (chunked) that is not in flight."""
-        for seq in reversed(self.running.values()):
-            if not seq.in_flight and seq.num_tokens - seq.num_computed_tokens > 1:
+        for seq in reversed((self.prefilling if self.chunked else self.running).values()):
+            if not seq.flight.live and seq.num_tokens - seq.num_computed_tokens > 1:
                 return seq
         return None
 
     def _preempt(self, seq: Sequence) -> None:
-        self.idle_known = None
+        self.idle_known = self.idle_flight = None
+        seq.flight = NOT_IN_FLIGHT
         self.blocks.free(seq.num_blocks)
         seq.num_blocks = 0
         seq.num_computed_tokens = 0
@@ -291,6 +315,8 @@ class VllmScheduler:
         seq.num_preemptions += 1
         self.num_preemptions += 1
         del self.running[seq.req_id]
+        if self.chunked:
+            self.prefilling.pop(seq.req_id, None)
         self.waiting.appendleft(seq)
 
     def _decode_limit(self) -> int:
@@ -303,39 +329,40 @@ class VllmScheduler:
             limit = self.max_num_seqs
         seqs, computed = self._take_decodes(limit if limit > 1 else 1)
         return Decode(replica=self.replica, seqs=seqs, num_new_tokens=[1] * len(seqs),
-                      computed_tokens=computed) if seqs else None
+                      computed_tokens=computed, flight=self.batch_flight) if seqs else None
 
     def _schedule_chunked(self) -> Forward | None:
         budget = self.max_num_batched_tokens
-        decodes, _ = self._take_decodes(min(self._decode_limit(), budget))
+        decodes, computed = self._take_decodes(min(self._decode_limit(), budget))
         budget -= len(decodes)
         seqs = list(decodes)
         counts = [1] * len(decodes)
-        n_prefill = 0
-        # chunks of sequences already admitted but not fully prefilled
-        for seq in list(self.running.values()):
-            if budget <= 0 or len(seqs) >= self.max_num_seqs:
+        # chunks of sequences already admitted but not fully prefilled (in running order)
+        cap, bs, pool = self.max_num_seqs, self.block_size, self.blocks
+        for seq in self.prefilling.values():
+            if budget <= 0 or len(seqs) >= cap:
                 break
-            if seq.in_flight or seq.num_new_tokens <= 1 or seq in decodes:
+            if seq.flight.live:              # ``in_flight``
                 continue
-            n = min(seq.num_new_tokens, budget)
-            need = blocks_for(seq.num_computed_tokens + n, self.block_size) - seq.num_blocks
-            if not self.blocks.can_allocate(need):
+            n = seq.num_tokens - seq.num_computed_tokens
+            if n > budget:
+                n = budget
+            need = -(-(seq.num_computed_tokens + n) // bs) - seq.num_blocks   # ``blocks_for`` inline
+            if need > pool.num_free:
                 continue
-            self.blocks.allocate(need)
+            pool.allocate(need)
             seq.num_blocks += need
             seqs.append(seq)
             counts.append(n)
             budget -= n
-            n_prefill += 1
         # new admissions
-        before = len(seqs)
-        budget = self._admit_waiting(seqs, counts, budget, chunked=True)
-        n_prefill += len(seqs) - before
-        if not seqs:
-            return None
-        cls = Mixed if decodes and n_prefill else (Decode if decodes else Prefill)
-        return cls(replica=self.replica, seqs=seqs, num_new_tokens=counts)
+        self._admit_waiting(seqs, counts, budget, chunked=True)
+        if len(seqs) == len(decodes):
+            return Decode(replica=self.replica, seqs=seqs, num_new_tokens=counts,
+                          computed_tokens=computed, flight=self.batch_flight) if seqs else None
+        if decodes:
+            return Mixed(replica=self.replica, seqs=seqs, num_new_tokens=counts, num_decodes=len(decodes))
+        return Prefill(replica=self.replica, seqs=seqs, num_new_tokens=counts)
 
     # ------------------------------------------------------------------ completion
     def on_step_done(self, step: Forward, stopped: Iterable[str] = ()) -> list[Sequence]:
@@ -346,7 +373,8 @@ class VllmScheduler:
         stopped = set(stopped) if stopped else None
         finished: list[Sequence] = []
         idle, known = self.idle_known, self._survivors
-        self.idle_known = self._survivors = None
+        self.idle_known = self._survivors = self.idle_flight = None
+        step.flight.live = False             # every member is out of flight
         edges: list[Sequence] = []
         hot = type(step) is Decode and stopped is None
         if hot:
@@ -356,25 +384,36 @@ class VllmScheduler:
             # (``_take_decodes``; total >= num_blocks * bs, without building the product)
             bs = self.block_size
             for seq in step.seqs:
-                seq.in_flight = False
                 total = seq.num_computed_tokens = seq.num_tokens
-                seq.num_tokens = total + 1
-                out = seq.num_output_tokens = seq.num_output_tokens + 1
-                if out >= seq.max_output_len:
+                seq.num_tokens = new = total + 1
+                if new >= seq.max_num_tokens:
                     finished.append(seq)
                 elif total // bs >= seq.num_blocks:
                     edges.append(seq)
+        elif type(step) is Decode or not self.chunked:
+            self._account(step.seqs, step.num_new_tokens, stopped, finished, None)
         else:
-            for seq, n in zip(step.seqs, step.num_new_tokens):
-                seq.in_flight = False
-                done = seq.num_computed_tokens = seq.num_computed_tokens + n
-                total = seq.num_tokens
-                if done < total:
-                    continue  # a prefill chunk: no token sampled yet
-                seq.num_tokens = total + 1
-                out = seq.num_output_tokens = seq.num_output_tokens + 1
-                if out >= seq.max_output_len or (stopped and seq.req_id in stopped):
-                    finished.append(seq)
+            # chunked prefill: the first ``num_decodes`` members are decodes (a prefix of the
+            # candidates), the rest chunks and admissions (in running order): the members that
+            # become decode candidates join the idle set as two runs in running order
+            nd = step.num_decodes if type(step) is Mixed else 0
+            track = idle is not None and nd >= 0
+            ready_dec: list[Sequence] | None = [] if track else None
+            ready_pre: list[Sequence] | None = [] if track else None
+            seqs, counts = step.seqs, step.num_new_tokens
+            if nd > 0:
+                # the decodes: each member completes its one token and samples (the hot loop's)
+                for seq in seqs[:nd]:
+                    total = seq.num_computed_tokens = seq.num_tokens
+                    seq.num_tokens = total = total + 1
+                    if total >= seq.max_num_tokens or (stopped and seq.req_id in stopped):
+                        finished.append(seq)
+                    elif track:
+                        ready_dec.append(seq)
+                seqs, counts = seqs[nd:], counts[nd:]
+            self._account(seqs, counts, stopped, finished, ready_pre)
+            if track:
+                self.idle_known = _merge(_merge(idle, ready_dec), ready_pre)
         for seq in finished:
             seq.finish_reason = "stop" if stopped and seq.req_id in stopped else "length"
             self._finish(seq)
@@ -402,12 +441,36 @@ class VllmScheduler:
                     self._survivors = (merged, _merge(known[1], edges), known[2] + computed)
             else:
                 self.idle_known = survivors
+                self.idle_flight = step.flight   # theirs alone (the finished left it)
                 if hot:
                     self._survivors = (survivors, edges, computed)
         self.num_in_flight -= 1
         return finished
 
+    def _account(self, seqs: list[Sequence], counts: list[int], stopped: set | None,
+                 finished: list[Sequence], ready: list[Sequence] | None) -> None:
+        """Count the tokens a completed step computed for ``seqs``; append those that finished to
+        ``finished`` and, when ``ready`` is given, the others now decode candidates to ``ready``."""
+        pre = self.prefilling if self.chunked else None
+        for seq, n in zip(seqs, counts):
+            done = seq.num_computed_tokens = seq.num_computed_tokens + n
+            total = seq.num_tokens
+            if done < total:             # a prefill chunk: no token sampled yet
+                if pre is not None and done + 1 == total:
+                    del pre[seq.req_id]  # one token left: a decode candidate now
+                    if ready is not None:
+                        ready.append(seq)
+                continue
+            if n > 1 and pre is not None:
+                del pre[seq.req_id]      # its prompt is done (a one-token step was a candidate's)
+            seq.num_tokens = total = total + 1
+            if total >= seq.max_num_tokens or (stopped and seq.req_id in stopped):
+                finished.append(seq)
+            elif ready is not None:
+                ready.append(seq)
+
     def _finish(self, seq: Sequence) -> None:
+        seq.flight = NOT_IN_FLIGHT
         self.blocks.free(seq.num_blocks)
         seq.num_blocks = 0
         seq.status = SeqStatus.FINISHED
@@ -424,19 +487,3 @@ def _merge(a: list[Sequence], b: list[Sequence]) -> list[Sequence]:
     if b[-1].admit_order < a[0].admit_order:
         return b + a
     return sorted(a + b, key=_ADMIT_ORDER)
-
-
-def split_across_replicas(requests: list, dp: int) -> list[list]:
-    """Assign requests to ``dp`` replicas, each to the one with the fewest tokens so far.
-
-    Deterministic: ties go to the lowest replica index; order within a replica is kept.
-    """
-    if dp < 1:
-        raise SchedulerError(f"dp must be >= 1, got {dp}")
-    buckets: list[list] = [[] for _ in range(dp)]
-    load = [0] * dp
-    for req in requests:
-        i = min(range(dp), key=load.__getitem__)
-        buckets[i].append(req)
-        load[i] += int(req.prompt_len) + int(req.output_len)
-    return buckets
