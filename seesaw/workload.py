@@ -38,7 +38,12 @@ from typing import Callable
 import numpy as np
 
 from seesaw.core import SpecError
-from seesaw.sampling import MAX_BUILT, draw_requests, sample_positions
+from seesaw.sampling import draw_requests, sample_positions
+
+# a generator's workload of more requests than this (and than the sample) is drawn as its sample, not
+# built: its requests are independent draws, so the sample is as good, and 1,000,000 built requests
+# cost ~2.5 CPU-s (the no-argument what-if, which simulates at most 16,000 of them)
+GENERATED_MAX_BUILT = 100_000
 
 __all__ = ["Request", "Workload", "WorkloadError", "load_workload", "describe", "approx_token_count",
            "sample_lengths", "SYNTHETIC_NAMES", "DEFAULT_MAX_TOKENS"]
@@ -195,7 +200,7 @@ def sample_lengths(name: str, n: int, rng: np.random.Generator, table: dict | No
 
 def _synthetic(name, n, seed, input_len, output_len, sample_size=None) -> Workload:
     """``n`` requests; or, when ``n`` is too large to build, ``sample_size`` of them drawn directly."""
-    k = n if sample_size is None or n <= max(sample_size, MAX_BUILT) else sample_size
+    k = n if sample_size is None or n <= max(sample_size, GENERATED_MAX_BUILT) else sample_size
     rng = np.random.default_rng(seed)
     if name in TRACE_NAMES:
         if input_len is not None:
@@ -419,9 +424,10 @@ def load_workload(
         JSONL) or entries (0-based index in JSON), which are then skipped; without it the first
         bad one raises ``WorkloadError``.
     sample_size: for a simulation. A workload of more than ``max(sample_size, MAX_BUILT)`` requests
-        is then never built: the result holds ``sample_size`` of them (``Workload.represents`` the
-        whole, ``totals`` its tokens). From a file, the very requests the planner would sample
-        from the built list (``seesaw.sampling.draw_requests``), with exact totals; from a generator, lengths
+        (``seesaw.sampling.MAX_BUILT``; from a generator, ``GENERATED_MAX_BUILT``) is then never
+        built: the result holds ``sample_size`` of them (``Workload.represents`` the whole,
+        ``totals`` its tokens). From a file, the very requests the planner would sample from the
+        built list (``seesaw.sampling.draw_requests``), with exact totals; from a generator, lengths
         drawn directly (seeded), with the sample's mean as the totals' estimate.
     Ids: ``req-{i}`` for synthetic and CSV (i = data row), ``custom_id``/``id`` for JSON(L).
     """

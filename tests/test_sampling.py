@@ -27,7 +27,6 @@ BILLION = 10**9
 
 def _small_max_built(monkeypatch, limit: int = 100) -> None:
     monkeypatch.setattr(sampling, "MAX_BUILT", limit)
-    monkeypatch.setattr(wl, "MAX_BUILT", limit)
 
 
 @pytest.mark.parametrize("m,n", [(7, 7), (7, 3), (7, 7 * 4), (7, 7 * 4 + 5), (1, 9)])
@@ -47,7 +46,6 @@ def test_a_file_sample_is_the_planners_sample_of_the_built_workload(monkeypatch,
     path = str(EXAMPLES / source)
     sample = load_workload(path, num_requests=n, seed=5, sample_size=2)
     monkeypatch.setattr(sampling, "MAX_BUILT", 10**9)
-    monkeypatch.setattr(wl, "MAX_BUILT", 10**9)
     whole = load_workload(path, num_requests=n, seed=5)
     assert len(sample) == 2 and sample.represents == n == len(whole)
     assert sample.totals == (sum(r.prompt_len for r in whole), sum(r.output_len for r in whole))
@@ -185,3 +183,11 @@ def test_the_api_checks_counts_as_one_line_spec_errors(call, message):
     with pytest.raises(SpecError, match=message) as e:
         call()
     assert "\n" not in str(e.value)
+
+
+def test_a_generator_beyond_its_build_limit_is_drawn_as_its_sample():
+    n = wl.GENERATED_MAX_BUILT + 1
+    w = load_workload("sharegpt", num_requests=n, seed=0, sample_size=300)
+    assert len(w) == 300 and w.represents == n and w.sample_of is not None
+    at_limit = load_workload("sharegpt", num_requests=wl.GENERATED_MAX_BUILT, seed=0, sample_size=300)
+    assert len(at_limit) == at_limit.represents == wl.GENERATED_MAX_BUILT and at_limit.sample_of is None
