@@ -7,17 +7,26 @@ environment variable) and yields its ``Client.get_executor()``, so every simulat
 a what-if is spread over the cluster's workers; the workers need ``seesaw`` installed (the same
 version) to import the simulator. Without ``dask`` installed (the ``seesaw[dask]`` extra) or with
 a scheduler that does not answer, one clear ``SpecError`` line.
+
+Several plans at once (the what-if's options): ``shared_executor`` gives them one executor (the one
+given, or a local process pool) and ``run_side_by_side`` runs each plan in its own thread on it, so
+that one option's last simulations (a few long runs on growing samples, ``simulator.planner.
+converge``) overlap the next option's screening instead of leaving cores idle. The local pool's
+workers start from a fork server (never forked from this process once it has threads).
 """
 
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import Executor
-from typing import Iterator
+import multiprocessing
+from concurrent.futures import FIRST_EXCEPTION, Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from typing import Callable, Iterator, TypeVar
 
 from seesaw.core import SpecError
 
-__all__ = ["DASK_ENV", "DASK_CONNECT_TIMEOUT_S", "simulation_executor"]
+__all__ = ["DASK_ENV", "DASK_CONNECT_TIMEOUT_S", "run_side_by_side", "shared_executor", "simulation_executor"]
+
+T = TypeVar("T")
 
 DASK_ENV = "SEESAW_DASK"
 DASK_CONNECT_TIMEOUT_S = 10
@@ -45,3 +54,59 @@ def simulation_executor(executor: Executor | None = None, dask: str | None = Non
         yield client.get_executor()
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def shared_executor(executor: Executor | None, workers: int | None,
+                    plans: int) -> Iterator[tuple[Executor | None, bool, Callable[[], None]]]:
+    """(executor, side by side, stop) for ``plans`` plans: a given executor is shared as is;
+    without one, with more than one plan and more than one worker (None: one per core), a local
+    process pool of ``workers`` processes, shut down on exit (queued simulations dropped when
+    leaving on an error); otherwise (None, False): each plan runs alone, as it would by itself.
+    ``stop()`` drops the local pool's queued simulations (the plans waiting on them then fail)."""
+    from simulator.planner.runner import default_workers
+
+    if executor is not None:
+        yield executor, plans > 1, lambda: None
+        return
+    n = default_workers() if workers is None else workers
+    if plans < 2 or n < 2:
+        yield None, False, lambda: None
+        return
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
+    if "forkserver" in methods:
+        ctx.set_forkserver_preload(["simulator.planner.runner"])
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    ok = False
+    try:
+        yield pool, True, lambda: pool.shutdown(wait=False, cancel_futures=True)
+        ok = True
+    finally:
+        pool.shutdown(wait=ok, cancel_futures=not ok)
+
+
+def run_side_by_side(fn: Callable[[T], object], items: list[T], side_by_side: bool,
+                     on_failure: Callable[[], None] | None = None) -> None:
+    """``fn(item)`` for each item: one after the other, or each in its own thread. The first
+    failure (or Ctrl-C) calls ``on_failure`` (e.g. to drop the queued simulations, so the other
+    threads stop soon), waits for the other threads and is raised."""
+    if not side_by_side or len(items) < 2:
+        for item in items:
+            fn(item)
+        return
+    threads = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="seesaw-plan")
+    futures = [threads.submit(fn, item) for item in items]
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()
+    except BaseException:
+        if on_failure is not None:
+            on_failure()
+        for f in futures:
+            f.cancel()
+        threads.shutdown(wait=True)
+        raise
+    threads.shutdown(wait=True)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +28,10 @@ from seesaw.core import (
     WHATIF_GPUS, WHATIF_MODEL, WHATIF_NUM_GPUS, ModelSpec, NodeSpec, Precision, SpecError, UnsupportedPrecision,
 )
 
-__all__ = ["WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices", "parse_duration"]
+__all__ = ["OPTION_DONE", "WhatIfOption", "WhatIfResult", "WhatIf", "run_whatif", "whatif", "parse_prices",
+           "parse_duration"]
+
+OPTION_DONE = "done"   # ``progress(option, n, n, OPTION_DONE)``: that option's plan has ended
 
 _DURATION_UNITS_S = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
 
@@ -213,13 +218,16 @@ def run_whatif(
 ) -> WhatIfResult:
     """Plan ``model`` on every ``gpu`` x ``count`` (x ``node_counts``: clusters of that many nodes;
     None: as the entry says, ``2x8xl4`` is 2 nodes) node (``simulator.planner.plan`` with ``space``,
-    ``screen``, ``refine``, ``sample_size``). progress(option, done, total, what). ``deadline_s``:
+    ``screen``, ``refine``, ``sample_size``), the options side by side (``seesaw.app.executors``:
+    one pool for all, one thread per option). progress(option, done, total, what), one call at a
+    time, from any thread; ``what`` is ``OPTION_DONE`` when that option has ended. ``deadline_s``:
     the result also names the cheapest option that finishes within it. ``dtype``/``kv_cache_dtype``:
     the precision (``seesaw.app.simulate.search_precisions``); an option whose GPU cannot run it is
     infeasible, with the reason. Simulations run on ``executor`` (any
     ``concurrent.futures.Executor``) or else in ``workers`` local processes (None: one per core)."""
     import time
 
+    from seesaw.app.executors import run_side_by_side, shared_executor
     from seesaw.app.simulate import resolve_node, search_precisions
     from seesaw.workload import describe
     from simulator.extrapolate import sample_workload
@@ -232,21 +240,32 @@ def run_whatif(
         for n, k in ((n, k) for n in dict.fromkeys(counts) for k in dict.fromkeys(node_counts or [None])):
             node = resolve_node(gpu, n, interconnect, k)
             price = prices.get(gpu.lower(), prices.get(node.gpu.name, node.gpu.price_per_hour_usd))
-            opt = WhatIfOption(gpu, node.total_gpus, node, price_per_gpu_hour=price)
-            tick = None if progress is None else (lambda d, t, w, _o=opt.name: progress(_o, d, t, w))
-            try:
-                res, _ = search_precisions(model, node, requests, None, dtype, kv_cache_dtype, objective=objective,
-                                           price_per_gpu_hour=price, space=space or SearchSpace(), screen=screen,
-                                           refine=refine, sample_size=sample_size, seed=seed, workers=workers,
-                                           executor=executor, workload_name=workload_name, progress=tick)
-            except UnsupportedPrecision as e:  # a precision this GPU cannot run: an infeasible option
-                opt.reason = str(e)
-                options.append(opt)
-                continue
+            options.append(WhatIfOption(gpu, node.total_gpus, node, price_per_gpu_hour=price))
+    lock = threading.Lock()     # the options are planned side by side: one progress call at a time
+
+    def tick(option: str, done: int, total: int, what: str) -> None:
+        with lock:
+            progress(option, done, total, what)
+
+    def plan_option(opt: WhatIfOption, ex) -> None:
+        try:
+            res, _ = search_precisions(model, opt.node, requests, None, dtype, kv_cache_dtype, objective=objective,
+                                       price_per_gpu_hour=opt.price_per_gpu_hour, space=space or SearchSpace(),
+                                       screen=screen, refine=refine, sample_size=sample_size, seed=seed,
+                                       workers=workers, executor=ex, workload_name=workload_name,
+                                       progress=None if progress is None else partial(tick, opt.name))
+        except UnsupportedPrecision as e:  # a precision this GPU cannot run: an infeasible option
+            opt.reason = str(e)
+        else:
             if res.plan is None:
-                opt.reason = _infeasible_reason(model, node, res.rejected)
+                opt.reason = _infeasible_reason(model, opt.node, res.rejected)
             opt.result = res
-            options.append(opt)
+        if progress is not None:
+            n = 0 if opt.result is None else opt.result.num_simulated
+            tick(opt.name, n, n, OPTION_DONE)
+
+    with shared_executor(executor, workers, len(options)) as (ex, side_by_side, stop):
+        run_side_by_side(partial(plan_option, ex=ex), options, side_by_side, on_failure=stop)
     stats = describe(requests)
     sampled = sample_workload(requests, sample_size, seed)  # what each option's plan simulated
     out = WhatIfResult(model, workload_name, stats, sampled.num_requests, objective, options,

@@ -33,17 +33,22 @@ def _count_options(gpu: str, num_gpus: str, num_nodes: str | None = None) -> int
 
 
 class _OptionTicks:
-    """The use case's ``progress(option, done, total, what)`` as options done on one display: an
-    option counts as done when the next one starts; its simulations show as the detail."""
+    """The use case's ``progress(option, done, total, what)`` as options done on one display (the
+    options are planned side by side: an option counts once it says ``OPTION_DONE``); the option
+    that reported last shows its simulations as the detail."""
 
     def __init__(self, bar: Progress):
-        self.bar, self.seen = bar, []
+        self.bar, self.seen, self.ended = bar, set(), set()
 
     def __call__(self, option: str, done: int, total: int, what: str) -> None:
-        if option not in self.seen:
-            self.seen.append(option)
+        from seesaw.app.whatif import OPTION_DONE
+
+        self.seen.add(option)
+        if what == OPTION_DONE:
+            self.ended.add(option)
         total_options = max(self.bar.total or 0, len(self.seen))
-        self.bar(len(self.seen) - 1, total_options, f"{option}: {done}/{total} {what}")
+        detail = f"{option} done" if what == OPTION_DONE else f"{option}: {done}/{total} {what}"
+        self.bar(len(self.ended), total_options, detail)
 
 
 def whatif(

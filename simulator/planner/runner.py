@@ -153,8 +153,8 @@ class SimRunner:
             for i, pol in todo:
                 self._done(results, i, pol, simulate_one(self.model, self.node, pol, reqs, self.measured, job_bound(i),
                                                          self.steady))
-        else:   # bounded on our pool: one job per worker in flight, so each starts with the latest bound
-            cap = self.workers if bounded and self._own else len(todo)
+        else:   # bounded on a local pool: one job per worker in flight, so each starts with the latest bound
+            cap = self.workers if bounded and isinstance(self.executor, ProcessPoolExecutor) else len(todo)
             queue, futures = list(reversed(todo)), {}
             while queue or futures:
                 while queue and len(futures) < cap:
