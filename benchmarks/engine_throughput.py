@@ -269,6 +269,9 @@ def main() -> None:
         print(f"transformers.generate (batches of {HF_BATCH}): {hf['output_tokens_per_second']:.1f} output tok/s "
               f"({hf['elapsed_time']:.1f} s) -> engine {vs:.2f}x", flush=True)
 
+    from seesaw.engine.dist import keep_freed_memory
+
+    keep_freed_memory()  # the fixed-shape steps' C heap as every engine rank's (init_process)
     # the machine's rates right before the steps they judge (a shared machine's speed drifts)
     gemm = {"square": gemm_flops_per_s(), "decode shapes": model_gemm_flops_per_s(spec, args.decode_batch)}
     bw = {"copy": copy_bytes_per_s(), "read": read_bytes_per_s(), "read 1 GB": read_bytes_per_s(2 ** 30, 3)}
