@@ -93,7 +93,7 @@ class AttnMetadata:
 
 def attention_backend(q_dtype: torch.dtype, device: torch.device, block_size: int) -> str:
     """Which path ``paged_attention`` takes: ``"cpu-kernel"``, ``"flash-paged"`` or ``"torch"``."""
-    if device.type == "cpu" and q_dtype == torch.float32 and cpu_kernel.available():
+    if cpu_kernel.applies(q_dtype, device):
         return "cpu-kernel"
     if device.type == "cuda" and _varlen_attn is not None and block_size % _FLASH_PAGE == 0 and q_dtype in (
             torch.float16, torch.bfloat16):

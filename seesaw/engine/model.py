@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seesaw.engine import cpu_kernel
 from seesaw.engine.attention import AttnMetadata, paged_attention
 from seesaw.core import ModelSpec, ParallelConfig, SpecError
 
@@ -255,7 +256,9 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps))
+        if dtype == torch.float32 and self.weight.dtype == dtype:  # in place: the same products, one pass fewer
+            return x.mul_(self.weight)
         return self.weight * x.to(dtype)
 
 
@@ -274,9 +277,12 @@ class Attention(nn.Module):
         T = x.shape[0]
         qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) d]
         q, k, v = qkv.split([self.h_q * self.d, self.h_kv * self.d, self.h_kv * self.d], dim=-1)
-        q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
-        k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
         v = v.view(T, self.h_kv, self.d)
+        if cpu_kernel.applies(qkv.dtype, qkv.device):  # one pass over Q and K, the same bits
+            q, k = cpu_kernel.rope_qk_cpu(qkv, cos, sin, self.h_q, self.h_kv, self.d)
+        else:
+            q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
+            k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
         o = self.attend(q, k, v, meta, k_cache, v_cache)  # [T, Hq, d]
         return self.comm.all_reduce(self.o_proj(o.reshape(T, self.h_q * self.d)))  # [T, H]
 

@@ -1,0 +1,61 @@
+"""The CPU kernels besides paged attention (``seesaw.engine.cpu_kernel``): the fused RoPE of Q and
+K gives bit for bit what the model's torch RoPE gives, so the engine's tokens do not depend on
+which of the two paths a rank takes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seesaw.engine import cpu_kernel
+from seesaw.engine.model import _apply_rope
+
+pytestmark = [pytest.mark.skipif(not cpu_kernel.available(), reason="no C compiler for the CPU kernels"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
+
+@pytest.mark.parametrize("h_q,h_kv,d,bias_cols", [(9, 3, 64, 0), (4, 4, 32, 0), (8, 2, 16, 16)])
+def test_fused_rope_equals_torch_rope_bit_for_bit(h_q, h_kv, d, bias_cols):
+    g = torch.Generator().manual_seed(h_q * 100 + d)
+    T = 37
+    # a wider buffer than Q + K + V (bias_cols extra columns): the kernel must follow the row stride
+    wide = torch.randn(T, (h_q + 2 * h_kv) * d + bias_cols, generator=g) * 5
+    qkv = wide[:, :(h_q + 2 * h_kv) * d]
+    angles = torch.rand(T, 1, d // 2, generator=g) * 4000  # large positions: cos/sin of every sign
+    cos, sin = angles.cos(), angles.sin()
+    q, k = cpu_kernel.rope_qk_cpu(qkv, cos, sin, h_q, h_kv, d)
+    q_ref = _apply_rope(qkv[:, :h_q * d].view(T, h_q, d), cos, sin)
+    k_ref = _apply_rope(qkv[:, h_q * d:(h_q + h_kv) * d].view(T, h_kv, d), cos, sin)
+    assert q.shape == (T, h_q, d) and k.shape == (T, h_kv, d)
+    assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
+
+
+def test_model_logits_are_the_same_with_either_rope(store, monkeypatch):
+    """A tiny shard's logits over a prefill and a decode step are the same bits whether its
+    attention blocks take the fused RoPE (the default on fp32 CPU) or the torch one."""
+    from seesaw.engine.runner import ModelRunner
+    from seesaw.engine.weights import build_shard
+    from tests.engine_helpers import random_prompts
+
+    prompts = random_prompts([9, 23, 4], vocab_size=store.spec.vocab_size)
+
+    def logits() -> list[torch.Tensor]:
+        runner = ModelRunner(build_shard(store), 16, 4)
+        first = runner.step_logits(dict(enumerate(prompts)), all_tokens=True)
+        second = runner.step_logits({i: [7 + i] for i in range(len(prompts))})
+        return [first[i] for i in range(3)] + [second[i] for i in range(3)]
+
+    calls = []
+    real = cpu_kernel.rope_qk_cpu
+    monkeypatch.setattr(cpu_kernel, "rope_qk_cpu", lambda *a: calls.append(1) or real(*a))
+    fused = logits()
+    assert calls, "the fp32 CPU shard did not take the fused RoPE"
+
+    def torch_rope(qkv, cos, sin, h_q, h_kv, d):
+        T = qkv.shape[0]
+        return (_apply_rope(qkv[:, :h_q * d].reshape(T, h_q, d), cos, sin),
+                _apply_rope(qkv[:, h_q * d:(h_q + h_kv) * d].reshape(T, h_kv, d), cos, sin))
+
+    monkeypatch.setattr(cpu_kernel, "rope_qk_cpu", torch_rope)
+    for a, b in zip(fused, logits()):
+        assert torch.equal(a, b)
