@@ -1,5 +1,5 @@
-"""The CPU kernels of the attention block (paged attention, RoPE): small C functions built with the system compiler, called
-through ctypes on the tensors' memory.
+"""The CPU kernels of the attention block (paged attention, RoPE): small C functions built with
+the system compiler, called through ctypes on the tensors' memory.
 
 ``paged_attention_cpu`` attends every query token of a step (prefill chunks and decodes alike)
 to its sequence's context where the context lives, in the paged cache, following the block table:
