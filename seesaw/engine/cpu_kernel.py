@@ -27,6 +27,11 @@ left and no sub_, profiled with torch.profiler on the shared machine). Each prod
 rounded on its own (no FMA contraction), so its bits are the torch path's, and a rank's tokens
 do not depend on which path it takes.
 
+``silu_mul_cpu`` is SwiGLU's ``silu(gate) * up`` in one pass over the fused gate/up output (torch:
+``silu_`` then ``mul_``, two passes over [T, I]; [4096, 2 x 1536]: 8.6 -> 6.4 ms, best of 10);
+its exp is the kernel's, so its bits differ from torch's by rounding (within 3e-6 relative of a
+float64 reference), the same on every rank and layout.
+
 The C source is compiled once per machine (``cc -O3 -march=native``) into
 ``$SEESAW_CACHE_DIR`` (default ``~/.cache/seesaw``) under a name keyed by the source and the
 host, written atomically so that ranks starting together do not race. Without a compiler, or with
@@ -49,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["applies", "available", "paged_attention_cpu", "rope_qk_cpu"]
+__all__ = ["applies", "available", "paged_attention_cpu", "rope_qk_cpu", "silu_mul_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +278,22 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
   return 0;
 }
 
+/* SwiGLU's gate in place: g[t][i] = silu(g[t][i]) * u[t][i] for the gate g and up u halves of a
+   fused gate/up output x [T, ld] (g at column 0, u at column inter). silu(g) = g / (1 + e^-g),
+   with e^-|g| from exp_neg so that it never overflows (g < 0: g e^g / (1 + e^g)). */
+void seesaw_silu_mul_f32(float *x, int64_t ld, int64_t T, int64_t inter) {
+  for (int64_t t = 0; t < T; t++) {
+    float *g = x + t * ld;
+    const float *u = g + inter;
+#pragma omp simd
+    for (int64_t i = 0; i < inter; i++) {
+      const float a = g[i], e = exp_neg(a < 0.0f ? a : -a);
+      const float sig = (a < 0.0f ? e : 1.0f) / (1.0f + e);
+      g[i] = a * sig * u[i];
+    }
+  }
+}
+
 /* RoPE, HF's rotate_half layout, of the Q and K heads of a fused QKV projection in one pass:
    x [T, ld] (head h at x + t * ld + h * d), cos/sin [T, d/2]; heads 0..hq-1 -> oq [T, hq, d],
    heads hq..hq+hk-1 -> ok [T, hk, d]. Each product and sum is rounded on its own, as torch's
@@ -335,6 +356,9 @@ def _build() -> ctypes.CDLL | bool:
     fn = lib.seesaw_paged_attention_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_void_p]
+    silu = lib.seesaw_silu_mul_f32
+    silu.restype = None
+    silu.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3
     rope = lib.seesaw_rope_f32
     rope.restype = None
     rope.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + \
@@ -386,3 +410,11 @@ def rope_qk_cpu(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h_q: in
     _lib.seesaw_rope_f32(qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr(), T, h_q, h_kv, d,
                          q.data_ptr(), k.data_ptr())
     return q, k
+
+
+def silu_mul_cpu(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
+    """SwiGLU's ``silu(gate) * up`` of a fused gate/up output [T, 2 * inter] fp32 (unit stride along
+    its last dim) in one pass, written over the gate half; returns that half, [T, inter]."""
+    assert available() and gate_up.dtype == torch.float32 and gate_up.stride(-1) == 1
+    _lib.seesaw_silu_mul_f32(gate_up.data_ptr(), gate_up.stride(0), gate_up.shape[0], inter)
+    return gate_up[:, :inter]
