@@ -323,6 +323,12 @@ void seesaw_rope_f32(const float *x, int64_t ld, const float *cs, const float *s
 """
 
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-shared", "-fPIC"]
+if platform.machine().lower() in ("x86_64", "amd64"):
+    # 512-bit vectors where the CPU has them (GCC prefers 256 on Intel's AVX-512 parts): one
+    # layer's causal attention of 8 x 512 tokens (SmolLM2-135M heads, thread CPU, best of 10),
+    # alternating builds: 42.1/43.6/44.2 -> 36.9/37.8/38.7 ms; decode of 64 x 438 tokens over
+    # 30 layers' K/V (1.3 GB, from memory) unchanged: 152.8/169.0 vs 155.0/159.6 ms
+    _FLAGS.insert(2, "-mprefer-vector-width=512")
 _lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
 
 
