@@ -76,3 +76,20 @@ def test_fused_silu_mul_matches_float64_swiglu():
     assert out.data_ptr() == x.data_ptr() and out.shape == (T, inter)
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-30)
     assert torch.equal(x[:, inter:], before[:, inter:])  # up half and the extra columns untouched
+
+
+def test_store_kv_writes_what_index_put_writes():
+    """The step's K/V rows land in exactly the slots index_put would write, K contiguous and V a
+    strided view of a fused QKV output (as the model hands them over); other slots untouched."""
+    g = torch.Generator().manual_seed(9)
+    blocks, bs, h_kv, d, T = 7, 4, 2, 16, 11
+    qkv = torch.randn(T, (3 + 2 * h_kv) * d, generator=g)
+    k = torch.randn(T, h_kv, d, generator=g)
+    v = qkv[:, (3 + h_kv) * d:].view(T, h_kv, d)
+    slots = torch.randperm(blocks * bs, generator=g)[:T]
+    caches = [torch.randn(blocks, bs, h_kv, d, generator=g) for _ in range(2)]
+    ref = [c.clone() for c in caches]
+    ref[0].view(-1, h_kv, d)[slots] = k
+    ref[1].view(-1, h_kv, d)[slots] = v
+    cpu_kernel.store_kv_cpu(k, v, slots, *caches)
+    assert torch.equal(caches[0], ref[0]) and torch.equal(caches[1], ref[1])

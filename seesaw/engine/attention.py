@@ -110,12 +110,13 @@ def paged_attention(
     if k_cache is None:
         return _no_cache(q, k, v, meta)
     _, bs, h_kv, d = k_cache.shape
-    k_cache.view(-1, h_kv, d)[meta.slot_mapping] = k
-    v_cache.view(-1, h_kv, d)[meta.slot_mapping] = v
     backend = attention_backend(q.dtype, q.device, bs)
     if backend == "cpu-kernel":
+        cpu_kernel.store_kv_cpu(k, v, meta.slot_mapping, k_cache, v_cache)
         return cpu_kernel.paged_attention_cpu(q, k_cache, v_cache, meta.cu_query, meta.seq_lens, meta.block_table,
                                               d ** -0.5)
+    k_cache.view(-1, h_kv, d)[meta.slot_mapping] = k
+    v_cache.view(-1, h_kv, d)[meta.slot_mapping] = v
     if backend == "flash-paged":
         return _varlen_attn(q, k_cache, v_cache, meta.cu_query, meta.cu_keys, meta.max_query_len,
                             meta.block_table.shape[1] * bs, window_size=(-1, 0), enable_gqa=h_kv != q.shape[1],

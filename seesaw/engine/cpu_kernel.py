@@ -54,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["applies", "available", "paged_attention_cpu", "rope_qk_cpu", "silu_mul_cpu"]
+__all__ = ["applies", "available", "paged_attention_cpu", "rope_qk_cpu", "silu_mul_cpu", "store_kv_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +278,16 @@ int seesaw_paged_attention_f32(const float *q, const float *kc, const float *vc,
   return 0;
 }
 
+/* The step's new K and V rows into the paged caches: row t of k/v [T, row] (row = hkv * d floats,
+   row strides ldk, ldv) to slot slots[t] of k_cache/v_cache [slots, row]. */
+void seesaw_store_kv_f32(const float *k, const float *v, int64_t ldk, int64_t ldv, const int64_t *slots,
+                         int64_t T, int64_t row, float *kc, float *vc) {
+  for (int64_t t = 0; t < T; t++) {
+    memcpy(kc + slots[t] * row, k + t * ldk, sizeof(float) * row);
+    memcpy(vc + slots[t] * row, v + t * ldv, sizeof(float) * row);
+  }
+}
+
 /* SwiGLU's gate in place: g[t][i] = silu(g[t][i]) * u[t][i] for the gate g and up u halves of a
    fused gate/up output x [T, ld] (g at column 0, u at column inter). silu(g) = g / (1 + e^-g),
    with e^-|g| from exp_neg so that it never overflows (g < 0: g e^g / (1 + e^g)). */
@@ -362,6 +372,10 @@ def _build() -> ctypes.CDLL | bool:
     fn = lib.seesaw_paged_attention_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_void_p]
+    store = lib.seesaw_store_kv_f32
+    store.restype = None
+    store.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] + [ctypes.c_int64] * 2 + \
+        [ctypes.c_void_p] * 2
     silu = lib.seesaw_silu_mul_f32
     silu.restype = None
     silu.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3
@@ -424,3 +438,22 @@ def silu_mul_cpu(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
     assert available() and gate_up.dtype == torch.float32 and gate_up.stride(-1) == 1
     _lib.seesaw_silu_mul_f32(gate_up.data_ptr(), gate_up.stride(0), gate_up.shape[0], inter)
     return gate_up[:, :inter]
+
+
+def store_kv_cpu(k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor) -> None:
+    """``k_cache.view(-1, Hkv, d)[slot_mapping] = k`` and the same for V, as one call: k/v [T, Hkv, d]
+    fp32, slot_mapping [T] int64, caches [blocks, block_size, Hkv, d] (contiguous, else through
+    index_put; torch's
+    index_put took ~0.1 ms a call even for a decode step's 64 rows: 180 calls, 20 ms, in 3 decode
+    steps of SmolLM2-135M; profiled)."""
+    assert available() and k.dtype == v.dtype == k_cache.dtype == v_cache.dtype == torch.float32
+    T, h_kv, d = k.shape
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous() and slot_mapping.dtype == torch.int64):
+        k_cache.view(-1, h_kv, d)[slot_mapping] = k
+        v_cache.view(-1, h_kv, d)[slot_mapping] = v
+        return
+    k, v = (x if x.stride(2) == 1 and x.stride(1) == d else x.contiguous() for x in (k, v))
+    slots = slot_mapping.contiguous()
+    _lib.seesaw_store_kv_f32(k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), slots.data_ptr(), T, h_kv * d,
+                             k_cache.data_ptr(), v_cache.data_ptr())
