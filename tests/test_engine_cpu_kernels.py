@@ -93,3 +93,24 @@ def test_store_kv_writes_what_index_put_writes():
     ref[1].view(-1, h_kv, d)[slots] = v
     cpu_kernel.store_kv_cpu(k, v, slots, *caches)
     assert torch.equal(caches[0], ref[0]) and torch.equal(caches[1], ref[1])
+
+
+def test_fused_rms_norm_matches_float64_and_the_model_uses_it(monkeypatch):
+    """RMSNorm in one pass: within fp32 rounding of a float64 reference, rows of any stride; the
+    model's RMSNorm takes it for fp32 CPU rows."""
+    from seesaw.engine.model import RMSNorm
+
+    g = torch.Generator().manual_seed(3)
+    wide = torch.randn(13, 100, generator=g) * 3
+    x = wide[:, :90]  # rows 100 floats apart; 90 = not a multiple of the vector width
+    w = torch.randn(90, generator=g)
+    got = cpu_kernel.rms_norm_cpu(x, w, 1e-5)
+    xd = x.double()
+    ref = w.double() * (xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5))
+    torch.testing.assert_close(got.double(), ref, rtol=2e-6, atol=1e-7)
+
+    norm = RMSNorm(90, 1e-5)
+    norm.weight.data = w
+    calls = []
+    monkeypatch.setattr(cpu_kernel, "rms_norm_cpu", lambda *a: calls.append(1) or got)
+    assert norm(x) is got and calls

@@ -54,7 +54,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["applies", "available", "paged_attention_cpu", "rope_qk_cpu", "silu_mul_cpu", "store_kv_cpu"]
+__all__ = ["applies", "available", "paged_attention_cpu", "rms_norm_cpu", "rope_qk_cpu", "silu_mul_cpu",
+           "store_kv_cpu"]
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +289,31 @@ void seesaw_store_kv_f32(const float *k, const float *v, int64_t ldk, int64_t ld
   }
 }
 
+/* RMSNorm of the rows of x [T, n] (row stride ld) into out [T, n]: x * (1 / sqrt(mean(x^2) + eps))
+   * w, the sum of squares in W lanes summed once at the end of the row, the two products rounded
+   one by one in HF's order. */
+__attribute__((optimize("fp-contract=off")))
+void seesaw_rms_norm_f32(const float *x, int64_t ld, int64_t T, int64_t n, const float *w, float eps,
+                         float *out) {
+  for (int64_t t = 0; t < T; t++) {
+    const float *xr = x + t * ld;
+    float *o = out + t * n;
+    float lanes[W] = {0.0f}, ss = 0.0f;
+    int64_t i = 0;
+    for (; i + W <= n; i += W)
+#pragma omp simd
+      for (int c = 0; c < W; c++) lanes[c] += xr[i + c] * xr[i + c];
+    for (; i < n; i++) lanes[0] += xr[i] * xr[i];
+    for (int c = 0; c < W; c++) ss += lanes[c];
+    const float r = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+      const float y = xr[j] * r;
+      o[j] = y * w[j];
+    }
+  }
+}
+
 /* SwiGLU's gate in place: g[t][i] = silu(g[t][i]) * u[t][i] for the gate g and up u halves of a
    fused gate/up output x [T, ld] (g at column 0, u at column inter). silu(g) = g / (1 + e^-g),
    with e^-|g| from exp_neg so that it never overflows (g < 0: g e^g / (1 + e^g)). */
@@ -376,6 +402,9 @@ def _build() -> ctypes.CDLL | bool:
     store.restype = None
     store.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] + [ctypes.c_int64] * 2 + \
         [ctypes.c_void_p] * 2
+    norm = lib.seesaw_rms_norm_f32
+    norm.restype = None
+    norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
     silu = lib.seesaw_silu_mul_f32
     silu.restype = None
     silu.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3
@@ -457,3 +486,14 @@ def store_kv_cpu(k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, k
     slots = slot_mapping.contiguous()
     _lib.seesaw_store_kv_f32(k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), slots.data_ptr(), T, h_kv * d,
                              k_cache.data_ptr(), v_cache.data_ptr())
+
+
+def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of x [T, n] fp32 (unit stride along its last dim) with ``weight`` [n] in one pass:
+    a new [T, n] tensor. torch's is six passes (pow, mean, add, rsqrt, two products)."""
+    assert available() and x.dtype == weight.dtype == torch.float32 and x.dim() == 2 and x.stride(1) == 1
+    T, n = x.shape
+    w = weight.contiguous()
+    out = torch.empty(T, n, dtype=x.dtype)
+    _lib.seesaw_rms_norm_f32(x.data_ptr(), x.stride(0), T, n, w.data_ptr(), eps, out.data_ptr())
+    return out
