@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seesaw.engine import cpu_kernel
+from seesaw.engine import cpu_ops
 from seesaw.engine.attention import AttnMetadata, paged_attention
 from seesaw.core import ModelSpec, ParallelConfig, SpecError
 
@@ -255,9 +255,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        if x.dim() == 2 and x.stride(-1) == 1 and cpu_kernel.applies(dtype, x.device) and \
+        if x.dim() == 2 and x.stride(-1) == 1 and cpu_ops.applies(dtype, x.device) and \
                 self.weight.dtype == dtype:  # one pass
-            return cpu_kernel.rms_norm_cpu(x, self.weight, self.eps)
+            return cpu_ops.rms_norm_cpu(x, self.weight, self.eps)
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps))
         if dtype == torch.float32 and self.weight.dtype == dtype:  # in place: the same products, one pass fewer
@@ -281,8 +281,8 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) d]
         q, k, v = qkv.split([self.h_q * self.d, self.h_kv * self.d, self.h_kv * self.d], dim=-1)
         v = v.view(T, self.h_kv, self.d)
-        if cpu_kernel.applies(qkv.dtype, qkv.device):  # one pass over Q and K, the same bits
-            q, k = cpu_kernel.rope_qk_cpu(qkv, cos, sin, self.h_q, self.h_kv, self.d)
+        if cpu_ops.applies(qkv.dtype, qkv.device):  # one pass over Q and K, the same bits
+            q, k = cpu_ops.rope_qk_cpu(qkv, cos, sin, self.h_q, self.h_kv, self.d)
         else:
             q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
             k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
@@ -302,8 +302,8 @@ class MLP(nn.Module):
 
     def forward(self, x):
         gate_up = self.gate_up_proj(x)  # [T, 2 I/tp]
-        if cpu_kernel.applies(gate_up.dtype, gate_up.device):  # one pass instead of two
-            act = cpu_kernel.silu_mul_cpu(gate_up, self.inter)
+        if cpu_ops.applies(gate_up.dtype, gate_up.device):  # one pass instead of two
+            act = cpu_ops.silu_mul_cpu(gate_up, self.inter)
         else:
             gate, up = gate_up.split(self.inter, dim=-1)  # [T, I/tp] each
             act = F.silu(gate, inplace=True).mul_(up)
