@@ -26,10 +26,16 @@ query blocks would make a decode batch attend the union of its sequences' blocks
 causal prefill of one sequence took 115 ms in the C kernel against 62 ms in SDPA's flash kernel
 (the kernel's tiles are simple FMA loops, not a GEMM), which the engine accepts for one call per
 step instead of one per sequence; prefill attention is a small part of a step's FLOPs below a
-few thousand tokens. Since then the kernel reads each block once for all heads and transposes K
-in registers (``cpu_kernel``): one layer of 8 x 512-token prompts, 2.4 GFLOP, takes ~43 ms of
-CPU time (56 GFLOP/s), against 62-67 GFLOP/s for SDPA on one 512-token prompt (wall-clock,
-loaded machine); the decode batch above ~3.5 ms (12.5 GB/s of K/V).
+few thousand tokens. Since then the kernel reads each block once for all heads, transposes K
+in registers, walks spans of 4 blocks and works in 8-row x 32-column register tiles
+(``cpu_kernel``): one layer of 8 x 512-token prompts (2.4 GFLOP of causal attention) took
+27.3/27.9 ms of thread CPU time (87-89 GFLOP/s) against 39.6/39.9 ms for SDPA called per
+sequence and 56.4/59.0 ms for a GEMM-shaped version (per sequence, Q K^T and P V as batched
+matmuls over the KV heads, a masked softmax between), in the same run (``/tmp``-script in the
+commit message); the decode batch above ~3.5 ms (12.5 GB/s of K/V). A GEMM-shaped path would also
+make a row's result depend on its chunk: BLAS picks its kernels by the matrix shapes (a 1-token
+chunk is a matrix-vector product), so chunked prefill under DP/PP would round differently from
+the single process, which the kernel's fixed per-row arithmetic rules out.
 """
 
 from __future__ import annotations

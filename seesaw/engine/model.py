@@ -319,7 +319,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(spec, shard, comm, **kw)
 
     def forward(self, x, cos, sin, meta, k_cache, v_cache):
-        x = x + self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
+        # the attention's output is a new tensor: the residual sum goes into it (a + b == b + a)
+        x = self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache).add_(x)
         return x.add_(self.mlp(self.post_attention_layernorm(x)))  # x is this layer's own tensor
 
 
