@@ -1,6 +1,6 @@
 """Choosing the next tokens of a step on the device: greedy rows in one reduction over the
-step's logits (``greedy_tokens``), seeded draws where a request asked for a temperature; the caller copies the
-result to the host once per step (one sync, not one per sequence).
+step's logits (``greedy_tokens``), seeded draws where a request asked for a temperature; the
+caller copies the result to the host once per step (one sync, not one per sequence).
 
 A draw is seeded by the request's seed and the sampled token's position, so samples depend on
 neither batching, nor layout, nor which rank samples (Seesaw moves the sampling rank at every
