@@ -31,8 +31,8 @@ in registers, walks spans of 4 blocks and works in 8-row x 32-column register ti
 (``cpu_kernel``): one layer of 8 x 512-token prompts (2.4 GFLOP of causal attention) took
 27.3/27.9 ms of thread CPU time (87-89 GFLOP/s) against 39.6/39.9 ms for SDPA called per
 sequence and 56.4/59.0 ms for a GEMM-shaped version (per sequence, Q K^T and P V as batched
-matmuls over the KV heads, a masked softmax between), in the same run (``/tmp``-script in the
-commit message); the decode batch above ~3.5 ms (12.5 GB/s of K/V). A GEMM-shaped path would also
+matmuls over the KV heads, a masked softmax between), in the same run (the comparison that
+``benchmarks/cpu_attention.py`` makes); the decode batch above ~3.5 ms (12.5 GB/s of K/V). A GEMM-shaped path would also
 make a row's result depend on its chunk: BLAS picks its kernels by the matrix shapes (a 1-token
 chunk is a matrix-vector product), so chunked prefill under DP/PP would round differently from
 the single process, which the kernel's fixed per-row arithmetic rules out.
