@@ -40,6 +40,19 @@ decode and prefill steps against this machine's roofline. One run; every ratio i
    ``prefill_gemm_efficiency`` = its FLOPs (matmuls of every token, LM head of the last ones,
    causal attention ``2 n^2 d h_q`` per layer) / time / the GEMM rate (target >= 0.8; the faster
    of the square and the prefill-shape rate).
+7. The decode step's floor on one core, measured in the same run: the step's own GEMMs alone
+   (the model's QKV, O, gate/up and down products of every layer and the LM head, on batch-64
+   inputs, in the step's order, each layer's K/V cache streamed through the caches first and
+   untimed, so that the weights come from where the step finds them: the K/V of the step
+   evicts them) plus the step's K/V bytes at the read bandwidth (the fastest measured).
+   ``decode_floor_ratio`` = floor / roofline, ``decode_step_over_floor`` = step / floor.
+   It proves: what the roofline's max(compute, memory) asks for cannot be had by one thread,
+   since the attention of a layer needs that layer's QKV product and the next GEMM needs the
+   attention's output, so the GEMMs and the K/V stream run one after the other and their times
+   add up (a second thread speeds up both sides alike). It assumes the GEMM library's speed at
+   these shapes (no faster BLAS) and that attention cannot read K/V faster than a plain read.
+   The step's time above the floor is what the engine adds: attention's arithmetic beyond its
+   read, elementwise passes, sampling, Python.
 
 The machine may be shared: the load average (``os.getloadavg``) before and after is printed.
 ``--clock cpu`` times the machine's rates and the two fixed-shape steps in this thread's CPU time
@@ -164,6 +177,29 @@ def _matmul_weights(spec) -> int:
 
 
 @torch.inference_mode()
+def step_gemms_s(model, kv, batch: int) -> float:
+    """The decode step's GEMMs alone, in the step's order and cache state: per layer, that
+    layer's K/V cache is read first (untimed, as the step's attention reads it between the
+    layer's GEMMs and the next layer's), then its QKV, O, gate/up and down products of ``batch``
+    rows are timed; then the LM head. Returns their summed time."""
+    total = 0.0
+    xs: dict[int, torch.Tensor] = {}
+    for i, layer in model.layers.items():
+        for cache in kv.layer(int(i)):
+            cache.sum()  # stream the K/V through the caches, as the step does
+        mods = (layer.attn.qkv_proj, layer.attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)
+        ins = [xs.setdefault(m.weight.shape[1], torch.randn(batch, m.weight.shape[1])) for m in mods]
+        t0 = clock()
+        for m, x in zip(mods, ins):
+            m(x)
+        total += clock() - t0
+    x = xs.setdefault(model.hidden_size, torch.randn(batch, model.hidden_size))
+    t0 = clock()
+    model.lm_head(x)
+    return total + clock() - t0
+
+
+@torch.inference_mode()
 def decode_step(store, batch: int, context: int, steps: int) -> dict:
     """Mean time of a decode step of ``batch`` sequences at ``context`` tokens each (their KV
     slots claimed without running the prompts: a step's time does not depend on KV values)."""
@@ -183,14 +219,16 @@ def decode_step(store, batch: int, context: int, steps: int) -> dict:
         tokens = runner.execute({s: [t] for s, t in tokens.items()})
         times.append(clock() - t0)
     step_s = float(np.median(times))
+    gemm_s = float(np.median([step_gemms_s(model, runner.kv, batch) for _ in range(max(3, steps // 2))]))
     ctx = context + 1 + steps / 2  # mean context over the timed steps
     L, d, h_q = spec.num_hidden_layers, spec.d_head, spec.num_attention_heads
-    flops = 2 * _matmul_weights(spec) * batch + 4 * ctx * d * h_q * L * batch
+    flops_gemm = 2 * _matmul_weights(spec) * batch
+    flops = flops_gemm + 4 * ctx * d * h_q * L * batch
     weight_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed" not in n)
     if spec.tie_word_embeddings:  # the LM head reads the tied embedding
         weight_bytes += spec.vocab_size * spec.hidden_size * model.dtype.itemsize
     kv_bytes = batch * ctx * L * 2 * spec.num_key_value_heads * d * model.dtype.itemsize
-    return {"batch": batch, "context": context, "step_s": step_s, "flops": flops,
+    return {"batch": batch, "context": context, "step_s": step_s, "flops": flops, "gemm_s": gemm_s, "flops_gemm": flops_gemm,
             "bytes": weight_bytes + kv_bytes, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes}
 
 
@@ -269,6 +307,9 @@ def main() -> None:
         print(f"transformers.generate (batches of {HF_BATCH}): {hf['output_tokens_per_second']:.1f} output tok/s "
               f"({hf['elapsed_time']:.1f} s) -> engine {vs:.2f}x", flush=True)
 
+    from seesaw.engine.dist import keep_freed_memory
+
+    keep_freed_memory()  # the fixed-shape steps' C heap as every engine rank's (init_process)
     # the machine's rates right before the steps they judge (a shared machine's speed drifts)
     gemm = {"square": gemm_flops_per_s(), "decode shapes": model_gemm_flops_per_s(spec, args.decode_batch)}
     bw = {"copy": copy_bytes_per_s(), "read": read_bytes_per_s(), "read 1 GB": read_bytes_per_s(2 ** 30, 3)}
@@ -285,6 +326,12 @@ def main() -> None:
           f"{1e3 * roof:.1f} ms (compute {1e3 * dec['flops'] / max(gemm.values()):.1f}, memory "
           f"{1e3 * dec['bytes'] / max(bw.values()):.1f}) -> {dec['step_s'] / roof:.2f}x; against each yardstick: " +
           ", ".join(f"{k} {dec['step_s'] / r:.2f}x" for k, r in roofs.items()), flush=True)
+    kv_s = dec["kv_bytes"] / max(bw.values())
+    floor = dec["gemm_s"] + kv_s
+    print(f"decode floor on one core: {1e3 * floor:.1f} ms = the step's GEMMs alone {1e3 * dec['gemm_s']:.1f} ms "
+          f"({dec['flops_gemm'] / dec['gemm_s'] / 1e9:.1f} GFLOP/s) + K/V {dec['kv_bytes'] / 1e6:.0f} MB at the read "
+          f"bandwidth {1e3 * kv_s:.1f} ms -> floor {floor / roof:.2f}x the roofline; step {dec['step_s'] / floor:.2f}x "
+          "the floor", flush=True)
     pre_rows = args.prefill_prompts * args.prefill_len
     gemm["prefill shapes"] = model_gemm_flops_per_s(spec, pre_rows, repeats=2, lm_head_rows=args.prefill_prompts)
     pre = prefill_step(store, args.prefill_prompts, args.prefill_len)
@@ -298,14 +345,16 @@ def main() -> None:
     print(f"load average {load[0]:.2f} before, {load[1]:.2f} after ({os.cpu_count()} cores)")
     print(json.dumps({
         "vs_transformers": None if vs is None else round(vs, 3), "decode_roofline_ratio": round(dec["step_s"] / roof, 3),
-        "prefill_gemm_efficiency": round(eff, 3),
+        "prefill_gemm_efficiency": round(eff, 3), "decode_floor_ratio": round(floor / roof, 3),
+        "decode_step_over_floor": round(dec["step_s"] / floor, 3),
         "engine": eng and {"output_tokens_per_s": round(eng["output_tokens_per_second"], 2),
                            "elapsed_s": round(eng["elapsed_time"], 3), "time_by_phase": eng.get("time_by_phase")},
         "transformers": hf and {"output_tokens_per_s": round(hf["output_tokens_per_second"], 2),
                                 "elapsed_s": round(hf["elapsed_time"], 3), "batch": HF_BATCH},
         "decode": {"batch": dec["batch"], "context": dec["context"], "step_ms": round(1e3 * dec["step_s"], 2),
                    "roofline_ms": round(1e3 * roof, 2), "gflop": round(dec["flops"] / 1e9, 2),
-                   "mbytes": round(dec["bytes"] / 1e6, 1),
+                   "mbytes": round(dec["bytes"] / 1e6, 1), "floor_ms": round(1e3 * floor, 2),
+                   "gemms_alone_ms": round(1e3 * dec["gemm_s"], 2), "kv_read_ms": round(1e3 * kv_s, 2),
                    "ratio_by_yardstick": {k: round(dec["step_s"] / r, 3) for k, r in roofs.items()}},
         "prefill": {"prompts": pre["prompts"], "length": pre["length"], "step_s": round(pre["step_s"], 3),
                     "gflop_per_s": round(pre_rate / 1e9, 2),

@@ -5,7 +5,9 @@ outside the engine):
 
 - ``model``: ``LlamaShard`` (one rank's layers / TP slice), ``Comm``, ``Shard``, RoPE;
 - ``attention``: varlen causal attention over the paged KV cache, read in place through the
-  block tables (``AttnMetadata``); ``cpu_kernel``: its compiled CPU kernel; ``step_inputs``: a
+  block tables (``AttnMetadata``); ``cpu_kernel``: its compiled CPU kernel; ``cpu_ops``: the
+  layer's element-wise work (RoPE, RMSNorm, SwiGLU) in C on the CPU; ``cpu_build``: how those
+  are compiled and loaded; ``step_inputs``: a
   step's inputs built into reused buffers; ``cuda_graphs``: decode steps replayed from CUDA
   graphs; ``sampling``: next tokens chosen on the device;
 - ``kv``: ``BlockManager`` (block tables, allocate/free), ``ReplicaBlocks`` (the driver's) and

@@ -26,10 +26,16 @@ query blocks would make a decode batch attend the union of its sequences' blocks
 causal prefill of one sequence took 115 ms in the C kernel against 62 ms in SDPA's flash kernel
 (the kernel's tiles are simple FMA loops, not a GEMM), which the engine accepts for one call per
 step instead of one per sequence; prefill attention is a small part of a step's FLOPs below a
-few thousand tokens. Since then the kernel reads each block once for all heads and transposes K
-in registers (``cpu_kernel``): one layer of 8 x 512-token prompts, 2.4 GFLOP, takes ~43 ms of
-CPU time (56 GFLOP/s), against 62-67 GFLOP/s for SDPA on one 512-token prompt (wall-clock,
-loaded machine); the decode batch above ~3.5 ms (12.5 GB/s of K/V).
+few thousand tokens. Since then the kernel reads each block once for all heads, transposes K
+in registers, walks spans of 4 blocks and works in 8-row x 32-column register tiles
+(``cpu_kernel``): one layer of 8 x 512-token prompts (2.4 GFLOP of causal attention) took
+27.3/27.9 ms of thread CPU time (87-89 GFLOP/s) against 39.6/39.9 ms for SDPA called per
+sequence and 56.4/59.0 ms for a GEMM-shaped version (per sequence, Q K^T and P V as batched
+matmuls over the KV heads, a masked softmax between), in the same run (the comparison that
+``benchmarks/cpu_attention.py`` makes); the decode batch above ~3.5 ms (12.5 GB/s of K/V). A GEMM-shaped path would also
+make a row's result depend on its chunk: BLAS picks its kernels by the matrix shapes (a 1-token
+chunk is a matrix-vector product), so chunked prefill under DP/PP would round differently from
+the single process, which the kernel's fixed per-row arithmetic rules out.
 """
 
 from __future__ import annotations
@@ -93,7 +99,7 @@ class AttnMetadata:
 
 def attention_backend(q_dtype: torch.dtype, device: torch.device, block_size: int) -> str:
     """Which path ``paged_attention`` takes: ``"cpu-kernel"``, ``"flash-paged"`` or ``"torch"``."""
-    if device.type == "cpu" and q_dtype == torch.float32 and cpu_kernel.available():
+    if cpu_kernel.applies(q_dtype, device):
         return "cpu-kernel"
     if device.type == "cuda" and _varlen_attn is not None and block_size % _FLASH_PAGE == 0 and q_dtype in (
             torch.float16, torch.bfloat16):
@@ -110,12 +116,13 @@ def paged_attention(
     if k_cache is None:
         return _no_cache(q, k, v, meta)
     _, bs, h_kv, d = k_cache.shape
-    k_cache.view(-1, h_kv, d)[meta.slot_mapping] = k
-    v_cache.view(-1, h_kv, d)[meta.slot_mapping] = v
     backend = attention_backend(q.dtype, q.device, bs)
     if backend == "cpu-kernel":
+        cpu_kernel.store_kv_cpu(k, v, meta.slot_mapping, k_cache, v_cache)
         return cpu_kernel.paged_attention_cpu(q, k_cache, v_cache, meta.cu_query, meta.seq_lens, meta.block_table,
                                               d ** -0.5)
+    k_cache.view(-1, h_kv, d)[meta.slot_mapping] = k
+    v_cache.view(-1, h_kv, d)[meta.slot_mapping] = v
     if backend == "flash-paged":
         return _varlen_attn(q, k_cache, v_cache, meta.cu_query, meta.cu_keys, meta.max_query_len,
                             meta.block_table.shape[1] * bs, window_size=(-1, 0), enable_gqa=h_kv != q.shape[1],

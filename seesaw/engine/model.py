@@ -18,7 +18,10 @@ Forward takes a flat, varlen batch: the new tokens of several sequences back to 
 chunk or a single decode token each), their absolute positions, and an ``AttnMetadata`` saying
 where each sequence's KV lives in the paged cache (``seesaw.engine.kv``, ``seesaw.engine.attention``). RoPE uses the HF
 "rotate_half" layout (the layout of HF checkpoints; GGUF files are un-permuted by the converter).
-Numerics follow HF: RMSNorm in fp32, cos/sin computed in fp32 and cast to the model dtype.
+Numerics follow HF: RMSNorm in fp32, cos/sin computed in fp32 and cast to the model dtype. On the
+CPU in fp32, RoPE (the same bits), RMSNorm and SwiGLU's product run as one-pass C kernels
+(``seesaw.engine.cpu_ops``; RMSNorm and SiLU round otherwise than torch, within 3.1e-7 and 3e-6
+relative of float64, the same on every rank), the torch code otherwise.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seesaw.engine import cpu_ops
 from seesaw.engine.attention import AttnMetadata, paged_attention
 from seesaw.core import ModelSpec, ParallelConfig, SpecError
 
@@ -254,8 +258,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if x.dim() == 2 and x.stride(-1) == 1 and cpu_ops.applies(dtype, x.device) and \
+                self.weight.dtype == dtype:  # one pass
+            return cpu_ops.rms_norm_cpu(x, self.weight, self.eps)
         x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(self.eps))
+        if dtype == torch.float32 and self.weight.dtype == dtype:  # in place: the same products, one pass fewer
+            return x.mul_(self.weight)
         return self.weight * x.to(dtype)
 
 
@@ -274,9 +283,12 @@ class Attention(nn.Module):
         T = x.shape[0]
         qkv = self.qkv_proj(x)  # [T, (Hq + 2 Hkv) d]
         q, k, v = qkv.split([self.h_q * self.d, self.h_kv * self.d, self.h_kv * self.d], dim=-1)
-        q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
-        k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
         v = v.view(T, self.h_kv, self.d)
+        if cpu_ops.applies(qkv.dtype, qkv.device):  # one pass over Q and K, the same bits
+            q, k = cpu_ops.rope_qk_cpu(qkv, cos, sin, self.h_q, self.h_kv, self.d)
+        else:
+            q = _apply_rope(q.view(T, self.h_q, self.d), cos, sin)  # [T, Hq, d]
+            k = _apply_rope(k.view(T, self.h_kv, self.d), cos, sin)  # [T, Hkv, d]
         o = self.attend(q, k, v, meta, k_cache, v_cache)  # [T, Hq, d]
         return self.comm.all_reduce(self.o_proj(o.reshape(T, self.h_q * self.d)))  # [T, H]
 
@@ -292,8 +304,13 @@ class MLP(nn.Module):
         self.down_proj = Linear(self.inter, spec.hidden_size, **kw)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.inter, dim=-1)  # [T, I/tp] each
-        return self.comm.all_reduce(self.down_proj(F.silu(gate, inplace=True).mul_(up)))  # [T, H]
+        gate_up = self.gate_up_proj(x)  # [T, 2 I/tp]
+        if cpu_ops.applies(gate_up.dtype, gate_up.device):  # one pass instead of two
+            act = cpu_ops.silu_mul_cpu(gate_up, self.inter)
+        else:
+            gate, up = gate_up.split(self.inter, dim=-1)  # [T, I/tp] each
+            act = F.silu(gate, inplace=True).mul_(up)
+        return self.comm.all_reduce(self.down_proj(act))  # [T, H]
 
 
 class DecoderLayer(nn.Module):
@@ -305,7 +322,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(spec, shard, comm, **kw)
 
     def forward(self, x, cos, sin, meta, k_cache, v_cache):
-        x = x + self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache)
+        # the attention's output is a new tensor: the residual sum goes into it (a + b == b + a)
+        x = self.attn(self.input_layernorm(x), cos, sin, meta, k_cache, v_cache).add_(x)
         return x.add_(self.mlp(self.post_attention_layernorm(x)))  # x is this layer's own tensor
 
 

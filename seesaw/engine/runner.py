@@ -27,6 +27,7 @@ import torch
 
 from seesaw.engine.cuda_graphs import DecodeGraphs, graphs_enabled
 from seesaw.engine.kv import BlockManager, KVCache, KVCacheFull
+from seesaw.engine.sampling import greedy_tokens
 from seesaw.engine.step_inputs import StepInputs
 from seesaw.engine.model import LlamaShard
 
@@ -261,7 +262,7 @@ class ModelRunner:
         groups = self._step(step_tokens, num_micro_batches=num_micro_batches)
         seq_ids = list(step_tokens)
         if self.shard.is_last:
-            ids = torch.cat([y.argmax(-1) for _, _, y in groups])  # [S] in step order (groups are contiguous)
+            ids = torch.cat([greedy_tokens(y) for _, _, y in groups])  # [S] in step order (groups are contiguous)
             hot = {s: t for s in seq_ids
                    if (t := temperature.get(s, 0.0) if isinstance(temperature, dict) else temperature) > 0}
             if hot:
