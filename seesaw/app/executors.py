@@ -12,7 +12,7 @@ Several plans at once (the what-if's options): ``shared_executor`` gives them on
 given, or a local process pool) and ``run_side_by_side`` runs each plan in its own thread on it, so
 that one option's last simulations (a few long runs on growing samples, ``simulator.planner.
 converge``) overlap the next option's screening instead of leaving cores idle. The local pool's
-workers start from a fork server (never forked from this process once it has threads).
+workers are all forked when it starts, before any thread (``shared_executor``).
 """
 
 from __future__ import annotations
@@ -73,11 +73,12 @@ def shared_executor(executor: Executor | None, workers: int | None,
     if plans < 2 or n < 2:
         yield None, False, lambda: None
         return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else None)
-    if "forkserver" in methods:
-        ctx.set_forkserver_preload(["simulator.planner.runner"])
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx)
+    # forked (where the platform forks) and all at once, before the plans' threads start: a worker
+    # is never forked from a process with threads, and a script without a ``__main__`` guard is not
+    # run again in each worker (as spawn or a fork server would)
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork" if fork else None))
+    pool.submit(int).result()    # with fork, the first job starts every worker
     ok = False
     try:
         yield pool, True, lambda: pool.shutdown(wait=False, cancel_futures=True)
