@@ -191,3 +191,26 @@ def test_no_argument_whatif_compares_current_servers():
     nodes = [catalog.make_node(g, 8) for g in WHATIF_GPUS.split(",")]
     assert [n.name for n in nodes] == ["8xh100", "8xh200", "8xl40s", "8xa100-80g-nvlink"]
     assert all(n.gpu.price_per_hour_usd for n in nodes)
+
+
+def test_options_side_by_side_plan_as_one_after_the_other_even_from_a_script_without_main_guard(tmp_path):
+    """The what-if plans its options side by side on one shared pool (``seesaw.app.executors``):
+    the plans are those of one option after the other in-process, and a plain script (no
+    ``if __name__ == "__main__"``) is not re-run by the pool's workers."""
+    import subprocess
+    import sys
+
+    from seesaw.app.whatif import whatif
+
+    kw = dict(model="llama2-7b", gpu="a100-40g,l4", num_gpus="1,2", num_requests=1500, sample_size=300)
+    alone = whatif(workers=1, **kw).result
+    script = tmp_path / "job.py"
+    script.write_text("import json\nfrom seesaw.app.whatif import whatif\n"
+                      f"done = whatif(workers=2, **{kw!r})\n"
+                      "print(json.dumps([[o.name, o.result.winner['candidate'], o.result.winner['makespan_s']]\n"
+                      "                  for o in done.result.options]))\n")
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    side = json.loads(res.stdout.strip().splitlines()[-1])
+    assert side == [[o.name, o.result.winner["candidate"], o.result.winner["makespan_s"]] for o in alone.options]
+    assert len(side) == 4
