@@ -214,3 +214,26 @@ def test_options_side_by_side_plan_as_one_after_the_other_even_from_a_script_wit
     side = json.loads(res.stdout.strip().splitlines()[-1])
     assert side == [[o.name, o.result.winner["candidate"], o.result.winner["makespan_s"]] for o in alone.options]
     assert len(side) == 4
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_side_by_side_whatif_at_once_in_one_line(tmp_path, sig):
+    """The options' threads wait on the shared pool's simulations: a signal ends the pool's workers
+    so that every wait wakes (a pool shut down with its queue cancelled left them waiting: a hang)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = dict(os.environ, SEESAW_PROGRESS_EVERY_S="0")
+    proc = subprocess.Popen([sys.executable, "-m", "seesaw.cli", "whatif", "-o", str(tmp_path / "r"), "--workers", "2"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+    for line in proc.stderr:        # simulations under way on every option
+        if "whatif:" in line and "/" in line:
+            break
+    proc.send_signal(getattr(signal, sig))
+    code = proc.wait(timeout=60)
+    rest = proc.stderr.read().strip().splitlines()
+    assert code == 128 + getattr(signal, sig), rest[-5:]
+    assert rest[-1] == f"error: interrupted by {sig}"

@@ -63,7 +63,7 @@ def shared_executor(executor: Executor | None, workers: int | None,
     without one, with more than one plan and more than one worker (None: one per core), a local
     process pool of ``workers`` processes, shut down on exit (queued simulations dropped when
     leaving on an error); otherwise (None, False): each plan runs alone, as it would by itself.
-    ``stop()`` drops the local pool's queued simulations (the plans waiting on them then fail)."""
+    ``stop()`` ends the local pool's workers (every plan waiting on a simulation then fails)."""
     from simulator.planner.runner import default_workers
 
     if executor is not None:
@@ -77,11 +77,21 @@ def shared_executor(executor: Executor | None, workers: int | None,
     # is never forked from a process with threads, and a script without a ``__main__`` guard is not
     # run again in each worker (as spawn or a fork server would)
     fork = "fork" in multiprocessing.get_all_start_methods()
+    before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork" if fork else None))
     pool.submit(int).result()    # with fork, the first job starts every worker
+    workers = [p for p in multiprocessing.active_children() if p not in before]
+
+    def stop() -> None:
+        # end the workers: the pool breaks, so every queued or running simulation fails at once and
+        # the plans waiting on them wake (a future cancelled by ``shutdown(cancel_futures=True)``
+        # never wakes a ``wait()`` on it: the plans' threads would hang)
+        for w in workers:
+            w.kill()     # SIGKILL: a forked worker keeps this process's SIGTERM handler
+
     ok = False
     try:
-        yield pool, True, lambda: pool.shutdown(wait=False, cancel_futures=True)
+        yield pool, True, stop
         ok = True
     finally:
         pool.shutdown(wait=ok, cancel_futures=not ok)
