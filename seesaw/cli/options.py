@@ -59,7 +59,7 @@ WORKERS = typer.Option(None, "--workers", min=1, max=256, metavar="N", rich_help
 DASK = typer.Option(None, "--dask", metavar="ADDRESS", envvar="SEESAW_DASK", rich_help_panel=SEARCH_PANEL,
                     help="run the simulations on this Dask scheduler")
 SAMPLE_SIZE = typer.Option(2000, "--sample-size", min=1, metavar="N", rich_help_panel=SEARCH_PANEL,
-                           help="simulate at most this many requests")
+                           help="screen candidates on this many; the best then grow to 16,000")
 JSON = typer.Option(False, "--json", rich_help_panel=OUTPUT_PANEL, help="print one JSON object last")
 OVERWRITE = typer.Option(False, "--overwrite", rich_help_panel=OUTPUT_PANEL,
                          help="replace the earlier run in the -o folder")
