@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["C_PRELUDE", "FLAGS", "fp32_cpu", "load"]
+__all__ = ["C_PRELUDE", "FLAGS", "Kernels", "fp32_cpu", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +93,29 @@ def load(name: str, source: str, what: str) -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("CPU kernel %s unavailable (%s): %s uses the portable torch path", name, e, what)
         return None
+
+
+class Kernels:
+    """A C library of kernels, built (``load``) on the first ``available()`` and typed from
+    ``signatures`` (function name -> (restype, argtypes)); ``lib`` is the loaded library once
+    ``available()`` said True."""
+
+    def __init__(self, name: str, source: str, what: str, signatures: dict[str, tuple]):
+        self.name, self.source, self.what, self.signatures = name, source, what, signatures
+        self.lib: ctypes.CDLL | None = None
+        self._tried = False
+
+    def available(self) -> bool:
+        """Whether the compiled kernels can be used (built on the first call)."""
+        if not self._tried:
+            self._tried = True
+            lib = load(self.name, self.source, self.what)
+            if lib is not None:
+                for fn, (restype, argtypes) in self.signatures.items():
+                    getattr(lib, fn).restype, getattr(lib, fn).argtypes = restype, argtypes
+            self.lib = lib
+        return self.lib is not None
+
+    def applies(self, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether tensors of ``dtype`` on ``device`` go through these kernels (fp32 on the CPU, built)."""
+        return fp32_cpu(dtype, device) and self.available()

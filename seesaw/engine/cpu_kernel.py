@@ -286,34 +286,13 @@ void seesaw_store_kv_f32(const float *k, const float *v, int64_t ldk, int64_t ld
 }
 
 """
-_lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
-
-
-def _build() -> ctypes.CDLL | bool:
-    lib = cpu_build.load("paged_attention", _SOURCE, "CPU attention")
-    if lib is None:
-        return False
-    fn = lib.seesaw_paged_attention_f32
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_void_p]
-    store = lib.seesaw_store_kv_f32
-    store.restype = None
-    store.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p] + [ctypes.c_int64] * 2 + \
-        [ctypes.c_void_p] * 2
-    return lib
-
-
-def applies(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether tensors of ``dtype`` on ``device`` go through this kernel (fp32 on the CPU, built)."""
-    return cpu_build.fp32_cpu(dtype, device) and available()
-
-
-def available() -> bool:
-    """Whether the compiled kernel can be used (built on the first call)."""
-    global _lib
-    if _lib is None:
-        _lib = _build()
-    return _lib is not False
+_KERNELS = cpu_build.Kernels("paged_attention", _SOURCE, "CPU attention", {
+    "seesaw_paged_attention_f32": (ctypes.c_int, [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6
+                                   + [ctypes.c_float, ctypes.c_void_p]),
+    "seesaw_store_kv_f32": (None, [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
+                            + [ctypes.c_int64] * 2 + [ctypes.c_void_p] * 2),
+})
+available, applies = _KERNELS.available, _KERNELS.applies
 
 
 def paged_attention_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, cu_query: torch.Tensor,
@@ -326,7 +305,7 @@ def paged_attention_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     out = torch.empty_like(q)
     S, width = block_table.shape
     _, bs, h_kv, d = k_cache.shape
-    rc = _lib.seesaw_paged_attention_f32(
+    rc = _KERNELS.lib.seesaw_paged_attention_f32(
         q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), cu_query.data_ptr(), context_lens.data_ptr(),
         block_table.data_ptr(), S, width, q.shape[1], h_kv, d, bs, scale, out.data_ptr())
     if rc:
@@ -349,5 +328,5 @@ def store_kv_cpu(k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, k
         return
     k, v = (x if x.stride(2) == 1 and x.stride(1) == d else x.contiguous() for x in (k, v))
     slots = slot_mapping.contiguous()
-    _lib.seesaw_store_kv_f32(k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), slots.data_ptr(), T, h_kv * d,
+    _KERNELS.lib.seesaw_store_kv_f32(k.data_ptr(), v.data_ptr(), k.stride(0), v.stride(0), slots.data_ptr(), T, h_kv * d,
                              k_cache.data_ptr(), v_cache.data_ptr())

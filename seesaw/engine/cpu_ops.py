@@ -98,37 +98,14 @@ void seesaw_rope_f32(const float *x, int64_t ld, const float *cs, const float *s
     }
   }
 }"""
-_lib: ctypes.CDLL | None | bool = None  # None: not tried yet; False: unavailable
-
-
-def _build() -> ctypes.CDLL | bool:
-    lib = cpu_build.load("layer_ops", _SOURCE, "the model's element-wise work")
-    if lib is None:
-        return False
-    norm = lib.seesaw_rms_norm_f32
-    norm.restype = None
-    norm.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]
-    silu = lib.seesaw_silu_mul_f32
-    silu.restype = None
-    silu.argtypes = [ctypes.c_void_p] + [ctypes.c_int64] * 3
-    rope = lib.seesaw_rope_f32
-    rope.restype = None
-    rope.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 4 + \
-        [ctypes.c_void_p] * 2
-    return lib
-
-
-def applies(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether tensors of ``dtype`` on ``device`` go through these kernels (fp32 on the CPU, built)."""
-    return cpu_build.fp32_cpu(dtype, device) and available()
-
-
-def available() -> bool:
-    """Whether the compiled kernels can be used (built on the first call)."""
-    global _lib
-    if _lib is None:
-        _lib = _build()
-    return _lib is not False
+_KERNELS = cpu_build.Kernels("layer_ops", _SOURCE, "the model's element-wise work", {
+    "seesaw_rms_norm_f32": (None, [ctypes.c_void_p] + [ctypes.c_int64] * 3
+                            + [ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p]),
+    "seesaw_silu_mul_f32": (None, [ctypes.c_void_p] + [ctypes.c_int64] * 3),
+    "seesaw_rope_f32": (None, [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+                        + [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 2),
+})
+available, applies = _KERNELS.available, _KERNELS.applies
 
 
 def rope_qk_cpu(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h_q: int, h_kv: int,
@@ -141,7 +118,7 @@ def rope_qk_cpu(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, h_q: in
     cos, sin = cos.reshape(T, d // 2).contiguous(), sin.reshape(T, d // 2).contiguous()
     q = torch.empty(T, h_q, d, dtype=qkv.dtype)
     k = torch.empty(T, h_kv, d, dtype=qkv.dtype)
-    _lib.seesaw_rope_f32(qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr(), T, h_q, h_kv, d,
+    _KERNELS.lib.seesaw_rope_f32(qkv.data_ptr(), qkv.stride(0), cos.data_ptr(), sin.data_ptr(), T, h_q, h_kv, d,
                          q.data_ptr(), k.data_ptr())
     return q, k
 
@@ -150,7 +127,7 @@ def silu_mul_cpu(gate_up: torch.Tensor, inter: int) -> torch.Tensor:
     """SwiGLU's ``silu(gate) * up`` of a fused gate/up output [T, 2 * inter] fp32 (unit stride along
     its last dim) in one pass, written over the gate half; returns that half, [T, inter]."""
     assert available() and gate_up.dtype == torch.float32 and gate_up.stride(-1) == 1
-    _lib.seesaw_silu_mul_f32(gate_up.data_ptr(), gate_up.stride(0), gate_up.shape[0], inter)
+    _KERNELS.lib.seesaw_silu_mul_f32(gate_up.data_ptr(), gate_up.stride(0), gate_up.shape[0], inter)
     return gate_up[:, :inter]
 
 
@@ -161,5 +138,5 @@ def rms_norm_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
     T, n = x.shape
     w = weight.contiguous()
     out = torch.empty(T, n, dtype=x.dtype)
-    _lib.seesaw_rms_norm_f32(x.data_ptr(), x.stride(0), T, n, w.data_ptr(), eps, out.data_ptr())
+    _KERNELS.lib.seesaw_rms_norm_f32(x.data_ptr(), x.stride(0), T, n, w.data_ptr(), eps, out.data_ptr())
     return out
